@@ -1,0 +1,177 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/ferryhq/ferry/resource"
+)
+
+// Client calls the node's control API inside the tunnel. Dial must reach the node's tunnel address
+// (for example the tunnel's userspace stack DialContext).
+type Client struct {
+	http *http.Client
+	base string
+}
+
+// NewClient returns a Client that dials through dial. Each request has timeout as its deadline
+// (0 means 30 seconds).
+func NewClient(dial func(ctx context.Context, network, addr string) (net.Conn, error), timeout time.Duration) *Client {
+	if timeout == 0 {
+		timeout = 30 * time.Second
+	}
+	return &Client{
+		http: &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: dial, MaxIdleConns: 4, IdleConnTimeout: 30 * time.Second}},
+		base: "http://" + netip.AddrPortFrom(NodeTunnelAddress, APIPort).String(),
+	}
+}
+
+// StatusError is a non-2xx answer of the node.
+type StatusError struct {
+	Status  int
+	Message string
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("node answered %d %s: %s", e.Status, http.StatusText(e.Status), e.Message)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("%s %s: encode request: %w", method, path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: reach the node through the tunnel: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	return decode(resp, method+" "+path, out)
+}
+
+func decode(resp *http.Response, what string, out any) error {
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("%s: read answer: %w", what, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e Error
+		if json.Unmarshal(raw, &e) != nil || e.Error == "" {
+			e.Error = string(bytes.TrimSpace(raw))
+		}
+		return fmt.Errorf("%s: %w", what, &StatusError{Status: resp.StatusCode, Message: e.Error})
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		return fmt.Errorf("%s: decode answer: %w", what, err)
+	}
+	return nil
+}
+
+// Me returns who the node takes the caller to be.
+func (c *Client) Me(ctx context.Context) (Me, error) {
+	var m Me
+	return m, c.do(ctx, http.MethodGet, "/v1/me", nil, &m)
+}
+
+// Resources lists the resources the caller may reach.
+func (c *Client) Resources(ctx context.Context) ([]Resource, error) {
+	var l ResourceList
+	return l.Resources, c.do(ctx, http.MethodGet, "/v1/resources", nil, &l)
+}
+
+// AddDatasource creates a resource (admin only) and returns it with its assigned addresses.
+func (c *Client) AddDatasource(ctx context.Context, r resource.Resource) (resource.Resource, error) {
+	var out resource.Resource
+	return out, c.do(ctx, http.MethodPost, "/v1/admin/datasources", r, &out)
+}
+
+// Datasources lists the full catalog (admin only).
+func (c *Client) Datasources(ctx context.Context) (DatasourceList, error) {
+	var l DatasourceList
+	return l, c.do(ctx, http.MethodGet, "/v1/admin/datasources", nil, &l)
+}
+
+// Connections returns the newest connection-log records (admin only); limit 0 means the node's default.
+func (c *Client) Connections(ctx context.Context, limit int) ([]Connection, error) {
+	var l ConnectionList
+	return l.Connections, c.do(ctx, http.MethodGet, "/v1/admin/logs/connections?limit="+strconv.Itoa(limit), nil, &l)
+}
+
+// Queries returns the newest query-log records (admin only); limit 0 means the node's default.
+func (c *Client) Queries(ctx context.Context, limit int) ([]Query, error) {
+	var l QueryList
+	return l.Queries, c.do(ctx, http.MethodGet, "/v1/admin/logs/queries?limit="+strconv.Itoa(limit), nil, &l)
+}
+
+// Enroll redeems an enrollment token at the node over HTTPS, trusting only the certificate whose
+// SHA-256 fingerprint the token carries.
+func Enroll(ctx context.Context, tok EnrollToken, req EnrollRequest) (EnrollResponse, error) {
+	var out EnrollResponse
+	u, err := url.JoinPath(tok.URL, "/v1/enroll")
+	if err != nil {
+		return out, fmt.Errorf("enroll: bad node URL: %w", err)
+	}
+	want, err := hex.DecodeString(tok.CertSHA256)
+	if err != nil {
+		return out, fmt.Errorf("enroll: bad certificate fingerprint in token: %w", err)
+	}
+	tlsConf := &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // replaced by the fingerprint pin below
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("node sent no certificate")
+			}
+			got := sha256.Sum256(cs.PeerCertificates[0].Raw)
+			if !bytes.Equal(got[:], want) {
+				return fmt.Errorf("node certificate fingerprint %x does not match the enrollment token; you may not be talking to your node", got)
+			}
+			return nil
+		},
+	}
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsConf}}
+	b, _ := json.Marshal(req)
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(b))
+	if err != nil {
+		return out, fmt.Errorf("enroll: %w", err)
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(hreq)
+	if err != nil {
+		return out, fmt.Errorf("enroll at %s: %w", tok.URL, err)
+	}
+	defer resp.Body.Close()
+	return out, decode(resp, "enroll at "+tok.URL, &out)
+}
+
+// CertSHA256 returns the hex SHA-256 fingerprint of a certificate, as enrollment tokens carry it.
+func CertSHA256(cert *x509.Certificate) string {
+	s := sha256.Sum256(cert.Raw)
+	return hex.EncodeToString(s[:])
+}

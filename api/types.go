@@ -1,0 +1,157 @@
+// Package api holds the types of ferry-node's control API and its Go client (the Go SDK).
+//
+// Two endpoints exist. Enrollment runs over HTTPS on the node's public address and is protected by a
+// single-use enrollment token that also pins the node's TLS certificate. Everything else runs over
+// plain HTTP on the node's address inside the WireGuard tunnel (NodeTunnelAddress, port 80): the
+// tunnel has already authenticated the device, and the node identifies the caller by its tunnel
+// address.
+package api
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/ferryhq/ferry/resource"
+)
+
+// Tunnel addressing. Device and node addresses exist only inside the userspace network stacks at both
+// ends of the tunnel, never on an OS interface, so they cannot clash with the user's networks. They are
+// taken from the benchmarking range of RFC 2544.
+var (
+	TunnelSubnet      = netip.MustParsePrefix("198.18.0.0/15")
+	NodeTunnelAddress = netip.MustParseAddr("198.18.0.1")
+)
+
+// APIPort is the TCP port of the control API on NodeTunnelAddress.
+const APIPort = 80
+
+// EnrollTokenPrefix starts every enrollment token.
+const EnrollTokenPrefix = "ferry-enroll."
+
+// EnrollToken is what a client needs to enroll safely: where to enroll, which TLS certificate to trust
+// there (pinned; SHA-256 of the leaf certificate's DER bytes, hex) and the single-use secret.
+type EnrollToken struct {
+	URL        string `json:"u"`
+	CertSHA256 string `json:"f"`
+	Secret     string `json:"s"`
+}
+
+// Encode renders the token as "ferry-enroll.<base64url JSON>".
+func (t EnrollToken) Encode() string {
+	b, _ := json.Marshal(t)
+	return EnrollTokenPrefix + base64.RawURLEncoding.EncodeToString(b)
+}
+
+// ParseEnrollToken decodes a token made by Encode. Errors say what is wrong with the token as typed.
+func ParseEnrollToken(s string) (EnrollToken, error) {
+	var t EnrollToken
+	body, ok := strings.CutPrefix(strings.TrimSpace(s), EnrollTokenPrefix)
+	if !ok {
+		return t, fmt.Errorf("parse enrollment token: it does not start with %q; copy the whole token the administrator gave you", EnrollTokenPrefix)
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(body)
+	if err != nil {
+		return t, fmt.Errorf("parse enrollment token: it is damaged (%v); copy it again in full", err)
+	}
+	if err := json.Unmarshal(raw, &t); err != nil {
+		return t, fmt.Errorf("parse enrollment token: it is damaged (%v); copy it again in full", err)
+	}
+	if u, err := url.Parse(t.URL); err != nil || u.Scheme != "https" || u.Host == "" {
+		return t, fmt.Errorf("parse enrollment token: node URL %q is not an https URL", t.URL)
+	}
+	if len(t.CertSHA256) != 64 || t.Secret == "" {
+		return t, fmt.Errorf("parse enrollment token: it lacks the node's certificate fingerprint or its secret")
+	}
+	return t, nil
+}
+
+// EnrollRequest is the body of POST /v1/enroll.
+type EnrollRequest struct {
+	Secret     string `json:"secret"`
+	PublicKey  string `json:"public_key"` // the device's WireGuard public key, base64
+	DeviceName string `json:"device_name"`
+}
+
+// EnrollResponse is the answer to a successful enrollment.
+type EnrollResponse struct {
+	User              string `json:"user"`
+	Admin             bool   `json:"admin"`
+	DeviceAddress     string `json:"device_address"`     // the device's tunnel address, e.g. 198.18.0.2
+	NodePublicKey     string `json:"node_public_key"`    // the node's WireGuard public key, base64
+	WireGuardEndpoint string `json:"wireguard_endpoint"` // host:port of the node's WireGuard UDP socket
+	VNSubnet          string `json:"vn_subnet"`          // the org's virtual networking subnet
+}
+
+// Error is the body of every non-2xx answer.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// Me is the answer to GET /v1/me.
+type Me struct {
+	User   string `json:"user"`
+	Admin  bool   `json:"admin"`
+	Device string `json:"device"` // the caller's tunnel address
+}
+
+// Resource is a resource as a user sees it (GET /v1/resources): what is needed to reach it, nothing
+// about how the node logs in.
+type Resource struct {
+	Name             string            `json:"name"`
+	Type             string            `json:"type"`
+	Database         string            `json:"database"`
+	Username         string            `json:"username"`
+	ConnectivityMode string            `json:"connectivity_mode"`
+	LoopbackAddress  string            `json:"loopback_address"`
+	VNAddress        string            `json:"vn_address"`
+	Subdomain        string            `json:"subdomain,omitempty"`
+	Tags             map[string]string `json:"tags,omitempty"`
+}
+
+// ResourceList is the answer to GET /v1/resources.
+type ResourceList struct {
+	Resources []Resource `json:"resources"`
+}
+
+// DatasourceList is the answer to GET /v1/admin/datasources: the full catalog entries.
+type DatasourceList struct {
+	Datasources []resource.Resource `json:"datasources"`
+}
+
+// Connection is one connection-log record (GET /v1/admin/logs/connections).
+type Connection struct {
+	ID         int64     `json:"id"`
+	Start      time.Time `json:"start"`
+	End        time.Time `json:"end,omitzero"`
+	User       string    `json:"user"`
+	Resource   string    `json:"resource"`
+	ClientAddr string    `json:"client_addr"`
+	Database   string    `json:"database,omitempty"`
+	Outcome    string    `json:"outcome"`
+	Error      string    `json:"error,omitempty"`
+}
+
+// Query is one query-log record (GET /v1/admin/logs/queries).
+type Query struct {
+	ID           int64     `json:"id"`
+	ConnectionID int64     `json:"connection_id"`
+	Time         time.Time `json:"time"`
+	User         string    `json:"user"`
+	Resource     string    `json:"resource"`
+	SQL          string    `json:"sql"`
+}
+
+// ConnectionList and QueryList wrap log answers.
+type (
+	ConnectionList struct {
+		Connections []Connection `json:"connections"`
+	}
+	QueryList struct {
+		Queries []Query `json:"queries"`
+	}
+)

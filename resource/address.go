@@ -1,0 +1,138 @@
+package resource
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// DefaultVNSubnet is the default virtual networking subnet (the CGNAT range, RFC 6598).
+var DefaultVNSubnet = netip.MustParsePrefix("100.64.0.0/10")
+
+// DefaultLoopbackIP is the loopback address resources listen on unless told otherwise.
+const DefaultLoopbackIP = "127.0.0.1"
+
+// FirstLoopbackPort is where the search for a free loopback port starts (the first resource
+// gets 127.0.0.1:10001).
+const FirstLoopbackPort = 10001
+
+// Taken is the set of addresses already held by other resources: each "ip:port", and each IP.
+type Taken struct {
+	AddrPorts map[netip.AddrPort]bool
+	IPs       map[netip.Addr]bool
+}
+
+// NewTaken returns an empty Taken.
+func NewTaken() Taken {
+	return Taken{AddrPorts: map[netip.AddrPort]bool{}, IPs: map[netip.Addr]bool{}}
+}
+
+// Add records an assigned address ("ip:port"); malformed input is ignored.
+func (t Taken) Add(addr string) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return
+	}
+	t.AddrPorts[ap] = true
+	t.IPs[ap.Addr()] = true
+}
+
+// TUNAddress is the client's TUN address in virtual networking mode: the subnet's first host (subnet+1).
+func TUNAddress(subnet netip.Prefix) netip.Addr { return subnet.Masked().Addr().Next() }
+
+// ResolverAddress is the DNS resolver's address in virtual networking mode (subnet+2).
+func ResolverAddress(subnet netip.Prefix) netip.Addr { return TUNAddress(subnet).Next() }
+
+// AssignVN returns the resource's virtual networking address "ip:port". The IP is the resource's IP
+// Address property when set (it must lie in subnet and not be a reserved address), else the first
+// address of the subnet that no other resource holds, skipping the network address, the TUN
+// address (subnet+1), the resolver address (subnet+2) and the broadcast address. The port is the
+// port override when positive (virtual networking mode), else the resource's port.
+func AssignVN(r *Resource, subnet netip.Prefix, taken Taken) (string, error) {
+	subnet = subnet.Masked()
+	port := r.Port
+	if r.Mode("") == ModeVirtualNetworking && r.PortOverride > 0 {
+		port = r.PortOverride
+	}
+	reserved := func(a netip.Addr) bool {
+		return a == subnet.Addr() || a == TUNAddress(subnet) || a == ResolverAddress(subnet) || a == lastAddr(subnet)
+	}
+	if r.IPAddress != "" && r.Mode("") == ModeVirtualNetworking {
+		ip, err := netip.ParseAddr(r.IPAddress)
+		if err != nil {
+			return "", fmt.Errorf("assign virtual networking address: %q is not an IP address", r.IPAddress)
+		}
+		if !subnet.Contains(ip) || reserved(ip) {
+			return "", fmt.Errorf("assign virtual networking address: %s is not a usable address of the subnet %s", ip, subnet)
+		}
+		ap := netip.AddrPortFrom(ip, uint16(port))
+		if taken.AddrPorts[ap] {
+			return "", fmt.Errorf("assign virtual networking address: %s is already used by another resource", ap)
+		}
+		return ap.String(), nil
+	}
+	for ip := subnet.Addr(); subnet.Contains(ip); ip = ip.Next() {
+		if reserved(ip) || taken.IPs[ip] {
+			continue
+		}
+		return netip.AddrPortFrom(ip, uint16(port)).String(), nil
+	}
+	return "", fmt.Errorf("assign virtual networking address: the subnet %s has no free address left", subnet)
+}
+
+// AssignLoopback returns the resource's loopback address "ip:port". The IP is the IP Address property
+// (loopback mode) or the bind interface when set, else 127.0.0.1. The port is the port override when
+// positive, else the first port from 10001 up (wrapping within 1024-64999) that no other resource holds
+// on that IP.
+func AssignLoopback(r *Resource, taken Taken) (string, error) {
+	ipText := DefaultLoopbackIP
+	switch {
+	case r.IPAddress != "" && r.Mode("") == ModeLoopback:
+		ipText = r.IPAddress
+	case r.BindInterface != "":
+		ipText = r.BindInterface
+	}
+	ip, err := netip.ParseAddr(ipText)
+	if err != nil || !ip.IsLoopback() {
+		return "", fmt.Errorf("assign loopback address: %q is not a loopback IP address", ipText)
+	}
+	if r.Mode("") == ModeLoopback && r.PortOverride > 0 {
+		ap := netip.AddrPortFrom(ip, uint16(r.PortOverride))
+		if taken.AddrPorts[ap] {
+			return "", fmt.Errorf("assign loopback address: port override %d is already used by another resource on %s", r.PortOverride, ip)
+		}
+		return ap.String(), nil
+	}
+	span := LoopbackPortMax - LoopbackPortMin + 1
+	for i := 0; i < span; i++ {
+		p := LoopbackPortMin + (FirstLoopbackPort-LoopbackPortMin+i)%span
+		ap := netip.AddrPortFrom(ip, uint16(p))
+		if !taken.AddrPorts[ap] {
+			return ap.String(), nil
+		}
+	}
+	return "", fmt.Errorf("assign loopback address: no free port left on %s", ip)
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr()
+	b := a.AsSlice()
+	bits := p.Bits()
+	for i := range b {
+		for j := 0; j < 8; j++ {
+			if i*8+j >= bits {
+				b[i] |= 0x80 >> j
+			}
+		}
+	}
+	out, _ := netip.AddrFromSlice(b)
+	return out
+}
+
+// SplitAddr splits "ip:port" into its parts; it returns "" and 0 on malformed input.
+func SplitAddr(addr string) (string, int) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return "", 0
+	}
+	return ap.Addr().String(), int(ap.Port())
+}
