@@ -1,0 +1,413 @@
+// Package catalog is the node's store of resources, users, devices, enrollment tokens and org
+// settings, kept in SQLite (modernc.org/sqlite, no cgo). Every write runs in a transaction, so
+// uniqueness of names and addresses holds under concurrent admins.
+package catalog
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/resource"
+)
+
+// ErrNotFound is returned (wrapped) when a named object does not exist.
+var ErrNotFound = errors.New("not found")
+
+// ErrConflict is returned (wrapped) when a name or address is already taken.
+var ErrConflict = errors.New("already exists")
+
+// Catalog is the node's catalog. It is safe for concurrent use.
+type Catalog struct {
+	db *sql.DB
+}
+
+const schema = `
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS resources (
+	name TEXT PRIMARY KEY,
+	id TEXT NOT NULL UNIQUE,
+	vn_address TEXT NOT NULL UNIQUE,
+	loopback_address TEXT NOT NULL UNIQUE,
+	subdomain TEXT NOT NULL DEFAULT '',
+	data TEXT NOT NULL,
+	created_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS resources_subdomain ON resources(subdomain) WHERE subdomain != '';
+CREATE TABLE IF NOT EXISTS users (
+	name TEXT PRIMARY KEY,
+	admin INTEGER NOT NULL DEFAULT 0,
+	created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+	public_key TEXT PRIMARY KEY,
+	user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+	address TEXT NOT NULL UNIQUE,
+	name TEXT NOT NULL,
+	enrolled_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS enroll_tokens (
+	secret_sha256 TEXT PRIMARY KEY,
+	user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+	expires_at INTEGER NOT NULL,
+	used_at INTEGER
+);
+`
+
+// Open creates the catalog's tables in db if they are missing and returns the catalog.
+func Open(ctx context.Context, db *sql.DB) (*Catalog, error) {
+	if _, err := db.ExecContext(ctx, schema); err != nil {
+		return nil, fmt.Errorf("open catalog: create tables: %w", err)
+	}
+	return &Catalog{db: db}, nil
+}
+
+// Setting keys.
+const (
+	SettingVNSubnet    = "vn_subnet"
+	SettingDefaultMode = "connectivity_mode"
+	SettingDNSDomain   = "dns_domain"
+)
+
+// DefaultDNSDomain is the org domain resource aliases live under unless changed.
+const DefaultDNSDomain = "ferry.internal"
+
+// Setting returns a setting's value, or def when it is not set.
+func (c *Catalog) Setting(ctx context.Context, key, def string) (string, error) {
+	var v string
+	err := c.db.QueryRowContext(ctx, `SELECT value FROM settings WHERE key = ?`, key).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return def, nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read setting %s: %w", key, err)
+	}
+	return v, nil
+}
+
+// SetSetting stores a setting.
+func (c *Catalog) SetSetting(ctx context.Context, key, value string) error {
+	_, err := c.db.ExecContext(ctx, `INSERT INTO settings(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value`, key, value)
+	if err != nil {
+		return fmt.Errorf("store setting %s: %w", key, err)
+	}
+	return nil
+}
+
+// VNSubnet returns the org's virtual networking subnet (default 100.64.0.0/10).
+func (c *Catalog) VNSubnet(ctx context.Context) (netip.Prefix, error) {
+	v, err := c.Setting(ctx, SettingVNSubnet, resource.DefaultVNSubnet.String())
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	p, err := netip.ParsePrefix(v)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("read setting %s: %q is not a subnet: %w", SettingVNSubnet, v, err)
+	}
+	return p, nil
+}
+
+// AddResource validates r, checks its name is unique, assigns its virtual networking and loopback
+// addresses, and stores it. It returns the stored resource (with ID and addresses). Validation errors
+// come back as returned by resource.Validate; a taken name wraps ErrConflict.
+func (c *Catalog) AddResource(ctx context.Context, r resource.Resource) (resource.Resource, error) {
+	if r.Type == "" {
+		r.Type = resource.TypeAzurePostgresMI
+	}
+	if r.Port == 0 {
+		r.Port = resource.DefaultPort
+	}
+	if err := r.Validate(); err != nil {
+		return r, err
+	}
+	subnet, err := c.VNSubnet(ctx)
+	if err != nil {
+		return r, err
+	}
+	defMode, err := c.Setting(ctx, SettingDefaultMode, resource.ModeLoopback)
+	if err != nil {
+		return r, err
+	}
+	if r.ConnectivityMode == "" {
+		r.ConnectivityMode = defMode
+	}
+	tx, err := c.db.BeginTx(ctx, nil)
+	if err != nil {
+		return r, fmt.Errorf("add resource %s: %w", r.Name, err)
+	}
+	defer tx.Rollback()
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM resources WHERE name = ?`, r.Name).Scan(&n); err != nil {
+		return r, fmt.Errorf("add resource %s: %w", r.Name, err)
+	}
+	if n > 0 {
+		return r, fmt.Errorf("add resource: a resource named %q %w", r.Name, ErrConflict)
+	}
+	vnTaken, lbTaken := resource.NewTaken(), resource.NewTaken()
+	if r.Subdomain != "" {
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM resources WHERE subdomain = ?`, r.Subdomain).Scan(&n); err != nil {
+			return r, fmt.Errorf("add resource %s: %w", r.Name, err)
+		}
+		if n > 0 {
+			return r, fmt.Errorf("add resource: the DNS name %q %w on another resource", r.Subdomain, ErrConflict)
+		}
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT vn_address, loopback_address FROM resources`)
+	if err != nil {
+		return r, fmt.Errorf("add resource %s: %w", r.Name, err)
+	}
+	for rows.Next() {
+		var vn, lb string
+		if err := rows.Scan(&vn, &lb); err != nil {
+			rows.Close()
+			return r, fmt.Errorf("add resource %s: %w", r.Name, err)
+		}
+		vnTaken.Add(vn)
+		lbTaken.Add(lb)
+	}
+	rows.Close()
+	if r.VNAddress, err = resource.AssignVN(&r, subnet, vnTaken); err != nil {
+		return r, err
+	}
+	if r.LoopbackAddress, err = resource.AssignLoopback(&r, lbTaken); err != nil {
+		return r, err
+	}
+	if r.PortOverride == resource.PortOverrideAuto {
+		r.PortOverride = 0
+	}
+	r.ID = "rs-" + randomHex(8)
+	data, err := json.Marshal(r)
+	if err != nil {
+		return r, fmt.Errorf("add resource %s: encode: %w", r.Name, err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO resources(name, id, vn_address, loopback_address, subdomain, data, created_at) VALUES(?,?,?,?,?,?,?)`,
+		r.Name, r.ID, r.VNAddress, r.LoopbackAddress, r.Subdomain, string(data), time.Now().Unix()); err != nil {
+		return r, fmt.Errorf("add resource %s: store: %w", r.Name, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return r, fmt.Errorf("add resource %s: commit: %w", r.Name, err)
+	}
+	return r, nil
+}
+
+// Resources returns every resource, sorted by name.
+func (c *Catalog) Resources(ctx context.Context) ([]resource.Resource, error) {
+	rows, err := c.db.QueryContext(ctx, `SELECT data FROM resources ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("list resources: %w", err)
+	}
+	defer rows.Close()
+	var out []resource.Resource
+	for rows.Next() {
+		var data string
+		if err := rows.Scan(&data); err != nil {
+			return nil, fmt.Errorf("list resources: %w", err)
+		}
+		var r resource.Resource
+		if err := json.Unmarshal([]byte(data), &r); err != nil {
+			return nil, fmt.Errorf("list resources: decode: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// ResourceByVNAddress returns the resource whose virtual networking address is ap. It wraps
+// ErrNotFound when none is.
+func (c *Catalog) ResourceByVNAddress(ctx context.Context, ap netip.AddrPort) (resource.Resource, error) {
+	var r resource.Resource
+	var data string
+	err := c.db.QueryRowContext(ctx, `SELECT data FROM resources WHERE vn_address = ?`, ap.String()).Scan(&data)
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, fmt.Errorf("look up resource at %s: %w", ap, ErrNotFound)
+	}
+	if err != nil {
+		return r, fmt.Errorf("look up resource at %s: %w", ap, err)
+	}
+	if err := json.Unmarshal([]byte(data), &r); err != nil {
+		return r, fmt.Errorf("look up resource at %s: decode: %w", ap, err)
+	}
+	return r, nil
+}
+
+// User is a person who may enroll devices.
+type User struct {
+	Name  string
+	Admin bool
+}
+
+// AddUser creates a user; a taken name wraps ErrConflict.
+func (c *Catalog) AddUser(ctx context.Context, name string, admin bool) error {
+	if strings.TrimSpace(name) == "" || strings.ContainsAny(name, "\"<>") {
+		return fmt.Errorf("add user: %q is not a valid user name", name)
+	}
+	_, err := c.db.ExecContext(ctx, `INSERT INTO users(name, admin, created_at) VALUES(?,?,?)`, name, admin, time.Now().Unix())
+	if err != nil && strings.Contains(err.Error(), "UNIQUE") {
+		return fmt.Errorf("add user: a user named %q %w", name, ErrConflict)
+	}
+	if err != nil {
+		return fmt.Errorf("add user %s: %w", name, err)
+	}
+	return nil
+}
+
+// CreateEnrollToken issues a single-use enrollment secret for user, valid for ttl. Only the secret's
+// SHA-256 is stored.
+func (c *Catalog) CreateEnrollToken(ctx context.Context, user string, ttl time.Duration) (string, error) {
+	secret := randomToken()
+	_, err := c.db.ExecContext(ctx, `INSERT INTO enroll_tokens(secret_sha256, user_name, expires_at) VALUES(?,?,?)`,
+		sha256Hex(secret), user, time.Now().Add(ttl).Unix())
+	if err != nil {
+		return "", fmt.Errorf("create enrollment token for %s: %w", user, err)
+	}
+	return secret, nil
+}
+
+// Device is one enrolled WireGuard key of a user.
+type Device struct {
+	PublicKey  string
+	User       string
+	Address    netip.Addr // tunnel address
+	Name       string
+	EnrolledAt time.Time
+}
+
+// Enrollment errors a person may see.
+var (
+	ErrTokenUsed    = errors.New("this enrollment token has already been used; ask your administrator for a new one")
+	ErrTokenExpired = errors.New("this enrollment token has expired; ask your administrator for a new one")
+	ErrTokenUnknown = errors.New("this enrollment token is not known to the node; check that you copied it in full")
+)
+
+// Enroll redeems secret for the device with WireGuard public key publicKey: the token is marked used,
+// a tunnel address is allocated in api.TunnelSubnet and the device is stored. Errors: ErrTokenUnknown,
+// ErrTokenUsed, ErrTokenExpired (wrapped), or a conflict when the key is already enrolled.
+func (c *Catalog) Enroll(ctx context.Context, secret, publicKey, deviceName string) (Device, User, error) {
+	var d Device
+	var u User
+	tx, err := c.db.BeginTx(ctx, nil)
+	if err != nil {
+		return d, u, fmt.Errorf("enroll: %w", err)
+	}
+	defer tx.Rollback()
+	var expires int64
+	var used sql.NullInt64
+	err = tx.QueryRowContext(ctx, `SELECT user_name, expires_at, used_at FROM enroll_tokens WHERE secret_sha256 = ?`, sha256Hex(secret)).Scan(&u.Name, &expires, &used)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return d, u, fmt.Errorf("enroll: %w", ErrTokenUnknown)
+	case err != nil:
+		return d, u, fmt.Errorf("enroll: %w", err)
+	case used.Valid:
+		return d, u, fmt.Errorf("enroll: %w", ErrTokenUsed)
+	case time.Now().Unix() > expires:
+		return d, u, fmt.Errorf("enroll: %w", ErrTokenExpired)
+	}
+	if err := tx.QueryRowContext(ctx, `SELECT admin FROM users WHERE name = ?`, u.Name).Scan(&u.Admin); err != nil {
+		return d, u, fmt.Errorf("enroll: user %s: %w", u.Name, err)
+	}
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM devices WHERE public_key = ?`, publicKey).Scan(&n); err != nil {
+		return d, u, fmt.Errorf("enroll: %w", err)
+	}
+	if n > 0 {
+		return d, u, fmt.Errorf("enroll: this device key %w; log out first or use a new key", ErrConflict)
+	}
+	taken := map[netip.Addr]bool{}
+	rows, err := tx.QueryContext(ctx, `SELECT address FROM devices`)
+	if err != nil {
+		return d, u, fmt.Errorf("enroll: %w", err)
+	}
+	for rows.Next() {
+		var a string
+		if err := rows.Scan(&a); err == nil {
+			if ip, err := netip.ParseAddr(a); err == nil {
+				taken[ip] = true
+			}
+		}
+	}
+	rows.Close()
+	for ip := api.NodeTunnelAddress.Next(); api.TunnelSubnet.Contains(ip); ip = ip.Next() {
+		if !taken[ip] {
+			d.Address = ip
+			break
+		}
+	}
+	if !d.Address.IsValid() {
+		return d, u, fmt.Errorf("enroll: no tunnel address left in %s", api.TunnelSubnet)
+	}
+	d.PublicKey, d.User, d.Name, d.EnrolledAt = publicKey, u.Name, deviceName, time.Now().UTC()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO devices(public_key, user_name, address, name, enrolled_at) VALUES(?,?,?,?,?)`,
+		d.PublicKey, d.User, d.Address.String(), d.Name, d.EnrolledAt.Unix()); err != nil {
+		return d, u, fmt.Errorf("enroll: store device: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE enroll_tokens SET used_at = ? WHERE secret_sha256 = ?`, time.Now().Unix(), sha256Hex(secret)); err != nil {
+		return d, u, fmt.Errorf("enroll: mark token used: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return d, u, fmt.Errorf("enroll: commit: %w", err)
+	}
+	return d, u, nil
+}
+
+// Devices returns every enrolled device.
+func (c *Catalog) Devices(ctx context.Context) ([]Device, error) {
+	rows, err := c.db.QueryContext(ctx, `SELECT public_key, user_name, address, name, enrolled_at FROM devices ORDER BY address`)
+	if err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	defer rows.Close()
+	var out []Device
+	for rows.Next() {
+		var d Device
+		var addr string
+		var at int64
+		if err := rows.Scan(&d.PublicKey, &d.User, &addr, &d.Name, &at); err != nil {
+			return nil, fmt.Errorf("list devices: %w", err)
+		}
+		d.Address, _ = netip.ParseAddr(addr)
+		d.EnrolledAt = time.Unix(at, 0).UTC()
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// UserByDevice returns the user owning the device with tunnel address addr; it wraps ErrNotFound.
+func (c *Catalog) UserByDevice(ctx context.Context, addr netip.Addr) (User, error) {
+	var u User
+	err := c.db.QueryRowContext(ctx, `SELECT u.name, u.admin FROM devices d JOIN users u ON u.name = d.user_name WHERE d.address = ?`, addr.String()).Scan(&u.Name, &u.Admin)
+	if errors.Is(err, sql.ErrNoRows) {
+		return u, fmt.Errorf("look up device %s: %w", addr, ErrNotFound)
+	}
+	if err != nil {
+		return u, fmt.Errorf("look up device %s: %w", addr, err)
+	}
+	return u, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func randomToken() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func sha256Hex(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(h[:])
+}

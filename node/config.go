@@ -1,0 +1,127 @@
+package node
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+// Config is ferry-node's configuration file (JSON, config.json in the state directory unless
+// --config names another). Durations are Go duration strings ("10s").
+type Config struct {
+	// PublicHost is the name or IP clients use to reach this node (enrollment and WireGuard).
+	PublicHost string `json:"public_host"`
+	// EnrollListen is the TCP address of the HTTPS enrollment endpoint, e.g. ":8443".
+	EnrollListen string `json:"enroll_listen"`
+	// WireGuardPort is the UDP port of the WireGuard endpoint.
+	WireGuardPort int `json:"wireguard_port"`
+	// IMDSEndpoint, when set, replaces Azure IMDS (http://169.254.169.254) for token requests:
+	// for the Azure emulator in tests and demos. Empty means the real IMDS.
+	IMDSEndpoint string `json:"imds_endpoint,omitempty"`
+	// CAFiles are extra PEM files of CAs trusted for servers' TLS certificates, besides the system pool.
+	CAFiles []string `json:"ca_files,omitempty"`
+	// HostOverrides maps a server hostname to the "ip:port" to dial instead (private endpoints, tests);
+	// TLS still verifies the certificate against the hostname.
+	HostOverrides map[string]string `json:"host_overrides,omitempty"`
+	// TokenTimeout bounds every access-token request (default 10s).
+	TokenTimeout Duration `json:"token_timeout,omitzero"`
+	// LoginTimeout bounds an upstream login (default 15s).
+	LoginTimeout Duration `json:"login_timeout,omitzero"`
+	// EnrollTokenTTL is the lifetime of enrollment tokens (default 24h).
+	EnrollTokenTTL Duration `json:"enroll_token_ttl,omitzero"`
+}
+
+// Duration is a time.Duration that reads and writes as a Go duration string in JSON.
+type Duration time.Duration
+
+// MarshalJSON implements json.Marshaler.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string such as \"10s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// DefaultEnrollPort and DefaultWireGuardPort are the node's default listening ports.
+const (
+	DefaultEnrollPort    = 8443
+	DefaultWireGuardPort = 51820
+)
+
+func (c *Config) applyDefaults() {
+	if c.EnrollListen == "" {
+		c.EnrollListen = ":" + strconv.Itoa(DefaultEnrollPort)
+	}
+	if c.WireGuardPort == 0 {
+		c.WireGuardPort = DefaultWireGuardPort
+	}
+	if c.TokenTimeout == 0 {
+		c.TokenTimeout = Duration(10 * time.Second)
+	}
+	if c.LoginTimeout == 0 {
+		c.LoginTimeout = Duration(15 * time.Second)
+	}
+	if c.EnrollTokenTTL == 0 {
+		c.EnrollTokenTTL = Duration(24 * time.Hour)
+	}
+	if c.PublicHost == "" {
+		c.PublicHost, _ = os.Hostname()
+	}
+}
+
+// EnrollURL is the https URL clients enroll at.
+func (c *Config) EnrollURL() (string, error) {
+	_, port, err := net.SplitHostPort(c.EnrollListen)
+	if err != nil {
+		return "", fmt.Errorf("enroll_listen %q: %w", c.EnrollListen, err)
+	}
+	return "https://" + net.JoinHostPort(c.PublicHost, port), nil
+}
+
+// ConfigFile is the default config file name inside the state directory.
+const ConfigFile = "config.json"
+
+// LoadConfig reads a config file; a missing file gives the defaults.
+func LoadConfig(path string) (Config, error) {
+	var c Config
+	b, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return c, fmt.Errorf("read node config: %w", err)
+	}
+	if err == nil {
+		if err := json.Unmarshal(b, &c); err != nil {
+			return c, fmt.Errorf("read node config %s: %w", path, err)
+		}
+	}
+	c.applyDefaults()
+	return c, nil
+}
+
+// SaveConfig writes c to path (mode 0600).
+func SaveConfig(path string, c Config) error {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return fmt.Errorf("write node config: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("write node config: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("write node config: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,212 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/node/audit"
+	"github.com/ferryhq/ferry/node/catalog"
+	"github.com/ferryhq/ferry/resource"
+	"github.com/ferryhq/ferry/tunnel"
+)
+
+// maxBody caps request bodies of both HTTP endpoints (bytes).
+const maxBody = 1 << 20
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, err error) {
+	writeJSON(w, status, api.Error{Error: err.Error()})
+}
+
+func readJSON(r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("read request body: %w", err)
+	}
+	return nil
+}
+
+// enrollHandler serves POST /v1/enroll on the public HTTPS endpoint.
+func (n *Node) enrollHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/enroll", func(w http.ResponseWriter, r *http.Request) {
+		var req api.EnrollRequest
+		if err := readJSON(r, &req); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		key, err := tunnel.ParseKey(req.PublicKey)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("public_key: %w", err))
+			return
+		}
+		d, u, err := n.cat.Enroll(r.Context(), req.Secret, key.String(), req.DeviceName)
+		switch {
+		case errors.Is(err, catalog.ErrTokenUnknown), errors.Is(err, catalog.ErrTokenUsed), errors.Is(err, catalog.ErrTokenExpired):
+			n.log.Warn("enrollment refused", "remote", r.RemoteAddr, "err", err)
+			writeError(w, http.StatusForbidden, err)
+			return
+		case errors.Is(err, catalog.ErrConflict):
+			writeError(w, http.StatusConflict, err)
+			return
+		case err != nil:
+			n.log.Error("enrollment failed", "err", err)
+			writeError(w, http.StatusInternalServerError, errors.New("enrollment failed on the node; see the node's log"))
+			return
+		}
+		p, _ := devicePeer(d)
+		if err := n.tun.AddPeer(p); err != nil {
+			n.log.Error("add WireGuard peer", "err", err)
+			writeError(w, http.StatusInternalServerError, errors.New("enrollment failed on the node; see the node's log"))
+			return
+		}
+		subnet, err := n.cat.VNSubnet(r.Context())
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		n.log.Info("device enrolled", "user", u.Name, "device", d.Name, "address", d.Address)
+		writeJSON(w, http.StatusOK, api.EnrollResponse{
+			User:              u.Name,
+			Admin:             u.Admin,
+			DeviceAddress:     d.Address.String(),
+			NodePublicKey:     n.pub.String(),
+			WireGuardEndpoint: net.JoinHostPort(n.cfg.PublicHost, strconv.Itoa(int(n.tun.Port()))),
+			VNSubnet:          subnet.String(),
+		})
+	})
+	return mux
+}
+
+type ctxKey struct{}
+
+// apiHandler serves the control API inside the tunnel. The caller is identified by its tunnel address.
+func (n *Node) apiHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/me", func(w http.ResponseWriter, r *http.Request) {
+		u := r.Context().Value(ctxKey{}).(catalog.User)
+		writeJSON(w, http.StatusOK, api.Me{User: u.Name, Admin: u.Admin, Device: r.RemoteAddr})
+	})
+	mux.HandleFunc("GET /v1/resources", func(w http.ResponseWriter, r *http.Request) {
+		rs, err := n.cat.Resources(r.Context())
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		out := api.ResourceList{Resources: []api.Resource{}}
+		for _, x := range rs {
+			out.Resources = append(out.Resources, api.Resource{
+				Name: x.Name, Type: x.Type, Database: x.Database, Username: x.Username,
+				ConnectivityMode: x.ConnectivityMode, LoopbackAddress: x.LoopbackAddress, VNAddress: x.VNAddress,
+				Subdomain: x.Subdomain, Tags: x.Tags,
+			})
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("GET /v1/admin/datasources", n.admin(func(w http.ResponseWriter, r *http.Request) {
+		rs, err := n.cat.Resources(r.Context())
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		if rs == nil {
+			rs = []resource.Resource{}
+		}
+		writeJSON(w, http.StatusOK, api.DatasourceList{Datasources: rs})
+	}))
+	mux.HandleFunc("POST /v1/admin/datasources", n.admin(func(w http.ResponseWriter, r *http.Request) {
+		var res resource.Resource
+		if err := readJSON(r, &res); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		out, err := n.cat.AddResource(r.Context(), res)
+		var fe *resource.FieldError
+		switch {
+		case errors.Is(err, catalog.ErrConflict):
+			writeError(w, http.StatusConflict, err)
+			return
+		case errors.As(err, &fe):
+			writeError(w, http.StatusBadRequest, err)
+			return
+		case err != nil:
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		n.log.Info("resource added", "name", out.Name, "by", r.Context().Value(ctxKey{}).(catalog.User).Name, "vn_address", out.VNAddress, "loopback_address", out.LoopbackAddress)
+		writeJSON(w, http.StatusCreated, out)
+	}))
+	mux.HandleFunc("GET /v1/admin/logs/connections", n.admin(func(w http.ResponseWriter, r *http.Request) {
+		cs, err := n.audit.Connections(r.Context(), audit.ConnectionFilter{Limit: limit(r)})
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		out := api.ConnectionList{Connections: []api.Connection{}}
+		for _, c := range cs {
+			out.Connections = append(out.Connections, api.Connection{ID: c.ID, Start: c.Start, End: c.End, User: c.User, Resource: c.Resource,
+				ClientAddr: c.ClientAddr, Database: c.Database, Outcome: c.Outcome, Error: c.Error})
+		}
+		writeJSON(w, http.StatusOK, out)
+	}))
+	mux.HandleFunc("GET /v1/admin/logs/queries", n.admin(func(w http.ResponseWriter, r *http.Request) {
+		qs, err := n.audit.Queries(r.Context(), audit.QueryFilter{Limit: limit(r)})
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		out := api.QueryList{Queries: []api.Query{}}
+		for _, q := range qs {
+			out.Queries = append(out.Queries, api.Query{ID: q.ID, ConnectionID: q.ConnectionID, Time: q.Time, User: q.User, Resource: q.Resource, SQL: q.SQL})
+		}
+		writeJSON(w, http.StatusOK, out)
+	}))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ap, err := netip.ParseAddrPort(r.RemoteAddr)
+		if err != nil {
+			writeError(w, http.StatusForbidden, errors.New("unknown caller"))
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+		defer cancel()
+		u, err := n.cat.UserByDevice(ctx, ap.Addr())
+		if err != nil {
+			writeError(w, http.StatusForbidden, errors.New("this device is not enrolled; run `ferry login TOKEN`"))
+			return
+		}
+		mux.ServeHTTP(w, r.WithContext(context.WithValue(ctx, ctxKey{}, u)))
+	})
+}
+
+// admin wraps a handler that needs the admin permission level.
+func (n *Node) admin(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if u := r.Context().Value(ctxKey{}).(catalog.User); !u.Admin {
+			writeError(w, http.StatusForbidden, fmt.Errorf("user %s is not an administrator", u.Name))
+			return
+		}
+		h(w, r)
+	}
+}
+
+func limit(r *http.Request) int {
+	n, err := strconv.Atoi(r.URL.Query().Get("limit"))
+	if err != nil || n <= 0 {
+		return 100
+	}
+	return n
+}

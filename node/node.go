@@ -1,0 +1,391 @@
+// Package node is ferry-node: it holds the catalog, accepts enrolled devices over WireGuard, serves
+// the control API inside the tunnel, and proxies each tunnelled PostgreSQL connection to its Azure
+// Database for PostgreSQL server, logging in with a managed-identity access token, and records every
+// connection and query.
+package node
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"database/sql"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/netstack"
+	"github.com/ferryhq/ferry/node/audit"
+	"github.com/ferryhq/ferry/node/catalog"
+	"github.com/ferryhq/ferry/node/pgproxy"
+	"github.com/ferryhq/ferry/node/tokensource"
+	"github.com/ferryhq/ferry/resource"
+	"github.com/ferryhq/ferry/tunnel"
+)
+
+// Files in the state directory.
+const (
+	keyFile     = "wireguard.key"
+	certFile    = "enroll.crt"
+	certKeyFile = "enroll.key"
+	dbFile      = "ferry.db"
+)
+
+// DefaultAdmin is the name of the first admin user created by Init.
+const DefaultAdmin = "admin"
+
+// Init creates a node's state in dir: its WireGuard private key, the TLS certificate of its enrollment
+// endpoint, the catalog with a first admin user, and cfg as dir/config.json. It returns a single-use
+// enrollment token for that admin. It refuses a dir that already holds a node.
+func Init(ctx context.Context, dir string, cfg Config, adminName string) (string, error) {
+	cfg.applyDefaults()
+	if _, err := os.Stat(filepath.Join(dir, keyFile)); err == nil {
+		return "", fmt.Errorf("init node: %s already holds a node; use another --state directory", dir)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("init node: %w", err)
+	}
+	key, err := tunnel.GenerateKey()
+	if err != nil {
+		return "", fmt.Errorf("init node: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, keyFile), []byte(key.String()+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("init node: write key: %w", err)
+	}
+	if err := writeSelfSignedCert(dir, cfg.PublicHost); err != nil {
+		return "", fmt.Errorf("init node: %w", err)
+	}
+	if err := SaveConfig(filepath.Join(dir, ConfigFile), cfg); err != nil {
+		return "", fmt.Errorf("init node: %w", err)
+	}
+	db, err := audit.OpenDB(filepath.Join(dir, dbFile))
+	if err != nil {
+		return "", fmt.Errorf("init node: %w", err)
+	}
+	defer db.Close()
+	cat, err := catalog.Open(ctx, db)
+	if err != nil {
+		return "", fmt.Errorf("init node: %w", err)
+	}
+	if adminName == "" {
+		adminName = DefaultAdmin
+	}
+	if err := cat.AddUser(ctx, adminName, true); err != nil {
+		return "", fmt.Errorf("init node: %w", err)
+	}
+	return enrollToken(ctx, dir, cfg, cat, adminName)
+}
+
+// EnrollToken issues a new single-use enrollment token for an existing user of the node in dir.
+func EnrollToken(ctx context.Context, dir string, cfg Config, user string) (string, error) {
+	cfg.applyDefaults()
+	db, err := audit.OpenDB(filepath.Join(dir, dbFile))
+	if err != nil {
+		return "", fmt.Errorf("issue enrollment token: %w", err)
+	}
+	defer db.Close()
+	cat, err := catalog.Open(ctx, db)
+	if err != nil {
+		return "", fmt.Errorf("issue enrollment token: %w", err)
+	}
+	return enrollToken(ctx, dir, cfg, cat, user)
+}
+
+func enrollToken(ctx context.Context, dir string, cfg Config, cat *catalog.Catalog, user string) (string, error) {
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, certFile), filepath.Join(dir, certKeyFile))
+	if err != nil {
+		return "", fmt.Errorf("issue enrollment token: load certificate: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return "", fmt.Errorf("issue enrollment token: %w", err)
+	}
+	u, err := cfg.EnrollURL()
+	if err != nil {
+		return "", fmt.Errorf("issue enrollment token: %w", err)
+	}
+	secret, err := cat.CreateEnrollToken(ctx, user, time.Duration(cfg.EnrollTokenTTL))
+	if err != nil {
+		return "", err
+	}
+	return api.EnrollToken{URL: u, CertSHA256: api.CertSHA256(leaf), Secret: secret}.Encode(), nil
+}
+
+func writeSelfSignedCert(dir, host string) error {
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("generate TLS key: %w", err)
+	}
+	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: "ferry-node " + host},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().AddDate(10, 0, 0),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:     []string{"localhost"},
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		tmpl.IPAddresses = append(tmpl.IPAddresses, ip.AsSlice())
+	} else if host != "" {
+		tmpl.DNSNames = append(tmpl.DNSNames, host)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
+	if err != nil {
+		return fmt.Errorf("create TLS certificate: %w", err)
+	}
+	kb, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		return fmt.Errorf("encode TLS key: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, certFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return fmt.Errorf("write TLS certificate: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, certKeyFile), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		return fmt.Errorf("write TLS key: %w", err)
+	}
+	return nil
+}
+
+// Node is a running ferry-node.
+type Node struct {
+	dir    string
+	cfg    Config
+	log    *slog.Logger
+	db     *sql.DB
+	cat    *catalog.Catalog
+	audit  *audit.Log
+	tokens *tokensource.Source
+	proxy  *pgproxy.Proxy
+	tun    *tunnel.Tunnel
+	roots  *x509.CertPool
+	pub    tunnel.Key
+
+	enrollLn net.Listener
+	servers  []*http.Server
+	wg       sync.WaitGroup
+	cancel   context.CancelFunc
+}
+
+// Start opens the node's state in dir and starts its WireGuard endpoint, its enrollment endpoint,
+// its control API inside the tunnel and its PostgreSQL proxy. It returns once everything listens.
+// Stop it with Close.
+func Start(ctx context.Context, dir string, cfg Config, logger *slog.Logger) (*Node, error) {
+	cfg.applyDefaults()
+	if logger == nil {
+		logger = slog.Default()
+	}
+	n := &Node{dir: dir, cfg: cfg, log: logger}
+	ctx, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	if err := n.start(ctx); err != nil {
+		n.Close()
+		return nil, err
+	}
+	return n, nil
+}
+
+func (n *Node) start(ctx context.Context) error {
+	keyText, err := os.ReadFile(filepath.Join(n.dir, keyFile))
+	if err != nil {
+		return fmt.Errorf("start node: read WireGuard key (run `ferry-node init --state %s` first): %w", n.dir, err)
+	}
+	key, err := tunnel.ParseKey(strings.TrimSpace(string(keyText)))
+	if err != nil {
+		return fmt.Errorf("start node: %w", err)
+	}
+	n.pub = key.PublicKey()
+	n.roots, err = x509.SystemCertPool()
+	if err != nil || n.roots == nil {
+		n.roots = x509.NewCertPool()
+	}
+	for _, f := range n.cfg.CAFiles {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("start node: read CA file: %w", err)
+		}
+		if !n.roots.AppendCertsFromPEM(b) {
+			return fmt.Errorf("start node: CA file %s holds no PEM certificate", f)
+		}
+	}
+	if n.db, err = audit.OpenDB(filepath.Join(n.dir, dbFile)); err != nil {
+		return fmt.Errorf("start node: %w", err)
+	}
+	if n.cat, err = catalog.Open(ctx, n.db); err != nil {
+		return fmt.Errorf("start node: %w", err)
+	}
+	if n.audit, err = audit.Open(ctx, n.db); err != nil {
+		return fmt.Errorf("start node: %w", err)
+	}
+	if n.tokens, err = tokensource.New(tokensource.Config{IMDSEndpoint: n.cfg.IMDSEndpoint, Timeout: time.Duration(n.cfg.TokenTimeout), Logger: n.log}); err != nil {
+		return fmt.Errorf("start node: %w", err)
+	}
+	n.proxy = pgproxy.New(pgproxy.Config{Tokens: n.tokens, Audit: n.audit, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout)})
+
+	devices, err := n.cat.Devices(ctx)
+	if err != nil {
+		return fmt.Errorf("start node: %w", err)
+	}
+	var peers []tunnel.Peer
+	for _, d := range devices {
+		p, err := devicePeer(d)
+		if err != nil {
+			n.log.Warn("skipping device with a bad key", "user", d.User, "address", d.Address, "err", err)
+			continue
+		}
+		peers = append(peers, p)
+	}
+	n.tun, err = tunnel.New(ctx, tunnel.Config{
+		PrivateKey:  key,
+		ListenPort:  n.cfg.WireGuardPort,
+		Addresses:   []netip.Addr{api.NodeTunnelAddress},
+		Promiscuous: true,
+		Peers:       peers,
+		Logger:      n.log,
+	})
+	if err != nil {
+		return fmt.Errorf("start node: WireGuard: %w", err)
+	}
+	n.tun.Stack().SetForwarder(1024, n.forward)
+
+	apiLn, err := n.tun.Stack().ListenTCP(netip.AddrPortFrom(api.NodeTunnelAddress, api.APIPort))
+	if err != nil {
+		return fmt.Errorf("start node: control API listener: %w", err)
+	}
+	n.serve(&http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: 10 * time.Second}, apiLn)
+
+	cert, err := tls.LoadX509KeyPair(filepath.Join(n.dir, certFile), filepath.Join(n.dir, certKeyFile))
+	if err != nil {
+		return fmt.Errorf("start node: load enrollment certificate: %w", err)
+	}
+	ln, err := net.Listen("tcp", n.cfg.EnrollListen)
+	if err != nil {
+		return fmt.Errorf("start node: enrollment endpoint: %w", err)
+	}
+	n.enrollLn = ln
+	n.serve(&http.Server{Handler: n.enrollHandler(), ReadHeaderTimeout: 10 * time.Second},
+		tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
+	n.log.Info("node started", "wireguard_port", n.tun.Port(), "enroll", ln.Addr().String(), "public_key", n.pub.String(), "devices", len(peers))
+	return nil
+}
+
+func (n *Node) serve(srv *http.Server, ln net.Listener) {
+	n.servers = append(n.servers, srv)
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("server stopped", "addr", ln.Addr().String(), "err", err)
+		}
+	}()
+}
+
+func devicePeer(d catalog.Device) (tunnel.Peer, error) {
+	k, err := tunnel.ParseKey(d.PublicKey)
+	if err != nil {
+		return tunnel.Peer{}, err
+	}
+	return tunnel.Peer{PublicKey: k, AllowedIPs: []netip.Prefix{netip.PrefixFrom(d.Address, 32)}}, nil
+}
+
+// forward decides each new tunnelled TCP flow: a flow to a resource's virtual networking address
+// from an enrolled device goes to the PostgreSQL proxy; anything else is answered with RST.
+func (n *Node) forward(ctx context.Context, f netstack.Flow) (func(net.Conn), error) {
+	r, err := n.cat.ResourceByVNAddress(ctx, f.Local)
+	if err != nil {
+		return nil, err
+	}
+	u, err := n.cat.UserByDevice(ctx, f.Remote.Addr())
+	if err != nil {
+		return nil, err
+	}
+	t := n.target(r)
+	s := pgproxy.Session{User: u.Name, ClientAddr: f.Remote.String()}
+	return func(c net.Conn) { n.proxy.Serve(ctx, c, t, s) }, nil
+}
+
+// target describes how the proxy reaches and logs in to resource r.
+func (n *Node) target(r resource.Resource) pgproxy.Target {
+	t := pgproxy.Target{
+		Resource:         r.Name,
+		Host:             r.Hostname,
+		Port:             r.Port,
+		Database:         r.Database,
+		Username:         r.LoginUsername(),
+		RestrictDatabase: r.RestrictDatabase,
+		ClientID:         r.ManagedIdentityClientID,
+		TLSRequired:      r.TLSRequired,
+		RootCAs:          n.roots,
+	}
+	if over, ok := n.cfg.HostOverrides[strings.ToLower(r.Hostname)]; ok {
+		if _, _, err := net.SplitHostPort(over); err != nil {
+			over = net.JoinHostPort(over, strconv.Itoa(r.Port))
+		}
+		t.Dial = func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, over)
+		}
+	}
+	return t
+}
+
+// WireGuardPort returns the bound WireGuard UDP port.
+func (n *Node) WireGuardPort() uint16 { return n.tun.Port() }
+
+// PublicKey returns the node's WireGuard public key.
+func (n *Node) PublicKey() tunnel.Key { return n.pub }
+
+// EnrollAddr returns the enrollment endpoint's bound address.
+func (n *Node) EnrollAddr() net.Addr { return n.enrollLn.Addr() }
+
+// Audit returns the node's audit log.
+func (n *Node) Audit() *audit.Log { return n.audit }
+
+// Catalog returns the node's catalog.
+func (n *Node) Catalog() *catalog.Catalog { return n.cat }
+
+// Tunnel returns the node's WireGuard tunnel.
+func (n *Node) Tunnel() *tunnel.Tunnel { return n.tun }
+
+// Close stops every listener and session and closes the state. It is safe to call more than once.
+func (n *Node) Close() error {
+	if n.cancel != nil {
+		n.cancel()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, s := range n.servers {
+		_ = s.Shutdown(ctx)
+	}
+	n.servers = nil
+	n.wg.Wait()
+	if n.tun != nil {
+		_ = n.tun.Close()
+		n.tun = nil
+	}
+	if n.audit != nil {
+		_ = n.audit.Close()
+		n.audit = nil
+	}
+	if n.db != nil {
+		err := n.db.Close()
+		n.db = nil
+		return err
+	}
+	return nil
+}
