@@ -1,0 +1,222 @@
+// Package cli is the ferry command line: a thin face over the client core (package client). Every
+// command that needs the node goes through the running daemon's control socket.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferryhq/ferry/client"
+	"github.com/ferryhq/ferry/resource"
+)
+
+// NewRoot returns the ferry root command. runGUI, when not nil, runs the desktop app; it is what
+// `ferry` with no arguments (and `ferry app`) starts.
+func NewRoot(runGUI func(ctx context.Context, dirs client.Dirs) error) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "ferry",
+		Short: "Reach Azure Database for PostgreSQL through Ferry, without passwords",
+		Long: `ferry gives every Azure Database for PostgreSQL resource you may use a local address
+(for example 127.0.0.1:10001). psql, pgbench, DBeaver, DataGrip and any driver connect to it
+unchanged; ferry-node logs in with its managed identity, so you never hold a database password.
+
+Start: ferry login TOKEN, then ferry daemon (or the desktop app), then ferry status and ferry connect NAME.
+Run without arguments to open the desktop app.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	if runGUI != nil {
+		root.RunE = func(cmd *cobra.Command, _ []string) error {
+			dirs, err := client.DefaultDirs()
+			if err != nil {
+				return err
+			}
+			return runGUI(cmd.Context(), dirs)
+		}
+	}
+	root.AddCommand(loginCmd(), daemonCmd(), statusCmd(), connectCmd(), disconnectCmd(), adminCmd())
+	return root
+}
+
+// Main runs the root command with os.Args and returns the process exit code.
+func Main(runGUI func(ctx context.Context, dirs client.Dirs) error) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := NewRoot(runGUI)
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "ferry:", err)
+		return 1
+	}
+	return 0
+}
+
+func dirsAndControl() (client.Dirs, *client.Control, error) {
+	dirs, err := client.DefaultDirs()
+	if err != nil {
+		return dirs, nil, err
+	}
+	return dirs, client.NewControl(dirs), nil
+}
+
+func loginCmd() *cobra.Command {
+	var device string
+	c := &cobra.Command{
+		Use:   "login TOKEN",
+		Short: "Enroll this device with ferry-node using an enrollment token",
+		Long: `Enroll this device with the node that issued TOKEN. A WireGuard key pair is made here; only its
+public key is sent. The node's TLS certificate is pinned by the token. The state is stored under the
+user's config directory (FERRY_CONFIG_DIR overrides it) with mode 0600. Then run ` + "`ferry daemon`" + `.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dirs, err := client.DefaultDirs()
+			if err != nil {
+				return err
+			}
+			st, err := client.Login(cmd.Context(), dirs, args[0], device)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Enrolled as %s (device address %s). Start the client with `ferry daemon`.\n", st.User, st.DeviceAddress)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&device, "device-name", "", "name of this device as the node lists it (default: the hostname)")
+	return c
+}
+
+func daemonCmd() *cobra.Command {
+	var verbose bool
+	return &cobra.Command{
+		Use:   "daemon",
+		Short: "Run the headless client: the tunnel to the node and the local addresses",
+		Long: `Run the client in the foreground: it keeps the WireGuard tunnel to ferry-node, listens on the local
+address of every connected resource, and serves the control socket that the CLI and the desktop
+app use. Stop it with Ctrl-C.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dirs, err := client.DefaultDirs()
+			if err != nil {
+				return err
+			}
+			level := slog.LevelInfo
+			if verbose {
+				level = slog.LevelDebug
+			}
+			logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			d, err := client.StartDaemon(cmd.Context(), dirs, logger)
+			if err != nil {
+				return err
+			}
+			<-cmd.Context().Done()
+			return d.Close()
+		},
+	}
+}
+
+func statusCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "List the resources you may reach, their local addresses and whether they are connected",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, ctl, err := dirsAndControl()
+			if err != nil {
+				return err
+			}
+			st, err := ctl.Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if !st.NodeReachable {
+				fmt.Fprintf(cmd.ErrOrStderr(), "ferry-node unreachable: %s\n", st.NodeError)
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tTYPE\tADDRESS\tSTATUS\tTAGS")
+			for _, r := range st.Resources {
+				state := "not connected"
+				if r.Connected {
+					state = "connected"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Name, r.Type, r.Address, state, resource.FormatTags(r.Tags))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func connectCmd() *cobra.Command {
+	var env bool
+	c := &cobra.Command{
+		Use:   "connect NAME",
+		Short: "Connect a resource and print its local address",
+		Long: `Connect a resource: the daemon starts listening on its local address and prints it. With --env,
+print shell export lines (PGHOST, PGPORT, PGDATABASE, PGUSER, PGSSLMODE) instead, so that
+
+  eval "$(ferry connect NAME --env)" && psql
+
+reaches the database. No password is needed: ferry-node logs in with its managed identity.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, ctl, err := dirsAndControl()
+			if err != nil {
+				return err
+			}
+			r, err := ctl.Connect(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			writeConnect(cmd.OutOrStdout(), r, env)
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&env, "env", false, "print shell export lines for psql instead of the address")
+	return c
+}
+
+func writeConnect(w io.Writer, r client.ResourceStatus, env bool) {
+	if !env {
+		fmt.Fprintln(w, r.Address)
+		return
+	}
+	for _, kv := range client.PGEnv(r) {
+		fmt.Fprintf(w, "export %s=%s\n", kv[0], shellQuote(kv[1]))
+	}
+}
+
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:/@") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+func disconnectCmd() *cobra.Command {
+	var all bool
+	c := &cobra.Command{
+		Use:   "disconnect NAME... | --all",
+		Short: "Stop listening on resources' local addresses",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if all == (len(args) > 0) {
+				return errors.New("disconnect: give resource names or --all (not both)")
+			}
+			_, ctl, err := dirsAndControl()
+			if err != nil {
+				return err
+			}
+			return ctl.Disconnect(cmd.Context(), args...)
+		},
+	}
+	c.Flags().BoolVar(&all, "all", false, "disconnect every connected resource")
+	return c
+}

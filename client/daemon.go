@@ -1,0 +1,429 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"os"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/tunnel"
+)
+
+// PersistentKeepalive is the WireGuard keepalive toward the node (seconds matter: NAT and Azure load
+// balancers drop idle UDP flows).
+const PersistentKeepalive = 25 * time.Second
+
+// Daemon is the running client: one WireGuard tunnel to the node, a loopback listener per connected
+// resource, and the control socket.
+type Daemon struct {
+	dirs  Dirs
+	log   *slog.Logger
+	tun   *tunnel.Tunnel
+	api   *api.Client
+	ctl   *http.Server
+	ctlLn net.Listener
+
+	mu        sync.Mutex
+	state     State
+	listeners map[string]*listener // by resource name
+	wg        sync.WaitGroup
+	ctx       context.Context
+	cancel    context.CancelFunc
+}
+
+type listener struct {
+	res api.Resource
+	ln  net.Listener
+}
+
+// StartDaemon brings up the tunnel to the node, restores the resources that were connected, and serves
+// the control socket at dirs.Socket(). It returns once the socket listens; stop it with Close.
+func StartDaemon(ctx context.Context, dirs Dirs, logger *slog.Logger) (*Daemon, error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	st, err := LoadState(dirs)
+	if err != nil {
+		return nil, fmt.Errorf("start daemon: %w", err)
+	}
+	d := &Daemon{dirs: dirs, log: logger, state: st, listeners: map[string]*listener{}}
+	d.ctx, d.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	if err := d.start(ctx); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *Daemon) start(ctx context.Context) error {
+	key, err := tunnel.ParseKey(d.state.PrivateKey)
+	if err != nil {
+		return fmt.Errorf("start daemon: device key: %w", err)
+	}
+	nodeKey, err := tunnel.ParseKey(d.state.NodePublicKey)
+	if err != nil {
+		return fmt.Errorf("start daemon: node key: %w", err)
+	}
+	endpoint, err := resolveEndpoint(ctx, d.state.WireGuardEndpoint)
+	if err != nil {
+		return fmt.Errorf("start daemon: %w", err)
+	}
+	addr, err := netip.ParseAddr(d.state.DeviceAddress)
+	if err != nil {
+		return fmt.Errorf("start daemon: device address: %w", err)
+	}
+	allowed := []netip.Prefix{api.TunnelSubnet}
+	if p, err := netip.ParsePrefix(d.state.VNSubnet); err == nil {
+		allowed = append(allowed, p)
+	}
+	d.tun, err = tunnel.New(ctx, tunnel.Config{
+		PrivateKey: key,
+		Addresses:  []netip.Addr{addr},
+		Peers: []tunnel.Peer{{
+			PublicKey: nodeKey, AllowedIPs: allowed, Endpoint: endpoint, PersistentKeepalive: PersistentKeepalive,
+		}},
+		Logger: d.log,
+	})
+	if err != nil {
+		return fmt.Errorf("start daemon: tunnel: %w", err)
+	}
+	d.api = api.NewClient(d.tun.Stack().DialContext, 15*time.Second)
+
+	if err := os.MkdirAll(d.dirs.Runtime, 0o700); err != nil {
+		return fmt.Errorf("start daemon: %w", err)
+	}
+	sock := d.dirs.Socket()
+	if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("start daemon: another ferry daemon already serves %s", sock)
+	}
+	_ = os.Remove(sock)
+	d.ctlLn, err = net.Listen("unix", sock)
+	if err != nil {
+		return fmt.Errorf("start daemon: control socket: %w", err)
+	}
+	_ = os.Chmod(sock, 0o600)
+	d.ctl = &http.Server{Handler: d.controlHandler(), ReadHeaderTimeout: 10 * time.Second}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := d.ctl.Serve(d.ctlLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("control socket stopped", "err", err)
+		}
+	}()
+	for _, name := range d.state.Connected {
+		if _, err := d.Connect(ctx, name); err != nil {
+			d.log.Warn("could not restore connection", "resource", name, "err", err)
+		}
+	}
+	d.log.Info("daemon started", "user", d.state.User, "device", d.state.DeviceAddress, "node", d.state.WireGuardEndpoint, "socket", sock)
+	return nil
+}
+
+func resolveEndpoint(ctx context.Context, hostport string) (netip.AddrPort, error) {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("node WireGuard endpoint %q: %w", hostport, err)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("node WireGuard endpoint %q: bad port", hostport)
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil || len(ips) == 0 {
+		return netip.AddrPort{}, fmt.Errorf("resolve node WireGuard endpoint %q: %w", hostport, err)
+	}
+	return netip.AddrPortFrom(ips[0].Unmap(), uint16(p)), nil
+}
+
+// API returns the node's control API client, through the tunnel.
+func (d *Daemon) API() *api.Client { return d.api }
+
+// ResourceStatus is one row of the daemon's status.
+type ResourceStatus struct {
+	api.Resource
+	Address   string `json:"address"` // where local clients connect, e.g. 127.0.0.1:10001
+	Connected bool   `json:"connected"`
+}
+
+// Status is the daemon's answer to GET /local/v1/status.
+type Status struct {
+	User          string           `json:"user"`
+	Admin         bool             `json:"admin"`
+	Device        string           `json:"device"`
+	NodeReachable bool             `json:"node_reachable"`
+	NodeError     string           `json:"node_error,omitempty"`
+	Resources     []ResourceStatus `json:"resources"`
+}
+
+// Status asks the node for the user's resources and marks the connected ones.
+func (d *Daemon) Status(ctx context.Context) Status {
+	d.mu.Lock()
+	st := Status{User: d.state.User, Admin: d.state.Admin, Device: d.state.DeviceAddress, Resources: []ResourceStatus{}}
+	d.mu.Unlock()
+	rs, err := d.api.Resources(ctx)
+	if err != nil {
+		st.NodeError = err.Error()
+		d.mu.Lock()
+		for _, l := range d.listeners {
+			st.Resources = append(st.Resources, ResourceStatus{Resource: l.res, Address: l.res.LoopbackAddress, Connected: true})
+		}
+		d.mu.Unlock()
+	} else {
+		st.NodeReachable = true
+		d.mu.Lock()
+		for _, r := range rs {
+			_, on := d.listeners[r.Name]
+			st.Resources = append(st.Resources, ResourceStatus{Resource: r, Address: r.LoopbackAddress, Connected: on})
+		}
+		d.mu.Unlock()
+	}
+	sort.Slice(st.Resources, func(i, j int) bool { return st.Resources[i].Name < st.Resources[j].Name })
+	return st
+}
+
+// ErrUnknownResource is returned when a name matches none of the user's resources.
+var ErrUnknownResource = errors.New("no such resource")
+
+// Connect starts listening on the resource's loopback address and returns the resource's status row.
+// Connecting an already connected resource returns its address again.
+func (d *Daemon) Connect(ctx context.Context, name string) (ResourceStatus, error) {
+	rs, err := d.api.Resources(ctx)
+	if err != nil {
+		return ResourceStatus{}, fmt.Errorf("connect %s: list resources: %w", name, err)
+	}
+	i := slices.IndexFunc(rs, func(r api.Resource) bool { return r.Name == name })
+	if i < 0 {
+		return ResourceStatus{}, fmt.Errorf("connect %s: %w you may reach (see `ferry status`)", name, ErrUnknownResource)
+	}
+	r := rs[i]
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if l, ok := d.listeners[name]; ok {
+		return ResourceStatus{Resource: l.res, Address: l.res.LoopbackAddress, Connected: true}, nil
+	}
+	ln, err := net.Listen("tcp", r.LoopbackAddress)
+	if err != nil {
+		return ResourceStatus{}, fmt.Errorf("connect %s: listen on %s (is another program using that port? an administrator can set a port override): %w", name, r.LoopbackAddress, err)
+	}
+	l := &listener{res: r, ln: ln}
+	d.listeners[name] = l
+	d.wg.Add(1)
+	go d.acceptLoop(l)
+	if !slices.Contains(d.state.Connected, name) {
+		d.state.Connected = append(d.state.Connected, name)
+		if err := SaveState(d.dirs, d.state); err != nil {
+			d.log.Warn("could not save connected resources", "err", err)
+		}
+	}
+	d.log.Info("resource connected", "resource", name, "address", r.LoopbackAddress)
+	return ResourceStatus{Resource: r, Address: r.LoopbackAddress, Connected: true}, nil
+}
+
+// Disconnect stops listening for the named resources (all when names is empty). Open sessions end.
+func (d *Daemon) Disconnect(names ...string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(names) == 0 {
+		for n := range d.listeners {
+			names = append(names, n)
+		}
+	}
+	var errs []error
+	for _, n := range names {
+		l, ok := d.listeners[n]
+		if !ok {
+			errs = append(errs, fmt.Errorf("disconnect %s: it is not connected", n))
+			continue
+		}
+		_ = l.ln.Close()
+		delete(d.listeners, n)
+		d.state.Connected = slices.DeleteFunc(d.state.Connected, func(s string) bool { return s == n })
+		d.log.Info("resource disconnected", "resource", n)
+	}
+	if err := SaveState(d.dirs, d.state); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// dialTimeout bounds a dial through the tunnel to the node (handshake included).
+const dialTimeout = 10 * time.Second
+
+func (d *Daemon) acceptLoop(l *listener) {
+	defer d.wg.Done()
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				d.log.Warn("loopback listener stopped", "resource", l.res.Name, "err", err)
+			}
+			return
+		}
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			d.carry(c, l.res)
+		}()
+	}
+}
+
+// carry takes one local connection through the tunnel to the resource's virtual networking address.
+// When the node cannot be reached, the local client gets a PostgreSQL FATAL ErrorResponse (SQLSTATE
+// 08001) instead of a dropped connection.
+func (d *Daemon) carry(c net.Conn, r api.Resource) {
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(d.ctx, dialTimeout)
+	up, err := d.tun.Stack().DialContext(ctx, "tcp", r.VNAddress)
+	cancel()
+	if err != nil {
+		d.log.Warn("could not reach the node", "resource", r.Name, "err", err)
+		refuse(c, "08001", fmt.Sprintf("ferry: could not reach ferry-node for resource %q: %v", r.Name, err),
+			"Check that ferry-node is running and reachable (ferry status), then retry.")
+		return
+	}
+	defer up.Close()
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(up, c); closeWrite(up); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(c, up); closeWrite(c); done <- struct{}{} }()
+	select {
+	case <-done:
+	case <-d.ctx.Done():
+	}
+	// One side finished: give the other a moment to drain, then close both.
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+	case <-d.ctx.Done():
+	}
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+		return
+	}
+	_ = c.Close()
+}
+
+// refuse answers a PostgreSQL client that has not been proxied: SSLRequest and GSSENCRequest get 'N',
+// then a FATAL ErrorResponse follows the StartupMessage (PostgreSQL protocol §55.2.1, §55.7).
+func refuse(c net.Conn, code, msg, hint string) {
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	be := pgproto3.NewBackend(c, c)
+	be.SetMaxBodyLen(10000)
+	for i := 0; i < 3; i++ {
+		m, err := be.ReceiveStartupMessage()
+		if err != nil {
+			return
+		}
+		switch m.(type) {
+		case *pgproto3.SSLRequest, *pgproto3.GSSEncRequest:
+			if _, err := c.Write([]byte{'N'}); err != nil {
+				return
+			}
+		case *pgproto3.StartupMessage:
+			be.Send(&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: code, Message: msg, Hint: hint})
+			_ = be.Flush()
+			return
+		default: // CancelRequest: nothing to cancel
+			return
+		}
+	}
+}
+
+// Close disconnects everything, stops the tunnel and removes the control socket.
+func (d *Daemon) Close() error {
+	if d.cancel != nil {
+		d.cancel()
+	}
+	if d.ctl != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		_ = d.ctl.Shutdown(ctx)
+		cancel()
+		_ = os.Remove(d.dirs.Socket())
+	}
+	d.mu.Lock()
+	for n, l := range d.listeners {
+		_ = l.ln.Close()
+		delete(d.listeners, n)
+	}
+	d.mu.Unlock()
+	d.wg.Wait()
+	if d.tun != nil {
+		return d.tun.Close()
+	}
+	return nil
+}
+
+// controlHandler serves the control socket: /local/v1/* is the daemon itself; every other /v1/ path is
+// relayed to the node's control API through the tunnel, so the CLI's admin commands need no key of
+// their own.
+func (d *Daemon) controlHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /local/v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.Status(r.Context()))
+	})
+	mux.HandleFunc("POST /local/v1/connect", func(w http.ResponseWriter, r *http.Request) {
+		var req struct{ Name string }
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil || req.Name == "" {
+			writeJSON(w, http.StatusBadRequest, api.Error{Error: "connect: give a resource name"})
+			return
+		}
+		st, err := d.Connect(r.Context(), req.Name)
+		if err != nil {
+			code := http.StatusBadGateway
+			if errors.Is(err, ErrUnknownResource) {
+				code = http.StatusNotFound
+			} else if strings.Contains(err.Error(), "listen on") {
+				code = http.StatusConflict
+			}
+			writeJSON(w, code, api.Error{Error: err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("POST /local/v1/disconnect", func(w http.ResponseWriter, r *http.Request) {
+		var req struct{ Names []string }
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
+			writeJSON(w, http.StatusBadRequest, api.Error{Error: "disconnect: bad request"})
+			return
+		}
+		if err := d.Disconnect(req.Names...); err != nil {
+			writeJSON(w, http.StatusBadRequest, api.Error{Error: err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, struct{}{})
+	})
+	nodeURL := &url.URL{Scheme: "http", Host: netip.AddrPortFrom(api.NodeTunnelAddress, api.APIPort).String()}
+	relay := httputil.NewSingleHostReverseProxy(nodeURL)
+	relay.Transport = &http.Transport{DialContext: d.tun.Stack().DialContext, ResponseHeaderTimeout: 30 * time.Second}
+	relay.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
+		writeJSON(w, http.StatusBadGateway, api.Error{Error: "could not reach ferry-node through the tunnel: " + err.Error()})
+	}
+	mux.Handle("/v1/", relay)
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

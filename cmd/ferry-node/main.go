@@ -1,0 +1,164 @@
+// Command ferry-node runs a Ferry node on an Azure VM with a managed identity: it accepts enrolled
+// devices over WireGuard and proxies their PostgreSQL connections to Azure Database for PostgreSQL,
+// logging in with access tokens from the managed identity. It is pure Go (CGO_ENABLED=0) and links no
+// GUI code.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferryhq/ferry/node"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := rootCmd().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "ferry-node:", err)
+		os.Exit(1)
+	}
+}
+
+func rootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "ferry-node",
+		Short: "Ferry node: password-less access to Azure Database for PostgreSQL with managed identities",
+		Long: `ferry-node runs on an Azure VM that has a system- or user-assigned managed identity. It asks IMDS for
+short-lived access tokens, logs in to Azure Database for PostgreSQL with them over verified TLS, and
+serves Ferry clients over WireGuard. It keeps the catalog of resources and users and logs every
+connection and query.
+
+First: ferry-node init --state DIR --public-host HOST. Then: ferry-node run --state DIR.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(initCmd(), runCmd(), tokenCmd())
+	return root
+}
+
+func configPath(state, config string) string {
+	if config != "" {
+		return config
+	}
+	return filepath.Join(state, node.ConfigFile)
+}
+
+func initCmd() *cobra.Command {
+	var state, admin, enrollListen, imds string
+	var cfg node.Config
+	var caFiles, overrides []string
+	c := &cobra.Command{
+		Use:   "init --state DIR",
+		Short: "Create a node: its WireGuard key, its catalog and a first admin's enrollment token",
+		Long: `Create a node's state in DIR: its WireGuard key, the TLS certificate of its enrollment endpoint,
+the catalog (SQLite) with a first admin user, and DIR/config.json. Prints a single-use enrollment
+token for that admin: give it to ` + "`ferry login`" + ` on the admin's machine.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if state == "" {
+				return fmt.Errorf("--state is required: the directory to keep the node's state in")
+			}
+			cfg.EnrollListen = enrollListen
+			cfg.IMDSEndpoint = imds
+			cfg.CAFiles = caFiles
+			for _, o := range overrides {
+				host, addr, ok := strings.Cut(o, "=")
+				if !ok || host == "" || addr == "" {
+					return fmt.Errorf("--host-override %q: use HOSTNAME=IP[:PORT]", o)
+				}
+				if cfg.HostOverrides == nil {
+					cfg.HostOverrides = map[string]string{}
+				}
+				cfg.HostOverrides[strings.ToLower(host)] = addr
+			}
+			tok, err := node.Init(cmd.Context(), state, cfg, admin)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.ErrOrStderr(), "Node created in", state+". Enrollment token for", admin, "(single use, expires in 24h):")
+			fmt.Fprintln(cmd.OutOrStdout(), tok)
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&state, "state", "", "directory for the node's state (required)")
+	f.StringVar(&admin, "admin", node.DefaultAdmin, "name of the first admin user")
+	f.StringVar(&cfg.PublicHost, "public-host", "", "name or IP clients reach this node at (default: the hostname)")
+	f.StringVar(&enrollListen, "enroll-listen", fmt.Sprintf(":%d", node.DefaultEnrollPort), "TCP address of the HTTPS enrollment endpoint")
+	f.IntVar(&cfg.WireGuardPort, "wireguard-port", node.DefaultWireGuardPort, "UDP port of the WireGuard endpoint")
+	f.StringVar(&imds, "imds-endpoint", "", "replace Azure IMDS with this http://host:port (the Azure emulator); empty = real IMDS")
+	f.StringSliceVar(&caFiles, "ca-file", nil, "extra PEM CA file trusted for servers' TLS certificates (repeatable)")
+	f.StringSliceVar(&overrides, "host-override", nil, "dial IP[:PORT] for HOSTNAME (HOSTNAME=IP[:PORT], repeatable); TLS still verifies HOSTNAME")
+	return c
+}
+
+func runCmd() *cobra.Command {
+	var state, config string
+	var verbose bool
+	c := &cobra.Command{
+		Use:   "run --state DIR [--config FILE]",
+		Short: "Run the node until interrupted",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if state == "" {
+				return fmt.Errorf("--state is required: the directory given to `ferry-node init`")
+			}
+			cfg, err := node.LoadConfig(configPath(state, config))
+			if err != nil {
+				return err
+			}
+			level := slog.LevelInfo
+			if verbose {
+				level = slog.LevelDebug
+			}
+			logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			n, err := node.Start(cmd.Context(), state, cfg, logger)
+			if err != nil {
+				return err
+			}
+			<-cmd.Context().Done()
+			logger.Info("stopping")
+			return n.Close()
+		},
+	}
+	c.Flags().StringVar(&state, "state", "", "the node's state directory (required)")
+	c.Flags().StringVar(&config, "config", "", "config file (default: STATE/config.json)")
+	c.Flags().BoolVar(&verbose, "verbose", false, "log debug detail")
+	return c
+}
+
+func tokenCmd() *cobra.Command {
+	var state, config string
+	c := &cobra.Command{
+		Use:   "enroll-token USER --state DIR",
+		Short: "Issue a new single-use enrollment token for an existing user",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if state == "" {
+				return fmt.Errorf("--state is required")
+			}
+			cfg, err := node.LoadConfig(configPath(state, config))
+			if err != nil {
+				return err
+			}
+			tok, err := node.EnrollToken(cmd.Context(), state, cfg, args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), tok)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&state, "state", "", "the node's state directory (required)")
+	c.Flags().StringVar(&config, "config", "", "config file (default: STATE/config.json)")
+	return c
+}
