@@ -18,7 +18,8 @@ type Config struct {
 	PublicHost string `json:"public_host"`
 	// EnrollListen is the TCP address of the HTTPS enrollment endpoint, e.g. ":8443".
 	EnrollListen string `json:"enroll_listen"`
-	// WireGuardPort is the UDP port of the WireGuard endpoint.
+	// WireGuardPort is the UDP port of the WireGuard endpoint; 0 picks a free port at each start
+	// (tests and demos only: enrolled clients remember the port).
 	WireGuardPort int `json:"wireguard_port"`
 	// IMDSEndpoint, when set, replaces Azure IMDS (http://169.254.169.254) for token requests:
 	// for the Azure emulator in tests and demos. Empty means the real IMDS.
@@ -65,9 +66,6 @@ const (
 func (c *Config) applyDefaults() {
 	if c.EnrollListen == "" {
 		c.EnrollListen = ":" + strconv.Itoa(DefaultEnrollPort)
-	}
-	if c.WireGuardPort == 0 {
-		c.WireGuardPort = DefaultWireGuardPort
 	}
 	if c.TokenTimeout == 0 {
 		c.TokenTimeout = Duration(10 * time.Second)

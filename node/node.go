@@ -344,6 +344,15 @@ func (n *Node) target(r resource.Resource) pgproxy.Target {
 	return t
 }
 
+// EnrollToken issues a single-use enrollment token for an existing user, naming the enrollment
+// endpoint's bound port (useful when the config asked for port 0).
+func (n *Node) EnrollToken(ctx context.Context, user string) (string, error) {
+	cfg := n.cfg
+	_, port, _ := net.SplitHostPort(n.enrollLn.Addr().String())
+	cfg.EnrollListen = net.JoinHostPort("", port)
+	return enrollToken(ctx, n.dir, cfg, n.cat, user)
+}
+
 // WireGuardPort returns the bound WireGuard UDP port.
 func (n *Node) WireGuardPort() uint16 { return n.tun.Port() }
 

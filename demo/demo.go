@@ -1,0 +1,152 @@
+// Package demo assembles a whole Ferry installation on loopback: a real PostgreSQL behind the Azure
+// emulator, a node, an enrolled client daemon, and the reference page's example resource
+// azure-pg-mi-prod, connected in loopback mode. The demo command and the end-to-end tests use it.
+package demo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/ferryhq/ferry/azureemu"
+	"github.com/ferryhq/ferry/client"
+	"github.com/ferryhq/ferry/node"
+	"github.com/ferryhq/ferry/resource"
+)
+
+// The reference page's example resource.
+const (
+	ResourceName = "azure-pg-mi-prod"
+	Database     = "production"
+	Role         = "mi_user"
+	ClientID     = "11111111-2222-3333-4444-555555555555"
+	ObjectID     = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
+	IdentityName = "ferry-mi-prod"
+)
+
+// Options tune Start.
+type Options struct {
+	// Dir is where everything is kept; empty means a new temp dir removed by Close.
+	Dir    string
+	Logger *slog.Logger
+	// NoResource skips adding and connecting azure-pg-mi-prod.
+	NoResource bool
+}
+
+// Env is a running demo installation.
+type Env struct {
+	Emu    *azureemu.Emulator
+	Node   *node.Node
+	Daemon *client.Daemon
+	Dirs   client.Dirs
+	// NodeDir is the node's state directory.
+	NodeDir string
+	// Resource is azure-pg-mi-prod as connected (unless Options.NoResource).
+	Resource client.ResourceStatus
+
+	dir     string
+	ownsDir bool
+}
+
+// Start builds the installation. On error everything started so far is stopped.
+func Start(ctx context.Context, opt Options) (env *Env, err error) {
+	log := opt.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	e := &Env{dir: opt.Dir}
+	if e.dir == "" {
+		if e.dir, err = os.MkdirTemp("", "ferry-demo-"); err != nil {
+			return nil, fmt.Errorf("demo: %w", err)
+		}
+		e.ownsDir = true
+	}
+	defer func() {
+		if err != nil {
+			e.Close()
+		}
+	}()
+	e.Emu, err = azureemu.Start(ctx, azureemu.Config{
+		Users:  []azureemu.Identity{{ClientID: ClientID, ObjectID: ObjectID, DisplayName: IdentityName}},
+		Logger: log.With("component", "azureemu"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("demo: start Azure emulator: %w", err)
+	}
+	if err := e.Emu.CreatePrincipal(ctx, Role, ObjectID); err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
+	if err := e.Emu.CreateDatabase(ctx, Database, Role); err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
+	e.NodeDir = filepath.Join(e.dir, "node")
+	cfg := node.Config{
+		PublicHost:    "127.0.0.1",
+		EnrollListen:  "127.0.0.1:0",
+		WireGuardPort: 0,
+		IMDSEndpoint:  e.Emu.IMDSEndpoint(),
+		CAFiles:       []string{e.Emu.CACertFile()},
+		HostOverrides: map[string]string{strings.ToLower(e.Emu.Hostname()): e.Emu.Addr()},
+	}
+	if _, err := node.Init(ctx, e.NodeDir, cfg, node.DefaultAdmin); err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
+	if e.Node, err = node.Start(ctx, e.NodeDir, cfg, log.With("component", "node")); err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
+	tok, err := e.Node.EnrollToken(ctx, node.DefaultAdmin)
+	if err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
+	e.Dirs = client.Dirs{Config: filepath.Join(e.dir, "client"), Runtime: filepath.Join(e.dir, "run")}
+	if _, err := client.Login(ctx, e.Dirs, tok, "demo"); err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
+	if e.Daemon, err = client.StartDaemon(ctx, e.Dirs, log.With("component", "client")); err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
+	if opt.NoResource {
+		return e, nil
+	}
+	r := resource.New(ResourceName)
+	r.Hostname = e.Emu.Hostname()
+	r.Database = Database
+	r.Username = Role
+	r.ManagedIdentityClientID = ClientID
+	r.Subdomain = ResourceName
+	r.Tags = map[string]string{"env": "production", "team": "data"}
+	if _, err := e.Daemon.API().AddDatasource(ctx, r); err != nil {
+		return nil, fmt.Errorf("demo: add %s: %w", ResourceName, err)
+	}
+	if e.Resource, err = e.Daemon.Connect(ctx, ResourceName); err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
+	return e, nil
+}
+
+// EnvLine is the environment that makes the ferry CLI talk to this demo's daemon, as NAME=value pairs.
+func (e *Env) EnvLine() string {
+	return client.EnvConfigDir + "=" + e.Dirs.Config + " " + client.EnvRuntimeDir + "=" + e.Dirs.Runtime
+}
+
+// Close stops everything and removes the demo's directory when Start made it.
+func (e *Env) Close() error {
+	var errs []error
+	if e.Daemon != nil {
+		errs = append(errs, e.Daemon.Close())
+	}
+	if e.Node != nil {
+		errs = append(errs, e.Node.Close())
+	}
+	if e.Emu != nil {
+		errs = append(errs, e.Emu.Close())
+	}
+	if e.ownsDir {
+		errs = append(errs, os.RemoveAll(e.dir))
+	}
+	return errors.Join(errs...)
+}
