@@ -1,0 +1,151 @@
+package resource
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func valid() Resource {
+	r := New("azure-pg-mi-prod")
+	r.Hostname = "mypg.postgres.database.azure.com"
+	r.Database = "production"
+	r.Username = "mi_user@mypg"
+	r.ManagedIdentityClientID = "11111111-2222-3333-4444-555555555555"
+	return r
+}
+
+func TestValidate(t *testing.T) {
+	cases := []struct {
+		name      string
+		edit      func(*Resource)
+		wantField string // "" = valid
+	}{
+		{"reference example", func(*Resource) {}, ""},
+		{"system-assigned identity", func(r *Resource) { r.ManagedIdentityClientID = "" }, ""},
+		{"missing name", func(r *Resource) { r.Name = " " }, "name"},
+		{"quote in name", func(r *Resource) { r.Name = `a"b` }, "name"},
+		{"angle bracket in name", func(r *Resource) { r.Name = "a<b" }, "name"},
+		{"missing hostname", func(r *Resource) { r.Hostname = "" }, "hostname"},
+		{"bad hostname", func(r *Resource) { r.Hostname = "my pg" }, "hostname"},
+		{"IP hostname", func(r *Resource) { r.Hostname = "10.0.0.4" }, ""},
+		{"port zero", func(r *Resource) { r.Port = 0 }, "port"},
+		{"port too big", func(r *Resource) { r.Port = 65536 }, "port"},
+		{"missing database", func(r *Resource) { r.Database = "" }, "database"},
+		{"missing username", func(r *Resource) { r.Username = "" }, "username"},
+		{"client ID not a UUID", func(r *Resource) { r.ManagedIdentityClientID = "abc" }, "managed-identity-client-id"},
+		{"loopback port override too low", func(r *Resource) { r.PortOverride = 80 }, "port-override"},
+		{"loopback port override too high", func(r *Resource) { r.PortOverride = 65000 }, "port-override"},
+		{"port override auto", func(r *Resource) { r.PortOverride = -1 }, ""},
+		{"VN port override 80", func(r *Resource) { r.ConnectivityMode = ModeVirtualNetworking; r.PortOverride = 80 }, ""},
+		{"unknown mode", func(r *Resource) { r.ConnectivityMode = "bridge" }, "connectivity-mode"},
+		{"bad egress filter", func(r *Resource) { r.EgressFilter = "env=prod" }, "egress-filter"},
+		{"egress filter", func(r *Resource) { r.EgressFilter = "tag:env=prod" }, ""},
+		{"bind interface not loopback", func(r *Resource) { r.BindInterface = "10.0.0.1" }, "bind-interface"},
+		{"bad subdomain", func(r *Resource) { r.Subdomain = "azure_pg" }, "subdomain"},
+		{"secret path without store", func(r *Resource) { r.UsernamePath = "db/creds?key=user" }, "secret-store-id"},
+		{"secret store with path", func(r *Resource) { r.SecretStoreID = "se-e1b2"; r.Username = ""; r.UsernamePath = "db/creds?key=user" }, ""},
+		{"bad secret path", func(r *Resource) { r.SecretStoreID = "se-e1b2"; r.UsernamePath = "/abs?x=1" }, "username-path"},
+		{"empty tag key", func(r *Resource) { r.Tags = map[string]string{"": "x"} }, "tags"},
+		{"wrong type", func(r *Resource) { r.Type = "postgres" }, "type"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := valid()
+			tc.edit(&r)
+			err := r.Validate()
+			if tc.wantField == "" {
+				if err != nil {
+					t.Fatalf("Validate() = %v, want nil", err)
+				}
+				return
+			}
+			var fe *FieldError
+			if !errors.As(err, &fe) || fe.Field != tc.wantField {
+				t.Fatalf("Validate() = %v, want a %s error", err, tc.wantField)
+			}
+		})
+	}
+}
+
+func TestLoginUsername(t *testing.T) {
+	cases := []struct {
+		host, user string
+		single     bool
+		want       string
+	}{
+		{"mypg.postgres.database.azure.com", "mi_user", true, "mi_user@mypg"},
+		{"mypg.postgres.database.azure.com", "mi_user@mypg", true, "mi_user@mypg"},
+		{"mypg.postgres.database.azure.com", "mi_user", false, "mi_user"},
+		{"db.internal.example", "mi_user", true, "mi_user"},
+	}
+	for _, tc := range cases {
+		r := valid()
+		r.Hostname, r.Username, r.UseAzureSingleServerUsernames = tc.host, tc.user, tc.single
+		if got := r.LoginUsername(); got != tc.want {
+			t.Errorf("LoginUsername(%s, %s, %v) = %q, want %q", tc.host, tc.user, tc.single, got, tc.want)
+		}
+	}
+}
+
+func TestTags(t *testing.T) {
+	tags, err := ParseTags("env=production, team=data")
+	if err != nil || tags["env"] != "production" || tags["team"] != "data" || len(tags) != 2 {
+		t.Fatalf("ParseTags = %v, %v", tags, err)
+	}
+	if got := FormatTags(tags); got != "env=production,team=data" {
+		t.Fatalf("FormatTags = %q", got)
+	}
+	if _, err := ParseTags("env"); err == nil {
+		t.Fatal("ParseTags(env) succeeded, want error")
+	}
+	f, err := ParseTagFilter("tag:env=production")
+	if err != nil || !f.Match(tags) || f.Match(map[string]string{"env": "dev"}) {
+		t.Fatalf("tag filter: %v %v", f, err)
+	}
+}
+
+func TestAssignAddresses(t *testing.T) {
+	subnet := DefaultVNSubnet
+	taken := NewTaken()
+	r := valid()
+	vn, err := AssignVN(&r, subnet, taken)
+	if err != nil || vn != "100.64.0.3:5432" {
+		t.Fatalf("first VN address = %q, %v; want 100.64.0.3:5432 (skipping network, TUN and resolver)", vn, err)
+	}
+	taken.Add(vn)
+	vn2, _ := AssignVN(&r, subnet, taken)
+	if vn2 != "100.64.0.4:5432" {
+		t.Fatalf("second VN address = %q, want 100.64.0.4:5432", vn2)
+	}
+	lb, err := AssignLoopback(&r, taken)
+	if err != nil || lb != "127.0.0.1:10001" {
+		t.Fatalf("first loopback address = %q, %v", lb, err)
+	}
+	taken.Add(lb)
+	lb2, _ := AssignLoopback(&r, taken)
+	if lb2 != "127.0.0.1:10002" {
+		t.Fatalf("second loopback address = %q", lb2)
+	}
+	r.PortOverride = 10001
+	if _, err := AssignLoopback(&r, taken); err == nil || !strings.Contains(err.Error(), "already used") {
+		t.Fatalf("taken port override: %v", err)
+	}
+	vnr := valid()
+	vnr.ConnectivityMode = ModeVirtualNetworking
+	for _, ip := range []string{"100.64.0.1", "100.64.0.2", "100.127.255.255", "10.0.0.5"} {
+		vnr.IPAddress = ip
+		if _, err := AssignVN(&vnr, subnet, taken); err == nil {
+			t.Errorf("AssignVN accepted reserved or outside address %s", ip)
+		}
+	}
+	vnr.IPAddress = "100.64.100.100"
+	if got, err := AssignVN(&vnr, subnet, taken); err != nil || got != "100.64.100.100:5432" {
+		t.Fatalf("AssignVN(100.64.100.100) = %q, %v", got, err)
+	}
+	small := netip.MustParsePrefix("10.1.2.0/30")
+	if _, err := AssignVN(&r, small, NewTaken()); err == nil {
+		t.Fatal("a /30 has no usable address once the TUN and resolver take theirs; want error")
+	}
+}
