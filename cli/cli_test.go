@@ -1,0 +1,108 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferryhq/ferry/client"
+	"github.com/ferryhq/ferry/demo"
+)
+
+// run executes one ferry command line against the demo's daemon.
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := NewRoot(nil)
+	var out, errOut bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	root.SetArgs(args)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := root.ExecuteContext(ctx)
+	return out.String() + errOut.String(), err
+}
+
+func TestCommandsAgainstDemo(t *testing.T) {
+	if _, err := exec.LookPath("psql"); err != nil {
+		t.Skip("psql is not installed")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { env.Close() })
+	t.Setenv(client.EnvConfigDir, env.Dirs.Config)
+	t.Setenv(client.EnvRuntimeDir, env.Dirs.Runtime)
+
+	out, err := run(t, "admin", "datasources", "add", "azurepostgresmi", "azure-pg-mi-dev",
+		"--hostname=mypg.postgres.database.azure.com", "--port=5432", "--database=production",
+		"--username=mi_user", "--managed-identity-client-id="+demo.ClientID, "--tls-required",
+		"--bind-interface=127.0.0.1", "--egress-filter=tag:env=dev", "--port-override=-1",
+		"--proxy-cluster-id=n-1a2b345c67890123", "--secret-store-id=se-e1b2", "--subdomain=azure-pg-mi-dev",
+		"--tags=env=dev,team=data")
+	if err != nil || !strings.Contains(out, "Added azure-pg-mi-dev") {
+		t.Fatalf("admin datasources add: %v: %s", err, out)
+	}
+	out, err = run(t, "admin", "datasources", "list")
+	if err != nil || !strings.Contains(out, "azure-pg-mi-dev") || !strings.Contains(out, "azure-pg-mi-prod") {
+		t.Fatalf("admin datasources list: %v: %s", err, out)
+	}
+	// Invalid input is refused before it reaches the node, naming the property.
+	out, err = run(t, "admin", "datasources", "add", "azurepostgresmi", "bad<name>", "--hostname=h", "--database=d", "--username=u", "--managed-identity-client-id=nope")
+	if err == nil || !strings.Contains(err.Error(), "name:") || !strings.Contains(err.Error(), "managed-identity-client-id:") {
+		t.Fatalf("invalid add: %v: %s", err, out)
+	}
+
+	out, err = run(t, "connect", "azure-pg-mi-dev", "--env")
+	if err != nil {
+		t.Fatalf("connect --env: %v: %s", err, out)
+	}
+	for _, want := range []string{"export PGHOST=127.0.0.1\n", "export PGPORT=10002\n", "export PGDATABASE=production\n", "export PGUSER=mi_user\n", "export PGSSLMODE=disable\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("connect --env output lacks %q:\n%s", want, out)
+		}
+	}
+	// The printed environment is what psql needs.
+	cmd := exec.Command("bash", "-c", out+"psql -X -A -t -c 'select current_database()'")
+	got, err := cmd.CombinedOutput()
+	if err != nil || strings.TrimSpace(string(got)) != "production" {
+		t.Fatalf("psql with the printed environment: %v: %s", err, got)
+	}
+
+	out, err = run(t, "status")
+	if err != nil {
+		t.Fatalf("status: %v: %s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || strings.Join(strings.Fields(lines[0]), " ") != "NAME TYPE ADDRESS STATUS TAGS" {
+		t.Fatalf("status output:\n%s", out)
+	}
+	if f := strings.Fields(lines[1]); f[0] != "azure-pg-mi-dev" || f[2] != "127.0.0.1:10002" || f[3] != "connected" || f[4] != "env=dev,team=data" {
+		t.Fatalf("status row: %q", lines[1])
+	}
+
+	if out, err = run(t, "disconnect", "--all"); err != nil {
+		t.Fatalf("disconnect --all: %v: %s", err, out)
+	}
+	out, _ = run(t, "status")
+	if strings.Contains(out, " connected") {
+		t.Fatalf("after disconnect --all:\n%s", out)
+	}
+	if _, err = run(t, "connect", "no-such-resource"); err == nil || !strings.Contains(err.Error(), "no such resource") {
+		t.Fatalf("connect unknown: %v", err)
+	}
+	if _, err = run(t, "disconnect"); err == nil {
+		t.Fatal("disconnect without names or --all succeeded")
+	}
+
+	t.Setenv(client.EnvRuntimeDir, t.TempDir())
+	if _, err = run(t, "status"); err == nil || !strings.Contains(err.Error(), "daemon is not running") {
+		t.Fatalf("status without daemon: %v", err)
+	}
+}
