@@ -19,6 +19,9 @@ import (
 // "Access token claims reference".
 type tokenClaims struct {
 	jwt.RegisteredClaims
+	// Aud shadows RegisteredClaims.Audience: Entra ID sends aud as a single
+	// string, not an array.
+	Aud      string `json:"aud"`
 	AIO      string `json:"aio"`
 	AppID    string `json:"appid"`
 	AppIDACR string `json:"appidacr"`
@@ -41,13 +44,13 @@ func (e *Emulator) IssueToken(id Identity, audience string, notBefore, expires t
 	now := time.Now()
 	c := tokenClaims{
 		RegisteredClaims: jwt.RegisteredClaims{
-			Audience:  jwt.ClaimStrings{audience},
 			Issuer:    e.issuer,
 			Subject:   id.ObjectID,
 			IssuedAt:  jwt.NewNumericDate(notBefore),
 			NotBefore: jwt.NewNumericDate(notBefore),
 			ExpiresAt: jwt.NewNumericDate(expires),
 		},
+		Aud:      audience,
 		AIO:      randomB64(64),
 		AppID:    id.ClientID,
 		AppIDACR: "2", // managed identities authenticate with a certificate
@@ -103,14 +106,8 @@ func (e *Emulator) validateToken(s string, now time.Time) (*tokenClaims, error) 
 	case err != nil:
 		return nil, fmt.Errorf("%w: %v", errTokenMalformed, err)
 	}
-	aud := false
-	for _, a := range c.Audience {
-		if strings.TrimSuffix(a, "/") == Resource {
-			aud = true
-		}
-	}
 	switch {
-	case !aud:
+	case strings.TrimSuffix(c.Aud, "/") != Resource:
 		return nil, errTokenAudience
 	case c.ExpiresAt == nil || !now.Before(c.ExpiresAt.Time):
 		return nil, errTokenExpired
@@ -123,6 +120,9 @@ func (e *Emulator) validateToken(s string, now time.Time) (*tokenClaims, error) 
 	}
 	return &c, nil
 }
+
+// GetAudience implements jwt.Claims with the single-string aud.
+func (c tokenClaims) GetAudience() (jwt.ClaimStrings, error) { return jwt.ClaimStrings{c.Aud}, nil }
 
 // keyID is the base64url SHA-1 thumbprint of the public key, the form of
 // Entra ID's kid/x5t header values.
