@@ -39,6 +39,21 @@ func TestEmulatorLifecycle(t *testing.T) {
 	t.Parallel()
 	e := startTestEmulator(t, Config{})
 	t.Run("superuser, principals and databases", func(t *testing.T) { testSuperuser(t, e) })
+	// A session open at Close is ended, not leaked.
+	ctx := context.Background()
+	sys := e.System()
+	if err := e.CreatePrincipal(ctx, "open-session", sys.ObjectID); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := e.IssueToken(sys, Resource, time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := connectFront(t, e, "open-session", "postgres", tok, "")
+	if err != nil {
+		t.Fatalf("login: %v", err)
+	}
+	defer c.Close(ctx)
 	dir := e.tempDir
 	if err := e.Close(); err != nil {
 		t.Fatalf("first Close: %v", err)
@@ -51,6 +66,11 @@ func TestEmulatorLifecycle(t *testing.T) {
 	}
 	if _, err := os.Stat(e.pg.socketPath()); !os.IsNotExist(err) {
 		t.Fatalf("socket still exists after Close")
+	}
+	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := c.Exec(qctx, "SELECT 1").ReadAll(); err == nil {
+		t.Fatal("session open at Close still answers queries")
 	}
 }
 
