@@ -200,15 +200,6 @@ func (l *Log) StartConnection(ctx context.Context, c Connection) (int64, error) 
 	return id, nil
 }
 
-// SetDatabase updates the database of an open connection (known only after
-// the client's StartupMessage has been read).
-func (l *Log) SetDatabase(ctx context.Context, id int64, database string) error {
-	if _, err := l.db.ExecContext(ctx, `UPDATE audit_connections SET database = ? WHERE id = ?`, database, id); err != nil {
-		return fmt.Errorf("record database of connection %d: %w", id, err)
-	}
-	return nil
-}
-
 // EndConnection records the end of connection id, after writing every query
 // queued before the call.
 func (l *Log) EndConnection(ctx context.Context, id int64, end time.Time, outcome, errText string) error {

@@ -9,6 +9,15 @@
 // identifies the user, so the client's user name and password are ignored and
 // the client is never asked for a password (it receives AuthenticationOk,
 // PostgreSQL protocol §55.2.1). The access token never leaves the node.
+//
+// Each session gets the node's own random BackendKeyData; a CancelRequest
+// that later arrives at the node with it is forwarded over TLS to the server
+// with the server's own key (protocol §55.2.8). Refusals are FATAL
+// ErrorResponses with a SQLSTATE: the server's own when it refused the login
+// (e.g. 28000, 28P01), 08001 when it could not be reached or TLS failed,
+// 28000 when no access token could be had, 3D000 for a database outside a
+// restricted resource, 0A000 for replication connections, 54000 for a client
+// message above Config.MaxMessageSize.
 package pgproxy
 
 import (

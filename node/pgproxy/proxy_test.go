@@ -42,6 +42,7 @@ type testProxy struct {
 	addr   string
 	port   int
 	audit  *audit.Log
+	stop   context.CancelFunc // ends every session, as a node shutdown does
 	active atomic.Int32
 	wg     sync.WaitGroup
 }
@@ -66,7 +67,7 @@ func startProxy(tb testing.TB, cfg Config, target Target) *testProxy {
 		tb.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	tp := &testProxy{addr: l.Addr().String(), port: l.Addr().(*net.TCPAddr).Port, audit: log}
+	tp := &testProxy{addr: l.Addr().String(), port: l.Addr().(*net.TCPAddr).Port, audit: log, stop: cancel}
 	tp.wg.Add(1)
 	go func() {
 		defer tp.wg.Done()
@@ -297,6 +298,36 @@ func TestProxy(t *testing.T) {
 		var pgErr *pgconn.PgError
 		if !errors.As(qerr, &pgErr) || pgErr.Code != "57014" {
 			t.Fatalf("cancelled query error = %v, want SQLSTATE 57014", qerr)
+		}
+	})
+
+	t.Run("sslmode=prefer target still logs in over verified TLS", func(t *testing.T) {
+		target := pg.target()
+		target.TLSRequired = false // pg_hba has only hostssl lines: a plain login would be refused
+		tp := startProxy(t, Config{Tokens: tokens}, target)
+		out, err := tp.psql(t, "sslmode=disable dbname=appdb", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+		if err != nil || strings.TrimSpace(out) != "t" {
+			t.Fatalf("psql: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("node shutdown tells the client", func(t *testing.T) {
+		tp := startProxy(t, Config{Tokens: tokens}, pg.target())
+		c, err := pgconn.Connect(ctx, tp.connString("sslmode=disable dbname=appdb"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(ctx)
+		tp.stop()
+		tp.waitIdle(t)
+		_, err = c.Exec(ctx, "SELECT 1").ReadAll()
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "57P01" {
+			t.Fatalf("error after shutdown = %v, want SQLSTATE 57P01", err)
+		}
+		conns, _ := tp.audit.Connections(ctx, audit.ConnectionFilter{Limit: 1})
+		if len(conns) != 1 || conns[0].Error != "node shutting down" || conns[0].End.IsZero() {
+			t.Fatalf("audit = %+v", conns)
 		}
 	})
 
