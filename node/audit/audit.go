@@ -9,12 +9,16 @@
 // row ID and because a connection's end must be durable before its session is
 // reported as over. RecordQuery only enqueues: one writer goroutine drains a
 // bounded queue and inserts in batches of up to 256 rows per transaction, so a
-// burst of statements costs one fsync-free WAL commit instead of one each. When
+// burst of statements costs one WAL commit instead of one each. When
 // the queue is full RecordQuery blocks (back-pressure on the client that sends
 // the statements) rather than drop a record; it never drops one. EndConnection
 // first waits until every query queued before it has been written, so a
 // connection's queries are always on disk when its end time is. Flush waits
 // for the queue to drain; Close drains it and stops the writer.
+//
+// OpenDB uses synchronous=NORMAL with WAL: commits survive a crash of the
+// node process; a power loss of the VM may lose the last commits (SQLite
+// documentation, "PRAGMA synchronous").
 package audit
 
 import (
