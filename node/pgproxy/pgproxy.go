@@ -1,0 +1,202 @@
+// Package pgproxy is the node's PostgreSQL proxy: it takes one client
+// connection that arrived through the WireGuard tunnel for one resource (an
+// Azure Database for PostgreSQL server), logs in to that server over verified
+// TLS with the resource's role and a managed identity access token as the
+// password, and then relays the session, recording every SQL text to the
+// audit log.
+//
+// The client never authenticates to the proxy: the tunnel peer already
+// identifies the user, so the client's user name and password are ignored and
+// the client is never asked for a password (it receives AuthenticationOk,
+// PostgreSQL protocol §55.2.1). The access token never leaves the node.
+//
+// Each session gets the node's own random BackendKeyData; a CancelRequest
+// that later arrives at the node with it is forwarded over TLS to the server
+// with the server's own key (protocol §55.2.8). Refusals are FATAL
+// ErrorResponses with a SQLSTATE: the server's own when it refused the login
+// (e.g. 28000, 28P01), 08001 when it could not be reached or TLS failed,
+// 28000 when no access token could be had, 3D000 for a database outside a
+// restricted resource, 0A000 for replication connections, 54000 for a client
+// message above Config.MaxMessageSize.
+package pgproxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/ferryhq/ferry/node/audit"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Defaults for Config.
+const (
+	DefaultMaxMessageSize = 1 << 30          // bytes of one client message body (PostgreSQL's own limit is 1 GiB - 1)
+	DefaultLoginTimeout   = 15 * time.Second // from accepting the client to ReadyForQuery
+	// MaxStartupPacket is the largest startup packet body accepted, in bytes:
+	// MAX_STARTUP_PACKET_LENGTH of PostgreSQL's src/include/libpq/pqcomm.h.
+	MaxStartupPacket = 10000
+	// MaxAuditSQL is the largest SQL text recorded per statement, in bytes;
+	// longer texts are relayed whole but recorded truncated with a marker.
+	MaxAuditSQL = 1 << 20
+)
+
+// TokenSource hands out Microsoft Entra ID access tokens for the Azure
+// Database for PostgreSQL scope (https://ossrdbms-aad.database.windows.net/.default)
+// for a managed identity. clientID "" means the system-assigned identity.
+type TokenSource interface {
+	Token(ctx context.Context, clientID string) (token string, expiresOn time.Time, err error)
+}
+
+// Target is the server a connection is for, as configured in the catalog.
+type Target struct {
+	Resource         string // resource name (for logs and audit)
+	Host             string // the server's host name as configured; also the TLS ServerName
+	Port             int    // TCP port, 1-65535 (Azure: 5432)
+	Database         string // the resource's database
+	Username         string // role, already formatted (Single Server "role@server" is the caller's job)
+	RestrictDatabase bool   // refuse clients that ask for a database other than Database
+	ClientID         string // managed identity client ID ("" = system-assigned)
+	// TLSRequired false still tries TLS first and verifies the certificate
+	// when the server accepts TLS; it falls back to plain TCP only when the
+	// server answers the SSLRequest with 'N' (libpq's sslmode=prefer, but
+	// never a downgrade after a failed verification). true = verify-full.
+	TLSRequired bool
+	RootCAs     *x509.CertPool // CAs that verify the server certificate; nil = the system pool
+	// Dial opens the TCP connection to "host:port" (the configured Host, not
+	// resolved first); nil = net.Dialer. Tests and host overrides use it.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Session says who a connection belongs to.
+type Session struct {
+	User       string // the Ferry user identified by the tunnel peer
+	ClientAddr string // the client's tunnel address, "ip:port"
+}
+
+// Config configures a Proxy.
+type Config struct {
+	Tokens         TokenSource
+	Audit          *audit.Log    // nil = no audit records (logs only)
+	Logger         *slog.Logger  // nil = slog.Default()
+	MaxMessageSize int           // largest client message body in bytes; 0 = DefaultMaxMessageSize
+	LoginTimeout   time.Duration // 0 = DefaultLoginTimeout
+}
+
+// Proxy serves client connections. It is safe for concurrent use.
+type Proxy struct {
+	cfg    Config
+	logger *slog.Logger
+
+	mu      sync.Mutex
+	cancels map[cancelKey]cancelEntry // node BackendKeyData -> upstream BackendKeyData
+}
+
+// cancelKey is the BackendKeyData the proxy gave a client.
+type cancelKey struct {
+	pid    uint32
+	secret [4]byte
+}
+
+// cancelEntry is where a CancelRequest for a session is forwarded.
+type cancelEntry struct {
+	target Target
+	pid    uint32
+	secret []byte
+}
+
+// New returns a Proxy.
+func New(cfg Config) *Proxy {
+	if cfg.MaxMessageSize <= 0 {
+		cfg.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if cfg.LoginTimeout <= 0 {
+		cfg.LoginTimeout = DefaultLoginTimeout
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &Proxy{cfg: cfg, logger: logger, cancels: make(map[cancelKey]cancelEntry)}
+}
+
+// registerCancel gives a session a fresh random BackendKeyData and remembers
+// the upstream one for it. The returned func forgets it.
+func (p *Proxy) registerCancel(t Target, upstreamPID uint32, upstreamSecret []byte) (*pgproto3.BackendKeyData, func(), error) {
+	var b [8]byte
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for {
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, nil, fmt.Errorf("generate BackendKeyData: %w", err)
+		}
+		k := cancelKey{pid: binary.BigEndian.Uint32(b[:4]) & 0x7fffffff}
+		copy(k.secret[:], b[4:])
+		if k.pid == 0 {
+			continue
+		}
+		if _, taken := p.cancels[k]; taken {
+			continue
+		}
+		p.cancels[k] = cancelEntry{target: t, pid: upstreamPID, secret: append([]byte(nil), upstreamSecret...)}
+		forget := func() {
+			p.mu.Lock()
+			delete(p.cancels, k)
+			p.mu.Unlock()
+		}
+		return &pgproto3.BackendKeyData{ProcessID: k.pid, SecretKey: k.secret[:]}, forget, nil
+	}
+}
+
+func (p *Proxy) lookupCancel(pid uint32, secret []byte) (cancelEntry, bool) {
+	if len(secret) != 4 {
+		return cancelEntry{}, false
+	}
+	k := cancelKey{pid: pid}
+	copy(k.secret[:], secret)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, ok := p.cancels[k]
+	return e, ok
+}
+
+// outcomeError is a reason a connection was refused or ended, with what the
+// client is told.
+type outcomeError struct {
+	outcome string // audit.OutcomeDenied or audit.OutcomeFailed
+	resp    *pgproto3.ErrorResponse
+	err     error // for logs
+}
+
+func (e *outcomeError) Error() string {
+	if e.err != nil {
+		return e.err.Error()
+	}
+	return e.resp.Message
+}
+
+func (e *outcomeError) Unwrap() error { return e.err }
+
+// fatal builds an outcomeError with a FATAL ErrorResponse.
+func fatal(outcome, code, message, detail, hint string, err error) *outcomeError {
+	return &outcomeError{outcome: outcome, err: err, resp: &pgproto3.ErrorResponse{
+		Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: code, Message: message, Detail: detail, Hint: hint,
+	}}
+}
+
+// asOutcome converts any error to an outcomeError (08P01 protocol violation
+// by default).
+func asOutcome(err error) *outcomeError {
+	var oe *outcomeError
+	if errors.As(err, &oe) {
+		return oe
+	}
+	return fatal(audit.OutcomeFailed, "08P01", err.Error(), "", "", err)
+}

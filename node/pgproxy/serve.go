@@ -1,0 +1,247 @@
+package pgproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ferryhq/ferry/node/audit"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Serve handles one client connection until it ends. It always closes conn
+// and, when Config.Audit is set, always writes the connection's audit record
+// (start, end, outcome, error) and its queries. A CancelRequest is forwarded
+// to the server of the session it names and is not recorded as a connection.
+// Cancelling ctx ends the session.
+func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
+	start := time.Now()
+	log := p.logger.With("user", s.User, "resource", t.Resource, "client", s.ClientAddr)
+	defer conn.Close()
+	// Until the relay starts (it has its own shutdown path), ending ctx just closes.
+	stopLogin := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stopLogin()
+
+	conn.SetDeadline(start.Add(p.cfg.LoginTimeout))
+	loginCtx, cancelLogin := context.WithTimeout(ctx, p.cfg.LoginTimeout)
+	defer cancelLogin()
+
+	st, err := readStartup(conn)
+	if err == nil && st.cancel != nil {
+		p.serveCancel(ctx, st.cancel, t, log)
+		return
+	}
+	database := ""
+	if err == nil {
+		database, err = chooseDatabase(t, st.msg.Parameters)
+	}
+	if err == nil {
+		err = checkStartup(st)
+	}
+	// The record of a connection starts once its StartupMessage says which
+	// database it wants (or once it has failed).
+	id := p.startRecord(ctx, log, audit.Connection{Start: start, User: s.User, Resource: t.Resource, ClientAddr: s.ClientAddr, Database: database})
+	if err != nil {
+		p.refuse(ctx, conn, id, err, log)
+		return
+	}
+
+	up, err := p.login(loginCtx, t, database, st)
+	if err != nil {
+		p.refuse(ctx, conn, id, err, log)
+		return
+	}
+	server := up.hc.Conn
+	defer server.Close()
+
+	key, forget, err := p.registerCancel(t, up.hc.PID, up.hc.SecretKey)
+	if err != nil {
+		p.refuse(ctx, conn, id, fatal(audit.OutcomeFailed, "58000", err.Error(), "", "", err), log)
+		return
+	}
+	defer forget()
+	if err := writeLoginReply(conn, st, up, key); err != nil {
+		p.endRecord(ctx, id, audit.OutcomeOK, "client went away during login: "+err.Error(), log)
+		return
+	}
+	if !stopLogin() {
+		p.endRecord(ctx, id, audit.OutcomeOK, "node shutting down", log)
+		return
+	}
+	conn.SetDeadline(time.Time{})
+	server.SetDeadline(time.Time{})
+	log.Info("pgproxy: session started", "database", database, "role", t.Username, "upstream_pid", up.hc.PID)
+
+	endErr := p.relay(ctx, conn, server, func(sql, protocol string) {
+		if p.cfg.Audit == nil || id == 0 {
+			return
+		}
+		q := audit.Query{ConnectionID: id, Time: time.Now(), User: s.User, Resource: t.Resource, SQL: sql, Protocol: protocol}
+		if err := p.cfg.Audit.RecordQuery(context.WithoutCancel(ctx), q); err != nil {
+			log.Error("pgproxy: audit query", "err", err)
+		}
+	})
+	log.Info("pgproxy: session ended", "duration", time.Since(start).Round(time.Millisecond), "reason", endErr)
+	p.endRecord(ctx, id, audit.OutcomeOK, endErr, log)
+}
+
+// chooseDatabase picks the upstream database from the client's "database"
+// parameter. libpq (psql) sends the user name as the database when none was
+// given, so an empty value, or one equal to the client's user name, means
+// "the resource's database". Any other value is used as asked when the
+// resource is not restricted, and refused when it is.
+func chooseDatabase(t Target, params map[string]string) (string, error) {
+	asked := params["database"]
+	if asked == "" || asked == t.Database || asked == params["user"] {
+		return t.Database, nil
+	}
+	if t.RestrictDatabase {
+		return t.Database, fatal(audit.OutcomeDenied, "3D000",
+			fmt.Sprintf("database %q is not allowed for resource %s: connections are restricted to database %q", asked, t.Resource, t.Database),
+			"", fmt.Sprintf("Connect with dbname=%s, or ask an administrator to lift the database restriction of the resource.", t.Database), nil)
+	}
+	return asked, nil
+}
+
+// checkStartup refuses what the proxy cannot serve.
+func checkStartup(st *startup) error {
+	if r, ok := st.msg.Parameters["replication"]; ok && !strings.EqualFold(r, "false") && !strings.EqualFold(r, "off") && r != "0" && !strings.EqualFold(r, "no") {
+		return fatal(audit.OutcomeDenied, "0A000",
+			fmt.Sprintf("replication connections (replication=%s) are not supported through the Ferry proxy", r),
+			"", "Connect without the replication parameter; streaming and logical replication must reach the server directly.", nil)
+	}
+	return nil
+}
+
+// runtimeParams are the client's startup parameters passed to the server as
+// session defaults (application_name, client_encoding, DateStyle, TimeZone,
+// options, ...): all but user, database, replication and _pq_.* options.
+func runtimeParams(client map[string]string) map[string]string {
+	out := make(map[string]string, len(client))
+	for k, v := range client {
+		switch {
+		case k == "user", k == "database", k == "replication", strings.HasPrefix(k, "_pq_."):
+			continue
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// login gets an access token and logs in upstream.
+func (p *Proxy) login(ctx context.Context, t Target, database string, st *startup) (*upstream, error) {
+	if p.cfg.Tokens == nil {
+		return nil, fatal(audit.OutcomeFailed, "28000", "could not get an access token: the node has no token source configured", "", "Configure the node's managed identity token source.", nil)
+	}
+	token, _, err := p.cfg.Tokens.Token(ctx, t.ClientID)
+	if err == nil && token == "" {
+		err = errors.New("the token source returned an empty token")
+	}
+	if err != nil {
+		return nil, fatal(audit.OutcomeFailed, "28000",
+			fmt.Sprintf("could not get an access token for %s to log in to resource %s: %v", t.identity(), t.Resource, err), "",
+			"Check that the managed identity is assigned to the node's VM and that IMDS is reachable from the node, then retry.", err)
+	}
+	return connectUpstream(ctx, t, database, token, runtimeParams(st.msg.Parameters))
+}
+
+// writeLoginReply completes the client's login: [NegotiateProtocolVersion],
+// AuthenticationOk, the server's ParameterStatus messages, its login notices,
+// the proxy's BackendKeyData, ReadyForQuery (protocol §55.2.1).
+func writeLoginReply(conn net.Conn, st *startup, up *upstream, key *pgproto3.BackendKeyData) error {
+	var buf []byte
+	var err error
+	add := func(m pgproto3.BackendMessage) {
+		if err == nil {
+			buf, err = m.Encode(buf)
+		}
+	}
+	if st.minor > 0 || len(st.unrecognized) > 0 {
+		slices.Sort(st.unrecognized)
+		add(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.unrecognized})
+	}
+	add(&pgproto3.AuthenticationOk{})
+	for _, name := range slices.Sorted(maps.Keys(up.hc.ParameterStatuses)) {
+		add(&pgproto3.ParameterStatus{Name: name, Value: up.hc.ParameterStatuses[name]})
+	}
+	for _, n := range up.notices {
+		add(&pgproto3.NoticeResponse{Severity: n.Severity, SeverityUnlocalized: n.SeverityUnlocalized, Code: n.Code, Message: n.Message, Detail: n.Detail, Hint: n.Hint})
+	}
+	add(key)
+	tx := up.hc.TxStatus
+	if tx == 0 {
+		tx = 'I'
+	}
+	add(&pgproto3.ReadyForQuery{TxStatus: tx})
+	if err != nil {
+		return fmt.Errorf("encode login reply: %w", err)
+	}
+	_, err = conn.Write(buf)
+	return err
+}
+
+// refuse tells the client why it is refused (unless it has gone) and ends the record.
+func (p *Proxy) refuse(ctx context.Context, conn net.Conn, id int64, err error, log *slog.Logger) {
+	outcome, text := audit.OutcomeFailed, err.Error()
+	if errors.Is(err, errClientGone) {
+		log.Info("pgproxy: client left before login", "err", err)
+	} else {
+		oe := asOutcome(err)
+		outcome, text = oe.outcome, oe.resp.Message
+		log.Warn("pgproxy: connection refused", "outcome", outcome, "code", oe.resp.Code, "err", err)
+		if buf, encErr := oe.resp.Encode(nil); encErr == nil {
+			conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			conn.Write(buf)
+		}
+	}
+	p.endRecord(ctx, id, outcome, text, log)
+}
+
+func (p *Proxy) serveCancel(ctx context.Context, cr *pgproto3.CancelRequest, t Target, log *slog.Logger) {
+	e, ok := p.lookupCancel(cr.ProcessID, cr.SecretKey)
+	if !ok || e.target.Resource != t.Resource {
+		log.Info("pgproxy: CancelRequest for no known session ignored", "pid", cr.ProcessID)
+		return
+	}
+	if err := forwardCancel(ctx, e); err != nil {
+		log.Warn("pgproxy: CancelRequest not forwarded", "err", err)
+		return
+	}
+	log.Info("pgproxy: CancelRequest forwarded", "upstream_pid", e.pid)
+}
+
+// auditCtx is for audit writes that must happen even when the session's ctx
+// has been cancelled (node shutdown).
+func auditCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+}
+
+func (p *Proxy) startRecord(ctx context.Context, log *slog.Logger, c audit.Connection) int64 {
+	if p.cfg.Audit == nil {
+		return 0
+	}
+	actx, cancel := auditCtx(ctx)
+	defer cancel()
+	id, err := p.cfg.Audit.StartConnection(actx, c)
+	if err != nil {
+		log.Error("pgproxy: audit connection start", "err", err)
+	}
+	return id
+}
+
+func (p *Proxy) endRecord(ctx context.Context, id int64, outcome, errText string, log *slog.Logger) {
+	if p.cfg.Audit == nil || id == 0 {
+		return
+	}
+	actx, cancel := auditCtx(ctx)
+	defer cancel()
+	if err := p.cfg.Audit.EndConnection(actx, id, time.Now(), outcome, errText); err != nil {
+		log.Error("pgproxy: audit connection end", "err", err)
+	}
+}
