@@ -98,6 +98,7 @@ type Emulator struct {
 	users      map[string]Identity // by client ID
 	principals map[string]string   // object ID -> role
 	requests   []IMDSRequest
+	issued     []string // access tokens IMDS handed out
 	outage     bool
 
 	closeOnce sync.Once
@@ -345,6 +346,14 @@ func (e *Emulator) IMDSRequests() []IMDSRequest {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return append([]IMDSRequest(nil), e.requests...)
+}
+
+// IssuedTokens returns every access token IMDS has handed out, oldest first: for tests that check
+// where tokens travel.
+func (e *Emulator) IssuedTokens() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.issued...)
 }
 
 // SetIMDSOutage turns an IMDS outage on or off. While on, every token request

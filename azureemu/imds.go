@@ -113,6 +113,9 @@ func (e *Emulator) token(w http.ResponseWriter, r *http.Request, q url.Values) i
 	if err != nil {
 		return writeIMDSError(w, http.StatusInternalServerError, "unknown_error", err.Error())
 	}
+	e.mu.Lock()
+	e.issued = append(e.issued, tok)
+	e.mu.Unlock()
 	body := imdsTokenResponse{
 		AccessToken:  tok,
 		ClientID:     id.ClientID,

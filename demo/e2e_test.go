@@ -75,8 +75,17 @@ func (c *recordingConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func TestPsqlThroughFerry(t *testing.T) {
+// TestEndToEnd runs every end-to-end check against one installation: the managed-identity tokens that
+// MSAL caches for the whole process are bound to one emulator's signing key.
+func TestEndToEnd(t *testing.T) {
 	env := startDemo(t)
+	t.Run("psql through ferry", func(t *testing.T) { testPsqlThroughFerry(t, env) })
+	t.Run("identity kinds", func(t *testing.T) { testIdentityKinds(t, env) })
+	t.Run("refusals reach psql", func(t *testing.T) { testRefusalsReachPsql(t, env) })
+	t.Run("unenrolled key gets nothing", func(t *testing.T) { testUnenrolledKeyGetsNothing(t, env) })
+}
+
+func testPsqlThroughFerry(t *testing.T, env *demo.Env) {
 	conn := client.ConnString(env.Resource)
 	if !strings.HasPrefix(env.Resource.Address, "127.0.0.1:") {
 		t.Fatalf("loopback address = %q, want 127.0.0.1:PORT", env.Resource.Address)
@@ -198,8 +207,7 @@ func TestPsqlThroughFerry(t *testing.T) {
 
 // TestIdentityKinds: a resource with a client ID logs in with that user-assigned identity, one without
 // uses the VM's system-assigned identity; the emulator sees the matching IMDS requests.
-func TestIdentityKinds(t *testing.T) {
-	env := startDemo(t)
+func testIdentityKinds(t *testing.T, env *demo.Env) {
 	ctx := context.Background()
 	sys := env.Emu.System()
 	if err := env.Emu.CreatePrincipal(ctx, "vm_role", sys.ObjectID); err != nil {
@@ -243,8 +251,7 @@ func TestIdentityKinds(t *testing.T) {
 
 // TestRefusalsReachPsql: an IMDS outage and an unmapped principal give psql a FATAL ErrorResponse with
 // SQLSTATE, never a dropped connection or a hang.
-func TestRefusalsReachPsql(t *testing.T) {
-	env := startDemo(t)
+func testRefusalsReachPsql(t *testing.T, env *demo.Env) {
 	ctx := context.Background()
 	unmapped := azureemu.Identity{ClientID: "22222222-3333-4444-5555-666666666666", ObjectID: "bbbbbbbb-cccc-4ddd-8eee-ffffffffffff", DisplayName: "unmapped-mi"}
 	outage := azureemu.Identity{ClientID: "33333333-4444-5555-6666-777777777777", ObjectID: "cccccccc-dddd-4eee-8fff-000000000000", DisplayName: "outage-mi"}
@@ -279,7 +286,10 @@ func TestRefusalsReachPsql(t *testing.T) {
 		wantText string
 	}{
 		{"unmapped principal", unmappedRes, func() {}, "28000", ""},
-		{"IMDS outage", outageRes, func() { env.Emu.SetIMDSOutage(true) }, "28000", "token"},
+		{"IMDS outage", outageRes, func() {
+			env.Emu.SetIMDSOutage(true)
+			t.Cleanup(func() { env.Emu.SetIMDSOutage(false) })
+		}, "28000", "token"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -307,8 +317,7 @@ func TestRefusalsReachPsql(t *testing.T) {
 }
 
 // TestUnenrolledKeyGetsNothing: a WireGuard key the node never enrolled gets no handshake and no data.
-func TestUnenrolledKeyGetsNothing(t *testing.T) {
-	env := startDemo(t)
+func testUnenrolledKeyGetsNothing(t *testing.T, env *demo.Env) {
 	key, err := tunnel.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
