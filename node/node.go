@@ -180,6 +180,7 @@ type Node struct {
 	enrollLn net.Listener
 	servers  []*http.Server
 	wg       sync.WaitGroup
+	ctx      context.Context // ends when the node closes; sessions run under it
 	cancel   context.CancelFunc
 }
 
@@ -192,8 +193,8 @@ func Start(ctx context.Context, dir string, cfg Config, logger *slog.Logger) (*N
 		logger = slog.Default()
 	}
 	n := &Node{dir: dir, cfg: cfg, log: logger}
-	ctx, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	if err := n.start(ctx); err != nil {
+	n.ctx, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	if err := n.start(n.ctx); err != nil {
 		n.Close()
 		return nil, err
 	}
@@ -304,7 +305,8 @@ func devicePeer(d catalog.Device) (tunnel.Peer, error) {
 }
 
 // forward decides each new tunnelled TCP flow: a flow to a resource's virtual networking address
-// from an enrolled device goes to the PostgreSQL proxy; anything else is answered with RST.
+// from an enrolled device goes to the PostgreSQL proxy; anything else is answered with RST. ctx only
+// bounds the decision; the session runs under the node's own context.
 func (n *Node) forward(ctx context.Context, f netstack.Flow) (func(net.Conn), error) {
 	r, err := n.cat.ResourceByVNAddress(ctx, f.Local)
 	if err != nil {
@@ -316,7 +318,7 @@ func (n *Node) forward(ctx context.Context, f netstack.Flow) (func(net.Conn), er
 	}
 	t := n.target(r)
 	s := pgproxy.Session{User: u.Name, ClientAddr: f.Remote.String()}
-	return func(c net.Conn) { n.proxy.Serve(ctx, c, t, s) }, nil
+	return func(c net.Conn) { n.proxy.Serve(n.ctx, c, t, s) }, nil
 }
 
 // target describes how the proxy reaches and logs in to resource r.
