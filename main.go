@@ -3,6 +3,8 @@
 package main
 
 import (
+	"github.com/ferryhq/ferry/internal/quietinit"
+
 	"os"
 
 	"github.com/ferryhq/ferry/app"
@@ -10,5 +12,6 @@ import (
 )
 
 func main() {
+	quietinit.Restore()
 	os.Exit(cli.Main(app.Run))
 }
