@@ -22,7 +22,7 @@ func adminCmd() *cobra.Command {
 	ds.AddCommand(datasourceAddCmd(), datasourceListCmd())
 	logs := &cobra.Command{Use: "logs", Short: "Read the node's connection and query logs"}
 	logs.AddCommand(logsConnectionsCmd(), logsQueriesCmd())
-	c.AddCommand(ds, logs)
+	c.AddCommand(ds, logs, usersCmd(), rolesCmd(), activitiesCmd())
 	return c
 }
 

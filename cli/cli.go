@@ -44,7 +44,7 @@ Run without arguments to open the desktop app.`,
 			return runGUI(cmd.Context(), dirs)
 		}
 	}
-	root.AddCommand(loginCmd(), daemonCmd(), statusCmd(), connectCmd(), disconnectCmd(), adminCmd())
+	root.AddCommand(loginCmd(), logoutCmd(), daemonCmd(), statusCmd(), connectCmd(), disconnectCmd(), adminCmd())
 	return root
 }
 
@@ -117,7 +117,10 @@ app use. Stop it with Ctrl-C.`,
 			if err != nil {
 				return err
 			}
-			<-cmd.Context().Done()
+			select {
+			case <-cmd.Context().Done():
+			case <-d.LoggedOut():
+			}
 			return d.Close()
 		},
 	}

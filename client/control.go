@@ -95,6 +95,11 @@ func (c *Control) Disconnect(ctx context.Context, names ...string) error {
 	return c.call(ctx, http.MethodPost, "/local/v1/disconnect", map[string][]string{"Names": names}, nil)
 }
 
+// Logout removes this device from the node and deletes its local state; the daemon then exits.
+func (c *Control) Logout(ctx context.Context) error {
+	return c.call(ctx, http.MethodPost, "/local/v1/logout", nil, nil)
+}
+
 // API returns a node API client that goes through the daemon (admin commands).
 func (c *Control) API() *api.Client {
 	return api.NewClient(c.dirs.dialSocket, 60*time.Second)

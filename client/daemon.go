@@ -46,6 +46,7 @@ type Daemon struct {
 	wg        sync.WaitGroup
 	ctx       context.Context
 	cancel    context.CancelFunc
+	loggedOut chan struct{} // closed by Logout
 }
 
 type listener struct {
@@ -63,7 +64,7 @@ func StartDaemon(ctx context.Context, dirs Dirs, logger *slog.Logger) (*Daemon, 
 	if err != nil {
 		return nil, fmt.Errorf("start daemon: %w", err)
 	}
-	d := &Daemon{dirs: dirs, log: logger, state: st, listeners: map[string]*listener{}}
+	d := &Daemon{dirs: dirs, log: logger, state: st, listeners: map[string]*listener{}, loggedOut: make(chan struct{})}
 	d.ctx, d.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if err := d.start(ctx); err != nil {
 		d.Close()
@@ -349,6 +350,30 @@ func refuse(c net.Conn, code, msg, hint string) {
 	}
 }
 
+// Logout removes this device from the node, disconnects everything and deletes the local state
+// (the device's key). The daemon then has nothing to serve: LoggedOut is closed and the caller should
+// Close it.
+func (d *Daemon) Logout(ctx context.Context) error {
+	if err := d.api.Logout(ctx); err != nil {
+		return fmt.Errorf("log out: tell the node: %w", err)
+	}
+	_ = d.Disconnect()
+	if err := os.Remove(d.dirs.statePath()); err != nil {
+		return fmt.Errorf("log out: remove local state: %w", err)
+	}
+	d.log.Info("logged out", "user", d.state.User)
+	close(d.loggedOut)
+	return nil
+}
+
+// LoggedOut is closed once Logout has succeeded.
+func (d *Daemon) LoggedOut() <-chan struct{} { return d.loggedOut }
+
+// Dial opens a TCP connection through the tunnel to a virtual networking address ("ip:port").
+func (d *Daemon) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	return d.tun.Stack().DialContext(ctx, "tcp", addr)
+}
+
 // Close disconnects everything, stops the tunnel and removes the control socket.
 func (d *Daemon) Close() error {
 	if d.cancel != nil {
@@ -408,6 +433,13 @@ func (d *Daemon) controlHandler() http.Handler {
 		}
 		if err := d.Disconnect(req.Names...); err != nil {
 			writeJSON(w, http.StatusBadRequest, api.Error{Error: err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, struct{}{})
+	})
+	mux.HandleFunc("POST /local/v1/logout", func(w http.ResponseWriter, r *http.Request) {
+		if err := d.Logout(r.Context()); err != nil {
+			writeJSON(w, http.StatusBadGateway, api.Error{Error: err.Error()})
 			return
 		}
 		writeJSON(w, http.StatusOK, struct{}{})

@@ -56,7 +56,7 @@ func (n *Node) enrollHandler() http.Handler {
 		}
 		d, u, err := n.cat.Enroll(r.Context(), req.Secret, key.String(), req.DeviceName)
 		switch {
-		case errors.Is(err, catalog.ErrTokenUnknown), errors.Is(err, catalog.ErrTokenUsed), errors.Is(err, catalog.ErrTokenExpired):
+		case errors.Is(err, catalog.ErrTokenUnknown), errors.Is(err, catalog.ErrTokenUsed), errors.Is(err, catalog.ErrTokenExpired), errors.Is(err, catalog.ErrUserSuspended):
 			n.log.Warn("enrollment refused", "remote", r.RemoteAddr, "err", err)
 			writeError(w, http.StatusForbidden, err)
 			return
@@ -98,7 +98,7 @@ type ctxKey struct{}
 func (n *Node) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/me", func(w http.ResponseWriter, r *http.Request) {
-		u := r.Context().Value(ctxKey{}).(catalog.User)
+		u := caller(r)
 		writeJSON(w, http.StatusOK, api.Me{User: u.Name, Admin: u.Admin, Device: r.RemoteAddr})
 	})
 	mux.HandleFunc("GET /v1/resources", func(w http.ResponseWriter, r *http.Request) {
@@ -107,8 +107,16 @@ func (n *Node) apiHandler() http.Handler {
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
+		acc, err := n.cat.AccessOf(r.Context(), caller(r))
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
 		out := api.ResourceList{Resources: []api.Resource{}}
 		for _, x := range rs {
+			if !acc.Allows(x) {
+				continue
+			}
 			out.Resources = append(out.Resources, api.Resource{
 				Name: x.Name, Type: x.Type, Database: x.Database, Username: x.Username,
 				ConnectivityMode: x.ConnectivityMode, LoopbackAddress: x.LoopbackAddress, VNAddress: x.VNAddress,
@@ -147,7 +155,7 @@ func (n *Node) apiHandler() http.Handler {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
-		n.log.Info("resource added", "name", out.Name, "by", r.Context().Value(ctxKey{}).(catalog.User).Name, "vn_address", out.VNAddress, "loopback_address", out.LoopbackAddress)
+		n.changed(r, "datasource.add", out.Name, fmt.Sprintf("vn_address=%s loopback_address=%s", out.VNAddress, out.LoopbackAddress))
 		writeJSON(w, http.StatusCreated, out)
 	}))
 	mux.HandleFunc("GET /v1/admin/logs/connections", n.admin(func(w http.ResponseWriter, r *http.Request) {
@@ -175,6 +183,7 @@ func (n *Node) apiHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, out)
 	}))
+	n.registerAccessRoutes(mux)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ap, err := netip.ParseAddrPort(r.RemoteAddr)
 		if err != nil {
@@ -188,6 +197,10 @@ func (n *Node) apiHandler() http.Handler {
 			writeError(w, http.StatusForbidden, errors.New("this device is not enrolled; run `ferry login TOKEN`"))
 			return
 		}
+		if u.Suspended {
+			writeError(w, http.StatusForbidden, fmt.Errorf("user %s is suspended; ask a Ferry administrator", u.Name))
+			return
+		}
 		mux.ServeHTTP(w, r.WithContext(context.WithValue(ctx, ctxKey{}, u)))
 	})
 }
@@ -195,7 +208,7 @@ func (n *Node) apiHandler() http.Handler {
 // admin wraps a handler that needs the admin permission level.
 func (n *Node) admin(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if u := r.Context().Value(ctxKey{}).(catalog.User); !u.Admin {
+		if u := caller(r); !u.Admin {
 			writeError(w, http.StatusForbidden, fmt.Errorf("user %s is not an administrator", u.Name))
 			return
 		}

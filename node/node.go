@@ -29,7 +29,6 @@ import (
 	"time"
 
 	"github.com/ferryhq/ferry/api"
-	"github.com/ferryhq/ferry/netstack"
 	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/node/catalog"
 	"github.com/ferryhq/ferry/node/pgproxy"
@@ -182,6 +181,8 @@ type Node struct {
 	wg       sync.WaitGroup
 	ctx      context.Context // ends when the node closes; sessions run under it
 	cancel   context.CancelFunc
+	sessions sessions
+	kickc    chan struct{}
 }
 
 // Start opens the node's state in dir and starts its WireGuard endpoint, its enrollment endpoint,
@@ -192,7 +193,7 @@ func Start(ctx context.Context, dir string, cfg Config, logger *slog.Logger) (*N
 	if logger == nil {
 		logger = slog.Default()
 	}
-	n := &Node{dir: dir, cfg: cfg, log: logger}
+	n := &Node{dir: dir, cfg: cfg, log: logger, kickc: make(chan struct{}, 1)}
 	n.ctx, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if err := n.start(n.ctx); err != nil {
 		n.Close()
@@ -238,7 +239,7 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	n.proxy = pgproxy.New(pgproxy.Config{Tokens: n.tokens, Audit: n.audit, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout)})
 
-	devices, err := n.cat.Devices(ctx)
+	devices, err := n.cat.ActiveDevices(ctx)
 	if err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
@@ -281,6 +282,8 @@ func (n *Node) start(ctx context.Context) error {
 	n.enrollLn = ln
 	n.serve(&http.Server{Handler: n.enrollHandler(), ReadHeaderTimeout: 10 * time.Second},
 		tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
+	n.wg.Add(1)
+	go n.reconcileLoop()
 	n.log.Info("node started", "wireguard_port", n.tun.Port(), "enroll", ln.Addr().String(), "public_key", n.pub.String(), "devices", len(peers))
 	return nil
 }
@@ -302,23 +305,6 @@ func devicePeer(d catalog.Device) (tunnel.Peer, error) {
 		return tunnel.Peer{}, err
 	}
 	return tunnel.Peer{PublicKey: k, AllowedIPs: []netip.Prefix{netip.PrefixFrom(d.Address, 32)}}, nil
-}
-
-// forward decides each new tunnelled TCP flow: a flow to a resource's virtual networking address
-// from an enrolled device goes to the PostgreSQL proxy; anything else is answered with RST. ctx only
-// bounds the decision; the session runs under the node's own context.
-func (n *Node) forward(ctx context.Context, f netstack.Flow) (func(net.Conn), error) {
-	r, err := n.cat.ResourceByVNAddress(ctx, f.Local)
-	if err != nil {
-		return nil, err
-	}
-	u, err := n.cat.UserByDevice(ctx, f.Remote.Addr())
-	if err != nil {
-		return nil, err
-	}
-	t := n.target(r)
-	s := pgproxy.Session{User: u.Name, ClientAddr: f.Remote.String()}
-	return func(c net.Conn) { n.proxy.Serve(n.ctx, c, t, s) }, nil
 }
 
 // target describes how the proxy reaches and logs in to resource r.

@@ -47,7 +47,30 @@ CREATE UNIQUE INDEX IF NOT EXISTS resources_subdomain ON resources(subdomain) WH
 CREATE TABLE IF NOT EXISTS users (
 	name TEXT PRIMARY KEY,
 	admin INTEGER NOT NULL DEFAULT 0,
+	suspended INTEGER NOT NULL DEFAULT 0,
 	created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS roles (
+	name TEXT PRIMARY KEY,
+	created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS role_grants (
+	role TEXT NOT NULL REFERENCES roles(name) ON DELETE CASCADE,
+	grant_expr TEXT NOT NULL,
+	PRIMARY KEY (role, grant_expr)
+);
+CREATE TABLE IF NOT EXISTS user_roles (
+	user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+	role TEXT NOT NULL REFERENCES roles(name) ON DELETE CASCADE,
+	PRIMARY KEY (user_name, role)
+);
+CREATE TABLE IF NOT EXISTS admin_activity (
+	id INTEGER PRIMARY KEY AUTOINCREMENT,
+	time INTEGER NOT NULL,
+	actor TEXT NOT NULL,
+	action TEXT NOT NULL,
+	target TEXT NOT NULL,
+	detail TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS devices (
 	public_key TEXT PRIMARY KEY,
@@ -240,10 +263,12 @@ func (c *Catalog) ResourceByVNAddress(ctx context.Context, ap netip.AddrPort) (r
 	return r, nil
 }
 
-// User is a person who may enroll devices.
+// User is a person who may enroll devices. Admin is the admin permission level: it gates every admin
+// API call and reaches every resource.
 type User struct {
-	Name  string
-	Admin bool
+	Name      string
+	Admin     bool
+	Suspended bool
 }
 
 // AddUser creates a user; a taken name wraps ErrConflict.
@@ -284,9 +309,10 @@ type Device struct {
 
 // Enrollment errors a person may see.
 var (
-	ErrTokenUsed    = errors.New("this enrollment token has already been used; ask your administrator for a new one")
-	ErrTokenExpired = errors.New("this enrollment token has expired; ask your administrator for a new one")
-	ErrTokenUnknown = errors.New("this enrollment token is not known to the node; check that you copied it in full")
+	ErrTokenUsed     = errors.New("this enrollment token has already been used; ask your administrator for a new one")
+	ErrTokenExpired  = errors.New("this enrollment token has expired; ask your administrator for a new one")
+	ErrTokenUnknown  = errors.New("this enrollment token is not known to the node; check that you copied it in full")
+	ErrUserSuspended = errors.New("this user is suspended; ask your administrator")
 )
 
 // Enroll redeems secret for the device with WireGuard public key publicKey: the token is marked used,
@@ -313,8 +339,11 @@ func (c *Catalog) Enroll(ctx context.Context, secret, publicKey, deviceName stri
 	case time.Now().Unix() > expires:
 		return d, u, fmt.Errorf("enroll: %w", ErrTokenExpired)
 	}
-	if err := tx.QueryRowContext(ctx, `SELECT admin FROM users WHERE name = ?`, u.Name).Scan(&u.Admin); err != nil {
+	if err := tx.QueryRowContext(ctx, `SELECT admin, suspended FROM users WHERE name = ?`, u.Name).Scan(&u.Admin, &u.Suspended); err != nil {
 		return d, u, fmt.Errorf("enroll: user %s: %w", u.Name, err)
+	}
+	if u.Suspended {
+		return d, u, fmt.Errorf("enroll: %w", ErrUserSuspended)
 	}
 	var n int
 	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM devices WHERE public_key = ?`, publicKey).Scan(&n); err != nil {
@@ -362,7 +391,12 @@ func (c *Catalog) Enroll(ctx context.Context, secret, publicKey, deviceName stri
 
 // Devices returns every enrolled device.
 func (c *Catalog) Devices(ctx context.Context) ([]Device, error) {
-	rows, err := c.db.QueryContext(ctx, `SELECT public_key, user_name, address, name, enrolled_at FROM devices ORDER BY address`)
+	return c.queryDevices(ctx, "")
+}
+
+// queryDevices lists devices (table alias d) with an optional JOIN/WHERE clause, by address.
+func (c *Catalog) queryDevices(ctx context.Context, clause string) ([]Device, error) {
+	rows, err := c.db.QueryContext(ctx, `SELECT d.public_key, d.user_name, d.address, d.name, d.enrolled_at FROM devices d `+clause+` ORDER BY d.address`)
 	if err != nil {
 		return nil, fmt.Errorf("list devices: %w", err)
 	}
@@ -385,7 +419,7 @@ func (c *Catalog) Devices(ctx context.Context) ([]Device, error) {
 // UserByDevice returns the user owning the device with tunnel address addr; it wraps ErrNotFound.
 func (c *Catalog) UserByDevice(ctx context.Context, addr netip.Addr) (User, error) {
 	var u User
-	err := c.db.QueryRowContext(ctx, `SELECT u.name, u.admin FROM devices d JOIN users u ON u.name = d.user_name WHERE d.address = ?`, addr.String()).Scan(&u.Name, &u.Admin)
+	err := c.db.QueryRowContext(ctx, `SELECT u.name, u.admin, u.suspended FROM devices d JOIN users u ON u.name = d.user_name WHERE d.address = ?`, addr.String()).Scan(&u.Name, &u.Admin, &u.Suspended)
 	if errors.Is(err, sql.ErrNoRows) {
 		return u, fmt.Errorf("look up device %s: %w", addr, ErrNotFound)
 	}

@@ -79,6 +79,29 @@ type Target struct {
 type Session struct {
 	User       string // the Ferry user identified by the tunnel peer
 	ClientAddr string // the client's tunnel address, "ip:port"
+	// Denied, when set, refuses the session after its StartupMessage: the client gets this FATAL
+	// ErrorResponse and the connection is recorded with outcome "denied". No upstream login happens.
+	Denied *Refusal
+}
+
+// Refusal is a FATAL ErrorResponse the node sends instead of a session, and also, used as the cause
+// of the session's context (context.WithCancelCause), the message that ends a running session.
+type Refusal struct {
+	Code    string // SQLSTATE, e.g. 28000
+	Message string
+	Hint    string
+}
+
+func (r *Refusal) Error() string { return r.Message }
+
+// endNotice is what a client is told when ctx ends its running session: the Refusal that caused it,
+// or that the node is shutting down.
+func endNotice(ctx context.Context) *Refusal {
+	var r *Refusal
+	if errors.As(context.Cause(ctx), &r) {
+		return r
+	}
+	return &Refusal{Code: "57P01", Message: "terminating connection: the Ferry node is shutting down", Hint: "Reconnect in a moment."}
 }
 
 // Config configures a Proxy.

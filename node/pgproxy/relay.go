@@ -77,8 +77,9 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, record func(
 			writeError(client, "08P01", "protocol violation: "+bl.Error(), "")
 			return bl.Error()
 		case ctx.Err() != nil:
-			writeError(client, "57P01", "terminating connection: the Ferry node is shutting down", "Reconnect in a moment.")
-			return "node shutting down"
+			n := endNotice(ctx)
+			writeError(client, n.Code, n.Message, n.Hint)
+			return n.Message
 		case err == nil:
 			return ""
 		default:
@@ -86,13 +87,14 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, record func(
 		}
 	case err := <-s2c:
 		if ctx.Err() != nil {
-			writeError(client, "57P01", "terminating connection: the Ferry node is shutting down", "Reconnect in a moment.")
+			n := endNotice(ctx)
+			writeError(client, n.Code, n.Message, n.Hint)
 		}
 		client.Close()
 		<-c2s
 		switch {
 		case ctx.Err() != nil:
-			return "node shutting down"
+			return endNotice(ctx).Message
 		case terminated.Load():
 			return ""
 		case err == nil:

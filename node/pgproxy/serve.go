@@ -44,6 +44,9 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	if err == nil {
 		err = checkStartup(st)
 	}
+	if err == nil && s.Denied != nil {
+		err = fatal(audit.OutcomeDenied, s.Denied.Code, s.Denied.Message, "", s.Denied.Hint, s.Denied)
+	}
 	// The record of a connection starts once its StartupMessage says which
 	// database it wants (or once it has failed).
 	id := p.startRecord(ctx, log, audit.Connection{Start: start, User: s.User, Resource: t.Resource, ClientAddr: s.ClientAddr, Database: database})

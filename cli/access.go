@@ -1,0 +1,265 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferryhq/ferry/api"
+)
+
+func logoutCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "logout",
+		Short: "Remove this device from the node and delete its local key",
+		Long: `Remove this device's WireGuard key from ferry-node, disconnect every resource and delete the local
+state. The daemon exits afterwards. Run ` + "`ferry login TOKEN`" + ` with a new token to enroll again.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, ctl, err := dirsAndControl()
+			if err != nil {
+				return err
+			}
+			if err := ctl.Logout(cmd.Context()); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "Logged out: this device's key is removed from the node and from this machine.")
+			return nil
+		},
+	}
+}
+
+// withAPI runs fn with the node API client through the daemon.
+func withAPI(fn func(cmd *cobra.Command, args []string, c *api.Client) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		_, ctl, err := dirsAndControl()
+		if err != nil {
+			return err
+		}
+		return fn(cmd, args, ctl.API())
+	}
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func usersCmd() *cobra.Command {
+	c := &cobra.Command{Use: "users", Aliases: []string{"user"}, Short: "Manage users, their devices and enrollment"}
+	var admin bool
+	var roles []string
+	add := &cobra.Command{
+		Use:   "add NAME",
+		Short: "Add a user (then issue a token with `ferry admin users enroll NAME`)",
+		Args:  cobra.ExactArgs(1),
+		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
+			if err := c.AddUser(cmd.Context(), api.NewUser{Name: args[0], Admin: admin, Roles: roles}); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Added user %s. Give them a token from `ferry admin users enroll %s`.\n", args[0], args[0])
+			return nil
+		}),
+	}
+	add.Flags().BoolVar(&admin, "admin", false, "give the admin permission level (every admin command, every resource)")
+	add.Flags().StringSliceVar(&roles, "role", nil, "role to assign (repeatable)")
+
+	var asJSON bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List users",
+		Args:  cobra.NoArgs,
+		RunE: withAPI(func(cmd *cobra.Command, _ []string, c *api.Client) error {
+			us, err := c.Users(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), us)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tPERMISSION\tSTATE\tROLES\tDEVICES")
+			for _, u := range us {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", u.Name, permission(u), state(u), strings.Join(u.Roles, ","), u.Devices)
+			}
+			return tw.Flush()
+		}),
+	}
+	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+
+	show := &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show a user",
+		Args:  cobra.ExactArgs(1),
+		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
+			u, err := c.User(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), u)
+		}),
+	}
+	var undo bool
+	suspend := &cobra.Command{
+		Use:   "suspend NAME",
+		Short: "Suspend a user: their devices lose the tunnel and open sessions end within seconds",
+		Args:  cobra.ExactArgs(1),
+		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
+			return c.SuspendUser(cmd.Context(), args[0], !undo)
+		}),
+	}
+	suspend.Flags().BoolVar(&undo, "undo", false, "reinstate the user instead")
+	del := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete a user and their devices",
+		Args:  cobra.ExactArgs(1),
+		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
+			return c.DeleteUser(cmd.Context(), args[0])
+		}),
+	}
+	enroll := &cobra.Command{
+		Use:   "enroll NAME",
+		Short: "Issue a single-use enrollment token for a user (for `ferry login TOKEN`)",
+		Args:  cobra.ExactArgs(1),
+		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
+			t, err := c.EnrollUser(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "Single-use enrollment token for %s, valid until %s:\n", args[0], t.ExpiresAt.Local().Format(time.DateTime))
+			fmt.Fprintln(cmd.OutOrStdout(), t.Token)
+			return nil
+		}),
+	}
+	var deleteKey string
+	devices := &cobra.Command{
+		Use:   "devices NAME [--delete PUBLIC_KEY]",
+		Short: "List a user's devices, or delete one",
+		Args:  cobra.ExactArgs(1),
+		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
+			if deleteKey != "" {
+				return c.DeleteDevice(cmd.Context(), deleteKey)
+			}
+			ds, err := c.Devices(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "PUBLIC KEY\tNAME\tADDRESS\tENROLLED\tLAST HANDSHAKE")
+			for _, d := range ds {
+				hs := "never"
+				if !d.LastHandshake.IsZero() {
+					hs = d.LastHandshake.Local().Format(time.DateTime)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.PublicKey, d.Name, d.Address, d.EnrolledAt.Local().Format(time.DateTime), hs)
+			}
+			return tw.Flush()
+		}),
+	}
+	devices.Flags().StringVar(&deleteKey, "delete", "", "delete the device with this WireGuard public key")
+	c.AddCommand(add, list, show, suspend, del, enroll, devices)
+	return c
+}
+
+func permission(u api.User) string {
+	if u.Admin {
+		return "admin"
+	}
+	return "user"
+}
+
+func state(u api.User) string {
+	if u.Suspended {
+		return "suspended"
+	}
+	return "active"
+}
+
+func rolesCmd() *cobra.Command {
+	c := &cobra.Command{Use: "roles", Aliases: []string{"role"}, Short: "Manage roles: what they grant and who holds them"}
+	add := &cobra.Command{
+		Use:  "add NAME",
+		Args: cobra.ExactArgs(1), Short: "Add a role",
+		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error { return c.AddRole(cmd.Context(), args[0]) }),
+	}
+	list := &cobra.Command{
+		Use: "list", Args: cobra.NoArgs, Short: "List roles with their grants and users",
+		RunE: withAPI(func(cmd *cobra.Command, _ []string, c *api.Client) error {
+			rs, err := c.Roles(cmd.Context())
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tGRANTS\tUSERS")
+			for _, r := range rs {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Name, strings.Join(r.Grants, ","), strings.Join(r.Users, ","))
+			}
+			return tw.Flush()
+		}),
+	}
+	grant := &cobra.Command{
+		Use:   "grant ROLE (RESOURCE | tag:KEY=VALUE)",
+		Short: "Grant a role one resource by name, or every resource whose tags match",
+		Args:  cobra.ExactArgs(2),
+		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
+			return c.Grant(cmd.Context(), args[0], args[1])
+		}),
+	}
+	revoke := &cobra.Command{
+		Use:   "revoke ROLE (RESOURCE | tag:KEY=VALUE)",
+		Short: "Revoke a grant; sessions it allowed end within seconds",
+		Args:  cobra.ExactArgs(2),
+		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
+			return c.Revoke(cmd.Context(), args[0], args[1])
+		}),
+	}
+	assign := &cobra.Command{
+		Use: "assign ROLE USER", Short: "Give a user a role", Args: cobra.ExactArgs(2),
+		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
+			return c.AssignRole(cmd.Context(), args[0], args[1])
+		}),
+	}
+	unassign := &cobra.Command{
+		Use: "unassign ROLE USER", Short: "Take a role from a user", Args: cobra.ExactArgs(2),
+		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
+			return c.UnassignRole(cmd.Context(), args[0], args[1])
+		}),
+	}
+	del := &cobra.Command{
+		Use: "delete NAME", Short: "Delete a role", Args: cobra.ExactArgs(1),
+		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
+			return c.DeleteRole(cmd.Context(), args[0])
+		}),
+	}
+	c.AddCommand(add, list, grant, revoke, assign, unassign, del)
+	return c
+}
+
+func activitiesCmd() *cobra.Command {
+	var limit int
+	c := &cobra.Command{
+		Use:   "activities",
+		Short: "Read the admin activity log: who changed what, when",
+		Args:  cobra.NoArgs,
+		RunE: withAPI(func(cmd *cobra.Command, _ []string, c *api.Client) error {
+			as, err := c.Activities(cmd.Context(), limit)
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tTARGET\tDETAIL")
+			for _, a := range as {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.Time.Local().Format(time.DateTime), a.Actor, a.Action, a.Target, a.Detail)
+			}
+			return tw.Flush()
+		}),
+	}
+	c.Flags().IntVar(&limit, "limit", 50, "how many records")
+	return c
+}

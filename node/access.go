@@ -1,0 +1,205 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/ferryhq/ferry/netstack"
+	"github.com/ferryhq/ferry/node/catalog"
+	"github.com/ferryhq/ferry/node/pgproxy"
+	"github.com/ferryhq/ferry/resource"
+	"github.com/ferryhq/ferry/tunnel"
+)
+
+// reconcileInterval is how often the node re-checks WireGuard peers and open sessions against the
+// catalog, besides right after each admin change. Revocations take effect within it.
+const reconcileInterval = time.Second
+
+// session is one proxied connection, kept so that revocations can end it.
+type session struct {
+	user     string
+	device   netip.Addr
+	resource string
+	end      context.CancelCauseFunc
+}
+
+// sessions is the registry of open proxied connections.
+type sessions struct {
+	mu   sync.Mutex
+	next int64
+	open map[int64]*session
+}
+
+func (ss *sessions) add(s *session) (remove func()) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.open == nil {
+		ss.open = map[int64]*session{}
+	}
+	ss.next++
+	id := ss.next
+	ss.open[id] = s
+	return func() {
+		ss.mu.Lock()
+		delete(ss.open, id)
+		ss.mu.Unlock()
+	}
+}
+
+func (ss *sessions) snapshot() []*session {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	out := make([]*session, 0, len(ss.open))
+	for _, s := range ss.open {
+		out = append(out, s)
+	}
+	return out
+}
+
+// forward decides each new tunnelled TCP flow: a flow to a resource's virtual networking address
+// from an enrolled device goes to the PostgreSQL proxy, which refuses it with FATAL 28000 when the
+// user is not granted the resource; anything else is answered with RST. ctx only bounds the
+// decision; the session runs under the node's own context.
+func (n *Node) forward(ctx context.Context, f netstack.Flow) (func(net.Conn), error) {
+	r, err := n.cat.ResourceByVNAddress(ctx, f.Local)
+	if err != nil {
+		return nil, err
+	}
+	u, err := n.cat.UserByDevice(ctx, f.Remote.Addr())
+	if err != nil {
+		return nil, err
+	}
+	acc, err := n.cat.AccessOf(ctx, u)
+	if err != nil {
+		return nil, err
+	}
+	t := n.target(r)
+	s := pgproxy.Session{User: u.Name, ClientAddr: f.Remote.String()}
+	if !acc.Allows(r) {
+		s.Denied = &pgproxy.Refusal{Code: "28000",
+			Message: fmt.Sprintf("ferry: user %q is not granted access to resource %q", u.Name, r.Name),
+			Hint:    "Ask a Ferry administrator to grant one of your roles this resource."}
+		if u.Suspended {
+			s.Denied.Message = fmt.Sprintf("ferry: user %q is suspended", u.Name)
+			s.Denied.Hint = "Ask a Ferry administrator."
+		}
+		n.log.Warn("access denied", "user", u.Name, "resource", r.Name, "client", f.Remote.String())
+	}
+	return func(c net.Conn) {
+		sctx, end := context.WithCancelCause(n.ctx)
+		defer end(nil)
+		remove := n.sessions.add(&session{user: u.Name, device: f.Remote.Addr(), resource: r.Name, end: end})
+		defer remove()
+		n.proxy.Serve(sctx, c, t, s)
+	}, nil
+}
+
+// kick asks the reconcile loop to run now (after an admin change).
+func (n *Node) kick() {
+	select {
+	case n.kickc <- struct{}{}:
+	default:
+	}
+}
+
+// reconcileLoop keeps WireGuard peers and open sessions in line with the catalog until the node closes.
+func (n *Node) reconcileLoop() {
+	defer n.wg.Done()
+	t := time.NewTicker(reconcileInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		case <-n.kickc:
+		}
+		if err := n.reconcile(n.ctx); err != nil && n.ctx.Err() == nil {
+			n.log.Error("reconcile access", "err", err)
+		}
+	}
+}
+
+// reconcile removes WireGuard peers whose device was deleted or whose user was suspended or deleted,
+// adds missing ones, and ends sessions the catalog no longer allows, telling the client why.
+func (n *Node) reconcile(ctx context.Context) error {
+	devices, err := n.cat.ActiveDevices(ctx)
+	if err != nil {
+		return err
+	}
+	want := map[tunnel.Key]catalog.Device{}
+	for _, d := range devices {
+		if k, err := tunnel.ParseKey(d.PublicKey); err == nil {
+			want[k] = d
+		}
+	}
+	have, err := n.tun.Peers()
+	if err != nil {
+		return fmt.Errorf("list WireGuard peers: %w", err)
+	}
+	for _, p := range have {
+		if _, ok := want[p.PublicKey]; !ok {
+			if err := n.tun.RemovePeer(p.PublicKey); err != nil {
+				return fmt.Errorf("remove WireGuard peer: %w", err)
+			}
+			n.log.Info("WireGuard peer removed", "public_key", p.PublicKey.String())
+		}
+		delete(want, p.PublicKey)
+	}
+	for _, d := range want {
+		p, err := devicePeer(d)
+		if err != nil {
+			continue
+		}
+		if err := n.tun.AddPeer(p); err != nil {
+			return fmt.Errorf("add WireGuard peer: %w", err)
+		}
+	}
+
+	open := n.sessions.snapshot()
+	if len(open) == 0 {
+		return nil
+	}
+	rs, err := n.cat.Resources(ctx)
+	if err != nil {
+		return err
+	}
+	byName := map[string]resource.Resource{}
+	for _, r := range rs {
+		byName[r.Name] = r
+	}
+	access := map[netip.Addr]*catalog.Access{}
+	for _, s := range open {
+		acc, ok := access[s.device]
+		if !ok {
+			u, err := n.cat.UserByDevice(ctx, s.device)
+			if err == nil {
+				a, err := n.cat.AccessOf(ctx, u)
+				if err != nil {
+					return err
+				}
+				acc = &a
+			}
+			access[s.device] = acc // nil: device or user gone
+		}
+		r, exists := byName[s.resource]
+		var why string
+		switch {
+		case acc == nil:
+			why = fmt.Sprintf("terminating connection: the Ferry device or user %q was removed", s.user)
+		case !exists:
+			why = fmt.Sprintf("terminating connection: resource %q was deleted", s.resource)
+		case !acc.Allows(r):
+			why = fmt.Sprintf("terminating connection: access of user %q to resource %q was revoked", s.user, s.resource)
+		default:
+			continue
+		}
+		n.log.Info("ending session", "user", s.user, "resource", s.resource, "reason", why)
+		s.end(&pgproxy.Refusal{Code: "57P01", Message: why, Hint: "Ask a Ferry administrator if you need this access."})
+	}
+	return nil
+}
