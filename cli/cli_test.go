@@ -32,7 +32,7 @@ func TestCommandsAgainstDemo(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir()})
+	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +63,7 @@ func TestCommandsAgainstDemo(t *testing.T) {
 	if err != nil {
 		t.Fatalf("connect --env: %v: %s", err, out)
 	}
-	for _, want := range []string{"export PGHOST=127.0.0.1\n", "export PGPORT=10002\n", "export PGDATABASE=production\n", "export PGUSER=mi_user\n", "export PGSSLMODE=disable\n"} {
+	for _, want := range []string{"export PGHOST=127.0.0.1\n", "export PGPORT=10001\n", "export PGDATABASE=production\n", "export PGUSER=mi_user\n", "export PGSSLMODE=disable\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("connect --env output lacks %q:\n%s", want, out)
 		}
@@ -83,7 +83,7 @@ func TestCommandsAgainstDemo(t *testing.T) {
 	if len(lines) != 3 || strings.Join(strings.Fields(lines[0]), " ") != "NAME TYPE ADDRESS STATUS TAGS" {
 		t.Fatalf("status output:\n%s", out)
 	}
-	if f := strings.Fields(lines[1]); f[0] != "azure-pg-mi-dev" || f[2] != "127.0.0.1:10002" || f[3] != "connected" || f[4] != "env=dev,team=data" {
+	if f := strings.Fields(lines[1]); f[0] != "azure-pg-mi-dev" || f[2] != "127.0.0.1:10001" || f[3] != "connected" || f[4] != "env=dev,team=data" {
 		t.Fatalf("status row: %q", lines[1])
 	}
 

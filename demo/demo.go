@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,6 +36,15 @@ type Options struct {
 	Logger *slog.Logger
 	// NoResource skips adding and connecting azure-pg-mi-prod.
 	NoResource bool
+	// LoopbackIP is where azure-pg-mi-prod listens (its bind interface); default 127.0.0.1. Tests that
+	// run side by side use RandomLoopbackIP so their ports never collide.
+	LoopbackIP string
+}
+
+// RandomLoopbackIP returns a random address of 127.0.0.0/8 other than 127.0.0.1 (Linux routes the
+// whole range to the loopback interface).
+func RandomLoopbackIP() string {
+	return fmt.Sprintf("127.%d.%d.%d", 1+rand.IntN(254), rand.IntN(256), 1+rand.IntN(254))
 }
 
 // Env is a running demo installation.
@@ -118,6 +128,7 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 	r.Username = Role
 	r.ManagedIdentityClientID = ClientID
 	r.Subdomain = ResourceName
+	r.BindInterface = opt.LoopbackIP
 	r.Tags = map[string]string{"env": "production", "team": "data"}
 	if _, err := e.Daemon.API().AddDatasource(ctx, r); err != nil {
 		return nil, fmt.Errorf("demo: add %s: %w", ResourceName, err)

@@ -33,7 +33,7 @@ func startDemo(t *testing.T) *demo.Env {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir()})
+	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
 	if err != nil {
 		t.Fatalf("start demo: %v", err)
 	}
@@ -87,8 +87,8 @@ func TestEndToEnd(t *testing.T) {
 
 func testPsqlThroughFerry(t *testing.T, env *demo.Env) {
 	conn := client.ConnString(env.Resource)
-	if !strings.HasPrefix(env.Resource.Address, "127.0.0.1:") {
-		t.Fatalf("loopback address = %q, want 127.0.0.1:PORT", env.Resource.Address)
+	if ap, err := netip.ParseAddrPort(env.Resource.Address); err != nil || !ap.Addr().IsLoopback() || ap.Port() != 10001 {
+		t.Fatalf("loopback address = %q, want a loopback IP and port 10001", env.Resource.Address)
 	}
 
 	out, err := psql(t, conn, "-c", "SELECT version()")
