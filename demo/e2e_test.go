@@ -83,6 +83,7 @@ func TestEndToEnd(t *testing.T) {
 	t.Run("identity kinds", func(t *testing.T) { testIdentityKinds(t, env) })
 	t.Run("refusals reach psql", func(t *testing.T) { testRefusalsReachPsql(t, env) })
 	t.Run("unenrolled key gets nothing", func(t *testing.T) { testUnenrolledKeyGetsNothing(t, env) })
+	t.Run("access", func(t *testing.T) { testAccess(t, env) })
 }
 
 func testPsqlThroughFerry(t *testing.T, env *demo.Env) {
@@ -220,6 +221,7 @@ func testIdentityKinds(t *testing.T, env *demo.Env) {
 	r.Hostname = env.Emu.Hostname()
 	r.Database = demo.Database
 	r.Username = "vm_role"
+	r.BindInterface = demo.RandomLoopbackIP()
 	if _, err := env.Daemon.API().AddDatasource(ctx, r); err != nil {
 		t.Fatal(err)
 	}
@@ -266,6 +268,7 @@ func testRefusalsReachPsql(t *testing.T, env *demo.Env) {
 		r.Database = demo.Database
 		r.Username = user
 		r.ManagedIdentityClientID = clientID
+		r.BindInterface = demo.RandomLoopbackIP()
 		if _, err := env.Daemon.API().AddDatasource(ctx, r); err != nil {
 			t.Fatal(err)
 		}
