@@ -40,10 +40,11 @@ func TestCommandsAgainstDemo(t *testing.T) {
 	t.Setenv(client.EnvConfigDir, env.Dirs.Config)
 	t.Setenv(client.EnvRuntimeDir, env.Dirs.Runtime)
 
+	bind := demo.RandomLoopbackIP()
 	out, err := run(t, "admin", "datasources", "add", "azurepostgresmi", "azure-pg-mi-dev",
 		"--hostname=mypg.postgres.database.azure.com", "--port=5432", "--database=production",
 		"--username=mi_user", "--managed-identity-client-id="+demo.ClientID, "--tls-required",
-		"--bind-interface=127.0.0.1", "--egress-filter=tag:env=dev", "--port-override=-1",
+		"--bind-interface="+bind, "--egress-filter=tag:env=dev", "--port-override=-1",
 		"--proxy-cluster-id=n-1a2b345c67890123", "--secret-store-id=se-e1b2", "--subdomain=azure-pg-mi-dev",
 		"--tags=env=dev,team=data")
 	if err != nil || !strings.Contains(out, "Added azure-pg-mi-dev") {
@@ -63,7 +64,7 @@ func TestCommandsAgainstDemo(t *testing.T) {
 	if err != nil {
 		t.Fatalf("connect --env: %v: %s", err, out)
 	}
-	for _, want := range []string{"export PGHOST=127.0.0.1\n", "export PGPORT=10001\n", "export PGDATABASE=production\n", "export PGUSER=mi_user\n", "export PGSSLMODE=disable\n"} {
+	for _, want := range []string{"export PGHOST=" + bind + "\n", "export PGPORT=10001\n", "export PGDATABASE=production\n", "export PGUSER=mi_user\n", "export PGSSLMODE=disable\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("connect --env output lacks %q:\n%s", want, out)
 		}
@@ -83,7 +84,7 @@ func TestCommandsAgainstDemo(t *testing.T) {
 	if len(lines) != 3 || strings.Join(strings.Fields(lines[0]), " ") != "NAME TYPE ADDRESS STATUS TAGS" {
 		t.Fatalf("status output:\n%s", out)
 	}
-	if f := strings.Fields(lines[1]); f[0] != "azure-pg-mi-dev" || f[2] != "127.0.0.1:10001" || f[3] != "connected" || f[4] != "env=dev,team=data" {
+	if f := strings.Fields(lines[1]); f[0] != "azure-pg-mi-dev" || f[2] != bind+":10001" || f[3] != "connected" || f[4] != "env=dev,team=data" {
 		t.Fatalf("status row: %q", lines[1])
 	}
 
@@ -99,6 +100,39 @@ func TestCommandsAgainstDemo(t *testing.T) {
 	}
 	if _, err = run(t, "disconnect"); err == nil {
 		t.Fatal("disconnect without names or --all succeeded")
+	}
+
+	// Users, roles and the activity log.
+	for _, args := range [][]string{
+		{"admin", "roles", "add", "developers"},
+		{"admin", "roles", "grant", "developers", "tag:env=dev"},
+		{"admin", "users", "add", "engineer", "--role", "developers"},
+	} {
+		if out, err := run(t, args...); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	out, err = run(t, "admin", "users", "list")
+	if err != nil || !strings.Contains(out, "engineer") || !strings.Contains(out, "developers") {
+		t.Fatalf("users list: %v: %s", err, out)
+	}
+	out, err = run(t, "admin", "roles", "list")
+	if err != nil || !strings.Contains(out, "tag:env=dev") || !strings.Contains(out, "engineer") {
+		t.Fatalf("roles list: %v: %s", err, out)
+	}
+	out, err = run(t, "admin", "users", "enroll", "engineer")
+	if err != nil || !strings.Contains(out, "ferry-enroll.") {
+		t.Fatalf("users enroll: %v: %s", err, out)
+	}
+	if _, err = run(t, "admin", "roles", "grant", "developers", "tag:env"); err == nil {
+		t.Fatal("a malformed tag grant was accepted")
+	}
+	if _, err = run(t, "admin", "users", "add", "engineer"); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("duplicate user: %v", err)
+	}
+	out, err = run(t, "admin", "activities")
+	if err != nil || !strings.Contains(out, "role.grant") || !strings.Contains(out, "user.add") {
+		t.Fatalf("activities: %v: %s", err, out)
 	}
 
 	t.Setenv(client.EnvRuntimeDir, t.TempDir())
