@@ -93,11 +93,53 @@ func TestEnrollmentAndPermissions(t *testing.T) {
 	if !errors.As(err, &se) || se.Status != http.StatusBadRequest || !strings.Contains(se.Message, "database") {
 		t.Fatalf("invalid add: %v", err)
 	}
+	// Suspending the engineer cuts the device off within seconds; reinstating restores it.
+	if err := env.Daemon.API().SuspendUser(ctx, "engineer", true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the suspended user's device to lose the API", func() bool {
+		c, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := d.API().Me(c)
+		return err != nil
+	})
+	if err := env.Daemon.API().SuspendUser(ctx, "engineer", false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the reinstated user's device to reach the API again", func() bool {
+		c, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		_, err := d.API().Me(c)
+		return err == nil
+	})
+	// Logout removes the device from the node and the key from the machine.
+	if err := d.Logout(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.LoadState(dirs); !errors.Is(err, client.ErrNotLoggedIn) {
+		t.Fatalf("state after logout: %v", err)
+	}
+	if devs, err := env.Daemon.API().Devices(ctx, "engineer"); err != nil || len(devs) != 0 {
+		t.Fatalf("engineer's devices after logout = %+v, %v", devs, err)
+	}
+
 	r.Name = "dup"
 	if _, err := env.Daemon.API().AddDatasource(ctx, r); err != nil {
 		t.Fatal(err)
 	}
 	if _, err = env.Daemon.API().AddDatasource(ctx, r); !errors.As(err, &se) || se.Status != http.StatusConflict {
 		t.Fatalf("duplicate add: %v", err)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after 20 seconds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
