@@ -99,6 +99,12 @@ func (c *Client) Me(ctx context.Context) (Me, error) {
 	return m, c.do(ctx, http.MethodGet, "/v1/me", nil, &m)
 }
 
+// Settings returns the org's network settings.
+func (c *Client) Settings(ctx context.Context) (Settings, error) {
+	var s Settings
+	return s, c.do(ctx, http.MethodGet, "/v1/settings", nil, &s)
+}
+
 // Resources lists the resources the caller may reach.
 func (c *Client) Resources(ctx context.Context) ([]Resource, error) {
 	var l ResourceList

@@ -99,6 +99,15 @@ type Me struct {
 	Device string `json:"device"` // the caller's tunnel address
 }
 
+// Settings are the org's network settings (GET /v1/settings for every user; PUT
+// /v1/admin/settings for admins, fields left empty unchanged).
+type Settings struct {
+	ConnectivityMode string `json:"connectivity_mode"` // resource.ModeLoopback or resource.ModeVirtualNetworking
+	VNSubnet         string `json:"vn_subnet"`         // e.g. 100.64.0.0/10
+	DNSDomain        string `json:"dns_domain"`        // e.g. ferry.internal
+	LoopbackRange    string `json:"loopback_range"`    // e.g. 127.0.0.1/32
+}
+
 // Resource is a resource as a user sees it (GET /v1/resources): what is needed to reach it, nothing
 // about how the node logs in.
 type Resource struct {

@@ -101,6 +101,14 @@ func (n *Node) apiHandler() http.Handler {
 		u := caller(r)
 		writeJSON(w, http.StatusOK, api.Me{User: u.Name, Admin: u.Admin, Device: r.RemoteAddr})
 	})
+	mux.HandleFunc("GET /v1/settings", func(w http.ResponseWriter, r *http.Request) {
+		s, err := n.settings(r.Context())
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, s)
+	})
 	mux.HandleFunc("GET /v1/resources", func(w http.ResponseWriter, r *http.Request) {
 		rs, err := n.cat.Resources(r.Context())
 		if err != nil {
@@ -222,4 +230,24 @@ func limit(r *http.Request) int {
 		return 100
 	}
 	return n
+}
+
+// settings reads the org's network settings with their defaults.
+func (n *Node) settings(ctx context.Context) (api.Settings, error) {
+	var s api.Settings
+	var err error
+	for _, f := range []struct {
+		key, def string
+		out      *string
+	}{
+		{catalog.SettingDefaultMode, resource.ModeLoopback, &s.ConnectivityMode},
+		{catalog.SettingVNSubnet, resource.DefaultVNSubnet.String(), &s.VNSubnet},
+		{catalog.SettingDNSDomain, catalog.DefaultDNSDomain, &s.DNSDomain},
+		{catalog.SettingLoopbackRange, catalog.DefaultLoopbackRange, &s.LoopbackRange},
+	} {
+		if *f.out, err = n.cat.Setting(ctx, f.key, f.def); err != nil {
+			return s, err
+		}
+	}
+	return s, nil
 }

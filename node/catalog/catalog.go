@@ -105,6 +105,12 @@ const (
 // DefaultDNSDomain is the org domain resource aliases live under unless changed.
 const DefaultDNSDomain = "ferry.internal"
 
+// DefaultLoopbackRange is the org's loopback range unless changed: every resource on 127.0.0.1.
+const DefaultLoopbackRange = "127.0.0.1/32"
+
+// SettingLoopbackRange is the key of the loopback range setting.
+const SettingLoopbackRange = "loopback_range"
+
 // Setting returns a setting's value, or def when it is not set.
 func (c *Catalog) Setting(ctx context.Context, key, def string) (string, error) {
 	var v string
