@@ -35,7 +35,9 @@ func NewClient(dial func(ctx context.Context, network, addr string) (net.Conn, e
 		timeout = 30 * time.Second
 	}
 	return &Client{
-		http: &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: dial, MaxIdleConns: 4, IdleConnTimeout: 30 * time.Second}},
+		// No keep-alive: a connection through the tunnel costs no handshake of its own, and a pooled one
+		// may have died with the tunnel (node restart, revoked device) and would stall the next call.
+		http: &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}},
 		base: "http://" + netip.AddrPortFrom(NodeTunnelAddress, APIPort).String(),
 	}
 }
@@ -180,4 +182,28 @@ func Enroll(ctx context.Context, tok EnrollToken, req EnrollRequest) (EnrollResp
 func CertSHA256(cert *x509.Certificate) string {
 	s := sha256.Sum256(cert.Raw)
 	return hex.EncodeToString(s[:])
+}
+
+// Datasource returns one catalog entry by name (admin only).
+func (c *Client) Datasource(ctx context.Context, name string) (resource.Resource, error) {
+	var out resource.Resource
+	return out, c.do(ctx, http.MethodGet, "/v1/admin/datasources/"+url.PathEscape(name), nil, &out)
+}
+
+// UpdateDatasource replaces the resource named name with r (admin only). Empty addresses in r keep the
+// current ones unless a property they derive from changed. The answer lists what changed.
+func (c *Client) UpdateDatasource(ctx context.Context, name string, r resource.Resource) (DatasourceUpdate, error) {
+	var out DatasourceUpdate
+	return out, c.do(ctx, http.MethodPut, "/v1/admin/datasources/"+url.PathEscape(name), r, &out)
+}
+
+// DeleteDatasource deletes a resource (admin only); open sessions to it end within seconds.
+func (c *Client) DeleteDatasource(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/admin/datasources/"+url.PathEscape(name), nil, nil)
+}
+
+// UpdateSettings changes the org's network settings (admin only); empty fields stay as they are.
+func (c *Client) UpdateSettings(ctx context.Context, s Settings) (SettingsUpdate, error) {
+	var out SettingsUpdate
+	return out, c.do(ctx, http.MethodPut, "/v1/admin/settings", s, &out)
 }

@@ -132,6 +132,21 @@ type DatasourceList struct {
 	Datasources []resource.Resource `json:"datasources"`
 }
 
+// DatasourceUpdate is the answer to PUT /v1/admin/datasources/{name}: the resource before and after,
+// and one line per changed property ("port_override: 0 -> 12345").
+type DatasourceUpdate struct {
+	Before  resource.Resource `json:"before"`
+	After   resource.Resource `json:"after"`
+	Changes []string          `json:"changes"`
+}
+
+// SettingsUpdate is the answer to PUT /v1/admin/settings: the settings now in force, and one line per
+// resource whose address had to move ("name: virtual networking address A -> B").
+type SettingsUpdate struct {
+	Settings Settings `json:"settings"`
+	Moved    []string `json:"moved"`
+}
+
 // Connection is one connection-log record (GET /v1/admin/logs/connections).
 type Connection struct {
 	ID         int64     `json:"id"`

@@ -39,7 +39,7 @@ func (n *Node) changed(r *http.Request, action, target, detail string) {
 }
 
 // registerAccessRoutes adds the users, roles, devices and activity routes to the control API.
-func (n *Node) registerAccessRoutes(mux *http.ServeMux) {
+func (n *Node) registerAccessRoutes(mux *router) {
 	mux.HandleFunc("GET /v1/admin/users", n.admin(func(w http.ResponseWriter, r *http.Request) {
 		us, err := n.cat.Users(r.Context())
 		if err != nil {
@@ -163,15 +163,25 @@ func (n *Node) registerAccessRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("DELETE /v1/me/device", func(w http.ResponseWriter, r *http.Request) {
 		ap, _ := netip.ParseAddrPort(r.RemoteAddr)
 		d, err := n.cat.DeviceByAddress(r.Context(), ap.Addr())
-		if err == nil {
-			err = n.cat.DeleteDevice(r.Context(), d.PublicKey)
-		}
 		if err != nil {
 			writeCatalogError(w, err)
 			return
 		}
-		n.changed(r, "device.logout", d.PublicKey, d.Name)
+		// Answer before the device (and so its tunnel) goes away, or the answer would be lost with it:
+		// wait until the client has read it and closed the connection (at most 2 s).
 		writeJSON(w, http.StatusOK, struct{}{})
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+		select {
+		case <-r.Context().Done():
+		case <-time.After(2 * time.Second):
+		}
+		if err := n.cat.DeleteDevice(context.WithoutCancel(r.Context()), d.PublicKey); err != nil {
+			n.log.Error("log out device", "user", d.User, "device", d.Name, "err", err)
+			return
+		}
+		n.changed(r, "device.logout", d.PublicKey, d.Name)
 	})
 	mux.HandleFunc("GET /v1/admin/roles", n.admin(func(w http.ResponseWriter, r *http.Request) {
 		rs, err := n.cat.Roles(r.Context())

@@ -21,10 +21,17 @@ import (
 // maxBody caps request bodies of both HTTP endpoints (bytes).
 const maxBody = 1 << 20
 
+// writeJSON sends v with a Content-Length, so that a flushed answer is complete on the wire.
 func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"error":"encode answer"}`)
+	}
+	b = append(b, '\n')
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	_, _ = w.Write(b)
 }
 
 func writeError(w http.ResponseWriter, status int, err error) {
@@ -94,9 +101,52 @@ func (n *Node) enrollHandler() http.Handler {
 
 type ctxKey struct{}
 
+// router is a ServeMux that remembers its patterns, so that the OpenAPI document can be checked
+// against the routes the node really serves.
+type router struct {
+	mux      *http.ServeMux
+	patterns []string
+}
+
+// HandleFunc registers h for pattern ("METHOD /path").
+func (r *router) HandleFunc(pattern string, h http.HandlerFunc) {
+	r.patterns = append(r.patterns, pattern)
+	r.mux.HandleFunc(pattern, h)
+}
+
+// APIRoutes lists the control API's routes as "METHOD /path" patterns (net/http ServeMux syntax).
+func APIRoutes() []string {
+	n := &Node{}
+	return n.apiRouter().patterns
+}
+
 // apiHandler serves the control API inside the tunnel. The caller is identified by its tunnel address.
 func (n *Node) apiHandler() http.Handler {
-	mux := http.NewServeMux()
+	mux := n.apiRouter().mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ap, err := netip.ParseAddrPort(r.RemoteAddr)
+		if err != nil {
+			writeError(w, http.StatusForbidden, errors.New("unknown caller"))
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+		defer cancel()
+		u, err := n.cat.UserByDevice(ctx, ap.Addr())
+		if err != nil {
+			writeError(w, http.StatusForbidden, errors.New("this device is not enrolled; run `ferry login TOKEN`"))
+			return
+		}
+		if u.Suspended {
+			writeError(w, http.StatusForbidden, fmt.Errorf("user %s is suspended; ask a Ferry administrator", u.Name))
+			return
+		}
+		mux.ServeHTTP(w, r.WithContext(context.WithValue(ctx, ctxKey{}, u)))
+	})
+}
+
+// apiRouter registers every control API route.
+func (n *Node) apiRouter() *router {
+	mux := &router{mux: http.NewServeMux()}
 	mux.HandleFunc("GET /v1/me", func(w http.ResponseWriter, r *http.Request) {
 		u := caller(r)
 		writeJSON(w, http.StatusOK, api.Me{User: u.Name, Admin: u.Admin, Device: r.RemoteAddr})
@@ -192,25 +242,8 @@ func (n *Node) apiHandler() http.Handler {
 		writeJSON(w, http.StatusOK, out)
 	}))
 	n.registerAccessRoutes(mux)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ap, err := netip.ParseAddrPort(r.RemoteAddr)
-		if err != nil {
-			writeError(w, http.StatusForbidden, errors.New("unknown caller"))
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
-		defer cancel()
-		u, err := n.cat.UserByDevice(ctx, ap.Addr())
-		if err != nil {
-			writeError(w, http.StatusForbidden, errors.New("this device is not enrolled; run `ferry login TOKEN`"))
-			return
-		}
-		if u.Suspended {
-			writeError(w, http.StatusForbidden, fmt.Errorf("user %s is suspended; ask a Ferry administrator", u.Name))
-			return
-		}
-		mux.ServeHTTP(w, r.WithContext(context.WithValue(ctx, ctxKey{}, u)))
-	})
+	n.registerCatalogRoutes(mux)
+	return mux
 }
 
 // admin wraps a handler that needs the admin permission level.
@@ -243,7 +276,7 @@ func (n *Node) settings(ctx context.Context) (api.Settings, error) {
 		{catalog.SettingDefaultMode, resource.ModeLoopback, &s.ConnectivityMode},
 		{catalog.SettingVNSubnet, resource.DefaultVNSubnet.String(), &s.VNSubnet},
 		{catalog.SettingDNSDomain, catalog.DefaultDNSDomain, &s.DNSDomain},
-		{catalog.SettingLoopbackRange, catalog.DefaultLoopbackRange, &s.LoopbackRange},
+		{catalog.SettingLoopbackRange, resource.DefaultLoopbackRange.String(), &s.LoopbackRange},
 	} {
 		if *f.out, err = n.cat.Setting(ctx, f.key, f.def); err != nil {
 			return s, err

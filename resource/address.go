@@ -79,21 +79,60 @@ func AssignVN(r *Resource, subnet netip.Prefix, taken Taken) (string, error) {
 	return "", fmt.Errorf("assign virtual networking address: the subnet %s has no free address left", subnet)
 }
 
-// AssignLoopback returns the resource's loopback address "ip:port". The IP is the IP Address property
-// (loopback mode) or the bind interface when set, else 127.0.0.1. The port is the port override when
-// positive, else the first port from 10001 up (wrapping within 1024-64999) that no other resource holds
-// on that IP.
-func AssignLoopback(r *Resource, taken Taken) (string, error) {
-	ipText := DefaultLoopbackIP
+// DefaultLoopbackRange is the org loopback range unless changed: every resource on 127.0.0.1.
+var DefaultLoopbackRange = netip.MustParsePrefix("127.0.0.1/32")
+
+// AssignLoopback returns the resource's loopback address "ip:port" within the org's loopback range
+// (a range of 127.0.0.0/8).
+//
+// The IP is the IP Address property (loopback mode; it must lie in the range) or the bind interface
+// when set. Otherwise, with a single-address range (the default 127.0.0.1/32) every resource shares
+// that IP and gets its own port: the port override when positive, else the first port from 10001 up
+// (wrapping within 1024-64999) that no other resource holds on it. With a wider "multi-loopback" range
+// each resource gets the first IP of the range that no other resource holds, and the port override
+// or its own port.
+func AssignLoopback(r *Resource, loopRange netip.Prefix, taken Taken) (string, error) {
+	loopRange = loopRange.Masked()
+	if !loopRange.IsValid() {
+		loopRange = DefaultLoopbackRange
+	}
+	var ip netip.Addr
 	switch {
 	case r.IPAddress != "" && r.Mode("") == ModeLoopback:
-		ipText = r.IPAddress
+		a, err := netip.ParseAddr(r.IPAddress)
+		if err != nil || !loopRange.Contains(a) {
+			return "", fmt.Errorf("assign loopback address: IP address %q is not in the org's loopback range %s", r.IPAddress, loopRange)
+		}
+		ip = a
 	case r.BindInterface != "":
-		ipText = r.BindInterface
+		a, err := netip.ParseAddr(r.BindInterface)
+		if err != nil || !a.IsLoopback() {
+			return "", fmt.Errorf("assign loopback address: %q is not a loopback IP address", r.BindInterface)
+		}
+		ip = a
+	case loopRange.Bits() < loopRange.Addr().BitLen():
+		for a := loopRange.Addr(); loopRange.Contains(a); a = a.Next() {
+			if a == loopRange.Addr() && loopRange.Bits() < 31 {
+				continue // the range's network address (127.0.0.0)
+			}
+			if !taken.IPs[a] {
+				ip = a
+				break
+			}
+		}
+		if !ip.IsValid() {
+			return "", fmt.Errorf("assign loopback address: every IP of the loopback range %s is taken", loopRange)
+		}
+		port := r.Port
+		if r.Mode("") == ModeLoopback && r.PortOverride > 0 {
+			port = r.PortOverride
+		}
+		return netip.AddrPortFrom(ip, uint16(port)).String(), nil
+	default:
+		ip = loopRange.Addr()
 	}
-	ip, err := netip.ParseAddr(ipText)
-	if err != nil || !ip.IsLoopback() {
-		return "", fmt.Errorf("assign loopback address: %q is not a loopback IP address", ipText)
+	if !ip.IsLoopback() {
+		return "", fmt.Errorf("assign loopback address: %s is not a loopback IP address", ip)
 	}
 	if r.Mode("") == ModeLoopback && r.PortOverride > 0 {
 		ap := netip.AddrPortFrom(ip, uint16(r.PortOverride))

@@ -7,9 +7,11 @@
 package resource
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"regexp"
 	"sort"
 	"strconv"
@@ -326,4 +328,43 @@ func ParsePortOverride(s string) (int, error) {
 		return 0, fmt.Errorf("parse port override %q: not a number", s)
 	}
 	return n, nil
+}
+
+// Diff lists the properties that differ between a and b as "json_name: old -> new", in field order.
+func Diff(a, b Resource) []string {
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	var ma, mb map[string]any
+	_ = json.Unmarshal(ja, &ma)
+	_ = json.Unmarshal(jb, &mb)
+	var out []string
+	t := reflect.TypeOf(a)
+	for i := 0; i < t.NumField(); i++ {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		va, vb := fmt.Sprint(ma[name]), fmt.Sprint(mb[name])
+		if name == "tags" {
+			va, vb = FormatTags(a.Tags), FormatTags(b.Tags)
+		}
+		if va != vb {
+			out = append(out, fmt.Sprintf("%s: %s -> %s", name, display(ma[name], va), display(mb[name], vb)))
+		}
+	}
+	return out
+}
+
+func display(v any, s string) string {
+	if v == nil || s == "" {
+		return `""`
+	}
+	return s
+}
+
+// Warnings lists advice that does not make the resource invalid: today, a username that looks like a
+// UUID (Azure names a managed identity's role after the identity's display name, not its client ID).
+func (r *Resource) Warnings() []string {
+	var out []string
+	if uuidRE.MatchString(strings.SplitN(r.Username, "@", 2)[0]) {
+		out = append(out, fmt.Sprintf("username %q looks like a client ID: Azure names a managed identity's PostgreSQL role after the identity's display name (pgaadauth_create_principal), not its client ID", r.Username))
+	}
+	return out
 }

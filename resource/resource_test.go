@@ -119,17 +119,17 @@ func TestAssignAddresses(t *testing.T) {
 	if vn2 != "100.64.0.4:5432" {
 		t.Fatalf("second VN address = %q, want 100.64.0.4:5432", vn2)
 	}
-	lb, err := AssignLoopback(&r, taken)
+	lb, err := AssignLoopback(&r, DefaultLoopbackRange, taken)
 	if err != nil || lb != "127.0.0.1:10001" {
 		t.Fatalf("first loopback address = %q, %v", lb, err)
 	}
 	taken.Add(lb)
-	lb2, _ := AssignLoopback(&r, taken)
+	lb2, _ := AssignLoopback(&r, DefaultLoopbackRange, taken)
 	if lb2 != "127.0.0.1:10002" {
 		t.Fatalf("second loopback address = %q", lb2)
 	}
 	r.PortOverride = 10001
-	if _, err := AssignLoopback(&r, taken); err == nil || !strings.Contains(err.Error(), "already used") {
+	if _, err := AssignLoopback(&r, DefaultLoopbackRange, taken); err == nil || !strings.Contains(err.Error(), "already used") {
 		t.Fatalf("taken port override: %v", err)
 	}
 	vnr := valid()
@@ -143,6 +143,20 @@ func TestAssignAddresses(t *testing.T) {
 	vnr.IPAddress = "100.64.100.100"
 	if got, err := AssignVN(&vnr, subnet, taken); err != nil || got != "100.64.100.100:5432" {
 		t.Fatalf("AssignVN(100.64.100.100) = %q, %v", got, err)
+	}
+	multi := netip.MustParsePrefix("127.0.0.0/8")
+	mt := NewTaken()
+	for _, want := range []string{"127.0.0.1:5432", "127.0.0.2:5432"} {
+		got, err := AssignLoopback(&vnr, multi, mt)
+		if err != nil || got != want {
+			t.Fatalf("multi-loopback AssignLoopback = %q, %v; want %s", got, err, want)
+		}
+		mt.Add(got)
+	}
+	lr := valid()
+	lr.IPAddress = "127.0.0.9"
+	if _, err := AssignLoopback(&lr, DefaultLoopbackRange, NewTaken()); err == nil {
+		t.Fatal("an IP address outside the loopback range was accepted")
 	}
 	small := netip.MustParsePrefix("10.1.2.0/30")
 	if _, err := AssignVN(&r, small, NewTaken()); err == nil {

@@ -10,7 +10,6 @@ import (
 	"database/sql"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -87,10 +86,44 @@ CREATE TABLE IF NOT EXISTS enroll_tokens (
 );
 `
 
-// Open creates the catalog's tables in db if they are missing and returns the catalog.
+// migrations bring the catalog's schema forward: step i takes it from version i to i+1. Append new
+// steps; never edit a released one.
+func migrations() []string { return []string{schema} }
+
+// Open migrates the catalog's schema forward (its version is kept in a table of its own) and
+// returns the catalog.
 func Open(ctx context.Context, db *sql.DB) (*Catalog, error) {
-	if _, err := db.ExecContext(ctx, schema); err != nil {
-		return nil, fmt.Errorf("open catalog: create tables: %w", err)
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS catalog_schema (version INTEGER NOT NULL)`); err != nil {
+		return nil, fmt.Errorf("open catalog: %w", err)
+	}
+	var version int
+	err := db.QueryRowContext(ctx, `SELECT version FROM catalog_schema`).Scan(&version)
+	if errors.Is(err, sql.ErrNoRows) {
+		_, err = db.ExecContext(ctx, `INSERT INTO catalog_schema(version) VALUES(0)`)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open catalog: read schema version: %w", err)
+	}
+	steps := migrations()
+	if version > len(steps) {
+		return nil, fmt.Errorf("open catalog: its schema version %d is newer than this ferry-node knows (%d); run a newer ferry-node", version, len(steps))
+	}
+	for v := version; v < len(steps); v++ {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return nil, fmt.Errorf("open catalog: migrate to %d: %w", v+1, err)
+		}
+		if _, err := tx.ExecContext(ctx, steps[v]); err != nil {
+			tx.Rollback()
+			return nil, fmt.Errorf("open catalog: migrate to %d: %w", v+1, err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE catalog_schema SET version = ?`, v+1); err != nil {
+			tx.Rollback()
+			return nil, fmt.Errorf("open catalog: migrate to %d: %w", v+1, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return nil, fmt.Errorf("open catalog: migrate to %d: %w", v+1, err)
+		}
 	}
 	return &Catalog{db: db}, nil
 }
@@ -104,9 +137,6 @@ const (
 
 // DefaultDNSDomain is the org domain resource aliases live under unless changed.
 const DefaultDNSDomain = "ferry.internal"
-
-// DefaultLoopbackRange is the org's loopback range unless changed: every resource on 127.0.0.1.
-const DefaultLoopbackRange = "127.0.0.1/32"
 
 // SettingLoopbackRange is the key of the loopback range setting.
 const SettingLoopbackRange = "loopback_range"
@@ -144,129 +174,6 @@ func (c *Catalog) VNSubnet(ctx context.Context) (netip.Prefix, error) {
 		return netip.Prefix{}, fmt.Errorf("read setting %s: %q is not a subnet: %w", SettingVNSubnet, v, err)
 	}
 	return p, nil
-}
-
-// AddResource validates r, checks its name is unique, assigns its virtual networking and loopback
-// addresses, and stores it. It returns the stored resource (with ID and addresses). Validation errors
-// come back as returned by resource.Validate; a taken name wraps ErrConflict.
-func (c *Catalog) AddResource(ctx context.Context, r resource.Resource) (resource.Resource, error) {
-	if r.Type == "" {
-		r.Type = resource.TypeAzurePostgresMI
-	}
-	if r.Port == 0 {
-		r.Port = resource.DefaultPort
-	}
-	if err := r.Validate(); err != nil {
-		return r, err
-	}
-	subnet, err := c.VNSubnet(ctx)
-	if err != nil {
-		return r, err
-	}
-	defMode, err := c.Setting(ctx, SettingDefaultMode, resource.ModeLoopback)
-	if err != nil {
-		return r, err
-	}
-	if r.ConnectivityMode == "" {
-		r.ConnectivityMode = defMode
-	}
-	tx, err := c.db.BeginTx(ctx, nil)
-	if err != nil {
-		return r, fmt.Errorf("add resource %s: %w", r.Name, err)
-	}
-	defer tx.Rollback()
-	var n int
-	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM resources WHERE name = ?`, r.Name).Scan(&n); err != nil {
-		return r, fmt.Errorf("add resource %s: %w", r.Name, err)
-	}
-	if n > 0 {
-		return r, fmt.Errorf("add resource: a resource named %q %w", r.Name, ErrConflict)
-	}
-	vnTaken, lbTaken := resource.NewTaken(), resource.NewTaken()
-	if r.Subdomain != "" {
-		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM resources WHERE subdomain = ?`, r.Subdomain).Scan(&n); err != nil {
-			return r, fmt.Errorf("add resource %s: %w", r.Name, err)
-		}
-		if n > 0 {
-			return r, fmt.Errorf("add resource: the DNS name %q %w on another resource", r.Subdomain, ErrConflict)
-		}
-	}
-	rows, err := tx.QueryContext(ctx, `SELECT vn_address, loopback_address FROM resources`)
-	if err != nil {
-		return r, fmt.Errorf("add resource %s: %w", r.Name, err)
-	}
-	for rows.Next() {
-		var vn, lb string
-		if err := rows.Scan(&vn, &lb); err != nil {
-			rows.Close()
-			return r, fmt.Errorf("add resource %s: %w", r.Name, err)
-		}
-		vnTaken.Add(vn)
-		lbTaken.Add(lb)
-	}
-	rows.Close()
-	if r.VNAddress, err = resource.AssignVN(&r, subnet, vnTaken); err != nil {
-		return r, err
-	}
-	if r.LoopbackAddress, err = resource.AssignLoopback(&r, lbTaken); err != nil {
-		return r, err
-	}
-	if r.PortOverride == resource.PortOverrideAuto {
-		r.PortOverride = 0
-	}
-	r.ID = "rs-" + randomHex(8)
-	data, err := json.Marshal(r)
-	if err != nil {
-		return r, fmt.Errorf("add resource %s: encode: %w", r.Name, err)
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO resources(name, id, vn_address, loopback_address, subdomain, data, created_at) VALUES(?,?,?,?,?,?,?)`,
-		r.Name, r.ID, r.VNAddress, r.LoopbackAddress, r.Subdomain, string(data), time.Now().Unix()); err != nil {
-		return r, fmt.Errorf("add resource %s: store: %w", r.Name, err)
-	}
-	if err := tx.Commit(); err != nil {
-		return r, fmt.Errorf("add resource %s: commit: %w", r.Name, err)
-	}
-	return r, nil
-}
-
-// Resources returns every resource, sorted by name.
-func (c *Catalog) Resources(ctx context.Context) ([]resource.Resource, error) {
-	rows, err := c.db.QueryContext(ctx, `SELECT data FROM resources ORDER BY name`)
-	if err != nil {
-		return nil, fmt.Errorf("list resources: %w", err)
-	}
-	defer rows.Close()
-	var out []resource.Resource
-	for rows.Next() {
-		var data string
-		if err := rows.Scan(&data); err != nil {
-			return nil, fmt.Errorf("list resources: %w", err)
-		}
-		var r resource.Resource
-		if err := json.Unmarshal([]byte(data), &r); err != nil {
-			return nil, fmt.Errorf("list resources: decode: %w", err)
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
-}
-
-// ResourceByVNAddress returns the resource whose virtual networking address is ap. It wraps
-// ErrNotFound when none is.
-func (c *Catalog) ResourceByVNAddress(ctx context.Context, ap netip.AddrPort) (resource.Resource, error) {
-	var r resource.Resource
-	var data string
-	err := c.db.QueryRowContext(ctx, `SELECT data FROM resources WHERE vn_address = ?`, ap.String()).Scan(&data)
-	if errors.Is(err, sql.ErrNoRows) {
-		return r, fmt.Errorf("look up resource at %s: %w", ap, ErrNotFound)
-	}
-	if err != nil {
-		return r, fmt.Errorf("look up resource at %s: %w", ap, err)
-	}
-	if err := json.Unmarshal([]byte(data), &r); err != nil {
-		return r, fmt.Errorf("look up resource at %s: decode: %w", ap, err)
-	}
-	return r, nil
 }
 
 // User is a person who may enroll devices. Admin is the admin permission level: it gates every admin

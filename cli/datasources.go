@@ -1,0 +1,406 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/resource"
+)
+
+// resourceFlags binds one flag per resource property to a scratch resource, and copies the flags a
+// user set onto another resource (for update). The flag names are the reference page's.
+type resourceFlags struct {
+	scratch      resource.Resource
+	portOverride string
+	tags         string
+	fs           *pflag.FlagSet
+	// copy copies each property, keyed by flag name, from scratch to dst.
+	copy map[string]func(dst *resource.Resource)
+}
+
+func newResourceFlags(fs *pflag.FlagSet) *resourceFlags {
+	f := &resourceFlags{scratch: resource.New(""), fs: fs, copy: map[string]func(*resource.Resource){}}
+	r := &f.scratch
+	str := func(p *string, name, usage string, set func(d *resource.Resource, v string)) {
+		fs.StringVar(p, name, *p, usage)
+		f.copy[name] = func(d *resource.Resource) { set(d, *p) }
+	}
+	boolean := func(p *bool, name, usage string, set func(d *resource.Resource, v bool)) {
+		fs.BoolVar(p, name, *p, usage)
+		f.copy[name] = func(d *resource.Resource) { set(d, *p) }
+	}
+	str(&r.Hostname, "hostname", "server hostname, e.g. mypg.postgres.database.azure.com (required)", func(d *resource.Resource, v string) { d.Hostname = v })
+	fs.IntVar(&r.Port, "port", resource.DefaultPort, "server port")
+	f.copy["port"] = func(d *resource.Resource) { d.Port = r.Port }
+	str(&r.Database, "database", "database to connect to (required)", func(d *resource.Resource, v string) { d.Database = v })
+	str(&r.Username, "username", "PostgreSQL role of the managed identity (required unless --username-path)", func(d *resource.Resource, v string) { d.Username = v })
+	str(&r.UsernamePath, "username-path", "secret path of the username (with --secret-store-id)", func(d *resource.Resource, v string) { d.UsernamePath = v })
+	str(&r.ManagedIdentityClientID, "managed-identity-client-id", "client ID of the user-assigned managed identity; omit for the system-assigned identity", func(d *resource.Resource, v string) { d.ManagedIdentityClientID = v })
+	str(&r.ManagedIdentityClientIDPath, "managed-identity-client-id-path", "secret path of the client ID (with --secret-store-id)", func(d *resource.Resource, v string) { d.ManagedIdentityClientIDPath = v })
+	boolean(&r.TLSRequired, "tls-required", "require TLS to the server (certificate verified)", func(d *resource.Resource, v bool) { d.TLSRequired = v })
+	str(&r.BindInterface, "bind-interface", "loopback IP the client listens on, e.g. 127.0.0.1", func(d *resource.Resource, v string) { d.BindInterface = v })
+	str(&r.EgressFilter, "egress-filter", "nodes that may reach the server, e.g. tag:env=prod", func(d *resource.Resource, v string) { d.EgressFilter = v })
+	str(&r.ProxyClusterID, "proxy-cluster-id", "proxy cluster to route through (empty: none, use gateways)", func(d *resource.Resource, v string) { d.ProxyClusterID = v })
+	str(&r.SecretStoreID, "secret-store-id", "secret store holding the credentials (empty: the catalog)", func(d *resource.Resource, v string) { d.SecretStoreID = v })
+	str(&r.Subdomain, "subdomain", "DNS alias in virtual networking mode", func(d *resource.Resource, v string) { d.Subdomain = v })
+	str(&r.ConnectivityMode, "connectivity-mode", "loopback or virtual-networking (default: the org's)", func(d *resource.Resource, v string) { d.ConnectivityMode = v })
+	str(&r.IPAddress, "ip-address", "IP address to use (default: assigned)", func(d *resource.Resource, v string) { d.IPAddress = v })
+	boolean(&r.RestrictDatabase, "restrict-database", "limit connections to --database", func(d *resource.Resource, v bool) { d.RestrictDatabase = v })
+	boolean(&r.UseAzureSingleServerUsernames, "use-azure-single-server-usernames", "append @servername to the username (Azure Single Server)", func(d *resource.Resource, v bool) { d.UseAzureSingleServerUsernames = v })
+	fs.StringVar(&f.portOverride, "port-override", "", "local port (loopback 1024-64999, virtual networking 1-65535); -1 = a new auto-assigned port")
+	fs.StringVar(&f.tags, "tags", "", `tags as "key=value,key2=value2"`)
+	fs.StringVar(&r.Name, "name", "", "new display name (update only)")
+	f.copy["name"] = func(d *resource.Resource) { d.Name = r.Name }
+	return f
+}
+
+// parse completes the scratch resource from the string-typed flags.
+func (f *resourceFlags) parse() error {
+	var err error
+	if f.scratch.PortOverride, err = resource.ParsePortOverride(f.portOverride); err != nil {
+		return err
+	}
+	if f.scratch.Tags, err = resource.ParseTags(f.tags); err != nil {
+		return err
+	}
+	return nil
+}
+
+// apply copies the flags the user set onto dst and returns whether any was set.
+func (f *resourceFlags) apply(dst *resource.Resource) bool {
+	any := false
+	for name, cp := range f.copy {
+		if f.fs.Changed(name) {
+			cp(dst)
+			any = true
+		}
+	}
+	if f.fs.Changed("port-override") {
+		dst.PortOverride, any = f.scratch.PortOverride, true
+	}
+	if f.fs.Changed("tags") {
+		dst.Tags, any = f.scratch.Tags, true
+	}
+	return any
+}
+
+func invalid(err error) error { return fmt.Errorf("the resource is not valid:\n%w", err) }
+
+func warn(w io.Writer, r resource.Resource) {
+	for _, m := range r.Warnings() {
+		fmt.Fprintln(w, "warning:", m)
+	}
+}
+
+func datasourceAddCmd() *cobra.Command {
+	add := &cobra.Command{Use: "add", Short: "Add a datasource of a given type"}
+	var asJSON bool
+	var file string
+	mi := &cobra.Command{
+		Use:   "azurepostgresmi NAME | --file FILE",
+		Short: "Add an " + resource.TypeDisplayName + " resource",
+		Long: `Add an Azure Database for PostgreSQL server that ferry-node reaches with its managed identity.
+Omit --managed-identity-client-id to use the VM's system-assigned identity. With --file, add every
+resource of a JSON file (one resource object, or an array of them, as ` + "`show --json`" + ` prints).
+
+Example:
+  ferry admin datasources add azurepostgresmi azure-pg-mi-prod \
+    --hostname=mypg.postgres.database.azure.com --port=5432 --database=production \
+    --username=mi_user --managed-identity-client-id=11111111-2222-3333-4444-555555555555 \
+    --tls-required --tags="env=production,team=data"`,
+		Args: cobra.MaximumNArgs(1),
+	}
+	flags := newResourceFlags(mi.Flags())
+	mi.Flags().BoolVar(&asJSON, "json", false, "print the stored resource as JSON")
+	mi.Flags().StringVar(&file, "file", "", "add the resources of a JSON file")
+	mi.RunE = func(cmd *cobra.Command, args []string) error {
+		var batch []resource.Resource
+		switch {
+		case file != "" && len(args) == 0:
+			var err error
+			if batch, err = readResourceFile(file); err != nil {
+				return err
+			}
+		case file == "" && len(args) == 1:
+			if err := flags.parse(); err != nil {
+				return err
+			}
+			r := flags.scratch
+			r.Name = args[0]
+			batch = []resource.Resource{r}
+		default:
+			return errors.New("give a NAME with flags, or --file FILE (not both)")
+		}
+		for i := range batch {
+			batch[i].Type = resource.TypeAzurePostgresMI
+			if err := batch[i].Validate(); err != nil {
+				return fmt.Errorf("%s: %w", batch[i].Name, invalid(err))
+			}
+		}
+		_, ctl, err := dirsAndControl()
+		if err != nil {
+			return err
+		}
+		for _, r := range batch {
+			warn(cmd.ErrOrStderr(), r)
+			out, err := ctl.API().AddDatasource(cmd.Context(), r)
+			if err != nil {
+				return fmt.Errorf("add %s: %w", r.Name, err)
+			}
+			if asJSON {
+				if err := printJSON(cmd.OutOrStdout(), out); err != nil {
+					return err
+				}
+				continue
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Added %s (%s): loopback address %s, virtual networking address %s\n", out.Name, out.ID, out.LoopbackAddress, out.VNAddress)
+		}
+		return nil
+	}
+	add.AddCommand(mi)
+	return add
+}
+
+func readResourceFile(path string) ([]resource.Resource, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	b = []byte(strings.TrimSpace(string(b)))
+	var batch []resource.Resource
+	if len(b) > 0 && b[0] == '[' {
+		err = json.Unmarshal(b, &batch)
+	} else {
+		var one resource.Resource
+		err = json.Unmarshal(b, &one)
+		batch = []resource.Resource{one}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: not a resource or an array of resources in JSON: %w", path, err)
+	}
+	for i := range batch {
+		if batch[i].Port == 0 {
+			batch[i].Port = resource.DefaultPort
+		}
+		batch[i].ID, batch[i].VNAddress, batch[i].LoopbackAddress = "", "", ""
+	}
+	return batch, nil
+}
+
+func datasourceListCmd() *cobra.Command {
+	var filter string
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "list [--filter EXPR] [--json]",
+		Short: "List the datasources in the catalog",
+		Long: `List the datasources in the catalog. --filter takes name:NAME, type:TYPE, hostname:HOST or
+tag:KEY=VALUE terms, comma-separated; all must match.`,
+		Args: cobra.NoArgs,
+		RunE: withAPI(func(cmd *cobra.Command, _ []string, c *api.Client) error {
+			match, err := parseListFilter(filter)
+			if err != nil {
+				return err
+			}
+			l, err := c.Datasources(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var rs []resource.Resource
+			for _, r := range l.Datasources {
+				if match(r) {
+					rs = append(rs, r)
+				}
+			}
+			if asJSON {
+				if rs == nil {
+					rs = []resource.Resource{}
+				}
+				return printJSON(cmd.OutOrStdout(), rs)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tTYPE\tHOSTNAME\tDATABASE\tUSERNAME\tIDENTITY\tLOOPBACK\tVN ADDRESS\tTAGS")
+			for _, r := range rs {
+				id := "system-assigned"
+				if r.ManagedIdentityClientID != "" {
+					id = r.ManagedIdentityClientID
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s:%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Type, r.Hostname, r.Port, r.Database, r.Username, id, r.LoopbackAddress, r.VNAddress, resource.FormatTags(r.Tags))
+			}
+			return tw.Flush()
+		}),
+	}
+	c.Flags().StringVar(&filter, "filter", "", "only resources matching, e.g. tag:env=prod or name:azure-pg-mi-prod")
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return c
+}
+
+// parseListFilter parses list's --filter terms.
+func parseListFilter(expr string) (func(resource.Resource) bool, error) {
+	if strings.TrimSpace(expr) == "" {
+		return func(resource.Resource) bool { return true }, nil
+	}
+	var tests []func(resource.Resource) bool
+	for _, term := range strings.Split(expr, ",") {
+		key, val, ok := strings.Cut(strings.TrimSpace(term), ":")
+		if !ok {
+			return nil, fmt.Errorf("filter term %q: use name:, type:, hostname: or tag:KEY=VALUE", term)
+		}
+		switch key {
+		case "name":
+			tests = append(tests, func(r resource.Resource) bool { return r.Name == val })
+		case "type":
+			tests = append(tests, func(r resource.Resource) bool { return r.Type == val })
+		case "hostname":
+			tests = append(tests, func(r resource.Resource) bool { return strings.EqualFold(r.Hostname, val) })
+		case "tag":
+			f, err := resource.ParseTagFilter(term)
+			if err != nil {
+				return nil, err
+			}
+			tests = append(tests, func(r resource.Resource) bool { return f.Match(r.Tags) })
+		default:
+			return nil, fmt.Errorf("filter term %q: use name:, type:, hostname: or tag:KEY=VALUE", term)
+		}
+	}
+	return func(r resource.Resource) bool {
+		for _, t := range tests {
+			if !t(r) {
+				return false
+			}
+		}
+		return true
+	}, nil
+}
+
+func datasourceShowCmd() *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "show NAME [--json]",
+		Short: "Show every property of a datasource",
+		Args:  cobra.ExactArgs(1),
+		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
+			r, err := c.Datasource(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), r)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			for _, line := range resource.Diff(resource.Resource{}, r) {
+				k, v, _ := strings.Cut(line, ": ")
+				_, v, _ = strings.Cut(v, " -> ")
+				fmt.Fprintf(tw, "%s\t%s\n", k, v)
+			}
+			return tw.Flush()
+		}),
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON (every property)")
+	return c
+}
+
+func datasourceUpdateCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "update NAME --FLAG=VALUE...",
+		Short: "Change properties of a datasource and print what changed",
+		Long: `Change the properties given as flags (the same flags as add; --name renames) and print each
+change. Connected clients follow a new local address within seconds.`,
+		Args: cobra.ExactArgs(1),
+	}
+	flags := newResourceFlags(c.Flags())
+	c.RunE = withAPI(func(cmd *cobra.Command, args []string, api *api.Client) error {
+		if err := flags.parse(); err != nil {
+			return err
+		}
+		cur, err := api.Datasource(cmd.Context(), args[0])
+		if err != nil {
+			return err
+		}
+		next := cur
+		if !flags.apply(&next) {
+			return errors.New("nothing to change: give the properties to change as flags (see --help)")
+		}
+		if err := next.Validate(); err != nil {
+			return invalid(err)
+		}
+		warn(cmd.ErrOrStderr(), next)
+		up, err := api.UpdateDatasource(cmd.Context(), args[0], next)
+		if err != nil {
+			return err
+		}
+		if len(up.Changes) == 0 {
+			fmt.Fprintln(cmd.OutOrStdout(), "No change.")
+		}
+		for _, ch := range up.Changes {
+			fmt.Fprintln(cmd.OutOrStdout(), ch)
+		}
+		return nil
+	})
+	return c
+}
+
+func datasourceDeleteCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete a datasource; open sessions to it end and clients stop listening for it",
+		Args:  cobra.ExactArgs(1),
+		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
+			if err := c.DeleteDatasource(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Deleted %s.\n", args[0])
+			return nil
+		}),
+	}
+}
+
+func settingsCmd() *cobra.Command {
+	c := &cobra.Command{Use: "settings", Short: "Show or change the org's network settings"}
+	show := &cobra.Command{
+		Use: "show", Short: "Show the org's network settings", Args: cobra.NoArgs,
+		RunE: withAPI(func(cmd *cobra.Command, _ []string, c *api.Client) error {
+			s, err := c.Settings(cmd.Context())
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintf(tw, "connectivity-mode\t%s\nvn-subnet\t%s\ndns-domain\t%s\nloopback-range\t%s\n", s.ConnectivityMode, s.VNSubnet, s.DNSDomain, s.LoopbackRange)
+			return tw.Flush()
+		}),
+	}
+	var s api.Settings
+	set := &cobra.Command{
+		Use:   "set [--connectivity-mode M] [--vn-subnet CIDR] [--dns-domain D] [--loopback-range CIDR]",
+		Short: "Change the org's network settings; resources whose addresses no longer fit move",
+		Args:  cobra.NoArgs,
+		RunE: withAPI(func(cmd *cobra.Command, _ []string, c *api.Client) error {
+			if s == (api.Settings{}) {
+				return errors.New("nothing to change: give at least one setting (see --help)")
+			}
+			up, err := c.UpdateSettings(cmd.Context(), s)
+			if err != nil {
+				return err
+			}
+			for _, m := range up.Moved {
+				fmt.Fprintln(cmd.OutOrStdout(), "moved:", m)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "connectivity-mode=%s vn-subnet=%s dns-domain=%s loopback-range=%s\n", up.Settings.ConnectivityMode, up.Settings.VNSubnet, up.Settings.DNSDomain, up.Settings.LoopbackRange)
+			return nil
+		}),
+	}
+	set.Flags().StringVar(&s.ConnectivityMode, "connectivity-mode", "", "loopback or virtual-networking")
+	set.Flags().StringVar(&s.VNSubnet, "vn-subnet", "", "virtual networking subnet (RFC 1918 or 100.64.0.0/10)")
+	set.Flags().StringVar(&s.DNSDomain, "dns-domain", "", "DNS domain of resource aliases")
+	set.Flags().StringVar(&s.LoopbackRange, "loopback-range", "", "loopback range: 127.0.0.1/32, or e.g. 127.0.0.0/8 for one IP per resource")
+	c.AddCommand(show, set)
+	return c
+}

@@ -1,0 +1,90 @@
+package node
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+
+	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/node/catalog"
+	"github.com/ferryhq/ferry/resource"
+)
+
+// registerCatalogRoutes adds resource CRUD and org settings to the control API.
+func (n *Node) registerCatalogRoutes(mux *router) {
+	mux.HandleFunc("GET /v1/admin/datasources/{name}", n.admin(func(w http.ResponseWriter, r *http.Request) {
+		res, err := n.cat.ResourceByName(r.Context(), r.PathValue("name"))
+		if err != nil {
+			writeCatalogError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	}))
+	mux.HandleFunc("PUT /v1/admin/datasources/{name}", n.admin(func(w http.ResponseWriter, r *http.Request) {
+		var next resource.Resource
+		if err := readJSON(r, &next); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		before, after, err := n.cat.UpdateResource(r.Context(), r.PathValue("name"), func(x *resource.Resource) {
+			next.ID, next.Type = x.ID, x.Type
+			if next.VNAddress == "" {
+				next.VNAddress = x.VNAddress
+			}
+			if next.LoopbackAddress == "" {
+				next.LoopbackAddress = x.LoopbackAddress
+			}
+			*x = next
+		})
+		if err != nil {
+			writeCatalogError(w, err)
+			return
+		}
+		changes := resource.Diff(before, after)
+		n.changed(r, "datasource.update", before.Name, strings.Join(changes, "; "))
+		writeJSON(w, http.StatusOK, api.DatasourceUpdate{Before: before, After: after, Changes: changes})
+	}))
+	mux.HandleFunc("DELETE /v1/admin/datasources/{name}", n.admin(func(w http.ResponseWriter, r *http.Request) {
+		if err := n.cat.DeleteResource(r.Context(), r.PathValue("name")); err != nil {
+			writeCatalogError(w, err)
+			return
+		}
+		n.changed(r, "datasource.delete", r.PathValue("name"), "")
+		writeJSON(w, http.StatusOK, struct{}{})
+	}))
+	mux.HandleFunc("GET /v1/admin/settings", n.admin(func(w http.ResponseWriter, r *http.Request) {
+		s, err := n.settings(r.Context())
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, s)
+	}))
+	mux.HandleFunc("PUT /v1/admin/settings", n.admin(func(w http.ResponseWriter, r *http.Request) {
+		var s api.Settings
+		if err := readJSON(r, &s); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		moved, err := n.cat.UpdateSettings(r.Context(), catalog.Settings(s))
+		if err != nil {
+			writeCatalogError(w, err)
+			return
+		}
+		b, _ := json.Marshal(s)
+		n.changed(r, "settings.update", "org", string(b))
+		out, err := n.settings(r.Context())
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, api.SettingsUpdate{Settings: out, Moved: nonNil(moved)})
+	}))
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
