@@ -202,7 +202,7 @@ func (x *run) tls(ctx context.Context) (string, error) {
 	}
 	var answer [1]byte
 	if _, err := io.ReadFull(x.conn, answer[:]); err != nil {
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || isTimeout(err) {
 			err = fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
 		}
 		return "", fmt.Errorf("read the answer to SSLRequest from %s: %w", x.hostPort(), err)
