@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/resource"
 )
 
@@ -19,7 +20,7 @@ func adminCmd() *cobra.Command {
 		Long:  "Administer ferry-node through the running daemon. The node checks that you are an administrator.",
 	}
 	ds := &cobra.Command{Use: "datasources", Aliases: []string{"datasource", "resources"}, Short: "Add and list database resources"}
-	ds.AddCommand(datasourceAddCmd(), datasourceListCmd())
+	ds.AddCommand(datasourceAddCmd(), datasourceListCmd(), datasourceHealthcheckCmd(), datasourceDiagnosticsCmd())
 	logs := &cobra.Command{Use: "logs", Short: "Read the node's connection and query logs"}
 	logs.AddCommand(logsConnectionsCmd(), logsQueriesCmd())
 	c.AddCommand(ds, logs)
@@ -111,14 +112,20 @@ func datasourceListCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			health := map[string]*api.Health{}
+			if hs, err := ctl.API().HealthAll(cmd.Context()); err == nil {
+				for i := range hs {
+					health[hs[i].Resource] = &hs[i]
+				}
+			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tTYPE\tHOSTNAME\tDATABASE\tUSERNAME\tIDENTITY\tLOOPBACK\tVN ADDRESS\tTAGS")
+			fmt.Fprintln(tw, "NAME\tTYPE\tHOSTNAME\tDATABASE\tUSERNAME\tIDENTITY\tLOOPBACK\tVN ADDRESS\tHEALTH\tTAGS")
 			for _, r := range l.Datasources {
 				id := "system-assigned"
 				if r.ManagedIdentityClientID != "" {
 					id = r.ManagedIdentityClientID
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s:%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Type, r.Hostname, r.Port, r.Database, r.Username, id, r.LoopbackAddress, r.VNAddress, resource.FormatTags(r.Tags))
+				fmt.Fprintf(tw, "%s\t%s\t%s:%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Type, r.Hostname, r.Port, r.Database, r.Username, id, r.LoopbackAddress, r.VNAddress, healthLabel(health[r.Name]), resource.FormatTags(r.Tags))
 			}
 			return tw.Flush()
 		},

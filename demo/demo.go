@@ -35,6 +35,8 @@ type Options struct {
 	Logger *slog.Logger
 	// NoResource skips adding and connecting azure-pg-mi-prod.
 	NoResource bool
+	// NodeConfig, if set, adjusts the node's config before the node is created.
+	NodeConfig func(*node.Config)
 }
 
 // Env is a running demo installation.
@@ -91,6 +93,9 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 		IMDSEndpoint:  e.Emu.IMDSEndpoint(),
 		CAFiles:       []string{e.Emu.CACertFile()},
 		HostOverrides: map[string]string{strings.ToLower(e.Emu.Hostname()): e.Emu.Addr()},
+	}
+	if opt.NodeConfig != nil {
+		opt.NodeConfig(&cfg)
 	}
 	if _, err := node.Init(ctx, e.NodeDir, cfg, node.DefaultAdmin); err != nil {
 		return nil, fmt.Errorf("demo: %w", err)

@@ -112,7 +112,7 @@ func (n *Node) apiHandler() http.Handler {
 			out.Resources = append(out.Resources, api.Resource{
 				Name: x.Name, Type: x.Type, Database: x.Database, Username: x.Username,
 				ConnectivityMode: x.ConnectivityMode, LoopbackAddress: x.LoopbackAddress, VNAddress: x.VNAddress,
-				Subdomain: x.Subdomain, Tags: x.Tags,
+				Subdomain: x.Subdomain, Tags: x.Tags, Health: n.healthSummary(x.Name),
 			})
 		}
 		writeJSON(w, http.StatusOK, out)
@@ -147,6 +147,7 @@ func (n *Node) apiHandler() http.Handler {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
+		n.health.Kick() // check the new resource now
 		n.log.Info("resource added", "name", out.Name, "by", r.Context().Value(ctxKey{}).(catalog.User).Name, "vn_address", out.VNAddress, "loopback_address", out.LoopbackAddress)
 		writeJSON(w, http.StatusCreated, out)
 	}))
@@ -175,6 +176,7 @@ func (n *Node) apiHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, out)
 	}))
+	n.registerHealthRoutes(mux)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ap, err := netip.ParseAddrPort(r.RemoteAddr)
 		if err != nil {
