@@ -104,7 +104,7 @@ func (c *Checker) Check(ctx context.Context, r resource.Resource, onStep StepFun
 		scancel()
 		st := api.HealthStep{Name: name, OK: err == nil, DurationMS: ms(time.Since(t0)), Detail: detail}
 		if err != nil {
-			st.Error = err.Error()
+			st.Error = oneLine(err.Error())
 		}
 		h.Steps = append(h.Steps, st)
 		if onStep != nil {
@@ -112,7 +112,7 @@ func (c *Checker) Check(ctx context.Context, r resource.Resource, onStep StepFun
 		}
 		if err != nil {
 			h.FailedStep = name
-			h.Error = err.Error()
+			h.Error = st.Error
 			h.Hint = run.hint(name, err)
 			break
 		}
@@ -122,6 +122,20 @@ func (c *Checker) Check(ctx context.Context, r resource.Resource, onStep StepFun
 	}
 	h.DurationMS = ms(time.Since(start))
 	return h
+}
+
+// oneLine folds a multi-line error (azidentity's include the IMDS response) into one line, dropping
+// blank and ruler lines.
+func oneLine(s string) string {
+	var parts []string
+	for _, l := range strings.Split(s, "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" || strings.Trim(l, "-") == "" {
+			continue
+		}
+		parts = append(parts, l)
+	}
+	return strings.Join(parts, " ")
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
