@@ -100,6 +100,7 @@ type Emulator struct {
 	requests   []IMDSRequest
 	issued     []string // access tokens IMDS handed out
 	outage     bool
+	tokenFault TokenFault
 
 	closeOnce sync.Once
 	closeErr  error

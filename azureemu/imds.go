@@ -109,7 +109,7 @@ func (e *Emulator) token(w http.ResponseWriter, r *http.Request, q url.Values) i
 	exp := now.Add(e.cfg.TokenLifetime)
 	// Entra ID v1 tokens carry the resource without the trailing slash the
 	// caller may have added.
-	tok, err := e.IssueToken(id, strings.TrimSuffix(resource, "/"), now, exp)
+	tok, err := e.issueForIMDS(id, strings.TrimSuffix(resource, "/"), now, exp)
 	if err != nil {
 		return writeIMDSError(w, http.StatusInternalServerError, "unknown_error", err.Error())
 	}

@@ -16,7 +16,7 @@ func adminCmd() *cobra.Command {
 		Long:  "Administer ferry-node through the running daemon. The node checks that you are an administrator.",
 	}
 	ds := &cobra.Command{Use: "datasources", Aliases: []string{"datasource", "resources"}, Short: "Add and list database resources"}
-	ds.AddCommand(datasourceAddCmd(), datasourceListCmd(), datasourceShowCmd(), datasourceUpdateCmd(), datasourceDeleteCmd())
+	ds.AddCommand(datasourceAddCmd(), datasourceListCmd(), datasourceShowCmd(), datasourceUpdateCmd(), datasourceDeleteCmd(), datasourceHealthcheckCmd(), datasourceDiagnosticsCmd())
 	logs := &cobra.Command{Use: "logs", Short: "Read the node's connection and query logs"}
 	logs.AddCommand(logsConnectionsCmd(), logsQueriesCmd())
 	c.AddCommand(ds, logs, usersCmd(), rolesCmd(), activitiesCmd(), settingsCmd())

@@ -145,13 +145,13 @@ func statusCmd() *cobra.Command {
 				fmt.Fprintf(cmd.ErrOrStderr(), "ferry-node unreachable: %s\n", st.NodeError)
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tTYPE\tADDRESS\tSTATUS\tTAGS")
+			fmt.Fprintln(tw, "NAME\tTYPE\tADDRESS\tSTATUS\tHEALTH\tTAGS")
 			for _, r := range st.Resources {
 				state := "not connected"
 				if r.Connected {
 					state = "connected"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Name, r.Type, r.Address, state, resource.FormatTags(r.Tags))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Type, r.Address, state, healthLabel(r.Health), resource.FormatTags(r.Tags))
 			}
 			return tw.Flush()
 		},

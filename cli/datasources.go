@@ -214,6 +214,12 @@ tag:KEY=VALUE terms, comma-separated; all must match.`,
 			if err != nil {
 				return err
 			}
+			health := map[string]*api.Health{}
+			if hs, err := c.HealthAll(cmd.Context()); err == nil {
+				for i := range hs {
+					health[hs[i].Resource] = &hs[i]
+				}
+			}
 			var rs []resource.Resource
 			for _, r := range l.Datasources {
 				if match(r) {
@@ -227,13 +233,13 @@ tag:KEY=VALUE terms, comma-separated; all must match.`,
 				return printJSON(cmd.OutOrStdout(), rs)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tTYPE\tHOSTNAME\tDATABASE\tUSERNAME\tIDENTITY\tLOOPBACK\tVN ADDRESS\tTAGS")
+			fmt.Fprintln(tw, "NAME\tTYPE\tHOSTNAME\tDATABASE\tUSERNAME\tIDENTITY\tLOOPBACK\tVN ADDRESS\tHEALTH\tTAGS")
 			for _, r := range rs {
 				id := "system-assigned"
 				if r.ManagedIdentityClientID != "" {
 					id = r.ManagedIdentityClientID
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s:%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Type, r.Hostname, r.Port, r.Database, r.Username, id, r.LoopbackAddress, r.VNAddress, resource.FormatTags(r.Tags))
+				fmt.Fprintf(tw, "%s\t%s\t%s:%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Type, r.Hostname, r.Port, r.Database, r.Username, id, r.LoopbackAddress, r.VNAddress, healthLabel(health[r.Name]), resource.FormatTags(r.Tags))
 			}
 			return tw.Flush()
 		}),

@@ -39,6 +39,8 @@ type Options struct {
 	// LoopbackIP is where azure-pg-mi-prod listens (its bind interface); default 127.0.0.1. Tests that
 	// run side by side use RandomLoopbackIP so their ports never collide.
 	LoopbackIP string
+	// NodeConfig, if set, adjusts the node's config before the node is created.
+	NodeConfig func(*node.Config)
 }
 
 // RandomLoopbackIP returns a random address of 127.0.0.0/8 other than 127.0.0.1 (Linux routes the
@@ -101,6 +103,9 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 		IMDSEndpoint:  e.Emu.IMDSEndpoint(),
 		CAFiles:       []string{e.Emu.CACertFile()},
 		HostOverrides: map[string]string{strings.ToLower(e.Emu.Hostname()): e.Emu.Addr()},
+	}
+	if opt.NodeConfig != nil {
+		opt.NodeConfig(&cfg)
 	}
 	if _, err := node.Init(ctx, e.NodeDir, cfg, node.DefaultAdmin); err != nil {
 		return nil, fmt.Errorf("demo: %w", err)

@@ -278,32 +278,31 @@ func testRefusalsReachPsql(t *testing.T, env *demo.Env) {
 		}
 		return st
 	}
-	unmappedRes := add("unmapped", "unmapped_role", unmapped.ClientID)
-	outageRes := add("outage", "outage_role", outage.ClientID)
-
 	cases := []struct {
 		name     string
-		res      client.ResourceStatus
-		setup    func()
+		setup    func() client.ResourceStatus
 		wantCode string
 		wantText string
 	}{
-		{"unmapped principal", unmappedRes, func() {}, "28000", ""},
-		{"IMDS outage", outageRes, func() {
+		{"unmapped principal", func() client.ResourceStatus { return add("unmapped", "unmapped_role", unmapped.ClientID) }, "28000", ""},
+		{"IMDS outage", func() client.ResourceStatus {
+			// The node health-checks a new resource at once, which fetches (and MSAL caches) its
+			// token: the outage starts before the resource exists.
 			env.Emu.SetIMDSOutage(true)
 			t.Cleanup(func() { env.Emu.SetIMDSOutage(false) })
+			return add("outage", "outage_role", outage.ClientID)
 		}, "28000", "token"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			tc.setup()
-			out, err := psql(t, client.ConnString(tc.res), "-c", "SELECT 1")
+			res := tc.setup()
+			out, err := psql(t, client.ConnString(res), "-c", "SELECT 1")
 			if err == nil || !strings.Contains(out, "FATAL") {
 				t.Fatalf("psql: err=%v out=%q, want a FATAL error", err, out)
 			}
 			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			defer cancel()
-			pc, err := pgconn.Connect(cctx, client.ConnString(tc.res))
+			pc, err := pgconn.Connect(cctx, client.ConnString(res))
 			if err == nil {
 				pc.Close(ctx)
 				t.Fatal("login succeeded, want a refusal")

@@ -94,7 +94,7 @@ func (n *Node) forward(ctx context.Context, f netstack.Flow) (func(net.Conn), er
 		defer end(nil)
 		remove := n.sessions.add(&session{user: u.Name, device: f.Remote.Addr(), resource: r.Name, end: end})
 		defer remove()
-		n.proxy.Serve(sctx, c, t, s)
+		n.metrics.session(c, func(c net.Conn) { n.proxy.Serve(sctx, c, t, s) })
 	}, nil
 }
 

@@ -40,6 +40,7 @@ func (n *Node) registerCatalogRoutes(mux *router) {
 			writeCatalogError(w, err)
 			return
 		}
+		n.health.Kick() // check the changed resource now
 		changes := resource.Diff(before, after)
 		n.changed(r, "datasource.update", before.Name, strings.Join(changes, "; "))
 		writeJSON(w, http.StatusOK, api.DatasourceUpdate{Before: before, After: after, Changes: changes})

@@ -35,6 +35,16 @@ type Config struct {
 	LoginTimeout Duration `json:"login_timeout,omitzero"`
 	// EnrollTokenTTL is the lifetime of enrollment tokens (default 24h).
 	EnrollTokenTTL Duration `json:"enroll_token_ttl,omitzero"`
+	// HealthInterval is the time between two health checks of a resource (default 60s). New and
+	// changed resources are checked at once.
+	HealthInterval Duration `json:"health_interval,omitzero"`
+	// HealthStepTimeout bounds each step of a health check (default 10s).
+	HealthStepTimeout Duration `json:"health_step_timeout,omitzero"`
+	// HealthConcurrency bounds the health checks running at once (default 4).
+	HealthConcurrency int `json:"health_concurrency,omitzero"`
+	// MetricsListen is the TCP address of the Prometheus metrics endpoint (/metrics, /livez,
+	// /readyz), e.g. "127.0.0.1:9108"; empty turns it off. `ferry-node init` writes 127.0.0.1:9108.
+	MetricsListen string `json:"metrics_listen,omitempty"`
 }
 
 // Duration is a time.Duration that reads and writes as a Go duration string in JSON.
@@ -72,6 +82,15 @@ func (c *Config) applyDefaults() {
 	}
 	if c.LoginTimeout == 0 {
 		c.LoginTimeout = Duration(15 * time.Second)
+	}
+	if c.HealthInterval <= 0 {
+		c.HealthInterval = Duration(60 * time.Second)
+	}
+	if c.HealthStepTimeout <= 0 {
+		c.HealthStepTimeout = Duration(10 * time.Second)
+	}
+	if c.HealthConcurrency <= 0 {
+		c.HealthConcurrency = 4
 	}
 	if c.EnrollTokenTTL == 0 {
 		c.EnrollTokenTTL = Duration(24 * time.Hour)

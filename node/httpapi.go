@@ -178,7 +178,7 @@ func (n *Node) apiRouter() *router {
 			out.Resources = append(out.Resources, api.Resource{
 				Name: x.Name, Type: x.Type, Database: x.Database, Username: x.Username,
 				ConnectivityMode: x.ConnectivityMode, LoopbackAddress: x.LoopbackAddress, VNAddress: x.VNAddress,
-				Subdomain: x.Subdomain, Tags: x.Tags,
+				Subdomain: x.Subdomain, Tags: x.Tags, Health: n.healthSummary(x.Name),
 			})
 		}
 		writeJSON(w, http.StatusOK, out)
@@ -213,6 +213,7 @@ func (n *Node) apiRouter() *router {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
+		n.health.Kick() // check the new resource now
 		n.changed(r, "datasource.add", out.Name, fmt.Sprintf("vn_address=%s loopback_address=%s", out.VNAddress, out.LoopbackAddress))
 		writeJSON(w, http.StatusCreated, out)
 	}))
@@ -243,6 +244,7 @@ func (n *Node) apiRouter() *router {
 	}))
 	n.registerAccessRoutes(mux)
 	n.registerCatalogRoutes(mux)
+	n.registerHealthRoutes(mux)
 	return mux
 }
 

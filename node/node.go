@@ -31,6 +31,7 @@ import (
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/node/catalog"
+	"github.com/ferryhq/ferry/node/health"
 	"github.com/ferryhq/ferry/node/pgproxy"
 	"github.com/ferryhq/ferry/node/tokensource"
 	"github.com/ferryhq/ferry/resource"
@@ -176,6 +177,10 @@ type Node struct {
 	roots  *x509.CertPool
 	pub    tunnel.Key
 
+	health    *health.Scheduler
+	metrics   *metrics
+	metricsLn net.Listener
+
 	enrollLn net.Listener
 	servers  []*http.Server
 	wg       sync.WaitGroup
@@ -237,7 +242,8 @@ func (n *Node) start(ctx context.Context) error {
 	if n.tokens, err = tokensource.New(tokensource.Config{IMDSEndpoint: n.cfg.IMDSEndpoint, Timeout: time.Duration(n.cfg.TokenTimeout), Logger: n.log}); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
-	n.proxy = pgproxy.New(pgproxy.Config{Tokens: n.tokens, Audit: n.audit, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout)})
+	n.metrics = newMetrics(func() float64 { return float64(n.audit.QueueDepth()) })
+	n.proxy = pgproxy.New(pgproxy.Config{Tokens: countingTokens{TokenSource: n.tokens, m: n.metrics}, Audit: n.audit, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout)})
 
 	devices, err := n.cat.ActiveDevices(ctx)
 	if err != nil {
@@ -284,6 +290,9 @@ func (n *Node) start(ctx context.Context) error {
 		tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
 	n.wg.Add(1)
 	go n.reconcileLoop()
+	if err := n.startHealth(ctx); err != nil {
+		return err
+	}
 	n.log.Info("node started", "wireguard_port", n.tun.Port(), "enroll", ln.Addr().String(), "public_key", n.pub.String(), "devices", len(peers))
 	return nil
 }
@@ -363,6 +372,9 @@ func (n *Node) Tunnel() *tunnel.Tunnel { return n.tun }
 func (n *Node) Close() error {
 	if n.cancel != nil {
 		n.cancel()
+	}
+	if n.health != nil {
+		n.health.Close()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -43,6 +43,7 @@ func main() {
 	}
 	fmt.Println("env: " + env.EnvLine())
 	fmt.Println("ready: " + client.ConnString(env.Resource))
+	fmt.Println("node: --state " + env.NodeDir)
 	<-ctx.Done()
 	fmt.Fprintln(os.Stderr, "stopping…")
 	if err := env.Close(); err != nil {

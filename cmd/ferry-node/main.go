@@ -41,7 +41,7 @@ First: ferry-node init --state DIR --public-host HOST. Then: ferry-node run --st
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(initCmd(), runCmd(), tokenCmd())
+	root.AddCommand(initCmd(), runCmd(), tokenCmd(), doctorCmd())
 	return root
 }
 
@@ -97,12 +97,13 @@ token for that admin: give it to ` + "`ferry login`" + ` on the admin's machine.
 	f.IntVar(&cfg.WireGuardPort, "wireguard-port", node.DefaultWireGuardPort, "UDP port of the WireGuard endpoint")
 	f.StringVar(&imds, "imds-endpoint", "", "replace Azure IMDS with this http://host:port (the Azure emulator); empty = real IMDS")
 	f.StringSliceVar(&caFiles, "ca-file", nil, "extra PEM CA file trusted for servers' TLS certificates (repeatable)")
+	f.StringVar(&cfg.MetricsListen, "metrics-listen", "127.0.0.1:9108", "TCP address of the Prometheus metrics endpoint (/metrics, /livez, /readyz); empty = off")
 	f.StringSliceVar(&overrides, "host-override", nil, "dial IP[:PORT] for HOSTNAME (HOSTNAME=IP[:PORT], repeatable); TLS still verifies HOSTNAME")
 	return c
 }
 
 func runCmd() *cobra.Command {
-	var state, config string
+	var state, config, metricsListen string
 	var verbose bool
 	c := &cobra.Command{
 		Use:   "run --state DIR [--config FILE]",
@@ -115,6 +116,9 @@ func runCmd() *cobra.Command {
 			cfg, err := node.LoadConfig(configPath(state, config))
 			if err != nil {
 				return err
+			}
+			if cmd.Flags().Changed("metrics-listen") {
+				cfg.MetricsListen = metricsListen
 			}
 			level := slog.LevelInfo
 			if verbose {
@@ -133,6 +137,7 @@ func runCmd() *cobra.Command {
 	c.Flags().StringVar(&state, "state", "", "the node's state directory (required)")
 	c.Flags().StringVar(&config, "config", "", "config file (default: STATE/config.json)")
 	c.Flags().BoolVar(&verbose, "verbose", false, "log debug detail")
+	c.Flags().StringVar(&metricsListen, "metrics-listen", "", "override the config's metrics endpoint address (empty = off)")
 	return c
 }
 

@@ -247,6 +247,9 @@ func (l *Log) send(ctx context.Context, it item) error {
 	}
 }
 
+// QueueDepth is the number of queries waiting to be written.
+func (l *Log) QueueDepth() int { return len(l.queue) }
+
 // Flush waits until every query queued before the call has been written. It
 // returns the first write error seen since the previous Flush, if any.
 func (l *Log) Flush(ctx context.Context) error {

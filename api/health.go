@@ -1,0 +1,87 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// Health states of a resource (Health.State).
+const (
+	HealthHealthy   = "healthy"
+	HealthUnhealthy = "unhealthy"
+)
+
+// Health is the outcome of a resource's health check: the node resolves the server's hostname, opens
+// TCP, negotiates TLS (certificate verified), gets an access token for the resource's managed
+// identity, logs in and runs SELECT 1. A resource that has not been checked yet is unhealthy with
+// Checked false.
+type Health struct {
+	Resource   string       `json:"resource"`
+	State      string       `json:"state"`                 // HealthHealthy or HealthUnhealthy
+	Checked    bool         `json:"checked"`               // false until the first check has finished
+	Time       time.Time    `json:"time,omitzero"`         // when the last check started
+	DurationMS float64      `json:"duration_ms"`           // how long the last check took, milliseconds
+	FailedStep string       `json:"failed_step,omitempty"` // the first step that failed (StepResolve …)
+	Error      string       `json:"error,omitempty"`       // what failed, as the node saw it
+	Hint       string       `json:"hint,omitempty"`        // the likely cause and the fix
+	Steps      []HealthStep `json:"steps,omitempty"`       // every step run, in order
+}
+
+// Health check steps, in the order they run.
+const (
+	StepResolve = "resolve" // the hostname resolves (or a host override maps it)
+	StepTCP     = "tcp"     // a TCP connection opens
+	StepTLS     = "tls"     // SSLRequest answered and the TLS certificate verifies for the hostname
+	StepToken   = "token"   // IMDS issues an access token for the resource's managed identity
+	StepLogin   = "login"   // the server accepts the token as the role's password
+	StepQuery   = "query"   // SELECT 1 answers 1
+)
+
+// HealthStep is one step of a health check.
+type HealthStep struct {
+	Name       string  `json:"name"`
+	OK         bool    `json:"ok"`
+	DurationMS float64 `json:"duration_ms"`
+	Detail     string  `json:"detail,omitempty"` // what the step found, e.g. the address dialled
+	Error      string  `json:"error,omitempty"`
+}
+
+// Label is the short form shown in tables: "healthy", "unhealthy (login)" or
+// "unhealthy (not checked yet)".
+func (h Health) Label() string {
+	switch {
+	case h.State == HealthHealthy:
+		return HealthHealthy
+	case !h.Checked:
+		return HealthUnhealthy + " (not checked yet)"
+	case h.FailedStep != "":
+		return HealthUnhealthy + " (" + h.FailedStep + ")"
+	default:
+		return HealthUnhealthy
+	}
+}
+
+// HealthList is the answer to GET /v1/admin/health: the last result of every resource.
+type HealthList struct {
+	Health []Health `json:"health"`
+}
+
+// HealthCheck runs the health check of resource name now and returns its result (admin only).
+func (c *Client) HealthCheck(ctx context.Context, name string) (Health, error) {
+	var h Health
+	return h, c.do(ctx, http.MethodPost, "/v1/admin/datasources/"+url.PathEscape(name)+"/healthcheck", nil, &h)
+}
+
+// Diagnostics returns the last health check result of resource name, step by step (admin only).
+func (c *Client) Diagnostics(ctx context.Context, name string) (Health, error) {
+	var h Health
+	return h, c.do(ctx, http.MethodGet, "/v1/admin/datasources/"+url.PathEscape(name)+"/diagnostics", nil, &h)
+}
+
+// HealthAll returns the last health check result of every resource (admin only).
+func (c *Client) HealthAll(ctx context.Context) ([]Health, error) {
+	var l HealthList
+	return l.Health, c.do(ctx, http.MethodGet, "/v1/admin/health", nil, &l)
+}

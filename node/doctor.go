@@ -1,0 +1,235 @@
+package node
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/node/audit"
+	"github.com/ferryhq/ferry/node/catalog"
+	"github.com/ferryhq/ferry/node/health"
+	"github.com/ferryhq/ferry/node/tokensource"
+	"github.com/ferryhq/ferry/resource"
+)
+
+// DoctorOptions tune Doctor.
+type DoctorOptions struct {
+	// Resource is the resource to check; "" checks the node itself and then every resource.
+	Resource string
+	// StepTimeout bounds each step; 0 = the config's HealthStepTimeout.
+	StepTimeout time.Duration
+}
+
+// maxClockSkew is how far a token's iat may lie in the local clock's future before the node's clock
+// is called wrong. Azure Database for PostgreSQL itself rejects tokens outside nbf..exp.
+const maxClockSkew = 5 * time.Minute
+
+// Doctor runs, on the node host, the health check of one resource (or of every resource, after checks
+// of the node itself: catalog writable, WireGuard port, IMDS reachable, clock against a token's iat),
+// printing each step to w with ✓ or ✗, its timing, and for a failure the error and the fix. It reads
+// the node's state in dir and works whether or not the node runs. ok is true only when every step
+// passed; err is for failures to run at all (no state, unknown resource).
+func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt DoctorOptions) (ok bool, err error) {
+	cfg.applyDefaults()
+	if opt.StepTimeout <= 0 {
+		opt.StepTimeout = time.Duration(cfg.HealthStepTimeout)
+	}
+	dbPath := filepath.Join(dir, dbFile)
+	if _, err := os.Stat(dbPath); err != nil {
+		return false, fmt.Errorf("doctor: no node state in %s (run `ferry-node init --state %s` first): %w", dir, dir, err)
+	}
+	db, err := audit.OpenDB(dbPath)
+	if err != nil {
+		return false, fmt.Errorf("doctor: %w", err)
+	}
+	defer db.Close()
+	cat, err := catalog.Open(ctx, db)
+	if err != nil {
+		return false, fmt.Errorf("doctor: %w", err)
+	}
+	rs, err := cat.Resources(ctx)
+	if err != nil {
+		return false, fmt.Errorf("doctor: %w", err)
+	}
+	if opt.Resource != "" {
+		i := -1
+		for j, r := range rs {
+			if r.Name == opt.Resource {
+				i = j
+			}
+		}
+		if i < 0 {
+			return false, fmt.Errorf("doctor: no resource named %q in the catalog of %s", opt.Resource, dir)
+		}
+		rs = rs[i : i+1]
+	}
+	roots, err := rootPool(cfg)
+	if err != nil {
+		return false, fmt.Errorf("doctor: %w", err)
+	}
+	tokens, err := tokensource.New(tokensource.Config{IMDSEndpoint: cfg.IMDSEndpoint, Timeout: opt.StepTimeout})
+	if err != nil {
+		return false, fmt.Errorf("doctor: %w", err)
+	}
+	ok = true
+	if opt.Resource == "" {
+		clientID := ""
+		if len(rs) > 0 {
+			clientID = rs[0].ManagedIdentityClientID
+		}
+		ok = doctorNode(ctx, w, cat, cfg, tokens, clientID, opt.StepTimeout, dbPath)
+	}
+	checker := health.NewChecker(health.Config{Tokens: tokens, RootCAs: roots, HostOverrides: cfg.HostOverrides, StepTimeout: opt.StepTimeout})
+	for _, r := range rs {
+		fmt.Fprintf(w, "%s  %s\n", r.Name, describe(r))
+		h := checker.Check(ctx, r, func(s api.HealthStep) { printStep(w, s) })
+		if h.State != api.HealthHealthy {
+			ok = false
+			fmt.Fprintf(w, "      error: %s\n      fix:   %s\n", h.Error, h.Hint)
+			fmt.Fprintf(w, "%s: unhealthy (%s)\n", r.Name, h.FailedStep)
+		} else {
+			fmt.Fprintf(w, "%s: healthy\n", r.Name)
+		}
+	}
+	if len(rs) == 0 {
+		fmt.Fprintln(w, "no resources in the catalog")
+	}
+	return ok, nil
+}
+
+func describe(r resource.Resource) string {
+	id := "system-assigned identity"
+	if r.ManagedIdentityClientID != "" {
+		id = "user-assigned identity " + r.ManagedIdentityClientID
+	}
+	return fmt.Sprintf("(%s:%d, database %s, role %s, %s)", r.Hostname, r.Port, r.Database, r.LoginUsername(), id)
+}
+
+func printStep(w io.Writer, s api.HealthStep) {
+	mark, text := "✓", s.Detail
+	if !s.OK {
+		mark, text = "✗", "failed"
+	}
+	fmt.Fprintf(w, "  %s %-9s %-70s %8.1f ms\n", mark, s.Name, text, s.DurationMS)
+}
+
+// doctorNode checks the node itself and prints the steps.
+func doctorNode(ctx context.Context, w io.Writer, cat *catalog.Catalog, cfg Config, tokens *tokensource.Source, clientID string, timeout time.Duration, dbPath string) bool {
+	fmt.Fprintln(w, "node")
+	ok := true
+	step := func(name string, f func(ctx context.Context) (detail, hint string, err error)) {
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		t0 := time.Now()
+		detail, hint, err := f(ctx)
+		s := api.HealthStep{Name: name, OK: err == nil, Detail: detail, DurationMS: float64(time.Since(t0).Microseconds()) / 1000}
+		printStep(w, s)
+		if err != nil {
+			ok = false
+			fmt.Fprintf(w, "      error: %s\n      fix:   %s\n", err, hint)
+		}
+	}
+	step("catalog", func(ctx context.Context) (string, string, error) {
+		if err := cat.SetSetting(ctx, "doctor_last_run", time.Now().UTC().Format(time.RFC3339)); err != nil {
+			return "", "the node cannot write its catalog: check the state directory's owner, permissions and free space", err
+		}
+		return "writable (" + dbPath + ")", "", nil
+	})
+	step("wireguard", func(context.Context) (string, string, error) {
+		if cfg.WireGuardPort == 0 {
+			return "port 0: a free UDP port at each start (tests and demos only)", "", nil
+		}
+		c, err := net.ListenUDP("udp", &net.UDPAddr{Port: cfg.WireGuardPort})
+		switch {
+		case err == nil:
+			c.Close()
+			return fmt.Sprintf("UDP %d is free to bind (the node is not running)", cfg.WireGuardPort), "", nil
+		case errors.Is(err, syscall.EADDRINUSE):
+			return fmt.Sprintf("UDP %d is bound (by the running ferry-node, or by another program)", cfg.WireGuardPort), "", nil
+		}
+		return "", fmt.Sprintf("the node cannot bind UDP %d: choose another wireguard_port or free it", cfg.WireGuardPort), err
+	})
+	var tok string
+	imds := cfg.IMDSEndpoint
+	if imds == "" {
+		imds = "http://169.254.169.254"
+	}
+	step("imds", func(ctx context.Context) (string, string, error) {
+		t, _, err := tokens.Token(ctx, clientID)
+		if err != nil && strings.Contains(err.Error(), "Identity not found") {
+			return imds + " answered (Identity not found: see the resources' token step)", "", nil
+		}
+		if err != nil {
+			return "", "the node cannot reach IMDS (" + imds + "): ferry-node must run on the Azure VM itself, with no proxy or firewall rule in the way of 169.254.169.254", err
+		}
+		tok = t
+		return imds + " issued an access token", "", nil
+	})
+	step("clock", func(context.Context) (string, string, error) {
+		if tok == "" {
+			return "not checked: no access token", "", nil
+		}
+		iat, exp, err := tokenTimes(tok)
+		if err != nil {
+			return "", "IMDS sent a token the node cannot read", err
+		}
+		now := time.Now()
+		switch {
+		case iat.Sub(now) > maxClockSkew:
+			return "", "the node's clock is behind: enable time sync (chrony with the Azure PTP clock, or NTP)", fmt.Errorf("the token's iat %s lies %s in the local clock's future", iat.UTC().Format(time.RFC3339), iat.Sub(now).Round(time.Second))
+		case !now.Before(exp):
+			return "", "the node's clock is ahead: enable time sync (chrony with the Azure PTP clock, or NTP)", fmt.Errorf("the token expired at %s by the local clock", exp.UTC().Format(time.RFC3339))
+		}
+		return fmt.Sprintf("token iat %s ago by the local clock, expires in %s", now.Sub(iat).Round(time.Second), exp.Sub(now).Round(time.Minute)), "", nil
+	})
+	return ok
+}
+
+// tokenTimes reads the iat and exp claims of a JWT without verifying it (it came from IMDS).
+func tokenTimes(tok string) (iat, exp time.Time, err error) {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return iat, exp, errors.New("access token is not a JWT")
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return iat, exp, fmt.Errorf("decode access token claims: %w", err)
+	}
+	var c struct {
+		IAT int64 `json:"iat"`
+		EXP int64 `json:"exp"`
+	}
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return iat, exp, fmt.Errorf("decode access token claims: %w", err)
+	}
+	return time.Unix(c.IAT, 0), time.Unix(c.EXP, 0), nil
+}
+
+// rootPool is the system pool plus the config's CA files, as the node trusts for servers.
+func rootPool(cfg Config) (*x509.CertPool, error) {
+	roots, err := x509.SystemCertPool()
+	if err != nil || roots == nil {
+		roots = x509.NewCertPool()
+	}
+	for _, f := range cfg.CAFiles {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("read CA file: %w", err)
+		}
+		if !roots.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("CA file %s holds no PEM certificate", f)
+		}
+	}
+	return roots, nil
+}

@@ -1,0 +1,58 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/ferryhq/ferry/node/health"
+)
+
+// startHealth starts the health check scheduler and, when Config.MetricsListen is set, the metrics
+// endpoint.
+func (n *Node) startHealth(ctx context.Context) error {
+	n.health = health.NewScheduler(health.SchedulerConfig{
+		Checker:     n.healthChecker(time.Duration(n.cfg.HealthStepTimeout)),
+		List:        n.cat.Resources,
+		Interval:    time.Duration(n.cfg.HealthInterval),
+		Concurrency: n.cfg.HealthConcurrency,
+		Observe:     n.metrics.observeHealth,
+		Logger:      n.log,
+	})
+	n.health.Start(ctx)
+	if n.cfg.MetricsListen == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", n.cfg.MetricsListen)
+	if err != nil {
+		return fmt.Errorf("start node: metrics endpoint: %w", err)
+	}
+	n.metricsLn = ln
+	n.serve(&http.Server{Handler: n.metricsHandler(), ReadHeaderTimeout: 10 * time.Second}, ln)
+	n.log.Info("metrics endpoint", "addr", ln.Addr().String())
+	return nil
+}
+
+// healthChecker returns a Checker that reaches servers the way the proxy does: the node's CA pool,
+// its host overrides and its token source.
+func (n *Node) healthChecker(stepTimeout time.Duration) *health.Checker {
+	return health.NewChecker(health.Config{
+		Tokens:        countingTokens{TokenSource: n.tokens, m: n.metrics},
+		RootCAs:       n.roots,
+		HostOverrides: n.cfg.HostOverrides,
+		StepTimeout:   stepTimeout,
+	})
+}
+
+// MetricsAddr returns the metrics endpoint's bound address, or nil when it is off.
+func (n *Node) MetricsAddr() net.Addr {
+	if n.metricsLn == nil {
+		return nil
+	}
+	return n.metricsLn.Addr()
+}
+
+// Health returns the health check scheduler.
+func (n *Node) Health() *health.Scheduler { return n.health }

@@ -1,0 +1,144 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/node/pgproxy"
+)
+
+// metrics are the node's Prometheus metrics, on a registry of its own (no global state). The names
+// follow Prometheus' naming conventions (https://prometheus.io/docs/practices/naming/).
+type metrics struct {
+	reg           *prometheus.Registry
+	healthy       *prometheus.GaugeVec   // ferry_resource_healthy{resource}: 1 healthy, 0 not
+	checks        *prometheus.CounterVec // ferry_health_checks_total{resource,result}
+	checkSeconds  prometheus.Histogram   // ferry_health_check_duration_seconds
+	tokens        *prometheus.CounterVec // ferry_token_requests_total{result}
+	sessions      prometheus.Gauge       // ferry_active_sessions
+	sessionsTotal prometheus.Counter     // ferry_sessions_total
+	bytes         *prometheus.CounterVec // ferry_proxied_bytes_total{direction}
+}
+
+func newMetrics(auditDepth func() float64) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		healthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ferry_resource_healthy",
+			Help: "1 when the resource's last health check passed, 0 when it failed or has not run yet."}, []string{"resource"}),
+		checks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_health_checks_total",
+			Help: "Health checks run, by resource and result (healthy, or the step that failed)."}, []string{"resource", "result"}),
+		checkSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_health_check_duration_seconds",
+			Help: "Duration of health checks.", Buckets: prometheus.ExponentialBuckets(0.005, 4, 8)}),
+		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_token_requests_total",
+			Help: "Managed identity access token requests (served from the cache or IMDS), by result (ok, error)."}, []string{"result"}),
+		sessions: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_active_sessions",
+			Help: "PostgreSQL client connections being proxied now."}),
+		sessionsTotal: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_sessions_total",
+			Help: "PostgreSQL client connections accepted for proxying."}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_proxied_bytes_total",
+			Help: "Bytes relayed between clients and the proxy, by direction (from_client, to_client)."}, []string{"direction"}),
+	}
+	m.reg.MustRegister(m.healthy, m.checks, m.checkSeconds, m.tokens, m.sessions, m.sessionsTotal, m.bytes,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_audit_queue_depth",
+			Help: "Queries waiting in the audit log's queue to be written."}, auditDepth),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, r := range []string{"ok", "error"} {
+		m.tokens.WithLabelValues(r)
+	}
+	for _, d := range []string{"from_client", "to_client"} {
+		m.bytes.WithLabelValues(d)
+	}
+	return m
+}
+
+// observeHealth records one health check result.
+func (m *metrics) observeHealth(h api.Health) {
+	v, result := 0.0, h.FailedStep
+	if h.State == api.HealthHealthy {
+		v, result = 1, api.HealthHealthy
+	}
+	m.healthy.WithLabelValues(h.Resource).Set(v)
+	m.checks.WithLabelValues(h.Resource, result).Inc()
+	m.checkSeconds.Observe(h.DurationMS / 1000)
+}
+
+// countingTokens counts token requests.
+type countingTokens struct {
+	pgproxy.TokenSource
+	m *metrics
+}
+
+func (c countingTokens) Token(ctx context.Context, clientID string) (string, time.Time, error) {
+	tok, exp, err := c.TokenSource.Token(ctx, clientID)
+	if err != nil {
+		c.m.tokens.WithLabelValues("error").Inc()
+	} else {
+		c.m.tokens.WithLabelValues("ok").Inc()
+	}
+	return tok, exp, err
+}
+
+// session counts a proxied client connection while serve runs on it.
+func (m *metrics) session(c net.Conn, serve func(net.Conn)) {
+	m.sessions.Inc()
+	m.sessionsTotal.Inc()
+	defer m.sessions.Dec()
+	serve(&countingConn{Conn: c, in: m.bytes.WithLabelValues("from_client"), out: m.bytes.WithLabelValues("to_client")})
+}
+
+type countingConn struct {
+	net.Conn
+	in, out prometheus.Counter
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.in.Add(float64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.out.Add(float64(n))
+	return n, err
+}
+
+// CloseWrite half-closes when the connection can.
+func (c *countingConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.New("connection cannot half-close")
+}
+
+// metricsHandler serves GET /metrics (Prometheus text format), /livez (the process serves HTTP) and
+// /readyz (the catalog answers and the tunnel is up).
+func (n *Node) metricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		if n.tun == nil {
+			http.Error(w, "not ready: the WireGuard tunnel is not up", http.StatusServiceUnavailable)
+			return
+		}
+		if err := n.db.PingContext(ctx); err != nil {
+			http.Error(w, "not ready: catalog: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	return mux
+}
