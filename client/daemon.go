@@ -129,6 +129,8 @@ func (d *Daemon) start(ctx context.Context) error {
 			d.log.Error("control socket stopped", "err", err)
 		}
 	}()
+	d.wg.Add(1)
+	go d.followCatalog()
 	for _, name := range d.state.Connected {
 		if _, err := d.Connect(ctx, name); err != nil {
 			d.log.Warn("could not restore connection", "resource", name, "err", err)
@@ -278,10 +280,13 @@ func (d *Daemon) acceptLoop(l *listener) {
 			}
 			return
 		}
+		d.mu.Lock()
+		r := l.res // follow may update it
+		d.mu.Unlock()
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
-			d.carry(c, l.res)
+			d.carry(c, r)
 		}()
 	}
 }

@@ -1,0 +1,77 @@
+package client
+
+import (
+	"context"
+	"net"
+	"slices"
+	"time"
+
+	"github.com/ferryhq/ferry/api"
+)
+
+// followInterval is how often the daemon compares its connected resources with the node's catalog:
+// a deleted or no-longer-granted resource stops listening, a moved one listens at its new address,
+// within about this time.
+const followInterval = 2 * time.Second
+
+// followCatalog keeps connected resources in line with what the node says until the daemon closes.
+// While the node is unreachable nothing changes.
+func (d *Daemon) followCatalog() {
+	defer d.wg.Done()
+	t := time.NewTicker(followInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(d.ctx, followInterval*2)
+		rs, err := d.api.Resources(ctx)
+		cancel()
+		if err == nil {
+			d.follow(rs)
+		}
+	}
+}
+
+// follow applies the node's current resource list to the listeners.
+func (d *Daemon) follow(rs []api.Resource) {
+	byName := make(map[string]api.Resource, len(rs))
+	for _, r := range rs {
+		byName[r.Name] = r
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	changed := false
+	for name, l := range d.listeners {
+		r, ok := byName[name]
+		switch {
+		case !ok:
+			_ = l.ln.Close()
+			delete(d.listeners, name)
+			d.state.Connected = slices.DeleteFunc(d.state.Connected, func(s string) bool { return s == name })
+			changed = true
+			d.log.Warn("resource is no longer available to you: stopped listening", "resource", name, "address", l.res.LoopbackAddress)
+		case r.LoopbackAddress != l.res.LoopbackAddress:
+			ln, err := net.Listen("tcp", r.LoopbackAddress)
+			if err != nil {
+				d.log.Error("resource moved but its new address is busy; keeping the old one", "resource", name, "address", r.LoopbackAddress, "err", err)
+				continue
+			}
+			_ = l.ln.Close()
+			nl := &listener{res: r, ln: ln}
+			d.listeners[name] = nl
+			d.wg.Add(1)
+			go d.acceptLoop(nl)
+			d.log.Info("resource moved", "resource", name, "from", l.res.LoopbackAddress, "to", r.LoopbackAddress)
+		default:
+			l.res = r
+		}
+	}
+	if changed {
+		if err := SaveState(d.dirs, d.state); err != nil {
+			d.log.Warn("could not save connected resources", "err", err)
+		}
+	}
+}
