@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -44,7 +45,8 @@ type options struct {
 
 func main() {
 	var o options
-	flag.DurationVar(&o.duration, "T", 20*time.Second, "duration of each pgbench run (pgbench -T)")
+	o.duration = 20 * time.Second
+	flag.Var((*seconds)(&o.duration), "T", "duration of each pgbench run, in seconds as pgbench -T (20) or as a Go duration (20s)")
 	flag.IntVar(&o.rounds, "rounds", 1, "passes over all paths for each figure (paths alternate within a pass)")
 	flag.IntVar(&o.copyMB, "copy-mb", 1000, "size of the bulk COPY TO STDOUT and of the raw tunnel transfer, in MB (10^6 bytes)")
 	flag.IntVar(&o.idleConns, "idle", 1000, "idle TCP connections opened through Ferry for the memory figure")
@@ -277,6 +279,24 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("write results: %w", err)
 	}
 	step("wrote " + filepath.Join(o.outDir, "BENCHMARKS.md") + " and " + filepath.Join(o.outDir, "benchmarks.json"))
+	return nil
+}
+
+// seconds is a flag value in whole seconds ("20") or a Go duration ("20s").
+type seconds time.Duration
+
+func (s *seconds) String() string { return time.Duration(*s).String() }
+
+func (s *seconds) Set(v string) error {
+	if n, err := strconv.Atoi(v); err == nil {
+		*s = seconds(time.Duration(n) * time.Second)
+		return nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return fmt.Errorf("want seconds (20) or a duration (20s): %w", err)
+	}
+	*s = seconds(d)
 	return nil
 }
 

@@ -199,18 +199,17 @@ type memSnap struct {
 	g         int
 }
 
-// settle waits (up to 10 s) until the goroutine count stops falling, so that connections closed
-// by the previous step have been torn down before a baseline is taken.
-func settle() {
-	prev := runtime.NumGoroutine()
-	for range 20 {
-		time.Sleep(500 * time.Millisecond)
-		n := runtime.NumGoroutine()
-		if n >= prev {
-			return
+// settle waits (up to 20 s) until the goroutine count is back within 10 of target, so that
+// connections closed by the previous step have been torn down before a baseline is taken. It
+// reports whether it got there.
+func settle(target int) bool {
+	for range 80 {
+		if runtime.NumGoroutine() <= target+10 {
+			return true
 		}
-		prev = n
+		time.Sleep(250 * time.Millisecond)
 	}
+	return false
 }
 
 // snapshot collects garbage, returns freed memory to the OS, and reads VmRSS and the live heap
@@ -251,10 +250,9 @@ func (m *memory) fill(before, after memSnap) {
 // handler waiting for the startup (no server connection: the emulator's server allows only 100).
 // The node closes such connections after its 15 s login timeout, so they are opened, measured and
 // checked within it.
-func idleMemory(ctx context.Context, inst *installation, n int) (memory, error) {
-	m := memory{Name: "ferry: idle TCP connections before login", Conns: n,
+func idleMemory(ctx context.Context, inst *installation, n int) (m memory, err error) {
+	m = memory{Name: "ferry: idle TCP connections before login", Conns: n,
 		Note: "node + client + tunnels in one process (demo.Start); connections opened to the client's loopback address and held before the startup message, measured within the node's 15 s login timeout"}
-	settle()
 	before, err := snapshot()
 	if err != nil {
 		return m, err
@@ -263,6 +261,9 @@ func idleMemory(ctx context.Context, inst *installation, n int) (memory, error) 
 	defer func() {
 		for _, c := range conns {
 			c.Close()
+		}
+		if !settle(before.g) {
+			m.Note += fmt.Sprintf("; %d goroutines were still running 20 s after the connections were closed", runtime.NumGoroutine()-before.g)
 		}
 	}()
 	t0 := time.Now()
@@ -298,8 +299,8 @@ func idleMemory(ctx context.Context, inst *installation, n int) (memory, error) 
 // holds them idle. Through Ferry the delta includes the node, the client and the emulator's front
 // (all in this process); direct includes the front and the pgconn clients, so the difference is
 // Ferry's share.
-func sessionMemory(ctx context.Context, inst *installation, p *path, n int) (memory, error) {
-	m := memory{Name: p.Name + ": idle authenticated sessions", Conns: n}
+func sessionMemory(ctx context.Context, inst *installation, p *path, n int) (m memory, err error) {
+	m = memory{Name: p.Name + ": idle authenticated sessions", Conns: n}
 	host, port := p.env["PGHOST"], p.env["PGPORT"]
 	cs := fmt.Sprintf("host=%s port=%s user=%s dbname=%s sslmode=%s", host, port, p.env["PGUSER"], p.env["PGDATABASE"], p.env["PGSSLMODE"])
 	if p.env["PGSSLROOTCERT"] != "" {
@@ -318,7 +319,6 @@ func sessionMemory(ctx context.Context, inst *installation, p *path, n int) (mem
 	} else {
 		m.Note = "pgx pgconn sessions; the delta covers the emulator's front + the pgconn clients (one process)"
 	}
-	settle()
 	before, err := snapshot()
 	if err != nil {
 		return m, err
@@ -328,6 +328,7 @@ func sessionMemory(ctx context.Context, inst *installation, p *path, n int) (mem
 		for _, c := range conns {
 			c.Close(context.Background())
 		}
+		settle(before.g)
 	}()
 	for i := range n {
 		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
