@@ -28,11 +28,26 @@ type installation struct {
 }
 
 func startInstallation(ctx context.Context, dir string, log *slog.Logger) (*installation, error) {
-	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	env, err := demo.Start(sctx, demo.Options{Dir: dir + "/demo", Logger: log})
-	if err != nil {
-		return nil, fmt.Errorf("start installation: %w", err)
+	// The resource's loopback address is the fixed 127.0.0.1:10001; another demo or test on the
+	// machine may hold it for a while, so try again a few times.
+	var env *demo.Env
+	var err error
+	for attempt := 1; ; attempt++ {
+		env, err = demo.Start(sctx, demo.Options{Dir: fmt.Sprintf("%s/demo%d", dir, attempt), Logger: log})
+		if err == nil {
+			break
+		}
+		if attempt == 10 || !strings.Contains(err.Error(), "address already in use") {
+			return nil, fmt.Errorf("start installation: %w", err)
+		}
+		step("  " + err.Error() + "; trying again")
+		select {
+		case <-sctx.Done():
+			return nil, fmt.Errorf("start installation: %w", err)
+		case <-time.After(3 * time.Second):
+		}
 	}
 	inst := &installation{env: env}
 	su, err := pgconn.ParseConfig(env.Emu.SuperuserConnString())
