@@ -1,0 +1,301 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// report is everything one run measured, as written to benchmarks.json.
+type report struct {
+	Date        string       `json:"date"` // RFC 3339, UTC
+	CPUs        int          `json:"cpus"` // runtime.NumCPU
+	OS          string       `json:"os"`
+	Go          string       `json:"go"`
+	Postgres    string       `json:"postgres"`
+	Command     string       `json:"command"`
+	Settings    settings     `json:"settings"`
+	Paths       []pathInfo   `json:"paths"`
+	Figures     []*figure    `json:"figures"`
+	Memory      []memory     `json:"memory"`
+	NotMeasured []skipped    `json:"not_measured"`
+	Targets     []targetLine `json:"targets"`
+}
+
+type settings struct {
+	PgbenchSeconds int `json:"pgbench_seconds"`
+	Rounds         int `json:"rounds"`
+	CopyMB         int `json:"copy_mb"`
+	IdleConns      int `json:"idle_connections"`
+	Sessions       int `json:"sessions"`
+}
+
+type pathInfo struct {
+	Name        string `json:"name"`
+	Description string `json:"description"`
+}
+
+type skipped struct {
+	What   string `json:"what"`
+	Reason string `json:"reason"`
+}
+
+// figure is one measured quantity across paths.
+type figure struct {
+	Key     string              `json:"key"`
+	Title   string              `json:"title"`
+	Unit    string              `json:"unit"`
+	Samples map[string][]sample `json:"samples"`          // by path name, in run order
+	Errors  map[string][]string `json:"errors,omitempty"` // by path name
+}
+
+type targetLine struct {
+	Goal   string  `json:"goal"`
+	Ratio  float64 `json:"measured"` // the measured ratio (or KiB for memory); 0 when not measured
+	Want   float64 `json:"want"`
+	Met    *bool   `json:"met"` // nil when not measured
+	Detail string  `json:"detail"`
+}
+
+func newReport(o options) *report {
+	return &report{
+		Date:     time.Now().UTC().Format(time.RFC3339),
+		CPUs:     runtime.NumCPU(),
+		OS:       runtime.GOOS + "/" + runtime.GOARCH,
+		Go:       runtime.Version(),
+		Command:  "go run ./bench " + strings.Join(os.Args[1:], " "),
+		Settings: settings{PgbenchSeconds: int(o.duration / time.Second), Rounds: o.rounds, CopyMB: o.copyMB, IdleConns: o.idleConns, Sessions: o.sessions},
+	}
+}
+
+func (r *report) figure(key, title, unit string) *figure {
+	f := &figure{Key: key, Title: title, Unit: unit, Samples: map[string][]sample{}, Errors: map[string][]string{}}
+	r.Figures = append(r.Figures, f)
+	return f
+}
+
+func (r *report) notMeasured(what, reason string) {
+	r.NotMeasured = append(r.NotMeasured, skipped{What: what, Reason: reason})
+}
+
+func (f *figure) add(path string, s sample) { f.Samples[path] = append(f.Samples[path], s) }
+func (f *figure) fail(path string, err error) {
+	f.Errors[path] = append(f.Errors[path], err.Error())
+}
+
+// mean returns the mean value (and mean latency) of path's samples; ok is false without samples.
+func (f *figure) mean(path string) (v, lat float64, ok bool) {
+	ss := f.Samples[path]
+	if len(ss) == 0 {
+		return 0, 0, false
+	}
+	for _, s := range ss {
+		v += s.Value
+		lat += s.LatencyMs
+	}
+	return v / float64(len(ss)), lat / float64(len(ss)), true
+}
+
+func (r *report) find(key string) *figure {
+	for _, f := range r.Figures {
+		if f.Key == key {
+			return f
+		}
+	}
+	return nil
+}
+
+// ratio is a/b of two paths' means for figure key.
+func (r *report) ratio(key, a, b string) (float64, bool) {
+	f := r.find(key)
+	if f == nil {
+		return 0, false
+	}
+	va, _, ok1 := f.mean(a)
+	vb, _, ok2 := f.mean(b)
+	if !ok1 || !ok2 || vb == 0 {
+		return 0, false
+	}
+	return va / vb, true
+}
+
+// finish evaluates the issue's targets (goals, not assertions).
+func (r *report) finish() {
+	add := func(goal string, want float64, got float64, ok bool, atMost bool, detail string) {
+		t := targetLine{Goal: goal, Want: want, Detail: detail}
+		if ok {
+			t.Ratio = got
+			met := got >= want
+			if atMost {
+				met = got <= want
+			}
+			t.Met = &met
+		}
+		r.Targets = append(r.Targets, t)
+	}
+	v, ok := r.ratio("pgbench_select_tps", "ferry", "direct")
+	add("pgbench -S through Ferry ≥ 0.8× direct", 0.8, v, ok, false, "")
+	v, ok = r.ratio("pgbench_select_tps", "ferry", "ssh -L")
+	add("pgbench -S through Ferry ≥ 1.5× ssh -L", 1.5, v, ok, false, "")
+	v, ok = r.ratio("pgbench_select_tps", "ferry", "pgbouncer")
+	add("pgbench -S through Ferry ≥ pgbouncer (session mode)", 1.0, v, ok, false, "")
+	v, ok = r.ratio("pgbench_connect_tps", "ferry", "direct")
+	add("pgbench -C through Ferry ≥ 0.5× direct", 0.5, v, ok, false, "")
+	var ceil, cp float64
+	var ok1, ok2 bool
+	if f := r.find("tunnel_raw_mbps"); f != nil {
+		ceil, _, ok1 = f.mean("ferry")
+	}
+	if f := r.find("copy_out_mbps"); f != nil {
+		cp, _, ok2 = f.mean("ferry")
+	}
+	v = 0
+	if ok1 && ok2 && ceil > 0 {
+		v = cp / ceil
+	}
+	add("COPY through Ferry ≥ 0.9× the tunnel's raw TCP ceiling", 0.9, v, ok1 && ok2 && ceil > 0, false, "")
+	var idle *memory
+	for i := range r.Memory {
+		if strings.HasPrefix(r.Memory[i].Name, "ferry: idle TCP") {
+			idle = &r.Memory[i]
+		}
+	}
+	if idle != nil {
+		add("≤ 64 KiB of node RSS per idle proxied connection (KiB)", 64, idle.PerConnRSS/1024, true, true,
+			"node and client share one process here, so this is node + client + both tunnel stacks: an upper bound for the node")
+	} else {
+		add("≤ 64 KiB of node RSS per idle proxied connection (KiB)", 64, 0, false, true, "not measured")
+	}
+	add("Resolver ≥ 50,000 queries/s, within 2× of dnsmasq", 50000, 0, false, false, "not measured: the resolver is not built yet")
+}
+
+func (r *report) json() ([]byte, error) {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode results: %w", err)
+	}
+	return append(b, '\n'), nil
+}
+
+// columns orders the paths: direct first (the baseline), then Ferry, then the peers, socket last.
+func (r *report) columns() []string {
+	rank := map[string]int{"direct": 0, "ferry": 1, "ssh -L": 2, "pgbouncer": 3, "socket": 4}
+	var names []string
+	for _, p := range r.Paths {
+		names = append(names, p.Name)
+	}
+	slices.SortStableFunc(names, func(a, b string) int { return rank[a] - rank[b] })
+	return names
+}
+
+func (r *report) markdown() string {
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	w("# Benchmarks\n\n")
+	w("Ferry side by side with the paths people use instead, measured in one run on one machine by\n")
+	w("`go run ./bench` (see bench/main.go). Absolute numbers drift on shared machines; the ratios to\n")
+	w("**direct** (same run, paths alternating) are the figures to read.\n\n")
+	w("- Date: %s\n- CPUs: %d (%s)\n- %s, PostgreSQL %s\n- Command: `%s`\n", r.Date, r.CPUs, r.OS, r.Go, r.Postgres, r.Command)
+	w("- pgbench runs: %d s each, %d round(s); COPY and raw tunnel transfer: %d MB (10^6 bytes)\n\n", r.Settings.PgbenchSeconds, r.Settings.Rounds, r.Settings.CopyMB)
+	w("## Paths\n\n")
+	for _, name := range r.columns() {
+		for _, p := range r.Paths {
+			if p.Name == name {
+				w("- **%s**: %s\n", p.Name, p.Description)
+			}
+		}
+	}
+	cols := r.columns()
+	w("\n## Results\n\nEach cell: the mean over rounds, then (ratio to direct). For latency lower is better.\n\n")
+	w("| Figure |")
+	for _, c := range cols {
+		w(" %s |", c)
+	}
+	w("\n|---|")
+	for range cols {
+		w("---:|")
+	}
+	w("\n")
+	for _, f := range r.Figures {
+		row := func(title string, pick func(v, lat float64) float64, format string) {
+			w("| %s |", title)
+			_, dl, _ := f.mean("direct")
+			dv, _, dok := f.mean("direct")
+			base := pick(dv, dl)
+			for _, c := range cols {
+				v, lat, ok := f.mean(c)
+				switch {
+				case !ok && len(f.Errors[c]) > 0:
+					w(" failed |")
+				case !ok:
+					w(" — |")
+				case dok && base > 0:
+					w(" "+format+" (%.2f×) |", pick(v, lat), pick(v, lat)/base)
+				default:
+					w(" "+format+" |", pick(v, lat))
+				}
+			}
+			w("\n")
+		}
+		row(f.Title, func(v, _ float64) float64 { return v }, "%.1f")
+		if strings.HasPrefix(f.Key, "pgbench") {
+			row(strings.Replace(f.Title, ": TPS", ": latency avg, ms", 1), func(_, lat float64) float64 { return lat }, "%.3f")
+		}
+	}
+	var errs []string
+	for _, f := range r.Figures {
+		for _, c := range cols {
+			for _, e := range f.Errors[c] {
+				errs = append(errs, fmt.Sprintf("- %s via %s: %s", f.Title, c, e))
+			}
+		}
+	}
+	if len(errs) > 0 {
+		w("\nFailures:\n\n%s\n", strings.Join(errs, "\n"))
+	}
+	if f := r.find("tunnel_raw_mbps"); f != nil {
+		if v, _, ok := f.mean("ferry"); ok {
+			if cp := r.find("copy_out_mbps"); cp != nil {
+				if fv, _, ok := cp.mean("ferry"); ok {
+					w("\nCOPY through Ferry reached %.2f× the tunnel's raw TCP ceiling (%.1f MB/s).\n", fv/v, v)
+				}
+			}
+		}
+	}
+	if len(r.Memory) > 0 {
+		w("\n## Memory\n\nGrowth of the bench process (VmRSS, and the Go runtime's live heap + goroutine stacks after a full GC) while holding the connections.\n\n")
+		w("| Connections | Held | Alive at measurement | RSS Δ | RSS per conn | Go live per conn | Goroutines per conn |\n|---|---:|---:|---:|---:|---:|---:|\n")
+		for _, m := range r.Memory {
+			w("| %s | %d | %d | %.1f MiB | %.1f KiB | %.1f KiB | %.1f |\n", m.Name, m.Conns, m.Alive,
+				float64(m.RSSDelta)/(1<<20), m.PerConnRSS/1024, m.PerConnLive/1024, float64(m.Goroutines)/float64(m.Conns))
+		}
+		w("\n")
+		for _, m := range r.Memory {
+			w("- %s: %s\n", m.Name, m.Note)
+		}
+	}
+	w("\n## Targets (goals, not assertions)\n\n| Goal | Measured | Met |\n|---|---:|---|\n")
+	for _, t := range r.Targets {
+		met, got := "not measured", "—"
+		if t.Met != nil {
+			met = map[bool]string{true: "yes", false: "**no**"}[*t.Met]
+			got = fmt.Sprintf("%.2f", t.Ratio)
+		}
+		if t.Detail != "" && t.Met != nil {
+			met += " (" + t.Detail + ")"
+		}
+		w("| %s | %s | %s |\n", t.Goal, got, met)
+	}
+	if len(r.NotMeasured) > 0 {
+		w("\n## Not measured\n\n")
+		for _, s := range r.NotMeasured {
+			w("- %s: %s\n", s.What, s.Reason)
+		}
+	}
+	w("\nRaw numbers: docs/benchmarks.json.\n")
+	return b.String()
+}
