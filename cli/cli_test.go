@@ -32,7 +32,8 @@ func TestCommandsAgainstDemo(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
+	// Single Server mode, so that the reference page's example (username mi_user@mypg) logs in as is.
+	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP(), SingleServer: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +47,7 @@ func TestCommandsAgainstDemo(t *testing.T) {
 		"--username=mi_user", "--managed-identity-client-id="+demo.ClientID, "--tls-required",
 		"--bind-interface="+bind, "--egress-filter=tag:env=dev", "--port-override=-1",
 		"--proxy-cluster-id=n-1a2b345c67890123", "--secret-store-id=se-e1b2", "--subdomain=azure-pg-mi-dev",
-		"--tags=env=dev,team=data")
+		"--tags=env=dev,team=data", "--use-azure-single-server-usernames")
 	if err != nil || !strings.Contains(out, "Added azure-pg-mi-dev") {
 		t.Fatalf("admin datasources add: %v: %s", err, out)
 	}
@@ -135,6 +136,8 @@ func TestCommandsAgainstDemo(t *testing.T) {
 	if err != nil || !strings.Contains(out, "role.grant") || !strings.Contains(out, "user.add") {
 		t.Fatalf("activities: %v: %s", err, out)
 	}
+
+	t.Run("reference example", func(t *testing.T) { testReferenceExample(t, env) })
 
 	t.Setenv(client.EnvRuntimeDir, t.TempDir())
 	if _, err = run(t, "status"); err == nil || !strings.Contains(err.Error(), "daemon is not running") {

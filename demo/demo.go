@@ -39,6 +39,9 @@ type Options struct {
 	// LoopbackIP is where azure-pg-mi-prod listens (its bind interface); default 127.0.0.1. Tests that
 	// run side by side use RandomLoopbackIP so their ports never collide.
 	LoopbackIP string
+	// SingleServer runs the emulator as Azure Database for PostgreSQL Single Server (logins as
+	// "role@servername"); azure-pg-mi-prod then uses Single Server usernames.
+	SingleServer bool
 	// NodeConfig, if set, adjusts the node's config before the node is created.
 	NodeConfig func(*node.Config)
 }
@@ -83,7 +86,8 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 		}
 	}()
 	e.Emu, err = azureemu.Start(ctx, azureemu.Config{
-		Users:  []azureemu.Identity{{ClientID: ClientID, ObjectID: ObjectID, DisplayName: IdentityName}},
+		Users:        []azureemu.Identity{{ClientID: ClientID, ObjectID: ObjectID, DisplayName: IdentityName}},
+		SingleServer: opt.SingleServer,
 		Logger: log.With("component", "azureemu"),
 	})
 	if err != nil {
@@ -134,6 +138,7 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 	r.ManagedIdentityClientID = ClientID
 	r.Subdomain = ResourceName
 	r.BindInterface = opt.LoopbackIP
+	r.UseAzureSingleServerUsernames = opt.SingleServer
 	r.Tags = map[string]string{"env": "production", "team": "data"}
 	if _, err := e.Daemon.API().AddDatasource(ctx, r); err != nil {
 		return nil, fmt.Errorf("demo: add %s: %w", ResourceName, err)
