@@ -43,9 +43,6 @@ const (
 	// MaxStartupPacket is the largest startup packet body accepted, in bytes:
 	// MAX_STARTUP_PACKET_LENGTH of PostgreSQL's src/include/libpq/pqcomm.h.
 	MaxStartupPacket = 10000
-	// MaxAuditSQL is the largest SQL text recorded per statement, in bytes;
-	// longer texts are relayed whole but recorded truncated with a marker.
-	MaxAuditSQL = 1 << 20
 )
 
 // TokenSource hands out Microsoft Entra ID access tokens for the Azure
@@ -69,7 +66,10 @@ type Target struct {
 	// server answers the SSLRequest with 'N' (libpq's sslmode=prefer, but
 	// never a downgrade after a failed verification). true = verify-full.
 	TLSRequired bool
-	RootCAs     *x509.CertPool // CAs that verify the server certificate; nil = the system pool
+	// RedactParams records only the number of a statement's Bind parameters,
+	// not their values.
+	RedactParams bool
+	RootCAs      *x509.CertPool // CAs that verify the server certificate; nil = the system pool
 	// Dial opens the TCP connection to "host:port" (the configured Host, not
 	// resolved first); nil = net.Dialer. Tests and host overrides use it.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -88,6 +88,10 @@ type Config struct {
 	Logger         *slog.Logger  // nil = slog.Default()
 	MaxMessageSize int           // largest client message body in bytes; 0 = DefaultMaxMessageSize
 	LoginTimeout   time.Duration // 0 = DefaultLoginTimeout
+	// MaxAuditSQL is the longest SQL text recorded per statement, in bytes;
+	// longer texts are relayed whole and recorded cut, with their length and
+	// SHA-256. 0 = DefaultMaxAuditSQL.
+	MaxAuditSQL int
 }
 
 // Proxy serves client connections. It is safe for concurrent use.
