@@ -35,6 +35,9 @@ type Options struct {
 	Logger *slog.Logger
 	// NoResource skips adding and connecting azure-pg-mi-prod.
 	NoResource bool
+	// LoopbackPort is azure-pg-mi-prod's port override (its loopback port);
+	// 0 keeps the default (10001).
+	LoopbackPort int
 }
 
 // Env is a running demo installation.
@@ -118,6 +121,7 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 	r.Username = Role
 	r.ManagedIdentityClientID = ClientID
 	r.Subdomain = ResourceName
+	r.PortOverride = opt.LoopbackPort
 	r.Tags = map[string]string{"env": "production", "team": "data"}
 	if _, err := e.Daemon.API().AddDatasource(ctx, r); err != nil {
 		return nil, fmt.Errorf("demo: add %s: %w", ResourceName, err)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ferryhq/ferry/node/audit"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -191,6 +192,23 @@ func TestTracker(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTrackerDuration checks that a statement's duration runs from its
+// request to its completion, not from its RowDescription.
+func TestTrackerDuration(t *testing.T) {
+	var got []audit.Query
+	tr := newTracker(0, false, func(q audit.Query) { got = append(got, q) })
+	p := tr.push('Q')
+	tr.fill(p, []byte("SELECT pg_sleep(0.05)\x00"), 22, nil)
+	tr.server('T', nil)
+	time.Sleep(50 * time.Millisecond)
+	tr.server('D', nil)
+	tr.server('C', []byte("SELECT 1\x00"))
+	tr.server('Z', []byte("I"))
+	if len(got) != 1 || got[0].Duration < 50*time.Millisecond || got[0].Rows != 1 {
+		t.Fatalf("records = %+v", got)
 	}
 }
 

@@ -490,9 +490,10 @@ func (tr *tracker) server(typ byte, body []byte) {
 			tr.pop()
 		}
 	case 'n', 'T':
-		if p.kind == 'D' {
-			tr.pop()
+		if p.kind != 'D' {
+			return // a Query's RowDescription: the statement is still running
 		}
+		tr.pop()
 	case 'C', 'I':
 		tag := ""
 		if typ == 'C' {
