@@ -18,6 +18,20 @@
 // 28000 when no access token could be had, 3D000 for a database outside a
 // restricted resource, 0A000 for replication connections, 54000 for a client
 // message above Config.MaxMessageSize.
+//
+// The client's hop is not TLS: the WireGuard tunnel already encrypts it and
+// the proxy has no certificate to offer, so SSLRequest is answered 'N'.
+// sslmode disable, allow and prefer work; sslmode=require (and verify-*)
+// fail at once in the client with libpq's "server does not support SSL, but
+// SSL was required". A TLS ClientHello as the first bytes
+// (sslnegotiation=direct) is refused with a log line.
+//
+// Audit: the relay frames both directions and a tracker (track.go) pairs
+// each request with its response, so the query log gets one record per
+// executed statement with its start, duration, command tag row count and
+// SQLSTATE; relayed bytes are never changed. Records are handed to
+// audit.Log.RecordQuery, which never blocks the session (a full queue drops
+// the record and counts it in the connection record).
 package pgproxy
 
 import (
