@@ -150,25 +150,44 @@ type SettingsUpdate struct {
 
 // Connection is one connection-log record (GET /v1/admin/logs/connections).
 type Connection struct {
-	ID         int64     `json:"id"`
-	Start      time.Time `json:"start"`
-	End        time.Time `json:"end,omitzero"`
-	User       string    `json:"user"`
-	Resource   string    `json:"resource"`
-	ClientAddr string    `json:"client_addr"`
-	Database   string    `json:"database,omitempty"`
-	Outcome    string    `json:"outcome"`
-	Error      string    `json:"error,omitempty"`
+	ID               int64     `json:"id"`
+	Start            time.Time `json:"start"`
+	End              time.Time `json:"end,omitzero"`
+	DurationMS       int64     `json:"duration_ms,omitempty"` // End - Start in milliseconds; 0 while open
+	User             string    `json:"user"`
+	Resource         string    `json:"resource"`
+	ClientAddr       string    `json:"client_addr"`
+	OriginalUser     string    `json:"original_user,omitempty"`     // the client's StartupMessage "user"
+	OriginalDatabase string    `json:"original_database,omitempty"` // the client's StartupMessage "database"
+	Role             string    `json:"role,omitempty"`              // the role logged in upstream
+	Database         string    `json:"database,omitempty"`          // the database logged in upstream
+	UpstreamPID      uint32    `json:"upstream_pid,omitempty"`
+	BytesFromClient  int64     `json:"bytes_from_client"`
+	BytesFromServer  int64     `json:"bytes_from_server"`
+	QueriesDropped   int64     `json:"queries_dropped,omitempty"`
+	Outcome          string    `json:"outcome"`
+	SQLState         string    `json:"sqlstate,omitempty"`
+	Error            string    `json:"error,omitempty"`
 }
 
-// Query is one query-log record (GET /v1/admin/logs/queries).
+// Query is one query-log record (GET /v1/admin/logs/queries): one executed statement.
 type Query struct {
 	ID           int64     `json:"id"`
 	ConnectionID int64     `json:"connection_id"`
 	Time         time.Time `json:"time"`
+	DurationUS   int64     `json:"duration_us"` // microseconds
 	User         string    `json:"user"`
 	Resource     string    `json:"resource"`
+	Protocol     string    `json:"protocol,omitempty"` // simple, extended, function
+	Statement    string    `json:"statement,omitempty"`
 	SQL          string    `json:"sql"`
+	SQLLength    int64     `json:"sql_length,omitempty"` // original length in bytes when SQL was cut
+	SQLSHA256    string    `json:"sql_sha256,omitempty"` // of the whole original text when SQL was cut
+	Params       string    `json:"params,omitempty"`
+	Command      string    `json:"command,omitempty"`
+	Rows         int64     `json:"rows"` // -1 when the command tag has no count
+	SQLState     string    `json:"sqlstate,omitempty"`
+	Error        string    `json:"error,omitempty"`
 }
 
 // ConnectionList and QueryList wrap log answers.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -151,6 +152,10 @@ func (f *front) handle(raw net.Conn) {
 		_ = sendFatal(tlsConn, "08P01", "invalid startup packet layout", err.Error(), "")
 		return
 	}
+	if cr, ok := msg.(*pgproto3.CancelRequest); ok {
+		f.forwardCancel(cr, log)
+		return
+	}
 	startup, ok := msg.(*pgproto3.StartupMessage)
 	if !ok {
 		_ = sendFatal(tlsConn, "08P01", fmt.Sprintf("unexpected %T inside TLS; expected StartupMessage", msg), "", "")
@@ -247,7 +252,8 @@ func (f *front) negotiate(raw net.Conn, br *bufio.Reader) (*tls.Conn, error) {
 				return nil, err
 			}
 		case *pgproto3.CancelRequest:
-			return nil, errors.New("CancelRequest is not supported by the emulator")
+			f.forwardCancel(m, f.e.log)
+			return nil, errors.New("CancelRequest forwarded")
 		case *pgproto3.StartupMessage:
 			_ = sendFatal(raw, "28000", "SSL connection is required. Please specify SSL options and retry.", "", "")
 			return nil, fmt.Errorf("plaintext StartupMessage from user %q refused", m.Parameters["user"])
@@ -323,6 +329,25 @@ func relay(client net.Conn, tr *bufio.Reader, server net.Conn) {
 	_ = client.Close()
 	_ = server.Close()
 	<-done
+}
+
+// forwardCancel passes a CancelRequest to the real server, as Azure's own
+// server takes one in plaintext or after SSLRequest (protocol §55.2.8). The
+// key is the real server's: the front relays its BackendKeyData unchanged.
+func (f *front) forwardCancel(cr *pgproto3.CancelRequest, log *slog.Logger) {
+	c, err := net.DialTimeout("unix", f.e.pg.socketPath(), dialTimeout)
+	if err != nil {
+		log.Warn("PostgreSQL front: CancelRequest not forwarded", "err", err)
+		return
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
+	if err := writeMsg(c, cr); err != nil {
+		log.Warn("PostgreSQL front: CancelRequest not forwarded", "err", err)
+		return
+	}
+	_, _ = io.Copy(io.Discard, c) // the server closes once it has read the request
+	log.Info("PostgreSQL front: CancelRequest forwarded", "pid", cr.ProcessID)
 }
 
 // readStartupPacket reads an untyped startup packet (Int32 length, Int32

@@ -42,6 +42,9 @@ type Options struct {
 	// SingleServer runs the emulator as Azure Database for PostgreSQL Single Server (logins as
 	// "role@servername"); azure-pg-mi-prod then uses Single Server usernames.
 	SingleServer bool
+	// LoopbackPort is azure-pg-mi-prod's port override (its loopback port);
+	// 0 keeps the default (10001).
+	LoopbackPort int
 	// NodeConfig, if set, adjusts the node's config before the node is created.
 	NodeConfig func(*node.Config)
 }
@@ -88,7 +91,7 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 	e.Emu, err = azureemu.Start(ctx, azureemu.Config{
 		Users:        []azureemu.Identity{{ClientID: ClientID, ObjectID: ObjectID, DisplayName: IdentityName}},
 		SingleServer: opt.SingleServer,
-		Logger: log.With("component", "azureemu"),
+		Logger:       log.With("component", "azureemu"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("demo: start Azure emulator: %w", err)
@@ -139,6 +142,7 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 	r.Subdomain = ResourceName
 	r.BindInterface = opt.LoopbackIP
 	r.UseAzureSingleServerUsernames = opt.SingleServer
+	r.PortOverride = opt.LoopbackPort
 	r.Tags = map[string]string{"env": "production", "team": "data"}
 	if _, err := e.Daemon.API().AddDatasource(ctx, r); err != nil {
 		return nil, fmt.Errorf("demo: add %s: %w", ResourceName, err)

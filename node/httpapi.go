@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/ferryhq/ferry/api"
-	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/node/catalog"
 	"github.com/ferryhq/ferry/resource"
 	"github.com/ferryhq/ferry/tunnel"
@@ -218,27 +217,36 @@ func (n *Node) apiRouter() *router {
 		writeJSON(w, http.StatusCreated, out)
 	}))
 	mux.HandleFunc("GET /v1/admin/logs/connections", n.admin(func(w http.ResponseWriter, r *http.Request) {
-		cs, err := n.audit.Connections(r.Context(), audit.ConnectionFilter{Limit: limit(r)})
+		f, err := connectionFilter(r)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		cs, err := n.audit.Connections(r.Context(), f)
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
 		out := api.ConnectionList{Connections: []api.Connection{}}
 		for _, c := range cs {
-			out.Connections = append(out.Connections, api.Connection{ID: c.ID, Start: c.Start, End: c.End, User: c.User, Resource: c.Resource,
-				ClientAddr: c.ClientAddr, Database: c.Database, Outcome: c.Outcome, Error: c.Error})
+			out.Connections = append(out.Connections, apiConnection(c))
 		}
 		writeJSON(w, http.StatusOK, out)
 	}))
 	mux.HandleFunc("GET /v1/admin/logs/queries", n.admin(func(w http.ResponseWriter, r *http.Request) {
-		qs, err := n.audit.Queries(r.Context(), audit.QueryFilter{Limit: limit(r)})
+		f, err := queryFilter(r)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		qs, err := n.audit.Queries(r.Context(), f)
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
 		out := api.QueryList{Queries: []api.Query{}}
 		for _, q := range qs {
-			out.Queries = append(out.Queries, api.Query{ID: q.ID, ConnectionID: q.ConnectionID, Time: q.Time, User: q.User, Resource: q.Resource, SQL: q.SQL})
+			out.Queries = append(out.Queries, apiQuery(q))
 		}
 		writeJSON(w, http.StatusOK, out)
 	}))

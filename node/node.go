@@ -325,6 +325,7 @@ func (n *Node) target(r resource.Resource) pgproxy.Target {
 		Database:         r.Database,
 		Username:         r.LoginUsername(),
 		RestrictDatabase: r.RestrictDatabase,
+		RedactParams:     r.RedactQueryParameters,
 		ClientID:         r.ManagedIdentityClientID,
 		TLSRequired:      r.TLSRequired,
 		RootCAs:          n.roots,

@@ -62,6 +62,9 @@ type Resource struct {
 
 	Database         string `json:"database"`
 	RestrictDatabase bool   `json:"restrict_database,omitempty"`
+	// RedactQueryParameters keeps the values of extended-protocol parameters
+	// out of the query log (only their number is recorded).
+	RedactQueryParameters bool `json:"redact_query_parameters,omitempty"`
 
 	SecretStoreID string `json:"secret_store_id,omitempty"` // empty = credentials in the catalog
 	Username      string `json:"username,omitempty"`

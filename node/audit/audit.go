@@ -7,14 +7,19 @@
 // Write path (the choice the proxy relies on): StartConnection and
 // EndConnection write directly and synchronously, because the caller needs the
 // row ID and because a connection's end must be durable before its session is
-// reported as over. RecordQuery only enqueues: one writer goroutine drains a
-// bounded queue and inserts in batches of up to 256 rows per transaction, so a
-// burst of statements costs one WAL commit instead of one each. When
-// the queue is full RecordQuery blocks (back-pressure on the client that sends
-// the statements) rather than drop a record; it never drops one. EndConnection
-// first waits until every query queued before it has been written, so a
-// connection's queries are always on disk when its end time is. Flush waits
-// for the queue to drain; Close drains it and stops the writer.
+// reported as over; neither runs while a session relays. RecordQuery never
+// blocks: it puts the record on a bounded queue (QueueSize records) that one
+// writer goroutine drains in batches of up to BatchSize rows per transaction,
+// so a burst of statements costs one WAL commit instead of one each, and the
+// writer commits as soon as it has anything (records reach the file within
+// milliseconds, not on a timer). When the queue is full RecordQuery drops the
+// record and returns ErrQueueFull: a slow disk must never stall a database
+// session. Drops are counted node-wide (Dropped) and per connection (the
+// caller stores its count in ConnectionEnd.QueriesDropped, so the connection
+// record says that its query list is incomplete). EndConnection first waits
+// until every query queued before it has been written, so a connection's
+// queries are always on disk when its end time is. Flush waits for the queue
+// to drain; Close drains it and stops the writer.
 //
 // OpenDB uses synchronous=NORMAL with WAL: commits survive a crash of the
 // node process; a power loss of the VM may lose the last commits (SQLite
@@ -29,6 +34,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
@@ -44,11 +50,19 @@ const (
 // timeLayout is fixed-width so that the TEXT columns sort in time order.
 const timeLayout = "2006-01-02T15:04:05.000000000Z"
 
-const queueSize = 1024
-const batchSize = 256
+// QueueSize is how many query records may wait for the writer; BatchSize is
+// the most rows written in one transaction.
+const (
+	QueueSize = 16384
+	BatchSize = 1024
+)
 
 // ErrClosed is returned by writes after Close.
 var ErrClosed = errors.New("audit: log is closed")
+
+// ErrQueueFull is returned by RecordQuery when the record was dropped because
+// the writer is behind by QueueSize records.
+var ErrQueueFull = errors.New("audit: query queue is full; record dropped")
 
 // Connection is one client connection through the proxy.
 type Connection struct {
@@ -57,32 +71,76 @@ type Connection struct {
 	User       string    // the Ferry user (identified by the tunnel peer)
 	Resource   string    // the resource name
 	ClientAddr string    // the client's tunnel address, "ip:port"
-	Database   string    // the database the session was opened on
-	Outcome    string    // OutcomeOK, OutcomeDenied or OutcomeFailed; "" while open
-	Error      string    // why the connection was refused or ended abnormally; "" otherwise
+	// OriginalUser and OriginalDatabase are the "user" and "database"
+	// parameters of the client's StartupMessage, as sent.
+	OriginalUser, OriginalDatabase string
+	// Role and Database are what the proxy logged in upstream with (the
+	// resource's username, formatted; the chosen database).
+	Role     string
+	Database string
+	ConnectionEnd
 }
 
-// Query is one SQL text sent by a client: a simple-protocol Query message or
-// the statement of an extended-protocol Parse message (PostgreSQL protocol §55.2.1, §55.2.3).
+// Duration is End - Start, or 0 while the connection is open.
+func (c Connection) Duration() time.Duration {
+	if c.End.IsZero() {
+		return 0
+	}
+	return c.End.Sub(c.Start)
+}
+
+// ConnectionEnd is what is known when a connection ends.
+type ConnectionEnd struct {
+	Outcome  string // OutcomeOK, OutcomeDenied or OutcomeFailed; "" while open
+	Error    string // why the connection was refused or ended abnormally; "" otherwise
+	SQLState string // SQLSTATE of the refusal, or of the server's FATAL that ended the session; "" otherwise
+	// UpstreamPID is the server's backend process ID (BackendKeyData), 0 if the login did not succeed.
+	UpstreamPID uint32
+	// BytesFromClient and BytesFromServer count the relayed protocol bytes
+	// after login (client to server, server to client).
+	BytesFromClient, BytesFromServer int64
+	// QueriesDropped counts the query records of this connection lost to a full queue.
+	QueriesDropped int64
+}
+
+// Query is one executed statement: one result of a simple-protocol Query
+// message (a string of several statements gives one record each), one
+// extended-protocol Execute run to completion (all its PortalSuspended
+// batches included), one failed Parse or Bind, or one FunctionCall
+// (PostgreSQL protocol §55.2.2, §55.2.3, §55.2.6).
 type Query struct {
 	ID, ConnectionID int64
-	Time             time.Time
+	Time             time.Time     // when the statement started (the later of its message's arrival and the previous statement's end)
+	Duration         time.Duration // until CommandComplete, EmptyQueryResponse, ErrorResponse or the final PortalSuspended/CommandComplete
 	User, Resource   string
-	SQL              string
-	Protocol         string // "simple" (Query 'Q') or "extended" (Parse 'P'); "" is stored as "simple"
+	// SQL is the statement text, cut to the proxy's configured limit. When it
+	// was cut, SQLLength is the original length in bytes and SQLSHA256 the
+	// hex SHA-256 of the whole original text; both are 0/"" otherwise.
+	SQL       string
+	SQLLength int64
+	SQLSHA256 string
+	Protocol  string // "simple" (Query 'Q'), "extended" (Parse/Bind/Execute) or "function" (FunctionCall 'F'); "" is stored as "simple"
+	Statement string // extended protocol: the prepared statement's name ("" = unnamed)
+	Params    string // extended protocol: the Bind parameters, e.g. `$1='abc' $2=NULL $3='\x00ff'`, or "[redacted]"
+	Command   string // the command tag's verb (SELECT, INSERT, COPY, ...); "" on error
+	Rows      int64  // rows from the command tag (SELECT n, INSERT 0 n, COPY n, ...); -1 when the tag has none
+	SQLState  string // SQLSTATE of the ErrorResponse; "" on success
+	Error     string // the ErrorResponse's message; "" on success
 }
 
 // ConnectionFilter selects connections; zero fields match everything.
 type ConnectionFilter struct {
 	User, Resource string
-	Limit          int // at most this many rows, newest first; 0 = 1000
+	Since, Until   time.Time // start time in [Since, Until)
+	Limit          int       // at most this many rows, newest first; 0 = 1000
 }
 
 // QueryFilter selects queries; zero fields match everything.
 type QueryFilter struct {
 	User, Resource string
 	ConnectionID   int64
-	Limit          int // at most this many rows, newest first; 0 = 1000
+	Since, Until   time.Time // start time in [Since, Until)
+	Limit          int       // at most this many rows, newest first; 0 = 1000
 }
 
 // Log is the audit log. It is safe for concurrent use.
@@ -95,6 +153,7 @@ type Log struct {
 
 	mu      sync.RWMutex // guards closed against sends on queue
 	closed  bool
+	dropped atomic.Int64
 	errMu   sync.Mutex
 	lastErr error
 }
@@ -133,6 +192,59 @@ CREATE INDEX IF NOT EXISTS audit_queries_user ON audit_queries(user_name, id);
 CREATE INDEX IF NOT EXISTS audit_queries_resource ON audit_queries(resource, id);
 `
 
+// addedColumns are columns added after the first release; Open adds those a
+// database lacks (ALTER TABLE ... ADD COLUMN).
+var addedColumns = []struct{ table, column, def string }{
+	{"audit_connections", "original_user", "TEXT NOT NULL DEFAULT ''"},
+	{"audit_connections", "original_database", "TEXT NOT NULL DEFAULT ''"},
+	{"audit_connections", "role", "TEXT NOT NULL DEFAULT ''"},
+	{"audit_connections", "sqlstate", "TEXT NOT NULL DEFAULT ''"},
+	{"audit_connections", "upstream_pid", "INTEGER NOT NULL DEFAULT 0"},
+	{"audit_connections", "bytes_from_client", "INTEGER NOT NULL DEFAULT 0"},
+	{"audit_connections", "bytes_from_server", "INTEGER NOT NULL DEFAULT 0"},
+	{"audit_connections", "queries_dropped", "INTEGER NOT NULL DEFAULT 0"},
+	{"audit_queries", "duration_us", "INTEGER NOT NULL DEFAULT 0"},
+	{"audit_queries", "sql_length", "INTEGER NOT NULL DEFAULT 0"},
+	{"audit_queries", "sql_sha256", "TEXT NOT NULL DEFAULT ''"},
+	{"audit_queries", "statement", "TEXT NOT NULL DEFAULT ''"},
+	{"audit_queries", "params", "TEXT NOT NULL DEFAULT ''"},
+	{"audit_queries", "command", "TEXT NOT NULL DEFAULT ''"},
+	{"audit_queries", "rows", "INTEGER NOT NULL DEFAULT -1"},
+	{"audit_queries", "sqlstate", "TEXT NOT NULL DEFAULT ''"},
+	{"audit_queries", "error", "TEXT NOT NULL DEFAULT ''"},
+}
+
+func migrate(ctx context.Context, db *sql.DB) error {
+	have := map[string]bool{}
+	for _, table := range []string{"audit_connections", "audit_queries"} {
+		rows, err := db.QueryContext(ctx, `SELECT name FROM pragma_table_info(?)`, table)
+		if err != nil {
+			return fmt.Errorf("read columns of %s: %w", table, err)
+		}
+		for rows.Next() {
+			var name string
+			if err := rows.Scan(&name); err != nil {
+				rows.Close()
+				return fmt.Errorf("read columns of %s: %w", table, err)
+			}
+			have[table+"."+name] = true
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read columns of %s: %w", table, err)
+		}
+	}
+	for _, c := range addedColumns {
+		if have[c.table+"."+c.column] {
+			continue
+		}
+		if _, err := db.ExecContext(ctx, `ALTER TABLE `+c.table+` ADD COLUMN `+c.column+` `+c.def); err != nil {
+			return fmt.Errorf("add column %s.%s: %w", c.table, c.column, err)
+		}
+	}
+	return nil
+}
+
 // OpenDB opens (creating if needed) the SQLite file at path with the settings
 // the node uses for its shared database: WAL journal, busy_timeout 5000 ms,
 // foreign keys on, and BEGIN IMMEDIATE for write transactions.
@@ -163,7 +275,10 @@ func OpenWithLogger(ctx context.Context, db *sql.DB, logger *slog.Logger) (*Log,
 	if _, err := db.ExecContext(ctx, schema); err != nil {
 		return nil, fmt.Errorf("create audit tables: %w", err)
 	}
-	l := &Log{db: db, logger: logger, queue: make(chan item, queueSize), done: make(chan struct{})}
+	if err := migrate(ctx, db); err != nil {
+		return nil, fmt.Errorf("upgrade audit tables: %w", err)
+	}
+	l := &Log{db: db, logger: logger, queue: make(chan item, QueueSize), done: make(chan struct{})}
 	go l.writer()
 	return l, nil
 }
@@ -191,9 +306,11 @@ func (l *Log) StartConnection(ctx context.Context, c Connection) (int64, error) 
 		end = formatTime(c.End)
 	}
 	res, err := l.db.ExecContext(ctx, `INSERT INTO audit_connections
-		(start_time, end_time, user_name, resource, client_addr, database, outcome, error)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-		formatTime(c.Start), end, c.User, c.Resource, c.ClientAddr, c.Database, c.Outcome, c.Error)
+		(start_time, end_time, user_name, resource, client_addr, database, outcome, error,
+		 original_user, original_database, role, sqlstate, upstream_pid, bytes_from_client, bytes_from_server, queries_dropped)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		formatTime(c.Start), end, c.User, c.Resource, c.ClientAddr, c.Database, c.Outcome, c.Error,
+		c.OriginalUser, c.OriginalDatabase, c.Role, c.SQLState, int64(c.UpstreamPID), c.BytesFromClient, c.BytesFromServer, c.QueriesDropped)
 	if err != nil {
 		return 0, fmt.Errorf("record connection start of %s to %s: %w", c.User, c.Resource, err)
 	}
@@ -204,14 +321,15 @@ func (l *Log) StartConnection(ctx context.Context, c Connection) (int64, error) 
 	return id, nil
 }
 
-// EndConnection records the end of connection id, after writing every query
-// queued before the call.
-func (l *Log) EndConnection(ctx context.Context, id int64, end time.Time, outcome, errText string) error {
+// EndConnection records the end of connection id at time end, after writing
+// every query queued before the call.
+func (l *Log) EndConnection(ctx context.Context, id int64, end time.Time, e ConnectionEnd) error {
 	if err := l.Flush(ctx); err != nil && !errors.Is(err, ErrClosed) {
 		l.logger.Warn("audit: queries before connection end not all written", "connection", id, "err", err)
 	}
-	res, err := l.db.ExecContext(ctx, `UPDATE audit_connections SET end_time = ?, outcome = ?, error = ? WHERE id = ?`,
-		formatTime(end), outcome, errText, id)
+	res, err := l.db.ExecContext(ctx, `UPDATE audit_connections SET end_time = ?, outcome = ?, error = ?,
+		sqlstate = ?, upstream_pid = ?, bytes_from_client = ?, bytes_from_server = ?, queries_dropped = ? WHERE id = ?`,
+		formatTime(end), e.Outcome, e.Error, e.SQLState, int64(e.UpstreamPID), e.BytesFromClient, e.BytesFromServer, e.QueriesDropped, id)
 	if err != nil {
 		return fmt.Errorf("record end of connection %d: %w", id, err)
 	}
@@ -221,17 +339,31 @@ func (l *Log) EndConnection(ctx context.Context, id int64, end time.Time, outcom
 	return nil
 }
 
-// RecordQuery queues q for writing. It blocks while the queue is full, and
-// returns ErrClosed after Close or ctx's error if ctx ends first.
-func (l *Log) RecordQuery(ctx context.Context, q Query) error {
+// RecordQuery queues q for writing without waiting. It returns ErrQueueFull
+// (and counts the drop) when the queue is full, ErrClosed after Close.
+func (l *Log) RecordQuery(q Query) error {
 	if q.Time.IsZero() {
 		q.Time = time.Now()
 	}
 	if q.Protocol == "" {
 		q.Protocol = "simple"
 	}
-	return l.send(ctx, item{q: q})
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return ErrClosed
+	}
+	select {
+	case l.queue <- item{q: q}:
+		return nil
+	default:
+		l.dropped.Add(1)
+		return ErrQueueFull
+	}
 }
+
+// Dropped is how many query records RecordQuery has dropped since Open.
+func (l *Log) Dropped() int64 { return l.dropped.Load() }
 
 func (l *Log) send(ctx context.Context, it item) error {
 	l.mu.RLock()
@@ -243,7 +375,7 @@ func (l *Log) send(ctx context.Context, it item) error {
 	case l.queue <- it:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("audit: queue query: %w", ctx.Err())
+		return fmt.Errorf("audit: queue flush marker: %w", ctx.Err())
 	}
 }
 
@@ -284,7 +416,7 @@ func (l *Log) Close() error {
 
 func (l *Log) writer() {
 	defer close(l.done)
-	batch := make([]Query, 0, batchSize)
+	batch := make([]Query, 0, BatchSize)
 	for it := range l.queue {
 		var flushes []chan error
 		if it.flushed != nil {
@@ -294,7 +426,7 @@ func (l *Log) writer() {
 		}
 		// Take whatever else is already queued, up to a batch.
 	more:
-		for len(batch) < batchSize {
+		for len(batch) < BatchSize {
 			select {
 			case next, ok := <-l.queue:
 				if !ok {
@@ -359,13 +491,15 @@ func (l *Log) insertOnce(batch []Query) error {
 	}
 	defer tx.Rollback()
 	stmt, err := tx.PrepareContext(ctx, `INSERT INTO audit_queries
-		(connection_id, time, user_name, resource, protocol, sql) VALUES (?, ?, ?, ?, ?, ?)`)
+		(connection_id, time, user_name, resource, protocol, sql, duration_us, sql_length, sql_sha256,
+		 statement, params, command, rows, sqlstate, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		return fmt.Errorf("prepare query insert: %w", err)
 	}
 	defer stmt.Close()
 	for _, q := range batch {
-		if _, err := stmt.ExecContext(ctx, q.ConnectionID, formatTime(q.Time), q.User, q.Resource, q.Protocol, q.SQL); err != nil {
+		if _, err := stmt.ExecContext(ctx, q.ConnectionID, formatTime(q.Time), q.User, q.Resource, q.Protocol, q.SQL,
+			q.Duration.Microseconds(), q.SQLLength, q.SQLSHA256, q.Statement, q.Params, q.Command, q.Rows, q.SQLState, q.Error); err != nil {
 			return fmt.Errorf("insert query of connection %d: %w", q.ConnectionID, err)
 		}
 	}
@@ -384,17 +518,10 @@ func limitOf(n int) int {
 
 // Connections returns the connections matching filter, newest first.
 func (l *Log) Connections(ctx context.Context, filter ConnectionFilter) ([]Connection, error) {
-	q := `SELECT id, start_time, end_time, user_name, resource, client_addr, database, outcome, error
+	q := `SELECT id, start_time, end_time, user_name, resource, client_addr, database, outcome, error,
+		original_user, original_database, role, sqlstate, upstream_pid, bytes_from_client, bytes_from_server, queries_dropped
 		FROM audit_connections WHERE 1=1`
-	var args []any
-	if filter.User != "" {
-		q += ` AND user_name = ?`
-		args = append(args, filter.User)
-	}
-	if filter.Resource != "" {
-		q += ` AND resource = ?`
-		args = append(args, filter.Resource)
-	}
+	q, args := where(q, filter.User, filter.Resource, "start_time", filter.Since, filter.Until)
 	q += ` ORDER BY id DESC LIMIT ?`
 	args = append(args, limitOf(filter.Limit))
 	rows, err := l.db.QueryContext(ctx, q, args...)
@@ -406,10 +533,13 @@ func (l *Log) Connections(ctx context.Context, filter ConnectionFilter) ([]Conne
 	for rows.Next() {
 		var c Connection
 		var start, end sql.NullString
-		if err := rows.Scan(&c.ID, &start, &end, &c.User, &c.Resource, &c.ClientAddr, &c.Database, &c.Outcome, &c.Error); err != nil {
+		var pid int64
+		if err := rows.Scan(&c.ID, &start, &end, &c.User, &c.Resource, &c.ClientAddr, &c.Database, &c.Outcome, &c.Error,
+			&c.OriginalUser, &c.OriginalDatabase, &c.Role, &c.SQLState, &pid, &c.BytesFromClient, &c.BytesFromServer, &c.QueriesDropped); err != nil {
 			return nil, fmt.Errorf("list audit connections: %w", err)
 		}
 		c.Start, c.End = parseTime(start), parseTime(end)
+		c.UpstreamPID = uint32(pid)
 		out = append(out, c)
 	}
 	if err := rows.Err(); err != nil {
@@ -418,19 +548,34 @@ func (l *Log) Connections(ctx context.Context, filter ConnectionFilter) ([]Conne
 	return out, nil
 }
 
+// where appends the common filter conditions to q.
+func where(q, user, resource, timeCol string, since, until time.Time) (string, []any) {
+	var args []any
+	if user != "" {
+		q += ` AND user_name = ?`
+		args = append(args, user)
+	}
+	if resource != "" {
+		q += ` AND resource = ?`
+		args = append(args, resource)
+	}
+	if !since.IsZero() {
+		q += ` AND ` + timeCol + ` >= ?`
+		args = append(args, formatTime(since))
+	}
+	if !until.IsZero() {
+		q += ` AND ` + timeCol + ` < ?`
+		args = append(args, formatTime(until))
+	}
+	return q, args
+}
+
 // Queries returns the queries matching filter, newest first. Queries still in
 // the write queue are not included; call Flush first to see them.
 func (l *Log) Queries(ctx context.Context, filter QueryFilter) ([]Query, error) {
-	q := `SELECT id, connection_id, time, user_name, resource, protocol, sql FROM audit_queries WHERE 1=1`
-	var args []any
-	if filter.User != "" {
-		q += ` AND user_name = ?`
-		args = append(args, filter.User)
-	}
-	if filter.Resource != "" {
-		q += ` AND resource = ?`
-		args = append(args, filter.Resource)
-	}
+	q := `SELECT id, connection_id, time, user_name, resource, protocol, sql, duration_us, sql_length, sql_sha256,
+		statement, params, command, rows, sqlstate, error FROM audit_queries WHERE 1=1`
+	q, args := where(q, filter.User, filter.Resource, "time", filter.Since, filter.Until)
 	if filter.ConnectionID != 0 {
 		q += ` AND connection_id = ?`
 		args = append(args, filter.ConnectionID)
@@ -446,10 +591,13 @@ func (l *Log) Queries(ctx context.Context, filter QueryFilter) ([]Query, error) 
 	for rows.Next() {
 		var r Query
 		var t sql.NullString
-		if err := rows.Scan(&r.ID, &r.ConnectionID, &t, &r.User, &r.Resource, &r.Protocol, &r.SQL); err != nil {
+		var us int64
+		if err := rows.Scan(&r.ID, &r.ConnectionID, &t, &r.User, &r.Resource, &r.Protocol, &r.SQL, &us, &r.SQLLength, &r.SQLSHA256,
+			&r.Statement, &r.Params, &r.Command, &r.Rows, &r.SQLState, &r.Error); err != nil {
 			return nil, fmt.Errorf("list audit queries: %w", err)
 		}
 		r.Time = parseTime(t)
+		r.Duration = time.Duration(us) * time.Microsecond
 		out = append(out, r)
 	}
 	if err := rows.Err(); err != nil {

@@ -37,16 +37,16 @@ func TestConnectionLifecycleAndQueries(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 10 {
-		if err := l.RecordQuery(ctx, Query{ConnectionID: id, User: "alice", Resource: "pg-prod", SQL: fmt.Sprintf("SELECT %d", i)}); err != nil {
+		if err := l.RecordQuery(Query{ConnectionID: id, User: "alice", Resource: "pg-prod", SQL: fmt.Sprintf("SELECT %d", i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := l.RecordQuery(ctx, Query{ConnectionID: other, User: "bob", Resource: "pg-dev", SQL: "SELECT $1", Protocol: "extended"}); err != nil {
+	if err := l.RecordQuery(Query{ConnectionID: other, User: "bob", Resource: "pg-dev", SQL: "SELECT $1", Protocol: "extended"}); err != nil {
 		t.Fatal(err)
 	}
 	end := start.Add(time.Minute)
 	// EndConnection must find every query queued before it on disk.
-	if err := l.EndConnection(ctx, id, end, OutcomeOK, ""); err != nil {
+	if err := l.EndConnection(ctx, id, end, ConnectionEnd{Outcome: OutcomeOK}); err != nil {
 		t.Fatal(err)
 	}
 	qs, err := l.Queries(ctx, QueryFilter{ConnectionID: id})
@@ -99,7 +99,7 @@ func TestConnectionLifecycleAndQueries(t *testing.T) {
 	if len(qs) != 1 || qs[0].Protocol != "extended" {
 		t.Fatalf("pg-dev queries = %+v", qs)
 	}
-	if err := l.EndConnection(ctx, 9999, end, OutcomeOK, ""); err == nil {
+	if err := l.EndConnection(ctx, 9999, end, ConnectionEnd{Outcome: OutcomeOK}); err == nil {
 		t.Fatal("EndConnection of an unknown ID succeeded")
 	}
 }
@@ -121,14 +121,14 @@ func TestCloseDrainsAndPersists(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const writers, each = 8, 500 // 4000 > queue size, so senders block on a full queue
+	const writers, each = 8, 500
 	var wg sync.WaitGroup
 	for w := range writers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := range each {
-				if err := l.RecordQuery(ctx, Query{ConnectionID: id, User: "u", Resource: "r", SQL: fmt.Sprintf("SELECT %d, %d", w, i)}); err != nil {
+				if err := l.RecordQuery(Query{ConnectionID: id, User: "u", Resource: "r", SQL: fmt.Sprintf("SELECT %d, %d", w, i)}); err != nil {
 					t.Error(err)
 					return
 				}
@@ -139,7 +139,7 @@ func TestCloseDrainsAndPersists(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.RecordQuery(ctx, Query{ConnectionID: id, SQL: "late"}); err != ErrClosed {
+	if err := l.RecordQuery(Query{ConnectionID: id, SQL: "late"}); err != ErrClosed {
 		t.Fatalf("RecordQuery after Close = %v, want ErrClosed", err)
 	}
 	db.Close()
@@ -157,7 +157,7 @@ func TestCloseDrainsAndPersists(t *testing.T) {
 func TestQueryOfUnknownConnectionReportsError(t *testing.T) {
 	ctx := context.Background()
 	l := openTestLog(t, filepath.Join(t.TempDir(), "ferry.db"))
-	if err := l.RecordQuery(ctx, Query{ConnectionID: 42, SQL: "SELECT 1"}); err != nil {
+	if err := l.RecordQuery(Query{ConnectionID: 42, SQL: "SELECT 1"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := l.Flush(ctx); err == nil {

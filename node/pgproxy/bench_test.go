@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/ferryhq/ferry/node/audit"
+
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -50,7 +52,7 @@ func BenchmarkRelay(b *testing.B) {
 			p := New(Config{Logger: slog.New(slog.DiscardHandler)})
 			relayed := make(chan string, 1)
 			go func() {
-				relayed <- p.relay(context.Background(), proxyClient, proxyServer, func(string, string) {})
+				relayed <- p.relay(context.Background(), proxyClient, proxyServer, newTracker(0, false, func(audit.Query) {}), &relayStats{}, "bench")
 			}()
 			received := make(chan int64, 1)
 			go func() {

@@ -18,6 +18,20 @@
 // 28000 when no access token could be had, 3D000 for a database outside a
 // restricted resource, 0A000 for replication connections, 54000 for a client
 // message above Config.MaxMessageSize.
+//
+// The client's hop is not TLS: the WireGuard tunnel already encrypts it and
+// the proxy has no certificate to offer, so SSLRequest is answered 'N'.
+// sslmode disable, allow and prefer work; sslmode=require (and verify-*)
+// fail at once in the client with libpq's "server does not support SSL, but
+// SSL was required". A TLS ClientHello as the first bytes
+// (sslnegotiation=direct) is refused with a log line.
+//
+// Audit: the relay frames both directions and a tracker (track.go) pairs
+// each request with its response, so the query log gets one record per
+// executed statement with its start, duration, command tag row count and
+// SQLSTATE; relayed bytes are never changed. Records are handed to
+// audit.Log.RecordQuery, which never blocks the session (a full queue drops
+// the record and counts it in the connection record).
 package pgproxy
 
 import (
@@ -43,9 +57,6 @@ const (
 	// MaxStartupPacket is the largest startup packet body accepted, in bytes:
 	// MAX_STARTUP_PACKET_LENGTH of PostgreSQL's src/include/libpq/pqcomm.h.
 	MaxStartupPacket = 10000
-	// MaxAuditSQL is the largest SQL text recorded per statement, in bytes;
-	// longer texts are relayed whole but recorded truncated with a marker.
-	MaxAuditSQL = 1 << 20
 )
 
 // TokenSource hands out Microsoft Entra ID access tokens for the Azure
@@ -69,7 +80,10 @@ type Target struct {
 	// server answers the SSLRequest with 'N' (libpq's sslmode=prefer, but
 	// never a downgrade after a failed verification). true = verify-full.
 	TLSRequired bool
-	RootCAs     *x509.CertPool // CAs that verify the server certificate; nil = the system pool
+	// RedactParams records only the number of a statement's Bind parameters,
+	// not their values.
+	RedactParams bool
+	RootCAs      *x509.CertPool // CAs that verify the server certificate; nil = the system pool
 	// Dial opens the TCP connection to "host:port" (the configured Host, not
 	// resolved first); nil = net.Dialer. Tests and host overrides use it.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -111,6 +125,10 @@ type Config struct {
 	Logger         *slog.Logger  // nil = slog.Default()
 	MaxMessageSize int           // largest client message body in bytes; 0 = DefaultMaxMessageSize
 	LoginTimeout   time.Duration // 0 = DefaultLoginTimeout
+	// MaxAuditSQL is the longest SQL text recorded per statement, in bytes;
+	// longer texts are relayed whole and recorded cut, with their length and
+	// SHA-256. 0 = DefaultMaxAuditSQL.
+	MaxAuditSQL int
 }
 
 // Proxy serves client connections. It is safe for concurrent use.

@@ -2,8 +2,10 @@ package pgproxy
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
@@ -414,8 +416,10 @@ func TestProxy(t *testing.T) {
 		}
 		qs, _ := tp.audit.Queries(ctx, audit.QueryFilter{ConnectionID: conns[0].ID})
 		// Only the statement under the limit reached the server and the log.
-		if len(qs) != 1 || qs[0].SQL != under {
-			t.Fatalf("%d queries recorded; want only the one under the limit", len(qs))
+		sum := sha256.Sum256([]byte(under))
+		if len(qs) != 1 || !strings.HasPrefix(under, qs[0].SQL) || len(qs[0].SQL) != DefaultMaxAuditSQL ||
+			qs[0].SQLLength != int64(len(under)) || qs[0].SQLSHA256 != hex.EncodeToString(sum[:]) || qs[0].Rows != 1 {
+			t.Fatalf("%d queries recorded; want only the one under the limit, cut with its length and hash", len(qs))
 		}
 	})
 

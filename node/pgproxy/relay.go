@@ -2,17 +2,14 @@ package pgproxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -41,21 +38,33 @@ func (e *errBadLength) Error() string {
 	return fmt.Sprintf("invalid message length %d in client message %q", e.length, e.typ)
 }
 
+// relayStats are a session's byte counts, written by the relay goroutines.
+type relayStats struct {
+	fromClient, fromServer atomic.Int64
+}
+
+// errServerProtocol is a server message the relay cannot frame; the rest of
+// the server's stream is then copied unparsed.
+type errServerProtocol struct{ length int32 }
+
+func (e *errServerProtocol) Error() string {
+	return fmt.Sprintf("invalid message length %d from the server", e.length)
+}
+
 // relay copies the session both ways until one side ends, and returns why it
-// ended abnormally ("" for a client that sent Terminate or closed). Client to
-// server it frames each message (type byte, int32 length; protocol §55.7) to
-// enforce the size limit and hands the SQL of Query and Parse messages to
-// record. Server to client it copies bytes.
-func (p *Proxy) relay(ctx context.Context, client, server net.Conn, record func(sql, protocol string)) string {
+// ended abnormally ("" for a client that sent Terminate or closed). Both
+// directions are framed (type byte, int32 length; protocol §55.7) and the
+// frames handed to tr; every byte is forwarded unchanged. Client to server it
+// enforces the size limit.
+func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker, stats *relayStats, resource string) string {
 	c2s := make(chan error, 1)
 	s2c := make(chan error, 1)
 	var terminated atomic.Bool // the client sent Terminate
 	go func() {
-		c2s <- clientToServer(bufio.NewReaderSize(client, relayBufferSize), bufio.NewWriterSize(server, relayBufferSize), int64(p.cfg.MaxMessageSize), &terminated, record)
+		c2s <- clientToServer(bufio.NewReaderSize(client, relayBufferSize), bufio.NewWriterSize(server, relayBufferSize), int64(p.cfg.MaxMessageSize), &terminated, tr, &stats.fromClient)
 	}()
 	go func() {
-		_, err := io.Copy(client, server)
-		s2c <- err
+		s2c <- serverToClient(bufio.NewReaderSize(server, relayBufferSize), bufio.NewWriterSize(client, relayBufferSize), tr, &stats.fromServer)
 	}()
 	// On shutdown close the server side first, so the client can still be
 	// told why before its side is closed.
@@ -86,9 +95,22 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, record func(
 			return "client connection: " + err.Error()
 		}
 	case err := <-s2c:
-		if ctx.Err() != nil {
+		var cw *errClientWrite
+		clientGone := errors.As(err, &cw)
+		switch {
+		case ctx.Err() != nil:
 			n := endNotice(ctx)
 			writeError(client, n.Code, n.Message, n.Hint)
+		case terminated.Load() || clientGone:
+		case errors.Is(err, errMidMessage):
+			// Nothing can be said in the middle of a message.
+		case tr.fatalSeen().code == "":
+			// The server went away without a FATAL of its own: say so.
+			why := "the server closed the connection"
+			if err != nil {
+				why = err.Error()
+			}
+			writeError(client, "08006", fmt.Sprintf("connection to the server of resource %s lost: %s", resource, why), "Reconnect; if it persists, check the server's health.")
 		}
 		client.Close()
 		<-c2s
@@ -97,12 +119,106 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, record func(
 			return endNotice(ctx).Message
 		case terminated.Load():
 			return ""
+		case clientGone:
+			return "client connection: " + err.Error()
 		case err == nil:
+			if f := tr.fatalSeen(); f.code != "" {
+				return "server ended the session: " + f.message
+			}
 			return "server closed the connection"
 		default:
 			return "relay server to client: " + err.Error()
 		}
 	}
+}
+
+// errClientWrite is a failed write to the client.
+type errClientWrite struct{ err error }
+
+func (e *errClientWrite) Error() string { return "write to client: " + e.err.Error() }
+func (e *errClientWrite) Unwrap() error { return e.err }
+
+// errMidMessage marks a server stream that ended inside a message.
+var errMidMessage = errors.New("server connection ended in the middle of a message")
+
+// serverToClient relays server messages from r to w until r ends, handing
+// each to tr. It flushes w whenever r has nothing more buffered, so
+// notifications and notices on an idle session go out at once. It returns
+// nil when the server closed between messages.
+func serverToClient(r *bufio.Reader, w *bufio.Writer, tr *tracker, n *atomic.Int64) error {
+	var hdr [5]byte
+	kept := make([]byte, 0, 1024)
+	cw := &countingWriter{w: w, n: n}
+	for {
+		if r.Buffered() == 0 {
+			if err := w.Flush(); err != nil {
+				return &errClientWrite{err}
+			}
+		}
+		if _, err := io.ReadFull(r, hdr[:1]); err != nil {
+			w.Flush()
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		if _, err := io.ReadFull(r, hdr[1:]); err != nil {
+			cw.Write(hdr[:1])
+			w.Flush()
+			return fmt.Errorf("%w: %v", errMidMessage, err)
+		}
+		typ := hdr[0]
+		length := int32(binary.BigEndian.Uint32(hdr[1:]))
+		if _, err := cw.Write(hdr[:]); err != nil {
+			return &errClientWrite{err}
+		}
+		if length < 4 {
+			// Not PostgreSQL framing: pass the rest through untouched.
+			if _, err := io.Copy(cw, r); err != nil {
+				return err
+			}
+			w.Flush()
+			return &errServerProtocol{length: length}
+		}
+		body := int64(length) - 4
+		var keep int64
+		switch typ {
+		case 'C', 'E', 'Z':
+			keep = min(body, smallKeep)
+		}
+		if keep > 0 {
+			kept = kept[:keep]
+			if _, err := io.ReadFull(r, kept); err != nil {
+				cw.Write(kept)
+				w.Flush()
+				return fmt.Errorf("%w: %v", errMidMessage, err)
+			}
+			if _, err := cw.Write(kept); err != nil {
+				return &errClientWrite{err}
+			}
+		}
+		if err := copyN(cw, r, body-keep, nil); err != nil {
+			var we *writeErr
+			if errors.As(err, &we) {
+				return &errClientWrite{we.err}
+			}
+			w.Flush()
+			return fmt.Errorf("%w: %v", errMidMessage, err)
+		}
+		tr.server(typ, kept[:keep])
+	}
+}
+
+// countingWriter counts what it passes to w.
+type countingWriter struct {
+	w *bufio.Writer
+	n *atomic.Int64
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // lingerClose half-closes client and discards what it still sends for a
@@ -125,13 +241,20 @@ func writeError(conn net.Conn, code, message, hint string) {
 	}
 }
 
-// clientToServer relays framed messages from r to w until r ends. It flushes
-// w whenever r has nothing more buffered, so latency is that of the slower
-// side. It returns nil when the client closed after Terminate or between
-// messages.
-func clientToServer(r *bufio.Reader, w *bufio.Writer, max int64, terminated *atomic.Bool, record func(sql, protocol string)) error {
+// writeErr is a failed write to the far side inside copyN.
+type writeErr struct{ err error }
+
+func (e *writeErr) Error() string { return e.err.Error() }
+func (e *writeErr) Unwrap() error { return e.err }
+
+// clientToServer relays framed messages from r to w until r ends, handing the
+// requests that get a response to tr. It flushes w whenever r has nothing
+// more buffered, so latency is that of the slower side. It returns nil when
+// the client closed after Terminate or between messages.
+func clientToServer(r *bufio.Reader, w *bufio.Writer, max int64, terminated *atomic.Bool, tr *tracker, n *atomic.Int64) error {
 	var hdr [5]byte
-	var sqlBuf []byte
+	var kept []byte
+	cw := &countingWriter{w: w, n: n}
 	for {
 		if r.Buffered() == 0 {
 			if err := w.Flush(); err != nil {
@@ -154,52 +277,61 @@ func clientToServer(r *bufio.Reader, w *bufio.Writer, max int64, terminated *ato
 		if body > max {
 			return &errTooLarge{typ: typ, size: body, max: max}
 		}
-		if _, err := w.Write(hdr[:]); err != nil {
-			return fmt.Errorf("write to server: %w", err)
-		}
 		if typ == 'X' {
 			terminated.Store(true)
 		}
-		if typ == 'Q' || typ == 'P' {
-			// Keep the first MaxAuditSQL bytes for the audit log.
-			keep := min(body, MaxAuditSQL)
-			if int64(cap(sqlBuf)) < keep {
-				sqlBuf = make([]byte, keep)
-			}
-			kept := sqlBuf[:keep]
-			if _, err := io.ReadFull(r, kept); err != nil {
-				return fmt.Errorf("read client message: %w", err)
-			}
-			if _, err := w.Write(kept); err != nil {
-				return fmt.Errorf("write to server: %w", err)
-			}
-			if err := copyN(w, r, body-keep); err != nil {
+		var p *pending
+		if tracked(typ) {
+			// Queued before a byte of it is written, so its response cannot come first.
+			p = tr.push(typ)
+		}
+		if _, err := cw.Write(hdr[:]); err != nil {
+			tr.abandon(p)
+			return fmt.Errorf("write to server: %w", err)
+		}
+		if p == nil {
+			if err := copyN(cw, r, body, nil); err != nil {
 				return err
-			}
-			if sql, ok := sqlText(typ, kept, body); ok {
-				protocol := "simple"
-				if typ == 'P' {
-					protocol = "extended"
-				}
-				record(sql, protocol)
 			}
 			continue
 		}
-		if err := copyN(w, r, body); err != nil {
+		keep := tr.keepOf(typ, body)
+		if int64(cap(kept)) < keep {
+			kept = make([]byte, keep)
+		}
+		kept = kept[:keep]
+		if _, err := io.ReadFull(r, kept); err != nil {
+			tr.abandon(p)
+			return fmt.Errorf("read client message: %w", err)
+		}
+		if _, err := cw.Write(kept); err != nil {
+			tr.abandon(p)
+			return fmt.Errorf("write to server: %w", err)
+		}
+		var tail *sqlTail
+		if keep < body {
+			tail = tailFor(typ, kept)
+		}
+		if err := copyN(cw, r, body-keep, tail); err != nil {
+			tr.abandon(p)
 			return err
 		}
+		tr.fill(p, kept, body, tail)
 	}
 }
 
-// copyN moves n bytes from r to w; small bodies go through r's buffer without
-// allocating.
-func copyN(w *bufio.Writer, r *bufio.Reader, n int64) error {
+// copyN moves n bytes from r to w, showing them to tee (if not nil) too; small
+// bodies go through r's buffer without allocating. A failed write is a *writeErr.
+func copyN(w io.Writer, r *bufio.Reader, n int64, tee io.Writer) error {
 	for n > 0 {
 		chunk := int(min(n, int64(r.Size())))
 		b, err := r.Peek(chunk)
 		if len(b) > 0 {
 			if _, werr := w.Write(b); werr != nil {
-				return fmt.Errorf("write to server: %w", werr)
+				return &writeErr{fmt.Errorf("write: %w", werr)}
+			}
+			if tee != nil {
+				tee.Write(b)
 			}
 			r.Discard(len(b))
 			n -= int64(len(b))
@@ -208,38 +340,8 @@ func copyN(w *bufio.Writer, r *bufio.Reader, n int64) error {
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
 			}
-			return fmt.Errorf("read client message: %w", err)
+			return fmt.Errorf("read message: %w", err)
 		}
 	}
 	return nil
-}
-
-// sqlText extracts the SQL of a Query ("query\0") or Parse
-// ("name\0query\0types...") body of which kept is the first part of total bytes.
-func sqlText(typ byte, kept []byte, total int64) (string, bool) {
-	if typ == 'P' {
-		i := bytes.IndexByte(kept, 0)
-		if i < 0 {
-			return "", false
-		}
-		kept = kept[i+1:]
-	}
-	truncated := int64(len(kept)) < total && typ == 'Q'
-	if i := bytes.IndexByte(kept, 0); i >= 0 {
-		kept = kept[:i]
-		truncated = false
-	} else if typ == 'P' {
-		truncated = true
-	}
-	s := string(kept)
-	if !utf8.ValidString(s) {
-		s = strings.ToValidUTF8(s, "\uFFFD")
-	}
-	if truncated {
-		s += fmt.Sprintf(" …[truncated: message of %d bytes]", total)
-	}
-	if s == "" {
-		return "", false
-	}
-	return s, true
 }

@@ -3,12 +3,15 @@ package pgproxy
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/ferryhq/ferry/node/audit"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -24,36 +27,43 @@ func encode(t testing.TB, msgs ...pgproto3.FrontendMessage) []byte {
 	return buf
 }
 
+func encodeB(t testing.TB, msgs ...pgproto3.BackendMessage) []byte {
+	t.Helper()
+	var buf []byte
+	for _, m := range msgs {
+		var err error
+		if buf, err = m.Encode(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return buf
+}
+
+// TestClientToServer checks the framing, limits and byte-exact relay of the client side.
 func TestClientToServer(t *testing.T) {
-	long := "SELECT '" + strings.Repeat("y", MaxAuditSQL+10) + "'"
-	type rec struct{ sql, protocol string }
 	tests := []struct {
 		name    string
 		in      []byte
 		max     int64
-		want    []rec
 		wantErr any
 		relayed bool // the whole input reaches the server
 	}{
-		{"simple query", encode(t, &pgproto3.Query{String: "SELECT 1"}), 1 << 30, []rec{{"SELECT 1", "simple"}}, nil, true},
+		{"simple query", encode(t, &pgproto3.Query{String: "SELECT 1"}), 1 << 30, nil, true},
 		{"extended protocol", encode(t, &pgproto3.Parse{Name: "s1", Query: "SELECT $1"}, &pgproto3.Bind{PreparedStatement: "s1", Parameters: [][]byte{[]byte("x")}}, &pgproto3.Execute{}, &pgproto3.Sync{}),
-			1 << 30, []rec{{"SELECT $1", "extended"}}, nil, true},
-		{"copy data and terminate", encode(t, &pgproto3.CopyData{Data: bytes.Repeat([]byte("a,b\n"), 100000)}, &pgproto3.CopyDone{}, &pgproto3.Terminate{}), 1 << 30, nil, nil, true},
-		{"sql longer than the audit limit is truncated in the log only", encode(t, &pgproto3.Query{String: long}), 1 << 30,
-			[]rec{{long[:MaxAuditSQL] + " …[truncated: message of " + strconv.Itoa(len(long)+1) + " bytes]", "simple"}}, nil, true},
-		{"empty query not recorded", encode(t, &pgproto3.Query{String: ""}), 1 << 30, nil, nil, true},
-		{"message above the limit", encode(t, &pgproto3.Query{String: "SELECT 1"}, &pgproto3.CopyData{Data: make([]byte, 2000)}), 1000,
-			[]rec{{"SELECT 1", "simple"}}, new(*errTooLarge), false},
-		{"length below 4", []byte{'Q', 0, 0, 0, 3}, 1 << 30, nil, new(*errBadLength), false},
+			1 << 30, nil, true},
+		{"copy data and terminate", encode(t, &pgproto3.CopyData{Data: bytes.Repeat([]byte("a,b\n"), 100000)}, &pgproto3.CopyDone{}, &pgproto3.Terminate{}), 1 << 30, nil, true},
+		{"long sql", encode(t, &pgproto3.Query{String: "SELECT '" + strings.Repeat("y", 3*DefaultMaxAuditSQL) + "'"}), 1 << 30, nil, true},
+		{"message above the limit", encode(t, &pgproto3.Query{String: "SELECT 1"}, &pgproto3.CopyData{Data: make([]byte, 2000)}), 1000, new(*errTooLarge), false},
+		{"length below 4", []byte{'Q', 0, 0, 0, 3}, 1 << 30, new(*errBadLength), false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer
-			var got []rec
 			var term atomic.Bool
+			var n atomic.Int64
 			w := bufio.NewWriterSize(&out, relayBufferSize)
-			err := clientToServer(bufio.NewReaderSize(bytes.NewReader(tc.in), relayBufferSize), w, tc.max, &term,
-				func(sql, protocol string) { got = append(got, rec{sql, protocol}) })
+			tr := newTracker(0, false, func(audit.Query) {})
+			err := clientToServer(bufio.NewReaderSize(bytes.NewReader(tc.in), relayBufferSize), w, tc.max, &term, tr, &n)
 			w.Flush()
 			if tc.wantErr == nil && err != nil {
 				t.Fatal(err)
@@ -61,17 +71,165 @@ func TestClientToServer(t *testing.T) {
 			if tc.wantErr != nil && !errors.As(err, tc.wantErr) {
 				t.Fatalf("error = %v, want %T", err, tc.wantErr)
 			}
-			if len(got) != len(tc.want) {
-				t.Fatalf("recorded %d, want %d", len(got), len(tc.want))
-			}
-			for i := range got {
-				if got[i] != tc.want[i] {
-					t.Fatalf("recorded %.100q, want %.100q", got[i], tc.want[i])
-				}
-			}
-			if tc.relayed && !bytes.Equal(out.Bytes(), tc.in) {
-				t.Fatalf("relayed %d bytes differ from the %d sent", out.Len(), len(tc.in))
+			if tc.relayed && (!bytes.Equal(out.Bytes(), tc.in) || n.Load() != int64(len(tc.in))) {
+				t.Fatalf("relayed %d bytes (counted %d) differ from the %d sent", out.Len(), n.Load(), len(tc.in))
 			}
 		})
+	}
+}
+
+// TestTracker feeds client and server streams through both relay halves and
+// checks that the bytes pass unchanged and the records pair up.
+func TestTracker(t *testing.T) {
+	long := "SELECT '" + strings.Repeat("é", 40000) + "'" // 80,009 bytes > 64 KiB
+	longSum := sha256.Sum256([]byte(long))
+	rfq := &pgproto3.ReadyForQuery{TxStatus: 'I'}
+	cc := func(tag string) *pgproto3.CommandComplete { return &pgproto3.CommandComplete{CommandTag: []byte(tag)} }
+	errResp := func(code, msg string) *pgproto3.ErrorResponse {
+		return &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: code, Message: msg}
+	}
+	row := &pgproto3.DataRow{Values: [][]byte{[]byte("1")}}
+	type rec struct {
+		sql, protocol, stmt, params, command string
+		rows                                 int64
+		sqlstate                             string
+	}
+	tests := []struct {
+		name   string
+		client []byte
+		server []byte
+		redact bool
+		want   []rec
+	}{
+		{"multi-statement simple query gives one record per statement",
+			encode(t, &pgproto3.Query{String: "CREATE TABLE t (a int); INSERT INTO t VALUES (1),(2); SELECT 'a;b' FROM t -- c;\n;"}),
+			encodeB(t, cc("CREATE TABLE"), cc("INSERT 0 2"), &pgproto3.RowDescription{}, row, row, cc("SELECT 2"), rfq),
+			false,
+			[]rec{{"CREATE TABLE t (a int)", "simple", "", "", "CREATE TABLE", -1, ""}, {"INSERT INTO t VALUES (1),(2)", "simple", "", "", "INSERT", 2, ""},
+				{"SELECT 'a;b' FROM t -- c;", "simple", "", "", "SELECT", 2, ""}}},
+		{"error stops a simple query string",
+			encode(t, &pgproto3.Query{String: "SELECT 1/0; SELECT 2"}),
+			encodeB(t, errResp("22012", "division by zero"), rfq), false,
+			[]rec{{"SELECT 1/0", "simple", "", "", "", -1, "22012"}}},
+		{"empty query",
+			encode(t, &pgproto3.Query{String: ""}), encodeB(t, &pgproto3.EmptyQueryResponse{}, rfq), false,
+			[]rec{{"", "simple", "", "", "EMPTY", -1, ""}}},
+		{"extended protocol with a named statement and parameters",
+			encode(t, &pgproto3.Parse{Name: "s1", Query: "SELECT $1, $2, $3"}, &pgproto3.Sync{},
+				&pgproto3.Bind{PreparedStatement: "s1", ParameterFormatCodes: []int16{0, 0, 1}, Parameters: [][]byte{[]byte("it's"), nil, {0, 0xff}}},
+				&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{}),
+			encodeB(t, &pgproto3.ParseComplete{}, rfq, &pgproto3.BindComplete{}, &pgproto3.RowDescription{}, row, cc("SELECT 1"), rfq), false,
+			[]rec{{"SELECT $1, $2, $3", "extended", "s1", `$1='it''s' $2=NULL $3='\x00ff'`, "SELECT", 1, ""}}},
+		{"redacted parameters",
+			encode(t, &pgproto3.Parse{Query: "SELECT $1"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("secret")}}, &pgproto3.Execute{}, &pgproto3.Sync{}),
+			encodeB(t, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, row, cc("SELECT 1"), rfq), true,
+			[]rec{{"SELECT $1", "extended", "", "[redacted: 1 parameters]", "SELECT", 1, ""}}},
+		{"pipeline with a failing statement skips to Sync",
+			encode(t, &pgproto3.Parse{Query: "INSERT INTO t VALUES (1)"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+				&pgproto3.Parse{Query: "SELEC 1"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+				&pgproto3.Parse{Query: "SELECT 3"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}),
+			encodeB(t, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, cc("INSERT 0 1"), errResp("42601", "syntax error"), &pgproto3.ReadyForQuery{TxStatus: 'I'},
+				&pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, row, cc("SELECT 1"), rfq), false,
+			[]rec{{"INSERT INTO t VALUES (1)", "extended", "", "", "INSERT", 1, ""}, {"SELEC 1", "extended", "", "", "", -1, "42601"}, {"SELECT 3", "extended", "", "", "SELECT", 1, ""}}},
+		{"portal fetched in batches gives one record",
+			encode(t, &pgproto3.Parse{Name: "c", Query: "SELECT g FROM generate_series(1,5) g"}, &pgproto3.Bind{DestinationPortal: "p", PreparedStatement: "c"},
+				&pgproto3.Execute{Portal: "p", MaxRows: 2}, &pgproto3.Sync{}, &pgproto3.Execute{Portal: "p", MaxRows: 2}, &pgproto3.Sync{},
+				&pgproto3.Execute{Portal: "p", MaxRows: 2}, &pgproto3.Sync{}),
+			encodeB(t, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, row, row, &pgproto3.PortalSuspended{}, &pgproto3.ReadyForQuery{TxStatus: 'T'},
+				row, row, &pgproto3.PortalSuspended{}, &pgproto3.ReadyForQuery{TxStatus: 'T'}, row, cc("SELECT 1"), &pgproto3.ReadyForQuery{TxStatus: 'T'}), false,
+			[]rec{{"SELECT g FROM generate_series(1,5) g", "extended", "c", "", "SELECT", 5, ""}}},
+		{"copy from stdin counts rows, not data",
+			encode(t, &pgproto3.Query{String: "COPY t FROM STDIN"}, &pgproto3.CopyData{Data: []byte("1\n2\n")}, &pgproto3.CopyDone{}),
+			encodeB(t, &pgproto3.CopyInResponse{}, cc("COPY 2"), rfq), false,
+			[]rec{{"COPY t FROM STDIN", "simple", "", "", "COPY", 2, ""}}},
+		{"copy fail",
+			encode(t, &pgproto3.Query{String: "COPY t FROM STDIN"}, &pgproto3.CopyData{Data: []byte("1\n")}, &pgproto3.CopyFail{Message: "stop"}),
+			encodeB(t, &pgproto3.CopyInResponse{}, errResp("57014", "COPY from stdin failed: stop"), rfq), false,
+			[]rec{{"COPY t FROM STDIN", "simple", "", "", "", -1, "57014"}}},
+		{"notifications and notices are passed over",
+			encode(t, &pgproto3.Query{String: "LISTEN c"}),
+			encodeB(t, cc("LISTEN"), rfq, &pgproto3.NotificationResponse{PID: 1, Channel: "c", Payload: "x"}, &pgproto3.NoticeResponse{Message: "hi"}, &pgproto3.ParameterStatus{Name: "a", Value: "b"}), false,
+			[]rec{{"LISTEN c", "simple", "", "", "LISTEN", -1, ""}}},
+		{"long sql is cut with its length and hash",
+			encode(t, &pgproto3.Query{String: long}), encodeB(t, row, cc("SELECT 1"), rfq), false,
+			[]rec{{"", "simple", "", "", "SELECT", 1, ""}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []audit.Query
+			tr := newTracker(0, tc.redact, func(q audit.Query) { got = append(got, q) })
+			var toServer, toClient bytes.Buffer
+			var term atomic.Bool
+			var n atomic.Int64
+			w := bufio.NewWriter(&toServer)
+			if err := clientToServer(bufio.NewReader(bytes.NewReader(tc.client)), w, 1<<30, &term, tr, &n); err != nil {
+				t.Fatal(err)
+			}
+			w.Flush()
+			w = bufio.NewWriter(&toClient)
+			if err := serverToClient(bufio.NewReader(bytes.NewReader(tc.server)), w, tr, &n); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(toServer.Bytes(), tc.client) || !bytes.Equal(toClient.Bytes(), tc.server) {
+				t.Fatal("relayed bytes differ from the input")
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("%d records, want %d: %+v", len(got), len(tc.want), got)
+			}
+			for i, q := range got {
+				r := rec{q.SQL, q.Protocol, q.Statement, q.Params, q.Command, q.Rows, q.SQLState}
+				if tc.name == "long sql is cut with its length and hash" {
+					if len(q.SQL) > DefaultMaxAuditSQL || !strings.HasPrefix(long, q.SQL) || q.SQLLength != int64(len(long)) || q.SQLSHA256 != hex.EncodeToString(longSum[:]) {
+						t.Fatalf("long sql recorded as %d bytes, length %d, sha %s", len(q.SQL), q.SQLLength, q.SQLSHA256)
+					}
+					r.sql = ""
+				}
+				if r != tc.want[i] {
+					t.Fatalf("record %d = %+v\nwant       %+v", i, r, tc.want[i])
+				}
+				if q.Duration < 0 || q.Time.IsZero() {
+					t.Fatalf("record %d time %v duration %v", i, q.Time, q.Duration)
+				}
+			}
+		})
+	}
+}
+
+// TestTrackerDuration checks that a statement's duration runs from its
+// request to its completion, not from its RowDescription.
+func TestTrackerDuration(t *testing.T) {
+	var got []audit.Query
+	tr := newTracker(0, false, func(q audit.Query) { got = append(got, q) })
+	p := tr.push('Q')
+	tr.fill(p, []byte("SELECT pg_sleep(0.05)\x00"), 22, nil)
+	tr.server('T', nil)
+	time.Sleep(50 * time.Millisecond)
+	tr.server('D', nil)
+	tr.server('C', []byte("SELECT 1\x00"))
+	tr.server('Z', []byte("I"))
+	if len(got) != 1 || got[0].Duration < 50*time.Millisecond || got[0].Rows != 1 {
+		t.Fatalf("records = %+v", got)
+	}
+}
+
+func TestSplitStatements(t *testing.T) {
+	tests := []struct {
+		in   string
+		want []string
+	}{
+		{"SELECT 1", []string{"SELECT 1"}},
+		{"SELECT 1; SELECT 2;", []string{"SELECT 1", "SELECT 2"}},
+		{"SELECT ';'; SELECT \"a;b\"", []string{"SELECT ';'", "SELECT \"a;b\""}},
+		{"SELECT E'\\';'; SELECT 'it''s;'", []string{"SELECT E'\\';'", "SELECT 'it''s;'"}},
+		{"DO $$ BEGIN PERFORM 1; END $$; SELECT $1", []string{"DO $$ BEGIN PERFORM 1; END $$", "SELECT $1"}},
+		{"SELECT $fn$ ; $fn$", []string{"SELECT $fn$ ; $fn$"}},
+		{"/* a; /* nested; */ b; */ SELECT 1; -- x;\n", []string{"/* a; /* nested; */ b; */ SELECT 1"}},
+		{" ; ;-- only a comment", nil},
+		{"SELECT 'unterminated;", []string{"SELECT 'unterminated;"}},
+	}
+	for _, tc := range tests {
+		if got := splitStatements(tc.in); strings.Join(got, "|") != strings.Join(tc.want, "|") || len(got) != len(tc.want) {
+			t.Errorf("splitStatements(%q) = %q, want %q", tc.in, got, tc.want)
+		}
 	}
 }

@@ -49,7 +49,12 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	}
 	// The record of a connection starts once its StartupMessage says which
 	// database it wants (or once it has failed).
-	id := p.startRecord(ctx, log, audit.Connection{Start: start, User: s.User, Resource: t.Resource, ClientAddr: s.ClientAddr, Database: database})
+	rec := audit.Connection{Start: start, User: s.User, Resource: t.Resource, ClientAddr: s.ClientAddr, Database: database}
+	if st != nil && st.msg != nil {
+		rec.OriginalUser, rec.OriginalDatabase = st.msg.Parameters["user"], st.msg.Parameters["database"]
+		rec.Role = t.Username
+	}
+	id := p.startRecord(ctx, log, rec)
 	if err != nil {
 		p.refuse(ctx, conn, id, err, log)
 		return
@@ -62,6 +67,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	}
 	server := up.hc.Conn
 	defer server.Close()
+	end := audit.ConnectionEnd{Outcome: audit.OutcomeOK, UpstreamPID: up.hc.PID}
 
 	key, forget, err := p.registerCancel(t, up.hc.PID, up.hc.SecretKey)
 	if err != nil {
@@ -70,28 +76,41 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	}
 	defer forget()
 	if err := writeLoginReply(conn, st, up, key); err != nil {
-		p.endRecord(ctx, id, audit.OutcomeOK, "client went away during login: "+err.Error(), log)
+		end.Error = "client went away during login: " + err.Error()
+		p.endRecord(ctx, id, end, log)
 		return
 	}
 	if !stopLogin() {
-		p.endRecord(ctx, id, audit.OutcomeOK, "node shutting down", log)
+		end.Error = endNotice(ctx).Message
+		p.endRecord(ctx, id, end, log)
 		return
 	}
 	conn.SetDeadline(time.Time{})
 	server.SetDeadline(time.Time{})
 	log.Info("pgproxy: session started", "database", database, "role", t.Username, "upstream_pid", up.hc.PID)
 
-	endErr := p.relay(ctx, conn, server, func(sql, protocol string) {
+	var dropped int64 // written by the server-side relay goroutine only; read after relay returns
+	tr := newTracker(p.cfg.MaxAuditSQL, t.RedactParams, func(q audit.Query) {
 		if p.cfg.Audit == nil || id == 0 {
 			return
 		}
-		q := audit.Query{ConnectionID: id, Time: time.Now(), User: s.User, Resource: t.Resource, SQL: sql, Protocol: protocol}
-		if err := p.cfg.Audit.RecordQuery(context.WithoutCancel(ctx), q); err != nil {
-			log.Error("pgproxy: audit query", "err", err)
+		q.ConnectionID, q.User, q.Resource = id, s.User, t.Resource
+		if err := p.cfg.Audit.RecordQuery(q); err != nil {
+			if dropped == 0 {
+				log.Warn("pgproxy: audit query record dropped", "err", err)
+			}
+			dropped++
 		}
 	})
-	log.Info("pgproxy: session ended", "duration", time.Since(start).Round(time.Millisecond), "reason", endErr)
-	p.endRecord(ctx, id, audit.OutcomeOK, endErr, log)
+	var stats relayStats
+	end.Error = p.relay(ctx, conn, server, tr, &stats, t.Resource)
+	end.BytesFromClient, end.BytesFromServer, end.QueriesDropped = stats.fromClient.Load(), stats.fromServer.Load(), dropped
+	if f := tr.fatalSeen(); f.code != "" {
+		end.SQLState = f.code
+	}
+	log.Info("pgproxy: session ended", "duration", time.Since(start).Round(time.Millisecond), "reason", end.Error,
+		"bytes_from_client", end.BytesFromClient, "bytes_from_server", end.BytesFromServer)
+	p.endRecord(ctx, id, end, log)
 }
 
 // chooseDatabase picks the upstream database from the client's "database"
@@ -191,19 +210,19 @@ func writeLoginReply(conn net.Conn, st *startup, up *upstream, key *pgproto3.Bac
 
 // refuse tells the client why it is refused (unless it has gone) and ends the record.
 func (p *Proxy) refuse(ctx context.Context, conn net.Conn, id int64, err error, log *slog.Logger) {
-	outcome, text := audit.OutcomeFailed, err.Error()
+	end := audit.ConnectionEnd{Outcome: audit.OutcomeFailed, Error: err.Error()}
 	if errors.Is(err, errClientGone) {
 		log.Info("pgproxy: client left before login", "err", err)
 	} else {
 		oe := asOutcome(err)
-		outcome, text = oe.outcome, oe.resp.Message
-		log.Warn("pgproxy: connection refused", "outcome", outcome, "code", oe.resp.Code, "err", err)
+		end.Outcome, end.Error, end.SQLState = oe.outcome, oe.resp.Message, oe.resp.Code
+		log.Warn("pgproxy: connection refused", "outcome", end.Outcome, "code", oe.resp.Code, "err", err)
 		if buf, encErr := oe.resp.Encode(nil); encErr == nil {
 			conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 			conn.Write(buf)
 		}
 	}
-	p.endRecord(ctx, id, outcome, text, log)
+	p.endRecord(ctx, id, end, log)
 }
 
 func (p *Proxy) serveCancel(ctx context.Context, cr *pgproto3.CancelRequest, t Target, log *slog.Logger) {
@@ -238,13 +257,13 @@ func (p *Proxy) startRecord(ctx context.Context, log *slog.Logger, c audit.Conne
 	return id
 }
 
-func (p *Proxy) endRecord(ctx context.Context, id int64, outcome, errText string, log *slog.Logger) {
+func (p *Proxy) endRecord(ctx context.Context, id int64, end audit.ConnectionEnd, log *slog.Logger) {
 	if p.cfg.Audit == nil || id == 0 {
 		return
 	}
 	actx, cancel := auditCtx(ctx)
 	defer cancel()
-	if err := p.cfg.Audit.EndConnection(actx, id, time.Now(), outcome, errText); err != nil {
+	if err := p.cfg.Audit.EndConnection(actx, id, time.Now(), end); err != nil {
 		log.Error("pgproxy: audit connection end", "err", err)
 	}
 }

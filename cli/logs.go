@@ -1,0 +1,155 @@
+package cli
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferryhq/ferry/api"
+)
+
+// logFlags are the filters shared by `ferry admin logs connections|queries`.
+type logFlags struct {
+	user, resource, since, until string
+	limit                        int
+	json                         bool
+}
+
+func (f *logFlags) register(c *cobra.Command) {
+	c.Flags().StringVar(&f.user, "user", "", "only records of this Ferry user")
+	c.Flags().StringVar(&f.resource, "resource", "", "only records of this resource")
+	c.Flags().StringVar(&f.since, "since", "", "only records that started at or after this time: RFC 3339 (2025-01-02T15:04:05Z) or a duration ago (1h, 30m)")
+	c.Flags().StringVar(&f.until, "until", "", "only records that started before this time: RFC 3339 or a duration ago")
+	c.Flags().IntVar(&f.limit, "limit", 50, "how many records, newest first")
+	c.Flags().BoolVar(&f.json, "json", false, "print the records as JSON")
+}
+
+// parseWhen reads an RFC 3339 time or a duration before now.
+func parseWhen(flag, s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	return time.Time{}, fmt.Errorf("--%s %q: want an RFC 3339 time (2025-01-02T15:04:05Z) or a duration ago (1h, 30m)", flag, s)
+}
+
+func (f *logFlags) filter() (api.LogFilter, error) {
+	now := time.Now()
+	since, err := parseWhen("since", f.since, now)
+	if err != nil {
+		return api.LogFilter{}, err
+	}
+	until, err := parseWhen("until", f.until, now)
+	if err != nil {
+		return api.LogFilter{}, err
+	}
+	return api.LogFilter{User: f.user, Resource: f.resource, Since: since, Until: until, Limit: f.limit}, nil
+}
+
+
+func logsConnectionsCmd() *cobra.Command {
+	var f logFlags
+	c := &cobra.Command{
+		Use:   "connections",
+		Short: "List the newest connections through the node",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			filter, err := f.filter()
+			if err != nil {
+				return err
+			}
+			_, ctl, err := dirsAndControl()
+			if err != nil {
+				return err
+			}
+			cs, err := ctl.API().ConnectionLog(cmd.Context(), filter)
+			if err != nil {
+				return err
+			}
+			if f.json {
+				if cs == nil {
+					cs = []api.Connection{}
+				}
+				return printJSON(cmd.OutOrStdout(), cs)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tSTART\tDURATION\tUSER\tRESOURCE\tCLIENT\tROLE@DATABASE\tPID\tBYTES IN/OUT\tOUTCOME\tERROR")
+			for _, c := range cs {
+				dur := "open"
+				if !c.End.IsZero() {
+					dur = (time.Duration(c.DurationMS) * time.Millisecond).String()
+				}
+				outcome := c.Outcome
+				if c.SQLState != "" {
+					outcome += " " + c.SQLState
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s@%s\t%d\t%d/%d\t%s\t%s\n", c.ID, c.Start.Local().Format(time.DateTime), dur, c.User, c.Resource,
+					c.ClientAddr, c.Role, c.Database, c.UpstreamPID, c.BytesFromClient, c.BytesFromServer, outcome, c.Error)
+			}
+			return tw.Flush()
+		},
+	}
+	f.register(c)
+	return c
+}
+
+func logsQueriesCmd() *cobra.Command {
+	var f logFlags
+	c := &cobra.Command{
+		Use:   "queries",
+		Short: "List the newest statements run through the node",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			filter, err := f.filter()
+			if err != nil {
+				return err
+			}
+			_, ctl, err := dirsAndControl()
+			if err != nil {
+				return err
+			}
+			qs, err := ctl.API().QueryLog(cmd.Context(), filter)
+			if err != nil {
+				return err
+			}
+			if f.json {
+				if qs == nil {
+					qs = []api.Query{}
+				}
+				return printJSON(cmd.OutOrStdout(), qs)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TIME\tDURATION\tUSER\tRESOURCE\tCONNECTION\tROWS\tRESULT\tSQL")
+			for _, q := range qs {
+				rows := ""
+				if q.Rows >= 0 {
+					rows = fmt.Sprint(q.Rows)
+				}
+				result := q.Command
+				if q.SQLState != "" {
+					result = "ERROR " + q.SQLState
+				}
+				sql := strings.Join(strings.Fields(q.SQL), " ")
+				if r := []rune(sql); len(r) > 200 {
+					sql = string(r[:200]) + "…"
+				}
+				if q.SQLLength > 0 {
+					sql += fmt.Sprintf(" [cut; %d bytes, sha256 %s]", q.SQLLength, q.SQLSHA256)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", q.Time.Local().Format("2006-01-02 15:04:05.000"),
+					time.Duration(q.DurationUS)*time.Microsecond, q.User, q.Resource, q.ConnectionID, rows, result, sql)
+			}
+			return tw.Flush()
+		},
+	}
+	f.register(c)
+	return c
+}

@@ -1,0 +1,216 @@
+package audit
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestRecordFieldsRoundTrip stores every field of a connection and a query and reads them back,
+// with the time filters.
+func TestRecordFieldsRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	l := openTestLog(t, filepath.Join(t.TempDir(), "ferry.db"))
+	t0 := time.Date(2025, 5, 1, 12, 0, 0, 0, time.UTC)
+	id, err := l.StartConnection(ctx, Connection{Start: t0, User: "alice", Resource: "pg", ClientAddr: "100.64.0.5:1",
+		OriginalUser: "postgres", OriginalDatabase: "", Role: "mi_user", Database: "app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := Query{ConnectionID: id, Time: t0.Add(time.Second), Duration: 1500 * time.Microsecond, User: "alice", Resource: "pg",
+		SQL: "SELECT $1", SQLLength: 9000, SQLSHA256: strings.Repeat("ab", 32), Protocol: "extended", Statement: "s1",
+		Params: "$1='x'", Command: "SELECT", Rows: 3, SQLState: "", Error: ""}
+	failed := Query{ConnectionID: id, Time: t0.Add(2 * time.Second), User: "alice", Resource: "pg", SQL: "SELECT 1/0", Rows: -1, SQLState: "22012", Error: "division by zero"}
+	for _, r := range []Query{q, failed} {
+		if err := l.RecordQuery(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	end := ConnectionEnd{Outcome: OutcomeOK, Error: "server closed", SQLState: "57P01", UpstreamPID: 4242, BytesFromClient: 10, BytesFromServer: 20, QueriesDropped: 1}
+	if err := l.EndConnection(ctx, id, t0.Add(time.Minute), end); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := l.Connections(ctx, ConnectionFilter{Since: t0, Until: t0.Add(time.Second)})
+	if err != nil || len(cs) != 1 {
+		t.Fatalf("connections = %+v, %v", cs, err)
+	}
+	c := cs[0]
+	if c.ConnectionEnd != end || c.OriginalUser != "postgres" || c.Role != "mi_user" || c.Database != "app" || c.Duration() != time.Minute {
+		t.Fatalf("connection = %+v", c)
+	}
+	if cs, _ := l.Connections(ctx, ConnectionFilter{Since: t0.Add(time.Second)}); len(cs) != 0 {
+		t.Fatalf("since after start matched %+v", cs)
+	}
+	qs, err := l.Queries(ctx, QueryFilter{Since: t0.Add(time.Second), Until: t0.Add(2 * time.Second)})
+	if err != nil || len(qs) != 1 {
+		t.Fatalf("queries = %+v, %v", qs, err)
+	}
+	q.ID = qs[0].ID
+	q.Time = qs[0].Time // time round-trips through UTC
+	if qs[0] != q || !qs[0].Time.Equal(t0.Add(time.Second)) {
+		t.Fatalf("query = %+v\nwant    %+v", qs[0], q)
+	}
+	qs, _ = l.Queries(ctx, QueryFilter{ConnectionID: id})
+	if len(qs) != 2 || qs[0].SQLState != "22012" || qs[0].Rows != -1 || qs[0].Protocol != "simple" {
+		t.Fatalf("failed query = %+v", qs[0])
+	}
+}
+
+// TestFullQueueDropsWithoutBlocking stalls the writer behind another writer's lock and fills the
+// queue: RecordQuery must return at once with ErrQueueFull and count each drop.
+func TestFullQueueDropsWithoutBlocking(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ferry.db")
+	l := openTestLog(t, path)
+	id, err := l.StartConnection(ctx, Connection{User: "u", Resource: "r"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another connection holds the write lock, so the writer waits on it.
+	other, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	conn, err := other.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	const total = QueueSize + BatchSize + 500
+	accepted, dropped := 0, 0
+	start := time.Now()
+	for i := range total {
+		switch err := l.RecordQuery(Query{ConnectionID: id, User: "u", Resource: "r", SQL: fmt.Sprint("SELECT ", i)}); err {
+		case nil:
+			accepted++
+		case ErrQueueFull:
+			dropped++
+		default:
+			t.Fatal(err)
+		}
+	}
+	elapsed := time.Since(start)
+	if _, err := conn.ExecContext(ctx, "COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+	if dropped == 0 || int64(dropped) != l.Dropped() || accepted+dropped != total {
+		t.Fatalf("accepted %d, dropped %d (Dropped() = %d) of %d", accepted, dropped, l.Dropped(), total)
+	}
+	if err := l.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	qs, err := l.Queries(ctx, QueryFilter{ConnectionID: id, Limit: total})
+	if err != nil || len(qs) != accepted {
+		t.Fatalf("%d queries written, want the %d accepted (err %v)", len(qs), accepted, err)
+	}
+	t.Logf("%d records in %v while the writer was stalled: %d queued, %d dropped", total, elapsed, accepted, dropped)
+}
+
+// TestUpgradeAddsColumns opens a database made with the first schema.
+func TestUpgradeAddsColumns(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ferry.db")
+	db, err := OpenDB(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, schema); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `INSERT INTO audit_connections (start_time, user_name, resource, client_addr, database) VALUES ('2025-01-01T00:00:00.000000000Z', 'u', 'r', 'a', 'd')`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	l := openTestLog(t, path)
+	cs, err := l.Connections(ctx, ConnectionFilter{})
+	if err != nil || len(cs) != 1 || cs[0].User != "u" {
+		t.Fatalf("old connection after upgrade = %+v, %v", cs, err)
+	}
+}
+
+// TestSurvivesKill9 has a child process commit records and keep writing
+// more, and kills it with SIGKILL mid-write: every committed record must be in
+// the file, and the file must open cleanly (WAL recovery).
+func TestSurvivesKill9(t *testing.T) {
+	if p := os.Getenv("FERRY_AUDIT_KILL_CHILD"); p != "" {
+		killChild(p)
+		return
+	}
+	path := filepath.Join(t.TempDir(), "ferry.db")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSurvivesKill9$")
+	cmd.Env = append(os.Environ(), "FERRY_AUDIT_KILL_CHILD="+path)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	n := -1
+	for sc.Scan() {
+		if s, ok := strings.CutPrefix(sc.Text(), "written "); ok {
+			n, _ = strconv.Atoi(s)
+			break
+		}
+	}
+	time.Sleep(time.Second)
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if n <= 0 {
+		t.Fatal("child did not report its records")
+	}
+	l := openTestLog(t, path)
+	qs, err := l.Queries(context.Background(), QueryFilter{Limit: 100000})
+	if err != nil || len(qs) < n {
+		t.Fatalf("%d queries after kill -9, want at least the %d committed (err %v)", len(qs), n, err)
+	}
+	t.Logf("%d records committed before the kill, %d in the file after it", n, len(qs))
+}
+
+// killChild commits queries, reports how many, and keeps writing until killed.
+func killChild(path string) {
+	ctx := context.Background()
+	db, err := OpenDB(path)
+	if err != nil {
+		panic(err)
+	}
+	l, err := Open(ctx, db)
+	if err != nil {
+		panic(err)
+	}
+	id, err := l.StartConnection(ctx, Connection{User: "u", Resource: "r"})
+	if err != nil {
+		panic(err)
+	}
+	const n = 5000
+	for i := range n {
+		for l.RecordQuery(Query{ConnectionID: id, User: "u", Resource: "r", SQL: fmt.Sprint("SELECT ", i)}) == ErrQueueFull {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if err := l.Flush(ctx); err != nil {
+		panic(err)
+	}
+	fmt.Printf("written %d\n", n)
+	os.Stdout.Sync()
+	// Keep writing until killed, so the kill lands in the middle of writes.
+	for i := 0; ; i++ {
+		if l.RecordQuery(Query{ConnectionID: id, User: "u", Resource: "r", SQL: fmt.Sprint("SELECT more ", i)}) == ErrQueueFull {
+			time.Sleep(time.Millisecond)
+		}
+	}
+}
