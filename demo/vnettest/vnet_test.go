@@ -268,6 +268,21 @@ func TestVirtualNetworking(t *testing.T) {
 		if _, err := ctl.Connect(ctx, "dead-pg"); err != nil {
 			t.Fatal(err)
 		}
+		ferry := func(args ...string) string {
+			cmd := exec.CommandContext(ctx, os.Args[0], args...)
+			cmd.Env = append(os.Environ(), envRunCLI+"=1", client.EnvConfigDir+"="+dirs.Config, client.EnvRuntimeDir+"="+dirs.Runtime)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("ferry %v: %v\n%s", args, err, out)
+			}
+			return string(out)
+		}
+		if out := ferry("status"); !strings.Contains(out, alias+":5432") {
+			t.Errorf("ferry status does not show %s:5432:\n%s", alias, out)
+		}
+		if out := ferry("connect", demo.ResourceName, "--env"); !strings.Contains(out, "export PGHOST="+alias+"\n") || !strings.Contains(out, "export PGPORT=5432\n") {
+			t.Errorf("ferry connect --env:\n%s", out)
+		}
 		status, err := ctl.Status(ctx)
 		if err != nil {
 			t.Fatal(err)
