@@ -44,7 +44,7 @@ Run without arguments to open the desktop app.`,
 			return runGUI(cmd.Context(), dirs)
 		}
 	}
-	root.AddCommand(loginCmd(), logoutCmd(), daemonCmd(), statusCmd(), connectCmd(), disconnectCmd(), adminCmd())
+	root.AddCommand(loginCmd(), logoutCmd(), daemonCmd(), statusCmd(), connectCmd(), disconnectCmd(), adminCmd(), vnetHelperCmd())
 	return root
 }
 

@@ -147,17 +147,13 @@ func (d *Daemon) newVNet(ctx context.Context, s api.Settings) (_ *vnet, err erro
 	}()
 	resolverIP := resource.ResolverAddress(subnet)
 
-	// DNS left behind by a daemon that was killed goes first, so the upstreams read next are the
-	// system's own.
-	if err := recoverDNS(d.dirs, v.log); err != nil {
-		v.log.Warn("could not undo the DNS configuration of an earlier run", "err", err)
-	}
-	upstreams := systemUpstreams(resolverIP)
-
-	dev, err := openTUN(ctx, d.dirs, netstack.TUNConfig{Name: d.opts.tunName, Addr: resource.TUNAddress(subnet), Subnet: subnet})
+	// Opening the TUN (as root) first undoes DNS left behind by a daemon that was killed, so the
+	// upstreams read next are the system's own.
+	dev, dnsConf, err := openTUN(ctx, d.dirs, netstack.TUNConfig{Name: d.opts.tunName, Addr: resource.TUNAddress(subnet), Subnet: subnet})
 	if err != nil {
 		return nil, err
 	}
+	upstreams := systemUpstreams(resolverIP)
 	v.ts, err = netstack.NewTUNStack(dev, netstack.Config{
 		Addresses:      []netip.Addr{resolverIP},
 		ForwardTimeout: vnForwardTimeout,
@@ -191,7 +187,7 @@ func (d *Daemon) newVNet(ctx context.Context, s api.Settings) (_ *vnet, err erro
 	d.wg.Add(1)
 	go v.refreshLoop()
 
-	v.undoDNS, err = configureDNS(ctx, d.dirs, dnsSpec{Interface: v.ts.Name(), Server: resolverIP, Domain: v.dns.Domain()}, v.log)
+	v.undoDNS, err = dnsConf(ctx, dnsSpec{Interface: v.ts.Name(), Server: resolverIP, Domain: v.dns.Domain()}, v.log)
 	if err != nil {
 		// Addresses still work; names need the OS told where to ask.
 		v.log.Warn("could not configure the system's DNS for the org domain: aliases resolve only when asked directly", "resolver", resolverIP, "err", err)

@@ -134,8 +134,15 @@ type daemon struct {
 
 func startDaemon(t *testing.T, n *netns, dirs client.Dirs) *daemon {
 	t.Helper()
-	cmd := exec.Command("ip", "netns", "exec", n.name, os.Args[0], "daemon", "--mode", client.ModeVirtualNetworking)
-	cmd.Env = append(os.Environ(), envRunCLI+"=1", client.EnvConfigDir+"="+dirs.Config, client.EnvRuntimeDir+"="+dirs.Runtime)
+	return startProcess(t, n, dirs, nil, []string{os.Args[0], "daemon", "--mode", client.ModeVirtualNetworking}, true)
+}
+
+// startProcess runs argv (the test binary as the ferry CLI) in the namespace; with wait, until the
+// daemon at dirs answers.
+func startProcess(t *testing.T, n *netns, dirs client.Dirs, env, argv []string, wait bool) *daemon {
+	t.Helper()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", n.name}, argv...)...)
+	cmd.Env = append(append(os.Environ(), envRunCLI+"=1", client.EnvConfigDir+"="+dirs.Config, client.EnvRuntimeDir+"="+dirs.Runtime), env...)
 	d := &daemon{cmd: cmd, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = d.stderr, &syncWriter{w: d.stderr}
 	if err := cmd.Start(); err != nil {
@@ -143,6 +150,9 @@ func startDaemon(t *testing.T, n *netns, dirs client.Dirs) *daemon {
 	}
 	go func() { d.done <- cmd.Wait() }()
 	t.Cleanup(func() { d.stop(t, syscall.SIGKILL) })
+	if !wait {
+		return d
+	}
 	ctl := client.NewControl(dirs)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -154,7 +164,7 @@ func startDaemon(t *testing.T, n *netns, dirs client.Dirs) *daemon {
 		}
 		select {
 		case err := <-d.done:
-			t.Fatalf("daemon exited: %v\n%s", err, d.stderr.String())
+			t.Fatalf("daemon exited: %v\n%q", err, d.stderr.String())
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -355,10 +365,17 @@ func TestVirtualNetworking(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = stuck.Process.Kill(); _ = stuck.Wait() })
-		time.Sleep(500 * time.Millisecond) // let the attempts land first
-		est := n.exec(t, "ss", "-Htn", "state", "established", "dst", host)
-		if c := strings.Count(est, "\n"); c < 50 {
-			t.Fatalf("only %d of 100 connections to the dead server are established:\n%s", c, est)
+		// Let the attempts land first.
+		for i := 0; ; i++ {
+			est := n.exec(t, "ss", "-Htn", "state", "established", "dst", host)
+			c := strings.Count(est, "\n")
+			if c >= 100 {
+				break
+			}
+			if i == 100 {
+				t.Fatalf("only %d of 100 connections to the dead server are established:\n%s", c, est)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 		start := time.Now()
 		out, err := n.psql(ctx, fmt.Sprintf("host=%s port=5432 dbname=%s user=%s sslmode=disable", alias, demo.Database, demo.Role), "select 7")
@@ -396,6 +413,65 @@ func TestVirtualNetworking(t *testing.T) {
 		if after := n.snapshot(t); after != before {
 			t.Fatalf("after kill -9, restart and exit:\n%s\nbefore:\n%s\ndaemon log:\n%s", after, before, d.stderr.String())
 		}
+	})
+
+	t.Run("unprivileged client through vnet-helper", func(t *testing.T) {
+		const nobody = 65534
+		// Everything the unprivileged daemon touches must be reachable by its user.
+		shared, err := os.MkdirTemp("", "ferry-vnet-helper-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(shared) })
+		if err := os.Chmod(shared, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		bin := filepath.Join(shared, "ferry")
+		sh(t, "cp", os.Args[0], bin)
+		udirs := client.Dirs{Config: filepath.Join(shared, "cfg"), Runtime: filepath.Join(shared, "run")}
+		tok, err := env.Node.EnrollToken(ctx, node.DefaultAdmin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ust, err := client.Login(ctx, udirs, tok, "netns-user")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ust.WireGuardEndpoint = net.JoinHostPort(n.hostIP, port)
+		ust.Connected = []string{demo.ResourceName}
+		if err := client.SaveState(udirs, ust); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(udirs.Runtime, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		sh(t, "chown", "-R", fmt.Sprint(nobody), udirs.Config, udirs.Runtime)
+		sock := filepath.Join(shared, "helper", "vnet.sock")
+		helper := startProcess(t, n, udirs, nil, []string{bin, "vnet-helper", "--user", fmt.Sprint(nobody), "--socket", sock, "--state", filepath.Join(shared, "helper-state")}, false)
+		for i := 0; ; i++ {
+			if _, err := os.Stat(sock); err == nil {
+				break
+			}
+			if i > 100 {
+				t.Fatalf("helper did not start:\n%s", helper.stderr.String())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		d := startProcess(t, n, udirs, []string{client.EnvVNetHelper + "=" + sock},
+			[]string{"setpriv", "--reuid", fmt.Sprint(nobody), "--regid", fmt.Sprint(nobody), "--clear-groups", bin, "daemon", "--mode", client.ModeVirtualNetworking}, true)
+		out, err := n.psql(ctx, fmt.Sprintf("host=%s port=5432 dbname=%s user=%s sslmode=disable", alias, demo.Database, demo.Role), "select 'helper'")
+		if err != nil || out != "helper" {
+			t.Errorf("psql through the helper's TUN: %v: %s\ndaemon:\n%s\nhelper:\n%s", err, out, d.stderr.String(), helper.stderr.String())
+		}
+		d.stop(t, syscall.SIGKILL) // the helper restores DNS when the client's connection drops
+		deadline := time.Now().Add(10 * time.Second)
+		for n.snapshot(t) != before && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if after := n.snapshot(t); after != before {
+			t.Fatalf("after the unprivileged client was killed:\n%s\nbefore:\n%s\nhelper:\n%s", after, before, helper.stderr.String())
+		}
+		helper.stop(t, syscall.SIGTERM)
 	})
 }
 
