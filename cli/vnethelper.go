@@ -11,7 +11,6 @@ import (
 	"github.com/ferryhq/ferry/client"
 )
 
-
 func vnetHelperCmd() *cobra.Command {
 	var cfg client.HelperConfig
 	uid := -1

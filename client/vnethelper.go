@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime"
 
 	"golang.zx2c4.com/wireguard/tun"
 
@@ -45,7 +46,7 @@ type dnsConfigurer func(ctx context.Context, spec dnsSpec, log *slog.Logger) (un
 // over its unix socket and also configures the OS's DNS for as long as this client keeps the
 // socket open. The returned configurer does the DNS part the same way.
 func openTUN(ctx context.Context, dirs Dirs, cfg netstack.TUNConfig) (tun.Device, dnsConfigurer, error) {
-	if os.Geteuid() == 0 {
+	if os.Geteuid() == 0 || runtime.GOOS == "windows" { // Windows: the client must run as Administrator
 		dev, err := netstack.OpenTUN(ctx, cfg)
 		if err != nil {
 			return nil, nil, err
