@@ -53,7 +53,6 @@ type DaemonOption func(*daemonOptions)
 type daemonOptions struct {
 	mode    string
 	tunName string
-	resolv  string
 }
 
 // WithMode makes this client use mode (ModeLoopback or ModeVirtualNetworking) whatever the org's
