@@ -44,7 +44,7 @@ Run without arguments to open the desktop app.`,
 			return runGUI(cmd.Context(), dirs)
 		}
 	}
-	root.AddCommand(loginCmd(), logoutCmd(), daemonCmd(), statusCmd(), connectCmd(), disconnectCmd(), adminCmd())
+	root.AddCommand(loginCmd(), logoutCmd(), daemonCmd(), statusCmd(), connectCmd(), disconnectCmd(), adminCmd(), vnetHelperCmd())
 	return root
 }
 
@@ -96,7 +96,8 @@ user's config directory (FERRY_CONFIG_DIR overrides it) with mode 0600. Then run
 
 func daemonCmd() *cobra.Command {
 	var verbose bool
-	return &cobra.Command{
+	var mode string
+	c := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the headless client: the tunnel to the node and the local addresses",
 		Long: `Run the client in the foreground: it keeps the WireGuard tunnel to ferry-node, listens on the local
@@ -113,7 +114,13 @@ app use. Stop it with Ctrl-C.`,
 				level = slog.LevelDebug
 			}
 			logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
-			d, err := client.StartDaemon(cmd.Context(), dirs, logger)
+			if mode == "" {
+				mode = os.Getenv(client.EnvMode)
+			}
+			if err := client.ValidMode(mode); err != nil {
+				return err
+			}
+			d, err := client.StartDaemon(cmd.Context(), dirs, logger, client.WithMode(mode))
 			if err != nil {
 				return err
 			}
@@ -124,6 +131,8 @@ app use. Stop it with Ctrl-C.`,
 			return d.Close()
 		},
 	}
+	addModeFlag(c, &mode)
+	return c
 }
 
 func statusCmd() *cobra.Command {

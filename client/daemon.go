@@ -47,6 +47,9 @@ type Daemon struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	loggedOut chan struct{} // closed by Logout
+
+	opts daemonOptions
+	vn   *vnet // virtual networking mode; nil in loopback mode (vnet.go)
 }
 
 type listener struct {
@@ -56,7 +59,7 @@ type listener struct {
 
 // StartDaemon brings up the tunnel to the node, restores the resources that were connected, and serves
 // the control socket at dirs.Socket(). It returns once the socket listens; stop it with Close.
-func StartDaemon(ctx context.Context, dirs Dirs, logger *slog.Logger) (*Daemon, error) {
+func StartDaemon(ctx context.Context, dirs Dirs, logger *slog.Logger, opts ...DaemonOption) (*Daemon, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
@@ -65,6 +68,9 @@ func StartDaemon(ctx context.Context, dirs Dirs, logger *slog.Logger) (*Daemon, 
 		return nil, fmt.Errorf("start daemon: %w", err)
 	}
 	d := &Daemon{dirs: dirs, log: logger, state: st, listeners: map[string]*listener{}, loggedOut: make(chan struct{})}
+	for _, o := range opts {
+		o(&d.opts)
+	}
 	d.ctx, d.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if err := d.start(ctx); err != nil {
 		d.Close()
@@ -106,6 +112,9 @@ func (d *Daemon) start(ctx context.Context) error {
 		return fmt.Errorf("start daemon: tunnel: %w", err)
 	}
 	d.api = api.NewClient(d.tun.Stack().DialContext, 15*time.Second)
+	if err := d.startVNet(ctx); err != nil {
+		return fmt.Errorf("start daemon: %w", err)
+	}
 
 	if err := os.MkdirAll(d.dirs.Runtime, 0o700); err != nil {
 		return fmt.Errorf("start daemon: %w", err)
@@ -188,6 +197,7 @@ func (d *Daemon) Status(ctx context.Context) Status {
 		for _, l := range d.listeners {
 			st.Resources = append(st.Resources, ResourceStatus{Resource: l.res, Address: l.res.LoopbackAddress, Connected: true})
 		}
+		st.Resources = append(st.Resources, d.vnStatus(nil)...)
 		d.mu.Unlock()
 	} else {
 		st.NodeReachable = true
@@ -196,6 +206,7 @@ func (d *Daemon) Status(ctx context.Context) Status {
 			_, on := d.listeners[r.Name]
 			st.Resources = append(st.Resources, ResourceStatus{Resource: r, Address: r.LoopbackAddress, Connected: on})
 		}
+		st.Resources = d.vnStatus(st.Resources)
 		d.mu.Unlock()
 	}
 	sort.Slice(st.Resources, func(i, j int) bool { return st.Resources[i].Name < st.Resources[j].Name })
@@ -221,6 +232,9 @@ func (d *Daemon) Connect(ctx context.Context, name string) (ResourceStatus, erro
 	defer d.mu.Unlock()
 	if l, ok := d.listeners[name]; ok {
 		return ResourceStatus{Resource: l.res, Address: l.res.LoopbackAddress, Connected: true}, nil
+	}
+	if d.vn != nil {
+		return d.vnConnect(r)
 	}
 	ln, err := net.Listen("tcp", r.LoopbackAddress)
 	if err != nil {
@@ -248,10 +262,14 @@ func (d *Daemon) Disconnect(names ...string) error {
 		for n := range d.listeners {
 			names = append(names, n)
 		}
+		names = append(names, d.vnNames()...)
 	}
 	var errs []error
 	for _, n := range names {
 		l, ok := d.listeners[n]
+		if !ok && d.vnDisconnect(n) {
+			continue
+		}
 		if !ok {
 			errs = append(errs, fmt.Errorf("disconnect %s: it is not connected", n))
 			continue
@@ -396,6 +414,7 @@ func (d *Daemon) Close() error {
 		delete(d.listeners, n)
 	}
 	d.mu.Unlock()
+	d.closeVNet()
 	d.wg.Wait()
 	if d.tun != nil {
 		return d.tun.Close()

@@ -1,0 +1,222 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/godbus/dbus/v5"
+)
+
+// resolvConfPath is the resolver configuration the system's libc reads (resolv.conf(5)).
+const resolvConfPath = "/etc/resolv.conf"
+
+// configureDNS tells the OS to send queries for the org domain to Ferry's resolver. With
+// systemd-resolved on the system bus it sets per-link DNS and the routing domain ~<domain> on the
+// TUN (D-Bus org.freedesktop.resolve1.Manager SetLinkDNS/SetLinkDomains, see
+// org.freedesktop.resolve1(5)); resolved forgets them itself when the TUN disappears, so a crash
+// leaves nothing behind. Without resolved it edits /etc/resolv.conf in place (it may be a bind
+// mount or a symlink), putting Ferry's resolver first (it forwards other names to the previous
+// nameservers); the original is kept in the config directory and put back by the returned undo,
+// or by recoverDNS at the next start after a crash.
+func configureDNS(ctx context.Context, dirs Dirs, spec dnsSpec, log *slog.Logger) (undo func() error, err error) {
+	if undo, err := configureResolved(ctx, spec); err == nil {
+		log.Info("DNS: systemd-resolved routes the org domain to Ferry", "link", spec.Interface, "domain", spec.Domain)
+		return undo, nil
+	} else if !errors.Is(err, errNoResolved) {
+		return nil, err
+	}
+	return editResolvConf(dirs, spec, log)
+}
+
+var errNoResolved = errors.New("systemd-resolved is not running")
+
+const (
+	resolvedBus  = "org.freedesktop.resolve1"
+	resolvedPath = "/org/freedesktop/resolve1"
+	resolvedMgr  = "org.freedesktop.resolve1.Manager"
+)
+
+func configureResolved(ctx context.Context, spec dnsSpec) (func() error, error) {
+	conn, err := dbus.ConnectSystemBus(dbus.WithContext(ctx))
+	if err != nil {
+		return nil, errNoResolved
+	}
+	var has bool
+	if err := conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.NameHasOwner", 0, resolvedBus).Store(&has); err != nil || !has {
+		conn.Close()
+		return nil, errNoResolved
+	}
+	ifi, err := net.InterfaceByName(spec.Interface)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("DNS: find interface %s: %w", spec.Interface, err)
+	}
+	obj := conn.Object(resolvedBus, resolvedPath)
+	type linkDNS struct {
+		Family  int32
+		Address []byte
+	}
+	type linkDomain struct {
+		Domain      string
+		RoutingOnly bool
+	}
+	idx := int32(ifi.Index)
+	if err := obj.CallWithContext(ctx, resolvedMgr+".SetLinkDNS", 0, idx, []linkDNS{{syscall.AF_INET, spec.Server.AsSlice()}}).Err; err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("DNS: systemd-resolved SetLinkDNS: %w", err)
+	}
+	dom := strings.TrimSuffix(spec.Domain, ".")
+	if err := obj.CallWithContext(ctx, resolvedMgr+".SetLinkDomains", 0, idx, []linkDomain{{dom, true}}).Err; err != nil {
+		_ = obj.Call(resolvedMgr+".RevertLink", 0, idx).Err
+		conn.Close()
+		return nil, fmt.Errorf("DNS: systemd-resolved SetLinkDomains: %w", err)
+	}
+	// Only the org domain goes to Ferry, never the default route (resolved ≥ 240; older ones
+	// lack the call and use routing domains alone).
+	_ = obj.CallWithContext(ctx, resolvedMgr+".SetLinkDefaultRoute", 0, idx, false).Err
+	return func() error {
+		defer conn.Close()
+		if err := obj.Call(resolvedMgr+".RevertLink", 0, idx).Err; err != nil {
+			return fmt.Errorf("DNS: systemd-resolved RevertLink: %w", err)
+		}
+		return nil
+	}, nil
+}
+
+// resolvBackup records a managed /etc/resolv.conf edit so it can be undone after a crash.
+type resolvBackup struct {
+	Path     string `json:"path"`
+	Original []byte `json:"original"`
+	Written  []byte `json:"written"`
+}
+
+func resolvBackupPath(dirs Dirs) string { return filepath.Join(dirs.Config, "vnet-resolv.conf.json") }
+
+const resolvMarker = "# Managed by Ferry (virtual networking mode); restored when the ferry daemon stops.\n"
+
+func editResolvConf(dirs Dirs, spec dnsSpec, log *slog.Logger) (func() error, error) {
+	orig, err := os.ReadFile(resolvConfPath)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("DNS: read %s: %w", resolvConfPath, err)
+	}
+	var b bytes.Buffer
+	b.WriteString(resolvMarker)
+	fmt.Fprintf(&b, "nameserver %s\n", spec.Server)
+	kept := 1
+	for _, line := range strings.SplitAfter(string(orig), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 0 && f[0] == "nameserver" {
+			// libc uses at most 3 (MAXNS); later ones are fallbacks should Ferry's stop answering.
+			if kept >= 3 {
+				continue
+			}
+			kept++
+		}
+		b.WriteString(line)
+	}
+	if !bytes.HasSuffix(b.Bytes(), []byte("\n")) {
+		b.WriteByte('\n')
+	}
+	bk := resolvBackup{Path: resolvConfPath, Original: orig, Written: b.Bytes()}
+	if err := writeBackup(dirs, bk); err != nil {
+		return nil, err
+	}
+	if err := writeInPlace(resolvConfPath, bk.Written); err != nil {
+		_ = os.Remove(resolvBackupPath(dirs))
+		return nil, fmt.Errorf("DNS: write %s: %w", resolvConfPath, err)
+	}
+	log.Info("DNS: /etc/resolv.conf points to Ferry's resolver (no systemd-resolved)", "resolver", spec.Server)
+	return func() error { return restoreResolvConf(dirs, bk, log) }, nil
+}
+
+func writeBackup(dirs Dirs, bk resolvBackup) error {
+	if err := os.MkdirAll(dirs.Config, 0o700); err != nil {
+		return fmt.Errorf("DNS: %w", err)
+	}
+	data, _ := json.Marshal(bk)
+	p := resolvBackupPath(dirs)
+	f, err := os.OpenFile(p+".tmp", os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("DNS: save resolv.conf backup: %w", err)
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(p+".tmp", p)
+	}
+	if err != nil {
+		return fmt.Errorf("DNS: save resolv.conf backup: %w", err)
+	}
+	return nil
+}
+
+// writeInPlace truncates and rewrites the file without replacing it (a rename would fail on a bind
+// mount and replace a symlink).
+func writeInPlace(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// restoreResolvConf puts the original back when the file still holds what Ferry wrote; when
+// something else has rewritten it since (a DHCP client, an administrator), that newer content is
+// left alone.
+func restoreResolvConf(dirs Dirs, bk resolvBackup, log *slog.Logger) error {
+	cur, err := os.ReadFile(bk.Path)
+	switch {
+	case err != nil && !errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("DNS: read %s: %w", bk.Path, err)
+	case bytes.Equal(cur, bk.Written):
+		if err := writeInPlace(bk.Path, bk.Original); err != nil {
+			return fmt.Errorf("DNS: restore %s: %w", bk.Path, err)
+		}
+		log.Info("DNS: restored " + bk.Path)
+	default:
+		log.Warn("DNS: " + bk.Path + " was changed by something else since Ferry edited it; left as it is")
+	}
+	if err := os.Remove(resolvBackupPath(dirs)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("DNS: remove backup: %w", err)
+	}
+	return nil
+}
+
+// recoverDNS undoes a resolv.conf edit left by a daemon that did not stop cleanly.
+func recoverDNS(dirs Dirs, log *slog.Logger) error {
+	data, err := os.ReadFile(resolvBackupPath(dirs))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("DNS: read backup: %w", err)
+	}
+	var bk resolvBackup
+	if err := json.Unmarshal(data, &bk); err != nil || bk.Path == "" {
+		_ = os.Remove(resolvBackupPath(dirs))
+		return fmt.Errorf("DNS: backup %s is damaged; removed it", resolvBackupPath(dirs))
+	}
+	log.Info("DNS: undoing the resolv.conf edit of an earlier run that did not stop cleanly")
+	return restoreResolvConf(dirs, bk, log)
+}
