@@ -54,7 +54,6 @@ func (f *logFlags) filter() (api.LogFilter, error) {
 	return api.LogFilter{User: f.user, Resource: f.resource, Since: since, Until: until, Limit: f.limit}, nil
 }
 
-
 func logsConnectionsCmd() *cobra.Command {
 	var f logFlags
 	c := &cobra.Command{

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -153,6 +155,42 @@ func testReferenceExample(t *testing.T, env *demo.Env) {
 	if out, err = run(t, "admin", "activities"); err != nil || !strings.Contains(out, "datasource.update") || !strings.Contains(out, "datasource.delete") {
 		t.Fatalf("activities: %v: %s", err, out)
 	}
+
+	// Bulk add from a file (as show --json prints), with a warning for a role named like a client ID.
+	file := filepath.Join(t.TempDir(), "resources.json")
+	bulk := `[{"name":"file-a","hostname":"a.example","database":"d","username":"u","tags":{"env":"file"}},
+	          {"name":"file-b","hostname":"b.example","database":"d","username":"11111111-2222-3333-4444-555555555555"}]`
+	if err := os.WriteFile(file, []byte(bulk), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = run(t, "admin", "datasources", "add", "azurepostgresmi", "--file", file)
+	if err != nil || !strings.Contains(out, "Added file-a") || !strings.Contains(out, "Added file-b") || !strings.Contains(out, "warning: username") {
+		t.Fatalf("add --file: %v: %s", err, out)
+	}
+	if err := os.WriteFile(file, []byte(`{"name":"bad<name>","hostname":"h","database":"d","username":"u"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err = run(t, "admin", "datasources", "add", "azurepostgresmi", "--file", file); err == nil || !strings.Contains(err.Error(), "name:") {
+		t.Fatalf("add --file with an invalid resource: %v: %s", err, out)
+	}
+
+	// Changing the VN subnet moves what no longer fits, and says so.
+	out, err = run(t, "admin", "settings", "set", "--vn-subnet", "10.200.0.0/16", "--dns-domain", "corp.example")
+	if err != nil || !strings.Contains(out, "moved: azure-pg-mi-prod: virtual networking address 100.") || !strings.Contains(out, "-> 10.200.0.") {
+		t.Fatalf("settings set: %v: %s", err, out)
+	}
+	if out, err = run(t, "admin", "settings", "show"); err != nil || !strings.Contains(out, "10.200.0.0/16") || !strings.Contains(out, "corp.example") {
+		t.Fatalf("settings show: %v: %s", err, out)
+	}
+	if out, err = run(t, "admin", "settings", "set", "--vn-subnet", "8.8.8.0/24"); err == nil || !strings.Contains(err.Error(), "vn-subnet") {
+		t.Fatalf("settings set with a public subnet: %v: %s", err, out)
+	}
+	// The loopback listener does not move, and psql works through the new VN address once the client
+	// has followed the change (within seconds).
+	eventually(t, "psql to work after the subnet change", func() bool {
+		got, err := exec.Command("psql", moved, "-X", "-A", "-t", "-c", "select 1").CombinedOutput()
+		return err == nil && strings.TrimSpace(string(got)) == "1"
+	})
 
 	// 20 concurrent adds yield 20 distinct addresses.
 	ctl := client.NewControl(env.Dirs)

@@ -96,10 +96,9 @@ func (d *Daemon) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start daemon: device address: %w", err)
 	}
-	allowed := []netip.Prefix{api.TunnelSubnet}
-	if p, err := netip.ParsePrefix(d.state.VNSubnet); err == nil {
-		allowed = append(allowed, p)
-	}
+	// The node is this stack's only peer and the stack carries nothing but Ferry's own connections,
+	// so everything goes to the node: a later change of the org's VN subnet needs no new allowed IPs.
+	allowed := []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
 	d.tun, err = tunnel.New(ctx, tunnel.Config{
 		PrivateKey: key,
 		Addresses:  []netip.Addr{addr},
