@@ -60,16 +60,12 @@ func logsConnectionsCmd() *cobra.Command {
 		Use:   "connections",
 		Short: "List the newest connections through the node",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: withAPI(func(cmd *cobra.Command, _ []string, ac *api.Client) error {
 			filter, err := f.filter()
 			if err != nil {
 				return err
 			}
-			_, ctl, err := dirsAndControl()
-			if err != nil {
-				return err
-			}
-			cs, err := ctl.API().ConnectionLog(cmd.Context(), filter)
+			cs, err := ac.ConnectionLog(cmd.Context(), filter)
 			if err != nil {
 				return err
 			}
@@ -94,7 +90,7 @@ func logsConnectionsCmd() *cobra.Command {
 					c.ClientAddr, c.Role, c.Database, c.UpstreamPID, c.BytesFromClient, c.BytesFromServer, outcome, c.Error)
 			}
 			return tw.Flush()
-		},
+		}),
 	}
 	f.register(c)
 	return c
@@ -106,16 +102,12 @@ func logsQueriesCmd() *cobra.Command {
 		Use:   "queries",
 		Short: "List the newest statements run through the node",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: withAPI(func(cmd *cobra.Command, _ []string, ac *api.Client) error {
 			filter, err := f.filter()
 			if err != nil {
 				return err
 			}
-			_, ctl, err := dirsAndControl()
-			if err != nil {
-				return err
-			}
-			qs, err := ctl.API().QueryLog(cmd.Context(), filter)
+			qs, err := ac.QueryLog(cmd.Context(), filter)
 			if err != nil {
 				return err
 			}
@@ -147,7 +139,7 @@ func logsQueriesCmd() *cobra.Command {
 					time.Duration(q.DurationUS)*time.Microsecond, q.User, q.Resource, q.ConnectionID, rows, result, sql)
 			}
 			return tw.Flush()
-		},
+		}),
 	}
 	f.register(c)
 	return c
