@@ -120,6 +120,7 @@ type Resource struct {
 	VNAddress        string            `json:"vn_address"`
 	Subdomain        string            `json:"subdomain,omitempty"`
 	Tags             map[string]string `json:"tags,omitempty"`
+	Health           string            `json:"health,omitempty"`
 }
 
 // ResourceList is the answer to GET /v1/resources.
