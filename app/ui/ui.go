@@ -126,10 +126,10 @@ func New(opt Options) *UI {
 	u.rowsBox = container.NewVBox()
 	u.Details = newDetails(u)
 
-	header := container.NewGridWithColumns(6, bold("Resource"), bold("State"), bold("Address"), bold("Health"), bold("Mode"), widget.NewLabel(""))
+	header := container.New(rowWeights, bold("Resource"), bold("State"), bold("Address"), bold("Health"), bold("Mode"), widget.NewLabel(""))
 	list := container.NewBorder(container.NewVBox(container.NewBorder(nil, nil, nil, container.NewHBox(u.ConnectAllBtn, u.DisconnectAll), u.Search), header), nil, nil, nil, container.NewVScroll(u.rowsBox))
 	split := container.NewHSplit(list, u.Details.obj)
-	split.Offset = 0.68
+	split.Offset = 0.7
 
 	u.ModePref = widget.NewSelect([]string{"org default", resource.ModeLoopback, resource.ModeVirtualNetworking}, nil)
 	if p, err := client.LoadPreferences(opt.Dirs); err == nil && p.ConnectivityMode != "" {
@@ -411,7 +411,7 @@ func (u *UI) newRow(name string) *Row {
 	row.Open.Alignment = widget.ButtonAlignLeading
 	row.Toggle = widget.NewButton("Connect", func() { u.Toggle(name) })
 	row.Address.Truncation = fyne.TextTruncateEllipsis
-	row.obj = container.NewGridWithColumns(6, row.Open, row.State, row.Address, row.Health, row.Mode, row.Toggle)
+	row.obj = container.New(rowWeights, row.Open, row.State, row.Address, row.Health, row.Mode, row.Toggle)
 	return row
 }
 
