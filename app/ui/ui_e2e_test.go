@@ -61,7 +61,7 @@ func read[T any](fn func() T) T {
 }
 
 // eventually polls cond every 50 ms for up to limit.
-func eventually(t *testing.T, limit time.Duration, what string, cond func() bool) time.Duration {
+func eventually(t *testing.T, limit time.Duration, what string, cond func() bool, explain ...func() string) time.Duration {
 	t.Helper()
 	start := time.Now()
 	for time.Since(start) < limit {
@@ -69,6 +69,9 @@ func eventually(t *testing.T, limit time.Duration, what string, cond func() bool
 			return time.Since(start)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	for _, e := range explain {
+		what += e()
 	}
 	t.Fatalf("after %s: %s", limit, what)
 	return 0
@@ -374,10 +377,10 @@ func TestDesktopAgainstDemo(t *testing.T) {
 			return u2.Row(demo.ResourceName) != nil && u2.Row(dev) != nil
 		})
 		test.Tap(u2.LogoutBtn)
-		eventually(t, 30*time.Second, "log out never returned to the login view: "+n.dump(), func() bool {
+		eventually(t, 60*time.Second, "log out never returned to the login view", func() bool {
 			_, err := client.LoadState(dirs)
 			return err != nil && item(u2.TrayMenu(), "Log in") != nil
-		})
+		}, n.dump)
 	})
 
 	t.Run("node unreachable is notified", func(t *testing.T) {
