@@ -32,6 +32,9 @@ func DetectTray() Tray {
 		}
 	}
 	if addr == "" {
+		// Stop libraries (Fyne's notifications and portal code use godbus) from auto-launching a
+		// private session bus with dbus-launch: that bus would outlive the app.
+		os.Setenv("DBUS_SESSION_BUS_ADDRESS", "disabled:")
 		return Tray{Reason: "there is no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is not set), which the system tray needs."}
 	}
 	conn, err := dbus.Connect(addr)

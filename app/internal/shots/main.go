@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"time"
@@ -68,6 +69,9 @@ func run(out string) error {
 		if _, err := env.Daemon.API().AddDatasource(ctx, r); err != nil {
 			return fmt.Errorf("add %s: %w", x.name, err)
 		}
+	}
+	if os.Getenv("DBUS_SESSION_BUS_ADDRESS") == "" {
+		os.Setenv("DBUS_SESSION_BUS_ADDRESS", "disabled:") // no auto-launched bus left behind
 	}
 	a := fyneapp.NewWithID("dev.ferryhq.ferry.screenshots")
 	a.SetIcon(fyne.NewStaticResource("icon.png", assets.IconPNG))
