@@ -1,96 +1,111 @@
-// Package app is the Ferry desktop app (Fyne): a tray menu and a window over the client core. It holds
-// no behaviour of its own: every action goes through client.Control, exactly as the CLI does.
+// Package app is the Ferry desktop app: it wires the tray menu and the window of package ui to the real
+// Fyne app (which needs cgo and a display). It holds no behaviour of its own: every action goes through
+// the client core, exactly as the CLI does.
+//
+// When this device is enrolled and no daemon answers on the control socket, the app runs the client
+// daemon inside its own process (client.StartDaemon) and stops it when it quits; a `ferry daemon`
+// already running is used instead and outlives the app.
 package app
 
 import (
 	"context"
-	"fmt"
+	"log/slog"
 	"os"
-	"time"
+	"sync"
 
 	"fyne.io/fyne/v2"
 	fyneapp "fyne.io/fyne/v2/app"
-	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/driver/desktop"
-	"fyne.io/fyne/v2/widget"
 
+	"github.com/ferryhq/ferry/app/ui"
 	"github.com/ferryhq/ferry/assets"
 	"github.com/ferryhq/ferry/client"
 )
 
-// Run opens the desktop app and blocks until it quits or ctx ends.
+// ID is the app's identifier (FyneApp.toml's Details.ID).
+const ID = "dev.ferryhq.ferry"
+
+// Run opens the desktop app and blocks until it quits (tray Quit, window close without a tray, or ctx
+// ending, e.g. on SIGTERM).
 func Run(ctx context.Context, dirs client.Dirs) error {
-	a := fyneapp.NewWithID("dev.ferryhq.ferry")
-	icon := fyne.NewStaticResource("icon.png", assets.IconPNG)
-	a.SetIcon(icon)
-	ctl := client.NewControl(dirs)
-	w := a.NewWindow("Ferry")
-	status := widget.NewLabel("Loading…")
-	list := container.NewVBox()
-	refresh := func() {
-		c, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		st, err := ctl.Status(c)
-		var items []fyne.CanvasObject
-		var menu []*fyne.MenuItem
-		text := ""
-		switch {
-		case err != nil:
-			text = err.Error()
-		case !st.NodeReachable:
-			text = "ferry-node unreachable: " + st.NodeError
-		default:
-			text = fmt.Sprintf("Signed in as %s", st.User)
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	a := fyneapp.NewWithID(ID)
+	a.SetIcon(fyne.NewStaticResource("icon.png", assets.IconPNG))
+
+	var mu sync.Mutex
+	var daemon *client.Daemon
+	startDaemon := func(ctx context.Context) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if client.DaemonRunning(dirs) {
+			return nil
 		}
-		for _, r := range st.Resources {
-			r := r
-			label := "not connected"
-			if r.Connected {
-				label = "connected"
-			}
-			line := fmt.Sprintf("%s  %s  (%s)", r.Name, r.Address, label)
-			toggle := func() {
-				c, cancel := context.WithTimeout(ctx, 15*time.Second)
-				defer cancel()
-				var err error
-				if r.Connected {
-					err = ctl.Disconnect(c, r.Name)
-				} else {
-					_, err = ctl.Connect(c, r.Name)
-				}
-				if err != nil {
-					a.SendNotification(fyne.NewNotification("Ferry", err.Error()))
-				}
-			}
-			items = append(items, widget.NewButton(line, toggle))
-			menu = append(menu, fyne.NewMenuItem(line, toggle))
+		d, err := client.StartDaemon(context.WithoutCancel(ctx), dirs, log.With("component", "client"))
+		if err != nil {
+			return err
 		}
-		fyne.Do(func() {
-			status.SetText(text)
-			list.Objects = items
-			list.Refresh()
-			if desk, ok := a.(desktop.App); ok && os.Getenv("DBUS_SESSION_BUS_ADDRESS") != "" {
-				menu = append(menu, fyne.NewMenuItemSeparator(), fyne.NewMenuItem("Open Ferry", w.Show))
-				desk.SetSystemTrayMenu(fyne.NewMenu("Ferry", menu...))
-				desk.SetSystemTrayIcon(icon)
+		daemon = d
+		go func() {
+			<-d.LoggedOut()
+			mu.Lock()
+			defer mu.Unlock()
+			_ = d.Close()
+			if daemon == d {
+				daemon = nil
 			}
-		})
+		}()
+		return nil
 	}
-	w.SetContent(container.NewBorder(status, nil, nil, nil, container.NewVScroll(list)))
-	w.Resize(fyne.NewSize(520, 360))
-	go func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			refresh()
-			select {
-			case <-ctx.Done():
-				fyne.Do(a.Quit)
-				return
-			case <-t.C:
-			}
+
+	tray := DetectTray()
+	opt := ui.Options{App: a, Dirs: dirs, Core: client.NewControl(dirs), StartDaemon: startDaemon, Logger: log}
+	if path, err := client.AutostartPath(); err == nil {
+		opt.AutostartPath = path
+		opt.Executable, _ = os.Executable()
+	}
+	desk, isDesktop := a.(desktop.App)
+	if tray.Bus && isDesktop {
+		// Fyne's systray needs a D-Bus session bus: without one it panics on quit, so the menu is only
+		// set when a bus answered.
+		opt.SetTray = func(m *fyne.Menu, icon fyne.Resource) {
+			desk.SetSystemTrayMenu(m)
+			desk.SetSystemTrayIcon(icon)
 		}
+	}
+	u := ui.New(opt)
+	if opt.SetTray != nil {
+		desk.SetSystemTrayWindow(u.Window)
+	}
+	if opt.SetTray != nil && tray.Usable() {
+		u.Window.SetCloseIntercept(u.Window.Hide) // the tray's Open Ferry brings it back
+	}
+	if !tray.Usable() || !isDesktop {
+		log.Info("no system tray: showing the main window", "why", tray.Reason)
+		u.SetBanner("No tray icon: " + tray.Reason + " Ferry runs in this window instead; closing it quits Ferry.")
+		u.Window.Show()
+	} else if _, err := client.LoadState(dirs); err != nil {
+		u.Window.Show() // not enrolled yet: show the login view
+	}
+	u.Window.SetMaster()
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); u.Run(runCtx) }()
+	go func() {
+		defer wg.Done()
+		<-runCtx.Done()
+		fyne.Do(a.Quit)
 	}()
-	w.ShowAndRun()
+	a.Run()
+	stop()
+	wg.Wait()
+
+	mu.Lock()
+	defer mu.Unlock()
+	if daemon != nil {
+		return daemon.Close()
+	}
 	return nil
 }

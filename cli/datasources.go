@@ -143,7 +143,10 @@ Example:
 		for i := range batch {
 			batch[i].Type = resource.TypeAzurePostgresMI
 			if err := batch[i].Validate(); err != nil {
-				return fmt.Errorf("%s: %w", batch[i].Name, invalid(err))
+				if file != "" {
+					return fmt.Errorf("%s: resource %q: %w", file, batch[i].Name, invalid(err))
+				}
+				return invalid(err)
 			}
 		}
 		_, ctl, err := dirsAndControl()

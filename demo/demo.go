@@ -110,6 +110,8 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 		IMDSEndpoint:  e.Emu.IMDSEndpoint(),
 		CAFiles:       []string{e.Emu.CACertFile()},
 		HostOverrides: map[string]string{strings.ToLower(e.Emu.Hostname()): e.Emu.Addr()},
+		// Every other hostname fails to resolve at once, without a query leaving the machine.
+		DNSServer: "127.0.0.1:9",
 	}
 	if opt.NodeConfig != nil {
 		opt.NodeConfig(&cfg)

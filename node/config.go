@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +30,10 @@ type Config struct {
 	// HostOverrides maps a server hostname to the "ip:port" to dial instead (private endpoints, tests);
 	// TLS still verifies the certificate against the hostname.
 	HostOverrides map[string]string `json:"host_overrides,omitempty"`
+	// DNSServer, when set ("ip:port"), is the only DNS server the node asks for servers' hostnames
+	// (proxy and health checks); empty means the system's resolver. Tests point it at a closed
+	// loopback port so that no lookup leaves the machine.
+	DNSServer string `json:"dns_server,omitempty"`
 	// TokenTimeout bounds every access-token request (default 10s).
 	TokenTimeout Duration `json:"token_timeout,omitzero"`
 	// LoginTimeout bounds an upstream login (default 15s).
@@ -141,4 +146,16 @@ func SaveConfig(path string, c Config) error {
 		return fmt.Errorf("write node config: %w", err)
 	}
 	return nil
+}
+
+// resolver returns the resolver for servers' hostnames: the system's, or one that asks only DNSServer.
+func (c *Config) resolver() *net.Resolver {
+	if c.DNSServer == "" {
+		return net.DefaultResolver
+	}
+	server := c.DNSServer
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, server)
+	}}
 }

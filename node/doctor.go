@@ -90,7 +90,7 @@ func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt Doctor
 		}
 		ok = doctorNode(ctx, w, cat, cfg, tokens, clientID, opt.StepTimeout, dbPath)
 	}
-	checker := health.NewChecker(health.Config{Tokens: tokens, RootCAs: roots, HostOverrides: cfg.HostOverrides, StepTimeout: opt.StepTimeout})
+	checker := health.NewChecker(health.Config{Tokens: tokens, RootCAs: roots, HostOverrides: cfg.HostOverrides, Resolver: cfg.resolver(), StepTimeout: opt.StepTimeout})
 	for _, r := range rs {
 		fmt.Fprintf(w, "%s  %s\n", r.Name, describe(r))
 		h := checker.Check(ctx, r, func(s api.HealthStep) { printStep(w, s) })

@@ -338,6 +338,9 @@ func (n *Node) target(r resource.Resource) pgproxy.Target {
 			var d net.Dialer
 			return d.DialContext(ctx, network, over)
 		}
+	} else if n.cfg.DNSServer != "" {
+		d := &net.Dialer{KeepAlive: 30 * time.Second, Resolver: n.cfg.resolver()}
+		t.Dial = d.DialContext
 	}
 	return t
 }

@@ -1,0 +1,124 @@
+package adminform
+
+import (
+	"bytes"
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"fyne.io/fyne/v2/test"
+
+	"github.com/ferryhq/ferry/cli"
+	"github.com/ferryhq/ferry/resource"
+)
+
+// cliAdd runs `ferry admin datasources add azurepostgresmi` with args and returns its error text.
+func cliAdd(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	root := cli.NewRoot(nil)
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(append([]string{"admin", "datasources", "add", "azurepostgresmi", name}, args...))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		t.Fatalf("the CLI accepted %s %v: %s", name, args, out.String())
+	}
+	return err.Error()
+}
+
+// TestFormMatchesCLI types the same input into the form and the CLI and expects the same message.
+func TestFormMatchesCLI(t *testing.T) {
+	test.NewTempApp(t)
+	base := []string{"--hostname=mypg.postgres.database.azure.com", "--database=production", "--username=mi_user"}
+	tests := []struct {
+		name         string
+		display      string
+		portOverride string
+		tags         string
+		field        string // the field that must show an error
+		want         string // a part of the message
+	}{
+		{"quote in name", `prod"db`, "", "", "name", `display name must not contain ", < or >`},
+		{"less-than in name", "prod<db", "", "", "name", `display name must not contain ", < or >`},
+		{"greater-than in name", "prod>db", "", "", "name", `display name must not contain ", < or >`},
+		{"port override below range", "ok", "1023", "", "port-override", "port override 1023 is out of range 1024-64999 for loopback mode"},
+		{"port override above range", "ok", "65000", "", "port-override", "port override 65000 is out of range 1024-64999 for loopback mode"},
+		{"port override not a number", "ok", "ten", "", "port-override", `parse port override "ten": not a number`},
+		{"bad tags", "ok", "", "env", "tags", `"env" is not key=value`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := New(func(context.Context, resource.Resource) (resource.Resource, error) {
+				t.Fatal("an invalid resource reached the node")
+				return resource.Resource{}, nil
+			})
+			w := test.NewTempWindow(t, f.Object())
+			_ = w
+			test.Type(f.Name, tc.display)
+			test.Type(f.Hostname, "mypg.postgres.database.azure.com")
+			test.Type(f.Database, "production")
+			test.Type(f.Username, "mi_user")
+			test.Type(f.PortOverride, tc.portOverride)
+			test.Type(f.Tags, tc.tags)
+			test.Tap(f.Submit)
+
+			args := append([]string{}, base...)
+			if tc.portOverride != "" {
+				args = append(args, "--port-override="+tc.portOverride)
+			}
+			if tc.tags != "" {
+				args = append(args, "--tags="+tc.tags)
+			}
+			want := cliAdd(t, tc.display, args...)
+			if f.Message.Text != want {
+				t.Errorf("form says\n%q\nCLI says\n%q", f.Message.Text, want)
+			}
+			if !strings.Contains(want, tc.want) {
+				t.Errorf("CLI message %q lacks %q", want, tc.want)
+			}
+			if got := f.FieldError(tc.field); !strings.Contains(got, tc.want) {
+				t.Errorf("under %s the form shows %q, want %q", tc.field, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestFormAddsValidResource checks the edges of the loopback port range pass and every field reaches
+// the resource.
+func TestFormAddsValidResource(t *testing.T) {
+	test.NewTempApp(t)
+	for _, po := range []int{resource.LoopbackPortMin, resource.LoopbackPortMax, resource.PortOverrideAuto} {
+		got := make(chan resource.Resource, 1)
+		f := New(func(_ context.Context, r resource.Resource) (resource.Resource, error) {
+			got <- r
+			r.ID = "ds-1"
+			return r, nil
+		})
+		test.NewTempWindow(t, f.Object())
+		test.Type(f.Name, "azure-pg-mi-dev")
+		test.Type(f.Hostname, "mypg.postgres.database.azure.com")
+		test.Type(f.Database, "production")
+		test.Type(f.Username, "mi_user")
+		test.Type(f.ClientID, "11111111-2222-3333-4444-555555555555")
+		test.Type(f.PortOverride, strconv.Itoa(po))
+		test.Type(f.Tags, "env=dev, team=data")
+		f.ConnectivityMode.SetSelected(resource.ModeLoopback)
+		test.Tap(f.RestrictDatabase)
+		test.Tap(f.Submit)
+		var r resource.Resource
+		select {
+		case r = <-got:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("port override %d: nothing was added; the form says %q", po, f.Message.Text)
+		}
+		if r.PortOverride != po || r.Tags["team"] != "data" || !r.RestrictDatabase || !r.TLSRequired || r.Port != 5432 ||
+			r.ConnectivityMode != resource.ModeLoopback || r.ManagedIdentityClientID == "" {
+			t.Errorf("port override %d: resource %+v", po, r)
+		}
+	}
+}

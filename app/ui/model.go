@@ -1,0 +1,172 @@
+// Package ui is the Ferry desktop app's tray menu and main window, drawn with Fyne over the client
+// core (package client) exactly as the CLI uses it: every action is a client call. It does not import
+// fyne.io/fyne/v2/app, so it tests headless with fyne.io/fyne/v2/test, even with CGO_ENABLED=0;
+// package app wires it to the real Fyne app.
+package ui
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	"fyne.io/fyne/v2"
+
+	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/assets"
+	"github.com/ferryhq/ferry/client"
+	"github.com/ferryhq/ferry/resource"
+)
+
+// Core is what the app needs from the client core; *client.Control is the implementation.
+type Core interface {
+	client.Connector
+	Disconnect(ctx context.Context, names ...string) error
+	Logout(ctx context.Context) error
+	API() *api.Client
+}
+
+// Health states of api.Health as the node reports them.
+const (
+	HealthHealthy   = api.HealthHealthy
+	HealthUnhealthy = api.HealthUnhealthy
+)
+
+// Overall is the tray icon's state.
+type Overall int
+
+// Overall states, worst last.
+const (
+	Idle      Overall = iota // nothing connected, nothing wrong
+	Connected                // at least one resource connected
+	Problem                  // the daemon or the node is unreachable, or a resource is unhealthy
+)
+
+// OverallState sums a status (and the error of fetching it) up for the tray icon.
+func OverallState(st client.Status, err error) Overall {
+	if err != nil || !st.NodeReachable {
+		return Problem
+	}
+	state := Idle
+	for _, r := range st.Resources {
+		if Unhealthy(r) {
+			return Problem
+		}
+		if r.Connected {
+			state = Connected
+		}
+	}
+	return state
+}
+
+// TrayIcon is the icon of an overall state.
+func TrayIcon(o Overall) fyne.Resource {
+	switch o {
+	case Connected:
+		return fyne.NewStaticResource("tray-connected.png", assets.TrayConnectedPNG)
+	case Problem:
+		return fyne.NewStaticResource("tray-problem.png", assets.TrayProblemPNG)
+	}
+	return fyne.NewStaticResource("tray-idle.png", assets.TrayIdlePNG)
+}
+
+// StateText is a resource's state as the tray and the window show it.
+func StateText(r client.ResourceStatus) string {
+	switch {
+	case Unhealthy(r) && r.Connected:
+		return "connected, unhealthy"
+	case Unhealthy(r):
+		return "unhealthy"
+	case r.Connected:
+		return "connected"
+	}
+	return "not connected"
+}
+
+// Unhealthy reports whether the node's last health check of r failed (a resource not checked yet is
+// not counted as a problem).
+func Unhealthy(r client.ResourceStatus) bool {
+	return r.Health != nil && r.Health.Checked && r.Health.State == HealthUnhealthy
+}
+
+// HealthText is the health column: "healthy", "unhealthy (login)", "unhealthy (not checked yet)", or
+// "unknown" when the node did not say.
+func HealthText(r client.ResourceStatus) string {
+	if r.Health == nil {
+		return "unknown"
+	}
+	return r.Health.Label()
+}
+
+// AddressText is where local programs connect, or that nothing listens there yet.
+func AddressText(r client.ResourceStatus) string {
+	if r.Connected {
+		return r.Address
+	}
+	return r.Address + " (not listening)"
+}
+
+// ModeText is the resource's connectivity mode, falling back to the org's default.
+func ModeText(r client.ResourceStatus, orgDefault string) string {
+	m := resource.Resource{ConnectivityMode: r.ConnectivityMode}
+	return m.Mode(orgDefault)
+}
+
+// TrayLabel is a resource's line in the tray menu.
+func TrayLabel(r client.ResourceStatus) string {
+	mark := "○"
+	if r.Connected {
+		mark = "●"
+	}
+	if Unhealthy(r) {
+		mark = "⚠"
+	}
+	if r.Connected {
+		return fmt.Sprintf("%s %s  %s  (%s)", mark, r.Name, r.Address, StateText(r))
+	}
+	return fmt.Sprintf("%s %s  (%s)", mark, r.Name, StateText(r))
+}
+
+// Matches reports whether the search text finds r: a case-insensitive substring of its name or of
+// one of its tags written key=value.
+func Matches(r client.ResourceStatus, search string) bool {
+	search = strings.ToLower(strings.TrimSpace(search))
+	if search == "" || strings.Contains(strings.ToLower(r.Name), search) {
+		return true
+	}
+	for k, v := range r.Tags {
+		if strings.Contains(strings.ToLower(k+"="+v), search) {
+			return true
+		}
+	}
+	return false
+}
+
+// GroupThreshold is the number of resources above which the tray menu groups them by tag.
+const GroupThreshold = 12
+
+// groupKey is the tray group of a resource: its first tag (by key) as key=value, or "untagged".
+func groupKey(r client.ResourceStatus) string {
+	if len(r.Tags) == 0 {
+		return "untagged"
+	}
+	keys := make([]string, 0, len(r.Tags))
+	for k := range r.Tags {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys[0] + "=" + r.Tags[keys[0]]
+}
+
+// NodeChange is the notification for a change of the node's reachability between two polls, or nil.
+// prev is nil before the first poll, which never notifies.
+func NodeChange(prev *bool, st client.Status, err error) *fyne.Notification {
+	if err != nil || prev == nil || *prev == st.NodeReachable {
+		return nil
+	}
+	if st.NodeReachable {
+		return fyne.NewNotification("Ferry: ferry-node is reachable again", "Your resources work again; connected addresses carry new connections.")
+	}
+	return fyne.NewNotification("Ferry: ferry-node is unreachable",
+		"New connections will fail until it comes back ("+st.NodeError+"). Check your network or VPN; Ferry keeps retrying.")
+}
