@@ -1,3 +1,5 @@
+//go:build cgo
+
 // Package app is the Ferry desktop app: it wires the tray menu and the window of package ui to the real
 // Fyne app (which needs cgo and a display). It holds no behaviour of its own: every action goes through
 // the client core, exactly as the CLI does.

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command bench measures Ferry side by side with the paths people use instead, in one run on one
 // machine, and reports each figure as a ratio to the direct connection:
 //

@@ -1,3 +1,5 @@
+//go:build cgo || !darwin
+
 // Package adminform is the desktop app's "Add resource" form for an Azure PostgreSQL (Managed
 // Identity) resource. It parses its fields with the CLI's parsers (resource.ParsePortOverride,
 // resource.ParseTags) and checks them with resource.Validate, so a person sees the same messages as

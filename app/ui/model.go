@@ -1,3 +1,5 @@
+//go:build cgo || !darwin
+
 // Package ui is the Ferry desktop app's tray menu and main window, drawn with Fyne over the client
 // core (package client) exactly as the CLI uses it: every action is a client call. It does not import
 // fyne.io/fyne/v2/app, so it tests headless with fyne.io/fyne/v2/test, even with CGO_ENABLED=0;

@@ -1,3 +1,5 @@
+//go:build cgo
+
 // Command shots renders the README's screenshots of the desktop app with the real Fyne driver (run it
 // under Xvfb: xvfb-run go run ./app/internal/shots -out docs). It starts the demo installation, adds
 // two more resources, connects one, and captures the main window and the "Add resource" form with
