@@ -11,8 +11,10 @@ package app
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
+	"runtime"
 	"sync"
 
 	"fyne.io/fyne/v2"
@@ -30,6 +32,9 @@ const ID = "dev.ferryhq.ferry"
 // Run opens the desktop app and blocks until it quits (tray Quit, window close without a tray, or ctx
 // ending, e.g. on SIGTERM).
 func Run(ctx context.Context, dirs client.Dirs) error {
+	if runtime.GOOS == "linux" && os.Getenv("DISPLAY") == "" && os.Getenv("WAYLAND_DISPLAY") == "" {
+		return errors.New("no graphical session (neither DISPLAY nor WAYLAND_DISPLAY is set), so the desktop app cannot open; use `ferry daemon` and the commands instead (ferry --help)")
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	a := fyneapp.NewWithID(ID)
 	a.SetIcon(fyne.NewStaticResource("icon.png", assets.IconPNG))

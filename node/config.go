@@ -2,14 +2,19 @@ package node
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"github.com/ferryhq/ferry/resource"
 )
 
 // Config is ferry-node's configuration file (JSON, config.json in the state directory unless
@@ -158,4 +163,51 @@ func (c *Config) resolver() *net.Resolver {
 		var d net.Dialer
 		return d.DialContext(ctx, network, server)
 	}}
+}
+
+// Validate checks the config's values, so that `ferry-node init` refuses what `run` would fail on.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if c.PublicHost == "" || !resource.ValidHostname(c.PublicHost) {
+		bad("public host %q is neither a DNS name nor an IP address (give the name only, without scheme or port)", c.PublicHost)
+	}
+	if _, port, err := net.SplitHostPort(c.EnrollListen); err != nil {
+		bad("enroll listen address %q: use HOST:PORT or :PORT", c.EnrollListen)
+	} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		bad("enroll listen address %q: the port must be 0-65535", c.EnrollListen)
+	}
+	if c.WireGuardPort < 0 || c.WireGuardPort > 65535 {
+		bad("WireGuard port %d is out of range 0-65535", c.WireGuardPort)
+	}
+	if c.IMDSEndpoint != "" {
+		u, err := url.Parse(c.IMDSEndpoint)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("IMDS endpoint %q is not an http://HOST:PORT URL", c.IMDSEndpoint)
+		}
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			bad("metrics listen address %q: use HOST:PORT", c.MetricsListen)
+		}
+	}
+	if c.DNSServer != "" {
+		if _, err := netip.ParseAddrPort(c.DNSServer); err != nil {
+			bad("DNS server %q: use IP:PORT", c.DNSServer)
+		}
+	}
+	for _, f := range c.CAFiles {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			bad("CA file: %v", err)
+		} else if !x509.NewCertPool().AppendCertsFromPEM(b) {
+			bad("CA file %s holds no PEM certificate", f)
+		}
+	}
+	for host, addr := range c.HostOverrides {
+		if !resource.ValidHostname(host) || addr == "" {
+			bad("host override %q=%q: use HOSTNAME=IP[:PORT]", host, addr)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -51,15 +51,32 @@ const DefaultAdmin = "admin"
 
 // Init creates a node's state in dir: its WireGuard private key, the TLS certificate of its enrollment
 // endpoint, the catalog with a first admin user, and cfg as dir/config.json. It returns a single-use
-// enrollment token for that admin. It refuses a dir that already holds a node.
-func Init(ctx context.Context, dir string, cfg Config, adminName string) (string, error) {
+// enrollment token for that admin ("" when the enrollment port is 0, picked at each start). It
+// refuses a config that does not validate and a dir that already holds a node; a failed Init leaves
+// no files behind.
+func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok string, err error) {
 	cfg.applyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return "", fmt.Errorf("init node: %w", err)
+	}
+	if adminName == "" {
+		adminName = DefaultAdmin
+	}
 	if _, err := os.Stat(filepath.Join(dir, keyFile)); err == nil {
 		return "", fmt.Errorf("init node: %s already holds a node; use another --state directory", dir)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
 	}
+	// A failed init leaves nothing behind, so that it can simply be run again.
+	defer func() {
+		if err != nil {
+			for _, f := range []string{keyFile, certFile, certKeyFile, ConfigFile, dbFile, dbFile + "-wal", dbFile + "-shm"} {
+				_ = os.Remove(filepath.Join(dir, f))
+			}
+			_ = os.Remove(dir) // only if empty
+		}
+	}()
 	key, err := tunnel.GenerateKey()
 	if err != nil {
 		return "", fmt.Errorf("init node: %w", err)
@@ -82,11 +99,11 @@ func Init(ctx context.Context, dir string, cfg Config, adminName string) (string
 	if err != nil {
 		return "", fmt.Errorf("init node: %w", err)
 	}
-	if adminName == "" {
-		adminName = DefaultAdmin
-	}
 	if err := cat.AddUser(ctx, adminName, true); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
+	}
+	if _, port, _ := net.SplitHostPort(cfg.EnrollListen); port == "0" {
+		return "", nil // the port is picked at start: tokens come from the running node (Node.EnrollToken)
 	}
 	return enrollToken(ctx, dir, cfg, cat, adminName)
 }
@@ -118,6 +135,12 @@ func enrollToken(ctx context.Context, dir string, cfg Config, cat *catalog.Catal
 	u, err := cfg.EnrollURL()
 	if err != nil {
 		return "", fmt.Errorf("issue enrollment token: %w", err)
+	}
+	if strings.HasSuffix(u, ":0") {
+		return "", errors.New("issue enrollment token: the node's enroll_listen has port 0 (a port picked at each start), so a token cannot name it; issue tokens through the running node with `ferry admin users enroll USER`")
+	}
+	if _, err := cat.UserInfo(ctx, user); err != nil {
+		return "", fmt.Errorf("issue enrollment token: no user %q (add it with `ferry admin users add %s`)", user, user)
 	}
 	secret, err := cat.CreateEnrollToken(ctx, user, time.Duration(cfg.EnrollTokenTTL))
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"regexp"
 	"strings"
 	"time"
 
@@ -176,6 +177,8 @@ func (c *Catalog) VNSubnet(ctx context.Context) (netip.Prefix, error) {
 	return p, nil
 }
 
+var userNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$`)
+
 // User is a person who may enroll devices. Admin is the admin permission level: it gates every admin
 // API call and reaches every resource.
 type User struct {
@@ -186,8 +189,8 @@ type User struct {
 
 // AddUser creates a user; a taken name wraps ErrConflict.
 func (c *Catalog) AddUser(ctx context.Context, name string, admin bool) error {
-	if strings.TrimSpace(name) == "" || strings.ContainsAny(name, "\"<>") {
-		return fmt.Errorf("add user: %q is not a valid user name", name)
+	if !userNameRE.MatchString(name) {
+		return fmt.Errorf("add user: %q is not a valid user name (letters, digits and . _ @ -, starting with a letter or digit)", name)
 	}
 	_, err := c.db.ExecContext(ctx, `INSERT INTO users(name, admin, created_at) VALUES(?,?,?)`, name, admin, time.Now().Unix())
 	if err != nil && strings.Contains(err.Error(), "UNIQUE") {
