@@ -93,6 +93,15 @@ type path struct {
 	Name        string
 	Description string
 	env         map[string]string // PGHOST, PGPORT, ...
+	wrap        []string          // command prefix, e.g. ip netns exec NAME; nil runs tools directly
+}
+
+// command returns name with args as run on this path: with its environment, behind wrap.
+func (p *path) command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	argv := append(append(append([]string{}, p.wrap...), name), args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = p.environ()
+	return cmd
 }
 
 func (p *path) environ() []string {
@@ -107,8 +116,7 @@ func (p *path) environ() []string {
 func (p *path) psql(ctx context.Context, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "psql", append([]string{"-X", "-v", "ON_ERROR_STOP=1"}, args...)...)
-	cmd.Env = p.environ()
+	cmd := p.command(ctx, "psql", append([]string{"-X", "-v", "ON_ERROR_STOP=1"}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
