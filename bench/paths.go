@@ -30,12 +30,13 @@ type installation struct {
 func startInstallation(ctx context.Context, dir string, log *slog.Logger) (*installation, error) {
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	// The resource's loopback address is the fixed 127.0.0.1:10001; another demo or test on the
-	// machine may hold it for a while, so try again a few times.
+	// The resource listens on a random address of 127.0.0.0/8 (port 10001), so a demo running on
+	// the machine (which holds 127.0.0.1:10001) does not get in the way; should that address be
+	// taken all the same, try again a few times with another.
 	var env *demo.Env
 	var err error
 	for attempt := 1; ; attempt++ {
-		env, err = demo.Start(sctx, demo.Options{Dir: fmt.Sprintf("%s/demo%d", dir, attempt), Logger: log})
+		env, err = demo.Start(sctx, demo.Options{Dir: fmt.Sprintf("%s/demo%d", dir, attempt), Logger: log, LoopbackIP: demo.RandomLoopbackIP()})
 		if err == nil {
 			break
 		}

@@ -337,8 +337,8 @@ func (r *report) dnsMarkdown(w func(format string, args ...any)) {
 	if f == nil || len(r.DNSServers) == 0 {
 		return
 	}
-	w("\n## DNS\n\n%s, the same query file (one A query per alias, in turn) and dnsperf settings (one socket, ", f.Title)
-	w("one thread, 100 queries outstanding) for every server, servers alternating.\n\n")
+	w("\n## DNS\n\n%s. Every server gets the same query file (one A query per alias, in turn) and the same ", f.Title)
+	w("dnsperf settings (one socket, one thread, 100 queries outstanding, 2 s timeout); servers alternate.\n\n")
 	for _, s := range r.DNSServers {
 		w("- **%s**: %s\n", s.Name, s.Description)
 	}
