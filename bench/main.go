@@ -10,8 +10,11 @@
 // a node and a connected client in this process), starts a private OpenSSH server with an `ssh -N -L`
 // forward and a pgbouncer in session mode, then runs pgbench -S, pgbench -C -S and a bulk COPY TO
 // STDOUT through every path, alternating between them, plus the tunnel's raw TCP ceiling and the
-// memory held by idle proxied connections. What is missing (a package, a mode Ferry does not have
-// yet) is printed as "not measured" with the reason, never faked.
+// memory held by idle proxied connections. As root it also runs a second client daemon in virtual
+// networking mode inside a network namespace (demo/vnet) and measures the same figures through the
+// resource's VN address ("ferry VN"). The DNS figures put Ferry's resolver next to dnsmasq serving
+// the same names, with dnsperf. What is missing (a package, root) is printed as "not measured" with
+// the reason, never faked.
 package main
 
 import (
@@ -28,6 +31,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ferryhq/ferry/demo/vnet"
 )
 
 // options are the command's flags.
@@ -46,6 +51,7 @@ type options struct {
 }
 
 func main() {
+	vnet.RunCLIIfAsked() // the VN daemon in the namespace is this binary acting as the ferry CLI
 	var o options
 	o.duration = 20 * time.Second
 	flag.Var((*seconds)(&o.duration), "T", "duration of each pgbench run, in seconds as pgbench -T (20) or as a Go duration (20s)")
@@ -57,7 +63,7 @@ func main() {
 	flag.BoolVar(&o.install, "install", true, "when root, apt-get install the peers that are missing (openssh-server, pgbouncer)")
 	flag.BoolVar(&o.smoke, "smoke", false, "quick run: -T 2s, -copy-mb 32, -idle 100, -sessions 10, nothing written unless -out is given")
 	flag.StringVar(&o.cpuProf, "cpuprofile", "", "write a CPU profile of the bench process (node, client and emulator front run in it) to this file")
-	flag.StringVar(&o.only, "paths", "", "measure only these paths (comma-separated: direct,ferry,ssh -L,pgbouncer,socket), e.g. to profile one")
+	flag.StringVar(&o.only, "paths", "", "measure only these paths (comma-separated: direct,ferry,ferry VN,ssh -L,pgbouncer,socket), e.g. to profile one")
 	flag.BoolVar(&o.verbose, "verbose", false, "log what the node, client and emulator do")
 	flag.Parse()
 	if o.smoke {
@@ -148,6 +154,23 @@ func run(ctx context.Context, o options) error {
 	rep.Postgres = inst.pgVersion
 
 	paths := []*path{inst.socketPath(), inst.directPath(), inst.ferryPath()}
+	names, err := inst.addAliases(ctx)
+	if err != nil {
+		return err
+	}
+	step("virtual networking mode: a second client daemon in a network namespace (demo/vnet)")
+	vn, err := inst.startVN(ctx, dir)
+	if err != nil {
+		reason := err.Error()
+		if os.Geteuid() != 0 {
+			reason += ": run the bench as root (sudo go run ./bench) to include it"
+		}
+		rep.notMeasured(vnPathName+" (virtual networking mode)", reason)
+		step("  " + vnPathName + ": not measured: " + reason)
+	} else {
+		defer vn.Close()
+		paths = append(paths, vn.path)
+	}
 	peers := newPeers(dir, inst, o.install)
 	defer peers.Close()
 	if p, err := peers.startSSH(ctx); err != nil {
@@ -230,9 +253,16 @@ func run(ctx context.Context, o options) error {
 		step("  " + s.String())
 	}
 
+	if err := measureDNS(ctx, o, rep, peers, vn, names, dir); err != nil {
+		return err
+	}
+
 	// The peers hold server connections (pgbouncer's pool); stop them so the
 	// memory figures can use the server's connection slots.
 	peers.Close()
+	if vn != nil {
+		vn.Close()
+	}
 	step(fmt.Sprintf("memory: %d idle TCP connections through Ferry", o.idleConns))
 	if m, err := idleMemory(ctx, inst, o.idleConns); err != nil {
 		rep.notMeasured("idle connection memory", err.Error())
@@ -251,8 +281,6 @@ func run(ctx context.Context, o options) error {
 			step("  " + m.String())
 		}
 	}
-	rep.notMeasured("virtual networking mode", "not built yet: Ferry has only loopback mode, so there is no VN address to run pgbench against")
-	rep.notMeasured("DNS (dnsperf vs dnsmasq)", "not built yet: the resolver package is empty until virtual networking mode exists")
 	rep.finish()
 
 	md := rep.markdown()
@@ -281,6 +309,66 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("write results: %w", err)
 	}
 	step("wrote " + filepath.Join(o.outDir, "BENCHMARKS.md") + " and " + filepath.Join(o.outDir, "benchmarks.json"))
+	return nil
+}
+
+// measureDNS runs dnsperf against dnsmasq, Ferry's resolver on a loopback socket and (when vn is
+// running) the VN daemon's resolver, alternating, with the same query file and duration, and adds
+// the dns_qps figure. A server that cannot be started is reported as not measured.
+func measureDNS(ctx context.Context, o options, rep *report, peers *peers, vn *vnSetup, names aliases, dir string) error {
+	step(fmt.Sprintf("DNS: dnsperf against dnsmasq and Ferry's resolver, %d names", len(names.records)))
+	if _, err := peers.need(ctx, "dnsperf", "dnsperf"); err != nil {
+		rep.notMeasured("DNS (dnsperf)", err.Error())
+		step("  not measured: " + err.Error())
+		return nil
+	}
+	qf, err := writeQueryFile(dir, names)
+	if err != nil {
+		return err
+	}
+	var targets []*dnsTarget
+	if t, err := peers.startDnsmasq(ctx, names); err != nil {
+		rep.notMeasured("DNS via dnsmasq", err.Error())
+		step("  dnsmasq: not measured: " + err.Error())
+	} else {
+		targets = append(targets, t)
+	}
+	t, stop, err := startResolver(names)
+	if err != nil {
+		return fmt.Errorf("start the resolver on loopback: %w", err)
+	}
+	defer stop()
+	if err := checkAnswers(ctx, t.addr, names); err != nil {
+		return fmt.Errorf("the resolver on loopback: %w", err)
+	}
+	targets = append(targets, t)
+	if vn != nil {
+		targets = append(targets, vnResolver(vn, names))
+	} else {
+		rep.notMeasured("DNS via "+dnsResolverVN, "needs virtual networking mode, which was not measured (see above)")
+	}
+	for _, t := range targets {
+		rep.DNSServers = append(rep.DNSServers, pathInfo{Name: t.Name, Description: t.Description})
+	}
+	secs := int(o.duration / time.Second)
+	fig := rep.figure("dns_qps", fmt.Sprintf("dnsperf -l %d, %d names (A): queries/s", secs, len(names.records)), "queries/s")
+	for r := range o.rounds {
+		for i := range targets {
+			t := targets[(i+r)%len(targets)]
+			step(fmt.Sprintf("%s via %s (round %d/%d)", fig.Title, t.Name, r+1, o.rounds))
+			s, err := runDnsperf(ctx, t, qf, secs)
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				fig.fail(t.Name, err)
+				step("  failed: " + err.Error())
+				continue
+			}
+			fig.add(t.Name, s)
+			step("  " + s.String())
+		}
+	}
 	return nil
 }
 

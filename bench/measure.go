@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"regexp"
 	"runtime"
 	"runtime/debug"
@@ -32,6 +31,8 @@ type sample struct {
 	Seconds   float64 `json:"seconds"`              // how long the measurement ran
 	Bytes     int64   `json:"bytes,omitempty"`      // bytes transferred (COPY, tunnel)
 	Txns      int64   `json:"transactions,omitempty"`
+	Queries   int64   `json:"queries,omitempty"` // DNS queries answered (dnsperf "completed")
+	Lost      int64   `json:"lost,omitempty"`    // DNS queries unanswered within dnsperf's timeout
 }
 
 func (s sample) String() string {
@@ -41,6 +42,9 @@ func (s sample) String() string {
 	}
 	if s.Bytes > 0 {
 		out += fmt.Sprintf(", %d bytes in %.2f s", s.Bytes, s.Seconds)
+	}
+	if s.Queries > 0 {
+		out += fmt.Sprintf(", %d queries answered, %d lost", s.Queries, s.Lost)
 	}
 	return out
 }
@@ -57,8 +61,7 @@ var (
 func runPgbench(ctx context.Context, p *path, secs int, args ...string) (sample, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "pgbench", append([]string{"-n", "-T", strconv.Itoa(secs)}, args...)...)
-	cmd.Env = p.environ()
+	cmd := p.command(ctx, "pgbench", append([]string{"-n", "-T", strconv.Itoa(secs)}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	t0 := time.Now()
@@ -93,8 +96,7 @@ func runCopy(ctx context.Context, p *path, mb int) (sample, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 	defer cancel()
 	q := fmt.Sprintf("COPY (SELECT repeat('x', %d) FROM generate_series(1, %d)) TO STDOUT", copyRowWidth, rows)
-	cmd := exec.CommandContext(ctx, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", q)
-	cmd.Env = p.environ()
+	cmd := p.command(ctx, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", q)
 	var n counter
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &n, &stderr

@@ -32,12 +32,13 @@ type installation struct {
 func startInstallation(ctx context.Context, dir string, log *slog.Logger) (*installation, error) {
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	// The resource's loopback address is the fixed 127.0.0.1:10001; another demo or test on the
-	// machine may hold it for a while, so try again a few times.
+	// The resource listens on a random address of 127.0.0.0/8 (port 10001), so a demo running on
+	// the machine (which holds 127.0.0.1:10001) does not get in the way; should that address be
+	// taken all the same, try again a few times with another.
 	var env *demo.Env
 	var err error
 	for attempt := 1; ; attempt++ {
-		env, err = demo.Start(sctx, demo.Options{Dir: fmt.Sprintf("%s/demo%d", dir, attempt), Logger: log})
+		env, err = demo.Start(sctx, demo.Options{Dir: fmt.Sprintf("%s/demo%d", dir, attempt), Logger: log, LoopbackIP: demo.RandomLoopbackIP()})
 		if err == nil {
 			break
 		}
@@ -95,6 +96,15 @@ type path struct {
 	Name        string
 	Description string
 	env         map[string]string // PGHOST, PGPORT, ...
+	wrap        []string          // command prefix, e.g. ip netns exec NAME; nil runs tools directly
+}
+
+// command returns name with args as run on this path: with its environment, behind wrap.
+func (p *path) command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	argv := append(append(append([]string{}, p.wrap...), name), args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = p.environ()
+	return cmd
 }
 
 func (p *path) environ() []string {
@@ -109,8 +119,7 @@ func (p *path) environ() []string {
 func (p *path) psql(ctx context.Context, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "psql", append([]string{"-X", "-v", "ON_ERROR_STOP=1"}, args...)...)
-	cmd.Env = p.environ()
+	cmd := p.command(ctx, "psql", append([]string{"-X", "-v", "ON_ERROR_STOP=1"}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

@@ -22,6 +22,7 @@ type report struct {
 	Command     string       `json:"command"`
 	Settings    settings     `json:"settings"`
 	Paths       []pathInfo   `json:"paths"`
+	DNSServers  []pathInfo   `json:"dns_servers"` // the "paths" of the dns_qps figure
 	Figures     []*figure    `json:"figures"`
 	Memory      []memory     `json:"memory"`
 	NotMeasured []skipped    `json:"not_measured"`
@@ -57,7 +58,7 @@ type figure struct {
 
 type targetLine struct {
 	Goal   string  `json:"goal"`
-	Ratio  float64 `json:"measured"` // the measured ratio (or KiB for memory); 0 when not measured
+	Ratio  float64 `json:"measured"` // the measured ratio (KiB for memory, queries/s for DNS); 0 when not measured
 	Want   float64 `json:"want"`
 	Met    *bool   `json:"met"` // nil when not measured
 	Detail string  `json:"detail"`
@@ -147,6 +148,10 @@ func (r *report) finish() {
 	add("pgbench -S through Ferry ≥ pgbouncer (session mode)", 1.0, v, ok, false, "")
 	v, ok = r.ratio("pgbench_connect_tps", "ferry", "direct")
 	add("pgbench -C through Ferry ≥ 0.5× direct", 0.5, v, ok, false, "")
+	v, ok = r.ratio("pgbench_select_tps", vnPathName, "direct")
+	add("pgbench -S through Ferry in VN mode ≥ 0.8× direct", 0.8, v, ok, false, "")
+	v, ok = r.ratio("pgbench_connect_tps", vnPathName, "direct")
+	add("pgbench -C through Ferry in VN mode ≥ 0.5× direct", 0.5, v, ok, false, "")
 	var ceil, cp float64
 	var ok1, ok2 bool
 	if f := r.find("tunnel_raw_mbps"); f != nil {
@@ -172,7 +177,16 @@ func (r *report) finish() {
 	} else {
 		add("≤ 64 KiB of node RSS per idle proxied connection (KiB)", 64, 0, false, true, "not measured")
 	}
-	add("Resolver ≥ 50,000 queries/s, within 2× of dnsmasq", 50000, 0, false, false, "not measured: the resolver is not built yet")
+	for _, srv := range []string{dnsResolver, dnsResolverVN} {
+		var qps float64
+		ok := false
+		if f := r.find("dns_qps"); f != nil {
+			qps, _, ok = f.mean(srv)
+		}
+		add("Resolver ≥ 50,000 queries/s — "+srv+" (queries/s)", 50000, qps, ok, false, "")
+		v, ok := r.ratio("dns_qps", srv, dnsDnsmasq)
+		add("Resolver within 2× of dnsmasq, i.e. ≥ 0.5× its queries/s — "+srv, 0.5, v, ok, false, "")
+	}
 }
 
 func (r *report) json() ([]byte, error) {
@@ -185,7 +199,7 @@ func (r *report) json() ([]byte, error) {
 
 // columns orders the paths: direct first (the baseline), then Ferry, then the peers, socket last.
 func (r *report) columns() []string {
-	rank := map[string]int{"direct": 0, "ferry": 1, "ssh -L": 2, "pgbouncer": 3, "socket": 4}
+	rank := map[string]int{"direct": 0, "ferry": 1, vnPathName: 2, "ssh -L": 3, "pgbouncer": 4, "socket": 5}
 	var names []string
 	for _, p := range r.Paths {
 		names = append(names, p.Name)
@@ -223,6 +237,9 @@ func (r *report) markdown() string {
 	}
 	w("\n")
 	for _, f := range r.Figures {
+		if strings.HasPrefix(f.Key, "dns_") {
+			continue // own section
+		}
 		row := func(title string, pick func(v, lat float64) float64, format string) {
 			w("| %s |", title)
 			_, dl, _ := f.mean("direct")
@@ -250,6 +267,9 @@ func (r *report) markdown() string {
 	}
 	var errs []string
 	for _, f := range r.Figures {
+		if strings.HasPrefix(f.Key, "dns_") {
+			continue
+		}
 		for _, c := range cols {
 			for _, e := range f.Errors[c] {
 				errs = append(errs, fmt.Sprintf("- %s via %s: %s", f.Title, c, e))
@@ -268,6 +288,14 @@ func (r *report) markdown() string {
 			}
 		}
 	}
+	if vs, ok := r.ratio("pgbench_select_tps", vnPathName, "ferry"); ok {
+		w("\nIn virtual networking mode Ferry reached %.2f× its loopback-mode pgbench -S TPS", vs)
+		if vc, ok := r.ratio("pgbench_connect_tps", vnPathName, "ferry"); ok {
+			w(" and %.2f× its pgbench -C TPS", vc)
+		}
+		w(".\n")
+	}
+	r.dnsMarkdown(w)
 	if len(r.Memory) > 0 {
 		w("\n## Memory\n\nGrowth of the bench process (VmRSS, and the Go runtime's live heap + goroutine stacks after a full GC) while holding the connections.\n\n")
 		w("| Connections | Held | Alive at measurement | RSS Δ | RSS per conn | Go live per conn | Goroutines per conn |\n|---|---:|---:|---:|---:|---:|---:|\n")
@@ -286,6 +314,9 @@ func (r *report) markdown() string {
 		if t.Met != nil {
 			met = map[bool]string{true: "yes", false: "**no**"}[*t.Met]
 			got = fmt.Sprintf("%.2f", t.Ratio)
+			if t.Want >= 1000 {
+				got = fmt.Sprintf("%.0f", t.Ratio)
+			}
 		}
 		if t.Detail != "" && t.Met != nil {
 			met += " (" + t.Detail + ")"
@@ -300,4 +331,40 @@ func (r *report) markdown() string {
 	}
 	w("\nRaw numbers: docs/benchmarks.json.\n")
 	return b.String()
+}
+
+// dnsMarkdown writes the DNS section: queries per second per server and the ratio to dnsmasq.
+func (r *report) dnsMarkdown(w func(format string, args ...any)) {
+	f := r.find("dns_qps")
+	if f == nil || len(r.DNSServers) == 0 {
+		return
+	}
+	w("\n## DNS\n\n%s. Every server gets the same query file (one A query per alias, in turn) and the same ", f.Title)
+	w("dnsperf settings (one socket, one thread, 100 queries outstanding, 2 s timeout); servers alternate.\n\n")
+	for _, s := range r.DNSServers {
+		w("- **%s**: %s\n", s.Name, s.Description)
+	}
+	w("\n| Server | queries/s | ratio to dnsmasq | latency avg, ms | lost |\n|---|---:|---:|---:|---:|\n")
+	base, _, bok := f.mean(dnsDnsmasq)
+	for _, s := range r.DNSServers {
+		v, lat, ok := f.mean(s.Name)
+		if !ok {
+			w("| %s | failed | | | |\n", s.Name)
+			continue
+		}
+		ratio := "—"
+		if bok && base > 0 {
+			ratio = fmt.Sprintf("%.2f×", v/base)
+		}
+		var lost int64
+		for _, x := range f.Samples[s.Name] {
+			lost += x.Lost
+		}
+		w("| %s | %.0f | %s | %.3f | %d |\n", s.Name, v, ratio, lat, lost)
+	}
+	for _, s := range r.DNSServers {
+		for _, e := range f.Errors[s.Name] {
+			w("\n- failed via %s: %s", s.Name, e)
+		}
+	}
 }

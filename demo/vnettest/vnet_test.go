@@ -4,51 +4,34 @@
 package vnettest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/ferryhq/ferry/cli"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/demo/vnet"
 	"github.com/ferryhq/ferry/node"
 	"github.com/ferryhq/ferry/resource"
 )
 
-// envRunCLI makes the test binary act as the ferry CLI, so the daemon can run in the namespace as
-// a process of its own (ip netns exec) without building the desktop app.
-const envRunCLI = "FERRY_VNETTEST_RUN_CLI"
-
 func TestMain(m *testing.M) {
-	if os.Getenv(envRunCLI) == "1" {
-		os.Exit(cli.Main(nil))
-	}
+	vnet.RunCLIIfAsked() // the daemon in the namespace is this binary acting as the ferry CLI
 	os.Exit(m.Run())
 }
 
 func need(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("virtual networking end-to-end test needs root (network namespace, TUN device): run as root to include it")
-	}
-	for _, bin := range []string{"ip", "psql", "dig"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("virtual networking end-to-end test needs %s (apt-get install iproute2 postgresql-client dnsutils)", bin)
-		}
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skip("no /dev/net/tun: the kernel offers no TUN devices here")
+	if err := vnet.Check("psql", "dig"); err != nil {
+		t.Skipf("virtual networking end-to-end test skipped: %v (run as root with iproute2, postgresql-client and dnsutils to include it)", err)
 	}
 }
 
@@ -61,141 +44,72 @@ func sh(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
-// netns is a network namespace joined to the host by a veth pair.
-type netns struct {
-	name           string
-	hostIP, nsIP   string
-	resolvConfPath string // /etc/netns/<name>/resolv.conf: /etc/resolv.conf inside (ip-netns(8))
-}
+// netns is vnet.Netns with test helpers that fail the test.
+type netns struct{ *vnet.Netns }
 
 func newNetns(t *testing.T) *netns {
 	t.Helper()
-	id := rand.IntN(1 << 16)
-	n := &netns{
-		name:   fmt.Sprintf("ferryvn%d", id),
-		hostIP: fmt.Sprintf("10.%d.%d.1", 200+id%50, id%250),
-		nsIP:   fmt.Sprintf("10.%d.%d.2", 200+id%50, id%250),
-	}
-	hostIf, nsIf := fmt.Sprintf("fvh%d", id), fmt.Sprintf("fvn%d", id)
-	etc := filepath.Join("/etc/netns", n.name)
-	n.resolvConfPath = filepath.Join(etc, "resolv.conf")
-	t.Cleanup(func() {
-		_ = exec.Command("ip", "netns", "del", n.name).Run()
-		_ = exec.Command("ip", "link", "del", hostIf).Run()
-		_ = os.RemoveAll(etc)
-	})
-	sh(t, "ip", "netns", "add", n.name)
-	sh(t, "ip", "link", "add", hostIf, "type", "veth", "peer", "name", nsIf)
-	sh(t, "ip", "link", "set", nsIf, "netns", n.name)
-	sh(t, "ip", "addr", "add", n.hostIP+"/30", "dev", hostIf)
-	sh(t, "ip", "link", "set", hostIf, "up")
-	n.exec(t, "ip", "link", "set", "lo", "up")
-	n.exec(t, "ip", "addr", "add", n.nsIP+"/30", "dev", nsIf)
-	n.exec(t, "ip", "link", "set", nsIf, "up")
-	if err := os.MkdirAll(etc, 0o755); err != nil {
+	n, err := vnet.NewNetns(context.Background())
+	if err != nil {
 		t.Fatal(err)
 	}
-	// The namespace's own resolver configuration, as a laptop's would be before Ferry.
-	if err := os.WriteFile(n.resolvConfPath, []byte("# the namespace's resolvers\nnameserver "+n.hostIP+"\noptions timeout:2\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return n
+	t.Cleanup(func() { n.Close() })
+	return &netns{n}
 }
 
 func (n *netns) exec(t *testing.T, args ...string) string {
 	t.Helper()
-	return sh(t, "ip", append([]string{"netns", "exec", n.name}, args...)...)
-}
-
-// snapshot is the namespace's network and DNS configuration.
-func (n *netns) snapshot(t *testing.T) string {
-	t.Helper()
-	rc, err := os.ReadFile(n.resolvConfPath)
+	out, err := n.Exec(context.Background(), args...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return n.exec(t, "ip", "-4", "route", "show", "table", "all") + "--\n" + n.exec(t, "ip", "-4", "-o", "addr") + "--\n" + n.exec(t, "ip", "-o", "link") + "--\n" + string(rc)
+	return out
 }
 
-// psqlIn runs psql inside the namespace.
-func (n *netns) psql(ctx context.Context, conn, query string) (string, error) {
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", n.name, "psql", conn, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", query)
-	cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=10")
-	out, err := cmd.CombinedOutput()
-	return strings.TrimSpace(string(out)), err
+func (n *netns) snapshot(t *testing.T) string {
+	t.Helper()
+	s, err := n.Snapshot(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
-// daemon is a `ferry daemon --mode virtual-networking` process inside the namespace.
-type daemon struct {
-	cmd    *exec.Cmd
-	stderr *bytes.Buffer
-	done   chan error
-}
+// daemon is a ferry CLI process (daemon or helper) inside the namespace.
+type daemon struct{ *vnet.Process }
 
 func startDaemon(t *testing.T, n *netns, dirs client.Dirs) *daemon {
 	t.Helper()
-	return startProcess(t, n, dirs, nil, []string{os.Args[0], "daemon", "--mode", client.ModeVirtualNetworking}, true)
+	p, err := n.StartDaemon(context.Background(), dirs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{p}
+	t.Cleanup(func() { d.stop(t, syscall.SIGKILL) })
+	return d
 }
 
-// startProcess runs argv (the test binary as the ferry CLI) in the namespace; with wait, until the
+// startProcess runs argv (a binary acting as the ferry CLI) in the namespace; with wait, until the
 // daemon at dirs answers.
 func startProcess(t *testing.T, n *netns, dirs client.Dirs, env, argv []string, wait bool) *daemon {
 	t.Helper()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", n.name}, argv...)...)
-	cmd.Env = append(append(os.Environ(), envRunCLI+"=1", client.EnvConfigDir+"="+dirs.Config, client.EnvRuntimeDir+"="+dirs.Runtime), env...)
-	d := &daemon{cmd: cmd, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
-	cmd.Stdout, cmd.Stderr = d.stderr, &syncWriter{w: d.stderr}
-	if err := cmd.Start(); err != nil {
+	p, err := n.Start(dirs, env, argv)
+	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { d.done <- cmd.Wait() }()
+	d := &daemon{p}
 	t.Cleanup(func() { d.stop(t, syscall.SIGKILL) })
-	if !wait {
-		return d
+	if wait {
+		if err := p.WaitReady(context.Background(), dirs, 60*time.Second); err != nil {
+			t.Fatal(err)
+		}
 	}
-	ctl := client.NewControl(dirs)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		st, err := ctl.Status(ctx)
-		cancel()
-		if err == nil && st.NodeReachable {
-			return d
-		}
-		select {
-		case err := <-d.done:
-			t.Fatalf("daemon exited: %v\n%q", err, d.stderr.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("daemon not ready: %v\n%s", err, d.stderr.String())
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-type syncWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
+	return d
 }
 
 func (d *daemon) stop(t *testing.T, sig syscall.Signal) {
-	if d.cmd.Process == nil || d.cmd.ProcessState != nil {
-		return
-	}
-	_ = d.cmd.Process.Signal(sig)
-	select {
-	case <-d.done:
-	case <-time.After(20 * time.Second):
-		_ = d.cmd.Process.Kill()
-		t.Errorf("daemon did not stop on %v", sig)
-		<-d.done
+	if err := d.Stop(sig, 20*time.Second); err != nil {
+		t.Error(err)
 	}
 }
 
@@ -246,17 +160,7 @@ func TestVirtualNetworking(t *testing.T) {
 	// WireGuard port through the veth pair.
 	n := newNetns(t)
 	dirs := client.Dirs{Config: filepath.Join(t.TempDir(), "cfg"), Runtime: filepath.Join(t.TempDir(), "run")}
-	tok, err := env.Node.EnrollToken(ctx, node.DefaultAdmin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := client.Login(ctx, dirs, tok, "netns")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, port, _ := net.SplitHostPort(st.WireGuardEndpoint)
-	st.WireGuardEndpoint = net.JoinHostPort(n.hostIP, port)
-	if err := client.SaveState(dirs, st); err != nil {
+	if _, err := n.Login(ctx, env.Node, dirs, node.DefaultAdmin, "netns"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -280,7 +184,7 @@ func TestVirtualNetworking(t *testing.T) {
 		}
 		ferry := func(args ...string) string {
 			cmd := exec.CommandContext(ctx, os.Args[0], args...)
-			cmd.Env = append(os.Environ(), envRunCLI+"=1", client.EnvConfigDir+"="+dirs.Config, client.EnvRuntimeDir+"="+dirs.Runtime)
+			cmd.Env = append(os.Environ(), vnet.EnvRunCLI+"=1", client.EnvConfigDir+"="+dirs.Config, client.EnvRuntimeDir+"="+dirs.Runtime)
 			out, err := cmd.CombinedOutput()
 			if err != nil {
 				t.Fatalf("ferry %v: %v\n%s", args, err, out)
@@ -307,14 +211,14 @@ func TestVirtualNetworking(t *testing.T) {
 
 	t.Run("psql by VN IP", func(t *testing.T) {
 		host, p, _ := net.SplitHostPort(vn[demo.ResourceName])
-		out, err := n.psql(ctx, fmt.Sprintf("host=%s port=%s dbname=%s user=%s sslmode=disable", host, p, demo.Database, demo.Role), "select current_user || '@' || current_database()")
+		out, err := n.Psql(ctx, fmt.Sprintf("host=%s port=%s dbname=%s user=%s sslmode=disable", host, p, demo.Database, demo.Role), "select current_user || '@' || current_database()")
 		if err != nil || out != demo.Role+"@"+demo.Database {
 			t.Fatalf("psql: %v: %s", err, out)
 		}
 	})
 
 	t.Run("psql by alias through the OS resolver configuration", func(t *testing.T) {
-		out, err := n.psql(ctx, fmt.Sprintf("host=%s port=5432 dbname=%s user=%s sslmode=disable", alias, demo.Database, demo.Role), "select 40 + 2")
+		out, err := n.Psql(ctx, fmt.Sprintf("host=%s port=5432 dbname=%s user=%s sslmode=disable", alias, demo.Database, demo.Role), "select 40 + 2")
 		if err != nil || out != "42" {
 			t.Fatalf("psql: %v: %s", err, out)
 		}
@@ -350,7 +254,7 @@ func TestVirtualNetworking(t *testing.T) {
 	t.Run("disconnected resource answers RST", func(t *testing.T) {
 		host, p, _ := net.SplitHostPort(vn["idle-pg"])
 		start := time.Now()
-		out, err := n.psql(ctx, fmt.Sprintf("host=%s port=%s dbname=x user=x sslmode=disable", host, p), "select 1")
+		out, err := n.Psql(ctx, fmt.Sprintf("host=%s port=%s dbname=x user=x sslmode=disable", host, p), "select 1")
 		if err == nil || !strings.Contains(out, "Connection refused") {
 			t.Fatalf("psql to a disconnected resource: %v: %s (want Connection refused: a RST)", err, out)
 		}
@@ -359,7 +263,7 @@ func TestVirtualNetworking(t *testing.T) {
 
 	t.Run("100 attempts to a dead server leave a healthy resource alone", func(t *testing.T) {
 		host, p, _ := net.SplitHostPort(vn["dead-pg"])
-		stuck := exec.CommandContext(ctx, "ip", "netns", "exec", n.name, "bash", "-c",
+		stuck := exec.CommandContext(ctx, "ip", "netns", "exec", n.Name, "bash", "-c",
 			fmt.Sprintf(`for i in $(seq 100); do (exec 3<>/dev/tcp/%s/%s; printf '\0\0\0\x08\x04\xd2\x16\x2f' >&3; sleep 20) 2>/dev/null & done; wait`, host, p))
 		if err := stuck.Start(); err != nil {
 			t.Fatal(err)
@@ -378,7 +282,7 @@ func TestVirtualNetworking(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		start := time.Now()
-		out, err := n.psql(ctx, fmt.Sprintf("host=%s port=5432 dbname=%s user=%s sslmode=disable", alias, demo.Database, demo.Role), "select 7")
+		out, err := n.Psql(ctx, fmt.Sprintf("host=%s port=5432 dbname=%s user=%s sslmode=disable", alias, demo.Database, demo.Role), "select 7")
 		if err != nil || out != "7" {
 			t.Fatalf("psql beside 100 stuck connections: %v: %s", err, out)
 		}
@@ -388,30 +292,30 @@ func TestVirtualNetworking(t *testing.T) {
 	t.Run("exit restores routes and DNS", func(t *testing.T) {
 		d.stop(t, syscall.SIGTERM)
 		if after := n.snapshot(t); after != before {
-			t.Fatalf("after exit:\n%s\nbefore:\n%s\ndaemon log:\n%s", after, before, d.stderr.String())
+			t.Fatalf("after exit:\n%s\nbefore:\n%s\ndaemon log:\n%s", after, before, d.Output())
 		}
 	})
 
 	t.Run("kill -9 then a new start restores them", func(t *testing.T) {
 		d := startDaemon(t, n, dirs)
-		if rc, _ := os.ReadFile(n.resolvConfPath); !strings.Contains(string(rc), "nameserver "+resolverIP) {
+		if rc, _ := os.ReadFile(n.ResolvConfPath); !strings.Contains(string(rc), "nameserver "+resolverIP) {
 			t.Fatalf("resolv.conf not managed while running:\n%s", rc)
 		}
 		d.stop(t, syscall.SIGKILL)
-		rc, _ := os.ReadFile(n.resolvConfPath)
+		rc, _ := os.ReadFile(n.ResolvConfPath)
 		t.Logf("after kill -9 (the TUN and its route vanish with the process; resolv.conf still edited):\n%s", rc)
 		if routes := n.exec(t, "ip", "-4", "route", "show", "table", "all"); strings.Contains(routes, "ferry0") {
 			t.Errorf("route left after kill -9:\n%s", routes)
 		}
 		d = startDaemon(t, n, dirs)
 		// The restored connection still works after the restart.
-		out, err := n.psql(ctx, fmt.Sprintf("host=%s port=5432 dbname=%s user=%s sslmode=disable", alias, demo.Database, demo.Role), "select 1")
+		out, err := n.Psql(ctx, fmt.Sprintf("host=%s port=5432 dbname=%s user=%s sslmode=disable", alias, demo.Database, demo.Role), "select 1")
 		if err != nil || out != "1" {
-			t.Errorf("psql after restart: %v: %s\n%s", err, out, d.stderr.String())
+			t.Errorf("psql after restart: %v: %s\n%s", err, out, d.Output())
 		}
 		d.stop(t, syscall.SIGTERM)
 		if after := n.snapshot(t); after != before {
-			t.Fatalf("after kill -9, restart and exit:\n%s\nbefore:\n%s\ndaemon log:\n%s", after, before, d.stderr.String())
+			t.Fatalf("after kill -9, restart and exit:\n%s\nbefore:\n%s\ndaemon log:\n%s", after, before, d.Output())
 		}
 	})
 
@@ -429,15 +333,10 @@ func TestVirtualNetworking(t *testing.T) {
 		bin := filepath.Join(shared, "ferry")
 		sh(t, "cp", os.Args[0], bin)
 		udirs := client.Dirs{Config: filepath.Join(shared, "cfg"), Runtime: filepath.Join(shared, "run")}
-		tok, err := env.Node.EnrollToken(ctx, node.DefaultAdmin)
+		ust, err := n.Login(ctx, env.Node, udirs, node.DefaultAdmin, "netns-user")
 		if err != nil {
 			t.Fatal(err)
 		}
-		ust, err := client.Login(ctx, udirs, tok, "netns-user")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ust.WireGuardEndpoint = net.JoinHostPort(n.hostIP, port)
 		ust.Connected = []string{demo.ResourceName}
 		if err := client.SaveState(udirs, ust); err != nil {
 			t.Fatal(err)
@@ -453,15 +352,15 @@ func TestVirtualNetworking(t *testing.T) {
 				break
 			}
 			if i > 100 {
-				t.Fatalf("helper did not start:\n%s", helper.stderr.String())
+				t.Fatalf("helper did not start:\n%s", helper.Output())
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
 		d := startProcess(t, n, udirs, []string{client.EnvVNetHelper + "=" + sock},
 			[]string{"setpriv", "--reuid", fmt.Sprint(nobody), "--regid", fmt.Sprint(nobody), "--clear-groups", bin, "daemon", "--mode", client.ModeVirtualNetworking}, true)
-		out, err := n.psql(ctx, fmt.Sprintf("host=%s port=5432 dbname=%s user=%s sslmode=disable", alias, demo.Database, demo.Role), "select 'helper'")
+		out, err := n.Psql(ctx, fmt.Sprintf("host=%s port=5432 dbname=%s user=%s sslmode=disable", alias, demo.Database, demo.Role), "select 'helper'")
 		if err != nil || out != "helper" {
-			t.Errorf("psql through the helper's TUN: %v: %s\ndaemon:\n%s\nhelper:\n%s", err, out, d.stderr.String(), helper.stderr.String())
+			t.Errorf("psql through the helper's TUN: %v: %s\ndaemon:\n%s\nhelper:\n%s", err, out, d.Output(), helper.Output())
 		}
 		d.stop(t, syscall.SIGKILL) // the helper restores DNS when the client's connection drops
 		deadline := time.Now().Add(10 * time.Second)
@@ -469,7 +368,7 @@ func TestVirtualNetworking(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		if after := n.snapshot(t); after != before {
-			t.Fatalf("after the unprivileged client was killed:\n%s\nbefore:\n%s\nhelper:\n%s", after, before, helper.stderr.String())
+			t.Fatalf("after the unprivileged client was killed:\n%s\nbefore:\n%s\nhelper:\n%s", after, before, helper.Output())
 		}
 		helper.stop(t, syscall.SIGTERM)
 	})
