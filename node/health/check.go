@@ -206,7 +206,8 @@ func (x *run) tls(ctx context.Context) (string, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		x.conn.SetDeadline(dl)
 	}
-	stop := context.AfterFunc(ctx, func() { x.conn.SetDeadline(time.Unix(1, 0)) })
+	conn := x.conn // the callback may still run after x.conn is cleared
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	var req [8]byte
 	binary.BigEndian.PutUint32(req[0:], 8)
