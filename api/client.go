@@ -48,8 +48,12 @@ type StatusError struct {
 	Message string
 }
 
+// Error is the node's own message, written for people; Status keeps the HTTP status for programs.
 func (e *StatusError) Error() string {
-	return fmt.Sprintf("node answered %d %s: %s", e.Status, http.StatusText(e.Status), e.Message)
+	if e.Message == "" {
+		return fmt.Sprintf("ferry-node answered %d %s", e.Status, http.StatusText(e.Status))
+	}
+	return e.Message
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
@@ -68,7 +72,11 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s %s: reach the node through the tunnel: %w", method, path, err)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // the URL inside the tunnel means nothing to a person
+		}
+		return fmt.Errorf("could not reach ferry-node: %w", err)
 	}
 	defer resp.Body.Close()
 	return decode(resp, method+" "+path, out)
@@ -84,7 +92,7 @@ func decode(resp *http.Response, what string, out any) error {
 		if json.Unmarshal(raw, &e) != nil || e.Error == "" {
 			e.Error = string(bytes.TrimSpace(raw))
 		}
-		return fmt.Errorf("%s: %w", what, &StatusError{Status: resp.StatusCode, Message: e.Error})
+		return &StatusError{Status: resp.StatusCode, Message: e.Error}
 	}
 	if out == nil {
 		return nil

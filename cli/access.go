@@ -1,9 +1,12 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -11,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/client"
 )
 
 func logoutCmd() *cobra.Command {
@@ -21,17 +25,39 @@ func logoutCmd() *cobra.Command {
 state. The daemon exits afterwards. Run ` + "`ferry login TOKEN`" + ` with a new token to enroll again.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, ctl, err := dirsAndControl()
+			dirs, ctl, err := dirsAndControl()
 			if err != nil {
 				return err
 			}
-			if err := ctl.Logout(cmd.Context()); err != nil {
+			if client.DaemonRunning(dirs) {
+				err = ctl.Logout(cmd.Context())
+			} else {
+				err = logoutWithoutDaemon(cmd.Context(), dirs)
+			}
+			if err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "Logged out: this device's key is removed from the node and from this machine.")
 			return nil
 		},
 	}
+}
+
+// logoutWithoutDaemon brings the tunnel up just long enough to tell the node, with a control socket
+// of its own so that nothing else can talk to it meanwhile.
+func logoutWithoutDaemon(ctx context.Context, dirs client.Dirs) error {
+	tmp, err := os.MkdirTemp("", "ferry-logout-")
+	if err != nil {
+		return fmt.Errorf("log out: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	dirs.Runtime = tmp
+	d, err := client.StartDaemon(ctx, dirs, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return fmt.Errorf("log out: %w", err)
+	}
+	defer d.Close()
+	return d.Logout(ctx)
 }
 
 // withAPI runs fn with the node API client through the daemon.
@@ -111,7 +137,15 @@ func usersCmd() *cobra.Command {
 		Short: "Suspend a user: their devices lose the tunnel and open sessions end within seconds",
 		Args:  cobra.ExactArgs(1),
 		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
-			return c.SuspendUser(cmd.Context(), args[0], !undo)
+			if err := c.SuspendUser(cmd.Context(), args[0], !undo); err != nil {
+				return err
+			}
+			if undo {
+				fmt.Fprintf(cmd.OutOrStdout(), "Reinstated %s.\n", args[0])
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "Suspended %s: their devices lose the tunnel and open sessions end within seconds.\n", args[0])
+			}
+			return nil
 		}),
 	}
 	suspend.Flags().BoolVar(&undo, "undo", false, "reinstate the user instead")
@@ -120,7 +154,11 @@ func usersCmd() *cobra.Command {
 		Short: "Delete a user and their devices",
 		Args:  cobra.ExactArgs(1),
 		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
-			return c.DeleteUser(cmd.Context(), args[0])
+			if err := c.DeleteUser(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Deleted user %s and their devices.\n", args[0])
+			return nil
 		}),
 	}
 	enroll := &cobra.Command{
@@ -186,7 +224,13 @@ func rolesCmd() *cobra.Command {
 	add := &cobra.Command{
 		Use:  "add NAME",
 		Args: cobra.ExactArgs(1), Short: "Add a role",
-		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error { return c.AddRole(cmd.Context(), args[0]) }),
+		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
+			if err := c.AddRole(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Added role %s. Grant it resources with `ferry admin roles grant %s RESOURCE|tag:KEY=VALUE`.\n", args[0], args[0])
+			return nil
+		}),
 	}
 	list := &cobra.Command{
 		Use: "list", Args: cobra.NoArgs, Short: "List roles with their grants and users",
@@ -208,7 +252,16 @@ func rolesCmd() *cobra.Command {
 		Short: "Grant a role one resource by name, or every resource whose tags match",
 		Args:  cobra.ExactArgs(2),
 		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
-			return c.Grant(cmd.Context(), args[0], args[1])
+			if err := c.Grant(cmd.Context(), args[0], args[1]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Role %s now grants %s.\n", args[0], args[1])
+			if !strings.HasPrefix(args[1], "tag:") {
+				if _, err := c.Datasource(cmd.Context(), args[1]); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: no resource is named %q yet; the grant takes effect when one is\n", args[1])
+				}
+			}
+			return nil
 		}),
 	}
 	revoke := &cobra.Command{
@@ -216,25 +269,41 @@ func rolesCmd() *cobra.Command {
 		Short: "Revoke a grant; sessions it allowed end within seconds",
 		Args:  cobra.ExactArgs(2),
 		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
-			return c.Revoke(cmd.Context(), args[0], args[1])
+			if err := c.Revoke(cmd.Context(), args[0], args[1]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Role %s no longer grants %s; sessions it allowed end within seconds.\n", args[0], args[1])
+			return nil
 		}),
 	}
 	assign := &cobra.Command{
 		Use: "assign ROLE USER", Short: "Give a user a role", Args: cobra.ExactArgs(2),
 		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
-			return c.AssignRole(cmd.Context(), args[0], args[1])
+			if err := c.AssignRole(cmd.Context(), args[0], args[1]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s now holds role %s.\n", args[1], args[0])
+			return nil
 		}),
 	}
 	unassign := &cobra.Command{
 		Use: "unassign ROLE USER", Short: "Take a role from a user", Args: cobra.ExactArgs(2),
 		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
-			return c.UnassignRole(cmd.Context(), args[0], args[1])
+			if err := c.UnassignRole(cmd.Context(), args[0], args[1]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s no longer holds role %s.\n", args[1], args[0])
+			return nil
 		}),
 	}
 	del := &cobra.Command{
 		Use: "delete NAME", Short: "Delete a role", Args: cobra.ExactArgs(1),
 		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
-			return c.DeleteRole(cmd.Context(), args[0])
+			if err := c.DeleteRole(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Deleted role %s.\n", args[0])
+			return nil
 		}),
 	}
 	c.AddCommand(add, list, grant, revoke, assign, unassign, del)

@@ -76,7 +76,12 @@ func loginCmd() *cobra.Command {
 		Long: `Enroll this device with the node that issued TOKEN. A WireGuard key pair is made here; only its
 public key is sent. The node's TLS certificate is pinned by the token. The state is stored under the
 user's config directory (FERRY_CONFIG_DIR overrides it) with mode 0600. Then run ` + "`ferry daemon`" + `.`,
-		Args: cobra.ExactArgs(1),
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return errors.New("give the enrollment token your administrator issued (`ferry admin users enroll NAME`): ferry login TOKEN")
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dirs, err := client.DefaultDirs()
 			if err != nil {
@@ -162,7 +167,13 @@ func statusCmd() *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Type, r.Address, state, healthLabel(r.Health), resource.FormatTags(r.Tags))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if st.NodeReachable && len(st.Resources) == 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "No resources are granted to %s yet: ask a Ferry administrator to grant one of your roles a resource.\n", st.User)
+			}
+			return nil
 		},
 	}
 }
@@ -175,7 +186,7 @@ func connectCmd() *cobra.Command {
 		Long: `Connect a resource: the daemon starts listening on its local address and prints it. With --env,
 print shell export lines (PGHOST, PGPORT, PGDATABASE, PGUSER, PGSSLMODE) instead, so that
 
-  eval "$(ferry connect NAME --env)" && psql
+  pgenv=$(ferry connect NAME --env) && eval "$pgenv" && psql
 
 reaches the database. No password is needed: ferry-node logs in with its managed identity.`,
 		Args: cobra.ExactArgs(1),

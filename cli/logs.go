@@ -51,6 +51,9 @@ func (f *logFlags) filter() (api.LogFilter, error) {
 	if err != nil {
 		return api.LogFilter{}, err
 	}
+	if f.limit < 1 {
+		return api.LogFilter{}, fmt.Errorf("--limit %d: give a positive number of records", f.limit)
+	}
 	return api.LogFilter{User: f.user, Resource: f.resource, Since: since, Until: until, Limit: f.limit}, nil
 }
 

@@ -66,6 +66,23 @@ func (n *Node) registerAccessRoutes(mux *router) {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
+		if len(req.Roles) > 0 {
+			roles, err := n.cat.Roles(r.Context())
+			if err != nil {
+				writeError(w, http.StatusInternalServerError, err)
+				return
+			}
+			have := map[string]bool{}
+			for _, x := range roles {
+				have[x.Name] = true
+			}
+			for _, want := range req.Roles {
+				if !have[want] {
+					writeError(w, http.StatusNotFound, fmt.Errorf("no role named %q (create it with `ferry admin roles add %s`); the user was not added", want, want))
+					return
+				}
+			}
+		}
 		if err := n.cat.AddUser(r.Context(), req.Name, req.Admin); err != nil {
 			writeCatalogError(w, err)
 			return

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -110,7 +111,8 @@ func TestHealth(t *testing.T) {
 	if h.FailedStep != api.StepToken || h.Hint != wantHint {
 		t.Errorf("hc-broken: %+v", h)
 	}
-	if _, err := apiC.HealthCheck(ctx, "nope"); err == nil || !strings.Contains(err.Error(), "404") {
+	var se *api.StatusError
+	if _, err := apiC.HealthCheck(ctx, "nope"); !errors.As(err, &se) || se.Status != 404 {
 		t.Errorf("healthcheck of an unknown resource: %v", err)
 	}
 	all, err := apiC.HealthAll(ctx)

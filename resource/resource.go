@@ -270,7 +270,11 @@ func ParseTags(s string) (map[string]string, error) {
 		if !ok || strings.TrimSpace(k) == "" {
 			return nil, fmt.Errorf("parse tags: %q is not key=value", kv)
 		}
-		tags[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		k = strings.TrimSpace(k)
+		if _, dup := tags[k]; dup {
+			return nil, fmt.Errorf("parse tags: the key %q appears twice", k)
+		}
+		tags[k] = strings.TrimSpace(v)
 	}
 	return tags, nil
 }

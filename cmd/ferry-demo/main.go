@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -25,8 +26,11 @@ import (
 
 func main() {
 	verbose := flag.Bool("verbose", false, "log what every part does")
+	ip := flag.String("ip", "127.0.0.1", "loopback IP azure-pg-mi-prod listens on")
+	port := flag.Int("port", 0, "loopback port for azure-pg-mi-prod (1024-64999; default: the first free one from 10001)")
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP too: closing the terminal must tear the demo down as Ctrl-C does.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	level := slog.LevelWarn
 	if *verbose {
@@ -35,10 +39,17 @@ func main() {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	fmt.Fprintln(os.Stderr, "starting PostgreSQL, the Azure emulator, ferry-node and a client daemon…")
 	startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	env, err := demo.Start(startCtx, demo.Options{Logger: logger})
+	env, err := demo.Start(startCtx, demo.Options{Logger: logger, LoopbackIP: *ip, LoopbackPort: *port})
 	cancel()
 	if err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintln(os.Stderr, "ferry-demo: interrupted while starting; everything started is stopped")
+			os.Exit(130)
+		}
 		fmt.Fprintln(os.Stderr, "ferry-demo:", err)
+		if strings.Contains(err.Error(), "address already in use") {
+			fmt.Fprintln(os.Stderr, "ferry-demo: another program holds that address; choose another with -port 10101 or -ip 127.0.0.2")
+		}
 		os.Exit(1)
 	}
 	fmt.Println("env: " + env.EnvLine())
