@@ -198,6 +198,23 @@ func (t *Tunnel) RemovePeer(pub Key) error {
 	return nil
 }
 
+// Rehandshake makes the peer with public key pub start a new handshake now: its current session
+// keys are retired, so packets wait for the new session instead of going out under keys the peer
+// may have lost (a restarted node), and one handshake initiation is sent at once. wireguard-go then
+// retries on its own every 5 s (REKEY_TIMEOUT) until the peer answers or 90 s pass
+// (REKEY_ATTEMPT_TIME); the next outgoing packet starts it again after that.
+func (t *Tunnel) Rehandshake(pub Key) error {
+	p := t.dev.LookupPeer(device.NoisePublicKey(pub))
+	if p == nil {
+		return fmt.Errorf("tunnel: rehandshake %s: %w", pub, ErrPeerNotFound)
+	}
+	p.ExpireCurrentKeypairs()
+	if err := p.SendHandshakeInitiation(false); err != nil {
+		return fmt.Errorf("tunnel: rehandshake %s: %w", pub, err)
+	}
+	return nil
+}
+
 // Peers returns the state of every peer, from wireguard-go's UAPI get operation.
 func (t *Tunnel) Peers() ([]PeerStatus, error) {
 	out, err := t.dev.IpcGet()
