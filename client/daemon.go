@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/internal/fdlimit"
 	"github.com/ferryhq/ferry/tunnel"
 )
 
@@ -74,6 +75,9 @@ func StartDaemon(ctx context.Context, dirs Dirs, logger *slog.Logger, opts ...Da
 		o(&d.opts)
 	}
 	d.ctx, d.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	if n, err := fdlimit.Raise(); err != nil { // every local session holds a socket
+		d.log.Warn("could not raise the open-file limit", "limit", n, "err", err)
+	}
 	if err := d.start(ctx); err != nil {
 		d.Close()
 		return nil, err
