@@ -76,6 +76,18 @@ func TestPeersAndRestarts(t *testing.T) {
 	ctx := context.Background()
 	conn := client.ConnString(env.Resource)
 
+	t.Run("long error message from the server", func(t *testing.T) {
+		// FuzzRelay's crash, end to end: an ErrorResponse above 1 KiB used to panic the node.
+		_, err := query(ctx, conn, "DO $$BEGIN RAISE EXCEPTION '%', repeat('x', 3000); END$$")
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "P0001" || len(pgErr.Message) != 3000 {
+			t.Fatalf("RAISE EXCEPTION with 3000 characters: %v", err)
+		}
+		if _, err := query(ctx, conn, "SELECT 1"); err != nil {
+			t.Fatalf("the node after a long error message: %v", err)
+		}
+	})
+
 	t.Run("psql killed mid-session", func(t *testing.T) {
 		cmd := exec.Command("psql", conn, "-X", "-A", "-t", "-q", "-f", "-")
 		stdin, err := cmd.StdinPipe()
