@@ -14,10 +14,10 @@ func FuzzParseEnrollToken(f *testing.F) {
 		good.Encode(),
 		"  " + good.Encode() + "\n",
 		EnrollTokenPrefix,
-		EnrollTokenPrefix + "e30",              // {}
-		EnrollTokenPrefix + "bnVsbA",           // null
-		EnrollTokenPrefix + "W10",              // []
-		EnrollTokenPrefix + "!!!",              // not base64url
+		EnrollTokenPrefix + "e30",    // {}
+		EnrollTokenPrefix + "bnVsbA", // null
+		EnrollTokenPrefix + "W10",    // []
+		EnrollTokenPrefix + "!!!",    // not base64url
 		EnrollToken{URL: "http://x", CertSHA256: good.CertSHA256, Secret: "s"}.Encode(),
 		EnrollToken{URL: "https://x", CertSHA256: "ab", Secret: "s"}.Encode(),
 		"ferry-enroll",
