@@ -71,6 +71,7 @@ func pgPID(ctx context.Context, c *pgconn.PgConn) (uint32, error) {
 // daemon restart and an upstream PostgreSQL restart, against one installation whose node detects
 // dead clients after 4 s.
 func TestPeersAndRestarts(t *testing.T) {
+	t.Parallel() // after TestLoad, alongside the other fault tests
 	needBins(t, "psql")
 	env := startEnv(t, demo.Options{NodeConfig: func(c *node.Config) { c.DeadClientTimeout = node.Duration(deadClientTimeout) }})
 	ctx := context.Background()

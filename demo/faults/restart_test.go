@@ -101,6 +101,7 @@ func (n *nodeProc) kill() {
 // the client, untouched, refuses connections clearly meanwhile, reports the node unreachable, and
 // carries connections again by itself once the node is back.
 func TestNodeRestart(t *testing.T) {
+	t.Parallel() // after TestLoad, alongside the other fault tests
 	needBins(t, "psql", "go")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

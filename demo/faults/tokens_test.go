@@ -101,6 +101,7 @@ func lastToken(env *demo.Env) time.Time {
 // TestTokensOverTime runs the token acceptance points against one installation whose emulator
 // issues 20 s tokens.
 func TestTokensOverTime(t *testing.T) {
+	t.Parallel() // after TestLoad, alongside the other fault tests
 	needBins(t, "psql")
 	env := startEnv(t, demo.Options{TokenLifetime: tokenLifetime})
 	conn := client.ConnString(env.Resource)
