@@ -65,7 +65,10 @@ type Config struct {
 	ServerName    string        // server name; default "mypg" -> hostname "mypg.postgres.database.azure.com"
 	SingleServer  bool          // Single Server mode: the startup user must be "role@servername"
 	PGBinDir      string        // directory holding initdb and postgres; default: auto-detect
-	Logger        *slog.Logger  // default: discard
+	// MaxConnections is the real server's max_connections; default 100. Load tests through the
+	// front need more (each front session is one backend).
+	MaxConnections int
+	Logger         *slog.Logger // default: discard
 
 	// SigningKey signs issued tokens; default: a fresh 2048-bit RSA key.
 	// Emulators in one process that share a key, TenantID and System identity
@@ -101,6 +104,8 @@ type Emulator struct {
 	issued     []string // access tokens IMDS handed out
 	outage     bool
 	tokenFault TokenFault
+	imdsFault  IMDSFault
+	revoked    map[string]bool // tokens the front refuses as expired although still valid
 
 	closeOnce sync.Once
 	closeErr  error
@@ -165,6 +170,7 @@ func newEmulator(cfg Config) (*Emulator, error) {
 		system:     sys,
 		users:      make(map[string]Identity),
 		principals: make(map[string]string),
+		revoked:    make(map[string]bool),
 	}
 	for _, id := range cfg.Users {
 		e.AddUserIdentity(id)
@@ -186,7 +192,7 @@ func (e *Emulator) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start azure emulator: %w", err)
 	}
-	e.pg, err = startPostgres(ctx, e.log, e.cfg.PGBinDir, dir)
+	e.pg, err = startPostgres(ctx, e.log, e.cfg.PGBinDir, dir, e.cfg.MaxConnections)
 	if err != nil {
 		return fmt.Errorf("start azure emulator: %w", err)
 	}

@@ -275,6 +275,9 @@ func (f *front) handshake(raw net.Conn, br *bufio.Reader) (*tls.Conn, error) {
 func (f *front) authenticate(user, token string) (string, *pgproto3.ErrorResponse) {
 	e := f.e
 	claims, err := e.validateToken(token, time.Now())
+	if err == nil && e.isRevoked(token) {
+		err = errTokenExpired
+	}
 	switch {
 	case errors.Is(err, errTokenAudience):
 		return "", fatal("28000", `The access token does not have a valid audience claim. Please acquire a new token for the resource "`+Resource+`".`, "", "")

@@ -77,6 +77,9 @@ func (e *Emulator) token(w http.ResponseWriter, r *http.Request, q url.Values) i
 	e.mu.Lock()
 	outage := e.outage
 	e.mu.Unlock()
+	if status := e.imdsFaultAnswer(w); status != 0 {
+		return status
+	}
 	switch {
 	case outage:
 		return writeIMDSError(w, http.StatusServiceUnavailable, "service_unavailable", "The Instance Metadata Service is temporarily unavailable. Retry the request.")

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -34,6 +35,12 @@ type postgres struct {
 	dataDir string
 	sockDir string
 	logFile string
+	binDir  string
+	acct    *runAs
+	maxConn int
+	dir     string
+
+	mu      sync.Mutex // guards cmd, done, waitErr across restarts
 	cmd     *exec.Cmd
 	done    chan struct{} // closed when the server process has exited
 	waitErr error
@@ -133,7 +140,7 @@ func pgMajor(postgresPath string) float64 {
 	return f
 }
 
-func startPostgres(ctx context.Context, log *slog.Logger, binDir, dir string) (*postgres, error) {
+func startPostgres(ctx context.Context, log *slog.Logger, binDir, dir string, maxConn int) (*postgres, error) {
 	binDir, err := findPGBinDir(binDir)
 	if err != nil {
 		return nil, err
@@ -147,7 +154,13 @@ func startPostgres(ctx context.Context, log *slog.Logger, binDir, dir string) (*
 		dataDir: filepath.Join(dir, "data"),
 		sockDir: filepath.Join(dir, "sock"),
 		logFile: filepath.Join(dir, "postgres.log"),
-		done:    make(chan struct{}),
+		binDir:  binDir,
+		acct:    acct,
+		maxConn: maxConn,
+		dir:     dir,
+	}
+	if pg.maxConn <= 0 {
+		pg.maxConn = 100
 	}
 	for _, d := range []struct {
 		path string
@@ -180,12 +193,21 @@ func startPostgres(ctx context.Context, log *slog.Logger, binDir, dir string) (*
 	}
 
 	log.Debug("initdb done", "took", time.Since(t0))
-	logf, err := os.OpenFile(pg.logFile, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
+	if err := pg.launch(ctx); err != nil {
 		return nil, fmt.Errorf("start PostgreSQL: %w", err)
 	}
+	log.Debug("PostgreSQL started", "bin", binDir, "socket_dir", pg.sockDir)
+	return pg, nil
+}
+
+// launch starts the server process on the existing data dir and waits until it accepts connections.
+func (pg *postgres) launch(ctx context.Context) error {
+	logf, err := os.OpenFile(pg.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
 	defer logf.Close()
-	pg.cmd = exec.Command(filepath.Join(binDir, "postgres"),
+	cmd := exec.Command(filepath.Join(pg.binDir, "postgres"),
 		"-D", pg.dataDir,
 		"-k", pg.sockDir,
 		"-p", strconv.Itoa(pgPort),
@@ -195,36 +217,49 @@ func startPostgres(ctx context.Context, log *slog.Logger, binDir, dir string) (*
 		"-c", "synchronous_commit=off",
 		"-c", "full_page_writes=off",
 		"-c", "shared_buffers=16MB",
-		"-c", "max_connections=100",
+		"-c", "max_connections="+strconv.Itoa(pg.maxConn),
 		"-c", "dynamic_shared_memory_type=mmap",
 	)
-	pg.cmd.Dir = dir
-	pg.cmd.Env = pgEnv()
-	pg.cmd.SysProcAttr = sysProcAttr(acct)
-	pg.cmd.Stdout, pg.cmd.Stderr = logf, logf
-	if err := pg.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start PostgreSQL: %w", err)
+	cmd.Dir = pg.dir
+	cmd.Env = pgEnv()
+	cmd.SysProcAttr = sysProcAttr(pg.acct)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return err
 	}
+	done := make(chan struct{})
+	pg.mu.Lock()
+	pg.cmd, pg.done = cmd, done
+	pg.mu.Unlock()
 	go func() {
-		pg.waitErr = pg.cmd.Wait()
-		close(pg.done)
+		err := cmd.Wait()
+		pg.mu.Lock()
+		pg.waitErr = err
+		pg.mu.Unlock()
+		close(done)
 	}()
-
 	if err := pg.waitReady(ctx, 30*time.Second); err != nil {
 		_ = pg.stop()
-		return nil, fmt.Errorf("start PostgreSQL: %w: %s", err, tail(pg.readLog()))
+		return fmt.Errorf("%w: %s", err, tail(pg.readLog()))
 	}
-	log.Debug("PostgreSQL started", "bin", binDir, "socket_dir", pg.sockDir)
-	return pg, nil
+	return nil
+}
+
+// process returns the current server process and its exit channel.
+func (pg *postgres) process() (*exec.Cmd, chan struct{}) {
+	pg.mu.Lock()
+	defer pg.mu.Unlock()
+	return pg.cmd, pg.done
 }
 
 func (pg *postgres) waitReady(ctx context.Context, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
+	_, done := pg.process()
 	for {
 		select {
-		case <-pg.done:
-			return fmt.Errorf("server exited during startup: %v", pg.waitErr)
+		case <-done:
+			return fmt.Errorf("server exited during startup: %v", pg.exitErr())
 		default:
 		}
 		cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
@@ -237,8 +272,8 @@ func (pg *postgres) waitReady(ctx context.Context, limit time.Duration) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("server not ready: %w (last error: %v)", ctx.Err(), err)
-		case <-pg.done:
-			return fmt.Errorf("server exited during startup: %v", pg.waitErr)
+		case <-done:
+			return fmt.Errorf("server exited during startup: %v", pg.exitErr())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -270,27 +305,34 @@ func (pg *postgres) exec(ctx context.Context, sql string) error {
 // stop asks for a fast shutdown (SIGINT) and kills the server if it has not
 // exited within 10 s.
 func (pg *postgres) stop() error {
-	if pg.cmd == nil || pg.cmd.Process == nil {
+	cmd, done := pg.process()
+	if cmd == nil || cmd.Process == nil {
 		return nil
 	}
 	select {
-	case <-pg.done:
+	case <-done:
 		return nil
 	default:
 	}
-	_ = pg.cmd.Process.Signal(syscall.SIGINT)
+	_ = cmd.Process.Signal(syscall.SIGINT)
 	select {
-	case <-pg.done:
+	case <-done:
 		return nil
 	case <-time.After(10 * time.Second):
 	}
-	_ = pg.cmd.Process.Kill()
+	_ = cmd.Process.Kill()
 	select {
-	case <-pg.done:
+	case <-done:
 		return errors.New("stop PostgreSQL: killed after fast shutdown timed out")
 	case <-time.After(5 * time.Second):
 		return errors.New("stop PostgreSQL: process did not exit after SIGKILL")
 	}
+}
+
+func (pg *postgres) exitErr() error {
+	pg.mu.Lock()
+	defer pg.mu.Unlock()
+	return pg.waitErr
 }
 
 func (pg *postgres) readLog() string {

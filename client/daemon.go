@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/internal/fdlimit"
 	"github.com/ferryhq/ferry/tunnel"
 )
 
@@ -50,6 +51,8 @@ type Daemon struct {
 
 	opts daemonOptions
 	vn   *vnet // virtual networking mode; nil in loopback mode (vnet.go)
+
+	link nodeLink // the node's reachability, as the watchdog sees it (reconnect.go)
 }
 
 type listener struct {
@@ -72,6 +75,9 @@ func StartDaemon(ctx context.Context, dirs Dirs, logger *slog.Logger, opts ...Da
 		o(&d.opts)
 	}
 	d.ctx, d.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	if n, err := fdlimit.Raise(); err != nil { // every local session holds a socket
+		d.log.Warn("could not raise the open-file limit", "limit", n, "err", err)
+	}
 	if err := d.start(ctx); err != nil {
 		d.Close()
 		return nil, err
@@ -99,13 +105,12 @@ func (d *Daemon) start(ctx context.Context) error {
 	// The node is this stack's only peer and the stack carries nothing but Ferry's own connections,
 	// so everything goes to the node: a later change of the org's VN subnet needs no new allowed IPs.
 	allowed := []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
+	d.link.peer = tunnel.Peer{PublicKey: nodeKey, AllowedIPs: allowed, Endpoint: endpoint, PersistentKeepalive: PersistentKeepalive}
 	d.tun, err = tunnel.New(ctx, tunnel.Config{
 		PrivateKey: key,
 		Addresses:  []netip.Addr{addr},
-		Peers: []tunnel.Peer{{
-			PublicKey: nodeKey, AllowedIPs: allowed, Endpoint: endpoint, PersistentKeepalive: PersistentKeepalive,
-		}},
-		Logger: d.log,
+		Peers:      []tunnel.Peer{d.link.peer},
+		Logger:     d.log,
 	})
 	if err != nil {
 		return fmt.Errorf("start daemon: tunnel: %w", err)
@@ -189,7 +194,9 @@ func (d *Daemon) Status(ctx context.Context) Status {
 	d.mu.Lock()
 	st := Status{User: d.state.User, Admin: d.state.Admin, Device: d.state.DeviceAddress, Resources: []ResourceStatus{}}
 	d.mu.Unlock()
-	rs, err := d.api.Resources(ctx)
+	sctx, cancel := context.WithTimeout(ctx, d.link.probeTimeout())
+	rs, err := d.api.Resources(sctx)
+	cancel()
 	if err != nil {
 		st.NodeError = err.Error()
 		d.mu.Lock()
@@ -284,8 +291,10 @@ func (d *Daemon) Disconnect(names ...string) error {
 	return errors.Join(errs...)
 }
 
-// dialTimeout bounds a dial through the tunnel to the node (handshake included).
-const dialTimeout = 10 * time.Second
+// dialTimeout bounds a dial through the tunnel to the node (handshake included: one round trip on a
+// healthy link), so a local client whose node has just gone away gets its FATAL 08001 within
+// seconds; once the watchdog knows the node is unreachable, dialTimeoutDown applies.
+const dialTimeout = 6 * time.Second
 
 func (d *Daemon) acceptLoop(l *listener) {
 	defer d.wg.Done()
@@ -313,10 +322,19 @@ func (d *Daemon) acceptLoop(l *listener) {
 // 08001) instead of a dropped connection.
 func (d *Daemon) carry(c net.Conn, r api.Resource) {
 	defer c.Close()
-	ctx, cancel := context.WithTimeout(d.ctx, dialTimeout)
+	timeout := d.link.dialTimeout()
+	if timeout < dialTimeout {
+		d.kickLink() // the node was unreachable: try a new handshake for this connection now
+	}
+	ctx, cancel := context.WithTimeout(d.ctx, timeout)
+	// A dial that has not completed by slowDial meets a node that may have restarted and lost the
+	// session keys: start a new handshake before the SYN's first retransmission (1 s).
+	slow := time.AfterFunc(slowDial, d.kickLink)
 	up, err := d.tun.Stack().DialContext(ctx, "tcp", r.VNAddress)
+	slow.Stop()
 	cancel()
 	if err != nil {
+		d.noteProbe(err)
 		d.log.Warn("could not reach the node", "resource", r.Name, "err", err)
 		refuse(c, "08001", fmt.Sprintf("ferry: could not reach ferry-node for resource %q: %v", r.Name, err),
 			"Check that ferry-node is running and reachable (ferry status), then retry.")

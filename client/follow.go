@@ -15,7 +15,8 @@ import (
 const followInterval = 2 * time.Second
 
 // followCatalog keeps connected resources in line with what the node says until the daemon closes.
-// While the node is unreachable nothing changes.
+// While the node is unreachable nothing changes. Each poll is also the watchdog's probe of the node
+// (reconnect.go).
 func (d *Daemon) followCatalog() {
 	defer d.wg.Done()
 	t := time.NewTicker(followInterval)
@@ -26,9 +27,13 @@ func (d *Daemon) followCatalog() {
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(d.ctx, followInterval*2)
+		ctx, cancel := context.WithTimeout(d.ctx, d.link.probeTimeout())
 		rs, err := d.api.Resources(ctx)
 		cancel()
+		if d.ctx.Err() != nil {
+			return
+		}
+		d.noteProbe(err)
 		if err == nil {
 			d.follow(rs)
 		}

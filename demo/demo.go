@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/ferryhq/ferry/azureemu"
 	"github.com/ferryhq/ferry/client"
@@ -47,6 +48,10 @@ type Options struct {
 	LoopbackPort int
 	// NodeConfig, if set, adjusts the node's config before the node is created.
 	NodeConfig func(*node.Config)
+	// TokenLifetime is the lifetime of the emulator's access tokens; 0 keeps its default (1h).
+	TokenLifetime time.Duration
+	// MaxConnections is the emulator's PostgreSQL max_connections; 0 keeps its default (100).
+	MaxConnections int
 }
 
 // RandomLoopbackIP returns a random address of 127.0.0.0/8 other than 127.0.0.1 (Linux routes the
@@ -89,9 +94,11 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 		}
 	}()
 	e.Emu, err = azureemu.Start(ctx, azureemu.Config{
-		Users:        []azureemu.Identity{{ClientID: ClientID, ObjectID: ObjectID, DisplayName: IdentityName}},
-		SingleServer: opt.SingleServer,
-		Logger:       log.With("component", "azureemu"),
+		Users:          []azureemu.Identity{{ClientID: ClientID, ObjectID: ObjectID, DisplayName: IdentityName}},
+		SingleServer:   opt.SingleServer,
+		TokenLifetime:  opt.TokenLifetime,
+		MaxConnections: opt.MaxConnections,
+		Logger:         log.With("component", "azureemu"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("demo: start Azure emulator: %w", err)

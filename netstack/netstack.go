@@ -91,6 +91,10 @@ type Config struct {
 	// forwarded, accepted and dialed connections (defaults above).
 	KeepaliveIdle, KeepaliveInterval time.Duration
 	KeepaliveCount                   int
+	// UserTimeout, when positive, resets a connection whose sent data has gone unacknowledged for
+	// that long (TCP_USER_TIMEOUT, RFC 5482): keepalive only probes idle connections, so a peer
+	// that vanishes while data is in flight is caught by this instead. 0 = off.
+	UserTimeout time.Duration
 }
 
 // Flow is a new inbound TCP flow as seen by the stack.
@@ -184,7 +188,7 @@ func (c *Config) setDefaults() error {
 	if c.KeepaliveCount == 0 {
 		c.KeepaliveCount = DefaultKeepaliveCount
 	}
-	if c.ForwardTimeout < 0 || c.KeepaliveIdle < 0 || c.KeepaliveInterval < 0 || c.KeepaliveCount < 0 {
+	if c.ForwardTimeout < 0 || c.KeepaliveIdle < 0 || c.KeepaliveInterval < 0 || c.KeepaliveCount < 0 || c.UserTimeout < 0 {
 		return errors.New("netstack: config: negative timeout or keepalive setting")
 	}
 	return nil
@@ -312,12 +316,17 @@ func (s *Stack) completeHandshake(r *tcp.ForwarderRequest) (net.Conn, error) {
 }
 
 func (s *Stack) setKeepalive(ep tcpip.Endpoint) {
-	ep.SocketOptions().SetKeepAlive(true)
+	// The timings first: enabling keepalive arms the timer with the idle time set at that moment.
 	idle := tcpip.KeepaliveIdleOption(s.cfg.KeepaliveIdle)
 	interval := tcpip.KeepaliveIntervalOption(s.cfg.KeepaliveInterval)
 	_ = ep.SetSockOpt(&idle)
 	_ = ep.SetSockOpt(&interval)
 	_ = ep.SetSockOptInt(tcpip.KeepaliveCountOption, s.cfg.KeepaliveCount)
+	if s.cfg.UserTimeout > 0 {
+		ut := tcpip.TCPUserTimeoutOption(s.cfg.UserTimeout)
+		_ = ep.SetSockOpt(&ut)
+	}
+	ep.SocketOptions().SetKeepAlive(true)
 }
 
 // Close shuts the stack down: open connections are reset, pending Reads of the device return

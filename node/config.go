@@ -43,6 +43,10 @@ type Config struct {
 	TokenTimeout Duration `json:"token_timeout,omitzero"`
 	// LoginTimeout bounds an upstream login (default 15s).
 	LoginTimeout Duration `json:"login_timeout,omitzero"`
+	// DeadClientTimeout is how soon a client that vanished without closing its connections (its
+	// process killed, its machine asleep or off the network) is noticed and its upstream sessions
+	// closed: TCP keepalive inside the tunnel, idle half of it, then 4 probes (default 2m).
+	DeadClientTimeout Duration `json:"dead_client_timeout,omitzero"`
 	// EnrollTokenTTL is the lifetime of enrollment tokens (default 24h).
 	EnrollTokenTTL Duration `json:"enroll_token_ttl,omitzero"`
 	// HealthInterval is the time between two health checks of a resource (default 60s). New and
@@ -92,6 +96,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.LoginTimeout == 0 {
 		c.LoginTimeout = Duration(15 * time.Second)
+	}
+	if c.DeadClientTimeout <= 0 {
+		c.DeadClientTimeout = Duration(2 * time.Minute)
 	}
 	if c.HealthInterval <= 0 {
 		c.HealthInterval = Duration(60 * time.Second)

@@ -86,6 +86,13 @@ func (c countingTokens) Token(ctx context.Context, clientID string) (string, tim
 	return tok, exp, err
 }
 
+// Invalidate passes a refused token on to the source, when it caches tokens.
+func (c countingTokens) Invalidate(clientID, token string) {
+	if inv, ok := c.TokenSource.(pgproxy.TokenInvalidator); ok {
+		inv.Invalidate(clientID, token)
+	}
+}
+
 // session counts a proxied client connection while serve runs on it.
 func (m *metrics) session(c net.Conn, serve func(net.Conn)) {
 	m.sessions.Inc()

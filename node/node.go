@@ -288,6 +288,7 @@ func (n *Node) start(ctx context.Context) error {
 		Promiscuous: true,
 		Peers:       peers,
 		Logger:      n.log,
+		Keepalive:   tunnel.KeepaliveWithin(time.Duration(n.cfg.DeadClientTimeout)),
 	})
 	if err != nil {
 		return fmt.Errorf("start node: WireGuard: %w", err)
@@ -358,8 +359,7 @@ func (n *Node) target(r resource.Resource) pgproxy.Target {
 			over = net.JoinHostPort(over, strconv.Itoa(r.Port))
 		}
 		t.Dial = func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, over)
+			return pgproxy.UpstreamDialer().DialContext(ctx, network, over)
 		}
 	} else if n.cfg.DNSServer != "" {
 		d := &net.Dialer{KeepAlive: 30 * time.Second, Resolver: n.cfg.resolver()}

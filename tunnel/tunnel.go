@@ -50,6 +50,26 @@ type Config struct {
 	Promiscuous bool
 	Peers       []Peer
 	Logger      *slog.Logger // wireguard-go's logs go here at debug level; nil = discard
+	// Keepalive configures TCP keepalive on the stack's connections (zero fields: netstack's
+	// defaults, which declare a silent peer dead after about 2 minutes).
+	Keepalive Keepalive
+}
+
+// Keepalive is TCP keepalive for connections inside the tunnel: after Idle without traffic a probe
+// is sent every Interval, and the connection is reset after Count unanswered probes, so a peer
+// that vanished without a FIN or RST is detected after Idle + Count × Interval. UserTimeout (0 =
+// off) resets a connection whose sent data stays unacknowledged that long, which covers a peer
+// that vanished with data in flight (keepalive probes only idle connections).
+type Keepalive struct {
+	Idle, Interval time.Duration
+	Count          int
+	UserTimeout    time.Duration
+}
+
+// KeepaliveWithin returns the keepalive that detects a silent peer after about d: idle d/2, then
+// 4 probes d/8 apart, and unacknowledged data for d.
+func KeepaliveWithin(d time.Duration) Keepalive {
+	return Keepalive{Idle: d / 2, Interval: d / 8, Count: 4, UserTimeout: d}
 }
 
 // PeerStatus is a peer's state as reported by wireguard-go.
@@ -95,7 +115,9 @@ func New(ctx context.Context, cfg Config) (*Tunnel, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	stk, err := netstack.New(netstack.Config{Addresses: cfg.Addresses, MTU: cfg.MTU, Promiscuous: cfg.Promiscuous})
+	stk, err := netstack.New(netstack.Config{Addresses: cfg.Addresses, MTU: cfg.MTU, Promiscuous: cfg.Promiscuous,
+		KeepaliveIdle: cfg.Keepalive.Idle, KeepaliveInterval: cfg.Keepalive.Interval, KeepaliveCount: cfg.Keepalive.Count,
+		UserTimeout: cfg.Keepalive.UserTimeout})
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: %w", err)
 	}
@@ -194,6 +216,23 @@ func (t *Tunnel) RemovePeer(pub Key) error {
 	}
 	if err := t.dev.IpcSet(fmt.Sprintf("public_key=%s\nremove=true\n", pub.hex())); err != nil {
 		return fmt.Errorf("tunnel: remove peer %s: %w", pub, err)
+	}
+	return nil
+}
+
+// Rehandshake makes the peer with public key pub start a new handshake now: its current session
+// keys are retired, so packets wait for the new session instead of going out under keys the peer
+// may have lost (a restarted node), and one handshake initiation is sent at once. wireguard-go then
+// retries on its own every 5 s (REKEY_TIMEOUT) until the peer answers or 90 s pass
+// (REKEY_ATTEMPT_TIME); the next outgoing packet starts it again after that.
+func (t *Tunnel) Rehandshake(pub Key) error {
+	p := t.dev.LookupPeer(device.NoisePublicKey(pub))
+	if p == nil {
+		return fmt.Errorf("tunnel: rehandshake %s: %w", pub, ErrPeerNotFound)
+	}
+	p.ExpireCurrentKeypairs()
+	if err := p.SendHandshakeInitiation(false); err != nil {
+		return fmt.Errorf("tunnel: rehandshake %s: %w", pub, err)
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ferryhq/ferry/internal/fdlimit"
 	"github.com/ferryhq/ferry/node"
 )
 
@@ -125,6 +126,11 @@ func runCmd() *cobra.Command {
 				level = slog.LevelDebug
 			}
 			logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			if n, err := fdlimit.Raise(); err != nil {
+				logger.Warn("open-file limit", "limit", n, "err", err)
+			} else {
+				logger.Info("open-file limit", "limit", n)
+			}
 			n, err := node.Start(cmd.Context(), state, cfg, logger)
 			if err != nil {
 				return err

@@ -66,6 +66,13 @@ type TokenSource interface {
 	Token(ctx context.Context, clientID string) (token string, expiresOn time.Time, err error)
 }
 
+// TokenInvalidator is implemented by a TokenSource that caches tokens: Invalidate drops the cached
+// token of clientID if it is token, which the server refused as expired, so that the next Token
+// fetches a new one.
+type TokenInvalidator interface {
+	Invalidate(clientID, token string)
+}
+
 // Target is the server a connection is for, as configured in the catalog.
 type Target struct {
 	Resource         string // resource name (for logs and audit)

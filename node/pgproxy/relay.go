@@ -147,7 +147,7 @@ var errMidMessage = errors.New("server connection ended in the middle of a messa
 // nil when the server closed between messages.
 func serverToClient(r *bufio.Reader, w *bufio.Writer, tr *tracker, n *atomic.Int64) error {
 	var hdr [5]byte
-	kept := make([]byte, 0, 1024)
+	kept := make([]byte, 0, smallKeep) // the most kept of one message (CommandComplete, ErrorResponse, ReadyForQuery)
 	cw := &countingWriter{w: w, n: n}
 	for {
 		if r.Buffered() == 0 {
@@ -188,8 +188,8 @@ func serverToClient(r *bufio.Reader, w *bufio.Writer, tr *tracker, n *atomic.Int
 		}
 		if keep > 0 {
 			kept = kept[:keep]
-			if _, err := io.ReadFull(r, kept); err != nil {
-				cw.Write(kept)
+			if got, err := io.ReadFull(r, kept); err != nil {
+				cw.Write(kept[:got]) // what did arrive, not the rest of the buffer
 				w.Flush()
 				return fmt.Errorf("%w: %v", errMidMessage, err)
 			}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ferryhq/ferry/node/audit"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -60,7 +61,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 		return
 	}
 
-	up, err := p.login(loginCtx, t, database, st)
+	up, err := p.login(loginCtx, t, database, st, log)
 	if err != nil {
 		p.refuse(ctx, conn, id, err, log)
 		return
@@ -156,21 +157,52 @@ func runtimeParams(client map[string]string) map[string]string {
 	return out
 }
 
-// login gets an access token and logs in upstream.
-func (p *Proxy) login(ctx context.Context, t Target, database string, st *startup) (*upstream, error) {
+// login gets an access token and logs in upstream. When the server refuses the token as expired
+// (FATAL 28000/28P01 whose message says "expired": a server clock ahead of the node's, or a token
+// revoked early) and the token source can invalidate, the token is dropped, a new one is fetched and
+// the login is tried once more, within the same login deadline; the client sees only the outcome.
+func (p *Proxy) login(ctx context.Context, t Target, database string, st *startup, log *slog.Logger) (*upstream, error) {
+	token, err := p.token(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	up, err := connectUpstream(ctx, t, database, token, runtimeParams(st.msg.Parameters))
+	inv, ok := p.cfg.Tokens.(TokenInvalidator)
+	if err == nil || !ok || !tokenExpired(err) {
+		return up, err
+	}
+	log.Warn("pgproxy: the server refused the access token as expired; retrying the login once with a new token", "err", err)
+	inv.Invalidate(t.ClientID, token)
+	if token, err = p.token(ctx, t); err != nil {
+		return nil, err
+	}
+	return connectUpstream(ctx, t, database, token, runtimeParams(st.msg.Parameters))
+}
+
+// token gets an access token for t's managed identity.
+func (p *Proxy) token(ctx context.Context, t Target) (string, error) {
 	if p.cfg.Tokens == nil {
-		return nil, fatal(audit.OutcomeFailed, "28000", "could not get an access token: the node has no token source configured", "", "Configure the node's managed identity token source.", nil)
+		return "", fatal(audit.OutcomeFailed, "28000", "could not get an access token: the node has no token source configured", "", "Configure the node's managed identity token source.", nil)
 	}
 	token, _, err := p.cfg.Tokens.Token(ctx, t.ClientID)
 	if err == nil && token == "" {
 		err = errors.New("the token source returned an empty token")
 	}
 	if err != nil {
-		return nil, fatal(audit.OutcomeFailed, "28000",
+		return "", fatal(audit.OutcomeFailed, "28000",
 			fmt.Sprintf("could not get an access token for %s to log in to resource %s: %v", t.identity(), t.Resource, err), "",
 			"Check that the managed identity is assigned to the node's VM and that IMDS is reachable from the node, then retry.", err)
 	}
-	return connectUpstream(ctx, t, database, token, runtimeParams(st.msg.Parameters))
+	return token, nil
+}
+
+// tokenExpired reports whether a login failed because the server found the access token expired.
+func tokenExpired(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || (pgErr.Code != "28000" && pgErr.Code != "28P01") {
+		return false
+	}
+	return strings.Contains(strings.ToLower(pgErr.Message), "expired")
 }
 
 // writeLoginReply completes the client's login: [NegotiateProtocolVersion],

@@ -23,8 +23,15 @@ func (t Target) dialer() func(ctx context.Context, network, addr string) (net.Co
 	if t.Dial != nil {
 		return t.Dial
 	}
-	d := &net.Dialer{KeepAlive: 30 * time.Second}
-	return d.DialContext
+	return UpstreamDialer().DialContext
+}
+
+// UpstreamDialer is the dialer for connections to servers: TCP keepalive after 30 s idle, then
+// every 10 s, reset after 3 unanswered probes, so an idle session is never idle long enough on the
+// wire for Azure's load balancers to drop it (they drop idle TCP flows after 4 minutes by default)
+// and a server that vanished is noticed within a minute.
+func UpstreamDialer() *net.Dialer {
+	return &net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3}}
 }
 
 // tlsConfig verifies the server certificate against RootCAs for the host name

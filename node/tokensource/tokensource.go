@@ -3,12 +3,31 @@
 // (the Azure Instance Metadata Service), with azidentity's
 // ManagedIdentityCredential.
 //
-// Tokens are cached and refreshed by MSAL inside azidentity: the cache is
-// process-wide and keyed by identity (client ID, or "system-assigned") and
-// resource, and a cached token is used until 5 minutes before it expires. A
-// process is expected to talk to one IMDS; tests that start several Azure
-// emulators in one process must use distinct user-assigned identities or
-// emulators that share a signing key, tenant and system-assigned identity.
+// The Source keeps its own cache in front of azidentity, one token per
+// identity (client ID, or "" for the system-assigned identity), because the
+// node needs what MSAL's process-wide cache does not give it:
+//
+//   - Refresh ahead: a token is refreshed once it is within
+//     min(5 minutes, 10% of its lifetime) of expires_on. The refresh runs in
+//     the background while the cached token, still valid, keeps being handed
+//     out, so logins never wait for IMDS while a usable token exists.
+//   - Single flight: concurrent callers for one identity share one IMDS
+//     request.
+//   - Outages: when a refresh fails, the cached token keeps being used until
+//     it is about to expire (min(30 s, 5% of its lifetime) before expires_on);
+//     failed refreshes back off (1 s doubling to 15 s), and an IMDS 429
+//     Retry-After is honoured: no request goes to IMDS before it has passed.
+//     A caller without a usable token waits for it only if it ends within the
+//     caller's deadline, and fails at once otherwise.
+//   - Invalidation: Invalidate drops a token the server refused (e.g.
+//     "token has expired" because the server's clock runs ahead), and the next
+//     Token fetches a new one.
+//
+// Every fetch bypasses MSAL's cache by passing a claims value in the token
+// request (MSAL reads no cached token when claims are given; IMDS itself is
+// not sent the claims), so this cache is the only one that decides, and
+// Sources in one process never see each other's tokens. Each Token call is
+// bounded by Config.Timeout. Tokens are never logged; their expiry is.
 package tokensource
 
 import (
@@ -50,7 +69,8 @@ type Config struct {
 	// IMDS stand-in, e.g. "http://127.0.0.1:PORT": requests for 169.254.169.254
 	// go there instead, and requests for any other host are refused.
 	IMDSEndpoint string
-	// Timeout is the deadline of one Token call, retries included; default 10s.
+	// Timeout is the deadline of one Token call, and of one IMDS fetch,
+	// retries included; default 10s. A login never waits longer for a token.
 	Timeout time.Duration
 	// MaxRetries is how many times a failed IMDS request (HTTP 404, 410, 429,
 	// 5xx, or a transport error) is retried; 0 means the default 2, negative
@@ -67,8 +87,11 @@ type Source struct {
 	log  *slog.Logger
 	opts azcore.ClientOptions
 
-	mu    sync.Mutex
-	creds map[string]*azidentity.ManagedIdentityCredential // by client ID; "" = system-assigned
+	now func() time.Time // time.Now; tests may replace it
+
+	mu      sync.Mutex
+	creds   map[string]*azidentity.ManagedIdentityCredential // by client ID; "" = system-assigned
+	entries map[string]*entry                                // by client ID; "" = system-assigned
 }
 
 // New makes a Source. It fails if IMDSEndpoint is not an http(s) URL with a
@@ -116,32 +139,34 @@ func New(cfg Config) (*Source, error) {
 				TryTimeout:    cfg.Timeout,
 			},
 		},
-		creds: make(map[string]*azidentity.ManagedIdentityCredential),
+		now:     time.Now,
+		creds:   make(map[string]*azidentity.ManagedIdentityCredential),
+		entries: make(map[string]*entry),
 	}
 	return s, nil
 }
 
-// Token returns an access token for the managed identity: system-assigned when
-// clientID == "", else the user-assigned identity with that client ID, and the
-// token's expiry. The token is a JWT for Scope, to be sent as the PostgreSQL
-// password. Each call is bounded by Config.Timeout.
-func (s *Source) Token(ctx context.Context, clientID string) (token string, expiresOn time.Time, err error) {
+// fetch asks IMDS for a new token for clientID, bypassing MSAL's cache (see
+// the package doc), bounded by Config.Timeout. ctx should not be a caller's:
+// the fetch is shared.
+func (s *Source) fetch(ctx context.Context, clientID string) (azcore.AccessToken, error) {
 	cred, err := s.credential(clientID)
 	if err != nil {
-		return "", time.Time{}, fmt.Errorf("get managed identity token (client ID %q): %w", clientID, err)
+		return azcore.AccessToken{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
-	tok, err := cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{Scope}})
+	tok, err := cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{Scope}, Claims: bypassCacheClaims})
 	if err != nil {
 		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("%w: %w", ctx.Err(), err)
 		}
-		s.log.Warn("managed identity token request failed", "client_id", clientID, "err", err)
-		return "", time.Time{}, fmt.Errorf("get managed identity token (client ID %q): %w", clientID, err)
+		return azcore.AccessToken{}, err
 	}
-	s.log.Debug("managed identity token", "client_id", clientID, "expires_on", tok.ExpiresOn, "expires_in", time.Until(tok.ExpiresOn).Round(time.Second))
-	return tok.Token, tok.ExpiresOn, nil
+	if tok.Token == "" {
+		return azcore.AccessToken{}, errors.New("IMDS returned an empty access token")
+	}
+	return tok, nil
 }
 
 func (s *Source) credential(clientID string) (*azidentity.ManagedIdentityCredential, error) {

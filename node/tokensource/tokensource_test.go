@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -317,5 +318,180 @@ func TestTransportRedirectsOnlyIMDS(t *testing.T) {
 				t.Fatalf("target got %q, want %q", p, tc.wantPath)
 			}
 		})
+	}
+}
+
+// countFor is how many IMDS requests the emulator answered for clientID with status (0 = any).
+func countFor(e *azureemu.Emulator, clientID string, status int) int {
+	n := 0
+	for _, r := range e.IMDSRequests() {
+		if r.ClientID == clientID && (status == 0 || r.Status == status) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestTokenLifecycle checks the cache in front of azidentity against an emulator issuing 20 s tokens
+// (scaled down from Azure's hour; the margins scale with the lifetime: refresh 2 s before expiry,
+// usable until 1 s before). Time is moved with the Source's clock hook, so the test takes seconds.
+func TestTokenLifecycle(t *testing.T) {
+	clearManagedIdentityEnv(t)
+	const life = 20 * time.Second
+	e := startEmulator(t, azureemu.Config{TokenLifetime: life})
+	ctx := context.Background()
+	// fresh gives a new identity assigned to the VM and a Source whose clock runs skew ahead.
+	fresh := func(t *testing.T, name string, timeout time.Duration) (string, *Source, *time.Duration) {
+		id := identity(name)
+		e.AddUserIdentity(id)
+		s := newSource(t, Config{IMDSEndpoint: e.IMDSEndpoint(), Timeout: timeout})
+		skew := new(time.Duration)
+		var mu sync.Mutex
+		s.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return time.Now().Add(*skew) }
+		return id.ClientID, s, skew
+	}
+
+	t.Run("50 concurrent callers share one IMDS request", func(t *testing.T) {
+		id, s, _ := fresh(t, "single-flight", 10*time.Second)
+		var wg sync.WaitGroup
+		toks := make([]string, 50)
+		errs := make([]error, 50)
+		for i := range 50 {
+			wg.Go(func() { toks[i], _, errs[i] = s.Token(ctx, id) })
+		}
+		wg.Wait()
+		for i := range 50 {
+			if errs[i] != nil || toks[i] != toks[0] {
+				t.Fatalf("caller %d: err %v, same token %v", i, errs[i], toks[i] == toks[0])
+			}
+		}
+		if n := countFor(e, id, 0); n != 1 {
+			t.Fatalf("%d IMDS requests for 50 concurrent callers, want 1", n)
+		}
+	})
+
+	t.Run("refresh ahead of expiry in the background", func(t *testing.T) {
+		id, s, skew := fresh(t, "refresh-ahead", 10*time.Second)
+		t1, exp1, err := s.Token(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The emulator's expiry is whole seconds: place the clock relative to it.
+		*skew = time.Until(exp1) - 3*time.Second // before the refresh point: cached
+		if tok, _, _ := s.Token(ctx, id); tok != t1 || countFor(e, id, 0) != 1 {
+			t.Fatalf("3 s before expiry: new token %v, %d requests; want the cached token", tok != t1, countFor(e, id, 0))
+		}
+		*skew = time.Until(exp1) - 1500*time.Millisecond // within 10% of the lifetime: cached token returned, refresh started
+		if tok, _, _ := s.Token(ctx, id); tok != t1 {
+			t.Fatal("in the refresh window the caller did not get the still-valid cached token")
+		}
+		waitFor(t, func() bool { return countFor(e, id, http.StatusOK) == 2 })
+		t2, exp2, err := s.Token(ctx, id)
+		if err != nil || t2 == t1 || exp2.Before(exp1) {
+			t.Fatalf("after the refresh: err %v, new token %v, expiry %v -> %v", err, t2 != t1, exp1, exp2)
+		}
+	})
+
+	t.Run("IMDS 500 during a refresh: the cached token keeps serving", func(t *testing.T) {
+		id, s, skew := fresh(t, "outage-refresh", 10*time.Second)
+		t1, exp1, err := s.Token(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.SetIMDSFault(azureemu.IMDSFault{Status: http.StatusInternalServerError})
+		defer e.SetIMDSFault(azureemu.IMDSFault{})
+		*skew = time.Until(exp1) - 1500*time.Millisecond
+		for range 20 {
+			start := time.Now()
+			tok, _, err := s.Token(ctx, id)
+			if err != nil || tok != t1 {
+				t.Fatalf("during the outage: err %v, cached token %v", err, tok == t1)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Fatalf("a caller with a usable cached token waited %v for IMDS", d)
+			}
+		}
+		waitFor(t, func() bool { return countFor(e, id, http.StatusInternalServerError) >= 1 })
+		// 20 callers, one failed refresh (1 + 2 retries inside azidentity), then backoff: no storm.
+		if n := countFor(e, id, http.StatusInternalServerError); n > 3 {
+			t.Fatalf("%d IMDS requests during the outage for 20 callers, want at most 3 (one refresh with its retries)", n)
+		}
+		// Past the usable time with IMDS still failing: a clear error, not the stale token.
+		*skew = time.Until(exp1)
+		if _, _, err := s.Token(ctx, id); err == nil {
+			t.Fatal("an expired token was handed out")
+		}
+		// IMDS back: a new token (after the backoff, which fits the deadline).
+		e.SetIMDSFault(azureemu.IMDSFault{})
+		tok, _, err := s.Token(ctx, id)
+		if err != nil || tok == t1 {
+			t.Fatalf("after the outage: err %v, new token %v", err, tok != t1)
+		}
+	})
+
+	t.Run("IMDS 429 Retry-After is honoured within the deadline", func(t *testing.T) {
+		id, s, _ := fresh(t, "throttled", 10*time.Second)
+		e.SetIMDSFault(azureemu.IMDSFault{Status: http.StatusTooManyRequests, RetryAfter: 3 * time.Second})
+		time.AfterFunc(time.Second, func() { e.SetIMDSFault(azureemu.IMDSFault{}) })
+		start := time.Now()
+		if _, _, err := s.Token(ctx, id); err != nil {
+			t.Fatalf("Token after a 429 with Retry-After 3s (deadline 10s): %v", err)
+		}
+		took := time.Since(start)
+		var times []time.Time
+		for _, r := range e.IMDSRequests() {
+			if r.ClientID == id {
+				times = append(times, r.Time)
+			}
+		}
+		if len(times) != 2 || times[1].Sub(times[0]) < 3*time.Second {
+			t.Fatalf("IMDS requests at %v; want 2, the second at least 3 s after the first", times)
+		}
+		t.Logf("429 + Retry-After 3s: token after %v", took.Round(time.Millisecond))
+	})
+
+	t.Run("IMDS 429 Retry-After beyond the deadline fails fast", func(t *testing.T) {
+		id, s, _ := fresh(t, "throttled-long", 2*time.Second)
+		e.SetIMDSFault(azureemu.IMDSFault{Status: http.StatusTooManyRequests, RetryAfter: 30 * time.Second})
+		defer e.SetIMDSFault(azureemu.IMDSFault{})
+		start := time.Now()
+		_, _, err := s.Token(ctx, id)
+		if err == nil || !strings.Contains(err.Error(), "429") || !strings.Contains(err.Error(), "may not be asked again") {
+			t.Fatalf("error %v, want the 429 and the wait named", err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("took %v, want at most the 2 s deadline", d)
+		}
+		if n := countFor(e, id, 0); n != 1 {
+			t.Fatalf("%d IMDS requests, want 1 (no retry before Retry-After)", n)
+		}
+	})
+
+	t.Run("invalidate drops only the refused token", func(t *testing.T) {
+		id, s, _ := fresh(t, "invalidate", 10*time.Second)
+		t1, _, err := s.Token(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Invalidate(id, t1)
+		t2, _, err := s.Token(ctx, id)
+		if err != nil || t2 == t1 {
+			t.Fatalf("after Invalidate: err %v, new token %v", err, t2 != t1)
+		}
+		s.Invalidate(id, t1) // stale: another session already caused the refresh
+		if t3, _, _ := s.Token(ctx, id); t3 != t2 || countFor(e, id, 0) != 2 {
+			t.Fatalf("a stale Invalidate caused a fetch (%d requests)", countFor(e, id, 0))
+		}
+	})
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 15 s")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
