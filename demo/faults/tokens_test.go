@@ -146,7 +146,7 @@ func TestTokensOverTime(t *testing.T) {
 
 	t.Run("session across two token lifetimes with IMDS 500 around a refresh", func(t *testing.T) {
 		// A fresh token now, so the refresh point is known: the emulator's expiry is the issue
-		// time truncated to the second plus the lifetime; the node refreshes 10% of the lifetime
+		// time truncated to the second plus the lifetime; the node refreshes half the lifetime
 		// before expiry and uses the token until 5% before.
 		env.Emu.RevokeIssuedTokens()
 		if _, err := query(ctx, conn, "SELECT 1"); err != nil {
@@ -155,7 +155,7 @@ func TestTokensOverTime(t *testing.T) {
 		issued := lastToken(env)
 		exp := issued.Truncate(time.Second).Add(tokenLifetime)
 		life := exp.Sub(issued)
-		refreshAt := exp.Add(-life / 10)
+		refreshAt := exp.Add(-life / 2)
 		usableTo := exp.Add(-life / 20)
 		const loops = 42 // seconds of pg_sleep(1): over two lifetimes
 		sessionCtx, cancel := context.WithTimeout(ctx, 90*time.Second)
@@ -172,8 +172,9 @@ func TestTokensOverTime(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
 
-		// IMDS answers 500 from 3 s before the refresh point until 0.5 s after it.
-		outageStart, outageEnd := refreshAt.Add(-3*time.Second), refreshAt.Add(500*time.Millisecond)
+		// IMDS answers 500 for half a token lifetime centred on the refresh point: the issue's 60 s
+		// around a refresh of 2-minute tokens, scaled down.
+		outageStart, outageEnd := refreshAt.Add(-life/4), refreshAt.Add(life/4)
 		time.AfterFunc(time.Until(outageStart), func() {
 			env.Emu.SetIMDSFault(azureemu.IMDSFault{Status: http.StatusInternalServerError})
 		})

@@ -8,7 +8,7 @@
 // node needs what MSAL's process-wide cache does not give it:
 //
 //   - Refresh ahead: a token is refreshed once it is within
-//     min(5 minutes, 10% of its lifetime) of expires_on. The refresh runs in
+//     min(5 minutes, half its lifetime) of expires_on. The refresh runs in
 //     the background while the cached token, still valid, keeps being handed
 //     out, so logins never wait for IMDS while a usable token exists.
 //   - Single flight: concurrent callers for one identity share one IMDS

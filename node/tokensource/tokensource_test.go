@@ -333,7 +333,7 @@ func countFor(e *azureemu.Emulator, clientID string, status int) int {
 }
 
 // TestTokenLifecycle checks the cache in front of azidentity against an emulator issuing 20 s tokens
-// (scaled down from Azure's hour; the margins scale with the lifetime: refresh 2 s before expiry,
+// (scaled down from Azure's hour; the margins scale with the lifetime: refresh 10 s before expiry,
 // usable until 1 s before). Time is moved with the Source's clock hook, so the test takes seconds.
 func TestTokenLifecycle(t *testing.T) {
 	clearManagedIdentityEnv(t)
@@ -377,11 +377,11 @@ func TestTokenLifecycle(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The emulator's expiry is whole seconds: place the clock relative to it.
-		*skew = time.Until(exp1) - 3*time.Second // before the refresh point: cached
+		*skew = time.Until(exp1) - 12*time.Second // before the refresh point: cached
 		if tok, _, _ := s.Token(ctx, id); tok != t1 || countFor(e, id, 0) != 1 {
-			t.Fatalf("3 s before expiry: new token %v, %d requests; want the cached token", tok != t1, countFor(e, id, 0))
+			t.Fatalf("12 s before expiry: new token %v, %d requests; want the cached token", tok != t1, countFor(e, id, 0))
 		}
-		*skew = time.Until(exp1) - 1500*time.Millisecond // within 10% of the lifetime: cached token returned, refresh started
+		*skew = time.Until(exp1) - 8*time.Second // within half the lifetime: cached token returned, refresh started
 		if tok, _, _ := s.Token(ctx, id); tok != t1 {
 			t.Fatal("in the refresh window the caller did not get the still-valid cached token")
 		}
@@ -400,7 +400,7 @@ func TestTokenLifecycle(t *testing.T) {
 		}
 		e.SetIMDSFault(azureemu.IMDSFault{Status: http.StatusInternalServerError})
 		defer e.SetIMDSFault(azureemu.IMDSFault{})
-		*skew = time.Until(exp1) - 1500*time.Millisecond
+		*skew = time.Until(exp1) - 8*time.Second
 		for range 20 {
 			start := time.Now()
 			tok, _, err := s.Token(ctx, id)
