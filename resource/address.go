@@ -166,12 +166,3 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	out, _ := netip.AddrFromSlice(b)
 	return out
 }
-
-// SplitAddr splits "ip:port" into its parts; it returns "" and 0 on malformed input.
-func SplitAddr(addr string) (string, int) {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return "", 0
-	}
-	return ap.Addr().String(), int(ap.Port())
-}

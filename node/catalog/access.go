@@ -21,10 +21,15 @@ type UserInfo struct {
 
 // Users lists every user, sorted by name.
 func (c *Catalog) Users(ctx context.Context) ([]UserInfo, error) {
+	return c.queryUsers(ctx, "")
+}
+
+// queryUsers lists users (table alias u) with an optional WHERE clause and its arguments, by name.
+func (c *Catalog) queryUsers(ctx context.Context, where string, args ...any) ([]UserInfo, error) {
 	rows, err := c.db.QueryContext(ctx, `SELECT u.name, u.admin, u.suspended, u.created_at,
 		(SELECT count(*) FROM devices d WHERE d.user_name = u.name),
 		COALESCE((SELECT group_concat(role, ',') FROM (SELECT role FROM user_roles r WHERE r.user_name = u.name ORDER BY role)), '')
-		FROM users u ORDER BY u.name`)
+		FROM users u `+where+` ORDER BY u.name`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list users: %w", err)
 	}
@@ -48,16 +53,14 @@ func (c *Catalog) Users(ctx context.Context) ([]UserInfo, error) {
 
 // UserInfo returns one user; it wraps ErrNotFound.
 func (c *Catalog) UserInfo(ctx context.Context, name string) (UserInfo, error) {
-	us, err := c.Users(ctx)
+	us, err := c.queryUsers(ctx, `WHERE u.name = ?`, name)
 	if err != nil {
 		return UserInfo{}, err
 	}
-	for _, u := range us {
-		if u.Name == name {
-			return u, nil
-		}
+	if len(us) == 0 {
+		return UserInfo{}, fmt.Errorf("user %q: %w", name, ErrNotFound)
 	}
-	return UserInfo{}, fmt.Errorf("user %q: %w", name, ErrNotFound)
+	return us[0], nil
 }
 
 func (c *Catalog) execOne(ctx context.Context, what string, query string, args ...any) error {
@@ -89,31 +92,19 @@ func (c *Catalog) DeleteUser(ctx context.Context, name string) error {
 
 // DevicesOf lists a user's devices.
 func (c *Catalog) DevicesOf(ctx context.Context, user string) ([]Device, error) {
-	all, err := c.Devices(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var out []Device
-	for _, d := range all {
-		if d.User == user {
-			out = append(out, d)
-		}
-	}
-	return out, nil
+	return c.queryDevices(ctx, `WHERE d.user_name = ?`, user)
 }
 
 // DeviceByAddress returns the device with tunnel address addr; it wraps ErrNotFound.
 func (c *Catalog) DeviceByAddress(ctx context.Context, addr netip.Addr) (Device, error) {
-	all, err := c.Devices(ctx)
+	ds, err := c.queryDevices(ctx, `WHERE d.address = ?`, addr.String())
 	if err != nil {
 		return Device{}, err
 	}
-	for _, d := range all {
-		if d.Address == addr {
-			return d, nil
-		}
+	if len(ds) == 0 {
+		return Device{}, fmt.Errorf("device %s: %w", addr, ErrNotFound)
 	}
-	return Device{}, fmt.Errorf("device %s: %w", addr, ErrNotFound)
+	return ds[0], nil
 }
 
 // DeleteDevice removes a device by its WireGuard public key; it wraps ErrNotFound.

@@ -310,9 +310,10 @@ func (c *Catalog) Devices(ctx context.Context) ([]Device, error) {
 	return c.queryDevices(ctx, "")
 }
 
-// queryDevices lists devices (table alias d) with an optional JOIN/WHERE clause, by address.
-func (c *Catalog) queryDevices(ctx context.Context, clause string) ([]Device, error) {
-	rows, err := c.db.QueryContext(ctx, `SELECT d.public_key, d.user_name, d.address, d.name, d.enrolled_at FROM devices d `+clause+` ORDER BY d.address`)
+// queryDevices lists devices (table alias d) with an optional JOIN/WHERE clause and its arguments,
+// by address.
+func (c *Catalog) queryDevices(ctx context.Context, clause string, args ...any) ([]Device, error) {
+	rows, err := c.db.QueryContext(ctx, `SELECT d.public_key, d.user_name, d.address, d.name, d.enrolled_at FROM devices d `+clause+` ORDER BY d.address`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list devices: %w", err)
 	}
