@@ -65,7 +65,10 @@ func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok st
 	if _, err := os.Stat(filepath.Join(dir, keyFile)); err == nil {
 		return "", fmt.Errorf("init node: %s already holds a node; use another --state directory", dir)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(dir, stateDirMode); err != nil {
+		return "", fmt.Errorf("init node: %w", err)
+	}
+	if err := secureStateDir(dir, slog.Default()); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
 	}
 	// A failed init leaves nothing behind, so that it can simply be run again.
@@ -231,6 +234,9 @@ func Start(ctx context.Context, dir string, cfg Config, logger *slog.Logger) (*N
 }
 
 func (n *Node) start(ctx context.Context) error {
+	if err := secureStateDir(n.dir, n.log); err != nil {
+		return fmt.Errorf("start node: %w", err)
+	}
 	keyText, err := os.ReadFile(filepath.Join(n.dir, keyFile))
 	if err != nil {
 		return fmt.Errorf("start node: read WireGuard key (run `ferry-node init --state %s` first): %w", n.dir, err)
