@@ -305,7 +305,7 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start node: control API listener: %w", err)
 	}
-	n.serve(&http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: 10 * time.Second}, apiLn)
+	n.serve(n.httpServer(n.apiHandler(), maxBody), n.limitConns(apiLn, "control API"))
 
 	cert, err := tls.LoadX509KeyPair(filepath.Join(n.dir, certFile), filepath.Join(n.dir, certKeyFile))
 	if err != nil {
@@ -316,8 +316,8 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("start node: enrollment endpoint: %w", err)
 	}
 	n.enrollLn = ln
-	n.serve(&http.Server{Handler: n.enrollHandler(), ReadHeaderTimeout: 10 * time.Second},
-		tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
+	n.serve(n.httpServer(n.enrollHandler(), enrollBodyLimit),
+		tls.NewListener(n.limitConns(ln, "enrollment"), &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
 	n.wg.Add(1)
 	go n.reconcileLoop()
 	if err := n.startHealth(ctx); err != nil {
