@@ -68,6 +68,9 @@ func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok st
 	if err := os.MkdirAll(dir, stateDirMode); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
 	}
+	if err := checkStateDirEmpty(dir); err != nil { // it is about to become 0700
+		return "", fmt.Errorf("init node: %w", err)
+	}
 	if err := secureStateDir(dir, slog.Default()); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
 	}
@@ -234,6 +237,9 @@ func Start(ctx context.Context, dir string, cfg Config, logger *slog.Logger) (*N
 }
 
 func (n *Node) start(ctx context.Context) error {
+	if _, err := os.Lstat(filepath.Join(n.dir, keyFile)); err != nil {
+		return fmt.Errorf("start node: read WireGuard key (run `ferry-node init --state %s` first): %w", n.dir, err)
+	}
 	if err := secureStateDir(n.dir, n.log); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}

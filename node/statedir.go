@@ -67,3 +67,23 @@ func tighten(path string, mode fs.FileMode, log *slog.Logger, what string) error
 	log.Warn(what+" was accessible to other users: restricted it", "path", path, "was", fmt.Sprintf("%#o", old), "now", fmt.Sprintf("%#o", old&mode))
 	return nil
 }
+
+// checkStateDirEmpty refuses a directory that holds anything but a node's own files (left by a
+// failed init) or a file system's lost+found: init makes the directory 0700, which must never
+// happen to a shared directory given by mistake (--state /tmp, --state /var/lib).
+func checkStateDirEmpty(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("read state directory: %w", err)
+	}
+	own := map[string]bool{certFile: true, "lost+found": true}
+	for _, f := range privateStateFiles {
+		own[f] = true
+	}
+	for _, e := range entries {
+		if !own[e.Name()] {
+			return fmt.Errorf("%s is not empty (it holds %s): give a new or empty directory for the node's state", dir, e.Name())
+		}
+	}
+	return nil
+}

@@ -113,3 +113,28 @@ func TestStateDirPermissions(t *testing.T) {
 		}
 	}
 }
+
+// TestInitRefusesSharedDir: init restricts its directory to 0700, so it refuses one that holds
+// anything else (a shared directory given by mistake, --state /tmp) and leaves it as it was.
+func TestInitRefusesSharedDir(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o777|fs.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "someone-elses"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := node.Init(ctx, dir, loopbackNodeConfig(), "")
+	if err == nil || !strings.Contains(err.Error(), "is not empty (it holds someone-elses)") {
+		t.Fatalf("Init in a shared directory: %v, want a refusal", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode()&(fs.ModePerm|fs.ModeSticky) != 0o777|fs.ModeSticky {
+		t.Errorf("the shared directory's mode became %v", fi.Mode())
+	}
+}
