@@ -69,6 +69,9 @@ func DaemonRunning(d Dirs) bool {
 	if err != nil {
 		return false
 	}
+	if checkPeer(c, d.Socket()) != nil {
+		return false
+	}
 	_ = c.Close()
 	return true
 }

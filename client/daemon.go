@@ -134,6 +134,9 @@ func (d *Daemon) start(ctx context.Context) error {
 		return fmt.Errorf("start daemon: %w", err) // another user's: neither dialled nor removed
 	default:
 		if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+			if err := checkPeer(c, sock); err != nil {
+				return fmt.Errorf("start daemon: %w", err)
+			}
 			c.Close()
 			return fmt.Errorf("start daemon: another ferry daemon already serves %s", sock)
 		}
@@ -147,7 +150,7 @@ func (d *Daemon) start(ctx context.Context) error {
 	}
 	// The socket is removed by Close, and only while it is still this one (removeOwnSocket).
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
-	d.ctlLn = ln
+	d.ctlLn = ownerOnly{Listener: ln, log: d.log}
 	_ = os.Chmod(sock, 0o600) // the directory is private already; this is belt and braces
 	if d.ctlSock, err = os.Lstat(sock); err != nil {
 		return fmt.Errorf("start daemon: control socket: %w", err)

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -147,4 +149,39 @@ func removeOwnSocket(path string, mine os.FileInfo) error {
 		return fmt.Errorf("remove control socket: %w", err)
 	}
 	return nil
+}
+
+// checkPeer closes c and returns an error when the process at its other end runs as neither the
+// user nor root (where the OS tells: SO_PEERCRED on Linux). It backs up checkSocket against a socket
+// swapped between the check and the connect.
+func checkPeer(c net.Conn, path string) error {
+	uid, ok := socketPeerUID(c)
+	if !ok || uid == myUID() || uid == 0 {
+		return nil
+	}
+	_ = c.Close()
+	return fmt.Errorf("refusing the control socket %s: the program serving it runs as uid %d, not as you (uid %d) or root, so it may be another user's program posing as the ferry daemon; stop it, start `ferry daemon` again, and keep the runtime directory private (XDG_RUNTIME_DIR or %s)", path, uid, myUID(), EnvRuntimeDir)
+}
+
+// ownerOnly is the daemon's control socket listener: it closes connections from processes that run
+// as neither the user nor root. The socket is 0600 in a private directory already; this holds even
+// if someone loosened them.
+type ownerOnly struct {
+	net.Listener
+	log *slog.Logger
+}
+
+func (l ownerOnly) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if uid, ok := socketPeerUID(c); ok && uid != myUID() && uid != 0 {
+			l.log.Warn("refused a control socket connection from another user", "uid", uid)
+			_ = c.Close()
+			continue
+		}
+		return c, nil
+	}
 }

@@ -5,14 +5,17 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -253,4 +256,143 @@ func mkdir(t *testing.T, p string, mode os.FileMode) {
 	if err := os.Chmod(p, mode); err != nil { // past the umask
 		t.Fatal(err)
 	}
+}
+
+// Environment of the helper process that TestSocketPeerOtherUser runs as another uid.
+const (
+	envServeSocket = "FERRY_TEST_SERVE_SOCKET" // serve HTTP on this unix socket until killed
+	envDialSocket  = "FERRY_TEST_DIAL_SOCKET"  // GET /local/v1/status through this socket, print the outcome
+)
+
+// TestHelperProcess is not a test: TestSocketPeerOtherUser runs the test binary with it as another
+// uid, to serve or dial a socket as another local user would.
+func TestHelperProcess(t *testing.T) {
+	switch {
+	case os.Getenv(envServeSocket) != "":
+		ln, err := net.Listen("unix", os.Getenv(envServeSocket))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		_ = os.Chmod(os.Getenv(envServeSocket), 0o666)
+		_ = http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"user":"mallory"}`)) }))
+		os.Exit(0)
+	case os.Getenv(envDialSocket) != "":
+		c := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", os.Getenv(envDialSocket))
+		}}}
+		resp, err := c.Get("http://ferry/local/v1/status")
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(0)
+		}
+		fmt.Println("status:", resp.StatusCode)
+		os.Exit(0)
+	default:
+		t.Skip("helper process of TestSocketPeerOtherUser")
+	}
+}
+
+// asOtherUser prepares the test binary so that otherUID can run it, and a directory it may write.
+func asOtherUser(t *testing.T) (run func(ctx context.Context, env string) *exec.Cmd, dir string) {
+	t.Helper()
+	shared, err := os.MkdirTemp("", "ferry-peer-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shared) })
+	if err := os.Chmod(shared, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(shared, "client.test")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir = filepath.Join(shared, "run")
+	mkdir(t, dir, 0o755)
+	if err := os.Chown(dir, otherUID, otherUID); err != nil {
+		t.Fatal(err)
+	}
+	return func(ctx context.Context, env string) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, bin, "-test.run=^TestHelperProcess$")
+		cmd.Env = append(os.Environ(), env)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: otherUID, Gid: otherUID}}
+		return cmd
+	}, dir
+}
+
+// TestSocketPeerOtherUser: the process at the other end of the control socket is checked too
+// (SO_PEERCRED), not only the socket file's owner. A daemon impostor run by another user behind a
+// socket file that looks like root's is refused by the CLI; a connection from another user to the
+// daemon's socket (made reachable on purpose here) is closed unanswered.
+func TestSocketPeerOtherUser(t *testing.T) {
+	needRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	run, dir := asOtherUser(t)
+
+	t.Run("impostor daemon", func(t *testing.T) {
+		d := Dirs{Config: t.TempDir(), Runtime: dir}
+		srv := run(ctx, envServeSocket+"="+d.Socket())
+		var out strings.Builder
+		srv.Stderr = &out
+		if err := srv.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
+		for i := 0; !DaemonRunningUnchecked(d); i++ {
+			if i > 200 {
+				t.Fatalf("the impostor did not start: %s", out.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err := os.Lchown(d.Socket(), 0, 0); err != nil { // the file now looks like root's
+			t.Fatal(err)
+		}
+		if _, err := NewControl(d).Status(ctx); err == nil || !strings.Contains(err.Error(), "runs as uid 12345") {
+			t.Errorf("Status through another user's impostor: %v, want a refusal naming its uid", err)
+		}
+		if DaemonRunning(d) {
+			t.Error("DaemonRunning = true for another user's impostor")
+		}
+	})
+	t.Run("daemon refuses other users", func(t *testing.T) {
+		d := testDaemonDirs(t)
+		dm, err := StartDaemon(ctx, d, slog.New(slog.DiscardHandler), WithMode(ModeLoopback))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dm.Close() })
+		// Open the way on purpose: only the peer check is left.
+		for _, p := range []string{filepath.Dir(filepath.Dir(d.Runtime)), filepath.Dir(d.Runtime), d.Runtime} {
+			if err := os.Chmod(p, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.Chmod(d.Socket(), 0o666); err != nil {
+			t.Fatal(err)
+		}
+		out, err := run(ctx, envDialSocket+"="+d.Socket()).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(string(out), "error:") || strings.Contains(string(out), "permission denied") {
+			t.Errorf("another user's request to the daemon: %s, want the connection closed", out)
+		}
+	})
+}
+
+// DaemonRunningUnchecked reports whether anything answers on d's socket, whoever runs it.
+func DaemonRunningUnchecked(d Dirs) bool {
+	c, err := net.DialTimeout("unix", d.Socket(), time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
