@@ -172,3 +172,12 @@ func (c *limitedConn) Close() error {
 	c.once.Do(func() { c.l.release(c.src) })
 	return err
 }
+
+// CloseWrite half-closes the connection when the underlying one can, so that net/http's lingering
+// close (an answer sent before the request's body was read, such as a 413) still works.
+func (c *limitedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
