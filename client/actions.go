@@ -59,10 +59,17 @@ func PsqlCommand(r ResourceStatus) string {
 	return "psql '" + strings.ReplaceAll(ConnString(r), "'", `'\''`) + "'"
 }
 
-// DaemonRunning reports whether a daemon answers on the control socket of d (it only dials).
+// DaemonRunning reports whether a daemon answers on the control socket of d (it only dials, and
+// only a socket the user or root owns).
 func DaemonRunning(d Dirs) bool {
+	if checkSocket(d.Socket()) != nil {
+		return false
+	}
 	c, err := net.DialTimeout("unix", d.Socket(), time.Second)
 	if err != nil {
+		return false
+	}
+	if checkPeer(c, d.Socket()) != nil {
 		return false
 	}
 	_ = c.Close()

@@ -32,12 +32,23 @@ func NewControl(dirs Dirs) *Control {
 }
 
 func (d Dirs) dialSocket(ctx context.Context, _, _ string) (net.Conn, error) {
+	if err := checkSocket(d.Socket()); errors.Is(err, errNoSocket) {
+		return nil, fmt.Errorf("the ferry daemon is not running (no socket at %s): start it with `ferry daemon` or open the Ferry desktop app", d.Socket())
+	} else if err != nil {
+		return nil, err
+	}
 	var dl net.Dialer
 	c, err := dl.DialContext(ctx, "unix", d.Socket())
 	if err != nil && (errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED)) {
 		return nil, fmt.Errorf("the ferry daemon is not running (no socket at %s): start it with `ferry daemon` or open the Ferry desktop app", d.Socket())
 	}
-	return c, err
+	if err != nil {
+		return nil, err
+	}
+	if err := checkPeer(c, d.Socket()); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 func (c *Control) call(ctx context.Context, method, path string, in, out any) error {

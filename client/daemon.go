@@ -34,12 +34,13 @@ const PersistentKeepalive = 25 * time.Second
 // Daemon is the running client: one WireGuard tunnel to the node, a loopback listener per connected
 // resource, and the control socket.
 type Daemon struct {
-	dirs  Dirs
-	log   *slog.Logger
-	tun   *tunnel.Tunnel
-	api   *api.Client
-	ctl   *http.Server
-	ctlLn net.Listener
+	dirs    Dirs
+	log     *slog.Logger
+	tun     *tunnel.Tunnel
+	api     *api.Client
+	ctl     *http.Server
+	ctlLn   net.Listener
+	ctlSock os.FileInfo // the control socket this daemon made; Close removes only that one
 
 	mu        sync.Mutex
 	state     State
@@ -123,17 +124,37 @@ func (d *Daemon) start(ctx context.Context) error {
 	if err := os.MkdirAll(d.dirs.Runtime, 0o700); err != nil {
 		return fmt.Errorf("start daemon: %w", err)
 	}
-	sock := d.dirs.Socket()
-	if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
-		c.Close()
-		return fmt.Errorf("start daemon: another ferry daemon already serves %s", sock)
+	if err := checkRuntimeDir(d.dirs.Runtime); err != nil {
+		return fmt.Errorf("start daemon: %w", err)
 	}
-	_ = os.Remove(sock)
-	d.ctlLn, err = net.Listen("unix", sock)
+	sock := d.dirs.Socket()
+	switch err := checkSocket(sock); {
+	case errors.Is(err, errNoSocket):
+	case err != nil:
+		return fmt.Errorf("start daemon: %w", err) // another user's: neither dialled nor removed
+	default:
+		if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+			if err := checkPeer(c, sock); err != nil {
+				return fmt.Errorf("start daemon: %w", err)
+			}
+			c.Close()
+			return fmt.Errorf("start daemon: another ferry daemon already serves %s", sock)
+		}
+		if err := removeOwnSocket(sock, nil); err != nil { // a stale socket of an earlier run
+			return fmt.Errorf("start daemon: %w", err)
+		}
+	}
+	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		return fmt.Errorf("start daemon: control socket: %w", err)
 	}
-	_ = os.Chmod(sock, 0o600)
+	// The socket is removed by Close, and only while it is still this one (removeOwnSocket).
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	d.ctlLn = ownerOnly{Listener: ln, log: d.log}
+	_ = os.Chmod(sock, 0o600) // the directory is private already; this is belt and braces
+	if d.ctlSock, err = os.Lstat(sock); err != nil {
+		return fmt.Errorf("start daemon: control socket: %w", err)
+	}
 	d.ctl = &http.Server{Handler: d.controlHandler(), ReadHeaderTimeout: 10 * time.Second}
 	d.wg.Add(1)
 	go func() {
@@ -423,7 +444,12 @@ func (d *Daemon) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		_ = d.ctl.Shutdown(ctx)
 		cancel()
-		_ = os.Remove(d.dirs.Socket())
+		if err := removeOwnSocket(d.dirs.Socket(), d.ctlSock); err != nil {
+			d.log.Warn("control socket left in place", "err", err)
+		}
+	} else if d.ctlLn != nil {
+		_ = d.ctlLn.Close()
+		_ = removeOwnSocket(d.dirs.Socket(), d.ctlSock)
 	}
 	d.mu.Lock()
 	for n, l := range d.listeners {

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/tunnel"
@@ -31,7 +30,8 @@ const (
 
 // DefaultDirs returns the directories from FERRY_CONFIG_DIR / FERRY_RUNTIME_DIR when set, else the
 // user's config dir (os.UserConfigDir()/ferry) and runtime dir ($XDG_RUNTIME_DIR/ferry, or
-// os.TempDir()/ferry-<uid>).
+// os.TempDir()/ferry-<uid>, which it creates and refuses unless it is the user's own with mode 0700:
+// see fallbackRuntimeDir).
 func DefaultDirs() (Dirs, error) {
 	var d Dirs
 	d.Config = os.Getenv(EnvConfigDir)
@@ -47,7 +47,11 @@ func DefaultDirs() (Dirs, error) {
 		if x := os.Getenv("XDG_RUNTIME_DIR"); x != "" {
 			d.Runtime = filepath.Join(x, "ferry")
 		} else {
-			d.Runtime = filepath.Join(os.TempDir(), "ferry-"+strconv.Itoa(os.Getuid()))
+			dir, err := fallbackRuntimeDir(os.TempDir(), os.Getuid())
+			if err != nil {
+				return d, err
+			}
+			d.Runtime = dir
 		}
 	}
 	return d, nil

@@ -59,6 +59,19 @@ type Config struct {
 	// MetricsListen is the TCP address of the Prometheus metrics endpoint (/metrics, /livez,
 	// /readyz), e.g. "127.0.0.1:9108"; empty turns it off. `ferry-node init` writes 127.0.0.1:9108.
 	MetricsListen string `json:"metrics_listen,omitempty"`
+	// HTTPReadTimeout bounds, on the enrollment endpoint and the control API, the TLS handshake and
+	// the reading of a request's header and body (default 10s): a client that sends slowly is cut.
+	HTTPReadTimeout Duration `json:"http_read_timeout,omitzero"`
+	// HTTPWriteTimeout bounds handling a request and writing its answer (default 60s).
+	HTTPWriteTimeout Duration `json:"http_write_timeout,omitzero"`
+	// HTTPIdleTimeout closes a kept-alive connection that has been idle this long (default 60s).
+	HTTPIdleTimeout Duration `json:"http_idle_timeout,omitzero"`
+	// HTTPMaxConns caps the open connections of each of the two endpoints (default 512); more wait
+	// in the kernel's accept queue until one closes.
+	HTTPMaxConns int `json:"http_max_conns,omitzero"`
+	// HTTPMaxConnsPerSource caps the open connections of each endpoint from one source: an IPv4
+	// address or an IPv6 /64, inside the tunnel one device (default 32); more are closed at once.
+	HTTPMaxConnsPerSource int `json:"http_max_conns_per_source,omitzero"`
 }
 
 // Duration is a time.Duration that reads and writes as a Go duration string in JSON.
@@ -114,6 +127,21 @@ func (c *Config) applyDefaults() {
 	}
 	if c.PublicHost == "" {
 		c.PublicHost, _ = os.Hostname()
+	}
+	if c.HTTPReadTimeout == 0 {
+		c.HTTPReadTimeout = Duration(10 * time.Second)
+	}
+	if c.HTTPWriteTimeout == 0 {
+		c.HTTPWriteTimeout = Duration(60 * time.Second)
+	}
+	if c.HTTPIdleTimeout == 0 {
+		c.HTTPIdleTimeout = Duration(60 * time.Second)
+	}
+	if c.HTTPMaxConns == 0 {
+		c.HTTPMaxConns = 512
+	}
+	if c.HTTPMaxConnsPerSource == 0 {
+		c.HTTPMaxConnsPerSource = 32
 	}
 }
 
@@ -202,6 +230,17 @@ func (c *Config) Validate() error {
 		if _, err := netip.ParseAddrPort(c.DNSServer); err != nil {
 			bad("DNS server %q: use IP:PORT", c.DNSServer)
 		}
+	}
+	for _, d := range []struct {
+		name string
+		v    Duration
+	}{{"http_read_timeout", c.HTTPReadTimeout}, {"http_write_timeout", c.HTTPWriteTimeout}, {"http_idle_timeout", c.HTTPIdleTimeout}} {
+		if d.v < 0 {
+			bad("%s %s is negative: give a duration such as \"10s\"", d.name, time.Duration(d.v))
+		}
+	}
+	if c.HTTPMaxConns < 0 || c.HTTPMaxConnsPerSource < 0 {
+		bad("http_max_conns %d and http_max_conns_per_source %d must be positive", c.HTTPMaxConns, c.HTTPMaxConnsPerSource)
 	}
 	for _, f := range c.CAFiles {
 		b, err := os.ReadFile(f)

@@ -41,6 +41,9 @@ func readJSON(r *http.Request, v any) error {
 	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+			return fmt.Errorf("read request body: it is larger than this endpoint's limit of %d bytes", mbe.Limit)
+		}
 		return fmt.Errorf("read request body: %w", err)
 	}
 	return nil

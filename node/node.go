@@ -65,7 +65,13 @@ func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok st
 	if _, err := os.Stat(filepath.Join(dir, keyFile)); err == nil {
 		return "", fmt.Errorf("init node: %s already holds a node; use another --state directory", dir)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(dir, stateDirMode); err != nil {
+		return "", fmt.Errorf("init node: %w", err)
+	}
+	if err := checkStateDirEmpty(dir); err != nil { // it is about to become 0700
+		return "", fmt.Errorf("init node: %w", err)
+	}
+	if err := secureStateDir(dir, slog.Default()); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
 	}
 	// A failed init leaves nothing behind, so that it can simply be run again.
@@ -231,6 +237,12 @@ func Start(ctx context.Context, dir string, cfg Config, logger *slog.Logger) (*N
 }
 
 func (n *Node) start(ctx context.Context) error {
+	if _, err := os.Lstat(filepath.Join(n.dir, keyFile)); err != nil {
+		return fmt.Errorf("start node: read WireGuard key (run `ferry-node init --state %s` first): %w", n.dir, err)
+	}
+	if err := secureStateDir(n.dir, n.log); err != nil {
+		return fmt.Errorf("start node: %w", err)
+	}
 	keyText, err := os.ReadFile(filepath.Join(n.dir, keyFile))
 	if err != nil {
 		return fmt.Errorf("start node: read WireGuard key (run `ferry-node init --state %s` first): %w", n.dir, err)
@@ -299,7 +311,7 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start node: control API listener: %w", err)
 	}
-	n.serve(&http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: 10 * time.Second}, apiLn)
+	n.serve(n.httpServer(n.apiHandler(), maxBody), n.limitConns(apiLn, "control API"))
 
 	cert, err := tls.LoadX509KeyPair(filepath.Join(n.dir, certFile), filepath.Join(n.dir, certKeyFile))
 	if err != nil {
@@ -310,8 +322,8 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("start node: enrollment endpoint: %w", err)
 	}
 	n.enrollLn = ln
-	n.serve(&http.Server{Handler: n.enrollHandler(), ReadHeaderTimeout: 10 * time.Second},
-		tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
+	n.serve(n.httpServer(n.enrollHandler(), enrollBodyLimit),
+		tls.NewListener(n.limitConns(ln, "enrollment"), &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
 	n.wg.Add(1)
 	go n.reconcileLoop()
 	if err := n.startHealth(ctx); err != nil {
