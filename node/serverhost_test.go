@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -181,5 +183,34 @@ func TestTokenOnlyToAllowedHostsOverTLS(t *testing.T) {
 				t.Fatalf("an access token reached a server without TLS: %q", got)
 			}
 		})
+	}
+}
+
+// TestConfigAllowedServerHosts: a config without the key gets the Azure defaults; an empty or
+// malformed list is refused, naming the key, so that a node never starts without a list.
+func TestConfigAllowedServerHosts(t *testing.T) {
+	dir := t.TempDir()
+	load := func(body string) (node.Config, error) {
+		p := filepath.Join(dir, "config.json")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := node.LoadConfig(p)
+		if err != nil {
+			return c, err
+		}
+		return c, c.Validate()
+	}
+	c, err := load(`{"public_host":"node.example.com"}`)
+	if err != nil || strings.Join(c.AllowedServerHosts, ",") != strings.Join(serverhost.Defaults, ",") {
+		t.Fatalf("without the key: %v %v", c.AllowedServerHosts, err)
+	}
+	for _, bad := range []string{`[]`, `["*"]`, `["*.com"]`, `["10.0.0.0/8"]`, `["my host"]`} {
+		if _, err := load(`{"public_host":"node.example.com","allowed_server_hosts":` + bad + `}`); err == nil || !strings.Contains(err.Error(), serverhost.ConfigKey) {
+			t.Errorf("allowed_server_hosts %s: %v, want an error naming %s", bad, err, serverhost.ConfigKey)
+		}
+	}
+	if c, err := load(`{"public_host":"node.example.com","allowed_server_hosts":["*.postgres.database.azure.com","db.corp.example","10.0.0.4"]}`); err != nil || len(c.AllowedServerHosts) != 3 {
+		t.Fatalf("a valid list: %v %v", c.AllowedServerHosts, err)
 	}
 }
