@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/node"
 )
 
 // run executes one ferry command line against the demo's daemon.
@@ -33,7 +34,11 @@ func TestCommandsAgainstDemo(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	// Single Server mode, so that the reference page's example (username mi_user@mypg) logs in as is.
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP(), SingleServer: true})
+	// The hostnames of the catalog-only resources below join the emulator's on the node's allow-list.
+	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP(), SingleServer: true,
+		NodeConfig: func(c *node.Config) {
+			c.AllowedServerHosts = append(c.AllowedServerHosts, "a.example", "b.example", "bulk.example")
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,7 +46,7 @@ func newResourceFlags(fs *pflag.FlagSet) *resourceFlags {
 	str(&r.UsernamePath, "username-path", "secret path of the username (with --secret-store-id)", func(d *resource.Resource, v string) { d.UsernamePath = v })
 	str(&r.ManagedIdentityClientID, "managed-identity-client-id", "client ID of the user-assigned managed identity; omit for the system-assigned identity", func(d *resource.Resource, v string) { d.ManagedIdentityClientID = v })
 	str(&r.ManagedIdentityClientIDPath, "managed-identity-client-id-path", "secret path of the client ID (with --secret-store-id)", func(d *resource.Resource, v string) { d.ManagedIdentityClientIDPath = v })
-	boolean(&r.TLSRequired, "tls-required", "require TLS to the server (certificate verified)", func(d *resource.Resource, v bool) { d.TLSRequired = v })
+	boolean(&r.TLSRequired, "tls-required", "require TLS to the server, its certificate verified for the hostname (the node never logs in without it, whatever this says)", func(d *resource.Resource, v bool) { d.TLSRequired = v })
 	str(&r.BindInterface, "bind-interface", "loopback IP the client listens on, e.g. 127.0.0.1", func(d *resource.Resource, v string) { d.BindInterface = v })
 	str(&r.EgressFilter, "egress-filter", "nodes that may reach the server, e.g. tag:env=prod", func(d *resource.Resource, v string) { d.EgressFilter = v })
 	str(&r.ProxyClusterID, "proxy-cluster-id", "proxy cluster to route through (empty: none, use gateways)", func(d *resource.Resource, v string) { d.ProxyClusterID = v })
@@ -179,16 +179,21 @@ func readResourceFile(path string) ([]resource.Resource, error) {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	b = []byte(strings.TrimSpace(string(b)))
-	var batch []resource.Resource
+	// resource.Input: a resource that leaves tls_required out gets true, as with the flags.
+	var in []resource.Input
 	if len(b) > 0 && b[0] == '[' {
-		err = json.Unmarshal(b, &batch)
+		err = json.Unmarshal(b, &in)
 	} else {
-		var one resource.Resource
+		var one resource.Input
 		err = json.Unmarshal(b, &one)
-		batch = []resource.Resource{one}
+		in = []resource.Input{one}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read %s: not a resource or an array of resources in JSON: %w", path, err)
+	}
+	batch := make([]resource.Resource, len(in))
+	for i := range in {
+		batch[i] = in[i].Get()
 	}
 	for i := range batch {
 		if batch[i].Port == 0 {

@@ -117,6 +117,9 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 		IMDSEndpoint:  e.Emu.IMDSEndpoint(),
 		CAFiles:       []string{e.Emu.CACertFile()},
 		HostOverrides: map[string]string{strings.ToLower(e.Emu.Hostname()): e.Emu.Addr()},
+		// The access token goes to the emulator's server and nowhere else (not even the Azure
+		// domains: no real Azure server belongs to a demo).
+		AllowedServerHosts: []string{strings.ToLower(e.Emu.Hostname())},
 		// Every other hostname fails to resolve at once, without a query leaving the machine.
 		DNSServer: "127.0.0.1:9",
 	}

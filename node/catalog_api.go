@@ -2,6 +2,7 @@ package node
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 
@@ -21,8 +22,15 @@ func (n *Node) registerCatalogRoutes(mux *router) {
 		writeJSON(w, http.StatusOK, res)
 	}))
 	mux.HandleFunc("PUT /v1/admin/datasources/{name}", n.admin(func(w http.ResponseWriter, r *http.Request) {
-		var next resource.Resource
-		if err := readJSON(r, &next); err != nil {
+		var in resource.Input // a left-out tls_required is true
+		if err := readJSON(r, &in); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		next := in.Get()
+		// The stored hostname too must be on the list: a resource left over from before the list
+		// changed is refused until its hostname is.
+		if err := n.checkServerHost(next.Hostname); err != nil {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
@@ -88,4 +96,17 @@ func nonNil(s []string) []string {
 		return []string{}
 	}
 	return s
+}
+
+// checkServerHost refuses a resource hostname that is not on the node config's allowed_server_hosts.
+// A hostname that is not a DNS name or an IP address at all passes here and gets the catalog's
+// validation error, which says what a hostname must look like.
+func (n *Node) checkServerHost(host string) error {
+	if !resource.ValidHostname(host) {
+		return nil
+	}
+	if err := n.allowed.Check(host); err != nil {
+		return fmt.Errorf("hostname: %w", err)
+	}
+	return nil
 }

@@ -11,9 +11,12 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/ferryhq/ferry/node/serverhost"
 	"github.com/ferryhq/ferry/resource"
 )
 
@@ -35,6 +38,14 @@ type Config struct {
 	// HostOverrides maps a server hostname to the "ip:port" to dial instead (private endpoints, tests);
 	// TLS still verifies the certificate against the hostname.
 	HostOverrides map[string]string `json:"host_overrides,omitempty"`
+	// AllowedServerHosts are the only servers the node sends a managed-identity access token to: a
+	// resource whose hostname is not on the list cannot be created or updated, is not health-checked
+	// and gets no login. Entries: "*.DOMAIN" (any name below DOMAIN, on a label boundary), a DNS name,
+	// or an IP address (an IP literal as a hostname is refused unless listed). Absent means
+	// serverhost.Defaults, the Azure Database for PostgreSQL domains of the public and sovereign
+	// clouds; a list replaces them, so keep those entries when adding a private endpoint's custom DNS
+	// name. The control API cannot change it.
+	AllowedServerHosts []string `json:"allowed_server_hosts,omitempty"`
 	// DNSServer, when set ("ip:port"), is the only DNS server the node asks for servers' hostnames
 	// (proxy and health checks); empty means the system's resolver. Tests point it at a closed
 	// loopback port so that no lookup leaves the machine.
@@ -143,6 +154,17 @@ func (c *Config) applyDefaults() {
 	if c.HTTPMaxConnsPerSource == 0 {
 		c.HTTPMaxConnsPerSource = 32
 	}
+	if c.AllowedServerHosts == nil {
+		c.AllowedServerHosts = slices.Clone(serverhost.Defaults)
+	}
+}
+
+// allowList parses AllowedServerHosts; an empty list is refused, as no resource could be reached.
+func (c *Config) allowList() (*serverhost.List, error) {
+	if len(c.AllowedServerHosts) == 0 {
+		return nil, fmt.Errorf("%s is empty: no server could be reached; remove the key for the Azure defaults (%s)", serverhost.ConfigKey, strings.Join(serverhost.Defaults, ", "))
+	}
+	return serverhost.Parse(c.AllowedServerHosts)
 }
 
 // EnrollURL is the https URL clients enroll at.
@@ -249,6 +271,9 @@ func (c *Config) Validate() error {
 		} else if !x509.NewCertPool().AppendCertsFromPEM(b) {
 			bad("CA file %s holds no PEM certificate", f)
 		}
+	}
+	if _, err := c.allowList(); err != nil {
+		errs = append(errs, err)
 	}
 	for host, addr := range c.HostOverrides {
 		if !resource.ValidHostname(host) || addr == "" {

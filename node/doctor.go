@@ -90,7 +90,11 @@ func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt Doctor
 		}
 		ok = doctorNode(ctx, w, cat, cfg, tokens, clientID, opt.StepTimeout, dbPath)
 	}
-	checker := health.NewChecker(health.Config{Tokens: tokens, RootCAs: roots, HostOverrides: cfg.HostOverrides, Resolver: cfg.resolver(), StepTimeout: opt.StepTimeout})
+	allowed, err := cfg.allowList()
+	if err != nil {
+		return false, fmt.Errorf("doctor: %w", err)
+	}
+	checker := health.NewChecker(health.Config{Tokens: tokens, RootCAs: roots, HostOverrides: cfg.HostOverrides, AllowedHosts: allowed, Resolver: cfg.resolver(), StepTimeout: opt.StepTimeout})
 	for _, r := range rs {
 		fmt.Fprintf(w, "%s  %s\n", r.Name, describe(r))
 		h := checker.Check(ctx, r, func(s api.HealthStep) { printStep(w, s) })

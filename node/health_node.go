@@ -42,6 +42,7 @@ func (n *Node) healthChecker(stepTimeout time.Duration) *health.Checker {
 		Tokens:        countingTokens{TokenSource: n.tokens, m: n.metrics},
 		RootCAs:       n.roots,
 		HostOverrides: n.cfg.HostOverrides,
+		AllowedHosts:  n.allowed,
 		Resolver:      n.cfg.resolver(),
 		StepTimeout:   stepTimeout,
 	})

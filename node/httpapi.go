@@ -197,8 +197,13 @@ func (n *Node) apiRouter() *router {
 		writeJSON(w, http.StatusOK, api.DatasourceList{Datasources: rs})
 	}))
 	mux.HandleFunc("POST /v1/admin/datasources", n.admin(func(w http.ResponseWriter, r *http.Request) {
-		var res resource.Resource
-		if err := readJSON(r, &res); err != nil {
+		var in resource.Input // a left-out tls_required is true
+		if err := readJSON(r, &in); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		res := in.Get()
+		if err := n.checkServerHost(res.Hostname); err != nil {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}

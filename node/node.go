@@ -33,6 +33,7 @@ import (
 	"github.com/ferryhq/ferry/node/catalog"
 	"github.com/ferryhq/ferry/node/health"
 	"github.com/ferryhq/ferry/node/pgproxy"
+	"github.com/ferryhq/ferry/node/serverhost"
 	"github.com/ferryhq/ferry/node/tokensource"
 	"github.com/ferryhq/ferry/resource"
 	"github.com/ferryhq/ferry/tunnel"
@@ -204,7 +205,9 @@ type Node struct {
 	proxy  *pgproxy.Proxy
 	tun    *tunnel.Tunnel
 	roots  *x509.CertPool
-	pub    tunnel.Key
+	// allowed is the config's allowed_server_hosts: the only servers that get an access token.
+	allowed *serverhost.List
+	pub     tunnel.Key
 
 	health    *health.Scheduler
 	metrics   *metrics
@@ -252,6 +255,9 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("start node: %w", err)
 	}
 	n.pub = key.PublicKey()
+	if n.allowed, err = n.cfg.allowList(); err != nil {
+		return fmt.Errorf("start node: %w", err)
+	}
 	n.roots, err = x509.SystemCertPool()
 	if err != nil || n.roots == nil {
 		n.roots = x509.NewCertPool()
@@ -365,6 +371,7 @@ func (n *Node) target(r resource.Resource) pgproxy.Target {
 		ClientID:         r.ManagedIdentityClientID,
 		TLSRequired:      r.TLSRequired,
 		RootCAs:          n.roots,
+		AllowedHosts:     n.allowed,
 	}
 	if over, ok := n.cfg.HostOverrides[strings.ToLower(r.Hostname)]; ok {
 		if _, _, err := net.SplitHostPort(over); err != nil {

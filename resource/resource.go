@@ -89,6 +89,20 @@ func New(name string) Resource {
 	return Resource{Name: name, Type: TypeAzurePostgresMI, Port: DefaultPort, TLSRequired: true}
 }
 
+// Input is a Resource as the control API and resource files take it in JSON: a tls_required that is
+// left out (or null) means true, the documented default, and not JSON's zero value false.
+type Input struct {
+	Resource
+	TLSRequired *bool `json:"tls_required"` // shadows Resource.TLSRequired in JSON
+}
+
+// Get returns the resource, with tls_required true unless the JSON said false.
+func (in Input) Get() Resource {
+	r := in.Resource
+	r.TLSRequired = in.TLSRequired == nil || *in.TLSRequired
+	return r
+}
+
 var (
 	uuidRE      = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 	hostLabelRE = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$`)

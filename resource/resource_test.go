@@ -1,6 +1,7 @@
 package resource
 
 import (
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"strings"
@@ -161,5 +162,36 @@ func TestAssignAddresses(t *testing.T) {
 	small := netip.MustParsePrefix("10.1.2.0/30")
 	if _, err := AssignVN(&r, small, NewTaken()); err == nil {
 		t.Fatal("a /30 has no usable address once the TUN and resolver take theirs; want error")
+	}
+}
+
+// TestInputTLSRequiredDefault: JSON that leaves tls_required out (or null) decodes as true; every
+// other property decodes as into a Resource, and unknown fields are still refused by a strict decoder.
+func TestInputTLSRequiredDefault(t *testing.T) {
+	for _, tc := range []struct {
+		json string
+		want bool
+	}{
+		{`{"name":"a","hostname":"h","port":5432}`, true},
+		{`{"name":"a","hostname":"h","port":5432,"tls_required":null}`, true},
+		{`{"name":"a","hostname":"h","port":5432,"tls_required":true}`, true},
+		{`{"name":"a","hostname":"h","port":5432,"tls_required":false}`, false},
+	} {
+		var in Input
+		dec := json.NewDecoder(strings.NewReader(tc.json))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&in); err != nil {
+			t.Fatalf("%s: %v", tc.json, err)
+		}
+		r := in.Get()
+		if r.TLSRequired != tc.want || r.Name != "a" || r.Hostname != "h" || r.Port != 5432 {
+			t.Errorf("%s: %+v", tc.json, r)
+		}
+	}
+	dec := json.NewDecoder(strings.NewReader(`{"name":"a","tls_requried":false}`))
+	dec.DisallowUnknownFields()
+	var in Input
+	if err := dec.Decode(&in); err == nil {
+		t.Error("a misspelt tls_required was accepted")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -18,6 +19,7 @@ import (
 
 	"github.com/ferryhq/ferry/internal/fdlimit"
 	"github.com/ferryhq/ferry/node"
+	"github.com/ferryhq/ferry/node/serverhost"
 )
 
 func main() {
@@ -56,7 +58,7 @@ func configPath(state, config string) string {
 func initCmd() *cobra.Command {
 	var state, admin, enrollListen, imds string
 	var cfg node.Config
-	var caFiles, overrides []string
+	var caFiles, overrides, allowHosts []string
 	c := &cobra.Command{
 		Use:   "init --state DIR",
 		Short: "Create a node: its WireGuard key, its catalog and a first admin's enrollment token",
@@ -81,6 +83,9 @@ token for that admin: give it to ` + "`ferry login`" + ` on the admin's machine.
 				}
 				cfg.HostOverrides[strings.ToLower(host)] = addr
 			}
+			if len(allowHosts) > 0 {
+				cfg.AllowedServerHosts = append(slices.Clone(serverhost.Defaults), allowHosts...)
+			}
 			tok, err := node.Init(cmd.Context(), state, cfg, admin)
 			if err != nil {
 				return err
@@ -99,6 +104,7 @@ token for that admin: give it to ` + "`ferry login`" + ` on the admin's machine.
 	f.StringVar(&imds, "imds-endpoint", "", "replace Azure IMDS with this http://host:port (the Azure emulator); empty = real IMDS")
 	f.StringSliceVar(&caFiles, "ca-file", nil, "extra PEM CA file trusted for servers' TLS certificates (repeatable)")
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "127.0.0.1:9108", "TCP address of the Prometheus metrics endpoint (/metrics, /livez, /readyz); empty = off")
+	f.StringSliceVar(&allowHosts, "allow-server-host", nil, "also send access tokens to this server: a DNS name, *.DOMAIN or an IP address, e.g. a private endpoint's custom DNS name (repeatable; added to the Azure Database for PostgreSQL domains in the config's "+serverhost.ConfigKey+")")
 	f.StringSliceVar(&overrides, "host-override", nil, "dial IP[:PORT] for HOSTNAME (HOSTNAME=IP[:PORT], repeatable); TLS still verifies HOSTNAME")
 	return c
 }

@@ -117,7 +117,9 @@ func TestVirtualNetworking(t *testing.T) {
 	need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
+	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP(), NodeConfig: func(c *node.Config) {
+		c.AllowedServerHosts = append(c.AllowedServerHosts, "127.0.0.1") // dead-pg and idle-pg below
+	}})
 	if err != nil {
 		t.Fatalf("start demo: %v", err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/node/serverhost"
 	"github.com/ferryhq/ferry/resource"
 )
 
@@ -49,6 +50,10 @@ type Config struct {
 	// HostOverrides maps a lower-case hostname to the "ip[:port]" dialled instead (the node config's
 	// host_overrides); TLS still verifies the certificate for the hostname.
 	HostOverrides map[string]string
+	// AllowedHosts are the servers that may receive an access token (the node config's
+	// allowed_server_hosts); a check of a resource whose hostname is not on it fails at its first
+	// step, before any lookup. nil = serverhost.Default(), the Azure Database for PostgreSQL domains.
+	AllowedHosts *serverhost.List
 	// Resolver resolves hostnames without an override; nil = net.DefaultResolver.
 	Resolver Resolver
 	// StepTimeout bounds each step; default DefaultStepTimeout.
@@ -66,6 +71,9 @@ type Checker struct {
 func NewChecker(cfg Config) *Checker {
 	if cfg.Resolver == nil {
 		cfg.Resolver = net.DefaultResolver
+	}
+	if cfg.AllowedHosts == nil {
+		cfg.AllowedHosts = serverhost.Default()
 	}
 	if cfg.StepTimeout <= 0 {
 		cfg.StepTimeout = DefaultStepTimeout
@@ -147,7 +155,7 @@ type run struct {
 	host   string // lower-case hostname without a trailing dot
 	addr   string // "ip:port" dialled
 	conn   net.Conn
-	tlsCfg *tls.Config // nil = the server offers no TLS and it is not required
+	tlsCfg *tls.Config // set once the server's certificate verified for host; login needs it
 	tok    string
 	pc     *pgconn.PgConn
 }
@@ -168,6 +176,9 @@ func (x *run) hostPort() string { return net.JoinHostPort(x.r.Hostname, strconv.
 func (x *run) resolve(ctx context.Context) (string, error) {
 	if x.r.Port < 1 || x.r.Port > 65535 {
 		return "", fmt.Errorf("resource port %d is not 1-65535", x.r.Port)
+	}
+	if err := x.c.cfg.AllowedHosts.Check(x.r.Hostname); err != nil {
+		return "", err
 	}
 	port := strconv.Itoa(x.r.Port)
 	if over, ok := x.c.cfg.HostOverrides[x.host]; ok {
@@ -226,10 +237,8 @@ func (x *run) tls(ctx context.Context) (string, error) {
 	switch answer[0] {
 	case 'S':
 	case 'N':
-		if x.r.TLSRequired {
-			return "", fmt.Errorf("server %s refused TLS (answered 'N' to SSLRequest) but the resource requires TLS", x.hostPort())
-		}
-		return "server offers no TLS; plaintext allowed (tls-required is off)", nil
+		// Whatever the resource's tls_required says: the token goes only over verified TLS.
+		return "", fmt.Errorf("server %s refused TLS (answered 'N' to SSLRequest): the node sends the managed-identity access token only over TLS verified for the hostname, whatever the resource's tls_required says", x.hostPort())
 	default:
 		return "", fmt.Errorf("server %s answered SSLRequest with %q: not a PostgreSQL server", x.hostPort(), answer[0])
 	}
@@ -259,6 +268,9 @@ func (x *run) token(ctx context.Context) (string, error) {
 }
 
 func (x *run) login(ctx context.Context) (string, error) {
+	if x.tlsCfg == nil {
+		return "", fmt.Errorf("log in to %s: no verified TLS session was negotiated, and the access token is sent only over one", x.hostPort())
+	}
 	cfg, err := pgconn.ParseConfig("")
 	if err != nil {
 		return "", fmt.Errorf("build connection config: %w", err)

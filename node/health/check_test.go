@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/azureemu"
 	"github.com/ferryhq/ferry/node/health"
+	"github.com/ferryhq/ferry/node/serverhost"
 	"github.com/ferryhq/ferry/node/tokensource"
 	"github.com/ferryhq/ferry/resource"
 )
@@ -123,8 +125,13 @@ func newFixture(t *testing.T) *fixture {
 }
 
 func (f *fixture) checker(stepTimeout time.Duration) *health.Checker {
+	// The Azure defaults, and the name the "does not resolve" case checks.
+	allowed, err := serverhost.Parse(append(slices.Clone(serverhost.Defaults), "nope.invalid"))
+	if err != nil {
+		panic(err)
+	}
 	return health.NewChecker(health.Config{
-		Tokens: f.tokens, RootCAs: f.roots, HostOverrides: f.overrides, StepTimeout: stepTimeout,
+		Tokens: f.tokens, RootCAs: f.roots, HostOverrides: f.overrides, StepTimeout: stepTimeout, AllowedHosts: allowed,
 		// Names without an override go to a DNS server on a closed loopback port: never off the host.
 		Resolver: &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			var d net.Dialer

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/node/serverhost"
 )
 
 var uuidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
@@ -31,6 +32,10 @@ func (x *run) hint(step string, err error) string {
 	case api.StepResolve:
 		if x.r.Port < 1 || x.r.Port > 65535 {
 			return "fix the resource's port (Azure Database for PostgreSQL listens on 5432)"
+		}
+		var na *serverhost.NotAllowedError
+		if errors.As(err, &na) {
+			return fmt.Sprintf("the node sends access tokens only to the servers of its %s: set the resource's hostname to the server's Azure name (<server>.postgres.database.azure.com), or have the node's operator add %s to %s in the node config", serverhost.ConfigKey, x.r.Hostname, serverhost.ConfigKey)
 		}
 		return fmt.Sprintf("the node cannot resolve %s: check the hostname's spelling; for a private endpoint, link the private DNS zone privatelink.postgres.database.azure.com to the node's virtual network", x.r.Hostname)
 	case api.StepTCP:
@@ -55,7 +60,7 @@ func (x *run) hint(step string, err error) string {
 		case timedOut:
 			return fmt.Sprintf("%s accepted the TCP connection but did not answer the SSLRequest in time: check that it is the PostgreSQL server and not another service or a proxy that holds connections, and the server's load", hp)
 		case strings.Contains(err.Error(), "refused TLS"):
-			return "the server does not offer TLS: Azure Database for PostgreSQL always does, so check that host:port is the Azure server; or turn off the resource's tls-required for a server that really has no TLS"
+			return "the server does not offer TLS: Azure Database for PostgreSQL always does, so check that host:port is the Azure server; the node never logs in without verified TLS (tls_required=false does not change that)"
 		}
 		return fmt.Sprintf("TLS with %s failed: check that host:port is an Azure Database for PostgreSQL server", hp)
 	case api.StepToken:

@@ -47,6 +47,7 @@ import (
 	"time"
 
 	"github.com/ferryhq/ferry/node/audit"
+	"github.com/ferryhq/ferry/node/serverhost"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -82,11 +83,16 @@ type Target struct {
 	Username         string // role, already formatted (Single Server "role@server" is the caller's job)
 	RestrictDatabase bool   // refuse clients that ask for a database other than Database
 	ClientID         string // managed identity client ID ("" = system-assigned)
-	// TLSRequired false still tries TLS first and verifies the certificate
-	// when the server accepts TLS; it falls back to plain TCP only when the
-	// server answers the SSLRequest with 'N' (libpq's sslmode=prefer, but
-	// never a downgrade after a failed verification). true = verify-full.
+	// TLSRequired is the resource's tls_required. The login is verify-full
+	// either way: the access token is never sent without TLS whose
+	// certificate verified for Host. A server that answers the SSLRequest
+	// with 'N' gets no login (FATAL 08001 saying why), whatever this says.
 	TLSRequired bool
+	// AllowedHosts are the servers that may receive the access token (the
+	// node config's allowed_server_hosts); a Host not on it gets no
+	// connection at all (FATAL 08001). nil = serverhost.Default(), the
+	// Azure Database for PostgreSQL domains.
+	AllowedHosts *serverhost.List
 	// RedactParams records only the number of a statement's Bind parameters,
 	// not their values.
 	RedactParams bool

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ferryhq/ferry/node/audit"
+	"github.com/ferryhq/ferry/node/serverhost"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -60,15 +61,37 @@ func connectUpstream(ctx context.Context, t Target, database, token string, para
 	if t.Port < 1 || t.Port > 65535 {
 		return nil, fatal(audit.OutcomeFailed, "08001", fmt.Sprintf("resource %s has an invalid port %d", t.Resource, t.Port), "", "Fix the resource's port in the node's catalog.", nil)
 	}
-	up, err := connectOnce(ctx, t, database, token, params, t.tlsConfig())
-	if err != nil && !t.TLSRequired && strings.Contains(err.Error(), "server refused TLS connection") {
-		// sslmode=prefer: the server answered the SSLRequest with 'N'.
-		up, err = connectOnce(ctx, t, database, token, params, nil)
+	if err := t.checkHost(); err != nil {
+		return nil, err
 	}
+	// Always verify-full, whatever t.TLSRequired says: pgconn sends the
+	// password (the token) only inside the TLS session, and a server that
+	// answers the SSLRequest with 'N' fails the login (no plaintext retry).
+	up, err := connectOnce(ctx, t, database, token, params, t.tlsConfig())
 	if err != nil {
 		return nil, classifyConnectError(ctx, t, err)
 	}
 	return up, nil
+}
+
+// allowList is t.AllowedHosts, or the Azure defaults when unset.
+func (t Target) allowList() *serverhost.List {
+	if t.AllowedHosts != nil {
+		return t.AllowedHosts
+	}
+	return serverhost.Default()
+}
+
+// checkHost refuses a Host that is not on the node's allow-list, before anything is dialled: the
+// catalog should never hold one (the control API refuses it), this is the last line.
+func (t Target) checkHost() error {
+	err := t.allowList().Check(t.Host)
+	if err == nil {
+		return nil
+	}
+	return fatal(audit.OutcomeFailed, "08001",
+		fmt.Sprintf("resource %s: the node does not log in to %s: %v", t.Resource, t.addr(), err), "",
+		fmt.Sprintf("Ask the node's operator to add the server to %s in the node config, or fix the resource's hostname.", serverhost.ConfigKey), err)
 }
 
 func connectOnce(ctx context.Context, t Target, database, token string, params map[string]string, tlsCfg *tls.Config) (*upstream, error) {
@@ -141,6 +164,13 @@ func classifyConnectError(ctx context.Context, t Target, err error) *outcomeErro
 		return &outcomeError{outcome: outcome, resp: resp, err: err}
 	}
 	why := err.Error()
+	if strings.Contains(why, "server refused TLS connection") {
+		// The server answered the SSLRequest with 'N'.
+		msg := "the server does not offer TLS, and the node sends the managed-identity access token only over TLS verified for the host name, whatever the resource's tls_required says"
+		return fatal(audit.OutcomeFailed, "08001",
+			fmt.Sprintf("could not connect to server %s of resource %s: %s", t.addr(), t.Resource, msg), "",
+			"Azure Database for PostgreSQL always offers TLS: check that the resource's host and port are the Azure server's.", err)
+	}
 	if ctx.Err() != nil {
 		why = "timed out: " + why
 	}
@@ -174,16 +204,15 @@ func forwardCancel(ctx context.Context, e cancelEntry) error {
 	if _, err := io.ReadFull(raw, answer[:]); err != nil {
 		return fmt.Errorf("forward CancelRequest: read SSLRequest answer: %w", err)
 	}
-	switch {
-	case answer[0] == 'S':
-		tc := tls.Client(raw, t.tlsConfig())
-		if err := tc.HandshakeContext(ctx); err != nil {
-			return fmt.Errorf("forward CancelRequest: TLS handshake with %s: %w", t.addr(), err)
-		}
-		conn = tc
-	case t.TLSRequired:
+	if answer[0] != 'S' {
+		// Every session logged in over verified TLS; a server that now refuses it is not that server.
 		return fmt.Errorf("forward CancelRequest: server %s refused TLS", t.addr())
 	}
+	tc := tls.Client(raw, t.tlsConfig())
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("forward CancelRequest: TLS handshake with %s: %w", t.addr(), err)
+	}
+	conn = tc
 	msg, err := (&pgproto3.CancelRequest{ProcessID: e.pid, SecretKey: e.secret}).Encode(nil)
 	if err != nil {
 		return fmt.Errorf("forward CancelRequest: %w", err)

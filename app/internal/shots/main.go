@@ -25,6 +25,7 @@ import (
 	"github.com/ferryhq/ferry/assets"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/node"
 	"github.com/ferryhq/ferry/resource"
 )
 
@@ -41,7 +42,10 @@ func main() {
 func run(out string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{LoopbackIP: demo.RandomLoopbackIP()})
+	env, err := demo.Start(ctx, demo.Options{LoopbackIP: demo.RandomLoopbackIP(), NodeConfig: func(c *node.Config) {
+		// The broken resource's server does not resolve; it is on the allow-list so that its check shows that.
+		c.AllowedServerHosts = append(c.AllowedServerHosts, "oldpg.postgres.database.azure.com")
+	}})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,114 @@
+package pgproxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferryhq/ferry/internal/pgtrap"
+	"github.com/ferryhq/ferry/node/audit"
+	"github.com/ferryhq/ferry/node/serverhost"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// TestTokenNeverInClear points a resource at a server that refuses TLS and asks for the password in
+// clear (what an admin who controls the hostname's server would do): the login fails with FATAL
+// 08001 saying why, and the access token never reaches that server, whether the resource requires
+// TLS or not.
+func TestTokenNeverInClear(t *testing.T) {
+	token := fakeToken()
+	for _, tlsRequired := range []bool{true, false} {
+		t.Run(map[bool]string{true: "tls_required", false: "tls_required=false"}[tlsRequired], func(t *testing.T) {
+			trap := pgtrap.Start(t)
+			target := Target{
+				Resource: "trap", Host: testHost, Port: trap.Port(), Database: "appdb", Username: "mi_user",
+				TLSRequired: tlsRequired, Dial: trap.Dial,
+			}
+			tp := startProxy(t, Config{Tokens: &testTokens{token: token}, LoginTimeout: 10 * time.Second}, target)
+			pgErr := proxyLoginError(t, tp)
+			if pgErr.Code != "08001" || !strings.Contains(pgErr.Message, "does not offer TLS") || !strings.Contains(pgErr.Message, "tls_required") {
+				t.Fatalf("error = %s %q, want 08001 saying the server offers no TLS", pgErr.Code, pgErr.Message)
+			}
+			tp.waitIdle(t)
+			got := trap.Received()
+			if len(got) == 0 {
+				t.Fatal("the trap received nothing: the test did not reach it")
+			}
+			if bytes.Contains(got, []byte(token)) || bytes.Contains(got, []byte(token[:40])) {
+				t.Fatalf("the access token reached a server without TLS (%d bytes received)", len(got))
+			}
+			conns, err := tp.audit.Connections(context.Background(), audit.ConnectionFilter{})
+			if err != nil || len(conns) != 1 || conns[0].Outcome != audit.OutcomeFailed || !strings.Contains(conns[0].Error, "does not offer TLS") {
+				t.Fatalf("audit = %+v, %v", conns, err)
+			}
+		})
+	}
+}
+
+// TestLoginRefusesHostsOffTheAllowList: a Target whose host is not on the node's allow-list gets no
+// connection at all (defence in depth: the control API refuses such a resource already), and an IP
+// literal is refused unless listed.
+func TestLoginRefusesHostsOffTheAllowList(t *testing.T) {
+	token := fakeToken()
+	listedIP, err := serverhost.Parse([]string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		host    string
+		allowed *serverhost.List
+		dialed  bool // the trap is reached (and then refuses TLS)
+	}{
+		{"attacker's name, default list", "attacker.example", nil, false},
+		{"suffix without a label boundary", "evilpostgres.database.azure.com", nil, false},
+		{"Azure suffix inside another domain", "mypg.postgres.database.azure.com.attacker.example", nil, false},
+		{"IP literal, default list", "127.0.0.1", nil, false},
+		{"Azure name, list without it", testHost, listedIP, false},
+		{"IP literal that is listed", "127.0.0.1", listedIP, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			trap := pgtrap.Start(t)
+			target := Target{
+				Resource: "r", Host: tc.host, Port: trap.Port(), Database: "appdb", Username: "mi_user",
+				TLSRequired: true, AllowedHosts: tc.allowed, Dial: trap.Dial,
+			}
+			tp := startProxy(t, Config{Tokens: &testTokens{token: token}, LoginTimeout: 10 * time.Second}, target)
+			pgErr := proxyLoginError(t, tp)
+			tp.waitIdle(t)
+			if tc.dialed {
+				if pgErr.Code != "08001" || !strings.Contains(pgErr.Message, "does not offer TLS") || trap.Conns() == 0 {
+					t.Fatalf("error = %s %q, %d connections, want the listed IP dialled and refused for lack of TLS", pgErr.Code, pgErr.Message, trap.Conns())
+				}
+				return
+			}
+			if pgErr.Code != "08001" || !strings.Contains(pgErr.Message, serverhost.ConfigKey) || !strings.Contains(pgErr.Hint, serverhost.ConfigKey) {
+				t.Fatalf("error = %s %q (hint %q), want 08001 naming %s", pgErr.Code, pgErr.Message, pgErr.Hint, serverhost.ConfigKey)
+			}
+			if n := trap.Conns(); n != 0 {
+				t.Fatalf("the server of a host off the allow-list got %d connections", n)
+			}
+		})
+	}
+}
+
+// proxyLoginError connects through tp and returns the FATAL error the proxy answered.
+func proxyLoginError(t *testing.T, tp *testProxy) *pgconn.PgError {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := pgconn.Connect(ctx, tp.connString("sslmode=disable dbname=appdb"))
+	if err == nil {
+		c.Close(ctx)
+		t.Fatal("the login succeeded")
+	}
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Severity != "FATAL" {
+		t.Fatalf("connect error = %v, want a FATAL ErrorResponse", err)
+	}
+	return pgErr
+}
