@@ -78,7 +78,7 @@ const BatchSize = 1024
 // Defaults of Options.
 const (
 	DefaultSessionQueue      = 1024    // query records of one connection waiting to be written
-	DefaultSessionQueueBytes = 8 << 20 // bytes of text (SQL, parameters, error) of them
+	DefaultSessionQueueBytes = 4 << 20 // bytes of text (SQL, parameters, error) of them
 	DefaultWriteAttempts     = 5       // tries of one write before it counts as failed
 	DefaultRetryWait         = 100 * time.Millisecond
 )
