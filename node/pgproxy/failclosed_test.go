@@ -87,46 +87,58 @@ func TestAuditUnavailableRefusesSession(t *testing.T) {
 }
 
 // TestAuditFailureEndsSession: a running session whose statement records cannot be written (after
-// the log's retries) is ended with FATAL 58030 instead of running unaudited, and its connection
-// record counts the lost records.
+// the log's retries), or whose audit log has been closed, is ended with FATAL 58030 instead of
+// running unaudited, and its connection record counts the lost records.
 func TestAuditFailureEndsSession(t *testing.T) {
 	pg := startPostgres(t)
-	tp := startProxy(t, Config{Tokens: &testTokens{token: pg.token}}, pg.target())
-	ctx := context.Background()
-	c, err := pgconn.Connect(ctx, tp.connString("sslmode=disable dbname=appdb"))
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name       string
+		breakStore func(t *testing.T, tp *testProxy)
+	}{
+		{"query insert fails", func(t *testing.T, tp *testProxy) { tp.breakAudit(t, "audit_queries", "INSERT") }},
+		{"log closed", func(t *testing.T, tp *testProxy) { tp.audit.Close() }},
 	}
-	defer c.Close(ctx)
-	if _, err := c.Exec(ctx, "SELECT 'recorded'").ReadAll(); err != nil {
-		t.Fatal(err)
-	}
-	if err := tp.audit.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	tp.breakAudit(t, "audit_queries", "INSERT")
-	if _, err := c.Exec(ctx, "SELECT 'not recorded'").ReadAll(); err != nil {
-		t.Fatal(err) // the statement ran; its record fails afterwards
-	}
-	// The session is ended once the record has failed its retries: a long statement is cut short.
-	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	_, err = c.Exec(qctx, "SELECT pg_sleep(20)").ReadAll()
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "58030" || !strings.Contains(pgErr.Message, "audit log is unavailable") {
-		t.Fatalf("session after its records failed: %v; want FATAL 58030 the audit log is unavailable", err)
-	}
-	tp.waitIdle(t)
-	conns, err := tp.audit.Connections(ctx, audit.ConnectionFilter{Limit: 1})
-	if err != nil || len(conns) != 1 {
-		t.Fatalf("connections = %+v, %v", conns, err)
-	}
-	if cn := conns[0]; cn.QueriesDropped < 1 || !strings.Contains(cn.Error, "audit log is unavailable") || cn.End.IsZero() {
-		t.Fatalf("connection record = %+v; want queries_dropped >= 1 and the reason", cn)
-	}
-	qs, _ := tp.audit.Queries(ctx, audit.QueryFilter{ConnectionID: conns[0].ID})
-	if len(qs) != 1 || qs[0].SQL != "SELECT 'recorded'" {
-		t.Fatalf("queries = %+v", qs)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tp := startProxy(t, Config{Tokens: &testTokens{token: pg.token}}, pg.target())
+			ctx := context.Background()
+			c, err := pgconn.Connect(ctx, tp.connString("sslmode=disable dbname=appdb"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close(ctx)
+			if _, err := c.Exec(ctx, "SELECT 'recorded'").ReadAll(); err != nil {
+				t.Fatal(err)
+			}
+			if err := tp.audit.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			tc.breakStore(t, tp)
+			// This statement runs (its record is made once the server has answered) and its record
+			// fails; the session is then ended, at the latest while the next, long, statement runs.
+			qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			_, err = c.Exec(qctx, "SELECT 'not recorded'").ReadAll()
+			if err == nil {
+				_, err = c.Exec(qctx, "SELECT pg_sleep(20)").ReadAll()
+			}
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "58030" || !strings.Contains(pgErr.Message, "audit log is unavailable") {
+				t.Fatalf("session after its records failed: %v; want FATAL 58030 the audit log is unavailable", err)
+			}
+			tp.waitIdle(t)
+			conns, err := tp.audit.Connections(ctx, audit.ConnectionFilter{Limit: 1})
+			if err != nil || len(conns) != 1 {
+				t.Fatalf("connections = %+v, %v", conns, err)
+			}
+			if cn := conns[0]; cn.QueriesDropped < 1 || !strings.Contains(cn.Error, "audit log is unavailable") || cn.End.IsZero() {
+				t.Fatalf("connection record = %+v; want queries_dropped >= 1 and the reason", cn)
+			}
+			qs, _ := tp.audit.Queries(ctx, audit.QueryFilter{ConnectionID: conns[0].ID})
+			if len(qs) != 1 || qs[0].SQL != "SELECT 'recorded'" {
+				t.Fatalf("queries = %+v", qs)
+			}
+		})
 	}
 }
 

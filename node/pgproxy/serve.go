@@ -104,9 +104,13 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 			return
 		}
 		q.User, q.Resource = s.User, t.Resource
-		if err := recorder.Record(sctx, q); err != nil && !warned {
-			warned = true
-			log.Error("pgproxy: audit query record not written", "err", err)
+		if err := recorder.Record(sctx, q); err != nil {
+			// The recorder has failed, or the log is closed: the session must not go on unaudited.
+			endSession(auditEnded)
+			if !warned {
+				warned = true
+				log.Error("pgproxy: audit query record not written; ending the session", "err", err)
+			}
 		}
 	})
 	var stats relayStats
