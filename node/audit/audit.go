@@ -543,8 +543,8 @@ func (r *Recorder) Record(ctx context.Context, q Query) error {
 			l.queued++
 			r.n++
 			r.bytes += size
-			l.mu.Unlock()
 			l.depth.Add(1)
+			l.mu.Unlock()
 			select {
 			case l.wake <- struct{}{}:
 			default:
@@ -707,9 +707,14 @@ func (l *Log) writer() {
 	}
 }
 
+// oneByOneBudget bounds the record-by-record tries after a batch failed, so
+// that a hung store fails the batch in bounded time instead of once per record.
+const oneByOneBudget = 10 * time.Second
+
 // write writes qs in one transaction, with retries; when that fails it tries
-// each record once on its own. It returns, per record, whether it failed
-// (appended to failed), and the last error; nil, nil when all were written.
+// each record once on its own (for at most oneByOneBudget; records not tried
+// by then fail). It returns, per record, whether it failed (appended to
+// failed), and the last error; nil, nil when all were written.
 func (l *Log) write(qs []Query, failed []bool) ([]bool, error) {
 	ctx := context.Background()
 	err := l.retry(ctx, "query records", func(context.Context) error { return l.insertOnce(qs) })
@@ -718,8 +723,12 @@ func (l *Log) write(qs []Query, failed []bool) ([]bool, error) {
 	}
 	l.logger.Error("audit: write query records failed; writing them one by one", "count", len(qs), "err", err)
 	var last error
+	deadline := time.Now().Add(oneByOneBudget)
 	for i := range qs {
-		e := l.insertOnce(qs[i : i+1])
+		e := err
+		if time.Now().Before(deadline) {
+			e = l.insertOnce(qs[i : i+1])
+		}
 		failed = append(failed, e != nil)
 		if e != nil {
 			last = e
@@ -758,6 +767,7 @@ func (l *Log) settle(es []entry, failed []bool, err error) {
 		}
 	}
 	l.settled += uint64(len(es))
+	l.depth.Add(-int64(len(es)))
 	kept := l.flushes[:0]
 	for _, f := range l.flushes {
 		if f.seq <= l.settled {
@@ -769,7 +779,6 @@ func (l *Log) settle(es []entry, failed []bool, err error) {
 	}
 	l.flushes = kept
 	l.mu.Unlock()
-	l.depth.Add(-int64(len(es)))
 	if lost > 0 {
 		l.dropped.Add(int64(lost))
 		l.queryFailures.Add(int64(lost))
