@@ -106,7 +106,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 		q.User, q.Resource = s.User, t.Resource
 		if err := recorder.Record(sctx, q); err != nil {
 			// The recorder has failed, or the log is closed: the session must not go on unaudited.
-			endSession(auditEnded)
+			endSession(auditEnded())
 			if !warned {
 				warned = true
 				log.Error("pgproxy: audit query record not written; ending the session", "err", err)
@@ -315,9 +315,11 @@ func auditUnavailable(err error) error {
 }
 
 // auditEnded is why a running session is ended when its statements cannot be recorded.
-var auditEnded = &Refusal{Code: auditSQLState,
-	Message: "terminating connection: the audit log is unavailable: the Ferry node cannot record this session's statements",
-	Hint:    "Sessions are refused until the node can write its audit log again; tell the node's administrator (see ferry-node's log)."}
+func auditEnded() *Refusal {
+	return &Refusal{Code: auditSQLState,
+		Message: "terminating connection: the audit log is unavailable: the Ferry node cannot record this session's statements",
+		Hint:    "Sessions are refused until the node can write its audit log again; tell the node's administrator (see ferry-node's log)."}
+}
 
 // recorder returns the audit recorder of connection id, or nil without an
 // audit log. When a record cannot be written, end ends the session.
@@ -325,7 +327,7 @@ func (p *Proxy) recorder(id int64, end context.CancelCauseFunc) *audit.Recorder 
 	if p.cfg.Audit == nil || id == 0 {
 		return nil
 	}
-	return p.cfg.Audit.Recorder(id, func(error) { end(auditEnded) })
+	return p.cfg.Audit.Recorder(id, func(error) { end(auditEnded()) })
 }
 
 // closeRecorder waits until the session's query records are written and
