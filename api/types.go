@@ -164,7 +164,7 @@ type Connection struct {
 	UpstreamPID      uint32    `json:"upstream_pid,omitempty"`
 	BytesFromClient  int64     `json:"bytes_from_client"`
 	BytesFromServer  int64     `json:"bytes_from_server"`
-	QueriesDropped   int64     `json:"queries_dropped,omitempty"`
+	QueriesDropped   int64     `json:"queries_dropped"` // query records of this connection never written (its session was then ended)
 	Outcome          string    `json:"outcome"`
 	SQLState         string    `json:"sqlstate,omitempty"`
 	Error            string    `json:"error,omitempty"`

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -72,31 +73,38 @@ func logsConnectionsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if f.json {
-				if cs == nil {
-					cs = []api.Connection{}
-				}
-				return printJSON(cmd.OutOrStdout(), cs)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSTART\tDURATION\tUSER\tRESOURCE\tCLIENT\tROLE@DATABASE\tPID\tBYTES IN/OUT\tOUTCOME\tERROR")
-			for _, c := range cs {
-				dur := "open"
-				if !c.End.IsZero() {
-					dur = (time.Duration(c.DurationMS) * time.Millisecond).String()
-				}
-				outcome := c.Outcome
-				if c.SQLState != "" {
-					outcome += " " + c.SQLState
-				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s@%s\t%d\t%d/%d\t%s\t%s\n", c.ID, c.Start.Local().Format(time.DateTime), dur, c.User, c.Resource,
-					c.ClientAddr, c.Role, c.Database, c.UpstreamPID, c.BytesFromClient, c.BytesFromServer, outcome, c.Error)
-			}
-			return tw.Flush()
+			return printConnections(cmd.OutOrStdout(), cs, f.json)
 		}),
 	}
 	f.register(c)
 	return c
+}
+
+// printConnections prints connection-log records as a table or (asJSON) a JSON array. QUERIES
+// DROPPED is how many of a connection's query records the node could not write: its statement list
+// is incomplete by that many (and the node ended the session).
+func printConnections(w io.Writer, cs []api.Connection, asJSON bool) error {
+	if asJSON {
+		if cs == nil {
+			cs = []api.Connection{}
+		}
+		return printJSON(w, cs)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTART\tDURATION\tUSER\tRESOURCE\tCLIENT\tROLE@DATABASE\tPID\tBYTES IN/OUT\tQUERIES DROPPED\tOUTCOME\tERROR")
+	for _, c := range cs {
+		dur := "open"
+		if !c.End.IsZero() {
+			dur = (time.Duration(c.DurationMS) * time.Millisecond).String()
+		}
+		outcome := c.Outcome
+		if c.SQLState != "" {
+			outcome += " " + c.SQLState
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s@%s\t%d\t%d/%d\t%d\t%s\t%s\n", c.ID, c.Start.Local().Format(time.DateTime), dur, c.User, c.Resource,
+			c.ClientAddr, c.Role, c.Database, c.UpstreamPID, c.BytesFromClient, c.BytesFromServer, c.QueriesDropped, outcome, c.Error)
+	}
+	return tw.Flush()
 }
 
 func logsQueriesCmd() *cobra.Command {

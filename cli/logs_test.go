@@ -1,8 +1,13 @@
 package cli
 
 import (
+	"bytes"
+	"encoding/json"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferryhq/ferry/api"
 )
 
 func TestParseWhen(t *testing.T) {
@@ -25,5 +30,54 @@ func TestParseWhen(t *testing.T) {
 		if (err != nil) != tc.wantErr || !got.Equal(tc.want) {
 			t.Errorf("parseWhen(%q) = %v, %v; want %v, error %v", tc.in, got, err, tc.want, tc.wantErr)
 		}
+	}
+}
+
+// TestPrintConnections: the connection log shows each connection's dropped query records, in the
+// table and (also when 0) in the JSON.
+func TestPrintConnections(t *testing.T) {
+	start := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+	cs := []api.Connection{
+		{ID: 2, Start: start, End: start.Add(time.Second), DurationMS: 1000, User: "mallory", Resource: "pg", ClientAddr: "100.64.0.9:5000",
+			Role: "mi_user", Database: "app", QueriesDropped: 12, Outcome: "ok",
+			Error: "terminating connection: the audit log is unavailable: the Ferry node cannot record this session's statements"},
+		{ID: 1, Start: start, End: start.Add(time.Second), DurationMS: 1000, User: "alice", Resource: "pg", ClientAddr: "100.64.0.5:5000",
+			Role: "mi_user", Database: "app", Outcome: "ok"},
+	}
+	tests := []struct {
+		name string
+		json bool
+		want []string
+	}{
+		{"table", false, []string{"QUERIES DROPPED", "the audit log is unavailable"}},
+		{"json", true, []string{`"queries_dropped": 12`, `"queries_dropped": 0`}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			if err := printConnections(&out, cs, tc.json); err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+			if !tc.json {
+				// ID, START (date and time), DURATION, USER, RESOURCE, CLIENT, ROLE@DATABASE, PID, BYTES IN/OUT, QUERIES DROPPED, ...
+				lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+				for i, want := range []string{"12", "0"} {
+					if f := strings.Fields(lines[1+i]); len(f) < 11 || f[10] != want {
+						t.Errorf("row %d: QUERIES DROPPED = %q, want %s", i+1, f, want)
+					}
+				}
+			}
+			if tc.json {
+				var back []api.Connection
+				if err := json.Unmarshal(out.Bytes(), &back); err != nil || len(back) != 2 || back[0].QueriesDropped != 12 {
+					t.Fatalf("JSON round trip: %v %+v", err, back)
+				}
+			}
+		})
 	}
 }

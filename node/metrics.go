@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/node/pgproxy"
 )
 
@@ -28,7 +29,8 @@ type metrics struct {
 	bytes         *prometheus.CounterVec // ferry_proxied_bytes_total{direction}
 }
 
-func newMetrics(auditDepth func() float64) *metrics {
+// newMetrics makes the node's metrics; auditStats reads the audit log's counters.
+func newMetrics(auditStats func() audit.Stats) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		healthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ferry_resource_healthy",
@@ -48,7 +50,16 @@ func newMetrics(auditDepth func() float64) *metrics {
 	}
 	m.reg.MustRegister(m.healthy, m.checks, m.checkSeconds, m.tokens, m.sessions, m.sessionsTotal, m.bytes,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_audit_queue_depth",
-			Help: "Queries waiting in the audit log's queue to be written."}, auditDepth),
+			Help: "Queries waiting in the audit log's queue to be written."}, func() float64 { return float64(auditStats().Queued) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ferry_audit_queries_dropped_total",
+			Help: "Query records never written to the audit log (their write failed after retries, or their session's log had failed); each such session is ended."},
+			func() float64 { return float64(auditStats().QueriesDropped) }),
+		auditFailures(auditStats),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ferry_audit_write_retries_total",
+			Help: "Audit log writes that failed and were tried again."}, func() float64 { return float64(auditStats().WriteRetries) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ferry_audit_session_waits_total",
+			Help: "Times a session waited for room in its own allowance of unwritten query records (backpressure on a session that floods statements)."},
+			func() float64 { return float64(auditStats().SessionWaits) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"ok", "error"} {
 		m.tokens.WithLabelValues(r)
@@ -58,6 +69,28 @@ func newMetrics(auditDepth func() float64) *metrics {
 	}
 	return m
 }
+
+// auditFailures is ferry_audit_write_failures_total{record}: audit writes that failed after their
+// retries, by record (connection: a start or end, whose session is refused or whose end is lost;
+// query: a statement's record, whose session is ended).
+func auditFailures(auditStats func() audit.Stats) prometheus.Collector {
+	desc := prometheus.NewDesc("ferry_audit_write_failures_total",
+		"Audit log writes that failed after their retries, by record (connection: start or end; query).", []string{"record"}, nil)
+	return collectorFunc{desc: desc, collect: func(ch chan<- prometheus.Metric) {
+		s := auditStats()
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(s.ConnectionWriteFailures), "connection")
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(s.QueryWriteFailures), "query")
+	}}
+}
+
+// collectorFunc is a collector of one metric family computed at scrape time.
+type collectorFunc struct {
+	desc    *prometheus.Desc
+	collect func(chan<- prometheus.Metric)
+}
+
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
 
 // observeHealth records one health check result.
 func (m *metrics) observeHealth(h api.Health) {

@@ -4,22 +4,44 @@
 // The database file is shared with the node's catalog, so the tables carry an
 // audit_ prefix and are created with CREATE TABLE IF NOT EXISTS.
 //
-// Write path (the choice the proxy relies on): StartConnection and
-// EndConnection write directly and synchronously, because the caller needs the
-// row ID and because a connection's end must be durable before its session is
-// reported as over; neither runs while a session relays. RecordQuery never
-// blocks: it puts the record on a bounded queue (QueueSize records) that one
-// writer goroutine drains in batches of up to BatchSize rows per transaction,
-// so a burst of statements costs one WAL commit instead of one each, and the
-// writer commits as soon as it has anything (records reach the file within
-// milliseconds, not on a timer). When the queue is full RecordQuery drops the
-// record and returns ErrQueueFull: a slow disk must never stall a database
-// session. Drops are counted node-wide (Dropped) and per connection (the
-// caller stores its count in ConnectionEnd.QueriesDropped, so the connection
-// record says that its query list is incomplete). EndConnection first waits
-// until every query queued before it has been written, so a connection's
-// queries are always on disk when its end time is. Flush waits for the queue
-// to drain; Close drains it and stops the writer.
+// The log fails closed: a session that cannot be recorded does not run.
+//
+// Connection records: StartConnection and EndConnection write directly and
+// synchronously, because the caller needs the row ID and because a
+// connection's end must be durable before its session is reported as over;
+// neither runs while a session relays. A failed write is retried
+// (Options.WriteAttempts tries, waits from Options.RetryWait doubling); when
+// it still fails the error wraps ErrUnavailable and is counted
+// (Stats.ConnectionWriteFailures). The proxy refuses a session whose start
+// cannot be recorded, before it logs in upstream.
+//
+// Query records go through a Recorder, one per connection. Each connection
+// has an allowance of its own: at most Options.SessionQueue records and
+// Options.SessionQueueBytes bytes of text waiting for the writer. Record
+// queues a record at once while the connection is within its allowance and
+// otherwise blocks that connection's caller (the proxy's relay of that
+// session) until the writer has written some of its records, so a session
+// that floods statements slows only itself: it can neither fill a queue
+// other sessions need nor make their records be dropped. Nothing is dropped
+// because a queue is full. One writer goroutine takes every queued record in
+// turn, in batches of up to BatchSize rows per transaction, so a burst of
+// statements costs one WAL commit instead of one each; it commits as soon as
+// it has anything (records reach the file within milliseconds, not on a
+// timer). A batch that fails is retried like a connection record; if it
+// still fails, each of its records is tried once on its own, so one bad
+// record cannot take others with it. A query record that cannot be written
+// then is counted (Stats.QueriesDropped, Stats.QueryWriteFailures, and the
+// connection's Recorder.Close count, which the proxy stores in
+// ConnectionEnd.QueriesDropped) and logged, and its connection's Recorder
+// fails: the onFail function given to Recorder is called once (the proxy ends
+// the session with FATAL 58030) and further Record calls return an error
+// wrapping ErrUnavailable. Memory is bounded by the allowance times the
+// number of open connections.
+//
+// Recorder.Close waits until every record of its connection has been written
+// (only those: a flooding session does not hold up another's end), so a
+// connection's queries are on disk when its end time is. Flush waits for
+// everything queued before it; Close drains the queue and stops the writer.
 //
 // OpenDB uses synchronous=NORMAL with WAL: commits survive a crash of the
 // node process; a power loss of the VM may lose the last commits (SQLite
@@ -33,7 +55,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,19 +72,72 @@ const (
 // timeLayout is fixed-width so that the TEXT columns sort in time order.
 const timeLayout = "2006-01-02T15:04:05.000000000Z"
 
-// QueueSize is how many query records may wait for the writer; BatchSize is
-// the most rows written in one transaction.
+// BatchSize is the most query rows written in one transaction.
+const BatchSize = 1024
+
+// Defaults of Options.
 const (
-	QueueSize = 16384
-	BatchSize = 1024
+	DefaultSessionQueue      = 1024    // query records of one connection waiting to be written
+	DefaultSessionQueueBytes = 4 << 20 // bytes of text (SQL, parameters, error) of them
+	DefaultWriteAttempts     = 5       // tries of one write before it counts as failed
+	DefaultRetryWait         = 100 * time.Millisecond
 )
+
+// recordOverhead is what a queued record is counted for besides its text, in bytes.
+const recordOverhead = 256
 
 // ErrClosed is returned by writes after Close.
 var ErrClosed = errors.New("audit: log is closed")
 
-// ErrQueueFull is returned by RecordQuery when the record was dropped because
-// the writer is behind by QueueSize records.
-var ErrQueueFull = errors.New("audit: query queue is full; record dropped")
+// ErrUnavailable is wrapped by the errors of writes that failed after their
+// retries, and returned by a Recorder once one of its records could not be
+// written: the audit log cannot record what the session does.
+var ErrUnavailable = errors.New("audit: the audit log is unavailable")
+
+// Options tune a Log; zero fields take the defaults.
+type Options struct {
+	Logger *slog.Logger // for write failures; nil = slog.Default()
+	// SessionQueue and SessionQueueBytes are one connection's allowance of
+	// records (and bytes of their text) waiting for the writer, beyond which
+	// Recorder.Record waits. A record larger than SessionQueueBytes is
+	// queued alone.
+	SessionQueue      int
+	SessionQueueBytes int
+	// WriteAttempts is how many times a write is tried; RetryWait is the
+	// wait after the first failed try, doubled after each further one.
+	WriteAttempts int
+	RetryWait     time.Duration
+}
+
+func (o Options) withDefaults() Options {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.SessionQueue <= 0 {
+		o.SessionQueue = DefaultSessionQueue
+	}
+	if o.SessionQueueBytes <= 0 {
+		o.SessionQueueBytes = DefaultSessionQueueBytes
+	}
+	if o.WriteAttempts <= 0 {
+		o.WriteAttempts = DefaultWriteAttempts
+	}
+	if o.RetryWait <= 0 {
+		o.RetryWait = DefaultRetryWait
+	}
+	return o
+}
+
+// Stats are the log's counters since Open.
+type Stats struct {
+	Queued         int64 // query records waiting to be written now
+	QueriesDropped int64 // query records never written: their write failed, their session's log had failed, or the log was closed
+	// QueryWriteFailures counts query records whose write failed after its
+	// retries; ConnectionWriteFailures connection starts and ends.
+	QueryWriteFailures, ConnectionWriteFailures int64
+	WriteRetries                                int64 // failed tries of a write that were tried again
+	SessionWaits                                int64 // times a Record waited for its session's allowance (backpressure)
+}
 
 // Connection is one client connection through the proxy.
 type Connection struct {
@@ -148,21 +222,35 @@ type QueryFilter struct {
 type Log struct {
 	db     *sql.DB
 	logger *slog.Logger
+	opts   Options
 
-	queue chan item
-	done  chan struct{}
-
-	mu      sync.RWMutex // guards closed against sends on queue
+	mu      sync.Mutex // guards the fields below and every Recorder's counts
+	pending []entry    // queued records the writer has not taken yet
 	closed  bool
-	dropped atomic.Int64
-	errMu   sync.Mutex
-	lastErr error
+	queued  uint64 // records queued since Open
+	settled uint64 // of them, those written or failed
+	flushes []flushWait
+	lastErr error // the first write error since the previous Flush
+
+	wake    chan struct{} // capacity 1: something was queued, or Close
+	stopped chan struct{} // closed when the writer has returned
+
+	depth                        atomic.Int64
+	dropped, queryFailures       atomic.Int64
+	connFailures, retries, waits atomic.Int64
 }
 
-// item is a queued query, or (when flushed != nil) a flush marker.
-type item struct {
-	q       Query
-	flushed chan error
+// entry is a queued query record.
+type entry struct {
+	q    Query
+	rec  *Recorder
+	size int
+}
+
+// flushWait is a Flush waiting until the first seq records are settled.
+type flushWait struct {
+	seq uint64
+	ch  chan error
 }
 
 const schema = `
@@ -284,25 +372,52 @@ func OpenDB(path string) (*sql.DB, error) {
 }
 
 // Open creates the audit tables in db if they are missing and starts the
-// query writer. The caller keeps ownership of db; Close does not close it.
+// query writer, with the default Options. The caller keeps ownership of db;
+// Close does not close it.
 func Open(ctx context.Context, db *sql.DB) (*Log, error) {
-	return OpenWithLogger(ctx, db, nil)
+	return OpenWithOptions(ctx, db, Options{})
 }
 
 // OpenWithLogger is Open with a logger for write failures (nil = slog.Default()).
 func OpenWithLogger(ctx context.Context, db *sql.DB, logger *slog.Logger) (*Log, error) {
-	if logger == nil {
-		logger = slog.Default()
-	}
+	return OpenWithOptions(ctx, db, Options{Logger: logger})
+}
+
+// OpenWithOptions is Open with Options.
+func OpenWithOptions(ctx context.Context, db *sql.DB, opts Options) (*Log, error) {
+	opts = opts.withDefaults()
 	if _, err := db.ExecContext(ctx, schema); err != nil {
 		return nil, fmt.Errorf("create audit tables: %w", err)
 	}
 	if err := migrate(ctx, db); err != nil {
 		return nil, fmt.Errorf("upgrade audit tables: %w", err)
 	}
-	l := &Log{db: db, logger: logger, queue: make(chan item, QueueSize), done: make(chan struct{})}
+	l := &Log{db: db, logger: opts.Logger, opts: opts, wake: make(chan struct{}, 1), stopped: make(chan struct{})}
 	go l.writer()
 	return l, nil
+}
+
+// retry runs write until it succeeds, up to Options.WriteAttempts times,
+// waiting between tries (Options.RetryWait, doubled each time) unless ctx
+// ends. It returns the last error.
+func (l *Log) retry(ctx context.Context, what string, write func(context.Context) error) error {
+	wait := l.opts.RetryWait
+	for attempt := 1; ; attempt++ {
+		err := write(ctx)
+		if err == nil || attempt >= l.opts.WriteAttempts || ctx.Err() != nil {
+			return err
+		}
+		l.retries.Add(1)
+		l.logger.Warn("audit: write failed; trying again", "what", what, "attempt", attempt, "wait", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+		wait *= 2
+	}
 }
 
 func formatTime(t time.Time) string { return t.UTC().Format(timeLayout) }
@@ -318,7 +433,8 @@ func parseTime(s sql.NullString) time.Time {
 	return t
 }
 
-// StartConnection records the start of a connection and returns its ID.
+// StartConnection records the start of a connection and returns its ID. A
+// write that fails after its retries returns an error wrapping ErrUnavailable.
 func (l *Log) StartConnection(ctx context.Context, c Connection) (int64, error) {
 	if c.Start.IsZero() {
 		c.Start = time.Now()
@@ -327,90 +443,197 @@ func (l *Log) StartConnection(ctx context.Context, c Connection) (int64, error) 
 	if !c.End.IsZero() {
 		end = formatTime(c.End)
 	}
-	res, err := l.db.ExecContext(ctx, `INSERT INTO audit_connections
+	var id int64
+	err := l.retry(ctx, "connection start", func(ctx context.Context) error {
+		res, err := l.db.ExecContext(ctx, `INSERT INTO audit_connections
 		(start_time, end_time, user_name, resource, client_addr, database, outcome, error,
 		 original_user, original_database, role, sqlstate, upstream_pid, bytes_from_client, bytes_from_server, queries_dropped)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		formatTime(c.Start), end, c.User, c.Resource, c.ClientAddr, c.Database, c.Outcome, c.Error,
-		c.OriginalUser, c.OriginalDatabase, c.Role, c.SQLState, int64(c.UpstreamPID), c.BytesFromClient, c.BytesFromServer, c.QueriesDropped)
+			formatTime(c.Start), end, c.User, c.Resource, c.ClientAddr, c.Database, c.Outcome, c.Error,
+			c.OriginalUser, c.OriginalDatabase, c.Role, c.SQLState, int64(c.UpstreamPID), c.BytesFromClient, c.BytesFromServer, c.QueriesDropped)
+		if err != nil {
+			return err
+		}
+		id, err = res.LastInsertId()
+		return err
+	})
 	if err != nil {
-		return 0, fmt.Errorf("record connection start of %s to %s: %w", c.User, c.Resource, err)
-	}
-	id, err := res.LastInsertId()
-	if err != nil {
-		return 0, fmt.Errorf("record connection start of %s to %s: %w", c.User, c.Resource, err)
+		l.connFailures.Add(1)
+		return 0, fmt.Errorf("record connection start of %s to %s: %w (%w)", c.User, c.Resource, ErrUnavailable, err)
 	}
 	return id, nil
 }
 
-// EndConnection records the end of connection id at time end, after writing
-// every query queued before the call.
+// EndConnection records the end of connection id at time end. It does not
+// wait for the connection's queries: close its Recorder first. A write that
+// fails after its retries returns an error wrapping ErrUnavailable.
 func (l *Log) EndConnection(ctx context.Context, id int64, end time.Time, e ConnectionEnd) error {
-	if err := l.Flush(ctx); err != nil && !errors.Is(err, ErrClosed) {
-		l.logger.Warn("audit: queries before connection end not all written", "connection", id, "err", err)
-	}
-	res, err := l.db.ExecContext(ctx, `UPDATE audit_connections SET end_time = ?, outcome = ?, error = ?,
+	var n int64
+	err := l.retry(ctx, "connection end", func(ctx context.Context) error {
+		res, err := l.db.ExecContext(ctx, `UPDATE audit_connections SET end_time = ?, outcome = ?, error = ?,
 		sqlstate = ?, upstream_pid = ?, bytes_from_client = ?, bytes_from_server = ?, queries_dropped = ? WHERE id = ?`,
-		formatTime(end), e.Outcome, e.Error, e.SQLState, int64(e.UpstreamPID), e.BytesFromClient, e.BytesFromServer, e.QueriesDropped, id)
+			formatTime(end), e.Outcome, e.Error, e.SQLState, int64(e.UpstreamPID), e.BytesFromClient, e.BytesFromServer, e.QueriesDropped, id)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("record end of connection %d: %w", id, err)
+		l.connFailures.Add(1)
+		return fmt.Errorf("record end of connection %d: %w (%w)", id, ErrUnavailable, err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
+	if n == 0 {
 		return fmt.Errorf("record end of connection %d: no such connection", id)
 	}
 	return nil
 }
 
-// RecordQuery queues q for writing without waiting. It returns ErrQueueFull
-// (and counts the drop) when the queue is full, ErrClosed after Close.
-func (l *Log) RecordQuery(q Query) error {
+// Recorder queues the query records of one connection. Record and Close may
+// be called from several goroutines.
+type Recorder struct {
+	l      *Log
+	id     int64
+	onFail func(error)
+
+	// Guarded by l.mu.
+	n, bytes int           // records queued and not settled, and their size
+	room     chan struct{} // closed when one settles; nil while nobody waits
+	err      error         // why a record of this connection could not be written
+
+	dropped atomic.Int64
+}
+
+// Recorder returns the recorder of connection id (the ID StartConnection
+// gave). onFail, if not nil, is called once, from the writer, when a record
+// of the connection could not be written: the caller should end the session,
+// which now runs unaudited.
+func (l *Log) Recorder(id int64, onFail func(error)) *Recorder {
+	return &Recorder{l: l, id: id, onFail: onFail}
+}
+
+// Record queues q (its ConnectionID set to the recorder's). While the
+// connection is over its allowance it waits until the writer has written
+// some of its records; once ctx is done it stops waiting and queues q anyway
+// (the session is ending, and its last records must not be lost). It returns
+// an error, and counts q as dropped, when the recorder has failed (wrapping
+// ErrUnavailable) or the log is closed (ErrClosed). It does not allocate
+// unless it has to wait.
+func (r *Recorder) Record(ctx context.Context, q Query) error {
 	if q.Time.IsZero() {
 		q.Time = time.Now()
 	}
 	if q.Protocol == "" {
 		q.Protocol = "simple"
 	}
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	if l.closed {
-		return ErrClosed
-	}
-	select {
-	case l.queue <- item{q: q}:
-		return nil
-	default:
+	q.ConnectionID = r.id
+	size := recordOverhead + len(q.SQL) + len(q.Params) + len(q.Error) + len(q.SQLSHA256) + len(q.Statement)
+	l := r.l
+	waited := false
+	l.mu.Lock()
+	for {
+		var err error
+		switch {
+		case l.closed:
+			err = ErrClosed
+		case r.err != nil:
+			err = r.err
+		case r.n == 0 || (r.n < l.opts.SessionQueue && r.bytes+size <= l.opts.SessionQueueBytes) || ctx.Err() != nil:
+			l.pending = append(l.pending, entry{q: q, rec: r, size: size})
+			l.queued++
+			r.n++
+			r.bytes += size
+			l.depth.Add(1)
+			l.mu.Unlock()
+			select {
+			case l.wake <- struct{}{}:
+			default:
+			}
+			return nil
+		default:
+			if r.room == nil {
+				r.room = make(chan struct{})
+			}
+			room := r.room
+			l.mu.Unlock()
+			if !waited {
+				waited = true
+				l.waits.Add(1)
+			}
+			select {
+			case <-room:
+			case <-ctx.Done():
+			}
+			l.mu.Lock()
+			continue
+		}
+		l.mu.Unlock()
+		r.dropped.Add(1)
 		l.dropped.Add(1)
-		return ErrQueueFull
-	}
-}
-
-// Dropped is how many query records RecordQuery has dropped since Open.
-func (l *Log) Dropped() int64 { return l.dropped.Load() }
-
-func (l *Log) send(ctx context.Context, it item) error {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	if l.closed {
-		return ErrClosed
-	}
-	select {
-	case l.queue <- it:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("audit: queue flush marker: %w", ctx.Err())
-	}
-}
-
-// QueueDepth is the number of queries waiting to be written.
-func (l *Log) QueueDepth() int { return len(l.queue) }
-
-// Flush waits until every query queued before the call has been written. It
-// returns the first write error seen since the previous Flush, if any.
-func (l *Log) Flush(ctx context.Context) error {
-	ch := make(chan error, 1)
-	if err := l.send(ctx, item{flushed: ch}); err != nil {
 		return err
 	}
+}
+
+// Close waits until every record queued by r has been written or has failed,
+// or until ctx is done, and returns how many of the connection's records were
+// not written: dropped, or (when ctx ended first) still waiting.
+func (r *Recorder) Close(ctx context.Context) int64 {
+	l := r.l
+	l.mu.Lock()
+	for r.n > 0 {
+		if r.room == nil {
+			r.room = make(chan struct{})
+		}
+		room := r.room
+		l.mu.Unlock()
+		select {
+		case <-room:
+		case <-ctx.Done():
+			l.mu.Lock()
+			waiting := r.n
+			l.mu.Unlock()
+			l.logger.Error("audit: connection ended with query records still unwritten", "connection", r.id, "count", waiting, "err", ctx.Err())
+			return r.dropped.Load() + int64(waiting)
+		}
+		l.mu.Lock()
+	}
+	l.mu.Unlock()
+	return r.dropped.Load()
+}
+
+// Stats returns the log's counters.
+func (l *Log) Stats() Stats {
+	return Stats{
+		Queued: l.depth.Load(), QueriesDropped: l.dropped.Load(),
+		QueryWriteFailures: l.queryFailures.Load(), ConnectionWriteFailures: l.connFailures.Load(),
+		WriteRetries: l.retries.Load(), SessionWaits: l.waits.Load(),
+	}
+}
+
+// Dropped is how many query records were never written since Open.
+func (l *Log) Dropped() int64 { return l.dropped.Load() }
+
+// QueueDepth is the number of queries waiting to be written.
+func (l *Log) QueueDepth() int { return int(l.depth.Load()) }
+
+// Flush waits until every query queued before the call has been written or
+// has failed. It returns the first write error seen since the previous Flush,
+// if any.
+func (l *Log) Flush(ctx context.Context) error {
+	ch := make(chan error, 1)
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	if l.settled == l.queued {
+		err := l.lastErr
+		l.lastErr = nil
+		l.mu.Unlock()
+		return err
+	}
+	l.flushes = append(l.flushes, flushWait{seq: l.queued, ch: ch})
+	l.mu.Unlock()
 	select {
 	case err := <-ch:
 		return err
@@ -420,7 +643,8 @@ func (l *Log) Flush(ctx context.Context) error {
 }
 
 // Close writes every queued query and stops the writer. It does not close the
-// shared *sql.DB. Further writes return ErrClosed.
+// shared *sql.DB. Further writes return ErrClosed. It returns the first write
+// error since the last Flush, if any.
 func (l *Log) Close() error {
 	l.mu.Lock()
 	if l.closed {
@@ -428,80 +652,143 @@ func (l *Log) Close() error {
 		return nil
 	}
 	l.closed = true
-	close(l.queue)
 	l.mu.Unlock()
-	<-l.done
-	l.errMu.Lock()
-	defer l.errMu.Unlock()
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+	<-l.stopped
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	return l.lastErr
 }
 
+// writer takes every queued record in turn and writes it, BatchSize rows per
+// transaction, until Close.
 func (l *Log) writer() {
-	defer close(l.done)
-	batch := make([]Query, 0, BatchSize)
-	for it := range l.queue {
-		var flushes []chan error
-		if it.flushed != nil {
-			flushes = append(flushes, it.flushed)
-		} else {
-			batch = append(batch, it.q)
-		}
-		// Take whatever else is already queued, up to a batch.
-	more:
-		for len(batch) < BatchSize {
-			select {
-			case next, ok := <-l.queue:
-				if !ok {
-					break more
+	defer close(l.stopped)
+	var batch []entry
+	var qs []Query
+	var failed []bool
+	for {
+		l.mu.Lock()
+		batch, l.pending = l.pending, batch[:0]
+		closed := l.closed
+		l.mu.Unlock()
+		if len(batch) == 0 {
+			if closed {
+				l.mu.Lock()
+				for _, f := range l.flushes {
+					f.ch <- ErrClosed
 				}
-				if next.flushed != nil {
-					flushes = append(flushes, next.flushed)
-				} else {
-					batch = append(batch, next.q)
-				}
-			default:
-				break more
+				l.flushes = nil
+				l.mu.Unlock()
+				return
 			}
+			<-l.wake
+			continue
 		}
-		if len(batch) > 0 {
-			if err := l.insert(batch); err != nil {
-				l.logger.Error("audit: write queries", "count", len(batch), "err", err)
-				l.errMu.Lock()
-				if l.lastErr == nil {
-					l.lastErr = err
-				}
-				l.errMu.Unlock()
+		for i := 0; i < len(batch); i += BatchSize {
+			chunk := batch[i:min(len(batch), i+BatchSize)]
+			qs = qs[:0]
+			for _, e := range chunk {
+				qs = append(qs, e.q)
 			}
-			batch = batch[:0]
+			var err error
+			failed, err = l.write(qs, failed[:0])
+			l.settle(chunk, failed, err)
+			clear(qs)
+			clear(chunk)
 		}
-		if len(flushes) > 0 {
-			l.errMu.Lock()
-			err := l.lastErr
-			l.lastErr = nil
-			l.errMu.Unlock()
-			for _, ch := range flushes {
-				ch <- err
-				err = nil
-			}
+		batch = batch[:0]
+		if cap(batch) > 4*BatchSize {
+			batch = nil // after a burst, do not keep a large buffer
 		}
 	}
 }
 
-// insert writes batch in one transaction, retrying a few times when SQLite
-// reports the database as busy or locked beyond busy_timeout.
-func (l *Log) insert(batch []Query) error {
-	var err error
-	for attempt := 0; attempt < 5; attempt++ {
-		if err = l.insertOnce(batch); err == nil {
-			return nil
-		}
-		msg := err.Error()
-		if !strings.Contains(msg, "SQLITE_BUSY") && !strings.Contains(msg, "locked") && !strings.Contains(msg, "busy") {
-			return err
-		}
-		time.Sleep(time.Duration(attempt+1) * 50 * time.Millisecond)
+// oneByOneBudget bounds the record-by-record tries after a batch failed, so
+// that a hung store fails the batch in bounded time instead of once per record.
+const oneByOneBudget = 10 * time.Second
+
+// write writes qs in one transaction, with retries; when that fails it tries
+// each record once on its own (for at most oneByOneBudget; records not tried
+// by then fail). It returns, per record, whether it failed (appended to
+// failed), and the last error; nil, nil when all were written.
+func (l *Log) write(qs []Query, failed []bool) ([]bool, error) {
+	ctx := context.Background()
+	err := l.retry(ctx, "query records", func(context.Context) error { return l.insertOnce(qs) })
+	if err == nil {
+		return nil, nil
 	}
-	return err
+	l.logger.Error("audit: write query records failed; writing them one by one", "count", len(qs), "err", err)
+	var last error
+	deadline := time.Now().Add(oneByOneBudget)
+	for i := range qs {
+		e := err
+		if time.Now().Before(deadline) {
+			e = l.insertOnce(qs[i : i+1])
+		}
+		failed = append(failed, e != nil)
+		if e != nil {
+			last = e
+		}
+	}
+	if last == nil {
+		return nil, nil
+	}
+	return failed, last
+}
+
+// settle accounts for written (failed[i] false, or failed nil) and failed
+// records: their recorders' allowances, drops, Flush waiters.
+func (l *Log) settle(es []entry, failed []bool, err error) {
+	var broken []*Recorder
+	l.mu.Lock()
+	if err != nil && l.lastErr == nil {
+		l.lastErr = err
+	}
+	lost := 0
+	for i, e := range es {
+		r := e.rec
+		r.n--
+		r.bytes -= e.size
+		if failed != nil && failed[i] {
+			lost++
+			r.dropped.Add(1)
+			if r.err == nil {
+				r.err = fmt.Errorf("record query of connection %d: %w (%w)", r.id, ErrUnavailable, err)
+				broken = append(broken, r)
+			}
+		}
+		if r.room != nil {
+			close(r.room)
+			r.room = nil
+		}
+	}
+	l.settled += uint64(len(es))
+	l.depth.Add(-int64(len(es)))
+	kept := l.flushes[:0]
+	for _, f := range l.flushes {
+		if f.seq <= l.settled {
+			f.ch <- l.lastErr
+			l.lastErr = nil
+		} else {
+			kept = append(kept, f)
+		}
+	}
+	l.flushes = kept
+	l.mu.Unlock()
+	if lost > 0 {
+		l.dropped.Add(int64(lost))
+		l.queryFailures.Add(int64(lost))
+		l.logger.Error("audit: query records could not be written and are lost", "count", lost, "err", err)
+	}
+	for _, r := range broken {
+		if r.onFail != nil {
+			r.onFail(r.err)
+		}
+	}
 }
 
 func (l *Log) insertOnce(batch []Query) error {

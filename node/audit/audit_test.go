@@ -36,16 +36,20 @@ func TestConnectionLifecycleAndQueries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rec, otherRec := l.Recorder(id, nil), l.Recorder(other, nil)
 	for i := range 10 {
-		if err := l.RecordQuery(Query{ConnectionID: id, User: "alice", Resource: "pg-prod", SQL: fmt.Sprintf("SELECT %d", i)}); err != nil {
+		if err := rec.Record(ctx, Query{User: "alice", Resource: "pg-prod", SQL: fmt.Sprintf("SELECT %d", i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := l.RecordQuery(Query{ConnectionID: other, User: "bob", Resource: "pg-dev", SQL: "SELECT $1", Protocol: "extended"}); err != nil {
+	if err := otherRec.Record(ctx, Query{User: "bob", Resource: "pg-dev", SQL: "SELECT $1", Protocol: "extended"}); err != nil {
 		t.Fatal(err)
 	}
 	end := start.Add(time.Minute)
-	// EndConnection must find every query queued before it on disk.
+	// Recorder.Close writes every query of the connection before its end.
+	if dropped := rec.Close(ctx); dropped != 0 {
+		t.Fatalf("%d records dropped", dropped)
+	}
 	if err := l.EndConnection(ctx, id, end, ConnectionEnd{Outcome: OutcomeOK}); err != nil {
 		t.Fatal(err)
 	}
@@ -122,13 +126,14 @@ func TestCloseDrainsAndPersists(t *testing.T) {
 		t.Fatal(err)
 	}
 	const writers, each = 8, 500
+	rec := l.Recorder(id, nil)
 	var wg sync.WaitGroup
 	for w := range writers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := range each {
-				if err := l.RecordQuery(Query{ConnectionID: id, User: "u", Resource: "r", SQL: fmt.Sprintf("SELECT %d, %d", w, i)}); err != nil {
+				if err := rec.Record(ctx, Query{User: "u", Resource: "r", SQL: fmt.Sprintf("SELECT %d, %d", w, i)}); err != nil {
 					t.Error(err)
 					return
 				}
@@ -139,8 +144,8 @@ func TestCloseDrainsAndPersists(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.RecordQuery(Query{ConnectionID: id, SQL: "late"}); err != ErrClosed {
-		t.Fatalf("RecordQuery after Close = %v, want ErrClosed", err)
+	if err := rec.Record(ctx, Query{SQL: "late"}); err != ErrClosed {
+		t.Fatalf("Record after Close = %v, want ErrClosed", err)
 	}
 	db.Close()
 
@@ -157,7 +162,7 @@ func TestCloseDrainsAndPersists(t *testing.T) {
 func TestQueryOfUnknownConnectionReportsError(t *testing.T) {
 	ctx := context.Background()
 	l := openTestLog(t, filepath.Join(t.TempDir(), "ferry.db"))
-	if err := l.RecordQuery(Query{ConnectionID: 42, SQL: "SELECT 1"}); err != nil {
+	if err := l.Recorder(42, nil).Record(ctx, Query{SQL: "SELECT 1"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := l.Flush(ctx); err == nil {

@@ -3,7 +3,6 @@ package audit
 import (
 	"bufio"
 	"context"
-	"database/sql"
 	"fmt"
 	"os"
 	"os/exec"
@@ -30,11 +29,13 @@ func TestRecordFieldsRoundTrip(t *testing.T) {
 		SQL: "SELECT $1", SQLLength: 9000, SQLSHA256: strings.Repeat("ab", 32), Protocol: "extended", Statement: "s1",
 		Params: "$1='x'", Command: "SELECT", Rows: 3, SQLState: "", Error: ""}
 	failed := Query{ConnectionID: id, Time: t0.Add(2 * time.Second), User: "alice", Resource: "pg", SQL: "SELECT 1/0", Rows: -1, SQLState: "22012", Error: "division by zero"}
+	rec := l.Recorder(id, nil)
 	for _, r := range []Query{q, failed} {
-		if err := l.RecordQuery(r); err != nil {
+		if err := rec.Record(ctx, r); err != nil {
 			t.Fatal(err)
 		}
 	}
+	rec.Close(ctx)
 	end := ConnectionEnd{Outcome: OutcomeOK, Error: "server closed", SQLState: "57P01", UpstreamPID: 4242, BytesFromClient: 10, BytesFromServer: 20, QueriesDropped: 1}
 	if err := l.EndConnection(ctx, id, t0.Add(time.Minute), end); err != nil {
 		t.Fatal(err)
@@ -63,60 +64,6 @@ func TestRecordFieldsRoundTrip(t *testing.T) {
 	if len(qs) != 2 || qs[0].SQLState != "22012" || qs[0].Rows != -1 || qs[0].Protocol != "simple" {
 		t.Fatalf("failed query = %+v", qs[0])
 	}
-}
-
-// TestFullQueueDropsWithoutBlocking stalls the writer behind another writer's lock and fills the
-// queue: RecordQuery must return at once with ErrQueueFull and count each drop.
-func TestFullQueueDropsWithoutBlocking(t *testing.T) {
-	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "ferry.db")
-	l := openTestLog(t, path)
-	id, err := l.StartConnection(ctx, Connection{User: "u", Resource: "r"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Another connection holds the write lock, so the writer waits on it.
-	other, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(5000)")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	conn, err := other.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-		t.Fatal(err)
-	}
-	const total = QueueSize + BatchSize + 500
-	accepted, dropped := 0, 0
-	start := time.Now()
-	for i := range total {
-		switch err := l.RecordQuery(Query{ConnectionID: id, User: "u", Resource: "r", SQL: fmt.Sprint("SELECT ", i)}); err {
-		case nil:
-			accepted++
-		case ErrQueueFull:
-			dropped++
-		default:
-			t.Fatal(err)
-		}
-	}
-	elapsed := time.Since(start)
-	if _, err := conn.ExecContext(ctx, "COMMIT"); err != nil {
-		t.Fatal(err)
-	}
-	if dropped == 0 || int64(dropped) != l.Dropped() || accepted+dropped != total {
-		t.Fatalf("accepted %d, dropped %d (Dropped() = %d) of %d", accepted, dropped, l.Dropped(), total)
-	}
-	if err := l.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	qs, err := l.Queries(ctx, QueryFilter{ConnectionID: id, Limit: total})
-	if err != nil || len(qs) != accepted {
-		t.Fatalf("%d queries written, want the %d accepted (err %v)", len(qs), accepted, err)
-	}
-	t.Logf("%d records in %v while the writer was stalled: %d queued, %d dropped", total, elapsed, accepted, dropped)
 }
 
 // TestUpgradeAddsColumns opens a database made with the first schema.
@@ -197,9 +144,10 @@ func killChild(path string) {
 		panic(err)
 	}
 	const n = 5000
+	rec := l.Recorder(id, nil)
 	for i := range n {
-		for l.RecordQuery(Query{ConnectionID: id, User: "u", Resource: "r", SQL: fmt.Sprint("SELECT ", i)}) == ErrQueueFull {
-			time.Sleep(time.Millisecond)
+		if err := rec.Record(ctx, Query{User: "u", Resource: "r", SQL: fmt.Sprint("SELECT ", i)}); err != nil {
+			panic(err)
 		}
 	}
 	if err := l.Flush(ctx); err != nil {
@@ -209,8 +157,6 @@ func killChild(path string) {
 	os.Stdout.Sync()
 	// Keep writing until killed, so the kill lands in the middle of writes.
 	for i := 0; ; i++ {
-		if l.RecordQuery(Query{ConnectionID: id, User: "u", Resource: "r", SQL: fmt.Sprint("SELECT more ", i)}) == ErrQueueFull {
-			time.Sleep(time.Millisecond)
-		}
+		rec.Record(ctx, Query{User: "u", Resource: "r", SQL: fmt.Sprint("SELECT more ", i)})
 	}
 }

@@ -17,7 +17,8 @@
 // (e.g. 28000, 28P01), 08001 when it could not be reached or TLS failed,
 // 28000 when no access token could be had, 3D000 for a database outside a
 // restricted resource, 0A000 for replication connections, 54000 for a client
-// message above Config.MaxMessageSize.
+// message above Config.MaxMessageSize, 58030 (io_error) when the audit log
+// cannot record the connection.
 //
 // The client's hop is not TLS: the WireGuard tunnel already encrypts it and
 // the proxy has no certificate to offer, so SSLRequest is answered 'N'.
@@ -29,9 +30,14 @@
 // Audit: the relay frames both directions and a tracker (track.go) pairs
 // each request with its response, so the query log gets one record per
 // executed statement with its start, duration, command tag row count and
-// SQLSTATE; relayed bytes are never changed. Records are handed to
-// audit.Log.RecordQuery, which never blocks the session (a full queue drops
-// the record and counts it in the connection record).
+// SQLSTATE; relayed bytes are never changed. Records are handed to the
+// session's audit.Recorder, which fails closed: a session whose connection
+// record cannot be written is refused before the upstream login (FATAL
+// 58030); a session over its own allowance of unwritten records waits (its
+// relay from the server stops until the writer catches up), so a flooding
+// session slows only itself; a session one of whose records could not be
+// written after retries is ended with FATAL 58030. Records are never dropped
+// for want of queue space.
 package pgproxy
 
 import (

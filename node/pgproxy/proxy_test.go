@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
+	"database/sql"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -44,6 +45,8 @@ type testProxy struct {
 	addr   string
 	port   int
 	audit  *audit.Log
+	db     *sql.DB // the audit log's database
+	dbPath string
 	stop   context.CancelFunc // ends every session, as a node shutdown does
 	active atomic.Int32
 	wg     sync.WaitGroup
@@ -51,7 +54,8 @@ type testProxy struct {
 
 func startProxy(tb testing.TB, cfg Config, target Target) *testProxy {
 	tb.Helper()
-	db, err := audit.OpenDB(filepath.Join(tb.TempDir(), "ferry.db"))
+	dbPath := filepath.Join(tb.TempDir(), "ferry.db")
+	db, err := audit.OpenDB(dbPath)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -69,7 +73,7 @@ func startProxy(tb testing.TB, cfg Config, target Target) *testProxy {
 		tb.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	tp := &testProxy{addr: l.Addr().String(), port: l.Addr().(*net.TCPAddr).Port, audit: log, stop: cancel}
+	tp := &testProxy{addr: l.Addr().String(), port: l.Addr().(*net.TCPAddr).Port, audit: log, db: db, dbPath: dbPath, stop: cancel}
 	tp.wg.Add(1)
 	go func() {
 		defer tp.wg.Done()

@@ -55,7 +55,10 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 		rec.OriginalUser, rec.OriginalDatabase = st.msg.Parameters["user"], st.msg.Parameters["database"]
 		rec.Role = t.Username
 	}
-	id := p.startRecord(ctx, log, rec)
+	id, auditErr := p.startRecord(ctx, log, rec)
+	if err == nil && auditErr != nil {
+		err = auditUnavailable(auditErr)
+	}
 	if err != nil {
 		p.refuse(ctx, conn, id, err, log)
 		return
@@ -90,22 +93,30 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	server.SetDeadline(time.Time{})
 	log.Info("pgproxy: session started", "database", database, "role", t.Username, "upstream_pid", up.hc.PID)
 
-	var dropped int64 // written by the server-side relay goroutine only; read after relay returns
+	// A session whose statements cannot be recorded is ended (fail closed): the
+	// audit log's writer calls back when one of its records could not be written.
+	sctx, endSession := context.WithCancelCause(ctx)
+	defer endSession(nil)
+	recorder := p.recorder(id, endSession)
+	var warned bool // written by the server-side relay goroutine only
 	tr := newTracker(p.cfg.MaxAuditSQL, t.RedactParams, func(q audit.Query) {
-		if p.cfg.Audit == nil || id == 0 {
+		if recorder == nil {
 			return
 		}
-		q.ConnectionID, q.User, q.Resource = id, s.User, t.Resource
-		if err := p.cfg.Audit.RecordQuery(q); err != nil {
-			if dropped == 0 {
-				log.Warn("pgproxy: audit query record dropped", "err", err)
+		q.User, q.Resource = s.User, t.Resource
+		if err := recorder.Record(sctx, q); err != nil {
+			// The recorder has failed, or the log is closed: the session must not go on unaudited.
+			endSession(auditEnded())
+			if !warned {
+				warned = true
+				log.Error("pgproxy: audit query record not written; ending the session", "err", err)
 			}
-			dropped++
 		}
 	})
 	var stats relayStats
-	end.Error = p.relay(ctx, conn, server, tr, &stats, t.Resource)
-	end.BytesFromClient, end.BytesFromServer, end.QueriesDropped = stats.fromClient.Load(), stats.fromServer.Load(), dropped
+	end.Error = p.relay(sctx, conn, server, tr, &stats, t.Resource)
+	end.BytesFromClient, end.BytesFromServer = stats.fromClient.Load(), stats.fromServer.Load()
+	end.QueriesDropped = p.closeRecorder(ctx, recorder)
 	if f := tr.fatalSeen(); f.code != "" {
 		end.SQLState = f.code
 	}
@@ -276,17 +287,58 @@ func auditCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 }
 
-func (p *Proxy) startRecord(ctx context.Context, log *slog.Logger, c audit.Connection) int64 {
+// startRecord writes the start of a connection's record. An error (the
+// audit log is unavailable, after its retries) refuses the session.
+func (p *Proxy) startRecord(ctx context.Context, log *slog.Logger, c audit.Connection) (int64, error) {
 	if p.cfg.Audit == nil {
-		return 0
+		return 0, nil
 	}
 	actx, cancel := auditCtx(ctx)
 	defer cancel()
 	id, err := p.cfg.Audit.StartConnection(actx, c)
 	if err != nil {
-		log.Error("pgproxy: audit connection start", "err", err)
+		log.Error("pgproxy: audit connection start; the session is refused", "err", err)
+		return 0, err
 	}
-	return id
+	return id, nil
+}
+
+// auditSQLState is the SQLSTATE of a session refused or ended because the
+// audit log cannot record it: 58030 io_error (class 58, system error: an
+// error external to PostgreSQL itself).
+const auditSQLState = "58030"
+
+// auditUnavailable is the refusal of a session whose start cannot be recorded.
+func auditUnavailable(err error) error {
+	return fatal(audit.OutcomeFailed, auditSQLState, "the audit log is unavailable: the Ferry node cannot record this connection, so it is refused", "",
+		"Sessions are refused until the node can write its audit log again; tell the node's administrator (see ferry-node's log).", err)
+}
+
+// auditEnded is why a running session is ended when its statements cannot be recorded.
+func auditEnded() *Refusal {
+	return &Refusal{Code: auditSQLState,
+		Message: "terminating connection: the audit log is unavailable: the Ferry node cannot record this session's statements",
+		Hint:    "Sessions are refused until the node can write its audit log again; tell the node's administrator (see ferry-node's log)."}
+}
+
+// recorder returns the audit recorder of connection id, or nil without an
+// audit log. When a record cannot be written, end ends the session.
+func (p *Proxy) recorder(id int64, end context.CancelCauseFunc) *audit.Recorder {
+	if p.cfg.Audit == nil || id == 0 {
+		return nil
+	}
+	return p.cfg.Audit.Recorder(id, func(error) { end(auditEnded()) })
+}
+
+// closeRecorder waits until the session's query records are written and
+// returns how many were not.
+func (p *Proxy) closeRecorder(ctx context.Context, r *audit.Recorder) int64 {
+	if r == nil {
+		return 0
+	}
+	actx, cancel := auditCtx(ctx)
+	defer cancel()
+	return r.Close(actx)
 }
 
 func (p *Proxy) endRecord(ctx context.Context, id int64, end audit.ConnectionEnd, log *slog.Logger) {
