@@ -204,7 +204,7 @@ func TestEnrollRefusesBadDeviceNames(t *testing.T) {
 		"nul\x00",
 	} {
 		_, err := enroll(t, tok, newPublicKey(t), name)
-		wantStatus(t, "enroll with device name "+name[:min(len(name), 20)], err, http.StatusBadRequest, "device_name")
+		wantStatus(t, "enroll with device name "+strconv.Quote(name[:min(len(name), 20)]), err, http.StatusBadRequest, "device_name")
 	}
 	if ds, err := n.Catalog().Devices(context.Background()); err != nil || len(ds) != 0 {
 		t.Fatalf("devices after refused names = %+v, %v; want none", ds, err)
