@@ -86,7 +86,7 @@ func TestEnrollmentCannotBreakNode(t *testing.T) {
 	// the zero key goes into the catalog's file behind the node's back.
 	db, err := audit.OpenDB(filepath.Join(env.NodeDir, "ferry.db"))
 	must(err)
-	_, err = db.ExecContext(ctx, `INSERT INTO devices(public_key, user_name, address, name, enrolled_at) VALUES(?, 'mallory', '198.18.1.1', 'stored-by-an-older-node', ?)`,
+	_, err = db.ExecContext(ctx, `INSERT OR IGNORE INTO devices(public_key, user_name, address, name, enrolled_at) VALUES(?, 'mallory', '198.18.1.1', 'stored-by-an-older-node', ?)`,
 		tunnel.Key{}.String(), time.Now().Unix())
 	db.Close()
 	must(err)
