@@ -1,7 +1,6 @@
 package node_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,24 +18,6 @@ import (
 	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/tunnel"
 )
-
-// syncBuffer is a log sink safe for the node's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // bareNode is a real ferry-node on loopback without PostgreSQL: enrollment, WireGuard and the
 // control API. IMDS and DNS point at a closed loopback port, so nothing leaves the machine.
@@ -197,7 +177,7 @@ func TestEnrollRefusesBadDeviceNames(t *testing.T) {
 	tok := n.token(t, "alice")
 	for _, name := range []string{
 		strings.Repeat("x", 65),
-		strings.Repeat("x", 100000),
+		strings.Repeat("x", 10000),
 		"laptop\nINFO admin granted alice everything",
 		"esc\x1b[2Jcleared",
 		"bidi\u202egnp.exe",
