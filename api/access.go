@@ -52,10 +52,26 @@ type Activity struct {
 	Detail string    `json:"detail,omitempty"`
 }
 
-// Token is the answer to POST /v1/admin/users/{name}/enroll.
+// Token is the answer to POST /v1/admin/users/{name}/enroll. ID names the token in
+// EnrollTokens and CancelEnrollToken; the token itself is shown only here.
 type Token struct {
 	Token     string    `json:"token"`
+	ID        string    `json:"id"`
 	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// PendingToken is an enrollment token not used yet (GET /v1/admin/enroll-tokens). Expired ones are
+// listed until cancelled; they enroll nothing.
+type PendingToken struct {
+	ID        string    `json:"id"`
+	User      string    `json:"user"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Expired   bool      `json:"expired"`
+}
+
+// PendingTokenList is the answer to GET /v1/admin/enroll-tokens.
+type PendingTokenList struct {
+	Tokens []PendingToken `json:"tokens"`
 }
 
 // Users lists users (admin only).
@@ -90,6 +106,24 @@ func (c *Client) DeleteUser(ctx context.Context, name string) error {
 func (c *Client) EnrollUser(ctx context.Context, name string) (Token, error) {
 	var out Token
 	return out, c.do(ctx, http.MethodPost, "/v1/admin/users/"+url.PathEscape(name)+"/enroll", nil, &out)
+}
+
+// EnrollTokens lists the enrollment tokens not used yet, of user or of every user when user is ""
+// (admin only).
+func (c *Client) EnrollTokens(ctx context.Context, user string) ([]PendingToken, error) {
+	var out PendingTokenList
+	path := "/v1/admin/enroll-tokens"
+	if user != "" {
+		path += "?user=" + url.QueryEscape(user)
+	}
+	return out.Tokens, c.do(ctx, http.MethodGet, path, nil, &out)
+}
+
+// CancelEnrollToken cancels the unused enrollment token with this ID, so that it can no longer
+// enroll a device, and returns it (admin only).
+func (c *Client) CancelEnrollToken(ctx context.Context, id string) (PendingToken, error) {
+	var out PendingToken
+	return out, c.do(ctx, http.MethodDelete, "/v1/admin/enroll-tokens/"+url.PathEscape(id), nil, &out)
 }
 
 // Devices lists a user's devices (admin only).

@@ -73,8 +73,8 @@ func ParseEnrollToken(s string) (EnrollToken, error) {
 // EnrollRequest is the body of POST /v1/enroll.
 type EnrollRequest struct {
 	Secret     string `json:"secret"`
-	PublicKey  string `json:"public_key"` // the device's WireGuard public key, base64
-	DeviceName string `json:"device_name"`
+	PublicKey  string `json:"public_key"`  // the device's WireGuard public key, base64
+	DeviceName string `json:"device_name"` // at most 64 printable characters
 }
 
 // EnrollResponse is the answer to a successful enrollment.

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -161,20 +162,69 @@ func usersCmd() *cobra.Command {
 			return nil
 		}),
 	}
+	var listTokens, tokensJSON bool
+	var cancelID string
 	enroll := &cobra.Command{
-		Use:   "enroll NAME",
-		Short: "Issue a single-use enrollment token for a user (for `ferry login TOKEN`)",
-		Args:  cobra.ExactArgs(1),
+		Use:   "enroll NAME | --list [NAME] [--json] | --cancel ID",
+		Short: "Issue a single-use enrollment token for a user (for `ferry login TOKEN`), or list and cancel unused ones",
+		Args: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case listTokens && cancelID != "":
+				return errors.New("give either --list or --cancel, not both")
+			case listTokens:
+				return cobra.MaximumNArgs(1)(cmd, args)
+			case cancelID != "":
+				return cobra.NoArgs(cmd, args)
+			case tokensJSON:
+				return errors.New("--json goes with --list")
+			}
+			return cobra.ExactArgs(1)(cmd, args)
+		},
 		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
+			switch {
+			case listTokens:
+				user := ""
+				if len(args) == 1 {
+					user = args[0]
+				}
+				ts, err := c.EnrollTokens(cmd.Context(), user)
+				if err != nil {
+					return err
+				}
+				if tokensJSON {
+					return printJSON(cmd.OutOrStdout(), ts)
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "ID\tUSER\tEXPIRES")
+				for _, t := range ts {
+					exp := t.ExpiresAt.Local().Format(time.DateTime)
+					if t.Expired {
+						exp += " (expired)"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", t.ID, t.User, exp)
+				}
+				return tw.Flush()
+			case cancelID != "":
+				t, err := c.CancelEnrollToken(cmd.Context(), cancelID)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Cancelled enrollment token %s of %s: it can no longer enroll a device.\n", t.ID, t.User)
+				return nil
+			}
 			t, err := c.EnrollUser(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "Single-use enrollment token for %s, valid until %s:\n", args[0], t.ExpiresAt.Local().Format(time.DateTime))
+			fmt.Fprintf(cmd.ErrOrStderr(), "Single-use enrollment token for %s, valid until %s (ID %s; cancel it with `ferry admin users enroll --cancel %s`):\n",
+				args[0], t.ExpiresAt.Local().Format(time.DateTime), t.ID, t.ID)
 			fmt.Fprintln(cmd.OutOrStdout(), t.Token)
 			return nil
 		}),
 	}
+	enroll.Flags().BoolVar(&listTokens, "list", false, "list the tokens not used yet (of user NAME if given)")
+	enroll.Flags().BoolVar(&tokensJSON, "json", false, "with --list: print JSON")
+	enroll.Flags().StringVar(&cancelID, "cancel", "", "cancel the unused token with this ID, so that it can no longer enroll a device")
 	var deleteKey string
 	devices := &cobra.Command{
 		Use:   "devices NAME [--delete PUBLIC_KEY]",

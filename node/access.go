@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -98,6 +99,61 @@ func (n *Node) forward(ctx context.Context, f netstack.Flow) (func(net.Conn), er
 	}, nil
 }
 
+// reconcilePeers makes the tunnel's peers the catalog's active devices. A device the tunnel refuses
+// (a key stored by an older node that did not check keys) is skipped and logged once; the other
+// peers are still applied.
+func (n *Node) reconcilePeers(ctx context.Context) error {
+	n.peerMu.Lock()
+	defer n.peerMu.Unlock()
+	devices, err := n.cat.ActiveDevices(ctx)
+	if err != nil {
+		return err
+	}
+	want := map[tunnel.Key]catalog.Device{}
+	bad := map[string]bool{}
+	for _, d := range devices {
+		k, err := tunnel.ParseKey(d.PublicKey)
+		if err != nil {
+			bad[d.PublicKey] = true
+			n.logBadPeer(d, err)
+			continue
+		}
+		want[k] = d
+	}
+	have, err := n.tun.Peers()
+	if err != nil {
+		return fmt.Errorf("list WireGuard peers: %w", err)
+	}
+	var errs []error
+	for _, p := range have {
+		if _, ok := want[p.PublicKey]; !ok {
+			if err := n.tun.RemovePeer(p.PublicKey); err != nil && !errors.Is(err, tunnel.ErrPeerNotFound) {
+				errs = append(errs, fmt.Errorf("remove WireGuard peer: %w", err))
+				continue
+			}
+			n.log.Info("WireGuard peer removed", "public_key", p.PublicKey.String())
+		}
+		delete(want, p.PublicKey)
+	}
+	for _, d := range want {
+		if err := n.addDevicePeer(d); err != nil {
+			bad[d.PublicKey] = true
+			n.logBadPeer(d, err)
+		}
+	}
+	n.badPeers = bad // forget devices that were fixed or removed, so a new failure is logged again
+	return errors.Join(errs...)
+}
+
+// logBadPeer logs, once per key until it stops failing, that device d cannot be a WireGuard peer.
+func (n *Node) logBadPeer(d catalog.Device, err error) {
+	if n.badPeers[d.PublicKey] {
+		return
+	}
+	n.log.Error("skipping a device the tunnel cannot take; remove it with `ferry admin users devices USER --delete KEY`",
+		"user", d.User, "device", d.Name, "address", d.Address, "public_key", d.PublicKey, "err", err)
+}
+
 // kick asks the reconcile loop to run now (after an admin change).
 func (n *Node) kick() {
 	select {
@@ -125,39 +181,11 @@ func (n *Node) reconcileLoop() {
 }
 
 // reconcile removes WireGuard peers whose device was deleted or whose user was suspended or deleted,
-// adds missing ones, and ends sessions the catalog no longer allows, telling the client why.
+// adds missing ones, and ends sessions the catalog no longer allows, telling the client why. A
+// failure of the peer step is logged and does not keep the session step from running.
 func (n *Node) reconcile(ctx context.Context) error {
-	devices, err := n.cat.ActiveDevices(ctx)
-	if err != nil {
-		return err
-	}
-	want := map[tunnel.Key]catalog.Device{}
-	for _, d := range devices {
-		if k, err := tunnel.ParseKey(d.PublicKey); err == nil {
-			want[k] = d
-		}
-	}
-	have, err := n.tun.Peers()
-	if err != nil {
-		return fmt.Errorf("list WireGuard peers: %w", err)
-	}
-	for _, p := range have {
-		if _, ok := want[p.PublicKey]; !ok {
-			if err := n.tun.RemovePeer(p.PublicKey); err != nil {
-				return fmt.Errorf("remove WireGuard peer: %w", err)
-			}
-			n.log.Info("WireGuard peer removed", "public_key", p.PublicKey.String())
-		}
-		delete(want, p.PublicKey)
-	}
-	for _, d := range want {
-		p, err := devicePeer(d)
-		if err != nil {
-			continue
-		}
-		if err := n.tun.AddPeer(p); err != nil {
-			return fmt.Errorf("add WireGuard peer: %w", err)
-		}
+	if err := n.reconcilePeers(ctx); err != nil && ctx.Err() == nil {
+		n.log.Error("reconcile WireGuard peers", "err", err)
 	}
 
 	open := n.sessions.snapshot()

@@ -138,8 +138,12 @@ func (n *Node) registerAccessRoutes(mux *router) {
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
-		n.changed(r, "user.enroll-token", name, "single-use token issued")
-		writeJSON(w, http.StatusOK, api.Token{Token: tok, ExpiresAt: time.Now().Add(time.Duration(n.cfg.EnrollTokenTTL)).UTC()})
+		id := ""
+		if p, err := api.ParseEnrollToken(tok); err == nil {
+			id = catalog.TokenID(p.Secret)
+		}
+		n.changed(r, "user.enroll-token", name, "single-use token issued, id "+id)
+		writeJSON(w, http.StatusOK, api.Token{Token: tok, ID: id, ExpiresAt: time.Now().Add(time.Duration(n.cfg.EnrollTokenTTL)).UTC()})
 	}))
 	mux.HandleFunc("GET /v1/admin/users/{name}/devices", n.admin(func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")

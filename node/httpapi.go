@@ -63,7 +63,18 @@ func (n *Node) enrollHandler() http.Handler {
 			writeError(w, http.StatusBadRequest, fmt.Errorf("public_key: %w", err))
 			return
 		}
-		d, u, err := n.cat.Enroll(r.Context(), req.Secret, key.String(), req.DeviceName)
+		// A key that cannot be a WireGuard peer is refused before anything is stored: stored, it
+		// would be a device the tunnel refuses at every reconcile and at every start.
+		if err := n.tun.CheckPeerKey(key); err != nil {
+			n.log.Warn("enrollment refused", "remote", r.RemoteAddr, "err", err)
+			writeError(w, http.StatusBadRequest, fmt.Errorf("public_key: %w; enroll with a key made by `ferry login` or wg genkey | wg pubkey", err))
+			return
+		}
+		if err := catalog.ValidateDeviceName(req.DeviceName); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("device_name: %w", err))
+			return
+		}
+		d, u, err := n.enroll(r.Context(), req.Secret, key, req.DeviceName)
 		switch {
 		case errors.Is(err, catalog.ErrTokenUnknown), errors.Is(err, catalog.ErrTokenUsed), errors.Is(err, catalog.ErrTokenExpired), errors.Is(err, catalog.ErrUserSuspended):
 			n.log.Warn("enrollment refused", "remote", r.RemoteAddr, "err", err)
@@ -72,14 +83,11 @@ func (n *Node) enrollHandler() http.Handler {
 		case errors.Is(err, catalog.ErrConflict):
 			writeError(w, http.StatusConflict, err)
 			return
+		case errors.Is(err, catalog.ErrBadDeviceName), errors.Is(err, tunnel.ErrBadPeerKey):
+			writeError(w, http.StatusBadRequest, err)
+			return
 		case err != nil:
 			n.log.Error("enrollment failed", "err", err)
-			writeError(w, http.StatusInternalServerError, errors.New("enrollment failed on the node; see the node's log"))
-			return
-		}
-		p, _ := devicePeer(d)
-		if err := n.tun.AddPeer(p); err != nil {
-			n.log.Error("add WireGuard peer", "err", err)
 			writeError(w, http.StatusInternalServerError, errors.New("enrollment failed on the node; see the node's log"))
 			return
 		}
@@ -99,6 +107,32 @@ func (n *Node) enrollHandler() http.Handler {
 		})
 	})
 	return mux
+}
+
+// enroll redeems the token for key and makes the device a WireGuard peer, both or neither: the peer
+// is added inside the catalog transaction, which rolls back when that fails, and removed again when
+// the commit fails. peerMu keeps the reconcile loop from seeing the peer before its device.
+func (n *Node) enroll(ctx context.Context, secret string, key tunnel.Key, name string) (catalog.Device, catalog.User, error) {
+	n.peerMu.Lock()
+	defer n.peerMu.Unlock()
+	added := false
+	d, u, err := n.cat.Enroll(ctx, secret, key.String(), name, func(d catalog.Device) error {
+		p, err := devicePeer(d)
+		if err != nil {
+			return err
+		}
+		if err := n.tun.AddPeer(p); err != nil {
+			return fmt.Errorf("add WireGuard peer: %w", err)
+		}
+		added = true
+		return nil
+	})
+	if err != nil && added {
+		if rerr := n.tun.RemovePeer(key); rerr != nil {
+			n.log.Error("remove the WireGuard peer of a failed enrollment", "public_key", key.String(), "err", rerr)
+		}
+	}
+	return d, u, err
 }
 
 type ctxKey struct{}
@@ -259,6 +293,7 @@ func (n *Node) apiRouter() *router {
 		writeJSON(w, http.StatusOK, out)
 	}))
 	n.registerAccessRoutes(mux)
+	n.registerEnrollTokenRoutes(mux)
 	n.registerCatalogRoutes(mux)
 	n.registerHealthRoutes(mux)
 	return mux

@@ -220,6 +220,13 @@ type Node struct {
 	cancel   context.CancelFunc
 	sessions sessions
 	kickc    chan struct{}
+
+	// peerMu orders changes of WireGuard peers: the reconcile loop's peer step and enrollment (which
+	// adds a peer inside its catalog transaction), so that reconcile never removes a peer whose
+	// device is about to be committed.
+	peerMu sync.Mutex
+	// badPeers are the devices' keys the tunnel refused, logged once each (reconcile loop only).
+	badPeers map[string]bool
 }
 
 // Start opens the node's state in dir and starts its WireGuard endpoint, its enrollment endpoint,
@@ -286,30 +293,33 @@ func (n *Node) start(ctx context.Context) error {
 	n.metrics = newMetrics(n.audit.Stats)
 	n.proxy = pgproxy.New(pgproxy.Config{Tokens: countingTokens{TokenSource: n.tokens, m: n.metrics}, Audit: n.audit, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout)})
 
-	devices, err := n.cat.ActiveDevices(ctx)
-	if err != nil {
-		return fmt.Errorf("start node: %w", err)
-	}
-	var peers []tunnel.Peer
-	for _, d := range devices {
-		p, err := devicePeer(d)
-		if err != nil {
-			n.log.Warn("skipping device with a bad key", "user", d.User, "address", d.Address, "err", err)
-			continue
-		}
-		peers = append(peers, p)
-	}
 	n.tun, err = tunnel.New(ctx, tunnel.Config{
 		PrivateKey:  key,
 		ListenPort:  n.cfg.WireGuardPort,
 		Addresses:   []netip.Addr{api.NodeTunnelAddress},
 		Promiscuous: true,
-		Peers:       peers,
 		Logger:      n.log,
 		Keepalive:   tunnel.KeepaliveWithin(time.Duration(n.cfg.DeadClientTimeout)),
 	})
 	if err != nil {
 		return fmt.Errorf("start node: WireGuard: %w", err)
+	}
+	// Devices become peers one by one, so that one the tunnel refuses (a key stored by an older
+	// node that did not check keys) is skipped and logged instead of keeping the node down.
+	devices, err := n.cat.ActiveDevices(ctx)
+	if err != nil {
+		return fmt.Errorf("start node: %w", err)
+	}
+	peers := 0
+	n.badPeers = map[string]bool{}
+	for _, d := range devices {
+		if err := n.addDevicePeer(d); err != nil {
+			n.badPeers[d.PublicKey] = true // logged here, not again by the reconcile loop
+			n.log.Error("skipping a device the tunnel cannot take; remove it with `ferry admin users devices USER --delete KEY`",
+				"user", d.User, "device", d.Name, "address", d.Address, "public_key", d.PublicKey, "err", err)
+			continue
+		}
+		peers++
 	}
 	n.tun.Stack().SetForwarder(1024, n.forward)
 
@@ -335,7 +345,7 @@ func (n *Node) start(ctx context.Context) error {
 	if err := n.startHealth(ctx); err != nil {
 		return err
 	}
-	n.log.Info("node started", "wireguard_port", n.tun.Port(), "enroll", ln.Addr().String(), "public_key", n.pub.String(), "devices", len(peers))
+	n.log.Info("node started", "wireguard_port", n.tun.Port(), "enroll", ln.Addr().String(), "public_key", n.pub.String(), "devices", peers)
 	return nil
 }
 
@@ -355,7 +365,19 @@ func devicePeer(d catalog.Device) (tunnel.Peer, error) {
 	if err != nil {
 		return tunnel.Peer{}, err
 	}
+	if !d.Address.Is4() || !api.TunnelSubnet.Contains(d.Address) || d.Address == api.NodeTunnelAddress {
+		return tunnel.Peer{}, fmt.Errorf("device address %v is not a client address in %s", d.Address, api.TunnelSubnet)
+	}
 	return tunnel.Peer{PublicKey: k, AllowedIPs: []netip.Prefix{netip.PrefixFrom(d.Address, 32)}}, nil
+}
+
+// addDevicePeer makes device d a WireGuard peer.
+func (n *Node) addDevicePeer(d catalog.Device) error {
+	p, err := devicePeer(d)
+	if err != nil {
+		return err
+	}
+	return n.tun.AddPeer(p)
 }
 
 // target describes how the proxy reaches and logs in to resource r.

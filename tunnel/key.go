@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 )
 
@@ -42,6 +43,34 @@ func (k Key) PublicKey() Key {
 		panic(fmt.Sprintf("tunnel: X25519 private key: %v", err))
 	}
 	return Key(priv.PublicKey().Bytes())
+}
+
+// ErrBadPeerKey is returned (wrapped) for a public key that cannot be a WireGuard peer: the
+// all-zero key, a low-order Curve25519 point, or the interface's own key.
+var ErrBadPeerKey = errors.New("not a usable WireGuard public key")
+
+// checkPeerKey refuses pub as a peer of the interface with private key priv (public key self).
+// The general test for a low-order point is the one the Noise protocol's DH needs: X25519 of our
+// private key and pub must not be all zero (crypto/ecdh refuses that result). A clamped private
+// key is a multiple of the cofactor 8, so this refuses exactly the points of order 1, 2, 4 and 8
+// on the curve and its twist, in every encoding (u ≥ p, bit 255 set): libsodium's and
+// wireguard-go's blocklists and more. wireguard-go itself would accept such a peer and only fail
+// each handshake.
+func checkPeerKey(priv *ecdh.PrivateKey, self, pub Key) error {
+	switch {
+	case pub.IsZero():
+		return fmt.Errorf("the all-zero key is %w", ErrBadPeerKey)
+	case pub == self:
+		return fmt.Errorf("public key %s is this interface's own key, %w", pub, ErrBadPeerKey)
+	}
+	p, err := ecdh.X25519().NewPublicKey(pub[:])
+	if err != nil {
+		return fmt.Errorf("public key %s: %w: %v", pub, ErrBadPeerKey, err)
+	}
+	if _, err := priv.ECDH(p); err != nil {
+		return fmt.Errorf("public key %s is a low-order Curve25519 point (no shared secret can come of it), %w", pub, ErrBadPeerKey)
+	}
+	return nil
 }
 
 // String returns the key in wg(8)'s base64 form.

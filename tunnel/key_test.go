@@ -75,3 +75,31 @@ func TestKeyText(t *testing.T) {
 		t.Fatal("UnmarshalText accepted garbage")
 	}
 }
+
+// lowOrderKeys returns the Curve25519 points of small order as libsodium's blocklist
+// (has_small_order in crypto_scalarmult/curve25519/ref10/x25519_ref10.c) lists them, each also
+// with bit 255 set, which X25519 ignores: the keys a peer must never be configured with.
+func lowOrderKeys(t testing.TB) map[string]Key {
+	t.Helper()
+	ff := strings.Repeat("ff", 30)
+	list := map[string]string{
+		"0 (order 4)":   strings.Repeat("00", 32),
+		"1 (order 1)":   "01" + strings.Repeat("00", 31),
+		"order 8 (a)":   "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+		"order 8 (b)":   "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+		"p-1 (order 2)": "ec" + ff + "7f",
+		"p (= 0)":       "ed" + ff + "7f",
+		"p+1 (= 1)":     "ee" + ff + "7f",
+	}
+	out := map[string]Key{}
+	for name, h := range list {
+		var k Key
+		if n, err := hex.Decode(k[:], []byte(h)); err != nil || n != 32 {
+			t.Fatalf("%s: bad test vector: %v", name, err)
+		}
+		out[name] = k
+		k[31] |= 0x80
+		out[name+", bit 255 set"] = k
+	}
+	return out
+}

@@ -11,6 +11,7 @@ package tunnel
 import (
 	"bufio"
 	"context"
+	"crypto/ecdh"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -86,6 +87,7 @@ type Tunnel struct {
 	dev   *device.Device
 	stack *netstack.Stack
 	self  Key // our public key
+	priv  *ecdh.PrivateKey
 	port  uint16
 	log   *slog.Logger
 	once  sync.Once
@@ -104,10 +106,14 @@ func New(ctx context.Context, cfg Config) (*Tunnel, error) {
 		return nil, fmt.Errorf("tunnel: config: listen port %d out of range 0..65535", cfg.ListenPort)
 	}
 	self := cfg.PrivateKey.PublicKey()
+	priv, err := ecdh.X25519().NewPrivateKey(cfg.PrivateKey[:])
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: config: private key: %w", err)
+	}
 	var uapi strings.Builder
 	fmt.Fprintf(&uapi, "private_key=%s\nlisten_port=%d\nreplace_peers=true\n", cfg.PrivateKey.hex(), cfg.ListenPort)
 	for i, p := range cfg.Peers {
-		if err := writePeer(&uapi, p, self); err != nil {
+		if err := writePeer(&uapi, p, priv, self); err != nil {
 			return nil, fmt.Errorf("tunnel: config: peer %d: %w", i, err)
 		}
 	}
@@ -121,7 +127,7 @@ func New(ctx context.Context, cfg Config) (*Tunnel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: %w", err)
 	}
-	t := &Tunnel{stack: stk, self: self, log: log}
+	t := &Tunnel{stack: stk, self: self, priv: priv, log: log}
 	t.dev = device.NewDevice(stk.Device(), conn.NewDefaultBind(), deviceLogger(log))
 	if err := t.dev.IpcSet(uapi.String()); err != nil {
 		t.Close()
@@ -156,12 +162,9 @@ func deviceLogger(log *slog.Logger) *device.Logger {
 }
 
 // writePeer appends the UAPI lines that create or update p, replacing its allowed IPs.
-func writePeer(w *strings.Builder, p Peer, self Key) error {
-	if p.PublicKey.IsZero() {
-		return errors.New("public key is not set")
-	}
-	if p.PublicKey == self {
-		return errors.New("public key is this interface's own key")
+func writePeer(w *strings.Builder, p Peer, priv *ecdh.PrivateKey, self Key) error {
+	if err := checkPeerKey(priv, self, p.PublicKey); err != nil {
+		return err
 	}
 	if p.PersistentKeepalive < 0 || p.PersistentKeepalive > math.MaxUint16*time.Second {
 		return fmt.Errorf("persistent keepalive %v out of range 0..65535s", p.PersistentKeepalive)
@@ -195,11 +198,16 @@ func (t *Tunnel) PublicKey() Key { return t.self }
 // Port returns the bound UDP port.
 func (t *Tunnel) Port() uint16 { return t.port }
 
+// CheckPeerKey returns an error wrapping ErrBadPeerKey when pub cannot be a peer of this
+// interface: the all-zero key, a low-order Curve25519 point, or the interface's own key. AddPeer
+// and New refuse such peers; callers that store keys check them first.
+func (t *Tunnel) CheckPeerKey(pub Key) error { return checkPeerKey(t.priv, t.self, pub) }
+
 // AddPeer adds p, or updates the peer with p's public key: its allowed IPs are replaced, its
 // endpoint replaced if p has one, its persistent keepalive set.
 func (t *Tunnel) AddPeer(p Peer) error {
 	var uapi strings.Builder
-	if err := writePeer(&uapi, p, t.self); err != nil {
+	if err := writePeer(&uapi, p, t.priv, t.self); err != nil {
 		return fmt.Errorf("tunnel: add peer %s: %w", p.PublicKey, err)
 	}
 	if err := t.dev.IpcSet(uapi.String()); err != nil {

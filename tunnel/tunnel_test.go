@@ -364,6 +364,43 @@ func TestAddPeerErrors(t *testing.T) {
 	}
 }
 
+// TestBadPeerKeysRefused: the all-zero key, every low-order Curve25519 point and the interface's
+// own key are refused as peers by AddPeer, CheckPeerKey and New, with ErrBadPeerKey; wireguard-go
+// alone would accept a low-order point and fail every handshake with it.
+func TestBadPeerKeysRefused(t *testing.T) {
+	node, nodeKey := startNode(t, nil)
+	bad := lowOrderKeys(t)
+	bad["own key"] = nodeKey.PublicKey()
+	allowed := []netip.Prefix{netip.PrefixFrom(clientAddr, 32)}
+	for name, k := range bad {
+		t.Run(name, func(t *testing.T) {
+			if err := node.AddPeer(Peer{PublicKey: k, AllowedIPs: allowed}); !errors.Is(err, ErrBadPeerKey) {
+				t.Errorf("AddPeer(%x) = %v, want ErrBadPeerKey", k, err)
+			}
+			if err := node.CheckPeerKey(k); !errors.Is(err, ErrBadPeerKey) {
+				t.Errorf("CheckPeerKey(%x) = %v, want ErrBadPeerKey", k, err)
+			}
+			tun, err := New(context.Background(), Config{PrivateKey: nodeKey, Addresses: []netip.Addr{nodeAddr}, Peers: []Peer{{PublicKey: k, AllowedIPs: allowed}}})
+			if err == nil {
+				tun.Close()
+			}
+			if !errors.Is(err, ErrBadPeerKey) {
+				t.Errorf("New with peer %x = %v, want ErrBadPeerKey", k, err)
+			}
+		})
+	}
+	if peers, err := node.Peers(); err != nil || len(peers) != 0 {
+		t.Errorf("Peers after refused adds = %v, %v; want none", peers, err)
+	}
+	good := mustKey(t).PublicKey()
+	if err := node.CheckPeerKey(good); err != nil {
+		t.Errorf("CheckPeerKey(a generated key) = %v", err)
+	}
+	if err := node.AddPeer(Peer{PublicKey: good, AllowedIPs: allowed}); err != nil {
+		t.Errorf("AddPeer(a generated key) = %v", err)
+	}
+}
+
 func TestCloseTwice(t *testing.T) {
 	node, _ := startNode(t, nil)
 	if err := node.Close(); err != nil {

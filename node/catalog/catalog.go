@@ -232,11 +232,18 @@ var (
 )
 
 // Enroll redeems secret for the device with WireGuard public key publicKey: the token is marked used,
-// a tunnel address is allocated in api.TunnelSubnet and the device is stored. Errors: ErrTokenUnknown,
-// ErrTokenUsed, ErrTokenExpired (wrapped), or a conflict when the key is already enrolled.
-func (c *Catalog) Enroll(ctx context.Context, secret, publicKey, deviceName string) (Device, User, error) {
+// a tunnel address is allocated in api.TunnelSubnet and the device is stored. apply (may be nil)
+// runs inside the transaction with the new device, before it commits: it makes the device a
+// WireGuard peer, and when it fails nothing is stored and the token stays unused. Errors:
+// ErrBadDeviceName, ErrTokenUnknown, ErrTokenUsed, ErrTokenExpired, ErrUserSuspended (wrapped),
+// a conflict when the key is already enrolled, or apply's error. The caller checks the key itself
+// (the catalog does not know the node's key).
+func (c *Catalog) Enroll(ctx context.Context, secret, publicKey, deviceName string, apply func(Device) error) (Device, User, error) {
 	var d Device
 	var u User
+	if err := ValidateDeviceName(deviceName); err != nil {
+		return d, u, fmt.Errorf("enroll: %w", err)
+	}
 	tx, err := c.db.BeginTx(ctx, nil)
 	if err != nil {
 		return d, u, fmt.Errorf("enroll: %w", err)
@@ -298,6 +305,11 @@ func (c *Catalog) Enroll(ctx context.Context, secret, publicKey, deviceName stri
 	}
 	if _, err := tx.ExecContext(ctx, `UPDATE enroll_tokens SET used_at = ? WHERE secret_sha256 = ?`, time.Now().Unix(), sha256Hex(secret)); err != nil {
 		return d, u, fmt.Errorf("enroll: mark token used: %w", err)
+	}
+	if apply != nil {
+		if err := apply(d); err != nil {
+			return d, u, fmt.Errorf("enroll: %w", err)
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return d, u, fmt.Errorf("enroll: commit: %w", err)

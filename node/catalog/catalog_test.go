@@ -89,7 +89,7 @@ func TestEnrollTokens(t *testing.T) {
 	}
 	good, _ := c.CreateEnrollToken(ctx, "admin", time.Hour)
 	expired, _ := c.CreateEnrollToken(ctx, "admin", -time.Second)
-	d, u, err := c.Enroll(ctx, good, "key1", "laptop")
+	d, u, err := c.Enroll(ctx, good, "key1", "laptop", nil)
 	if err != nil || u.Name != "admin" || !u.Admin || d.Address.String() != "198.18.0.2" {
 		t.Fatalf("Enroll = %+v %+v %v", d, u, err)
 	}
@@ -102,7 +102,7 @@ func TestEnrollTokens(t *testing.T) {
 		{"nonsense", "key4", ErrTokenUnknown},
 	}
 	for _, tc := range cases {
-		if _, _, err := c.Enroll(ctx, tc.secret, tc.key, "x"); !errors.Is(err, tc.want) {
+		if _, _, err := c.Enroll(ctx, tc.secret, tc.key, "x", nil); !errors.Is(err, tc.want) {
 			t.Errorf("Enroll(%s) = %v, want %v", tc.key, err, tc.want)
 		}
 	}
