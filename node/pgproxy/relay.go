@@ -309,10 +309,13 @@ func clientToServer(r *bufio.Reader, w *bufio.Writer, max int64, terminated *ato
 			return fmt.Errorf("write to server: %w", err)
 		}
 		var tail *sqlTail
+		var tee io.Writer // stays nil without a tail: a nil *sqlTail in an io.Writer is not a nil io.Writer
 		if keep < body {
-			tail = tailFor(typ, kept)
+			if tail = tailFor(typ, kept); tail != nil {
+				tee = tail
+			}
 		}
-		if err := copyN(cw, r, body-keep, tail); err != nil {
+		if err := copyN(cw, r, body-keep, tee); err != nil {
 			tr.abandon(p)
 			return err
 		}
