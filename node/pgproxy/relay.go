@@ -61,9 +61,11 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 	s2c := make(chan error, 1)
 	var terminated atomic.Bool // the client sent Terminate
 	go func() {
+		defer recoverRelay(c2s, "relay client to server")
 		c2s <- clientToServer(bufio.NewReaderSize(client, relayBufferSize), bufio.NewWriterSize(server, relayBufferSize), int64(p.cfg.MaxMessageSize), &terminated, tr, &stats.fromClient)
 	}()
 	go func() {
+		defer recoverRelay(s2c, "relay server to client")
 		s2c <- serverToClient(bufio.NewReaderSize(server, relayBufferSize), bufio.NewWriterSize(client, relayBufferSize), tr, &stats.fromServer)
 	}()
 	// On shutdown close the server side first, so the client can still be
@@ -73,6 +75,9 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 
 	select {
 	case err := <-c2s:
+		if sp, ok := err.(*sessionPanic); ok {
+			relayPanicked(sp, client, server, s2c, p.logger)
+		}
 		server.Close()
 		<-s2c
 		var tl *errTooLarge
@@ -95,6 +100,9 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 			return "client connection: " + err.Error()
 		}
 	case err := <-s2c:
+		if sp, ok := err.(*sessionPanic); ok {
+			relayPanicked(sp, client, server, c2s, p.logger)
+		}
 		var cw *errClientWrite
 		clientGone := errors.As(err, &cw)
 		switch {

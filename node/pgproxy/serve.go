@@ -25,6 +25,8 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	start := time.Now()
 	log := p.logger.With("user", s.User, "resource", t.Resource, "client", s.ClientAddr)
 	defer conn.Close()
+	g := &sessionGuard{conn: conn}
+	defer p.recoverSession(ctx, g, log) // a panic ends this session only (recover.go); runs before conn.Close
 	// Until the relay starts (it has its own shutdown path), ending ctx just closes.
 	stopLogin := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stopLogin()
@@ -56,6 +58,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 		rec.Role = t.Username
 	}
 	id := p.startRecord(ctx, log, rec)
+	g.id = id
 	if err != nil {
 		p.refuse(ctx, conn, id, err, log)
 		return
@@ -69,6 +72,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	server := up.hc.Conn
 	defer server.Close()
 	end := audit.ConnectionEnd{Outcome: audit.OutcomeOK, UpstreamPID: up.hc.PID}
+	g.pid = up.hc.PID
 
 	key, forget, err := p.registerCancel(t, up.hc.PID, up.hc.SecretKey)
 	if err != nil {
@@ -76,6 +80,9 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 		return
 	}
 	defer forget()
+	if p.cfg.TestHook != nil {
+		conn = p.cfg.TestHook(conn)
+	}
 	if err := writeLoginReply(conn, st, up, key); err != nil {
 		end.Error = "client went away during login: " + err.Error()
 		p.endRecord(ctx, id, end, log)
@@ -104,6 +111,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 		}
 	})
 	var stats relayStats
+	g.stats = &stats
 	end.Error = p.relay(ctx, conn, server, tr, &stats, t.Resource)
 	end.BytesFromClient, end.BytesFromServer, end.QueriesDropped = stats.fromClient.Load(), stats.fromServer.Load(), dropped
 	if f := tr.fatalSeen(); f.code != "" {
