@@ -59,6 +59,9 @@ type Config struct {
 	// MetricsListen is the TCP address of the Prometheus metrics endpoint (/metrics, /livez,
 	// /readyz), e.g. "127.0.0.1:9108"; empty turns it off. `ferry-node init` writes 127.0.0.1:9108.
 	MetricsListen string `json:"metrics_listen,omitempty"`
+	// SessionTestHook is for tests only (never read from the file) and nil in production: it is
+	// pgproxy.Config.TestHook, through which a test makes one session panic.
+	SessionTestHook func(net.Conn) net.Conn `json:"-"`
 }
 
 // Duration is a time.Duration that reads and writes as a Go duration string in JSON.

@@ -265,8 +265,9 @@ func (n *Node) start(ctx context.Context) error {
 	if n.tokens, err = tokensource.New(tokensource.Config{IMDSEndpoint: n.cfg.IMDSEndpoint, Timeout: time.Duration(n.cfg.TokenTimeout), Logger: n.log}); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
-	n.metrics = newMetrics(func() float64 { return float64(n.audit.QueueDepth()) })
-	n.proxy = pgproxy.New(pgproxy.Config{Tokens: countingTokens{TokenSource: n.tokens, m: n.metrics}, Audit: n.audit, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout)})
+	n.metrics = newMetrics(n.log, func() float64 { return float64(n.audit.QueueDepth()) })
+	n.proxy = pgproxy.New(pgproxy.Config{Tokens: countingTokens{TokenSource: n.tokens, m: n.metrics}, Audit: n.audit, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout),
+		OnPanic: n.metrics.panics.Inc, TestHook: n.cfg.SessionTestHook})
 
 	devices, err := n.cat.ActiveDevices(ctx)
 	if err != nil {
