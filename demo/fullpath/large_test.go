@@ -277,4 +277,3 @@ func (r *rawFrontend) results(t *testing.T, n int) [][]string {
 	}
 	return out
 }
-
