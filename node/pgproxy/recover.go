@@ -57,11 +57,23 @@ func relayPanicked(sp *sessionPanic, client, server net.Conn, other <-chan error
 	t := time.NewTimer(panicStuckWait)
 	defer t.Stop()
 	select {
-	case <-other:
+	case err := <-other:
+		if sp2, ok := err.(*sessionPanic); ok {
+			log.Error("pgproxy: the other relay goroutine panicked too", "where", sp2.where, "panic", fmt.Sprint(sp2.value), "stack", string(sp2.stack))
+		}
 	case <-t.C:
 		log.Error("pgproxy: the other relay goroutine did not end after a panic; leaving it", "where", sp.where)
 	}
 	panic(sp)
+}
+
+// rethrowPanic re-raises, in Serve's goroutine, the panic of a relay goroutine
+// that ended after the other one: the session is ending anyway, but the panic
+// is still logged, counted and recorded.
+func rethrowPanic(err error) {
+	if sp, ok := err.(*sessionPanic); ok {
+		panic(sp)
+	}
 }
 
 // sessionGuard is what Serve's recover needs to end a session.

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/ferryhq/ferry/node/audit"
 )
@@ -215,5 +217,54 @@ func TestSessionPanicEndsOnlyThatSession(t *testing.T) {
 			t.Fatalf("%s server sessions of mi_user remain after every client left", n)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestRelayPanicAfterOtherSideEnded: a relay goroutine that panics while the relay is already
+// ending (the other direction returned first) is not lost: relay re-raises it in Serve's
+// goroutine, whose recover logs, counts and records it.
+func TestRelayPanicAfterOtherSideEnded(t *testing.T) {
+	cliNode, cliFake := net.Pipe()
+	srvNode, srvFake := net.Pipe()
+	defer cliFake.Close()
+	defer srvFake.Close()
+	release := make(chan struct{})
+	tr := newTracker(0, false, func(audit.Query) {
+		<-release
+		panic("test: panic in the query record")
+	})
+	p := New(Config{Logger: slog.New(slog.DiscardHandler)})
+	got := make(chan any, 1)
+	go func() {
+		defer func() { got <- recover() }()
+		var stats relayStats
+		p.relay(context.Background(), cliNode, srvNode, tr, &stats, "r")
+	}()
+	srvFake.SetDeadline(time.Now().Add(10 * time.Second))
+	cliFake.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := cliFake.Write(encode(t, &pgproto3.Query{String: "SELECT 1"})); err != nil {
+		t.Fatal(err)
+	}
+	be := pgproto3.NewBackend(srvFake, srvFake)
+	if _, err := be.Receive(); err != nil {
+		t.Fatal(err)
+	}
+	// The response reaches the tracker, whose record call waits for release.
+	if _, err := srvFake.Write(encodeB(t, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})); err != nil {
+		t.Fatal(err)
+	}
+	// The client leaves: the client-to-server goroutine ends first and relay closes the server.
+	cliFake.Close()
+	if _, err := be.Receive(); err == nil {
+		t.Fatal("the server connection stayed open after the client left")
+	}
+	close(release)
+	select {
+	case v := <-got:
+		if sp, ok := v.(*sessionPanic); !ok || sp.where != "relay server to client" {
+			t.Fatalf("relay ended with %v; want the server-to-client goroutine's panic re-raised", v)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("relay did not end")
 	}
 }

@@ -79,7 +79,7 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 			relayPanicked(sp, client, server, s2c, p.logger)
 		}
 		server.Close()
-		<-s2c
+		rethrowPanic(<-s2c)
 		var tl *errTooLarge
 		var bl *errBadLength
 		switch {
@@ -121,7 +121,7 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 			writeError(client, "08006", fmt.Sprintf("connection to the server of resource %s lost: %s", resource, why), "Reconnect; if it persists, check the server's health.")
 		}
 		client.Close()
-		<-c2s
+		rethrowPanic(<-c2s)
 		switch {
 		case ctx.Err() != nil:
 			return endNotice(ctx).Message
