@@ -83,6 +83,9 @@ type Config struct {
 	// HTTPMaxConnsPerSource caps the open connections of each endpoint from one source: an IPv4
 	// address or an IPv6 /64, inside the tunnel one device (default 32); more are closed at once.
 	HTTPMaxConnsPerSource int `json:"http_max_conns_per_source,omitzero"`
+	// SessionTestHook is for tests only (never read from the file) and nil in production: it is
+	// pgproxy.Config.TestHook, through which a test makes one session panic.
+	SessionTestHook func(net.Conn) net.Conn `json:"-"`
 }
 
 // Duration is a time.Duration that reads and writes as a Go duration string in JSON.

@@ -3,10 +3,14 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -27,11 +31,14 @@ type metrics struct {
 	sessions      prometheus.Gauge       // ferry_active_sessions
 	sessionsTotal prometheus.Counter     // ferry_sessions_total
 	bytes         *prometheus.CounterVec // ferry_proxied_bytes_total{direction}
+	panics        prometheus.Counter     // ferry_node_session_panics_total
+	log           *slog.Logger
 }
 
 // newMetrics makes the node's metrics; auditStats reads the audit log's counters.
-func newMetrics(auditStats func() audit.Stats) *metrics {
+func newMetrics(log *slog.Logger, auditStats func() audit.Stats) *metrics {
 	m := &metrics{
+		log: log,
 		reg: prometheus.NewRegistry(),
 		healthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ferry_resource_healthy",
 			Help: "1 when the resource's last health check passed, 0 when it failed or has not run yet."}, []string{"resource"}),
@@ -47,8 +54,10 @@ func newMetrics(auditStats func() audit.Stats) *metrics {
 			Help: "PostgreSQL client connections accepted for proxying."}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_proxied_bytes_total",
 			Help: "Bytes relayed between clients and the proxy, by direction (from_client, to_client)."}, []string{"direction"}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_node_session_panics_total",
+			Help: "PostgreSQL client sessions ended by a panic in the node (a bug): the session was ended alone, the node kept running."}),
 	}
-	m.reg.MustRegister(m.healthy, m.checks, m.checkSeconds, m.tokens, m.sessions, m.sessionsTotal, m.bytes,
+	m.reg.MustRegister(m.healthy, m.checks, m.checkSeconds, m.tokens, m.sessions, m.sessionsTotal, m.bytes, m.panics,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_audit_queue_depth",
 			Help: "Queries waiting in the audit log's queue to be written."}, func() float64 { return float64(auditStats().Queued) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ferry_audit_queries_dropped_total",
@@ -126,11 +135,14 @@ func (c countingTokens) Invalidate(clientID, token string) {
 	}
 }
 
-// session counts a proxied client connection while serve runs on it.
+// session counts a proxied client connection while serve runs on it. A panic that escapes serve
+// (pgproxy.Proxy.Serve recovers its own; this is the last guard of the connection's goroutine) ends
+// this connection alone: it is logged with its stack, counted, and the client gets a FATAL XX000.
 func (m *metrics) session(c net.Conn, serve func(net.Conn)) {
 	m.sessions.Inc()
 	m.sessionsTotal.Inc()
 	defer m.sessions.Dec()
+	defer m.recoverSession(c)
 	serve(&countingConn{Conn: c, in: m.bytes.WithLabelValues("from_client"), out: m.bytes.WithLabelValues("to_client")})
 }
 
@@ -181,4 +193,25 @@ func (n *Node) metricsHandler() http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	return mux
+}
+
+// recoverSession is deferred by session: see there. It never panics itself.
+func (m *metrics) recoverSession(c net.Conn) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	m.panics.Inc()
+	m.log.Error("panic in a proxied session; the session was ended, the node keeps running",
+		"panic", fmt.Sprint(v), "client", c.RemoteAddr().String(), "stack", string(debug.Stack()))
+	defer func() {
+		if v := recover(); v != nil {
+			m.log.Error("panic while ending a session after a panic", "panic", fmt.Sprint(v))
+		}
+	}()
+	if buf, err := (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "XX000", Message: pgproxy.PanicMessage}).Encode(nil); err == nil {
+		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		c.Write(buf)
+	}
+	c.Close()
 }

@@ -54,7 +54,7 @@ func TestAuditFailureMetrics(t *testing.T) {
 		t.Fatalf("%d records not written, want 3", n)
 	}
 
-	m := newMetrics(l.Stats)
+	m := newMetrics(slog.New(slog.DiscardHandler), l.Stats)
 	srv := httptest.NewServer(promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	defer srv.Close()
 	resp, err := http.Get(srv.URL)

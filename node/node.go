@@ -290,8 +290,9 @@ func (n *Node) start(ctx context.Context) error {
 	if n.tokens, err = tokensource.New(tokensource.Config{IMDSEndpoint: n.cfg.IMDSEndpoint, Timeout: time.Duration(n.cfg.TokenTimeout), Logger: n.log}); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
-	n.metrics = newMetrics(n.audit.Stats)
-	n.proxy = pgproxy.New(pgproxy.Config{Tokens: countingTokens{TokenSource: n.tokens, m: n.metrics}, Audit: n.audit, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout)})
+	n.metrics = newMetrics(n.log, n.audit.Stats)
+	n.proxy = pgproxy.New(pgproxy.Config{Tokens: countingTokens{TokenSource: n.tokens, m: n.metrics}, Audit: n.audit, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout),
+		OnPanic: n.metrics.panics.Inc, TestHook: n.cfg.SessionTestHook})
 
 	n.tun, err = tunnel.New(ctx, tunnel.Config{
 		PrivateKey:  key,

@@ -66,6 +66,7 @@ func TestFullPath(t *testing.T) {
 		{"pgx", testPgx},
 		{"pgjdbc", testJDBC},
 		{"psycopg", testPsycopg},
+		{"large messages", testLargeMessages},
 		{"log API", testLogAPI},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.run(t, e) })

@@ -148,6 +148,14 @@ type Config struct {
 	// longer texts are relayed whole and recorded cut, with their length and
 	// SHA-256. 0 = DefaultMaxAuditSQL.
 	MaxAuditSQL int
+	// OnPanic, when set, is called once for each session that a panic ended, after the session was
+	// ended alone (recover.go); the node counts them in ferry_node_session_panics_total.
+	OnPanic func()
+	// TestHook is for tests only and nil in production. When set, Serve relays the session through
+	// TestHook(conn) once the upstream login succeeded, so a test can make one session's goroutines
+	// panic (a connection whose Read or Write panics, or a TestHook that panics itself) and check
+	// that only that session ends.
+	TestHook func(net.Conn) net.Conn
 }
 
 // Proxy serves client connections. It is safe for concurrent use.

@@ -61,9 +61,11 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 	s2c := make(chan error, 1)
 	var terminated atomic.Bool // the client sent Terminate
 	go func() {
+		defer recoverRelay(c2s, "relay client to server")
 		c2s <- clientToServer(bufio.NewReaderSize(client, relayBufferSize), bufio.NewWriterSize(server, relayBufferSize), int64(p.cfg.MaxMessageSize), &terminated, tr, &stats.fromClient)
 	}()
 	go func() {
+		defer recoverRelay(s2c, "relay server to client")
 		s2c <- serverToClient(bufio.NewReaderSize(server, relayBufferSize), bufio.NewWriterSize(client, relayBufferSize), tr, &stats.fromServer)
 	}()
 	// On shutdown close the server side first, so the client can still be
@@ -73,8 +75,11 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 
 	select {
 	case err := <-c2s:
+		if sp, ok := err.(*sessionPanic); ok {
+			relayPanicked(sp, client, server, s2c, p.logger)
+		}
 		server.Close()
-		<-s2c
+		rethrowPanic(<-s2c)
 		var tl *errTooLarge
 		var bl *errBadLength
 		switch {
@@ -95,6 +100,9 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 			return "client connection: " + err.Error()
 		}
 	case err := <-s2c:
+		if sp, ok := err.(*sessionPanic); ok {
+			relayPanicked(sp, client, server, c2s, p.logger)
+		}
 		var cw *errClientWrite
 		clientGone := errors.As(err, &cw)
 		switch {
@@ -113,7 +121,7 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 			writeError(client, "08006", fmt.Sprintf("connection to the server of resource %s lost: %s", resource, why), "Reconnect; if it persists, check the server's health.")
 		}
 		client.Close()
-		<-c2s
+		rethrowPanic(<-c2s)
 		switch {
 		case ctx.Err() != nil:
 			return endNotice(ctx).Message
@@ -309,10 +317,13 @@ func clientToServer(r *bufio.Reader, w *bufio.Writer, max int64, terminated *ato
 			return fmt.Errorf("write to server: %w", err)
 		}
 		var tail *sqlTail
+		var tee io.Writer // stays nil without a tail: a nil *sqlTail in an io.Writer is not a nil io.Writer
 		if keep < body {
-			tail = tailFor(typ, kept)
+			if tail = tailFor(typ, kept); tail != nil {
+				tee = tail
+			}
 		}
-		if err := copyN(cw, r, body-keep, tail); err != nil {
+		if err := copyN(cw, r, body-keep, tee); err != nil {
 			tr.abandon(p)
 			return err
 		}

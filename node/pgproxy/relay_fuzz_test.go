@@ -3,6 +3,7 @@ package pgproxy
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"sync/atomic"
 	"testing"
@@ -24,7 +25,9 @@ func wire(msgs ...interface{ Encode([]byte) ([]byte, error) }) []byte {
 
 // FuzzRelay feeds arbitrary bytes to the relay's two parsers: client bytes through
 // clientToServer, then server bytes through serverToClient, with one query tracker between them
-// (as in a session). Neither may panic or hang; each must pass on exactly a prefix of what it read
+// (as in a session). growClient and growServer stretch one message of each stream (see stretch),
+// so that inputs of a few bytes reach messages larger than the relay's buffer and than what it
+// keeps for the audit (bindKeep, smallKeep, the SQL limit), and above the size limit. Neither may panic or hang; each must pass on exactly a prefix of what it read
 // (the relay never changes bytes), all of it when it returns no error; a client message above the
 // size limit must stop the relay before any byte of it is sent; every recorded SQL text must be
 // valid UTF-8.
@@ -53,10 +56,20 @@ func FuzzRelay(f *testing.F) {
 		{{'Q', 0, 0, 0, 9, 'S', 'E'}, {'C', 0, 0}},
 		{{}, {}},
 	} {
-		f.Add(seed[0], seed[1])
+		f.Add(seed[0], seed[1], uint32(0), uint32(0))
 	}
-	const maxMsg = 1 << 16
-	f.Fuzz(func(t *testing.T, fromClient, fromServer []byte) {
+	// Each tracked client message type with a body above what is kept of it (the crash of
+	// issue 13), and long server messages.
+	bind := wire(&pgproto3.Bind{PreparedStatement: "s1", ParameterFormatCodes: []int16{1}, Parameters: [][]byte{[]byte("xy")}}, &pgproto3.Sync{})
+	f.Add(bind, extRows, uint32(bindKeep+1000)<<8, uint32(0))
+	f.Add(wire(&pgproto3.FunctionCall{Function: 1, ArgFormatCodes: []uint16{1}, Arguments: [][]byte{[]byte("ab")}}, &pgproto3.Sync{}), extRows, uint32(smallKeep+1)<<8, uint32(0))
+	f.Add(wire(&pgproto3.Parse{Name: "s", Query: "SELECT 1", ParameterOIDs: []uint32{25}}, &pgproto3.Sync{}), extRows, uint32(4000)<<8, uint32(0))
+	f.Add(wire(&pgproto3.Query{String: "SELECT 1\x00x"}), rows, uint32(70000)<<8, uint32(3)<<8|5)
+	f.Add(copyIn, copyResp, uint32(200000)<<8|1, uint32(5000)<<8|1)
+	f.Add(query, rows, uint32(maxRelayFuzzMsg+1)<<8, uint32(0))
+	f.Fuzz(func(t *testing.T, fromClient, fromServer []byte, growClient, growServer uint32) {
+		fromClient, fromServer = stretch(fromClient, growClient), stretch(fromServer, growServer)
+		const maxMsg = maxRelayFuzzMsg
 		var recorded []audit.Query
 		tr := newTracker(64, false, func(q audit.Query) { recorded = append(recorded, q) })
 		var toServer, toClient bytes.Buffer
@@ -115,4 +128,46 @@ func TestServerLongErrorResponse(t *testing.T) {
 			t.Fatalf("%d-byte message: relayed %d of %d bytes, or changed them", size, out.Len(), len(msg))
 		}
 	}
+}
+
+// maxRelayFuzzMsg is FuzzRelay's client message size limit: above bindKeep and the relay buffer, so
+// that messages longer than both still pass, and below what stretch can make.
+const maxRelayFuzzMsg = 1 << 18
+
+// stretch grows one message of a framed stream b (type byte, int32 length, body): the low 8 bits of
+// grow pick the message (its index in the stream), the next 19 bits say by how many bytes its body
+// grows (0 leaves b as it is). The new bytes repeat the body's second-to-last byte and go in
+// before its last one, so a NUL-terminated text stays terminated; the length field is updated,
+// nothing else. A stream whose framing ends before that message is returned as it is.
+func stretch(b []byte, grow uint32) []byte {
+	index, n := int(grow&0xff), int(grow>>8)&(1<<19-1)
+	if n == 0 {
+		return b
+	}
+	for at := 0; at+5 <= len(b); index-- {
+		length := int(int32(binary.BigEndian.Uint32(b[at+1:])))
+		if length < 4 || at+1+length > len(b) {
+			return b
+		}
+		end := at + 1 + length
+		if index > 0 {
+			at = end
+			continue
+		}
+		fill := byte('x')
+		ins := end
+		if length > 4 {
+			ins = end - 1
+		}
+		if length > 5 {
+			fill = b[end-2]
+		}
+		out := make([]byte, 0, len(b)+n)
+		out = append(out, b[:ins]...)
+		out = append(out, bytes.Repeat([]byte{fill}, n)...)
+		out = append(out, b[ins:]...)
+		binary.BigEndian.PutUint32(out[at+1:], uint32(length+n))
+		return out
+	}
+	return b
 }

@@ -25,6 +25,8 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	start := time.Now()
 	log := p.logger.With("user", s.User, "resource", t.Resource, "client", s.ClientAddr)
 	defer conn.Close()
+	g := &sessionGuard{conn: conn}
+	defer p.recoverSession(ctx, g, log) // a panic ends this session only (recover.go); runs before conn.Close
 	// Until the relay starts (it has its own shutdown path), ending ctx just closes.
 	stopLogin := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stopLogin()
@@ -59,6 +61,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	if err == nil && auditErr != nil {
 		err = auditUnavailable(auditErr)
 	}
+	g.id = id
 	if err != nil {
 		p.refuse(ctx, conn, id, err, log)
 		return
@@ -72,6 +75,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	server := up.hc.Conn
 	defer server.Close()
 	end := audit.ConnectionEnd{Outcome: audit.OutcomeOK, UpstreamPID: up.hc.PID}
+	g.pid = up.hc.PID
 
 	key, forget, err := p.registerCancel(t, up.hc.PID, up.hc.SecretKey)
 	if err != nil {
@@ -79,6 +83,9 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 		return
 	}
 	defer forget()
+	if p.cfg.TestHook != nil {
+		conn = p.cfg.TestHook(conn)
+	}
 	if err := writeLoginReply(conn, st, up, key); err != nil {
 		end.Error = "client went away during login: " + err.Error()
 		p.endRecord(ctx, id, end, log)
@@ -98,6 +105,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	sctx, endSession := context.WithCancelCause(ctx)
 	defer endSession(nil)
 	recorder := p.recorder(id, endSession)
+	g.rec = recorder
 	var warned bool // written by the server-side relay goroutine only
 	tr := newTracker(p.cfg.MaxAuditSQL, t.RedactParams, func(q audit.Query) {
 		if recorder == nil {
@@ -114,6 +122,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 		}
 	})
 	var stats relayStats
+	g.stats = &stats
 	end.Error = p.relay(sctx, conn, server, tr, &stats, t.Resource)
 	end.BytesFromClient, end.BytesFromServer = stats.fromClient.Load(), stats.fromServer.Load()
 	end.QueriesDropped = p.closeRecorder(ctx, recorder)
