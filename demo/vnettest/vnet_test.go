@@ -25,6 +25,7 @@ import (
 
 func TestMain(m *testing.M) {
 	vnet.RunCLIIfAsked() // the daemon in the namespace is this binary acting as the ferry CLI
+	runAttackIfAsked()   // or an attacker of the helper (helper_test.go)
 	os.Exit(m.Run())
 }
 
@@ -346,7 +347,8 @@ func TestVirtualNetworking(t *testing.T) {
 		}
 		sh(t, "chown", "-R", fmt.Sprint(nobody), udirs.Config, udirs.Runtime)
 		sock := filepath.Join(shared, "helper", "vnet.sock")
-		helper := startProcess(t, n, udirs, nil, []string{bin, "vnet-helper", "--user", fmt.Sprint(nobody), "--socket", sock, "--state", filepath.Join(shared, "helper-state")}, false)
+		helper := startProcess(t, n, udirs, nil, []string{bin, "vnet-helper", "--user", fmt.Sprint(nobody),
+			"--subnet", settings.VNSubnet, "--domain", settings.DNSDomain, "--socket", sock, "--state", filepath.Join(shared, "helper-state")}, false)
 		for i := 0; ; i++ {
 			if _, err := os.Stat(sock); err == nil {
 				break
