@@ -473,3 +473,47 @@ func TestParseRouteDst(t *testing.T) {
 		t.Error("IPv6 taken")
 	}
 }
+
+func TestRestrictSocket(t *testing.T) {
+	tests := []struct {
+		name    string
+		make    func(t *testing.T, p string)
+		wantErr string
+	}{
+		{"the socket", func(t *testing.T, p string) {
+			ln, err := net.Listen("unix", p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+		}, ""},
+		{"a regular file in its place", func(t *testing.T, p string) {
+			if err := os.WriteFile(p, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, "is not the helper's socket"},
+		{"a symlink in its place", func(t *testing.T, p string) {
+			if err := os.Symlink("/etc/passwd", p); err != nil {
+				t.Fatal(err)
+			}
+		}, "is not the helper's socket"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "s")
+			tc.make(t, p)
+			before, _ := os.Lstat(p)
+			err := restrictSocket(p, os.Getuid())
+			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("restrictSocket: %v, want error with %q", err, tc.wantErr)
+			}
+			fi, _ := os.Lstat(p)
+			switch {
+			case tc.wantErr == "" && fi.Mode().Perm() != 0o600:
+				t.Errorf("socket mode %v, want 0600", fi.Mode())
+			case tc.wantErr != "" && fi.Mode() != before.Mode():
+				t.Errorf("mode changed from %v to %v", before.Mode(), fi.Mode())
+			}
+		})
+	}
+}

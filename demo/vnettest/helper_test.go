@@ -197,7 +197,8 @@ func TestVNetHelperRefusesALocalUser(t *testing.T) {
 	}
 	tests := []struct {
 		name    string
-		route   string // added in the namespace for this case
+		setup   []string // run in the namespace for this case (and undone by undo)
+		undo    []string
 		steps   []attackStep
 		refused []string // per step: "" granted, else part of the error
 		tuns    int      // TUN devices while the attacker holds its connections
@@ -209,7 +210,11 @@ func TestVNetHelperRefusesALocalUser(t *testing.T) {
 			refused: []string{"", "one per connection"}, tuns: 1},
 		{name: "a second TUN on another connection", steps: []attackStep{{0, tun}, {1, with(tun, "name", "ferry1")}},
 			refused: []string{"", "overlaps 100.64.0.0/10"}, tuns: 1},
-		{name: "the org's subnet over a route of the machine", route: "100.100.0.0/16", steps: []attackStep{{0, tun}},
+		{name: "another program's persistent TUN", setup: []string{"ip", "tuntap", "add", "dev", "fvpersist", "mode", "tun"},
+			undo: []string{"ip", "tuntap", "del", "dev", "fvpersist", "mode", "tun"}, steps: []attackStep{{0, with(tun, "name", "fvpersist")}},
+			refused: []string{"exists already"}, tuns: 1}, // the persistent one, left as it was
+		{name: "the org's subnet over a route of the machine", setup: []string{"ip", "route", "add", "100.100.0.0/16", "via", n.HostIP},
+			undo: []string{"ip", "route", "del", "100.100.0.0/16", "via", n.HostIP}, steps: []attackStep{{0, tun}},
 			refused: []string{"overlaps 100.100.0.0/16"}},
 		{name: "DNS for the root domain", steps: []attackStep{{0, tun}, {0, with(dns, "domain", ".")}},
 			refused: []string{"", "is not the org's domain"}, tuns: 1},
@@ -222,10 +227,11 @@ func TestVNetHelperRefusesALocalUser(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.route != "" {
-				n.exec(t, "ip", "route", "add", tc.route, "via", n.HostIP)
-				defer n.exec(t, "ip", "route", "del", tc.route, "via", n.HostIP)
+			if tc.setup != nil {
+				n.exec(t, tc.setup...)
+				defer n.exec(t, tc.undo...)
 			}
+			during := n.snapshot(t)
 			spec, _ := json.Marshal(tc.steps)
 			cmd := n.Command(ctx, "setpriv", "--reuid", fmt.Sprint(nobody), "--regid", fmt.Sprint(nobody), "--clear-groups", bin)
 			cmd.Env = append(os.Environ(), envAttack+"="+string(spec), client.EnvVNetHelper+"="+sock)
@@ -242,7 +248,11 @@ func TestVNetHelperRefusesALocalUser(t *testing.T) {
 					t.Errorf("step %d %v: reply %q, want %q", i, tc.steps[i].Req, got, want)
 				}
 			}
-			if got := strings.Count(rep.Links, "\n"); got != tc.tuns || rep.FDs != tc.tuns {
+			fds := tc.tuns
+			if tc.setup != nil && tc.setup[1] == "tuntap" {
+				fds = 0
+			}
+			if got := strings.Count(rep.Links, "\n"); got != tc.tuns || rep.FDs != fds {
 				t.Errorf("%d TUN devices, %d descriptors handed over, want %d:\n%s", got, rep.FDs, tc.tuns, rep.Links)
 			}
 			if managed := rep.Resolv != string(origResolv); managed != tc.dnsOn {
@@ -252,11 +262,12 @@ func TestVNetHelperRefusesALocalUser(t *testing.T) {
 				t.Errorf("resolv.conf does not name the org's resolver:\n%s", rep.Resolv)
 			}
 			// The attacker is gone: its TUN with it, and the helper restores DNS.
-			if tc.route == "" {
-				deadline := time.Now().Add(10 * time.Second)
-				for n.snapshot(t) != before && time.Now().Before(deadline) {
-					time.Sleep(100 * time.Millisecond)
-				}
+			deadline := time.Now().Add(10 * time.Second)
+			for n.snapshot(t) != during && time.Now().Before(deadline) {
+				time.Sleep(100 * time.Millisecond)
+			}
+			if after := n.snapshot(t); after != during {
+				t.Errorf("after the attacker left:\n%s\nbefore:\n%s\nhelper:\n%s", after, during, helper.Output())
 			}
 		})
 		if after := n.snapshot(t); after != before {
