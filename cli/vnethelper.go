@@ -35,6 +35,11 @@ The subnet and domain are the org's (` + "`ferry admin settings`" + ` shows them
 flags, which only whoever starts the helper as root sets, never from the client: a client asking for
 another subnet, another domain, another resolver or another interface is refused.
 
+DNS goes through systemd-resolved (per-link routing domain: only the org's names reach Ferry).
+Without resolved, the helper refuses DNS unless started with --allow-resolv-conf: it then puts
+Ferry's resolver first in /etc/resolv.conf, so every name the machine looks up, for every user,
+goes to the served user's ferry (which forwards other names): for single-user machines only.
+
   sudo ferry vnet-helper --user "$(id -u)" --subnet 100.64.0.0/10 --domain ferry.internal
 
 As a systemd unit (/etc/systemd/system/ferry-vnet-helper.service, root's, mode 0644):
@@ -72,6 +77,7 @@ otherwise. ferry finds the socket at ` + client.DefaultVNetHelperSocket + ` (` +
 	c.Flags().IntVar(&uid, "user", -1, "uid of the only user served (default $SUDO_UID or $PKEXEC_UID)")
 	c.Flags().StringVar(&subnet, "subnet", resource.DefaultVNSubnet.String(), "the org's VN subnet: the only one routed to a TUN")
 	c.Flags().StringVar(&cfg.Domain, "domain", defaultHelperDomain, "the org's DNS domain: the only one pointed at Ferry's resolver")
+	c.Flags().BoolVar(&cfg.AllowResolvConf, "allow-resolv-conf", false, "without systemd-resolved, edit /etc/resolv.conf (every name the machine looks up then goes to the user's ferry: single-user machines only)")
 	c.Flags().StringVar(&cfg.Socket, "socket", client.DefaultVNetHelperSocket, "unix socket to serve (its directory: root's, not group/world writable)")
 	c.Flags().StringVar(&cfg.StateDir, "state", client.DefaultVNetHelperState, "where the DNS backup is kept for crash recovery (root's, not group/world writable)")
 	return c

@@ -27,6 +27,9 @@ type dnsEnv struct {
 	stateDir   string // where the record of that edit is kept for crash recovery
 	owner      int    // the uid the record must belong to (this process's euid)
 	resolved   bool   // try systemd-resolved over D-Bus first
+	// noEdit refuses the resolv.conf edit: it has no per-domain routing, so every name the machine
+	// looks up would go to the resolver on the TUN, that is to whoever holds the TUN.
+	noEdit bool
 }
 
 // osDNSEnv is the real machine's: /etc/resolv.conf, the record in stateDir, resolved when running.
@@ -55,8 +58,16 @@ func configureDNSIn(ctx context.Context, env dnsEnv, spec dnsSpec, log *slog.Log
 			return nil, err
 		}
 	}
+	if env.noEdit {
+		return nil, errResolvConfRefused
+	}
 	return editResolvConf(env, spec, log)
 }
+
+// errResolvConfRefused is the helper's answer without systemd-resolved unless its administrator
+// allowed the resolv.conf edit.
+var errResolvConfRefused = errors.New("dns: systemd-resolved is not running, and editing " + resolvConfPath +
+	" instead would send every name this machine looks up to this user's ferry: the helper does it only when started with --allow-resolv-conf (for a single-user machine)")
 
 var errNoResolved = errors.New("systemd-resolved is not running")
 

@@ -34,7 +34,11 @@ type HelperConfig struct {
 	StateDir string       // where the resolv.conf backup lives (default DefaultVNetHelperState)
 	Subnet   netip.Prefix // the org's VN subnet: the only one routed to a TUN
 	Domain   string       // the org's DNS domain: the only one pointed at Ferry's resolver
-	Logger   *slog.Logger
+	// AllowResolvConf lets the helper edit /etc/resolv.conf when systemd-resolved is not running.
+	// That edit cannot be limited to Domain: every name the machine looks up then goes to the
+	// served user's resolver (which forwards the rest). Off unless the administrator says so.
+	AllowResolvConf bool
+	Logger          *slog.Logger
 }
 
 // DefaultVNetHelperState is the helper's state directory unless told otherwise.
@@ -180,6 +184,7 @@ func ServeVNetHelper(ctx context.Context, cfg HelperConfig) error {
 		return fmt.Errorf("vnet-helper: socket directory (--socket): %w", err)
 	}
 	dns := osDNSEnv(cfg.StateDir)
+	dns.noEdit = !cfg.AllowResolvConf
 	if err := recoverDNSIn(dns, log); err != nil {
 		log.Warn("vnet-helper: could not undo an earlier DNS edit", "err", err)
 	}
@@ -193,7 +198,7 @@ func ServeVNetHelper(ctx context.Context, cfg HelperConfig) error {
 		ln.Close()
 		return fmt.Errorf("vnet-helper: %w", err)
 	}
-	log.Info("vnet-helper: serving", "socket", cfg.Socket, "uid", cfg.OwnerUID, "subnet", cfg.Subnet, "domain", cfg.Domain)
+	log.Info("vnet-helper: serving", "socket", cfg.Socket, "uid", cfg.OwnerUID, "subnet", cfg.Subnet, "domain", cfg.Domain, "allow_resolv_conf", cfg.AllowResolvConf)
 	h := &vnetHelper{cfg: cfg, os: machine{dns: dns}}
 	return h.serve(ctx, ln)
 }

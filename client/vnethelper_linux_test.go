@@ -63,7 +63,10 @@ func (m *fakeMachine) openTUN(_ context.Context, cfg netstack.TUNConfig) (tun.De
 }
 
 func (m *fakeMachine) configureDNS(ctx context.Context, spec dnsSpec, log *slog.Logger) (func() error, error) {
-	return configureDNSIn(ctx, m.dns, spec, log)
+	m.mu.Lock()
+	env := m.dns
+	m.mu.Unlock()
+	return configureDNSIn(ctx, env, spec, log)
 }
 
 func (m *fakeMachine) tunCount() int {
@@ -284,6 +287,25 @@ func TestVNetHelperServesTheOrgsSubnetAndDomain(t *testing.T) {
 	}
 	if got := readFile(t, h.m.dns.resolvConf); got != origResolv {
 		t.Fatalf("resolv.conf after the client left:\n%s", got)
+	}
+}
+
+// Without systemd-resolved, the resolv.conf edit would send all of the machine's names to the
+// user's resolver: the helper makes it only when its administrator allowed it.
+func TestVNetHelperEditsResolvConfOnlyWhenAllowed(t *testing.T) {
+	h := startTestHelper(t)
+	h.m.mu.Lock()
+	h.m.dns.noEdit = true
+	h.m.mu.Unlock()
+	c := h.dial(t)
+	if err := c.ask(t, tunReq); err != "" {
+		t.Fatal(err)
+	}
+	if err := c.ask(t, dnsReq); !strings.Contains(err, "--allow-resolv-conf") {
+		t.Fatalf("dns without resolved: %q, want a refusal naming --allow-resolv-conf", err)
+	}
+	if got := readFile(t, h.m.dns.resolvConf); got != origResolv {
+		t.Errorf("resolv.conf changed:\n%s", got)
 	}
 }
 

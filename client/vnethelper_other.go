@@ -20,7 +20,9 @@ type HelperConfig struct {
 	StateDir string
 	Subnet   netip.Prefix
 	Domain   string
-	Logger   *slog.Logger
+
+	AllowResolvConf bool
+	Logger          *slog.Logger
 }
 
 // DefaultVNetHelperState is the helper's state directory unless told otherwise.

@@ -146,7 +146,7 @@ func TestVNetHelperRefusesALocalUser(t *testing.T) {
 		}
 		sh(t, "chown", "-R", fmt.Sprint(nobody), state)
 		helper := startProcess(t, n, dirs, nil, []string{bin, "vnet-helper", "--user", fmt.Sprint(nobody),
-			"--subnet", "100.64.0.0/10", "--domain", "ferry.internal",
+			"--subnet", "100.64.0.0/10", "--domain", "ferry.internal", "--allow-resolv-conf",
 			"--socket", filepath.Join(shared, "helper1", "vnet.sock"), "--state", state}, false)
 		select {
 		case <-helper.Done():
@@ -167,7 +167,7 @@ func TestVNetHelperRefusesALocalUser(t *testing.T) {
 
 	sock := filepath.Join(shared, "helper", "vnet.sock")
 	helper := startProcess(t, n, dirs, nil, []string{bin, "vnet-helper", "--user", fmt.Sprint(nobody),
-		"--subnet", "100.64.0.0/10", "--domain", "ferry.internal",
+		"--subnet", "100.64.0.0/10", "--domain", "ferry.internal", "--allow-resolv-conf",
 		"--socket", sock, "--state", filepath.Join(shared, "state")}, false)
 	for i := 0; ; i++ {
 		if _, err := os.Stat(sock); err == nil {
@@ -232,17 +232,7 @@ func TestVNetHelperRefusesALocalUser(t *testing.T) {
 				defer n.exec(t, tc.undo...)
 			}
 			during := n.snapshot(t)
-			spec, _ := json.Marshal(tc.steps)
-			cmd := n.Command(ctx, "setpriv", "--reuid", fmt.Sprint(nobody), "--regid", fmt.Sprint(nobody), "--clear-groups", bin)
-			cmd.Env = append(os.Environ(), envAttack+"="+string(spec), client.EnvVNetHelper+"="+sock)
-			out, err := cmd.Output()
-			if err != nil {
-				t.Fatalf("attacker: %v\n%s", err, exitOutput(err))
-			}
-			var rep attackReport
-			if err := json.Unmarshal(out, &rep); err != nil {
-				t.Fatalf("attacker's report %q: %v", out, err)
-			}
+			rep := runAttack(t, ctx, n, bin, sock, tc.steps)
 			for i, want := range tc.refused {
 				if got := rep.Replies[i]; want == "" && got != "" || want != "" && !strings.Contains(got, want) {
 					t.Errorf("step %d %v: reply %q, want %q", i, tc.steps[i].Req, got, want)
@@ -278,6 +268,46 @@ func TestVNetHelperRefusesALocalUser(t *testing.T) {
 		t.Errorf("passwd stand-in changed:\n%s", b)
 	}
 	helper.stop(t, syscall.SIGTERM)
+
+	t.Run("resolv.conf without --allow-resolv-conf", func(t *testing.T) {
+		sock := filepath.Join(shared, "helper2", "vnet.sock")
+		helper := startProcess(t, n, dirs, nil, []string{bin, "vnet-helper", "--user", fmt.Sprint(nobody),
+			"--subnet", "100.64.0.0/10", "--domain", "ferry.internal", "--socket", sock, "--state", filepath.Join(shared, "state")}, false)
+		for i := 0; ; i++ {
+			if _, err := os.Stat(sock); err == nil {
+				break
+			}
+			if i > 100 {
+				t.Fatalf("helper did not start:\n%s", helper.Output())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		rep := runAttack(t, ctx, n, bin, sock, []attackStep{{0, tun}, {0, dns}})
+		if rep.Replies[0] != "" || !strings.Contains(rep.Replies[1], "--allow-resolv-conf") {
+			t.Errorf("replies %q, want the TUN and DNS refused naming --allow-resolv-conf", rep.Replies)
+		}
+		if rep.Resolv != string(origResolv) {
+			t.Errorf("resolv.conf edited:\n%s", rep.Resolv)
+		}
+		helper.stop(t, syscall.SIGTERM)
+	})
+}
+
+// runAttack runs the attacker (this binary as nobody, in the namespace) against the helper at sock.
+func runAttack(t *testing.T, ctx context.Context, n *netns, bin, sock string, steps []attackStep) attackReport {
+	t.Helper()
+	spec, _ := json.Marshal(steps)
+	cmd := n.Command(ctx, "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", bin)
+	cmd.Env = append(os.Environ(), envAttack+"="+string(spec), client.EnvVNetHelper+"="+sock)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("attacker: %v\n%s", err, exitOutput(err))
+	}
+	var rep attackReport
+	if err := json.Unmarshal(out, &rep); err != nil || len(rep.Replies) != len(steps) {
+		t.Fatalf("attacker's report %q: %v", out, err)
+	}
+	return rep
 }
 
 func exitOutput(err error) string {

@@ -348,7 +348,7 @@ func TestVirtualNetworking(t *testing.T) {
 		sh(t, "chown", "-R", fmt.Sprint(nobody), udirs.Config, udirs.Runtime)
 		sock := filepath.Join(shared, "helper", "vnet.sock")
 		helper := startProcess(t, n, udirs, nil, []string{bin, "vnet-helper", "--user", fmt.Sprint(nobody),
-			"--subnet", settings.VNSubnet, "--domain", settings.DNSDomain, "--socket", sock, "--state", filepath.Join(shared, "helper-state")}, false)
+			"--subnet", settings.VNSubnet, "--domain", settings.DNSDomain, "--allow-resolv-conf", "--socket", sock, "--state", filepath.Join(shared, "helper-state")}, false)
 		for i := 0; ; i++ {
 			if _, err := os.Stat(sock); err == nil {
 				break
