@@ -31,7 +31,7 @@ and the route for the org's VN subnet (--subnet, and only while nothing on the m
 addressed in it), hands the device over (file descriptor passing), and points the system's DNS for
 the org's domain (--domain) at subnet+2 through that TUN for as long as that ferry runs.
 
-The subnet and domain are the org's (` + "`ferry admin settings`" + ` shows them); they come from these
+The subnet and domain are the org's (` + "`ferry admin settings show`" + ` prints them); they come from these
 flags, which only whoever starts the helper as root sets, never from the client: a client asking for
 another subnet, another domain, another resolver or another interface is refused.
 

@@ -130,7 +130,7 @@ func parseRouteDst(s string) (netip.Prefix, bool) {
 // checkHelperConfig refuses a configuration the helper must not serve.
 func checkHelperConfig(cfg HelperConfig) (HelperConfig, error) {
 	if !cfg.Subnet.IsValid() {
-		return cfg, errors.New("vnet-helper: give the org's VN subnet (--subnet, see `ferry admin settings`)")
+		return cfg, errors.New("vnet-helper: give the org's VN subnet (--subnet, see `ferry admin settings show`)")
 	}
 	cfg.Subnet = cfg.Subnet.Masked()
 	if err := allowedSubnet(cfg.Subnet); err != nil || cfg.Subnet.Bits() > 29 {

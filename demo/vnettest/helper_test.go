@@ -264,6 +264,30 @@ func TestVNetHelperRefusesALocalUser(t *testing.T) {
 			t.Fatalf("after %q:\n%s\nbefore:\n%s\nhelper:\n%s", tc.name, after, before, helper.Output())
 		}
 	}
+	t.Run("another user", func(t *testing.T) {
+		// The socket is the served user's, mode 0600: another user cannot even connect.
+		spec, _ := json.Marshal([]attackStep{{0, tun}})
+		cmd := n.Command(ctx, "setpriv", "--reuid", "65533", "--regid", "65533", "--clear-groups", bin)
+		cmd.Env = append(os.Environ(), envAttack+"="+string(spec), client.EnvVNetHelper+"="+sock)
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "permission denied") {
+			t.Errorf("another user's attack: %v\n%s", err, out)
+		}
+		// Were the socket's mode wider, its peer credentials still do not pass.
+		if err := os.Chmod(sock, 0o666); err != nil {
+			t.Fatal(err)
+		}
+		rep := runAttackAs(t, ctx, n, 65533, bin, sock, []attackStep{{0, tun}})
+		if err := os.Chmod(sock, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(rep.Replies[0], "serves uid 65534 only") || rep.FDs != 0 {
+			t.Errorf("another user's request: %q, %d descriptors", rep.Replies[0], rep.FDs)
+		}
+		if after := n.snapshot(t); after != before {
+			t.Errorf("after another user's attempt:\n%s\nbefore:\n%s", after, before)
+		}
+	})
 	if b, _ := os.ReadFile(passwd); string(b) != passwdContent {
 		t.Errorf("passwd stand-in changed:\n%s", b)
 	}
@@ -296,8 +320,14 @@ func TestVNetHelperRefusesALocalUser(t *testing.T) {
 // runAttack runs the attacker (this binary as nobody, in the namespace) against the helper at sock.
 func runAttack(t *testing.T, ctx context.Context, n *netns, bin, sock string, steps []attackStep) attackReport {
 	t.Helper()
+	return runAttackAs(t, ctx, n, 65534, bin, sock, steps)
+}
+
+// runAttackAs runs the attacker as uid and returns its report.
+func runAttackAs(t *testing.T, ctx context.Context, n *netns, uid int, bin, sock string, steps []attackStep) attackReport {
+	t.Helper()
 	spec, _ := json.Marshal(steps)
-	cmd := n.Command(ctx, "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", bin)
+	cmd := n.Command(ctx, "setpriv", "--reuid", fmt.Sprint(uid), "--regid", fmt.Sprint(uid), "--clear-groups", bin)
 	cmd.Env = append(os.Environ(), envAttack+"="+string(spec), client.EnvVNetHelper+"="+sock)
 	out, err := cmd.Output()
 	if err != nil {
