@@ -403,16 +403,16 @@ func TestSecureDir(t *testing.T) {
 		wantErr string
 	}{
 		{"new directory", func(t *testing.T, base string) string { return filepath.Join(base, "a", "b") }, ""},
-		{"group-writable", func(t *testing.T, base string) string { return mkdir(t, filepath.Join(base, "g"), 0o770) }, "not writable by group or others"},
-		{"world-writable", func(t *testing.T, base string) string { return mkdir(t, filepath.Join(base, "w"), 0o777) }, "not writable by group or others"},
+		{"group-writable", func(t *testing.T, base string) string { return mkdirMode(t, filepath.Join(base, "g"), 0o770) }, "not writable by group or others"},
+		{"world-writable", func(t *testing.T, base string) string { return mkdirMode(t, filepath.Join(base, "w"), 0o777) }, "not writable by group or others"},
 		{"below a world-writable one", func(t *testing.T, base string) string {
-			return mkdir(t, filepath.Join(mkdir(t, filepath.Join(base, "w"), 0o777), "d"), 0o755)
+			return mkdirMode(t, filepath.Join(mkdirMode(t, filepath.Join(base, "w"), 0o777), "d"), 0o755)
 		}, "with mode 0777"},
 		{"below a sticky world-writable one (as /tmp)", func(t *testing.T, base string) string {
-			return mkdir(t, filepath.Join(mkdir(t, filepath.Join(base, "t"), os.ModeSticky|0o777), "d"), 0o755)
+			return mkdirMode(t, filepath.Join(mkdirMode(t, filepath.Join(base, "t"), os.ModeSticky|0o777), "d"), 0o755)
 		}, ""},
 		{"a symlink to a world-writable one", func(t *testing.T, base string) string {
-			w := mkdir(t, filepath.Join(base, "w"), 0o777)
+			w := mkdirMode(t, filepath.Join(base, "w"), 0o777)
 			l := filepath.Join(base, "l")
 			if err := os.Symlink(w, l); err != nil {
 				t.Fatal(err)
@@ -423,7 +423,7 @@ func TestSecureDir(t *testing.T) {
 			if uid != 0 {
 				t.Skip("needs root to give a directory to another user")
 			}
-			d := mkdir(t, filepath.Join(base, "o"), 0o755)
+			d := mkdirMode(t, filepath.Join(base, "o"), 0o755)
 			if err := os.Chown(d, 65534, 65534); err != nil {
 				t.Fatal(err)
 			}
@@ -445,7 +445,7 @@ func TestSecureDir(t *testing.T) {
 	}
 }
 
-func mkdir(t *testing.T, p string, mode os.FileMode) string {
+func mkdirMode(t *testing.T, p string, mode os.FileMode) string {
 	t.Helper()
 	if err := os.Mkdir(p, 0o700); err != nil {
 		t.Fatal(err)
