@@ -359,10 +359,24 @@ func TestVirtualNetworking(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		d := startProcess(t, n, udirs, []string{client.EnvVNetHelper + "=" + sock},
-			[]string{"setpriv", "--reuid", fmt.Sprint(nobody), "--regid", fmt.Sprint(nobody), "--clear-groups", bin, "daemon", "--mode", client.ModeVirtualNetworking}, true)
-		out, err := n.Psql(ctx, fmt.Sprintf("host=%s port=5432 dbname=%s user=%s sslmode=disable", alias, demo.Database, demo.Role), "select 'helper'")
-		if err != nil || out != "helper" {
-			t.Errorf("psql through the helper's TUN: %v: %s\ndaemon:\n%s\nhelper:\n%s", err, out, d.Output(), helper.Output())
+			[]string{"setpriv", "--reuid", fmt.Sprint(nobody), "--regid", fmt.Sprint(nobody), "--clear-groups", bin, "daemon", "--mode", client.ModeVirtualNetworking}, false)
+		// Ready when psql gets through: the daemon's control socket is nobody's, which a client
+		// running as root rightly refuses to trust, so it is not polled.
+		var out string
+		for deadline := time.Now().Add(60 * time.Second); ; {
+			out, err = n.Psql(ctx, fmt.Sprintf("host=%s port=5432 dbname=%s user=%s sslmode=disable", alias, demo.Database, demo.Role), "select 'helper'")
+			if err == nil && out == "helper" {
+				break
+			}
+			select {
+			case <-d.Done():
+			default:
+				if time.Now().Before(deadline) {
+					time.Sleep(500 * time.Millisecond)
+					continue
+				}
+			}
+			t.Fatalf("psql through the helper's TUN: %v: %s\ndaemon:\n%s\nhelper:\n%s", err, out, d.Output(), helper.Output())
 		}
 		d.stop(t, syscall.SIGKILL) // the helper restores DNS when the client's connection drops
 		deadline := time.Now().Add(10 * time.Second)
