@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -19,6 +20,23 @@ import (
 // resolvConfPath is the resolver configuration the system's libc reads (resolv.conf(5)).
 const resolvConfPath = "/etc/resolv.conf"
 
+// dnsEnv is the OS access of the DNS configuration, injected so that tests edit temp files and
+// never the machine's /etc.
+type dnsEnv struct {
+	resolvConf string // the resolver configuration edited without systemd-resolved (/etc/resolv.conf)
+	stateDir   string // where the record of that edit is kept for crash recovery
+	owner      int    // the uid the record must belong to (this process's euid)
+	resolved   bool   // try systemd-resolved over D-Bus first
+	// noEdit refuses the resolv.conf edit: it has no per-domain routing, so every name the machine
+	// looks up would go to the resolver on the TUN, that is to whoever holds the TUN.
+	noEdit bool
+}
+
+// osDNSEnv is the real machine's: /etc/resolv.conf, the record in stateDir, resolved when running.
+func osDNSEnv(stateDir string) dnsEnv {
+	return dnsEnv{resolvConf: resolvConfPath, stateDir: stateDir, owner: os.Geteuid(), resolved: true}
+}
+
 // configureDNS tells the OS to send queries for the org domain to Ferry's resolver. With
 // systemd-resolved on the system bus it sets per-link DNS and the routing domain ~<domain> on the
 // TUN (D-Bus org.freedesktop.resolve1.Manager SetLinkDNS/SetLinkDomains, see
@@ -28,14 +46,28 @@ const resolvConfPath = "/etc/resolv.conf"
 // nameservers); the original is kept in the config directory and put back by the returned undo,
 // or by recoverDNS at the next start after a crash.
 func configureDNS(ctx context.Context, dirs Dirs, spec dnsSpec, log *slog.Logger) (undo func() error, err error) {
-	if undo, err := configureResolved(ctx, spec); err == nil {
-		log.Info("DNS: systemd-resolved routes the org domain to Ferry", "link", spec.Interface, "domain", spec.Domain)
-		return undo, nil
-	} else if !errors.Is(err, errNoResolved) {
-		return nil, err
-	}
-	return editResolvConf(dirs, spec, log)
+	return configureDNSIn(ctx, osDNSEnv(dirs.Config), spec, log)
 }
+
+func configureDNSIn(ctx context.Context, env dnsEnv, spec dnsSpec, log *slog.Logger) (undo func() error, err error) {
+	if env.resolved {
+		if undo, err := configureResolved(ctx, spec); err == nil {
+			log.Info("DNS: systemd-resolved routes the org domain to Ferry", "link", spec.Interface, "domain", spec.Domain)
+			return undo, nil
+		} else if !errors.Is(err, errNoResolved) {
+			return nil, err
+		}
+	}
+	if env.noEdit {
+		return nil, errResolvConfRefused
+	}
+	return editResolvConf(env, spec, log)
+}
+
+// errResolvConfRefused is the helper's answer without systemd-resolved unless its administrator
+// allowed the resolv.conf edit.
+var errResolvConfRefused = errors.New("dns: systemd-resolved is not running, and editing " + resolvConfPath +
+	" instead would send every name this machine looks up to this user's ferry: the helper does it only when started with --allow-resolv-conf (for a single-user machine)")
 
 var errNoResolved = errors.New("systemd-resolved is not running")
 
@@ -94,19 +126,24 @@ func configureResolved(ctx context.Context, spec dnsSpec) (func() error, error) 
 
 // resolvBackup records a managed /etc/resolv.conf edit so it can be undone after a crash.
 type resolvBackup struct {
+	// Path is where the edit was made. Written for older versions' sake and never used: the only
+	// file restored is the environment's resolv.conf (a record naming another path, such as
+	// /etc/passwd, must not make root write there).
 	Path     string `json:"path"`
 	Original []byte `json:"original"`
 	Written  []byte `json:"written"`
 }
 
-func resolvBackupPath(dirs Dirs) string { return filepath.Join(dirs.Config, "vnet-resolv.conf.json") }
+func resolvBackupPath(env dnsEnv) string {
+	return filepath.Join(env.stateDir, "vnet-resolv.conf.json")
+}
 
 const resolvMarker = "# Managed by Ferry (virtual networking mode); restored when the ferry daemon stops.\n"
 
-func editResolvConf(dirs Dirs, spec dnsSpec, log *slog.Logger) (func() error, error) {
-	orig, err := os.ReadFile(resolvConfPath)
+func editResolvConf(env dnsEnv, spec dnsSpec, log *slog.Logger) (func() error, error) {
+	orig, err := os.ReadFile(env.resolvConf)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("DNS: read %s: %w", resolvConfPath, err)
+		return nil, fmt.Errorf("DNS: read %s: %w", env.resolvConf, err)
 	}
 	var b bytes.Buffer
 	b.WriteString(resolvMarker)
@@ -126,25 +163,26 @@ func editResolvConf(dirs Dirs, spec dnsSpec, log *slog.Logger) (func() error, er
 	if !bytes.HasSuffix(b.Bytes(), []byte("\n")) {
 		b.WriteByte('\n')
 	}
-	bk := resolvBackup{Path: resolvConfPath, Original: orig, Written: b.Bytes()}
-	if err := writeBackup(dirs, bk); err != nil {
+	bk := resolvBackup{Path: env.resolvConf, Original: orig, Written: b.Bytes()}
+	if err := writeBackup(env, bk); err != nil {
 		return nil, err
 	}
-	if err := writeInPlace(resolvConfPath, bk.Written); err != nil {
-		_ = os.Remove(resolvBackupPath(dirs))
-		return nil, fmt.Errorf("DNS: write %s: %w", resolvConfPath, err)
+	if err := writeInPlace(env.resolvConf, bk.Written); err != nil {
+		_ = os.Remove(resolvBackupPath(env))
+		return nil, fmt.Errorf("DNS: write %s: %w", env.resolvConf, err)
 	}
-	log.Info("DNS: /etc/resolv.conf points to Ferry's resolver (no systemd-resolved)", "resolver", spec.Server)
-	return func() error { return restoreResolvConf(dirs, bk, log) }, nil
+	log.Info("DNS: "+env.resolvConf+" points to Ferry's resolver (no systemd-resolved)", "resolver", spec.Server)
+	return func() error { return restoreResolvConf(env, bk, log) }, nil
 }
 
-func writeBackup(dirs Dirs, bk resolvBackup) error {
-	if err := os.MkdirAll(dirs.Config, 0o700); err != nil {
+func writeBackup(env dnsEnv, bk resolvBackup) error {
+	if err := os.MkdirAll(env.stateDir, 0o700); err != nil {
 		return fmt.Errorf("DNS: %w", err)
 	}
 	data, _ := json.Marshal(bk)
-	p := resolvBackupPath(dirs)
-	f, err := os.OpenFile(p+".tmp", os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	p := resolvBackupPath(env)
+	_ = os.Remove(p + ".tmp")
+	f, err := os.OpenFile(p+".tmp", os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return fmt.Errorf("DNS: save resolv.conf backup: %w", err)
 	}
@@ -181,42 +219,65 @@ func writeInPlace(path string, data []byte) error {
 	return err
 }
 
-// restoreResolvConf puts the original back when the file still holds what Ferry wrote; when
-// something else has rewritten it since (a DHCP client, an administrator), that newer content is
-// left alone.
-func restoreResolvConf(dirs Dirs, bk resolvBackup, log *slog.Logger) error {
-	cur, err := os.ReadFile(bk.Path)
+// restoreResolvConf puts the original back into the environment's resolv.conf (never the record's
+// Path) when the file still holds what Ferry wrote; when something else has rewritten it since (a
+// DHCP client, an administrator), that newer content is left alone.
+func restoreResolvConf(env dnsEnv, bk resolvBackup, log *slog.Logger) error {
+	path := env.resolvConf
+	cur, err := os.ReadFile(path)
 	switch {
 	case err != nil && !errors.Is(err, os.ErrNotExist):
-		return fmt.Errorf("DNS: read %s: %w", bk.Path, err)
+		return fmt.Errorf("DNS: read %s: %w", path, err)
 	case bytes.Equal(cur, bk.Written):
-		if err := writeInPlace(bk.Path, bk.Original); err != nil {
-			return fmt.Errorf("DNS: restore %s: %w", bk.Path, err)
+		if err := writeInPlace(path, bk.Original); err != nil {
+			return fmt.Errorf("DNS: restore %s: %w", path, err)
 		}
-		log.Info("DNS: restored " + bk.Path)
+		log.Info("DNS: restored " + path)
 	default:
-		log.Warn("DNS: " + bk.Path + " was changed by something else since Ferry edited it; left as it is")
+		log.Warn("DNS: " + path + " was changed by something else since Ferry edited it; left as it is")
 	}
-	if err := os.Remove(resolvBackupPath(dirs)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(resolvBackupPath(env)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("DNS: remove backup: %w", err)
 	}
 	return nil
 }
 
 // recoverDNS undoes a resolv.conf edit left by a daemon that did not stop cleanly.
-func recoverDNS(dirs Dirs, log *slog.Logger) error {
-	data, err := os.ReadFile(resolvBackupPath(dirs))
+func recoverDNS(dirs Dirs, log *slog.Logger) error { return recoverDNSIn(osDNSEnv(dirs.Config), log) }
+
+// recoverDNSIn reads the record of an earlier edit (a regular file, not a symlink, owned by
+// env.owner and writable by nobody else; anything else is refused and left alone) and restores
+// the environment's resolv.conf from it.
+func recoverDNSIn(env dnsEnv, log *slog.Logger) error {
+	p := resolvBackupPath(env)
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("DNS: read backup: %w", err)
+		return fmt.Errorf("DNS: read backup %s: %w", p, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("DNS: read backup %s: %w", p, err)
+	}
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	if !fi.Mode().IsRegular() || st == nil || int(st.Uid) != env.owner || fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("DNS: backup %s is not a regular file owned by uid %d and writable only by it: not used (remove it)", p, env.owner)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, 1<<20))
+	if err != nil {
+		return fmt.Errorf("DNS: read backup %s: %w", p, err)
 	}
 	var bk resolvBackup
-	if err := json.Unmarshal(data, &bk); err != nil || bk.Path == "" {
-		_ = os.Remove(resolvBackupPath(dirs))
-		return fmt.Errorf("DNS: backup %s is damaged; removed it", resolvBackupPath(dirs))
+	if err := json.Unmarshal(data, &bk); err != nil {
+		_ = os.Remove(p)
+		return fmt.Errorf("DNS: backup %s is damaged; removed it", p)
+	}
+	if bk.Path != "" && bk.Path != env.resolvConf {
+		log.Warn("DNS: the backup names another file than "+env.resolvConf+"; only "+env.resolvConf+" is restored", "named", bk.Path)
 	}
 	log.Info("DNS: undoing the resolv.conf edit of an earlier run that did not stop cleanly")
-	return restoreResolvConf(dirs, bk, log)
+	return restoreResolvConf(env, bk, log)
 }

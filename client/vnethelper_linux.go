@@ -10,7 +10,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,25 +24,147 @@ import (
 	"github.com/ferryhq/ferry/resource"
 )
 
-// HelperConfig configures the privileged helper.
+// HelperConfig configures the privileged helper. Subnet and Domain are the org's, as the
+// administrator gives them to `ferry vnet-helper` (its flags, e.g. in the systemd unit): they come
+// from whoever starts the helper as root, never from the client it serves, which only asks for
+// them and is refused anything else.
 type HelperConfig struct {
-	Socket   string // unix socket path (default DefaultVNetHelperSocket)
-	OwnerUID int    // the only user served (besides root); the socket is chowned to it
-	StateDir string // where the resolv.conf backup lives (default /var/lib/ferry-vnet-helper)
-	Logger   *slog.Logger
+	Socket   string       // unix socket path (default DefaultVNetHelperSocket)
+	OwnerUID int          // the only user served (besides root); the socket is chowned to it
+	StateDir string       // where the resolv.conf backup lives (default DefaultVNetHelperState)
+	Subnet   netip.Prefix // the org's VN subnet: the only one routed to a TUN
+	Domain   string       // the org's DNS domain: the only one pointed at Ferry's resolver
+	// AllowResolvConf lets the helper edit /etc/resolv.conf when systemd-resolved is not running.
+	// That edit cannot be limited to Domain: every name the machine looks up then goes to the
+	// served user's resolver (which forwards the rest). Off unless the administrator says so.
+	AllowResolvConf bool
+	Logger          *slog.Logger
 }
 
+// DefaultVNetHelperState is the helper's state directory unless told otherwise.
+const DefaultVNetHelperState = "/var/lib/ferry-vnet-helper"
+
+// helperOS is what the helper does to the machine, injected so that tests can run its decisions
+// on fakes and temp files.
+type helperOS interface {
+	// inUse returns the IPv4 destinations of the machine's routes (every table) and the prefixes
+	// of its addresses.
+	inUse(ctx context.Context) ([]netip.Prefix, error)
+	// openTUN creates a new TUN device with its address and route (netstack.OpenTUN).
+	openTUN(ctx context.Context, cfg netstack.TUNConfig) (tun.Device, error)
+	// configureDNS points the OS's DNS for spec.Domain at spec.Server (configureDNSIn).
+	configureDNS(ctx context.Context, spec dnsSpec, log *slog.Logger) (func() error, error)
+}
+
+// machine is the real helperOS.
+type machine struct{ dns dnsEnv }
+
+func (m machine) openTUN(ctx context.Context, cfg netstack.TUNConfig) (tun.Device, error) {
+	return netstack.OpenTUN(ctx, cfg)
+}
+
+func (m machine) configureDNS(ctx context.Context, spec dnsSpec, log *slog.Logger) (func() error, error) {
+	return configureDNSIn(ctx, m.dns, spec, log)
+}
+
+// inUse asks iproute2 (as configureTUN does) for the routes of every table and the addresses.
+func (m machine) inUse(ctx context.Context) ([]netip.Prefix, error) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	var out []netip.Prefix
+	rt, err := exec.CommandContext(ctx, "ip", "-4", "-j", "route", "show", "table", "all").Output()
+	if err != nil {
+		return nil, fmt.Errorf("ip -4 -j route show table all: %w", err)
+	}
+	var routes []struct {
+		Dst string `json:"dst"`
+	}
+	if err := json.Unmarshal(rt, &routes); err != nil {
+		return nil, fmt.Errorf("ip -4 -j route show table all: %w", err)
+	}
+	for _, r := range routes {
+		if p, ok := parseRouteDst(r.Dst); ok {
+			out = append(out, p)
+		}
+	}
+	ad, err := exec.CommandContext(ctx, "ip", "-4", "-j", "addr", "show").Output()
+	if err != nil {
+		return nil, fmt.Errorf("ip -4 -j addr show: %w", err)
+	}
+	var links []struct {
+		AddrInfo []struct {
+			Local     string `json:"local"`
+			PrefixLen int    `json:"prefixlen"`
+		} `json:"addr_info"`
+	}
+	if err := json.Unmarshal(ad, &links); err != nil {
+		return nil, fmt.Errorf("ip -4 -j addr show: %w", err)
+	}
+	for _, l := range links {
+		for _, a := range l.AddrInfo {
+			if ip, err := netip.ParseAddr(a.Local); err == nil && ip.Is4() {
+				out = append(out, netip.PrefixFrom(ip, 32))
+				if p, err := ip.Prefix(a.PrefixLen); err == nil {
+					out = append(out, p)
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// parseRouteDst reads iproute2's "dst": "default", "10.0.0.0/24" or a host "10.0.0.1".
+func parseRouteDst(s string) (netip.Prefix, bool) {
+	if s == "default" {
+		return netip.MustParsePrefix("0.0.0.0/0"), true
+	}
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), p.Addr().Is4()
+	}
+	if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
+		return netip.PrefixFrom(a, 32), true
+	}
+	return netip.Prefix{}, false
+}
+
+// checkHelperConfig refuses a configuration the helper must not serve.
+func checkHelperConfig(cfg HelperConfig) (HelperConfig, error) {
+	if !cfg.Subnet.IsValid() {
+		return cfg, errors.New("vnet-helper: give the org's VN subnet (--subnet, see `ferry admin settings show`)")
+	}
+	cfg.Subnet = cfg.Subnet.Masked()
+	if err := allowedSubnet(cfg.Subnet); err != nil || cfg.Subnet.Bits() > 29 {
+		return cfg, fmt.Errorf("vnet-helper: --subnet %s: must be IPv4 of 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 or 100.64.0.0/10, at most /29 (as the node allows)", cfg.Subnet)
+	}
+	d := normDomain(cfg.Domain)
+	if _, err := netip.ParseAddr(d); d == "" || err == nil || !resource.ValidHostname(d) {
+		return cfg, fmt.Errorf("vnet-helper: --domain %q is not a DNS name (the org's domain, e.g. ferry.internal)", cfg.Domain)
+	}
+	cfg.Domain = d
+	if cfg.OwnerUID < 0 {
+		return cfg, errors.New("vnet-helper: give --user UID (the user whose ferry it serves)")
+	}
+	return cfg, nil
+}
+
+// normDomain is a domain in lower case without the final dot.
+func normDomain(s string) string { return strings.ToLower(strings.TrimSuffix(s, ".")) }
+
 // ServeVNetHelper runs the privileged helper until ctx ends. It does only this for the user
-// OwnerUID: create a TUN device with its address and route for a private subnet and hand its file
-// descriptor over the socket (SCM_RIGHTS), and point the OS's DNS for the org domain at Ferry's
-// resolver for as long as that client's connection stays open (undone when it closes, whether the
-// client exits or is killed). Peers are checked with SO_PEERCRED.
+// OwnerUID (peers checked with SO_PEERCRED): on each connection, create one TUN device with its
+// address and route for the org's VN subnet (cfg.Subnet, and only when nothing on the machine is
+// routed or addressed in it yet) and hand its file descriptor over the socket (SCM_RIGHTS); and
+// point the OS's DNS for the org's domain (cfg.Domain) at subnet+2 through that TUN for as long as
+// the connection stays open (undone when it closes, whether the client exits or is killed).
+//
+// Its state and socket directories, and every directory above them, must be root's and writable
+// by nobody else (a sticky one such as /tmp is fine above them); otherwise it refuses to start.
 func ServeVNetHelper(ctx context.Context, cfg HelperConfig) error {
 	if cfg.Socket == "" {
 		cfg.Socket = DefaultVNetHelperSocket
 	}
 	if cfg.StateDir == "" {
-		cfg.StateDir = "/var/lib/ferry-vnet-helper"
+		cfg.StateDir = DefaultVNetHelperState
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -47,13 +172,21 @@ func ServeVNetHelper(ctx context.Context, cfg HelperConfig) error {
 	if os.Geteuid() != 0 {
 		return errors.New("vnet-helper: must run as root (sudo, pkexec or a systemd unit)")
 	}
-	log := cfg.Logger
-	state := Dirs{Config: cfg.StateDir}
-	if err := recoverDNS(state, log); err != nil {
-		log.Warn("vnet-helper: could not undo an earlier DNS edit", "err", err)
+	cfg, err := checkHelperConfig(cfg)
+	if err != nil {
+		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(cfg.Socket), 0o755); err != nil {
-		return fmt.Errorf("vnet-helper: %w", err)
+	log := cfg.Logger
+	if err := secureDir(cfg.StateDir, 0o700, 0); err != nil {
+		return fmt.Errorf("vnet-helper: state directory (--state): %w", err)
+	}
+	if err := secureDir(filepath.Dir(cfg.Socket), 0o755, 0); err != nil {
+		return fmt.Errorf("vnet-helper: socket directory (--socket): %w", err)
+	}
+	dns := osDNSEnv(cfg.StateDir)
+	dns.noEdit = !cfg.AllowResolvConf
+	if err := recoverDNSIn(dns, log); err != nil {
+		log.Warn("vnet-helper: could not undo an earlier DNS edit", "err", err)
 	}
 	_ = os.Remove(cfg.Socket)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: cfg.Socket, Net: "unix"})
@@ -61,20 +194,90 @@ func ServeVNetHelper(ctx context.Context, cfg HelperConfig) error {
 		return fmt.Errorf("vnet-helper: listen: %w", err)
 	}
 	defer os.Remove(cfg.Socket)
-	if err := os.Chown(cfg.Socket, cfg.OwnerUID, -1); err != nil {
+	if err := restrictSocket(cfg.Socket, cfg.OwnerUID); err != nil {
 		ln.Close()
-		return fmt.Errorf("vnet-helper: chown socket: %w", err)
+		return fmt.Errorf("vnet-helper: %w", err)
 	}
-	if err := os.Chmod(cfg.Socket, 0o600); err != nil {
-		ln.Close()
-		return fmt.Errorf("vnet-helper: chmod socket: %w", err)
+	log.Info("vnet-helper: serving", "socket", cfg.Socket, "uid", cfg.OwnerUID, "subnet", cfg.Subnet, "domain", cfg.Domain, "allow_resolv_conf", cfg.AllowResolvConf)
+	h := &vnetHelper{cfg: cfg, os: machine{dns: dns}}
+	return h.serve(ctx, ln)
+}
+
+// secureDir makes dir (with perm when missing) and checks that it and every directory above it
+// belong to root or owner and that nobody else can write to them (a directory above it may be
+// sticky instead, as /tmp: others then add entries there but cannot rename or remove ours).
+// Otherwise a local user could put their own state file or socket in the helper's place.
+func secureDir(dir string, perm os.FileMode, owner int) error {
+	if !filepath.IsAbs(dir) {
+		return fmt.Errorf("%s: give an absolute path", dir)
 	}
-	log.Info("vnet-helper: serving", "socket", cfg.Socket, "uid", cfg.OwnerUID)
+	if err := os.MkdirAll(dir, perm); err != nil {
+		return err
+	}
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return err
+	}
+	for p := real; ; p = filepath.Dir(p) {
+		fd, err := unix.Open(p, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open %s: %w", p, err)
+		}
+		var st unix.Stat_t
+		err = unix.Fstat(fd, &st)
+		unix.Close(fd)
+		if err != nil {
+			return fmt.Errorf("stat %s: %w", p, err)
+		}
+		sticky := p != real && st.Mode&unix.S_ISVTX != 0
+		if (st.Uid != 0 && int(st.Uid) != owner) || (st.Mode&0o022 != 0 && !sticky) {
+			return fmt.Errorf("%s is owned by uid %d with mode %04o: it must be root's and not writable by group or others "+
+				"(chown root %s && chmod go-w %s), or choose another directory", p, st.Uid, st.Mode&0o7777, p, p)
+		}
+		if p == "/" || p == "." {
+			return nil
+		}
+	}
+}
+
+// restrictSocket gives the socket at path to uid with mode 0600, through a descriptor of that very
+// file (O_PATH, checked to be a socket), not by path.
+func restrictSocket(path string, uid int) error {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open socket %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("stat socket %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("%s is not the helper's socket", path)
+	}
+	if err := unix.Fchownat(fd, "", uid, -1, unix.AT_EMPTY_PATH); err != nil {
+		return fmt.Errorf("chown socket: %w", err)
+	}
+	// fchmod does not take an O_PATH descriptor; its /proc/self/fd link names the same inode.
+	if err := unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), 0o600); err != nil {
+		return fmt.Errorf("chmod socket: %w", err)
+	}
+	return nil
+}
+
+// vnetHelper serves the helper's socket.
+type vnetHelper struct {
+	cfg HelperConfig
+	os  helperOS
+
+	tunMu sync.Mutex // one TUN creation at a time: the overlap check and the creation go together
+	dnsMu sync.Mutex // held by the one connection whose DNS configuration is in place
+}
+
+func (h *vnetHelper) serve(ctx context.Context, ln *net.UnixListener) error {
 	go func() { <-ctx.Done(); ln.Close() }()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	// One client at a time owns DNS (the resolv.conf backup is single).
-	var dnsMu sync.Mutex
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
@@ -87,8 +290,8 @@ func ServeVNetHelper(ctx context.Context, cfg HelperConfig) error {
 		go func() {
 			defer wg.Done()
 			defer c.Close()
-			if err := serveHelperConn(ctx, c, cfg, state, &dnsMu); err != nil {
-				log.Warn("vnet-helper: client", "err", err)
+			if err := h.serveConn(ctx, c); err != nil {
+				h.cfg.Logger.Warn("vnet-helper: client", "err", err)
 			}
 		}()
 	}
@@ -110,25 +313,33 @@ func peerUID(c *net.UnixConn) (int, error) {
 	return int(cred.Uid), nil
 }
 
-func serveHelperConn(ctx context.Context, c *net.UnixConn, cfg HelperConfig, state Dirs, dnsMu *sync.Mutex) error {
+func (h *vnetHelper) serveConn(ctx context.Context, c *net.UnixConn) error {
 	uid, err := peerUID(c)
 	if err != nil {
 		return fmt.Errorf("peer credentials: %w", err)
 	}
-	if uid != cfg.OwnerUID && uid != 0 {
-		_ = json.NewEncoder(c).Encode(helperReply{Error: fmt.Sprintf("vnet-helper serves uid %d only", cfg.OwnerUID)})
+	if uid != h.cfg.OwnerUID && uid != 0 {
+		_ = json.NewEncoder(c).Encode(helperReply{Error: fmt.Sprintf("vnet-helper serves uid %d only", h.cfg.OwnerUID)})
 		return fmt.Errorf("refused uid %d", uid)
 	}
-	log := cfg.Logger.With("uid", uid)
-	var undo func() error
+	log := h.cfg.Logger.With("uid", uid)
+	var (
+		tunName string       // the TUN this connection created
+		undo    func() error // its DNS configuration
+	)
 	defer func() {
 		if undo != nil {
 			if err := undo(); err != nil {
 				log.Warn("vnet-helper: restore DNS", "err", err)
 			}
-			dnsMu.Unlock()
+			h.dnsMu.Unlock()
 		}
 	}()
+	refuse := func(format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		log.Warn("vnet-helper: refused", "err", msg)
+		_ = json.NewEncoder(c).Encode(helperReply{Error: msg})
+	}
 	sc := bufio.NewScanner(c)
 	sc.Buffer(make([]byte, 4096), 4096)
 	for sc.Scan() {
@@ -138,9 +349,13 @@ func serveHelperConn(ctx context.Context, c *net.UnixConn, cfg HelperConfig, sta
 		}
 		switch req.Op {
 		case "tun":
-			dev, name, err := helperTUN(ctx, req)
+			if tunName != "" {
+				refuse("tun: this connection has its TUN %s already (one per connection)", tunName)
+				continue
+			}
+			dev, name, err := h.openTUN(ctx, req)
 			if err != nil {
-				_ = json.NewEncoder(c).Encode(helperReply{Error: err.Error()})
+				refuse("%v", err)
 				continue
 			}
 			b, _ := json.Marshal(helperReply{Name: name})
@@ -151,45 +366,49 @@ func serveHelperConn(ctx context.Context, c *net.UnixConn, cfg HelperConfig, sta
 			if err != nil {
 				return fmt.Errorf("send TUN: %w", err)
 			}
-			log.Info("vnet-helper: TUN handed over", "name", name, "subnet", req.Subnet)
+			tunName = name
+			log.Info("vnet-helper: TUN handed over", "name", name, "subnet", h.cfg.Subnet)
 		case "dns":
-			server, err := netip.ParseAddr(req.Server)
-			if err != nil || req.Domain == "" || req.Interface == "" {
-				_ = json.NewEncoder(c).Encode(helperReply{Error: "dns: give interface, server and domain"})
+			spec, err := h.dnsSpec(req, tunName)
+			if err != nil {
+				refuse("%v", err)
 				continue
 			}
 			if undo != nil {
-				_ = json.NewEncoder(c).Encode(helperReply{Error: "dns: already configured on this connection"})
+				refuse("dns: already configured on this connection")
 				continue
 			}
-			if !dnsMu.TryLock() {
-				_ = json.NewEncoder(c).Encode(helperReply{Error: "dns: another ferry client holds the DNS configuration"})
+			if !h.dnsMu.TryLock() {
+				refuse("dns: another ferry client holds the DNS configuration")
 				continue
 			}
-			u, err := configureDNS(ctx, state, dnsSpec{Interface: req.Interface, Server: server, Domain: req.Domain}, log)
+			u, err := h.os.configureDNS(ctx, spec, log)
 			if err != nil {
-				dnsMu.Unlock()
-				_ = json.NewEncoder(c).Encode(helperReply{Error: err.Error()})
+				h.dnsMu.Unlock()
+				refuse("%v", err)
 				continue
 			}
 			undo = u
 			_ = json.NewEncoder(c).Encode(helperReply{})
 		default:
-			_ = json.NewEncoder(c).Encode(helperReply{Error: fmt.Sprintf("unknown op %q", req.Op)})
+			refuse("unknown op %q", req.Op)
 		}
 	}
 	return nil
 }
 
-func helperTUN(ctx context.Context, req helperRequest) (tun.Device, string, error) {
+// openTUN creates the TUN a "tun" request asks for: for the org's VN subnet only (the client
+// passes it and it must match), when no route or address of the machine overlaps it.
+func (h *vnetHelper) openTUN(ctx context.Context, req helperRequest) (tun.Device, string, error) {
 	subnet, err := netip.ParsePrefix(req.Subnet)
 	if err != nil {
 		return nil, "", fmt.Errorf("tun: subnet %q: %w", req.Subnet, err)
 	}
-	if err := allowedSubnet(subnet); err != nil {
-		return nil, "", fmt.Errorf("tun: %w", err)
+	if subnet.Masked() != h.cfg.Subnet {
+		return nil, "", fmt.Errorf("tun: subnet %s is not the org's VN subnet %s that this helper serves "+
+			"(if the org's subnet changed, the administrator restarts the helper with --subnet set to it)", subnet, h.cfg.Subnet)
 	}
-	subnet = subnet.Masked()
+	subnet = h.cfg.Subnet
 	mtu := req.MTU
 	if mtu == 0 {
 		mtu = netstack.TUNMTU
@@ -200,12 +419,51 @@ func helperTUN(ctx context.Context, req helperRequest) (tun.Device, string, erro
 	if req.Name != "" && (len(req.Name) >= unix.IFNAMSIZ || !validIfName(req.Name)) {
 		return nil, "", fmt.Errorf("tun: bad interface name %q", req.Name)
 	}
-	dev, err := netstack.OpenTUN(ctx, netstack.TUNConfig{Name: req.Name, Addr: resource.TUNAddress(subnet), Subnet: subnet, MTU: mtu})
+	h.tunMu.Lock()
+	defer h.tunMu.Unlock()
+	used, err := h.os.inUse(ctx)
 	if err != nil {
-		return nil, "", err
+		return nil, "", fmt.Errorf("tun: list the machine's routes and addresses: %w", err)
 	}
-	name, _ := dev.Name()
+	for _, p := range used {
+		if p.Bits() > 0 && p.Overlaps(subnet) { // a default route overlaps everything and takes nothing
+			return nil, "", fmt.Errorf("tun: the org's VN subnet %s overlaps %s, already routed or assigned on this machine "+
+				"(another ferry's TUN, a VPN or the LAN): refused so that no traffic meant for it is diverted", subnet, p)
+		}
+	}
+	dev, err := h.os.openTUN(ctx, netstack.TUNConfig{Name: req.Name, Addr: resource.TUNAddress(subnet), Subnet: subnet, MTU: mtu})
+	if err != nil {
+		return nil, "", fmt.Errorf("tun: %w", err)
+	}
+	name, err := dev.Name()
+	if err != nil {
+		dev.Close()
+		return nil, "", fmt.Errorf("tun: %w", err)
+	}
 	return dev, name, nil
+}
+
+// dnsSpec is what a "dns" request gets: the TUN this connection created, the org's resolver at
+// subnet+2 and the org's domain. The request may name them (the client does, so that a helper set
+// up for another org says so); naming anything else is refused.
+func (h *vnetHelper) dnsSpec(req helperRequest, tunName string) (dnsSpec, error) {
+	if tunName == "" {
+		return dnsSpec{}, errors.New("dns: this connection has no TUN: DNS is set only for the TUN the same connection asked for")
+	}
+	if req.Interface != "" && req.Interface != tunName {
+		return dnsSpec{}, fmt.Errorf("dns: interface %q is not this connection's TUN %s", req.Interface, tunName)
+	}
+	server := resource.ResolverAddress(h.cfg.Subnet)
+	if req.Server != "" {
+		if a, err := netip.ParseAddr(req.Server); err != nil || a != server {
+			return dnsSpec{}, fmt.Errorf("dns: server %q is not the org's resolver %s (subnet+2)", req.Server, server)
+		}
+	}
+	if req.Domain != "" && normDomain(req.Domain) != h.cfg.Domain {
+		return dnsSpec{}, fmt.Errorf("dns: domain %q is not the org's domain %s that this helper serves "+
+			"(if the org's domain changed, the administrator restarts the helper with --domain set to it)", req.Domain, h.cfg.Domain)
+	}
+	return dnsSpec{Interface: tunName, Server: server, Domain: h.cfg.Domain + "."}, nil
 }
 
 func validIfName(s string) bool {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 
 	"golang.zx2c4.com/wireguard/tun"
 
@@ -17,8 +18,15 @@ type HelperConfig struct {
 	Socket   string
 	OwnerUID int
 	StateDir string
-	Logger   *slog.Logger
+	Subnet   netip.Prefix
+	Domain   string
+
+	AllowResolvConf bool
+	Logger          *slog.Logger
 }
+
+// DefaultVNetHelperState is the helper's state directory unless told otherwise.
+const DefaultVNetHelperState = "/var/lib/ferry-vnet-helper"
 
 // ServeVNetHelper is not available on this OS yet: run the client as root/Administrator.
 func ServeVNetHelper(ctx context.Context, cfg HelperConfig) error {

@@ -24,7 +24,7 @@ func OpenTUN(ctx context.Context, cfg TUNConfig) (tun.Device, error) {
 	if cfg.Name == "" {
 		cfg.Name = defaultTUNName
 	}
-	dev, err := tun.CreateTUN(cfg.Name, cfg.MTU)
+	dev, err := createTUN(cfg.Name, cfg.MTU)
 	if err != nil {
 		return nil, fmt.Errorf("netstack: create TUN %q (needs root or CAP_NET_ADMIN): %w", cfg.Name, err)
 	}

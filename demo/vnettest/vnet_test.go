@@ -25,6 +25,7 @@ import (
 
 func TestMain(m *testing.M) {
 	vnet.RunCLIIfAsked() // the daemon in the namespace is this binary acting as the ferry CLI
+	runAttackIfAsked()   // or an attacker of the helper (helper_test.go)
 	os.Exit(m.Run())
 }
 
@@ -348,7 +349,8 @@ func TestVirtualNetworking(t *testing.T) {
 		}
 		sh(t, "chown", "-R", fmt.Sprint(nobody), udirs.Config, udirs.Runtime)
 		sock := filepath.Join(shared, "helper", "vnet.sock")
-		helper := startProcess(t, n, udirs, nil, []string{bin, "vnet-helper", "--user", fmt.Sprint(nobody), "--socket", sock, "--state", filepath.Join(shared, "helper-state")}, false)
+		helper := startProcess(t, n, udirs, nil, []string{bin, "vnet-helper", "--user", fmt.Sprint(nobody),
+			"--subnet", settings.VNSubnet, "--domain", settings.DNSDomain, "--allow-resolv-conf", "--socket", sock, "--state", filepath.Join(shared, "helper-state")}, false)
 		for i := 0; ; i++ {
 			if _, err := os.Stat(sock); err == nil {
 				break
@@ -359,10 +361,24 @@ func TestVirtualNetworking(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		d := startProcess(t, n, udirs, []string{client.EnvVNetHelper + "=" + sock},
-			[]string{"setpriv", "--reuid", fmt.Sprint(nobody), "--regid", fmt.Sprint(nobody), "--clear-groups", bin, "daemon", "--mode", client.ModeVirtualNetworking}, true)
-		out, err := n.Psql(ctx, fmt.Sprintf("host=%s port=5432 dbname=%s user=%s sslmode=disable", alias, demo.Database, demo.Role), "select 'helper'")
-		if err != nil || out != "helper" {
-			t.Errorf("psql through the helper's TUN: %v: %s\ndaemon:\n%s\nhelper:\n%s", err, out, d.Output(), helper.Output())
+			[]string{"setpriv", "--reuid", fmt.Sprint(nobody), "--regid", fmt.Sprint(nobody), "--clear-groups", bin, "daemon", "--mode", client.ModeVirtualNetworking}, false)
+		// Ready when psql gets through: the daemon's control socket is nobody's, which a client
+		// running as root rightly refuses to trust, so it is not polled.
+		var out string
+		for deadline := time.Now().Add(60 * time.Second); ; {
+			out, err = n.Psql(ctx, fmt.Sprintf("host=%s port=5432 dbname=%s user=%s sslmode=disable", alias, demo.Database, demo.Role), "select 'helper'")
+			if err == nil && out == "helper" {
+				break
+			}
+			select {
+			case <-d.Done():
+			default:
+				if time.Now().Before(deadline) {
+					time.Sleep(500 * time.Millisecond)
+					continue
+				}
+			}
+			t.Fatalf("psql through the helper's TUN: %v: %s\ndaemon:\n%s\nhelper:\n%s", err, out, d.Output(), helper.Output())
 		}
 		d.stop(t, syscall.SIGKILL) // the helper restores DNS when the client's connection drops
 		deadline := time.Now().Add(10 * time.Second)
