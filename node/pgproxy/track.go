@@ -936,13 +936,14 @@ func (tr *tracker) fatalSeen() serverError {
 
 // splitStatements splits a simple Query string at top-level semicolons as
 // the server's lexer does, dropping empty and comment-only pieces; the server
-// gives one result per piece. It follows ” strings (with backslash escapes
-// in E” strings, and in plain and N” strings when standard_conforming_strings
-// is off: scs false), string continuation across a newline (which keeps the
-// escape rule of the first part), B” and X” strings, quoted identifiers,
-// dollar quoting, -- comments (ended by \n or \r) and nested /* */ comments.
-// It does not know SQL-standard function bodies (BEGIN ATOMIC ... END); the
-// records of such a string keep the whole text, as the counts then disagree.
+// gives one result per piece. It follows string constants ('...'), with
+// backslash escapes in E'...' and, when standard_conforming_strings is off
+// (scs false), in plain and N'...' ones too; string continuation across a
+// newline, which keeps the escape rule of the first part; B'...', X'...' and
+// U&'...' strings; quoted identifiers; dollar quoting; -- comments (ended by
+// a newline or carriage return) and nested /* */ comments. It does not know
+// SQL-standard function bodies (BEGIN ATOMIC ... END); the records of such a
+// string keep the whole text, as the counts then disagree.
 func splitStatements(s string, scs bool) []string {
 	var out []string
 	start, code := 0, false
