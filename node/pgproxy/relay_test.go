@@ -186,6 +186,13 @@ func TestTracker(t *testing.T) {
 				&pgproto3.BindComplete{}, cc("DELETE 7"), rfq), false,
 			[]rec{{"DEALLOCATE s1", "simple", "", "", "DEALLOCATE", -1, ""}, {"PREPARE s1 AS DELETE FROM accounts", "simple", "", "", "PREPARE", -1, ""},
 				{"PREPARE s1 AS DELETE FROM accounts", "extended", "s1", "", "DELETE", 7, ""}}},
+		{"a simple Query destroys the unnamed statement and portal",
+			encode(t, &pgproto3.Parse{Query: "SELECT g FROM generate_series(1,5) g"}, &pgproto3.Bind{}, &pgproto3.Execute{MaxRows: 2}, &pgproto3.Sync{},
+				&pgproto3.Query{String: "SELECT 1"}, &pgproto3.Execute{MaxRows: 2}, &pgproto3.Sync{}),
+			encodeB(t, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, row, row, &pgproto3.PortalSuspended{}, &pgproto3.ReadyForQuery{TxStatus: 'T'},
+				row, cc("SELECT 1"), &pgproto3.ReadyForQuery{TxStatus: 'T'}, errResp("34000", `portal "" does not exist`), &pgproto3.ReadyForQuery{TxStatus: 'E'}), false,
+			[]rec{{"SELECT g FROM generate_series(1,5) g", "extended", "", "", "FETCH", 2, ""}, {"SELECT 1", "simple", "", "", "SELECT", 1, ""},
+				{"", "extended", "", "", "", -1, "34000"}}},
 		// Multi-statement strings are split as the server splits them.
 		{"standard_conforming_strings off, as the server reports it, changes the split",
 			encode(t, &pgproto3.Query{String: "SET standard_conforming_strings = off"},

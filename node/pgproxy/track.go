@@ -127,6 +127,8 @@ type tracker struct {
 	// scsOff: the server's standard_conforming_strings is off (backslash
 	// escapes in '' strings), as its ParameterStatus last said.
 	scsOff bool
+	// early are records made on the way (startQuery) for the caller to send.
+	early []audit.Query
 }
 
 type serverError struct{ severity, code, message string }
@@ -494,6 +496,10 @@ func (tr *tracker) server(typ byte, body []byte) {
 	tr.mu.Lock()
 	var out []audit.Query
 	defer func() {
+		if tr.early != nil {
+			out = append(tr.early, out...)
+			tr.early = nil
+		}
 		tr.mu.Unlock()
 		for _, q := range out {
 			tr.record(q)
@@ -678,6 +684,13 @@ func (tr *tracker) startQuery(p *pending) {
 		p.stmts = splitStatements(p.sql.text, !tr.scsOff)
 	}
 	delete(tr.stmts, "")
+	// It destroys the unnamed portal too.
+	if ps := tr.portals[""]; ps != nil {
+		if ps.suspended {
+			tr.early = append(tr.early, tr.unfinished("", ps, time.Now()))
+		}
+		delete(tr.portals, "")
+	}
 }
 
 // queryResult adds the record of one statement result of a simple Query to
@@ -1183,6 +1196,8 @@ func (tr *tracker) finish() int {
 	}
 	clear(tr.queue)
 	tr.queue = tr.queue[:0]
+	out = append(tr.early, out...)
+	tr.early = nil
 	for name, ps := range tr.portals {
 		if ps.suspended {
 			out = append(out, tr.unfinished(name, ps, now))
