@@ -71,21 +71,28 @@ type pending struct {
 	// never ran it.
 	abandoned bool
 
-	// Query, server side: split says stmts was made (at the Query's first
-	// response, with the standard_conforming_strings then in force); stmts
-	// are the statements of sql.text, when it could be split; recs are the
-	// records of a multi-statement Query, held until its ReadyForQuery shows
-	// whether the server ran as many statements as the split found; errored
-	// says a statement failed; sqlCmds are the PREPARE and DEALLOCATE results
-	// applied to the statement map at the Query's end.
+	// Query, server side: split says it was split (at its first response,
+	// with the standard_conforming_strings then in force) into nstmts
+	// statements; errored says a statement failed; run holds the rest, for
+	// the few Queries that need it.
 	split   bool
-	stmts   []string
-	recs    []audit.Query
 	errored bool
-	sqlCmds []sqlCmd
+	nstmts  int32
+	run     *queryRun
 
 	results int   // Query: statement results seen
 	rows    int64 // DataRows seen since the last result
+}
+
+// queryRun is what a Query of several statements, or one that ran PREPARE
+// or DEALLOCATE, keeps until it ends.
+type queryRun struct {
+	stmts []string // the statements of sql.text, when there are several
+	// recs are the records held until ReadyForQuery shows whether the
+	// server ran as many statements as the split found.
+	recs []audit.Query
+	// sqlCmds are applied to the statement map at the Query's end.
+	sqlCmds []sqlCmd
 }
 
 // sqlCmd is a PREPARE, DEALLOCATE or DISCARD ALL that a Query ran: result
@@ -601,7 +608,10 @@ func (tr *tracker) server(typ byte, body []byte) {
 		switch p.kind {
 		case 'Q':
 			if changesStatements(tag) {
-				p.sqlCmds = append(p.sqlCmds, sqlCmd{tag: tag, result: p.results})
+				if p.run == nil {
+					p.run = &queryRun{}
+				}
+				p.run.sqlCmds = append(p.run.sqlCmds, sqlCmd{tag: tag, result: p.results})
 			}
 			out = tr.queryResult(out, p, now, tag, serverError{})
 		case 'E':
@@ -681,7 +691,11 @@ func (tr *tracker) startQuery(p *pending) {
 	}
 	p.split = true
 	if p.sql.length == 0 {
-		p.stmts = splitStatements(p.sql.text, !tr.scsOff)
+		stmts := splitStatements(p.sql.text, !tr.scsOff)
+		p.nstmts = int32(len(stmts))
+		if len(stmts) > 1 {
+			p.run = &queryRun{stmts: stmts}
+		}
 	}
 	delete(tr.stmts, "")
 	// It destroys the unnamed portal too.
@@ -699,8 +713,8 @@ func (tr *tracker) queryResult(out []audit.Query, p *pending, now time.Time, tag
 	q := tr.make(p.sql, "simple", "", "", tr.startOf(p), now, tag, e)
 	p.results++
 	p.rows = 0
-	if len(p.stmts) > 1 {
-		p.recs = append(p.recs, q)
+	if p.nstmts > 1 {
+		p.run.recs = append(p.run.recs, q)
 		return out
 	}
 	return append(out, q)
@@ -712,24 +726,30 @@ func (tr *tracker) queryResult(out []audit.Query, p *pending, now time.Time, tag
 // match the server's and every record keeps the whole text. The PREPARE and
 // DEALLOCATE the Query ran are applied to the statement map.
 func (tr *tracker) endQuery(out []audit.Query, p *pending) []audit.Query {
-	matched := !p.errored && p.results == len(p.stmts)
-	if matched && len(p.stmts) > 1 {
-		for i := range p.recs {
-			p.recs[i].SQL = p.stmts[i]
+	if p.run == nil {
+		return out
+	}
+	matched := !p.errored && p.results == int(p.nstmts)
+	stmt := func(i int) string {
+		if p.nstmts > 1 {
+			return p.run.stmts[i]
+		}
+		return p.sql.text // split, so whole
+	}
+	if matched && p.nstmts > 1 {
+		for i := range p.run.recs {
+			p.run.recs[i].SQL = p.run.stmts[i]
 		}
 	}
-	for _, c := range p.sqlCmds {
-		switch {
-		case matched:
-			tr.applySQLCmd(c.tag, p.stmts[c.result], true)
-		case p.results == 1 && len(p.stmts) <= 1 && p.sql.length == 0:
-			tr.applySQLCmd(c.tag, p.sql.text, true)
-		default:
+	for _, c := range p.run.sqlCmds {
+		if matched {
+			tr.applySQLCmd(c.tag, stmt(c.result), true)
+		} else {
 			tr.applySQLCmd(c.tag, "", false)
 		}
 	}
-	out = append(out, p.recs...)
-	p.recs, p.sqlCmds = nil, nil
+	out = append(out, p.run.recs...)
+	p.run = nil
 	return out
 }
 
