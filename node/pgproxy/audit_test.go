@@ -279,6 +279,51 @@ func TestAuditRecordsWhatServerRan(t *testing.T) {
 		}
 	})
 
+	t.Run("COPY reads the Syncs and the message it ends on", func(t *testing.T) {
+		c := dialRaw(t, tp)
+		// libpq's extended-protocol COPY: a Sync right after Execute (read and
+		// ignored by the COPY), another after CopyDone.
+		c.send(&pgproto3.Parse{Query: "COPY accounts FROM STDIN"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+			&pgproto3.CopyData{Data: []byte("200\n")}, &pgproto3.CopyDone{}, &pgproto3.Sync{})
+		if codes, tags := c.until(1); len(codes) != 0 || len(tags) != 1 || tags[0] != "COPY 1" {
+			t.Fatalf("extended COPY answered %v %v", codes, tags)
+		}
+		// Data the COPY refuses ends it; the CopyDone sent after is ignored.
+		c.send(&pgproto3.Query{String: "COPY accounts FROM STDIN"}, &pgproto3.CopyData{Data: []byte("x\n")}, &pgproto3.CopyDone{},
+			&pgproto3.Query{String: "DELETE FROM accounts WHERE id = 5"})
+		if codes, tags := c.until(2); len(codes) != 1 || codes[0] != "22P02" || len(tags) != 1 || tags[0] != "DELETE 1" {
+			t.Fatalf("failed COPY and DELETE answered %v %v", codes, tags)
+		}
+		// A Query inside the COPY data ends the COPY (08P01) having been read,
+		// and PostgreSQL then ends the session: the Query never runs.
+		c.send(&pgproto3.Query{String: "COPY accounts FROM STDIN"}, &pgproto3.CopyData{Data: []byte("201\n")},
+			&pgproto3.Query{String: "SELECT 'decoy'"})
+		var codes []string
+		for {
+			msg, err := c.fe.Receive()
+			if err != nil {
+				break
+			}
+			if m, ok := msg.(*pgproto3.ErrorResponse); ok {
+				codes = append(codes, m.Severity+" "+m.Code)
+			}
+		}
+		if len(codes) == 0 || codes[0] != "ERROR 08P01" {
+			t.Fatalf("Query inside COPY answered %v, want ERROR 08P01", codes)
+		}
+		c.nc.Close()
+		_, qs := lastSession(t, tp)
+		var got []string
+		for _, q := range qs {
+			got = append(got, q.Protocol+"|"+q.SQL+"|"+q.Command+"|"+q.SQLState)
+		}
+		want := []string{"extended|COPY accounts FROM STDIN|COPY|", "simple|COPY accounts FROM STDIN||22P02",
+			"simple|DELETE FROM accounts WHERE id = 5|DELETE|", "simple|COPY accounts FROM STDIN||08P01"}
+		if strings.Join(got, "\n") != strings.Join(want, "\n") {
+			t.Fatalf("records:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+	})
+
 	t.Run("hang-up right after a statement", func(t *testing.T) {
 		c := dialRaw(t, tp)
 		sql := "INSERT INTO accounts SELECT 100 FROM pg_sleep(0.5)"

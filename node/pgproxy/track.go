@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -136,6 +137,9 @@ type tracker struct {
 	scsOff bool
 	// early are records made on the way (startQuery) for the caller to send.
 	early []audit.Query
+	// copyIn is the request whose COPY FROM STDIN is running (after its
+	// CopyInResponse), or nil.
+	copyIn *pending
 }
 
 type serverError struct{ severity, code, message string }
@@ -160,6 +164,10 @@ func (tr *tracker) setParameter(name, value string) {
 func tracked(typ byte) bool {
 	switch typ {
 	case 'Q', 'P', 'B', 'D', 'E', 'C', 'S', 'F':
+		return true
+	case 'c', 'f':
+		// CopyDone and CopyFail get no response of their own: they mark
+		// where a COPY's data ends in the client's stream (see endCopy).
 		return true
 	}
 	return false
@@ -224,8 +232,10 @@ func (t *sqlTail) end(n int) []byte {
 	return t.last[max(len(t.last)-n, 0):]
 }
 
+// Write is safe on a nil *sqlTail (no text to follow), as the relay may
+// hand one over as an io.Writer.
 func (t *sqlTail) Write(b []byte) (int, error) {
-	if t.done {
+	if t == nil || t.done {
 		return len(b), nil
 	}
 	if i := bytes.IndexByte(b, 0); i >= 0 {
@@ -461,19 +471,69 @@ func formatParams(b []byte, cut bool) string {
 
 // head returns the oldest request, waiting until the client side has filled it.
 // Called with tr.mu held; releases it while waiting.
+// CopyDone and CopyFail markers at the head are dropped: outside a COPY the
+// server ignores them.
 func (tr *tracker) head() *pending {
-	if len(tr.queue) == 0 {
-		return nil
+	for len(tr.queue) > 0 {
+		p := tr.queue[0]
+		if isCopyEnd(p.kind) {
+			tr.pop()
+			continue
+		}
+		select {
+		case <-p.ready:
+		default:
+			tr.mu.Unlock()
+			<-p.ready
+			tr.mu.Lock()
+		}
+		if len(tr.queue) > 0 && tr.queue[0] == p {
+			return p
+		}
 	}
-	p := tr.queue[0]
-	select {
-	case <-p.ready:
-	default:
-		tr.mu.Unlock()
-		<-p.ready
-		tr.mu.Lock()
+	return nil
+}
+
+func isCopyEnd(kind byte) bool { return kind == 'c' || kind == 'f' }
+
+// first is the oldest request that is not a COPY end marker, without
+// waiting for it to be filled, or nil.
+func (tr *tracker) first() *pending {
+	for _, p := range tr.queue {
+		if !isCopyEnd(p.kind) {
+			return p
+		}
 	}
-	return p
+	return nil
+}
+
+// endCopy follows the end of a COPY FROM STDIN that request p started
+// (protocol §55.2.6): the server read the client's messages up to CopyDone
+// or CopyFail as part of the COPY, ignoring Flush and Sync, and a message of
+// any other type ended the COPY with an error (08P01) having been read. Those
+// Syncs (libpq sends one right after an extended-protocol COPY's Execute)
+// and that message get no answer of their own, so they leave the queue.
+func (tr *tracker) endCopy(p *pending, e serverError) {
+	tr.copyIn = nil
+	if len(tr.queue) == 0 || tr.queue[0] != p {
+		return
+	}
+	i := 1
+	for i < len(tr.queue) {
+		k := tr.queue[i].kind
+		switch {
+		case k == 'S':
+			tr.queue = slices.Delete(tr.queue, i, i+1)
+		case isCopyEnd(k):
+			tr.queue = slices.Delete(tr.queue, i, i+1)
+			return
+		default:
+			if e.code == "08P01" {
+				tr.queue = slices.Delete(tr.queue, i, i+1)
+			}
+			return
+		}
+	}
 }
 
 func (tr *tracker) pop() {
@@ -488,14 +548,14 @@ func (tr *tracker) pop() {
 func (tr *tracker) server(typ byte, body []byte) {
 	if typ == 'D' {
 		tr.mu.Lock()
-		if len(tr.queue) > 0 {
-			tr.queue[0].rows++
+		if p := tr.first(); p != nil {
+			p.rows++
 		}
 		tr.mu.Unlock()
 		return
 	}
 	switch typ {
-	case '1', '2', '3', 'n', 'T', 'C', 'I', 's', 'E', 'V', 'Z', 'S':
+	case '1', '2', '3', 'n', 'T', 'C', 'I', 's', 'E', 'V', 'Z', 'S', 'G':
 	default:
 		return // notices, notifications, COPY, row data, descriptions
 	}
@@ -515,10 +575,10 @@ func (tr *tracker) server(typ byte, body []byte) {
 	if typ == 'S' {
 		// A Query the server has begun was parsed with the setting in force
 		// before; a change it makes itself (SET) is reported after.
-		if len(tr.queue) > 0 {
+		if p := tr.first(); p != nil {
 			select {
-			case <-tr.queue[0].ready:
-				tr.startQuery(tr.queue[0])
+			case <-p.ready:
+				tr.startQuery(p)
 			default: // not whole yet, so the server has not begun it
 			}
 		}
@@ -537,12 +597,19 @@ func (tr *tracker) server(typ byte, body []byte) {
 		if p == nil || tr.skip {
 			return
 		}
+		if tr.copyIn == p {
+			tr.endCopy(p, e)
+		}
 		switch p.kind {
 		case 'Q':
 			tr.startQuery(p)
+			if p.errored {
+				break // a Query stops at its first error; a FATAL after it ends the session
+			}
 			p.errored = true
 			out = tr.queryResult(out, p, now, "", e)
 		case 'F':
+			p.results++
 			out = append(out, tr.make(p.sql, "function", "", p.params, tr.startOf(p), now, "", e))
 		case 'P':
 			out = append(out, tr.make(p.sql, "extended", p.stmt, "", tr.startOf(p), now, "", e))
@@ -567,6 +634,11 @@ func (tr *tracker) server(typ byte, body []byte) {
 		tr.startQuery(p)
 	}
 	switch typ {
+	case 'G':
+		if p.kind == 'Q' || p.kind == 'E' {
+			tr.copyIn = p
+		}
+		return
 	case '1':
 		if p.kind == 'P' {
 			tr.stmts[p.stmt] = p.sql
@@ -605,6 +677,9 @@ func (tr *tracker) server(typ byte, body []byte) {
 		if typ == 'C' {
 			tag, _, _ = cstr(body)
 		}
+		if tr.copyIn == p {
+			tr.endCopy(p, serverError{})
+		}
 		switch p.kind {
 		case 'Q':
 			if changesStatements(tag) {
@@ -636,14 +711,24 @@ func (tr *tracker) server(typ byte, body []byte) {
 		}
 	case 'V':
 		if p.kind == 'F' {
+			p.results++
 			out = append(out, tr.make(p.sql, "function", "", p.params, tr.startOf(p), now, "", serverError{}))
 		}
 	case 'Z':
-		for len(tr.queue) > 0 {
+		for {
 			p := tr.head()
+			if p == nil {
+				break
+			}
 			if p.kind == 'Q' {
 				tr.startQuery(p)
 				out = tr.endQuery(out, p)
+			}
+			if p.results == 0 && (p.kind == 'Q' || p.kind == 'E' || p.kind == 'F') {
+				// The server's answers and the tracker's queue disagree
+				// (a protocol corner the tracker does not follow): the
+				// request is still recorded, never dropped unseen.
+				out = append(out, tr.unmatched(p, now))
 			}
 			tr.pop()
 			if p.kind == 'Q' || p.kind == 'S' || p.kind == 'F' {
@@ -651,6 +736,7 @@ func (tr *tracker) server(typ byte, body []byte) {
 			}
 		}
 		tr.skip = false
+		tr.copyIn = nil
 		if len(body) > 0 && body[0] == 'I' {
 			// Outside a transaction block no portal survives.
 			for name, ps := range tr.portals {
@@ -883,6 +969,27 @@ func (tr *tracker) execResult(p *pending, now time.Time, tag string, e serverErr
 		// PortalRun); the DataRows of all batches are the statement's rows.
 		q.Rows = rows
 	}
+	return q
+}
+
+// unmatched is the record of request p when the server's answers skipped
+// it: the tracker lost step with the server somewhere, so it says so rather
+// than drop the request.
+func (tr *tracker) unmatched(p *pending, now time.Time) audit.Query {
+	var q audit.Query
+	switch p.kind {
+	case 'Q':
+		q = tr.make(p.sql, "simple", "", "", tr.startOf(p), now, "", serverError{})
+	case 'E':
+		ps := tr.portals[p.portal]
+		if ps == nil {
+			ps = &portalState{}
+		}
+		q = tr.make(ps.sql, "extended", ps.stmt, ps.params, tr.startOf(p), now, "", serverError{})
+	default:
+		q = tr.make(p.sql, "function", "", p.params, tr.startOf(p), now, "", serverError{})
+	}
+	q.Command, q.Rows, q.Error = Unanswered, -1, "no answer of the server could be matched to this request"
 	return q
 }
 
@@ -1186,8 +1293,12 @@ func (tr *tracker) finish() int {
 		switch p.kind {
 		case 'Q':
 			tr.startQuery(p)
-			p.errored = true // its statement count is unknown: whole texts
+			answered := p.errored // the server stops a Query at its first error
+			p.errored = true      // its statement count is unknown: whole texts
 			out = tr.endQuery(out, p)
+			if answered {
+				continue
+			}
 			add(tr.make(p.sql, "simple", "", "", tr.startOf(p), now, "", serverError{}))
 		case 'P':
 			if _, exists := tr.stmts[p.stmt]; !exists || p.stmt == "" {
