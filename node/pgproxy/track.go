@@ -36,7 +36,14 @@ import (
 //   - ErrorResponse: a record with the SQLSTATE for the Query statement,
 //     Parse, Bind or Execute at the head; in the extended protocol the server
 //     then skips to Sync, and so does the tracker;
-//   - ReadyForQuery pops through the Query, Sync or FunctionCall it ends.
+//   - ReadyForQuery pops through the Query, Sync or FunctionCall it ends; a
+//     Query, Execute or FunctionCall it passes unanswered is still recorded;
+//   - CopyInResponse starts a COPY FROM STDIN: at its end the Syncs the COPY
+//     read (and a message that ended it) leave the queue (endCopy), found
+//     by the CopyDone/CopyFail markers the client side queues.
+//
+// Server state (prepared statement texts, portals, standard_conforming_strings)
+// is taken from the server's answers, never from the client's requests.
 //
 // Messages the tracker cannot match are ignored; it never stops the relay.
 
