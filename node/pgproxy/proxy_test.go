@@ -2,11 +2,9 @@ package pgproxy
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
 	"database/sql"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
@@ -420,11 +418,10 @@ func TestProxy(t *testing.T) {
 		}
 		qs, _ := tp.audit.Queries(ctx, audit.QueryFilter{ConnectionID: conns[0].ID})
 		// Only the statement under the limit reached the server and the log.
-		sum := sha256.Sum256([]byte(under))
-		if len(qs) != 1 || !strings.HasPrefix(under, qs[0].SQL) || len(qs[0].SQL) != DefaultMaxAuditSQL ||
-			qs[0].SQLLength != int64(len(under)) || qs[0].SQLSHA256 != hex.EncodeToString(sum[:]) || qs[0].Rows != 1 {
-			t.Fatalf("%d queries recorded; want only the one under the limit, cut with its length and hash", len(qs))
+		if len(qs) != 1 || qs[0].Rows != 1 {
+			t.Fatalf("%d queries recorded; want only the one under the limit", len(qs))
 		}
+		checkHeadTail(t, qs[0], under, DefaultMaxAuditSQL)
 	})
 
 	t.Run("bad startup packets get an error, not a hang", func(t *testing.T) {

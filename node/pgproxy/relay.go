@@ -155,7 +155,7 @@ var errMidMessage = errors.New("server connection ended in the middle of a messa
 // nil when the server closed between messages.
 func serverToClient(r *bufio.Reader, w *bufio.Writer, tr *tracker, n *atomic.Int64) error {
 	var hdr [5]byte
-	kept := make([]byte, 0, smallKeep) // the most kept of one message (CommandComplete, ErrorResponse, ReadyForQuery)
+	kept := make([]byte, 0, smallKeep) // the most kept of one message (CommandComplete, ErrorResponse, ReadyForQuery, ParameterStatus)
 	cw := &countingWriter{w: w, n: n}
 	for {
 		if r.Buffered() == 0 {
@@ -191,7 +191,7 @@ func serverToClient(r *bufio.Reader, w *bufio.Writer, tr *tracker, n *atomic.Int
 		body := int64(length) - 4
 		var keep int64
 		switch typ {
-		case 'C', 'E', 'Z':
+		case 'C', 'E', 'Z', 'S':
 			keep = min(body, smallKeep)
 		}
 		if keep > 0 {

@@ -100,6 +100,7 @@ func FuzzRelay(f *testing.F) {
 		if err == nil && toClient.Len() != len(fromServer) {
 			t.Fatalf("server side: no error but %d of %d bytes passed on", toClient.Len(), len(fromServer))
 		}
+		tr.finish()
 		for _, q := range recorded {
 			if !utf8.ValidString(q.SQL) {
 				t.Fatalf("recorded SQL is not valid UTF-8: %q", q.SQL)

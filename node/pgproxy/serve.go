@@ -121,9 +121,15 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 			}
 		}
 	})
+	tr.setParameter("standard_conforming_strings", up.hc.ParameterStatuses["standard_conforming_strings"])
 	var stats relayStats
 	g.stats = &stats
 	end.Error = p.relay(sctx, conn, server, tr, &stats, t.Resource)
+	// Requests the server got but never answered are recorded too (the
+	// recorder takes them after the session's context has ended).
+	if n := tr.finish(); n > 0 && end.Error == "" {
+		end.Error = fmt.Sprintf("the session ended with %d request(s) the server had not answered (recorded as %s)", n, Unanswered)
+	}
 	end.BytesFromClient, end.BytesFromServer = stats.fromClient.Load(), stats.fromServer.Load()
 	end.QueriesDropped = p.closeRecorder(ctx, recorder)
 	if f := tr.fatalSeen(); f.code != "" {

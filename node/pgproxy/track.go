@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,7 +36,14 @@ import (
 //   - ErrorResponse: a record with the SQLSTATE for the Query statement,
 //     Parse, Bind or Execute at the head; in the extended protocol the server
 //     then skips to Sync, and so does the tracker;
-//   - ReadyForQuery pops through the Query, Sync or FunctionCall it ends.
+//   - ReadyForQuery pops through the Query, Sync or FunctionCall it ends; a
+//     Query, Execute or FunctionCall it passes unanswered is still recorded;
+//   - CopyInResponse starts a COPY FROM STDIN: at its end the Syncs the COPY
+//     read (and a message that ended it) leave the queue (endCopy), found
+//     by the CopyDone/CopyFail markers the client side queues.
+//
+// Server state (prepared statement texts, portals, standard_conforming_strings)
+// is taken from the server's answers, never from the client's requests.
 //
 // Messages the tracker cannot match are ignored; it never stops the relay.
 
@@ -63,14 +71,43 @@ type pending struct {
 	ready chan struct{} // closed by the client side once the fields below are set
 
 	sql     sqlCapture
-	stmts   []string // Query: the statements of sql.text, when it could be split
-	stmt    string   // Parse, Bind: statement name
-	portal  string   // Bind, Execute, Close 'P', Describe 'P'
-	params  string   // Bind
-	closeOf byte     // Close, Describe: 'S' or 'P'
+	stmt    string // Parse, Bind: statement name
+	portal  string // Bind, Execute, Close 'P', Describe 'P'
+	params  string // Bind, FunctionCall
+	closeOf byte   // Close, Describe: 'S' or 'P'
+	// abandoned: the message never reached the server whole, so the server
+	// never ran it.
+	abandoned bool
+
+	// Query, server side: split says it was split (at its first response,
+	// with the standard_conforming_strings then in force) into nstmts
+	// statements; errored says a statement failed; run holds the rest, for
+	// the few Queries that need it.
+	split   bool
+	errored bool
+	nstmts  int32
+	run     *queryRun
 
 	results int   // Query: statement results seen
 	rows    int64 // DataRows seen since the last result
+}
+
+// queryRun is what a Query of several statements, or one that ran PREPARE
+// or DEALLOCATE, keeps until it ends.
+type queryRun struct {
+	stmts []string // the statements of sql.text, when there are several
+	// recs are the records held until ReadyForQuery shows whether the
+	// server ran as many statements as the split found.
+	recs []audit.Query
+	// sqlCmds are applied to the statement map at the Query's end.
+	sqlCmds []sqlCmd
+}
+
+// sqlCmd is a PREPARE, DEALLOCATE or DISCARD ALL that a Query ran: result
+// is its index among the Query's results.
+type sqlCmd struct {
+	tag    string
+	result int
 }
 
 // portalState is what an Execute needs of its portal.
@@ -90,13 +127,26 @@ type tracker struct {
 	limit  int               // Config.MaxAuditSQL
 	redact bool              // Target.RedactParams
 
-	mu      sync.Mutex
-	queue   []*pending
-	stmts   map[string]sqlCapture   // client side only
-	portals map[string]*portalState // server side only: made at BindComplete
-	skip    bool                    // after an extended-protocol ErrorResponse, until ReadyForQuery
-	last    time.Time               // when the previous response completed
-	fatal   serverError             // the last FATAL or PANIC ErrorResponse from the server
+	mu    sync.Mutex
+	queue []*pending
+	// The server's prepared statements and portals as the server has
+	// confirmed them, server side only: a statement's text is taken at its
+	// ParseComplete and dropped at its CloseComplete (a Parse the server
+	// refused, e.g. 42P05 for a name in use, or skipped after an earlier
+	// error in the pipeline, changes nothing); a portal is made at BindComplete.
+	stmts   map[string]sqlCapture
+	portals map[string]*portalState
+	skip    bool        // after an extended-protocol ErrorResponse, until ReadyForQuery
+	last    time.Time   // when the previous response completed
+	fatal   serverError // the last FATAL or PANIC ErrorResponse from the server
+	// scsOff: the server's standard_conforming_strings is off (backslash
+	// escapes in '' strings), as its ParameterStatus last said.
+	scsOff bool
+	// early are records made on the way (startQuery) for the caller to send.
+	early []audit.Query
+	// copyIn is the request whose COPY FROM STDIN is running (after its
+	// CopyInResponse), or nil.
+	copyIn *pending
 }
 
 type serverError struct{ severity, code, message string }
@@ -108,10 +158,23 @@ func newTracker(limit int, redact bool, record func(audit.Query)) *tracker {
 	return &tracker{record: record, limit: limit, redact: redact, stmts: map[string]sqlCapture{}, portals: map[string]*portalState{}}
 }
 
+// setParameter follows a ParameterStatus of the server (at login and during
+// the session): standard_conforming_strings decides how the server splits a
+// multi-statement Query.
+func (tr *tracker) setParameter(name, value string) {
+	if name == "standard_conforming_strings" {
+		tr.scsOff = value == "off"
+	}
+}
+
 // tracked reports whether client message typ gets a response the tracker follows.
 func tracked(typ byte) bool {
 	switch typ {
 	case 'Q', 'P', 'B', 'D', 'E', 'C', 'S', 'F':
+		return true
+	case 'c', 'f':
+		// CopyDone and CopyFail get no response of their own: they mark
+		// where a COPY's data ends in the client's stream (see endCopy).
 		return true
 	}
 	return false
@@ -122,7 +185,7 @@ func (tr *tracker) keepOf(typ byte, body int64) int64 {
 	switch typ {
 	case 'Q', 'P':
 		return min(body, int64(tr.limit)+nameSlack)
-	case 'B':
+	case 'B', 'F':
 		return min(body, bindKeep)
 	default:
 		return min(body, smallKeep)
@@ -140,32 +203,54 @@ func (tr *tracker) push(typ byte) *pending {
 }
 
 // sqlTail hashes the rest of an SQL text longer than the audit limit as it
-// streams past, up to its terminating NUL.
+// streams past, up to its terminating NUL, and keeps its last tailKeep bytes.
 type sqlTail struct {
 	h    hash.Hash
 	n    int64
 	done bool
+	last []byte // the end of what was written, at least its last tailKeep bytes
 }
+
+// tailKeep is the most of the end of a long SQL text that a streamed
+// message keeps for the record (see capture).
+const tailKeep = DefaultMaxAuditSQL / 2
 
 func newSQLTail(prefix []byte) *sqlTail {
 	t := &sqlTail{h: sha256.New()}
-	t.h.Write(prefix)
-	t.n = int64(len(prefix))
+	t.write(prefix)
 	return t
 }
 
+func (t *sqlTail) write(b []byte) {
+	t.h.Write(b)
+	t.n += int64(len(b))
+	if len(b) >= tailKeep {
+		t.last = append(t.last[:0], b[len(b)-tailKeep:]...)
+		return
+	}
+	t.last = append(t.last, b...)
+	if len(t.last) > 2*tailKeep {
+		t.last = t.last[:copy(t.last, t.last[len(t.last)-tailKeep:])]
+	}
+}
+
+// end is the last n bytes written (fewer if fewer were).
+func (t *sqlTail) end(n int) []byte {
+	return t.last[max(len(t.last)-n, 0):]
+}
+
+// Write is safe on a nil *sqlTail (no text to follow), as the relay may
+// hand one over as an io.Writer.
 func (t *sqlTail) Write(b []byte) (int, error) {
-	if t.done {
+	if t == nil || t.done {
 		return len(b), nil
 	}
 	if i := bytes.IndexByte(b, 0); i >= 0 {
-		t.h.Write(b[:i])
-		t.n += int64(i)
+		t.write(b[:i])
 		t.done = true
 		return len(b), nil
 	}
-	t.h.Write(b)
-	t.n += int64(len(b))
+	t.write(b)
 	return len(b), nil
 }
 
@@ -194,28 +279,42 @@ func tailFor(typ byte, kept []byte) *sqlTail {
 	return newSQLTail(kept[s:])
 }
 
-// capture makes the logged form of an SQL text: whole when it fits the limit,
-// else cut at a UTF-8 boundary with its length and SHA-256.
+// capture makes the logged form of an SQL text: whole when it fits the
+// limit, else its head and its tail (cut at UTF-8 boundaries, at most the
+// limit together) around a marker that says how many bytes between them are
+// not recorded, with the whole text's length and SHA-256. Keeping the tail
+// means padding cannot push the end of a statement out of the record.
 func (tr *tracker) capture(sql []byte, tail *sqlTail) sqlCapture {
 	if tail == nil && len(sql) <= tr.limit {
 		return sqlCapture{text: validUTF8(sql)}
 	}
 	var c sqlCapture
+	var end []byte
+	tailN := min(tr.limit/2, tailKeep)
 	if tail != nil {
 		c.length = tail.n
 		c.sha256 = hex.EncodeToString(tail.h.Sum(nil))
+		end = tail.end(tailN)
 	} else {
 		c.length = int64(len(sql))
 		sum := sha256.Sum256(sql)
 		c.sha256 = hex.EncodeToString(sum[:])
+		end = sql[len(sql)-tailN:]
 	}
-	cut := min(len(sql), tr.limit)
+	for len(end) > 0 && !utf8.RuneStart(end[0]) {
+		end = end[1:]
+	}
+	cut := min(len(sql), tr.limit-tailN)
 	for cut > 0 && cut < len(sql) && !utf8.RuneStart(sql[cut]) {
 		cut--
 	}
-	c.text = validUTF8(sql[:cut])
+	omitted := c.length - int64(cut) - int64(len(end))
+	c.text = validUTF8(sql[:cut]) + fmt.Sprintf(elision, omitted) + validUTF8(end)
 	return c
 }
+
+// elision stands between the head and the tail of a long SQL text in its record.
+const elision = "\n…[%d bytes not recorded]…\n"
 
 func validUTF8(b []byte) string {
 	s := string(b)
@@ -236,7 +335,8 @@ func cstr(b []byte) (string, []byte, bool) {
 
 // fill sets a request's fields from its kept body (total bytes long) and
 // releases it to the server side. Malformed bodies leave fields empty: the
-// server will answer them with an ErrorResponse.
+// server will answer them with an ErrorResponse. It changes no state of the
+// server's: what a request does there is taken from the server's answer.
 func (tr *tracker) fill(p *pending, kept []byte, total int64, tail *sqlTail) {
 	defer close(p.ready)
 	switch p.kind {
@@ -246,9 +346,6 @@ func (tr *tracker) fill(p *pending, kept []byte, total int64, tail *sqlTail) {
 			sql = sql[:i]
 		}
 		p.sql = tr.capture(sql, tail)
-		if p.sql.length == 0 {
-			p.stmts = splitStatements(p.sql.text)
-		}
 	case 'P':
 		name, rest, ok := cstr(kept)
 		if !ok {
@@ -260,9 +357,6 @@ func (tr *tracker) fill(p *pending, kept []byte, total int64, tail *sqlTail) {
 		}
 		p.stmt = name
 		p.sql = tr.capture(sql, tail)
-		tr.mu.Lock()
-		tr.stmts[name] = p.sql
-		tr.mu.Unlock()
 	case 'B':
 		portal, rest, ok := cstr(kept)
 		if !ok {
@@ -273,14 +367,7 @@ func (tr *tracker) fill(p *pending, kept []byte, total int64, tail *sqlTail) {
 			return
 		}
 		p.portal, p.stmt = portal, stmt
-		if tr.redact {
-			p.params = redactedParams(rest)
-		} else {
-			p.params = formatParams(rest, int64(len(kept)) < total)
-		}
-		tr.mu.Lock()
-		p.sql = tr.stmts[stmt]
-		tr.mu.Unlock()
+		p.params = tr.params(rest, int64(len(kept)) < total)
 	case 'E':
 		p.portal, _, _ = cstr(kept)
 	case 'D', 'C':
@@ -288,17 +375,24 @@ func (tr *tracker) fill(p *pending, kept []byte, total int64, tail *sqlTail) {
 			p.closeOf = kept[0]
 			name, _, _ := cstr(kept[1:])
 			p.portal, p.stmt = name, name
-			if p.kind == 'C' && p.closeOf == 'S' {
-				tr.mu.Lock()
-				delete(tr.stmts, name)
-				tr.mu.Unlock()
-			}
 		}
 	case 'F':
+		// Function OID, then argument formats and values laid out as a
+		// Bind's parameters (protocol §55.7, FunctionCall).
 		if len(kept) >= 4 {
 			p.sql = sqlCapture{text: fmt.Sprintf("function call: OID %d", binary.BigEndian.Uint32(kept))}
+			p.params = tr.params(kept[4:], int64(len(kept)) < total)
 		}
 	}
+}
+
+// params renders the parameter part of a Bind or FunctionCall body, or only
+// their count under RedactParams.
+func (tr *tracker) params(b []byte, cut bool) string {
+	if tr.redact {
+		return redactedParams(b)
+	}
+	return formatParams(b, cut)
 }
 
 // redactedParams says how many parameters a Bind had, without their values.
@@ -384,19 +478,69 @@ func formatParams(b []byte, cut bool) string {
 
 // head returns the oldest request, waiting until the client side has filled it.
 // Called with tr.mu held; releases it while waiting.
+// CopyDone and CopyFail markers at the head are dropped: outside a COPY the
+// server ignores them.
 func (tr *tracker) head() *pending {
-	if len(tr.queue) == 0 {
-		return nil
+	for len(tr.queue) > 0 {
+		p := tr.queue[0]
+		if isCopyEnd(p.kind) {
+			tr.pop()
+			continue
+		}
+		select {
+		case <-p.ready:
+		default:
+			tr.mu.Unlock()
+			<-p.ready
+			tr.mu.Lock()
+		}
+		if len(tr.queue) > 0 && tr.queue[0] == p {
+			return p
+		}
 	}
-	p := tr.queue[0]
-	select {
-	case <-p.ready:
-	default:
-		tr.mu.Unlock()
-		<-p.ready
-		tr.mu.Lock()
+	return nil
+}
+
+func isCopyEnd(kind byte) bool { return kind == 'c' || kind == 'f' }
+
+// first is the oldest request that is not a COPY end marker, without
+// waiting for it to be filled, or nil.
+func (tr *tracker) first() *pending {
+	for _, p := range tr.queue {
+		if !isCopyEnd(p.kind) {
+			return p
+		}
 	}
-	return p
+	return nil
+}
+
+// endCopy follows the end of a COPY FROM STDIN that request p started
+// (protocol §55.2.6): the server read the client's messages up to CopyDone
+// or CopyFail as part of the COPY, ignoring Flush and Sync, and a message of
+// any other type ended the COPY with an error (08P01) having been read. Those
+// Syncs (libpq sends one right after an extended-protocol COPY's Execute)
+// and that message get no answer of their own, so they leave the queue.
+func (tr *tracker) endCopy(p *pending, e serverError) {
+	tr.copyIn = nil
+	if len(tr.queue) == 0 || tr.queue[0] != p {
+		return
+	}
+	i := 1
+	for i < len(tr.queue) {
+		k := tr.queue[i].kind
+		switch {
+		case k == 'S':
+			tr.queue = slices.Delete(tr.queue, i, i+1)
+		case isCopyEnd(k):
+			tr.queue = slices.Delete(tr.queue, i, i+1)
+			return
+		default:
+			if e.code == "08P01" {
+				tr.queue = slices.Delete(tr.queue, i, i+1)
+			}
+			return
+		}
+	}
 }
 
 func (tr *tracker) pop() {
@@ -407,30 +551,50 @@ func (tr *tracker) pop() {
 }
 
 // server takes one server message: its type and (for CommandComplete,
-// ErrorResponse and ReadyForQuery) its kept body.
+// ErrorResponse, ReadyForQuery and ParameterStatus) its kept body.
 func (tr *tracker) server(typ byte, body []byte) {
 	if typ == 'D' {
 		tr.mu.Lock()
-		if len(tr.queue) > 0 {
-			tr.queue[0].rows++
+		if p := tr.first(); p != nil {
+			p.rows++
 		}
 		tr.mu.Unlock()
 		return
 	}
 	switch typ {
-	case '1', '2', '3', 'n', 'T', 'C', 'I', 's', 'E', 'V', 'Z':
+	case '1', '2', '3', 'n', 'T', 'C', 'I', 's', 'E', 'V', 'Z', 'S', 'G':
 	default:
-		return // notices, notifications, ParameterStatus, COPY, row data, descriptions
+		return // notices, notifications, COPY, row data, descriptions
 	}
 	now := time.Now()
 	tr.mu.Lock()
 	var out []audit.Query
 	defer func() {
+		if tr.early != nil {
+			out = append(tr.early, out...)
+			tr.early = nil
+		}
 		tr.mu.Unlock()
 		for _, q := range out {
 			tr.record(q)
 		}
 	}()
+	if typ == 'S' {
+		// A Query the server has begun was parsed with the setting in force
+		// before; a change it makes itself (SET) is reported after.
+		if p := tr.first(); p != nil {
+			select {
+			case <-p.ready:
+				tr.startQuery(p)
+			default: // not whole yet, so the server has not begun it
+			}
+		}
+		if name, rest, ok := cstr(body); ok {
+			value, _, _ := cstr(rest)
+			tr.setParameter(name, value)
+		}
+		return
+	}
 	if typ == 'E' {
 		e := parseError(body)
 		if e.severity == "FATAL" || e.severity == "PANIC" {
@@ -440,16 +604,25 @@ func (tr *tracker) server(typ byte, body []byte) {
 		if p == nil || tr.skip {
 			return
 		}
+		if tr.copyIn == p {
+			tr.endCopy(p, e)
+		}
 		switch p.kind {
 		case 'Q':
-			out = append(out, tr.queryResult(p, now, "", e))
+			tr.startQuery(p)
+			if p.errored {
+				break // a Query stops at its first error; a FATAL after it ends the session
+			}
+			p.errored = true
+			out = tr.queryResult(out, p, now, "", e)
 		case 'F':
-			out = append(out, tr.make(p.sql, "function", "", "", tr.startOf(p), now, "", e))
+			p.results++
+			out = append(out, tr.make(p.sql, "function", "", p.params, tr.startOf(p), now, "", e))
 		case 'P':
 			out = append(out, tr.make(p.sql, "extended", p.stmt, "", tr.startOf(p), now, "", e))
 			tr.skipToSync()
 		case 'B':
-			out = append(out, tr.make(p.sql, "extended", p.stmt, p.params, tr.startOf(p), now, "", e))
+			out = append(out, tr.make(tr.stmtText(p.stmt), "extended", p.stmt, p.params, tr.startOf(p), now, "", e))
 			tr.skipToSync()
 		case 'E':
 			out = append(out, tr.execResult(p, now, "", e))
@@ -464,9 +637,18 @@ func (tr *tracker) server(typ byte, body []byte) {
 	if p == nil {
 		return
 	}
+	if p.kind == 'Q' {
+		tr.startQuery(p)
+	}
 	switch typ {
+	case 'G':
+		if p.kind == 'Q' || p.kind == 'E' {
+			tr.copyIn = p
+		}
+		return
 	case '1':
 		if p.kind == 'P' {
+			tr.stmts[p.stmt] = p.sql
 			tr.pop()
 		}
 	case '2':
@@ -474,12 +656,15 @@ func (tr *tracker) server(typ byte, body []byte) {
 			if old := tr.portals[p.portal]; old != nil && old.suspended {
 				out = append(out, tr.unfinished(p.portal, old, now))
 			}
-			tr.portals[p.portal] = &portalState{sql: p.sql, stmt: p.stmt, params: p.params}
+			tr.portals[p.portal] = &portalState{sql: tr.stmtText(p.stmt), stmt: p.stmt, params: p.params}
 			tr.pop()
 		}
 	case '3':
 		if p.kind == 'C' {
-			if p.closeOf == 'P' {
+			switch p.closeOf {
+			case 'S':
+				delete(tr.stmts, p.stmt)
+			case 'P':
 				if old := tr.portals[p.portal]; old != nil {
 					if old.suspended {
 						out = append(out, tr.unfinished(p.portal, old, now))
@@ -499,11 +684,25 @@ func (tr *tracker) server(typ byte, body []byte) {
 		if typ == 'C' {
 			tag, _, _ = cstr(body)
 		}
+		if tr.copyIn == p {
+			tr.endCopy(p, serverError{})
+		}
 		switch p.kind {
 		case 'Q':
-			out = append(out, tr.queryResult(p, now, tag, serverError{}))
+			if changesStatements(tag) {
+				if p.run == nil {
+					p.run = &queryRun{}
+				}
+				p.run.sqlCmds = append(p.run.sqlCmds, sqlCmd{tag: tag, result: p.results})
+			}
+			out = tr.queryResult(out, p, now, tag, serverError{})
 		case 'E':
-			out = append(out, tr.execResult(p, now, tag, serverError{}))
+			q := tr.execResult(p, now, tag, serverError{})
+			if changesStatements(tag) {
+				// One statement per Parse: its text is exactly what ran.
+				tr.applySQLCmd(tag, q.SQL, q.SQLLength == 0)
+			}
+			out = append(out, q)
 			tr.pop()
 		}
 	case 's':
@@ -519,17 +718,32 @@ func (tr *tracker) server(typ byte, body []byte) {
 		}
 	case 'V':
 		if p.kind == 'F' {
-			out = append(out, tr.make(p.sql, "function", "", "", tr.startOf(p), now, "", serverError{}))
+			p.results++
+			out = append(out, tr.make(p.sql, "function", "", p.params, tr.startOf(p), now, "", serverError{}))
 		}
 	case 'Z':
-		for len(tr.queue) > 0 {
-			k := tr.head().kind
+		for {
+			p := tr.head()
+			if p == nil {
+				break
+			}
+			if p.kind == 'Q' {
+				tr.startQuery(p)
+				out = tr.endQuery(out, p)
+			}
+			if p.results == 0 && (p.kind == 'Q' || p.kind == 'E' || p.kind == 'F') {
+				// The server's answers and the tracker's queue disagree
+				// (a protocol corner the tracker does not follow): the
+				// request is still recorded, never dropped unseen.
+				out = append(out, tr.unmatched(p, now))
+			}
 			tr.pop()
-			if k == 'Q' || k == 'S' || k == 'F' {
+			if p.kind == 'Q' || p.kind == 'S' || p.kind == 'F' {
 				break
 			}
 		}
 		tr.skip = false
+		tr.copyIn = nil
 		if len(body) > 0 && body[0] == 'I' {
 			// Outside a transaction block no portal survives.
 			for name, ps := range tr.portals {
@@ -552,16 +766,196 @@ func (tr *tracker) skipToSync() {
 	tr.skip = true
 }
 
-// queryResult is the record of one statement result of a simple Query.
-func (tr *tracker) queryResult(p *pending, now time.Time, tag string, e serverError) audit.Query {
-	sql := p.sql
-	if p.results < len(p.stmts) && len(p.stmts) > 1 {
-		sql = sqlCapture{text: p.stmts[p.results]}
+// stmtText is the text of prepared statement name as the server has it.
+func (tr *tracker) stmtText(name string) sqlCapture {
+	if c, ok := tr.stmts[name]; ok {
+		return c
 	}
+	return sqlCapture{text: fmt.Sprintf("[prepared statement %q: no text known to the proxy (not prepared by a Parse it saw complete, or replaced by SQL PREPARE/DEALLOCATE)]", name)}
+}
+
+// startQuery is called when the server begins on Query p: the server has
+// parsed the whole string with the standard_conforming_strings in force
+// now, so it is split now; and a Query destroys the unnamed prepared
+// statement (protocol §55.2.3).
+func (tr *tracker) startQuery(p *pending) {
+	if p.kind != 'Q' || p.split {
+		return
+	}
+	p.split = true
+	if p.sql.length == 0 {
+		stmts := splitStatements(p.sql.text, !tr.scsOff)
+		p.nstmts = int32(len(stmts))
+		if len(stmts) > 1 {
+			p.run = &queryRun{stmts: stmts}
+		}
+	}
+	delete(tr.stmts, "")
+	// It destroys the unnamed portal too.
+	if ps := tr.portals[""]; ps != nil {
+		if ps.suspended {
+			tr.early = append(tr.early, tr.unfinished("", ps, time.Now()))
+		}
+		delete(tr.portals, "")
+	}
+}
+
+// queryResult adds the record of one statement result of a simple Query to
+// out, or holds it until the Query ends when the Query has several statements.
+func (tr *tracker) queryResult(out []audit.Query, p *pending, now time.Time, tag string, e serverError) []audit.Query {
+	q := tr.make(p.sql, "simple", "", "", tr.startOf(p), now, tag, e)
 	p.results++
-	q := tr.make(sql, "simple", "", "", tr.startOf(p), now, tag, e)
 	p.rows = 0
-	return q
+	if p.nstmts > 1 {
+		p.run.recs = append(p.run.recs, q)
+		return out
+	}
+	return append(out, q)
+}
+
+// endQuery adds the held records of Query p to out. Each gets its own
+// statement's text only when the server ran, without error, as many
+// statements as the split found; otherwise the split cannot be trusted to
+// match the server's and every record keeps the whole text. The PREPARE and
+// DEALLOCATE the Query ran are applied to the statement map.
+func (tr *tracker) endQuery(out []audit.Query, p *pending) []audit.Query {
+	if p.run == nil {
+		return out
+	}
+	matched := !p.errored && p.results == int(p.nstmts)
+	stmt := func(i int) string {
+		if p.nstmts > 1 {
+			return p.run.stmts[i]
+		}
+		return p.sql.text // split, so whole
+	}
+	if matched && p.nstmts > 1 {
+		for i := range p.run.recs {
+			p.run.recs[i].SQL = p.run.stmts[i]
+		}
+	}
+	for _, c := range p.run.sqlCmds {
+		if matched {
+			tr.applySQLCmd(c.tag, stmt(c.result), true)
+		} else {
+			tr.applySQLCmd(c.tag, "", false)
+		}
+	}
+	out = append(out, p.run.recs...)
+	p.run = nil
+	return out
+}
+
+// changesStatements reports whether a command tag is of an SQL command that
+// creates or drops prepared statements (which share the protocol's names).
+func changesStatements(tag string) bool {
+	switch tag {
+	case "PREPARE", "DEALLOCATE", "DEALLOCATE ALL", "DISCARD ALL":
+		return true
+	}
+	return false
+}
+
+// applySQLCmd follows a PREPARE, DEALLOCATE or DISCARD ALL that ran as text
+// (known says text is exactly that statement). A statement whose name cannot
+// be read drops every known text, so a later Bind is never attributed stale SQL.
+func (tr *tracker) applySQLCmd(tag, text string, known bool) {
+	switch tag {
+	case "DEALLOCATE ALL", "DISCARD ALL":
+		clear(tr.stmts)
+	case "DEALLOCATE":
+		if name, ok := stmtNameAfter(text, "DEALLOCATE"); known && ok {
+			delete(tr.stmts, name)
+		} else {
+			clear(tr.stmts)
+		}
+	case "PREPARE":
+		if name, ok := stmtNameAfter(text, "PREPARE"); known && ok {
+			tr.stmts[name] = sqlCapture{text: text}
+		}
+	}
+}
+
+// stmtNameAfter reads the statement name of "PREPARE name ..." or
+// "DEALLOCATE [PREPARE] name" as the server would (unquoted names folded to
+// lower case), after leading blanks and comments.
+func stmtNameAfter(s, verb string) (string, bool) {
+	word := func() (string, bool) {
+		s = skipBlank(s)
+		if strings.HasPrefix(s, `"`) {
+			var b strings.Builder
+			for i := 1; i < len(s); i++ {
+				if s[i] == '"' {
+					if i+1 < len(s) && s[i+1] == '"' {
+						b.WriteByte('"')
+						i++
+						continue
+					}
+					s = s[i+1:]
+					return b.String(), b.Len() > 0
+				}
+				b.WriteByte(s[i])
+			}
+			return "", false
+		}
+		i := 0
+		for i < len(s) && (isIdentCont(s[i]) && s[i] != '$' || i > 0 && s[i] == '$') {
+			i++
+		}
+		w := s[:i]
+		s = s[i:]
+		if w == "" || w[0] >= '0' && w[0] <= '9' || w[0] >= 0x80 {
+			return "", false // a name the server would fold by locale is not guessed
+		}
+		return strings.ToLower(w), true
+	}
+	if w, ok := word(); !ok || w != strings.ToLower(verb) {
+		return "", false
+	}
+	name, ok := word()
+	if ok && verb == "DEALLOCATE" && name == "prepare" {
+		rest := s
+		if n, ok := word(); ok {
+			return n, true
+		}
+		s = rest
+	}
+	return name, ok
+}
+
+// skipBlank skips white space and comments.
+func skipBlank(s string) string {
+	for {
+		t := strings.TrimLeft(s, " \t\n\r\f\v")
+		switch {
+		case strings.HasPrefix(t, "--"):
+			i := strings.IndexAny(t, "\n\r")
+			if i < 0 {
+				return ""
+			}
+			t = t[i:]
+		case strings.HasPrefix(t, "/*"):
+			depth, i := 0, 0
+			for i < len(t) {
+				if strings.HasPrefix(t[i:], "/*") {
+					depth++
+					i += 2
+				} else if strings.HasPrefix(t[i:], "*/") {
+					depth--
+					i += 2
+					if depth == 0 {
+						break
+					}
+				} else {
+					i++
+				}
+			}
+			t = t[i:]
+		default:
+			return t
+		}
+		s = t
+	}
 }
 
 // execResult is the record of an Execute that completed (or failed),
@@ -582,6 +976,27 @@ func (tr *tracker) execResult(p *pending, now time.Time, tag string, e serverErr
 		// PortalRun); the DataRows of all batches are the statement's rows.
 		q.Rows = rows
 	}
+	return q
+}
+
+// unmatched is the record of request p when the server's answers skipped
+// it: the tracker lost step with the server somewhere, so it says so rather
+// than drop the request.
+func (tr *tracker) unmatched(p *pending, now time.Time) audit.Query {
+	var q audit.Query
+	switch p.kind {
+	case 'Q':
+		q = tr.make(p.sql, "simple", "", "", tr.startOf(p), now, "", serverError{})
+	case 'E':
+		ps := tr.portals[p.portal]
+		if ps == nil {
+			ps = &portalState{}
+		}
+		q = tr.make(ps.sql, "extended", ps.stmt, ps.params, tr.startOf(p), now, "", serverError{})
+	default:
+		q = tr.make(p.sql, "function", "", p.params, tr.startOf(p), now, "", serverError{})
+	}
+	q.Command, q.Rows, q.Error = Unanswered, -1, "no answer of the server could be matched to this request"
 	return q
 }
 
@@ -667,39 +1082,36 @@ func (tr *tracker) fatalSeen() serverError {
 }
 
 // splitStatements splits a simple Query string at top-level semicolons as
-// the server does (quotes, E” escapes, quoted identifiers, dollar quoting,
-// -- and nested /* */ comments), dropping empty and comment-only pieces. The
-// server gives one result per piece. It does not know SQL-standard function
-// bodies (BEGIN ATOMIC ... END); the records of such a string fall back to
-// the whole text when the counts disagree.
-func splitStatements(s string) []string {
+// the server's lexer does, dropping empty and comment-only pieces; the server
+// gives one result per piece. It follows string constants ('...'), with
+// backslash escapes in E'...' and, when standard_conforming_strings is off
+// (scs false), in plain and N'...' ones too; string continuation across a
+// newline, which keeps the escape rule of the first part; B'...', X'...' and
+// U&'...' strings; quoted identifiers; dollar quoting; -- comments (ended by
+// a newline or carriage return) and nested /* */ comments. It does not know
+// SQL-standard function bodies (BEGIN ATOMIC ... END); the records of such a
+// string keep the whole text, as the counts then disagree.
+func splitStatements(s string, scs bool) []string {
 	var out []string
 	start, code := 0, false
-	isIdent := func(c byte) bool {
-		return c == '_' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80
-	}
 	i := 0
 	for i < len(s) {
 		c := s[i]
 		switch {
 		case c == '\'':
-			esc := i > 0 && (s[i-1] == 'E' || s[i-1] == 'e') && (i < 2 || !isIdent(s[i-2]))
-			i++
-			for i < len(s) {
-				if esc && s[i] == '\\' {
-					i += 2
-					continue
+			esc := !scs
+			if i > 0 && (i < 2 || !isIdentCont(s[i-2])) {
+				switch s[i-1] {
+				case 'E', 'e':
+					esc = true
+				case 'B', 'b', 'X', 'x':
+					esc = false
 				}
-				if s[i] == '\'' {
-					if i+1 < len(s) && s[i+1] == '\'' {
-						i += 2
-						continue
-					}
-					break
-				}
-				i++
 			}
-			i++
+			if i > 1 && s[i-1] == '&' && (s[i-2] == 'U' || s[i-2] == 'u') && (i < 3 || !isIdentCont(s[i-3])) {
+				esc = false // U&'' (refused by the server when standard_conforming_strings is off)
+			}
+			i = skipString(s, i, esc)
 			code = true
 		case c == '"':
 			i++
@@ -709,7 +1121,7 @@ func splitStatements(s string) []string {
 			i++
 			code = true
 		case c == '-' && i+1 < len(s) && s[i+1] == '-':
-			for i < len(s) && s[i] != '\n' {
+			for i < len(s) && s[i] != '\n' && s[i] != '\r' {
 				i++
 			}
 		case c == '/' && i+1 < len(s) && s[i+1] == '*':
@@ -728,9 +1140,9 @@ func splitStatements(s string) []string {
 					i++
 				}
 			}
-		case c == '$' && (i == 0 || !isIdent(s[i-1])):
+		case c == '$' && (i == 0 || !isIdentCont(s[i-1])):
 			j := i + 1
-			for j < len(s) && isIdent(s[j]) && !(j == i+1 && s[j] >= '0' && s[j] <= '9') {
+			for j < len(s) && isIdentCont(s[j]) && s[j] != '$' && !(j == i+1 && s[j] >= '0' && s[j] <= '9') {
 				j++
 			}
 			if j < len(s) && s[j] == '$' {
@@ -751,8 +1163,30 @@ func splitStatements(s string) []string {
 			i++
 			start, code = i, false
 		default:
-			if c != ' ' && c != '\t' && c != '\n' && c != '\r' && c != '\f' {
+			if c != ' ' && c != '\t' && c != '\n' && c != '\r' && c != '\f' && c != '\v' {
 				code = true
+			}
+			if isIdentCont(c) {
+				// An identifier, keyword or number runs on through '$' and
+				// letters, so a quote or '$' inside it starts nothing.
+				for i < len(s) && isIdentCont(s[i]) {
+					i++
+				}
+				if i < len(s) && s[i] == '\'' && i > 0 {
+					// E'' B'' X'' N'': the prefix is the last letter alone only
+					// when it is the whole word; handled by the quote case.
+					w := i - 1
+					for w > 0 && isIdentCont(s[w-1]) {
+						w--
+					}
+					if i-w == 1 {
+						continue
+					}
+					// A longer word before a quote (e.g. a type name as in
+					// date '2025-01-01'): the quote opens a plain string.
+					i = skipString(s, i, !scs)
+				}
+				continue
 			}
 			i++
 		}
@@ -763,10 +1197,154 @@ func splitStatements(s string) []string {
 	return out
 }
 
+// isIdentCont reports whether c can continue an identifier or keyword.
+func isIdentCont(c byte) bool {
+	return c == '_' || c == '$' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80
+}
+
+// skipString returns the index after the string literal that opens at s[i]
+// (a quote), with its continuations: a quote after white space holding a
+// newline (and -- comments) continues the string (the lexer's quotecontinue).
+// esc says a backslash escapes the next byte.
+func skipString(s string, i int, esc bool) int {
+	for {
+		i++
+		for i < len(s) {
+			if esc && s[i] == '\\' {
+				i += 2
+				continue
+			}
+			if s[i] == '\'' {
+				if i+1 < len(s) && s[i+1] == '\'' {
+					i += 2
+					continue
+				}
+				break
+			}
+			i++
+		}
+		if i >= len(s) {
+			return len(s)
+		}
+		i++ // past the closing quote
+		j, newline := i, false
+	blank:
+		for j < len(s) {
+			switch {
+			case s[j] == '\n' || s[j] == '\r':
+				newline = true
+				j++
+			case s[j] == ' ' || s[j] == '\t' || s[j] == '\f' || s[j] == '\v':
+				j++
+			case s[j] == '-' && j+1 < len(s) && s[j+1] == '-':
+				for j < len(s) && s[j] != '\n' && s[j] != '\r' {
+					j++
+				}
+			default:
+				break blank
+			}
+		}
+		if !newline || j >= len(s) || s[j] != '\'' {
+			return i
+		}
+		i = j
+	}
+}
+
 // abandon releases a request whose message never reached the server whole
 // (the session is ending).
 func (tr *tracker) abandon(p *pending) {
 	if p != nil {
+		p.abandoned = true
 		close(p.ready)
 	}
+}
+
+// Unanswered is the Command of the record of a request the server got but
+// did not answer before the session ended: it may have run.
+const (
+	Unanswered        = "UNANSWERED"
+	unansweredMessage = "the session ended before the server answered; the server may have run it"
+)
+
+// finish records what is left when the session ends, once both relay halves
+// have stopped: every Query, Execute and FunctionCall that reached the server
+// without an answer (a client can send a statement and hang up at once; the
+// server still runs it), with Command Unanswered and the text the server
+// would have run; the held records of a Query; and the rows of suspended
+// portals. It returns the number of unanswered requests.
+func (tr *tracker) finish() int {
+	now := time.Now()
+	tr.mu.Lock()
+	var out []audit.Query
+	// Parses and Binds still queued would have gone before a queued Execute.
+	var stmts map[string]sqlCapture
+	var portals map[string]*portalState
+	text := func(name string) sqlCapture {
+		if c, ok := stmts[name]; ok {
+			return c
+		}
+		return tr.stmtText(name)
+	}
+	unanswered := 0
+	add := func(q audit.Query) {
+		q.Command, q.Rows, q.Error = Unanswered, -1, unansweredMessage
+		out = append(out, q)
+		unanswered++
+	}
+	for _, p := range tr.queue {
+		<-p.ready
+		if p.abandoned {
+			continue
+		}
+		switch p.kind {
+		case 'Q':
+			tr.startQuery(p)
+			answered := p.errored // the server stops a Query at its first error
+			p.errored = true      // its statement count is unknown: whole texts
+			out = tr.endQuery(out, p)
+			if answered {
+				continue
+			}
+			add(tr.make(p.sql, "simple", "", "", tr.startOf(p), now, "", serverError{}))
+		case 'P':
+			if _, exists := tr.stmts[p.stmt]; !exists || p.stmt == "" {
+				if stmts == nil {
+					stmts = map[string]sqlCapture{}
+				}
+				stmts[p.stmt] = p.sql
+			}
+		case 'B':
+			if portals == nil {
+				portals = map[string]*portalState{}
+			}
+			portals[p.portal] = &portalState{sql: text(p.stmt), stmt: p.stmt, params: p.params}
+		case 'E':
+			ps := portals[p.portal]
+			if ps == nil {
+				ps = tr.portals[p.portal]
+			}
+			if ps == nil {
+				ps = &portalState{}
+			}
+			add(tr.make(ps.sql, "extended", ps.stmt, ps.params, tr.startOf(p), now, "", serverError{}))
+		case 'F':
+			add(tr.make(p.sql, "function", "", p.params, tr.startOf(p), now, "", serverError{}))
+		}
+	}
+	clear(tr.queue)
+	tr.queue = tr.queue[:0]
+	out = append(tr.early, out...)
+	tr.early = nil
+	for name, ps := range tr.portals {
+		if ps.suspended {
+			out = append(out, tr.unfinished(name, ps, now))
+		}
+		delete(tr.portals, name)
+	}
+	tr.mu.Unlock()
+	for _, q := range out {
+		tr.record(q)
+	}
+	return unanswered
 }
