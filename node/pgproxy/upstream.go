@@ -58,10 +58,7 @@ type upstream struct {
 // password (the server asks for it with AuthenticationCleartextPassword) and
 // hijacks the connection once it is idle.
 func connectUpstream(ctx context.Context, t Target, database, token string, params map[string]string) (*upstream, error) {
-	if t.Port < 1 || t.Port > 65535 {
-		return nil, fatal(audit.OutcomeFailed, "08001", fmt.Sprintf("resource %s has an invalid port %d", t.Resource, t.Port), "", "Fix the resource's port in the node's catalog.", nil)
-	}
-	if err := t.checkHost(); err != nil {
+	if err := t.check(); err != nil {
 		return nil, err
 	}
 	// Always verify-full, whatever t.TLSRequired says: pgconn sends the
@@ -80,6 +77,15 @@ func (t Target) allowList() *serverhost.List {
 		return t.AllowedHosts
 	}
 	return serverhost.Default()
+}
+
+// check refuses a Target the node must not log in to: an invalid port, or a Host off the allow-list.
+// login calls it before a token is even requested, connectUpstream again before dialling.
+func (t Target) check() error {
+	if t.Port < 1 || t.Port > 65535 {
+		return fatal(audit.OutcomeFailed, "08001", fmt.Sprintf("resource %s has an invalid port %d", t.Resource, t.Port), "", "Fix the resource's port in the node's catalog.", nil)
+	}
+	return t.checkHost()
 }
 
 // checkHost refuses a Host that is not on the node's allow-list, before anything is dialled: the

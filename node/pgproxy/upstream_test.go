@@ -112,3 +112,31 @@ func proxyLoginError(t *testing.T, tp *testProxy) *pgconn.PgError {
 	}
 	return pgErr
 }
+
+// TestNoTokenRequestedForHostsOffTheAllowList: for a host off the allow-list the node does not even
+// ask its token source for a token (IMDS is not called, nothing is cached), on the first login as on
+// the retry after a "token expired" refusal.
+func TestNoTokenRequestedForHostsOffTheAllowList(t *testing.T) {
+	for _, host := range []string{"attacker.example", "127.0.0.1", "evilpostgres.database.azure.com"} {
+		t.Run(host, func(t *testing.T) {
+			trap := pgtrap.Start(t)
+			tokens := &testTokens{token: fakeToken()}
+			target := Target{
+				Resource: "r", Host: host, Port: trap.Port(), Database: "appdb", Username: "mi_user",
+				TLSRequired: true, Dial: trap.Dial,
+			}
+			tp := startProxy(t, Config{Tokens: tokens, LoginTimeout: 10 * time.Second}, target)
+			pgErr := proxyLoginError(t, tp)
+			tp.waitIdle(t)
+			if pgErr.Code != "08001" || !strings.Contains(pgErr.Message, serverhost.ConfigKey) {
+				t.Fatalf("error = %s %q, want 08001 naming %s", pgErr.Code, pgErr.Message, serverhost.ConfigKey)
+			}
+			if n := tokens.calls.Load(); n != 0 {
+				t.Fatalf("the token source was asked %d times for a token for %s, a host off the allow-list", n, host)
+			}
+			if n := trap.Conns(); n != 0 {
+				t.Fatalf("the server got %d connections", n)
+			}
+		})
+	}
+}
