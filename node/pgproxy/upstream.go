@@ -192,6 +192,10 @@ func forwardCancel(ctx context.Context, e cancelEntry) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	t := e.target
+	// The session's login passed this check; the cancel is held to it too (defence in depth).
+	if err := t.check(); err != nil {
+		return fmt.Errorf("forward CancelRequest: %w", err)
+	}
 	raw, err := t.dialer()(ctx, "tcp", t.addr())
 	if err != nil {
 		return fmt.Errorf("forward CancelRequest: dial %s: %w", t.addr(), err)
