@@ -126,6 +126,7 @@ func TestAllowsJudgesTheExactName(t *testing.T) {
 		"mypg\uff0epostgres.database.azure.com",    // fullwidth full stop
 		"mypg.postgres.database.azure.com:5432",    // host:port
 		"[fe80::1%25eth0]",                         // bracketed IPv6 with a zone
+		"fe80::1%mypg.postgres.database.azure.com", // a zone that looks like an allowed name
 		strings.Repeat("a", 64) + ".bank.example",  // label over 63
 		strings.Repeat("a.", 125) + "bank.example", // name over 253
 	} {
