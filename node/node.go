@@ -396,7 +396,8 @@ func (n *Node) target(r resource.Resource) pgproxy.Target {
 		RootCAs:          n.roots,
 		AllowedHosts:     n.allowed,
 	}
-	if over, ok := n.cfg.HostOverrides[strings.ToLower(r.Hostname)]; ok {
+	// The same key as the health check's: lower case, no trailing dot.
+	if over, ok := n.cfg.HostOverrides[strings.ToLower(strings.TrimSuffix(r.Hostname, "."))]; ok {
 		if _, _, err := net.SplitHostPort(over); err != nil {
 			over = net.JoinHostPort(over, strconv.Itoa(r.Port))
 		}

@@ -2,13 +2,24 @@
 // node's managed-identity access token: it listens on loopback, answers every SSLRequest and
 // GSSENCRequest with 'N' (no TLS), asks for the password in clear (AuthenticationCleartextPassword)
 // and records every byte it receives. A test then asserts that the token never arrived.
+//
+// StartTLS starts one that answers the SSLRequest with 'S' and offers a certificate of the test's
+// choosing (for another name, self-signed, from a CA the node does not trust), then asks for the
+// password inside that TLS session and records what it decrypts.
 package pgtrap
 
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/binary"
 	"io"
+	"math/big"
 	"net"
 	"sync"
 	"testing"
@@ -24,21 +35,34 @@ const (
 
 // Trap is a running fake server.
 type Trap struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	recv  bytes.Buffer
-	conns int
-	wg    sync.WaitGroup
+	ln         net.Listener
+	tls        *tls.Config // nil: answer 'N' to SSLRequest
+	mu         sync.Mutex
+	recv       bytes.Buffer
+	conns      int
+	handshakes int // TLS handshakes the client completed
+	wg         sync.WaitGroup
 }
 
 // Start starts a Trap on 127.0.0.1 and stops it with t.Cleanup.
 func Start(tb testing.TB) *Trap {
 	tb.Helper()
+	return start(tb, nil)
+}
+
+// StartTLS starts a Trap that accepts TLS with cert and asks for the password inside it.
+func StartTLS(tb testing.TB, cert tls.Certificate) *Trap {
+	tb.Helper()
+	return start(tb, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+}
+
+func start(tb testing.TB, tlsCfg *tls.Config) *Trap {
+	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatalf("pgtrap: listen: %v", err)
 	}
-	tr := &Trap{ln: ln}
+	tr := &Trap{ln: ln, tls: tlsCfg}
 	tr.wg.Add(1)
 	go tr.accept()
 	tb.Cleanup(func() {
@@ -65,6 +89,14 @@ func (tr *Trap) Received() []byte {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	return bytes.Clone(tr.recv.Bytes())
+}
+
+// Handshakes is the number of TLS handshakes clients completed so far (the client accepted the
+// trap's certificate).
+func (tr *Trap) Handshakes() int {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return tr.handshakes
 }
 
 // Conns is the number of connections accepted so far.
@@ -124,6 +156,20 @@ func (tr *Trap) serve(c net.Conn) {
 		if _, err := io.CopyN(io.Discard, r, int64(n-8)); err != nil {
 			return
 		}
+		if code == codeSSLRequest && tr.tls != nil {
+			if _, err := c.Write([]byte{'S'}); err != nil {
+				return
+			}
+			tc := tls.Server(c, tr.tls)
+			if err := tc.Handshake(); err != nil {
+				return
+			}
+			tr.mu.Lock()
+			tr.handshakes++
+			tr.mu.Unlock()
+			c, r = tc, recorder{tr: tr, r: tc}
+			continue
+		}
 		if code == codeSSLRequest || code == codeGSSENCRequest {
 			if _, err := c.Write([]byte{'N'}); err != nil {
 				return
@@ -156,4 +202,79 @@ func (tr *Trap) serve(c net.Conn) {
 	resp = binary.BigEndian.AppendUint32(resp, uint32(4+len(msg)))
 	resp = append(resp, msg...)
 	c.Write(resp)
+}
+
+// CA is a test certificate authority.
+type CA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	Pool *x509.CertPool // holds only this CA
+}
+
+// NewCA makes a CA.
+func NewCA(tb testing.TB) *CA {
+	tb.Helper()
+	key := newKey(tb)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "pgtrap test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		tb.Fatalf("pgtrap: make CA: %v", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		tb.Fatalf("pgtrap: make CA: %v", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &CA{cert: cert, key: key, Pool: pool}
+}
+
+// Issue makes a server certificate for names (DNS names or IP addresses) signed by ca.
+func (ca *CA) Issue(tb testing.TB, names ...string) tls.Certificate {
+	tb.Helper()
+	return issue(tb, ca.cert, ca.key, names)
+}
+
+// SelfSigned makes a self-signed server certificate for names.
+func SelfSigned(tb testing.TB, names ...string) tls.Certificate {
+	tb.Helper()
+	return issue(tb, nil, nil, names)
+}
+
+func issue(tb testing.TB, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, names []string) tls.Certificate {
+	tb.Helper()
+	key := newKey(tb)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: names[0]},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
+	}
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	if err != nil {
+		tb.Fatalf("pgtrap: issue certificate: %v", err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func newKey(tb testing.TB) *ecdsa.PrivateKey {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatalf("pgtrap: generate key: %v", err)
+	}
+	return key
 }

@@ -3,6 +3,7 @@ package health_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"net"
 	"strconv"
 	"strings"
@@ -110,6 +111,48 @@ func TestCheckRefusesHostsOffTheAllowList(t *testing.T) {
 			}
 			if n := trap.Conns() - before; n != 0 || tokens.calls.Load() != 0 {
 				t.Errorf("%d connections and %d token requests for a host off the list", n, tokens.calls.Load())
+			}
+		})
+	}
+}
+
+// TestCheckTokenOnlyOverVerifiedTLS: a health check of a server that accepts TLS with a certificate
+// that does not verify for the hostname against the node's CAs fails at its tls step, before any
+// token is requested, and the token never reaches that server. The control case shows the trap
+// catches the token when the certificate verifies.
+func TestCheckTokenOnlyOverVerifiedTLS(t *testing.T) {
+	const host = "trap.postgres.database.azure.com"
+	trusted, other := pgtrap.NewCA(t), pgtrap.NewCA(t)
+	tests := []struct {
+		name string
+		cert tls.Certificate
+		sent bool
+	}{
+		{"certificate for another allowed name", trusted.Issue(t, "other.postgres.database.azure.com"), false},
+		{"self-signed for the name", pgtrap.SelfSigned(t, host), false},
+		{"valid for the name from a CA the node does not trust", other.Issue(t, host), false},
+		{"certificate for the address dialled", trusted.Issue(t, "127.0.0.1"), false},
+		{"control: verified certificate", trusted.Issue(t, host), true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			trap := pgtrap.StartTLS(t, tc.cert)
+			tokens := &staticTokens{token: trapToken}
+			c := health.NewChecker(health.Config{Tokens: tokens, RootCAs: trusted.Pool, HostOverrides: map[string]string{host: trap.Addr()}, Resolver: noDNS(t), StepTimeout: 5 * time.Second})
+			r := resource.New("trap")
+			r.Hostname, r.Database, r.Username = host, "postgres", "mi_user"
+			h := c.Check(context.Background(), r, nil)
+			if got := bytes.Contains(trap.Received(), []byte(trapToken)); got != tc.sent {
+				t.Fatalf("token sent = %v, want %v (check: %s at %q: %s)", got, tc.sent, h.State, h.FailedStep, h.Error)
+			}
+			if tc.sent {
+				return
+			}
+			if h.State != api.HealthUnhealthy || h.FailedStep != api.StepTLS || !strings.Contains(h.Error, "certificate") {
+				t.Errorf("want unhealthy at %s naming the certificate, got %s at %q: %s", api.StepTLS, h.State, h.FailedStep, h.Error)
+			}
+			if n := tokens.calls.Load(); n != 0 || trap.Handshakes() != 0 {
+				t.Errorf("%d token requests, %d completed handshakes with a certificate that does not verify", n, trap.Handshakes())
 			}
 		})
 	}

@@ -183,11 +183,15 @@ func runtimeParams(client map[string]string) map[string]string {
 	return out
 }
 
-// login gets an access token and logs in upstream. When the server refuses the token as expired
+// login checks t, gets an access token and logs in upstream. When the server refuses the token as expired
 // (FATAL 28000/28P01 whose message says "expired": a server clock ahead of the node's, or a token
 // revoked early) and the token source can invalidate, the token is dropped, a new one is fetched and
 // the login is tried once more, within the same login deadline; the client sees only the outcome.
 func (p *Proxy) login(ctx context.Context, t Target, database string, st *startup, log *slog.Logger) (*upstream, error) {
+	// A host off the allow-list does not even get a token requested for it.
+	if err := t.check(); err != nil {
+		return nil, err
+	}
 	token, err := p.token(ctx, t)
 	if err != nil {
 		return nil, err

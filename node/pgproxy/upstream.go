@@ -58,10 +58,7 @@ type upstream struct {
 // password (the server asks for it with AuthenticationCleartextPassword) and
 // hijacks the connection once it is idle.
 func connectUpstream(ctx context.Context, t Target, database, token string, params map[string]string) (*upstream, error) {
-	if t.Port < 1 || t.Port > 65535 {
-		return nil, fatal(audit.OutcomeFailed, "08001", fmt.Sprintf("resource %s has an invalid port %d", t.Resource, t.Port), "", "Fix the resource's port in the node's catalog.", nil)
-	}
-	if err := t.checkHost(); err != nil {
+	if err := t.check(); err != nil {
 		return nil, err
 	}
 	// Always verify-full, whatever t.TLSRequired says: pgconn sends the
@@ -80,6 +77,15 @@ func (t Target) allowList() *serverhost.List {
 		return t.AllowedHosts
 	}
 	return serverhost.Default()
+}
+
+// check refuses a Target the node must not log in to: an invalid port, or a Host off the allow-list.
+// login calls it before a token is even requested, connectUpstream again before dialling.
+func (t Target) check() error {
+	if t.Port < 1 || t.Port > 65535 {
+		return fatal(audit.OutcomeFailed, "08001", fmt.Sprintf("resource %s has an invalid port %d", t.Resource, t.Port), "", "Fix the resource's port in the node's catalog.", nil)
+	}
+	return t.checkHost()
 }
 
 // checkHost refuses a Host that is not on the node's allow-list, before anything is dialled: the
@@ -186,6 +192,10 @@ func forwardCancel(ctx context.Context, e cancelEntry) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	t := e.target
+	// The session's login passed this check; the cancel is held to it too (defence in depth).
+	if err := t.check(); err != nil {
+		return fmt.Errorf("forward CancelRequest: %w", err)
+	}
 	raw, err := t.dialer()(ctx, "tcp", t.addr())
 	if err != nil {
 		return fmt.Errorf("forward CancelRequest: dial %s: %w", t.addr(), err)

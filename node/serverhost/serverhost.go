@@ -58,9 +58,17 @@ func Default() *List {
 	return l
 }
 
-// normalize lower-cases host and drops one trailing dot.
+// normalize lower-cases host's ASCII letters and drops one trailing dot. Nothing else is changed:
+// a resource's hostname is judged as the node dials it and puts it in the TLS ServerName, so white
+// space or a non-ASCII letter that Unicode lower-cases to ASCII (the Kelvin sign) makes it no name.
 func normalize(host string) string {
-	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(host)), ".")
+	b := []byte(host)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + ('a' - 'A')
+		}
+	}
+	return strings.TrimSuffix(string(b), ".")
 }
 
 // Parse checks and parses entries: "*.DOMAIN" (DOMAIN of two labels or more), a DNS name, or an IP
@@ -69,7 +77,7 @@ func Parse(entries []string) (*List, error) {
 	l := &List{names: map[string]bool{}, addrs: map[netip.Addr]bool{}}
 	var errs []error
 	for _, e := range entries {
-		n := normalize(e)
+		n := normalize(strings.TrimSpace(e)) // the config's entries may have stray spaces
 		if err := l.add(n); err != nil {
 			errs = append(errs, fmt.Errorf("%s entry %q: %w", ConfigKey, e, err))
 			continue

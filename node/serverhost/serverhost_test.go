@@ -100,3 +100,43 @@ func TestCheckNamesTheConfigKey(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAllowsJudgesTheExactName: Allows judges the name the node would dial and put in the TLS
+// ServerName, not a cleaned-up copy of it: white space around it, control characters, NULs and
+// non-ASCII letters that Unicode lower-cases to ASCII (the Kelvin sign K to k) are refused, so the
+// last check before a login cannot pass a name the catalog's validation would refuse.
+func TestAllowsJudgesTheExactName(t *testing.T) {
+	l, err := Parse(append([]string{"*.bank.example"}, Defaults...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, host := range []string{
+		" mypg.postgres.database.azure.com",
+		"mypg.postgres.database.azure.com ",
+		"mypg.postgres.database.azure.com\n",
+		"\tmypg.postgres.database.azure.com",
+		"mypg.postgres.database.azure.com\r\n",
+		"mypg.postgres.database.azure.com\x00",
+		"mypg.postgres.database.azure.com\x00.attacker.example",
+		"mypg.postgres.database.azure.com. ",
+		"x.ban\u212a.example",                      // KELVIN SIGN lower-cases to ASCII k
+		"mypg.postgres.database.azure.co\u1e3f",    // a look-alike m
+		"mypg.postgres.dat\u0430base.azure.com",    // Cyrillic a
+		"mypg.postgres.database.azure.com\u3002",   // ideographic full stop
+		"mypg\uff0epostgres.database.azure.com",    // fullwidth full stop
+		"mypg.postgres.database.azure.com:5432",    // host:port
+		"[fe80::1%25eth0]",                         // bracketed IPv6 with a zone
+		"fe80::1%mypg.postgres.database.azure.com", // a zone that looks like an allowed name
+		strings.Repeat("a", 64) + ".bank.example",  // label over 63
+		strings.Repeat("a.", 125) + "bank.example", // name over 253
+	} {
+		if l.Allows(host) {
+			t.Errorf("Allows(%q) = true, want false", host)
+		}
+	}
+	for _, host := range []string{"x.BANK.example", "xn--mypg-9ua.postgres.database.azure.com", "X.Bank.Example."} {
+		if !l.Allows(host) {
+			t.Errorf("Allows(%q) = false, want true", host)
+		}
+	}
+}

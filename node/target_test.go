@@ -1,0 +1,52 @@
+package node
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/ferryhq/ferry/resource"
+)
+
+// TestTargetHostOverrideAnyCaseTrailingDot: the proxy finds a host override for a resource's
+// hostname in any letter case and with a trailing dot, as the health check (run.resolve) and the
+// allow-list do; otherwise "mypg.postgres.database.azure.com." would be checked healthy through the
+// override (a private endpoint) while its sessions went wherever public DNS points.
+func TestTargetHostOverrideAnyCaseTrailingDot(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	n := &Node{cfg: Config{HostOverrides: map[string]string{"mypg.postgres.database.azure.com": ln.Addr().String()}}}
+	for _, host := range []string{"mypg.postgres.database.azure.com", "MyPG.Postgres.Database.Azure.COM", "mypg.postgres.database.azure.com."} {
+		r := resource.New("r")
+		r.Hostname = host
+		tg := n.target(r)
+		if tg.Dial == nil {
+			t.Errorf("hostname %q: no host override used", host)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := tg.Dial(ctx, "tcp", net.JoinHostPort(host, "5432"))
+		cancel()
+		if err != nil {
+			t.Errorf("hostname %q: dial through the override: %v", host, err)
+			continue
+		}
+		if got := c.RemoteAddr().String(); got != ln.Addr().String() {
+			t.Errorf("hostname %q: dialled %s, want the override %s", host, got, ln.Addr())
+		}
+		c.Close()
+	}
+}
