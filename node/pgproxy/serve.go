@@ -35,7 +35,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 
 	st, err := readStartup(conn)
 	if err == nil && st.cancel != nil {
-		p.serveCancel(ctx, st.cancel, t, log)
+		p.serveCancel(ctx, st.cancel, t, s, log)
 		return
 	}
 	database := ""
@@ -70,7 +70,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	defer server.Close()
 	end := audit.ConnectionEnd{Outcome: audit.OutcomeOK, UpstreamPID: up.hc.PID}
 
-	key, forget, err := p.registerCancel(t, up.hc.PID, up.hc.SecretKey)
+	key, forget, err := p.registerCancel(t, s.User, up.hc.PID, up.hc.SecretKey)
 	if err != nil {
 		p.refuse(ctx, conn, id, fatal(audit.OutcomeFailed, "58000", err.Error(), "", "", err), log)
 		return
@@ -103,8 +103,24 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 			dropped++
 		}
 	})
+	// A session the node ends (grant revoked, user suspended or deleted, resource deleted) also
+	// stops what it runs upstream: the server connection is closed first, so that nothing more of
+	// the client's reaches the server, then the running statement is cancelled with the server's
+	// own key, so that it neither finishes nor commits. The session ends only after that.
+	stopped := make(chan struct{})
+	stopUpstream := context.AfterFunc(ctx, func() {
+		defer close(stopped)
+		if policyEnd(ctx) == nil {
+			return // node shutdown: the connection is closed, as before
+		}
+		server.Close()
+		p.cancelUpstream(ctx, cancelEntry{target: t, user: s.User, pid: up.hc.PID, secret: up.hc.SecretKey}, log)
+	})
 	var stats relayStats
 	end.Error = p.relay(ctx, conn, server, tr, &stats, t.Resource)
+	if !stopUpstream() {
+		<-stopped
+	}
 	end.BytesFromClient, end.BytesFromServer, end.QueriesDropped = stats.fromClient.Load(), stats.fromServer.Load(), dropped
 	if f := tr.fatalSeen(); f.code != "" {
 		end.SQLState = f.code
@@ -257,10 +273,33 @@ func (p *Proxy) refuse(ctx context.Context, conn net.Conn, id int64, err error, 
 	p.endRecord(ctx, id, end, log)
 }
 
-func (p *Proxy) serveCancel(ctx context.Context, cr *pgproto3.CancelRequest, t Target, log *slog.Logger) {
+// serveCancel forwards a CancelRequest to the server of the session it names, when the tunnel peer
+// that sent it is that session's user and is still granted the resource (s.Denied is nil). A
+// CancelRequest refused for any of these reasons gets a connection record with outcome "denied"
+// (no answer goes to the client, as PostgreSQL gives none); one that names no session is only
+// logged, as it is what a client sends for a session that has just ended.
+func (p *Proxy) serveCancel(ctx context.Context, cr *pgproto3.CancelRequest, t Target, s Session, log *slog.Logger) {
 	e, ok := p.lookupCancel(cr.ProcessID, cr.SecretKey)
-	if !ok || e.target.Resource != t.Resource {
+	var why, code string
+	switch {
+	case s.Denied != nil:
+		why, code = s.Denied.Message, s.Denied.Code
+	case !ok:
 		log.Info("pgproxy: CancelRequest for no known session ignored", "pid", cr.ProcessID)
+		return
+	case e.target.Resource != t.Resource:
+		why, code = fmt.Sprintf("ferry: the key names a session of another resource than %q", t.Resource), "42501"
+	case e.user != s.User:
+		why, code = fmt.Sprintf("ferry: the key names a session of another user than %q", s.User), "42501"
+	}
+	if why != "" {
+		end := audit.ConnectionEnd{Outcome: audit.OutcomeDenied, Error: "CancelRequest refused: " + why, SQLState: code}
+		if ok {
+			end.UpstreamPID = e.pid
+		}
+		log.Warn("pgproxy: CancelRequest refused", "pid", cr.ProcessID, "reason", why)
+		id := p.startRecord(ctx, log, audit.Connection{Start: time.Now(), User: s.User, Resource: t.Resource, ClientAddr: s.ClientAddr})
+		p.endRecord(ctx, id, end, log)
 		return
 	}
 	if err := forwardCancel(ctx, e); err != nil {
@@ -268,6 +307,17 @@ func (p *Proxy) serveCancel(ctx context.Context, cr *pgproto3.CancelRequest, t T
 		return
 	}
 	log.Info("pgproxy: CancelRequest forwarded", "upstream_pid", e.pid)
+}
+
+// cancelUpstream cancels what the session e runs on its server, after its ctx has ended.
+func (p *Proxy) cancelUpstream(ctx context.Context, e cancelEntry, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := forwardCancel(ctx, e); err != nil {
+		log.Warn("pgproxy: the ended session's statement could not be cancelled on the server", "upstream_pid", e.pid, "err", err)
+		return
+	}
+	log.Info("pgproxy: the ended session's statement was cancelled on the server", "upstream_pid", e.pid)
 }
 
 // auditCtx is for audit writes that must happen even when the session's ctx
