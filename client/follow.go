@@ -35,7 +35,10 @@ func (d *Daemon) followCatalog() {
 		}
 		d.noteProbe(err)
 		if err == nil {
+			d.account.noteReachable()
 			d.follow(rs)
+		} else {
+			d.checkAccount(d.ctx)
 		}
 	}
 }

@@ -199,6 +199,7 @@ type Node struct {
 	tun    *tunnel.Tunnel
 	roots  *x509.CertPool
 	pub    tunnel.Key
+	key    tunnel.Key // the node's WireGuard private key (also keys the device status query's MAC)
 
 	health    *health.Scheduler
 	metrics   *metrics
@@ -239,7 +240,7 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
-	n.pub = key.PublicKey()
+	n.key, n.pub = key, key.PublicKey()
 	n.roots, err = x509.SystemCertPool()
 	if err != nil || n.roots == nil {
 		n.roots = x509.NewCertPool()
