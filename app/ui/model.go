@@ -162,11 +162,12 @@ func groupKey(r client.ResourceStatus) string {
 
 // AccountLine is the status line of a user suspended by an administrator or a device removed by one,
 // which the node reports instead of answering (client.Status.Suspended, DeviceRemoved).
+// The client's NodeError already says so and what to do; it becomes a sentence.
 func AccountLine(st client.Status) string {
-	if st.Suspended {
-		return "Suspended by an administrator: " + st.NodeError + "."
+	if st.NodeError == "" {
+		return ""
 	}
-	return "Removed by an administrator: " + st.NodeError + "."
+	return strings.ToUpper(st.NodeError[:1]) + st.NodeError[1:] + "."
 }
 
 // NodeChange is the notification for a change of the node's reachability between two polls, or nil.
