@@ -69,7 +69,7 @@ func queryAccount(ctx context.Context, st State) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("node key: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	ds, err := api.QueryDeviceStatus(ctx, st.NodeURL, st.NodeCertSHA256, priv, nodePub)
 	if err != nil {

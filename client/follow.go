@@ -38,7 +38,12 @@ func (d *Daemon) followCatalog() {
 			d.account.noteReachable()
 			d.follow(rs)
 		} else {
-			d.checkAccount(d.ctx)
+			// Off the probe loop: the enrollment endpoint may be as unreachable as the tunnel.
+			d.wg.Add(1)
+			go func() {
+				defer d.wg.Done()
+				d.checkAccount(d.ctx)
+			}()
 		}
 	}
 }
