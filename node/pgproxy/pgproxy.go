@@ -17,9 +17,10 @@
 // any other is refused and recorded as a connection with outcome "denied".
 // A session the node ends by policy (its context cancelled with a *Refusal:
 // grant revoked, user suspended or deleted, resource deleted) gets that
-// FATAL at once, and the statement it runs upstream is cancelled the same
-// way before the server connection is gone, so nothing it sent commits
-// afterwards. Refusals are FATAL
+// FATAL at once; the server connection is closed, the statement it runs is
+// cancelled the same way, and its backend is terminated (pg_terminate_backend
+// over a login of the node's own; a statement can catch a cancel, not that),
+// so nothing it sent commits afterwards. Refusals are FATAL
 // ErrorResponses with a SQLSTATE: the server's own when it refused the login
 // (e.g. 28000, 28P01), 08001 when it could not be reached or TLS failed,
 // 28000 when no access token could be had, 3D000 for a database outside a

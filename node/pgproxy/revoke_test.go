@@ -124,9 +124,10 @@ func waitFor(limit time.Duration, cond func() bool) bool {
 	return true
 }
 
-// TestRevokedSessionStopsUpstream: a session the node ends while the server runs
-// "select pg_sleep(8); insert ..." (one simple Query) gets the FATAL at once, its statement is
-// cancelled on the server so the insert never commits, and the server backend goes away.
+// TestRevokedSessionStopsUpstream: a session the node ends while the server runs a statement
+// followed by an insert (one simple Query) gets the FATAL at once, the statement is stopped on the
+// server so the insert never commits, even when the statement catches the cancel, and the server
+// backend goes away.
 func TestRevokedSessionStopsUpstream(t *testing.T) {
 	pg := startPostgres(t)
 	sp := startSessionProxy(t, pg.target(), &testTokens{token: pg.token})
@@ -142,49 +143,57 @@ func TestRevokedSessionStopsUpstream(t *testing.T) {
 	}
 	setup.Close(ctx)
 
-	c, err := pgconn.Connect(ctx, connPort(port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close(ctx)
-	done := make(chan error, 1)
-	go func() {
-		_, err := c.Exec(ctx, "select pg_sleep(8); insert into after_revoke values (1)").ReadAll()
-		done <- err
-	}()
-	var backend string
-	if !waitFor(10*time.Second, func() bool {
-		backend = strings.TrimSpace(pg.psqlAdmin(t, "SELECT coalesce(max(pid)::text, '') FROM pg_stat_activity WHERE query LIKE 'select pg_sleep(8)%' AND state = 'active'"))
-		return backend != ""
-	}) {
-		t.Fatal("the statement did not start on the server within 10s")
-	}
-	pid, _ := strconv.Atoi(backend)
+	for i, tc := range []struct{ name, sql string }{
+		{"sleep then insert", "select pg_sleep(8); insert into after_revoke values (1)"},
+		{"statement that catches the cancel", "do $$ begin perform pg_sleep(8); exception when query_canceled then perform pg_sleep(1); end $$; insert into after_revoke values (2)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := pgconn.Connect(ctx, connPort(port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close(ctx)
+			done := make(chan error, 1)
+			go func() {
+				_, err := c.Exec(ctx, tc.sql).ReadAll()
+				done <- err
+			}()
+			var backend string
+			if !waitFor(10*time.Second, func() bool {
+				backend = strings.TrimSpace(pg.psqlAdmin(t, "SELECT coalesce(max(pid)::text, '') FROM pg_stat_activity WHERE query = '"+strings.ReplaceAll(tc.sql, "'", "''")+"' AND state = 'active'"))
+				return backend != ""
+			}) {
+				t.Fatal("the statement did not start on the server within 10s")
+			}
+			pid, _ := strconv.Atoi(backend)
 
-	revokedAt := time.Now()
-	sp.endAll(&Refusal{Code: "57P01", Message: "terminating connection: access of user \"alice\" to resource \"pg-test\" was revoked"})
-	select {
-	case err := <-done:
-		var pgErr *pgconn.PgError
-		if !errors.As(err, &pgErr) || pgErr.Code != "57P01" || pgErr.Severity != "FATAL" || !strings.Contains(pgErr.Message, "revoked") {
-			t.Fatalf("client got %v, want FATAL 57P01 about the revocation", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the client got no FATAL within 5s of the revocation")
-	}
-	if !waitFor(20*time.Second, func() bool { return pg.activity(t, uint32(pid)) == "" }) {
-		t.Fatalf("server backend %d still in pg_stat_activity 20s after the revocation (state %q)", pid, pg.activity(t, uint32(pid)))
-	}
-	t.Logf("the server backend went away %v after the revocation", time.Since(revokedAt).Round(time.Millisecond))
-	if n := strings.TrimSpace(pg.psqlAdminDB(t, "appdb", "SELECT count(*) FROM after_revoke")); n != "0" {
-		t.Fatalf("the insert after pg_sleep committed after the revocation: %s rows in after_revoke", n)
-	}
-	var conns []audit.Connection
-	if !waitFor(10*time.Second, func() bool {
-		conns, err = sp.audit.Connections(ctx, audit.ConnectionFilter{User: "alice", Limit: 1})
-		return err == nil && len(conns) == 1 && !conns[0].End.IsZero()
-	}) || !strings.Contains(conns[0].Error, "revoked") {
-		t.Fatalf("connection record = %+v, %v; want one ended, whose error says it was revoked", conns, err)
+			revokedAt := time.Now()
+			sp.endAll(&Refusal{Code: "57P01", Message: "terminating connection: access of user \"alice\" to resource \"pg-test\" was revoked"})
+			select {
+			case err := <-done:
+				var pgErr *pgconn.PgError
+				if !errors.As(err, &pgErr) || pgErr.Code != "57P01" || pgErr.Severity != "FATAL" || !strings.Contains(pgErr.Message, "revoked") {
+					t.Fatalf("client got %v, want FATAL 57P01 about the revocation", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the client got no FATAL within 5s of the revocation")
+			}
+			if !waitFor(20*time.Second, func() bool { return pg.activity(t, uint32(pid)) == "" }) {
+				t.Fatalf("server backend %d still in pg_stat_activity 20s after the revocation (state %q)", pid, pg.activity(t, uint32(pid)))
+			}
+			t.Logf("the server backend went away %v after the revocation", time.Since(revokedAt).Round(time.Millisecond))
+			time.Sleep(2 * time.Second) // what the statement would still do after a caught cancel
+			if n := strings.TrimSpace(pg.psqlAdminDB(t, "appdb", "SELECT count(*) FROM after_revoke")); n != "0" {
+				t.Fatalf("the insert committed after the revocation: %s rows in after_revoke", n)
+			}
+			var conns []audit.Connection
+			if !waitFor(10*time.Second, func() bool {
+				conns, err = sp.audit.Connections(ctx, audit.ConnectionFilter{User: "alice", Limit: 1})
+				return err == nil && len(conns) == 1 && conns[0].ID > int64(i+1) && !conns[0].End.IsZero()
+			}) || !strings.Contains(conns[0].Error, "revoked") {
+				t.Fatalf("connection record = %+v, %v; want one ended, whose error says it was revoked", conns, err)
+			}
+		})
 	}
 }
 

@@ -106,15 +106,18 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	// A session the node ends (grant revoked, user suspended or deleted, resource deleted) also
 	// stops what it runs upstream: the server connection is closed first, so that nothing more of
 	// the client's reaches the server, then the running statement is cancelled with the server's
-	// own key, so that it neither finishes nor commits. The session ends only after that.
+	// own key, and the backend is terminated (a statement can catch a cancel, not a termination),
+	// so that nothing it runs finishes or commits. The session ends only after that.
 	stopped := make(chan struct{})
 	stopUpstream := context.AfterFunc(ctx, func() {
 		defer close(stopped)
 		if policyEnd(ctx) == nil {
 			return // node shutdown: the connection is closed, as before
 		}
+		ended := time.Now()
 		server.Close()
 		p.cancelUpstream(ctx, cancelEntry{target: t, user: s.User, pid: up.hc.PID, secret: up.hc.SecretKey}, log)
+		p.terminateUpstream(ctx, t, up.hc.PID, ended, log)
 	})
 	var stats relayStats
 	end.Error = p.relay(ctx, conn, server, tr, &stats, t.Resource)
@@ -318,6 +321,42 @@ func (p *Proxy) cancelUpstream(ctx context.Context, e cancelEntry, log *slog.Log
 		return
 	}
 	log.Info("pgproxy: the ended session's statement was cancelled on the server", "upstream_pid", e.pid)
+}
+
+// terminateUpstream ends server backend pid of a session the node has ended, with
+// pg_terminate_backend over a login of its own as the resource's role (which may signal its own
+// backends): a statement can catch a CancelRequest (PL/pgSQL "exception when query_canceled") and go
+// on to commit, but not a termination. Only a backend of that role that started before the session
+// ended (measured on the server's clock) is terminated, so a process ID the server has since given to
+// a new backend is left alone.
+func (p *Proxy) terminateUpstream(ctx context.Context, t Target, pid uint32, ended time.Time, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.LoginTimeout)
+	defer cancel()
+	st := &startup{msg: &pgproto3.StartupMessage{Parameters: map[string]string{"application_name": "ferry-node: ending a revoked session"}}}
+	up, err := p.login(ctx, t, t.Database, st, log)
+	if err != nil {
+		log.Warn("pgproxy: the ended session's server backend could not be terminated: login", "upstream_pid", pid, "err", err)
+		return
+	}
+	pc, err := pgconn.Construct(up.hc)
+	if err != nil {
+		up.hc.Conn.Close()
+		log.Warn("pgproxy: the ended session's server backend could not be terminated", "upstream_pid", pid, "err", err)
+		return
+	}
+	defer pc.Close(ctx)
+	since := fmt.Sprintf("%d milliseconds", time.Since(ended).Milliseconds())
+	res := pc.ExecParams(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE pid = $1 AND usename = current_user AND backend_start < now() - $2::interval`,
+		[][]byte{[]byte(fmt.Sprint(pid)), []byte(since)}, nil, nil, nil).Read()
+	switch {
+	case res.Err != nil:
+		log.Warn("pgproxy: the ended session's server backend could not be terminated", "upstream_pid", pid, "err", res.Err)
+	case len(res.Rows) == 1 && string(res.Rows[0][0]) == "t":
+		log.Info("pgproxy: the ended session's server backend was terminated", "upstream_pid", pid)
+	default:
+		log.Info("pgproxy: the ended session's server backend had already gone", "upstream_pid", pid)
+	}
 }
 
 // auditCtx is for audit writes that must happen even when the session's ctx
