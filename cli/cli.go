@@ -155,7 +155,10 @@ func statusCmd() *cobra.Command {
 				return err
 			}
 			out := cmd.OutOrStdout()
-			if !st.NodeReachable {
+			switch {
+			case st.Suspended || st.DeviceRemoved:
+				fmt.Fprintf(cmd.ErrOrStderr(), "ferry: %s\n", st.NodeError)
+			case !st.NodeReachable:
 				fmt.Fprintf(cmd.ErrOrStderr(), "ferry-node unreachable: %s\n", st.NodeError)
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)

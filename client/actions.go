@@ -23,6 +23,9 @@ func ConnectAll(ctx context.Context, c Connector) ([]ResourceStatus, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect all: %w", err)
 	}
+	if st.Suspended || st.DeviceRemoved {
+		return nil, fmt.Errorf("connect all: %s", st.NodeError)
+	}
 	if !st.NodeReachable {
 		return nil, fmt.Errorf("connect all: ferry-node is unreachable (%s); check the network and try again", st.NodeError)
 	}

@@ -53,7 +53,8 @@ type Daemon struct {
 	opts daemonOptions
 	vn   *vnet // virtual networking mode; nil in loopback mode (vnet.go)
 
-	link nodeLink // the node's reachability, as the watchdog sees it (reconnect.go)
+	link    nodeLink // the node's reachability, as the watchdog sees it (reconnect.go)
+	account account  // this device's status when the node does not answer (account.go)
 }
 
 type listener struct {
@@ -202,11 +203,15 @@ type ResourceStatus struct {
 
 // Status is the daemon's answer to GET /local/v1/status.
 type Status struct {
-	User          string           `json:"user"`
-	Admin         bool             `json:"admin"`
-	Device        string           `json:"device"`
-	NodeReachable bool             `json:"node_reachable"`
-	NodeError     string           `json:"node_error,omitempty"`
+	User          string `json:"user"`
+	Admin         bool   `json:"admin"`
+	Device        string `json:"device"`
+	NodeReachable bool   `json:"node_reachable"`
+	NodeError     string `json:"node_error,omitempty"`
+	// Suspended: the node says the user was suspended by an administrator (NodeError says so too).
+	Suspended bool `json:"suspended,omitempty"`
+	// DeviceRemoved: the node says this device is no longer enrolled (deleted, or its user deleted).
+	DeviceRemoved bool             `json:"device_removed,omitempty"`
 	Resources     []ResourceStatus `json:"resources"`
 }
 
@@ -220,6 +225,10 @@ func (d *Daemon) Status(ctx context.Context) Status {
 	cancel()
 	if err != nil {
 		st.NodeError = err.Error()
+		if acc := d.checkAccount(ctx); accountError(acc, st.User) != "" {
+			st.NodeError = accountError(acc, st.User)
+			st.Suspended, st.DeviceRemoved = acc == api.DeviceSuspended, acc == api.DeviceUnknown
+		}
 		d.mu.Lock()
 		for _, l := range d.listeners {
 			st.Resources = append(st.Resources, ResourceStatus{Resource: l.res, Address: l.res.LoopbackAddress, Connected: true})

@@ -35,7 +35,15 @@ func (d *Daemon) followCatalog() {
 		}
 		d.noteProbe(err)
 		if err == nil {
+			d.account.noteReachable()
 			d.follow(rs)
+		} else {
+			// Off the probe loop: the enrollment endpoint may be as unreachable as the tunnel.
+			d.wg.Add(1)
+			go func() {
+				defer d.wg.Done()
+				d.checkAccount(d.ctx)
+			}()
 		}
 	}
 }

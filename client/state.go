@@ -70,9 +70,12 @@ type State struct {
 	NodePublicKey     string `json:"node_public_key"`
 	WireGuardEndpoint string `json:"wireguard_endpoint"`
 	NodeURL           string `json:"node_url"`
-	User              string `json:"user"`
-	Admin             bool   `json:"admin"`
-	VNSubnet          string `json:"vn_subnet"`
+	// NodeCertSHA256 pins the enrollment endpoint's certificate (from the enrollment token) for the
+	// device status query; empty in states written before it was kept.
+	NodeCertSHA256 string `json:"node_cert_sha256,omitempty"`
+	User           string `json:"user"`
+	Admin          bool   `json:"admin"`
+	VNSubnet       string `json:"vn_subnet"`
 	// Connected lists the resources connected when the daemon last ran, restored at start.
 	Connected []string `json:"connected,omitempty"`
 }
@@ -144,6 +147,7 @@ func Login(ctx context.Context, d Dirs, token, deviceName string) (State, error)
 		NodePublicKey:     resp.NodePublicKey,
 		WireGuardEndpoint: resp.WireGuardEndpoint,
 		NodeURL:           tok.URL,
+		NodeCertSHA256:    tok.CertSHA256,
 		User:              resp.User,
 		Admin:             resp.Admin,
 		VNSubnet:          resp.VNSubnet,

@@ -26,6 +26,7 @@ type session struct {
 	device   netip.Addr
 	resource string
 	end      context.CancelCauseFunc
+	done     <-chan struct{} // closed when the session has ended (its FATAL written, its records kept)
 }
 
 // sessions is the registry of open proxied connections.
@@ -93,8 +94,10 @@ func (n *Node) forward(ctx context.Context, f netstack.Flow) (func(net.Conn), er
 	return func(c net.Conn) {
 		sctx, end := context.WithCancelCause(n.ctx)
 		defer end(nil)
-		remove := n.sessions.add(&session{user: u.Name, device: f.Remote.Addr(), resource: r.Name, end: end})
+		done := make(chan struct{})
+		remove := n.sessions.add(&session{user: u.Name, device: f.Remote.Addr(), resource: r.Name, end: end, done: done})
 		defer remove()
+		defer close(done)
 		n.metrics.session(c, func(c net.Conn) { n.proxy.Serve(sctx, c, t, s) })
 	}, nil
 }
@@ -180,14 +183,30 @@ func (n *Node) reconcileLoop() {
 	}
 }
 
-// reconcile removes WireGuard peers whose device was deleted or whose user was suspended or deleted,
-// adds missing ones, and ends sessions the catalog no longer allows, telling the client why. A
-// failure of the peer step is logged and does not keep the session step from running.
+// reconcile ends sessions the catalog no longer allows, telling the client why, then removes
+// WireGuard peers whose device was deleted or whose user was suspended or deleted, and adds missing
+// ones. Sessions go first: their FATAL travels through the peer that is about to be removed. A
+// failure of either step is logged and does not keep the other from running.
 func (n *Node) reconcile(ctx context.Context) error {
+	if err := n.endSessions(ctx); err != nil && ctx.Err() == nil {
+		n.log.Error("reconcile sessions", "err", err)
+	}
 	if err := n.reconcilePeers(ctx); err != nil && ctx.Err() == nil {
 		n.log.Error("reconcile WireGuard peers", "err", err)
 	}
+	return nil
+}
 
+// sessionFlushWait bounds how long reconcile waits for the ended sessions of a device that loses its
+// WireGuard peer to deliver their FATAL before the peer is removed.
+const sessionFlushWait = 5 * time.Second
+
+// endSessions ends the sessions the catalog no longer allows (grant revoked, user suspended or
+// deleted, device or resource deleted), each with a FATAL that says why; the proxy also cancels what
+// the session runs on the server. For a device that is about to lose its WireGuard peer (suspended
+// or deleted user, deleted device) it waits, at most sessionFlushWait, until those sessions have
+// ended, so the client has read the FATAL before the tunnel goes.
+func (n *Node) endSessions(ctx context.Context) error {
 	open := n.sessions.snapshot()
 	if len(open) == 0 {
 		return nil
@@ -200,34 +219,66 @@ func (n *Node) reconcile(ctx context.Context) error {
 	for _, r := range rs {
 		byName[r.Name] = r
 	}
-	access := map[netip.Addr]*catalog.Access{}
+	type userAccess struct {
+		user catalog.User
+		acc  catalog.Access
+	}
+	access := map[netip.Addr]*userAccess{}
+	var leaving []<-chan struct{}
 	for _, s := range open {
-		acc, ok := access[s.device]
+		ua, ok := access[s.device]
 		if !ok {
 			u, err := n.cat.UserByDevice(ctx, s.device)
-			if err == nil {
+			switch {
+			case err == nil:
 				a, err := n.cat.AccessOf(ctx, u)
 				if err != nil {
 					return err
 				}
-				acc = &a
+				ua = &userAccess{user: u, acc: a}
+			case !errors.Is(err, catalog.ErrNotFound):
+				return err // the catalog failed: end nothing on its word
 			}
-			access[s.device] = acc // nil: device or user gone
+			access[s.device] = ua // nil: device or user gone
 		}
 		r, exists := byName[s.resource]
-		var why string
+		var why, hint string
 		switch {
-		case acc == nil:
+		case ua == nil:
 			why = fmt.Sprintf("terminating connection: the Ferry device or user %q was removed", s.user)
+		case ua.user.Suspended:
+			why = fmt.Sprintf("terminating connection: user %q was suspended by a Ferry administrator", s.user)
+			hint = "Ask a Ferry administrator to reinstate your account."
 		case !exists:
 			why = fmt.Sprintf("terminating connection: resource %q was deleted", s.resource)
-		case !acc.Allows(r):
+		case !ua.acc.Allows(r):
 			why = fmt.Sprintf("terminating connection: access of user %q to resource %q was revoked", s.user, s.resource)
 		default:
 			continue
 		}
+		if hint == "" {
+			hint = "Ask a Ferry administrator if you need this access."
+		}
 		n.log.Info("ending session", "user", s.user, "resource", s.resource, "reason", why)
-		s.end(&pgproxy.Refusal{Code: "57P01", Message: why, Hint: "Ask a Ferry administrator if you need this access."})
+		s.end(&pgproxy.Refusal{Code: "57P01", Message: why, Hint: hint})
+		if ua == nil || ua.user.Suspended {
+			leaving = append(leaving, s.done)
+		}
+	}
+	if len(leaving) == 0 {
+		return nil
+	}
+	wait := time.NewTimer(sessionFlushWait)
+	defer wait.Stop()
+	for _, done := range leaving {
+		select {
+		case <-done:
+		case <-wait.C:
+			n.log.Warn("ended sessions still closing; removing their WireGuard peers anyway", "sessions", len(leaving))
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	return nil
 }

@@ -106,6 +106,7 @@ func (n *Node) enrollHandler() http.Handler {
 			VNSubnet:          subnet.String(),
 		})
 	})
+	mux.HandleFunc("POST /v1/device-status", n.deviceStatus)
 	return mux
 }
 

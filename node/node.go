@@ -208,6 +208,7 @@ type Node struct {
 	// allowed is the config's allowed_server_hosts: the only servers that get an access token.
 	allowed *serverhost.List
 	pub     tunnel.Key
+	key     tunnel.Key // the node's WireGuard private key (also keys the device status query's MAC)
 
 	health    *health.Scheduler
 	metrics   *metrics
@@ -261,7 +262,7 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
-	n.pub = key.PublicKey()
+	n.key, n.pub = key, key.PublicKey()
 	if n.allowed, err = n.cfg.allowList(); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}

@@ -160,6 +160,16 @@ func groupKey(r client.ResourceStatus) string {
 	return keys[0] + "=" + r.Tags[keys[0]]
 }
 
+// AccountLine is the status line of a user suspended by an administrator or a device removed by one,
+// which the node reports instead of answering (client.Status.Suspended, DeviceRemoved).
+// The client's NodeError already says so and what to do; it becomes a sentence.
+func AccountLine(st client.Status) string {
+	if st.NodeError == "" {
+		return ""
+	}
+	return strings.ToUpper(st.NodeError[:1]) + st.NodeError[1:] + "."
+}
+
 // NodeChange is the notification for a change of the node's reachability between two polls, or nil.
 // prev is nil before the first poll, which never notifies.
 func NodeChange(prev *bool, st client.Status, err error) *fyne.Notification {
@@ -168,6 +178,12 @@ func NodeChange(prev *bool, st client.Status, err error) *fyne.Notification {
 	}
 	if st.NodeReachable {
 		return fyne.NewNotification("Ferry: ferry-node is reachable again", "Your resources work again; connected addresses carry new connections.")
+	}
+	if st.Suspended {
+		return fyne.NewNotification("Ferry: suspended by an administrator", AccountLine(st))
+	}
+	if st.DeviceRemoved {
+		return fyne.NewNotification("Ferry: device removed by an administrator", AccountLine(st))
 	}
 	return fyne.NewNotification("Ferry: ferry-node is unreachable",
 		"New connections will fail until it comes back ("+st.NodeError+"). Check your network or VPN; Ferry keeps retrying.")

@@ -4,6 +4,7 @@ package ui
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/ferryhq/ferry/api"
@@ -80,6 +81,8 @@ func TestNodeChange(t *testing.T) {
 		{"goes away", &yes, down, nil, "Ferry: ferry-node is unreachable"},
 		{"comes back", &no, up, nil, "Ferry: ferry-node is reachable again"},
 		{"daemon error is not a node change", &yes, client.Status{}, errors.New("x"), ""},
+		{"suspended", &yes, client.Status{Suspended: true, NodeError: "user alice was suspended by an administrator"}, nil, "Ferry: suspended by an administrator"},
+		{"device removed", &yes, client.Status{DeviceRemoved: true, NodeError: "this device was removed"}, nil, "Ferry: device removed by an administrator"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -90,6 +93,9 @@ func TestNodeChange(t *testing.T) {
 			}
 			if got != tc.title {
 				t.Errorf("notification %q, want %q", got, tc.title)
+			}
+			if tc.st.Suspended && (n == nil || !strings.Contains(n.Content, "suspended by an administrator")) {
+				t.Errorf("suspended notification %+v does not say suspended by an administrator", n)
 			}
 		})
 	}

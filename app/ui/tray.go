@@ -72,6 +72,10 @@ func (u *UI) buildTray(st client.Status, err error) *fyne.Menu {
 		items = append(items, info("Not logged in"))
 	case err != nil:
 		items = append(items, info("Ferry: "+shorten(err.Error(), 80)))
+	case st.Suspended:
+		items = append(items, info("Suspended by an administrator"))
+	case st.DeviceRemoved:
+		items = append(items, info("Device removed by an administrator"))
 	case !st.NodeReachable:
 		items = append(items, info("ferry-node unreachable"))
 	default:

@@ -312,6 +312,9 @@ func (u *UI) redraw(st client.Status, err error, loggedIn bool) {
 	case err != nil:
 		u.StatusLine.Importance = widget.DangerImportance
 		u.StatusLine.SetText(err.Error())
+	case st.Suspended || st.DeviceRemoved:
+		u.StatusLine.Importance = widget.DangerImportance
+		u.StatusLine.SetText(AccountLine(st))
 	case !st.NodeReachable:
 		u.StatusLine.Importance = widget.DangerImportance
 		u.StatusLine.SetText("ferry-node is unreachable: " + st.NodeError + ". Connected addresses stay open but new connections fail until it is back; check your network or VPN. Ferry retries every second.")

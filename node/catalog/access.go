@@ -107,6 +107,19 @@ func (c *Catalog) DeviceByAddress(ctx context.Context, addr netip.Addr) (Device,
 	return ds[0], nil
 }
 
+// DeviceByPublicKey returns the device with WireGuard public key publicKey (base64); it wraps
+// ErrNotFound.
+func (c *Catalog) DeviceByPublicKey(ctx context.Context, publicKey string) (Device, error) {
+	ds, err := c.queryDevices(ctx, `WHERE d.public_key = ?`, publicKey)
+	if err != nil {
+		return Device{}, err
+	}
+	if len(ds) == 0 {
+		return Device{}, fmt.Errorf("device with key %s: %w", publicKey, ErrNotFound)
+	}
+	return ds[0], nil
+}
+
 // DeleteDevice removes a device by its WireGuard public key; it wraps ErrNotFound.
 func (c *Catalog) DeleteDevice(ctx context.Context, publicKey string) error {
 	return c.execOne(ctx, "delete device", `DELETE FROM devices WHERE public_key = ?`, publicKey)

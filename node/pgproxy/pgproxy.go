@@ -12,7 +12,15 @@
 //
 // Each session gets the node's own random BackendKeyData; a CancelRequest
 // that later arrives at the node with it is forwarded over TLS to the server
-// with the server's own key (protocol §55.2.8). Refusals are FATAL
+// with the server's own key (protocol §55.2.8), but only when the tunnel peer
+// that sends it is the session's own user and is still granted the resource;
+// any other is refused and recorded as a connection with outcome "denied".
+// A session the node ends by policy (its context cancelled with a *Refusal:
+// grant revoked, user suspended or deleted, resource deleted) gets that
+// FATAL at once; the server connection is closed, the statement it runs is
+// cancelled the same way, and its backend is terminated (pg_terminate_backend
+// over a login of the node's own; a statement can catch a cancel, not that),
+// so nothing it sent commits afterwards. Refusals are FATAL
 // ErrorResponses with a SQLSTATE: the server's own when it refused the login
 // (e.g. 28000, 28P01), 08001 when it could not be reached or TLS failed,
 // 28000 when no access token could be had, 3D000 for a database outside a
@@ -127,6 +135,16 @@ type Refusal struct {
 
 func (r *Refusal) Error() string { return r.Message }
 
+// policyEnd returns the Refusal that ended ctx, or nil when ctx has not ended or ended for another
+// reason (node shutdown).
+func policyEnd(ctx context.Context) *Refusal {
+	var r *Refusal
+	if ctx.Err() != nil && errors.As(context.Cause(ctx), &r) {
+		return r
+	}
+	return nil
+}
+
 // endNotice is what a client is told when ctx ends its running session: the Refusal that caused it,
 // or that the node is shutting down.
 func endNotice(ctx context.Context) *Refusal {
@@ -173,9 +191,10 @@ type cancelKey struct {
 	secret [4]byte
 }
 
-// cancelEntry is where a CancelRequest for a session is forwarded.
+// cancelEntry is where a CancelRequest for a session is forwarded, and whose session it is.
 type cancelEntry struct {
 	target Target
+	user   string // the Ferry user owning the session: only that user's CancelRequests are forwarded
 	pid    uint32
 	secret []byte
 }
@@ -195,9 +214,9 @@ func New(cfg Config) *Proxy {
 	return &Proxy{cfg: cfg, logger: logger, cancels: make(map[cancelKey]cancelEntry)}
 }
 
-// registerCancel gives a session a fresh random BackendKeyData and remembers
-// the upstream one for it. The returned func forgets it.
-func (p *Proxy) registerCancel(t Target, upstreamPID uint32, upstreamSecret []byte) (*pgproto3.BackendKeyData, func(), error) {
+// registerCancel gives a session of user a fresh random BackendKeyData and
+// remembers the upstream one for it. The returned func forgets it.
+func (p *Proxy) registerCancel(t Target, user string, upstreamPID uint32, upstreamSecret []byte) (*pgproto3.BackendKeyData, func(), error) {
 	var b [8]byte
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -213,7 +232,7 @@ func (p *Proxy) registerCancel(t Target, upstreamPID uint32, upstreamSecret []by
 		if _, taken := p.cancels[k]; taken {
 			continue
 		}
-		p.cancels[k] = cancelEntry{target: t, pid: upstreamPID, secret: append([]byte(nil), upstreamSecret...)}
+		p.cancels[k] = cancelEntry{target: t, user: user, pid: upstreamPID, secret: append([]byte(nil), upstreamSecret...)}
 		forget := func() {
 			p.mu.Lock()
 			delete(p.cancels, k)

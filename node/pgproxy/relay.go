@@ -120,8 +120,14 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 			}
 			writeError(client, "08006", fmt.Sprintf("connection to the server of resource %s lost: %s", resource, why), "Reconnect; if it persists, check the server's health.")
 		}
-		client.Close()
-		rethrowPanic(<-c2s)
+		if policyEnd(ctx) != nil {
+			// Ended by the node: give the client a moment to read the FATAL and hang up before the
+			// connection goes (and, for a suspended user, the WireGuard peer with it).
+			rethrowPanic(awaitHangUp(client, c2s))
+		} else {
+			client.Close()
+			rethrowPanic(<-c2s)
+		}
 		switch {
 		case ctx.Err() != nil:
 			return endNotice(ctx).Message
@@ -239,6 +245,22 @@ func lingerClose(client net.Conn) {
 	client.SetReadDeadline(time.Now().Add(2 * time.Second))
 	io.Copy(io.Discard, io.LimitReader(client, 64<<20))
 }
+
+// awaitHangUp half-closes client and waits, at most hangUpWait, for the client side of the relay
+// (c2s) to end: the client closing after reading what was written last, or sending more. Then it
+// closes client.
+func awaitHangUp(client net.Conn, c2s <-chan error) error {
+	if cw, ok := client.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	client.SetReadDeadline(time.Now().Add(hangUpWait))
+	err := <-c2s
+	client.Close()
+	return err
+}
+
+// hangUpWait bounds awaitHangUp.
+const hangUpWait = 2 * time.Second
 
 // writeError sends a FATAL ErrorResponse, best effort.
 func writeError(conn net.Conn, code, message, hint string) {

@@ -37,7 +37,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 
 	st, err := readStartup(conn)
 	if err == nil && st.cancel != nil {
-		p.serveCancel(ctx, st.cancel, t, log)
+		p.serveCancel(ctx, st.cancel, t, s, log)
 		return
 	}
 	database := ""
@@ -77,7 +77,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	end := audit.ConnectionEnd{Outcome: audit.OutcomeOK, UpstreamPID: up.hc.PID}
 	g.pid = up.hc.PID
 
-	key, forget, err := p.registerCancel(t, up.hc.PID, up.hc.SecretKey)
+	key, forget, err := p.registerCancel(t, s.User, up.hc.PID, up.hc.SecretKey)
 	if err != nil {
 		p.refuse(ctx, conn, id, fatal(audit.OutcomeFailed, "58000", err.Error(), "", "", err), log)
 		return
@@ -122,9 +122,29 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 		}
 	})
 	tr.setParameter("standard_conforming_strings", up.hc.ParameterStatuses["standard_conforming_strings"])
+	// A session the node ends (grant revoked, user suspended or deleted, resource deleted, or its
+	// audit records cannot be written) also stops what it runs upstream: the server connection is
+	// closed first, so that nothing more of the client's reaches the server, then the running
+	// statement is cancelled with the server's own key, and the backend is terminated (a statement
+	// can catch a cancel, not a termination), so that nothing it runs finishes or commits. The
+	// session ends only after that.
+	stopped := make(chan struct{})
+	stopUpstream := context.AfterFunc(sctx, func() {
+		defer close(stopped)
+		if policyEnd(sctx) == nil {
+			return // node shutdown: the connection is closed, as before
+		}
+		ended := time.Now()
+		server.Close()
+		p.cancelUpstream(ctx, cancelEntry{target: t, user: s.User, pid: up.hc.PID, secret: up.hc.SecretKey}, log)
+		p.terminateUpstream(ctx, t, up.hc.PID, ended, log)
+	})
 	var stats relayStats
 	g.stats = &stats
 	end.Error = p.relay(sctx, conn, server, tr, &stats, t.Resource)
+	if !stopUpstream() {
+		<-stopped
+	}
 	// Requests the server got but never answered are recorded too (the
 	// recorder takes them after the session's context has ended).
 	if n := tr.finish(); n > 0 && end.Error == "" {
@@ -287,10 +307,33 @@ func (p *Proxy) refuse(ctx context.Context, conn net.Conn, id int64, err error, 
 	p.endRecord(ctx, id, end, log)
 }
 
-func (p *Proxy) serveCancel(ctx context.Context, cr *pgproto3.CancelRequest, t Target, log *slog.Logger) {
+// serveCancel forwards a CancelRequest to the server of the session it names, when the tunnel peer
+// that sent it is that session's user and is still granted the resource (s.Denied is nil). A
+// CancelRequest refused for any of these reasons gets a connection record with outcome "denied"
+// (no answer goes to the client, as PostgreSQL gives none); one that names no session is only
+// logged, as it is what a client sends for a session that has just ended.
+func (p *Proxy) serveCancel(ctx context.Context, cr *pgproto3.CancelRequest, t Target, s Session, log *slog.Logger) {
 	e, ok := p.lookupCancel(cr.ProcessID, cr.SecretKey)
-	if !ok || e.target.Resource != t.Resource {
+	var why, code string
+	switch {
+	case s.Denied != nil:
+		why, code = s.Denied.Message, s.Denied.Code
+	case !ok:
 		log.Info("pgproxy: CancelRequest for no known session ignored", "pid", cr.ProcessID)
+		return
+	case e.target.Resource != t.Resource:
+		why, code = fmt.Sprintf("ferry: the key names a session of another resource than %q", t.Resource), "42501"
+	case e.user != s.User:
+		why, code = fmt.Sprintf("ferry: the key names a session of another user than %q", s.User), "42501"
+	}
+	if why != "" {
+		end := audit.ConnectionEnd{Outcome: audit.OutcomeDenied, Error: "CancelRequest refused: " + why, SQLState: code}
+		if ok {
+			end.UpstreamPID = e.pid
+		}
+		log.Warn("pgproxy: CancelRequest refused", "pid", cr.ProcessID, "reason", why)
+		id, _ := p.startRecord(ctx, log, audit.Connection{Start: time.Now(), User: s.User, Resource: t.Resource, ClientAddr: s.ClientAddr})
+		p.endRecord(ctx, id, end, log)
 		return
 	}
 	if err := forwardCancel(ctx, e); err != nil {
@@ -298,6 +341,53 @@ func (p *Proxy) serveCancel(ctx context.Context, cr *pgproto3.CancelRequest, t T
 		return
 	}
 	log.Info("pgproxy: CancelRequest forwarded", "upstream_pid", e.pid)
+}
+
+// cancelUpstream cancels what the session e runs on its server, after its ctx has ended.
+func (p *Proxy) cancelUpstream(ctx context.Context, e cancelEntry, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := forwardCancel(ctx, e); err != nil {
+		log.Warn("pgproxy: the ended session's statement could not be cancelled on the server", "upstream_pid", e.pid, "err", err)
+		return
+	}
+	log.Info("pgproxy: the ended session's statement was cancelled on the server", "upstream_pid", e.pid)
+}
+
+// terminateUpstream ends server backend pid of a session the node has ended, with
+// pg_terminate_backend over a login of its own as the resource's role (which may signal its own
+// backends): a statement can catch a CancelRequest (PL/pgSQL "exception when query_canceled") and go
+// on to commit, but not a termination. Only a backend of that role that started before the session
+// ended (measured on the server's clock) is terminated, so a process ID the server has since given to
+// a new backend is left alone.
+func (p *Proxy) terminateUpstream(ctx context.Context, t Target, pid uint32, ended time.Time, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.LoginTimeout)
+	defer cancel()
+	st := &startup{msg: &pgproto3.StartupMessage{Parameters: map[string]string{"application_name": "ferry-node: ending a revoked session"}}}
+	up, err := p.login(ctx, t, t.Database, st, log)
+	if err != nil {
+		log.Warn("pgproxy: the ended session's server backend could not be terminated: login", "upstream_pid", pid, "err", err)
+		return
+	}
+	pc, err := pgconn.Construct(up.hc)
+	if err != nil {
+		up.hc.Conn.Close()
+		log.Warn("pgproxy: the ended session's server backend could not be terminated", "upstream_pid", pid, "err", err)
+		return
+	}
+	defer pc.Close(ctx)
+	since := fmt.Sprintf("%d milliseconds", time.Since(ended).Milliseconds())
+	res := pc.ExecParams(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE pid = $1 AND usename = current_user AND backend_start < now() - $2::interval`,
+		[][]byte{[]byte(fmt.Sprint(pid)), []byte(since)}, nil, nil, nil).Read()
+	switch {
+	case res.Err != nil:
+		log.Warn("pgproxy: the ended session's server backend could not be terminated", "upstream_pid", pid, "err", res.Err)
+	case len(res.Rows) == 1 && string(res.Rows[0][0]) == "t":
+		log.Info("pgproxy: the ended session's server backend was terminated", "upstream_pid", pid)
+	default:
+		log.Info("pgproxy: the ended session's server backend had already gone", "upstream_pid", pid)
+	}
 }
 
 // auditCtx is for audit writes that must happen even when the session's ctx
