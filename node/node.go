@@ -328,7 +328,7 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("start node: enrollment endpoint: %w", err)
 	}
 	n.enrollLn = ln
-	n.serve(n.httpServer(n.enrollHandler(), enrollBodyLimit),
+	n.serve(n.enrollServer(),
 		tls.NewListener(n.limitConns(ln, "enrollment"), &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
 	n.wg.Add(1)
 	go n.reconcileLoop()
