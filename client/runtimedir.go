@@ -23,6 +23,9 @@ import (
 // refused with what to do.
 func fallbackRuntimeDir(tmp string, uid int) (string, error) {
 	dir := filepath.Join(tmp, "ferry-"+strconv.Itoa(uid))
+	if err := checkParentDir(dir); err != nil {
+		return "", err
+	}
 	err := os.Mkdir(dir, 0o700)
 	switch {
 	case err == nil:
@@ -78,7 +81,34 @@ func checkRuntimeDir(dir string) error {
 	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
 		return fmt.Errorf("refusing to use the runtime directory %s: its mode %#o lets other users write there; run `chmod 700 %s` or set %s to a directory only you can write", dir, perm, dir, EnvRuntimeDir)
 	}
-	return nil
+	return checkParentDir(dir)
+}
+
+// checkParentDir refuses a runtime directory whose parent lets another user rename or remove it:
+// whoever can do that can swap the checked directory for a symbolic link to one of their own at any
+// time after the check, and the socket would be made or dialled there. The parent must belong to the
+// user or root, and be closed to group and other writes unless it has the sticky bit (as /tmp has:
+// then only an entry's owner may rename it).
+func checkParentDir(dir string) error {
+	parent := filepath.Dir(dir)
+	fi, err := os.Stat(parent)
+	if err != nil {
+		return fmt.Errorf("check the directory holding the runtime directory %s: %w", dir, err)
+	}
+	owner, ok := fileOwner(fi)
+	if !ok {
+		return nil
+	}
+	why := ""
+	switch me := myUID(); {
+	case owner != me && owner != 0:
+		why = fmt.Sprintf("it belongs to uid %d, not to you (uid %d) or root", owner, me)
+	case fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0:
+		why = fmt.Sprintf("its mode %#o lets other users write there and it has no sticky bit", fi.Mode().Perm())
+	default:
+		return nil
+	}
+	return fmt.Errorf("refusing to use the runtime directory %s: %s holds it and %s, so another user could replace it with their own. Set XDG_RUNTIME_DIR or %s to a directory only you can write (or TMPDIR to one with the sticky bit)", dir, parent, why, EnvRuntimeDir)
 }
 
 // errNoSocket says there is no control socket: no daemon runs.

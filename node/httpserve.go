@@ -48,6 +48,17 @@ func (n *Node) httpServer(h http.Handler, bodyLimit int64) *http.Server {
 	}
 }
 
+// enrollServer is the enrollment endpoint's http.Server. It answers one request per connection: an
+// enrollment takes one, and a kept-alive connection would let a client that sends a cheap request now
+// and then hold its slot of http_max_conns for ever, so that a few sources could keep every device
+// from enrolling. Closed after its answer, a connection holds its slot at most the read timeout
+// (plus the handling and the write timeout).
+func (n *Node) enrollServer() *http.Server {
+	srv := n.httpServer(n.enrollHandler(), enrollBodyLimit)
+	srv.SetKeepAlivesEnabled(false)
+	return srv
+}
+
 // limitBody refuses a request whose declared body is larger than limit with 413, and stops reading
 // any body at limit (the handler's read then fails with *http.MaxBytesError).
 func limitBody(h http.Handler, limit int64) http.Handler {

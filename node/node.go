@@ -75,6 +75,9 @@ func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok st
 	if err := secureStateDir(dir, slog.Default()); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
 	}
+	if err := checkStateDirEntries(dir); err != nil { // private now: nothing can be added any more
+		return "", fmt.Errorf("init node: %w", err)
+	}
 	// A failed init leaves nothing behind, so that it can simply be run again.
 	defer func() {
 		if err != nil {
@@ -340,7 +343,7 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("start node: enrollment endpoint: %w", err)
 	}
 	n.enrollLn = ln
-	n.serve(n.httpServer(n.enrollHandler(), enrollBodyLimit),
+	n.serve(n.enrollServer(),
 		tls.NewListener(n.limitConns(ln, "enrollment"), &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
 	n.wg.Add(1)
 	go n.reconcileLoop()

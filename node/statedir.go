@@ -27,6 +27,9 @@ var privateStateFiles = []string{keyFile, certKeyFile, ConfigFile, dbFile, dbFil
 // with the main file's mode, see audit.OpenDB). A symbolic link among the private files is left
 // alone and reported: chmod would change its target instead.
 func secureStateDir(dir string, log *slog.Logger) error {
+	if err := checkStateDirOwner(dir); err != nil {
+		return err
+	}
 	if err := tighten(dir, stateDirMode, log, "state directory"); err != nil {
 		return err
 	}
@@ -83,6 +86,45 @@ func checkStateDirEmpty(dir string) error {
 	for _, e := range entries {
 		if !own[e.Name()] {
 			return fmt.Errorf("%s is not empty (it holds %s): give a new or empty directory for the node's state", dir, e.Name())
+		}
+	}
+	return nil
+}
+
+// checkStateDirOwner refuses a state directory that belongs to another user than the node's (root
+// aside): its owner may rename and replace the keys, the config and the database at will, and can
+// open the directory again after any chmod.
+func checkStateDirOwner(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("check state directory %s: %w", dir, err)
+	}
+	owner, ok := fileOwner(fi)
+	if me := os.Geteuid(); ok && owner != me && owner != 0 {
+		return fmt.Errorf("state directory %s is owned by uid %d, not by the user ferry-node runs as (uid %d): another user could replace the node's keys and database; give a directory of the node's user (chown it, or run ferry-node as its owner)", dir, owner, me)
+	}
+	return nil
+}
+
+// checkStateDirEntries refuses, at init once the directory is private, any entry another user may
+// have planted while it was open: a symbolic link (init would write the key, the config or the
+// database through it, to wherever it points) or a file another user owns.
+func checkStateDirEntries(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("read state directory: %w", err)
+	}
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return fmt.Errorf("check state directory: %w", err)
+		}
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			return fmt.Errorf("%s is a symbolic link: remove it (someone may have planted it to have init write the node's files elsewhere) and run init again", p)
+		}
+		if owner, ok := fileOwner(fi); ok && owner != os.Geteuid() && owner != 0 {
+			return fmt.Errorf("%s belongs to uid %d, not to the user ferry-node runs as: remove it and run init again", p, owner)
 		}
 	}
 	return nil
