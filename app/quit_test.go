@@ -173,9 +173,19 @@ func TestQuitsCleanly(t *testing.T) {
 				for time.Now().Before(ready) && !client.DaemonRunning(tc.dirs) {
 					time.Sleep(100 * time.Millisecond)
 				}
-				sctx, scancel := context.WithTimeout(ctx, 15*time.Second)
-				st, err := client.NewControl(tc.dirs).Status(sctx)
-				scancel()
+				// The daemon reaches the node in the background: poll its status until it has.
+				var st client.Status
+				var err error
+				reach := time.Now().Add(30 * time.Second)
+				for {
+					sctx, scancel := context.WithTimeout(ctx, 15*time.Second)
+					st, err = client.NewControl(tc.dirs).Status(sctx)
+					scancel()
+					if (err == nil && st.NodeReachable) || !time.Now().Before(reach) {
+						break
+					}
+					time.Sleep(200 * time.Millisecond)
+				}
 				if err != nil || st.User != node.DefaultAdmin || !st.NodeReachable {
 					t.Errorf("the app's daemon: %+v %v", st, err)
 				}
