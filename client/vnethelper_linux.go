@@ -54,6 +54,8 @@ type helperOS interface {
 	openTUN(ctx context.Context, cfg netstack.TUNConfig) (tun.Device, error)
 	// configureDNS points the OS's DNS for spec.Domain at spec.Server (configureDNSIn).
 	configureDNS(ctx context.Context, spec dnsSpec, log *slog.Logger) (func() error, error)
+	// indexOf returns the index of the network interface named name.
+	indexOf(name string) (int, error)
 }
 
 // machine is the real helperOS.
@@ -61,6 +63,14 @@ type machine struct{ dns dnsEnv }
 
 func (m machine) openTUN(ctx context.Context, cfg netstack.TUNConfig) (tun.Device, error) {
 	return netstack.OpenTUN(ctx, cfg)
+}
+
+func (m machine) indexOf(name string) (int, error) {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return 0, err
+	}
+	return ifi.Index, nil
 }
 
 func (m machine) configureDNS(ctx context.Context, spec dnsSpec, log *slog.Logger) (func() error, error) {
@@ -325,6 +335,7 @@ func (h *vnetHelper) serveConn(ctx context.Context, c *net.UnixConn) error {
 	log := h.cfg.Logger.With("uid", uid)
 	var (
 		tunName string       // the TUN this connection created
+		tunIdx  int          // and its interface index, which names it even once the name is reused
 		undo    func() error // its DNS configuration
 	)
 	defer func() {
@@ -353,7 +364,7 @@ func (h *vnetHelper) serveConn(ctx context.Context, c *net.UnixConn) error {
 				refuse("tun: this connection has its TUN %s already (one per connection)", tunName)
 				continue
 			}
-			dev, name, err := h.openTUN(ctx, req)
+			dev, name, idx, err := h.openTUN(ctx, req)
 			if err != nil {
 				refuse("%v", err)
 				continue
@@ -366,7 +377,7 @@ func (h *vnetHelper) serveConn(ctx context.Context, c *net.UnixConn) error {
 			if err != nil {
 				return fmt.Errorf("send TUN: %w", err)
 			}
-			tunName = name
+			tunName, tunIdx = name, idx
 			log.Info("vnet-helper: TUN handed over", "name", name, "subnet", h.cfg.Subnet)
 		case "dns":
 			spec, err := h.dnsSpec(req, tunName)
@@ -374,6 +385,12 @@ func (h *vnetHelper) serveConn(ctx context.Context, c *net.UnixConn) error {
 				refuse("%v", err)
 				continue
 			}
+			// The client may have closed its TUN, and another interface may bear its name by now.
+			if i, err := h.os.indexOf(tunName); err != nil || i != tunIdx {
+				refuse("dns: this connection's TUN %s is gone (its descriptor was closed): connect again for a new TUN", tunName)
+				continue
+			}
+			spec.Index = tunIdx
 			if undo != nil {
 				refuse("dns: already configured on this connection")
 				continue
@@ -399,13 +416,13 @@ func (h *vnetHelper) serveConn(ctx context.Context, c *net.UnixConn) error {
 
 // openTUN creates the TUN a "tun" request asks for: for the org's VN subnet only (the client
 // passes it and it must match), when no route or address of the machine overlaps it.
-func (h *vnetHelper) openTUN(ctx context.Context, req helperRequest) (tun.Device, string, error) {
+func (h *vnetHelper) openTUN(ctx context.Context, req helperRequest) (tun.Device, string, int, error) {
 	subnet, err := netip.ParsePrefix(req.Subnet)
 	if err != nil {
-		return nil, "", fmt.Errorf("tun: subnet %q: %w", req.Subnet, err)
+		return nil, "", 0, fmt.Errorf("tun: subnet %q: %w", req.Subnet, err)
 	}
 	if subnet.Masked() != h.cfg.Subnet {
-		return nil, "", fmt.Errorf("tun: subnet %s is not the org's VN subnet %s that this helper serves "+
+		return nil, "", 0, fmt.Errorf("tun: subnet %s is not the org's VN subnet %s that this helper serves "+
 			"(if the org's subnet changed, the administrator restarts the helper with --subnet set to it)", subnet, h.cfg.Subnet)
 	}
 	subnet = h.cfg.Subnet
@@ -414,33 +431,37 @@ func (h *vnetHelper) openTUN(ctx context.Context, req helperRequest) (tun.Device
 		mtu = netstack.TUNMTU
 	}
 	if mtu < 1280 || mtu > 65535 {
-		return nil, "", fmt.Errorf("tun: MTU %d out of range 1280..65535", mtu)
+		return nil, "", 0, fmt.Errorf("tun: MTU %d out of range 1280..65535", mtu)
 	}
 	if req.Name != "" && (len(req.Name) >= unix.IFNAMSIZ || !validIfName(req.Name)) {
-		return nil, "", fmt.Errorf("tun: bad interface name %q", req.Name)
+		return nil, "", 0, fmt.Errorf("tun: bad interface name %q", req.Name)
 	}
 	h.tunMu.Lock()
 	defer h.tunMu.Unlock()
 	used, err := h.os.inUse(ctx)
 	if err != nil {
-		return nil, "", fmt.Errorf("tun: list the machine's routes and addresses: %w", err)
+		return nil, "", 0, fmt.Errorf("tun: list the machine's routes and addresses: %w", err)
 	}
 	for _, p := range used {
 		if p.Bits() > 0 && p.Overlaps(subnet) { // a default route overlaps everything and takes nothing
-			return nil, "", fmt.Errorf("tun: the org's VN subnet %s overlaps %s, already routed or assigned on this machine "+
+			return nil, "", 0, fmt.Errorf("tun: the org's VN subnet %s overlaps %s, already routed or assigned on this machine "+
 				"(another ferry's TUN, a VPN or the LAN): refused so that no traffic meant for it is diverted", subnet, p)
 		}
 	}
 	dev, err := h.os.openTUN(ctx, netstack.TUNConfig{Name: req.Name, Addr: resource.TUNAddress(subnet), Subnet: subnet, MTU: mtu})
 	if err != nil {
-		return nil, "", fmt.Errorf("tun: %w", err)
+		return nil, "", 0, fmt.Errorf("tun: %w", err)
 	}
 	name, err := dev.Name()
-	if err != nil {
-		dev.Close()
-		return nil, "", fmt.Errorf("tun: %w", err)
+	if err == nil {
+		var idx int
+		// While our descriptor holds the TUN, the name is its own.
+		if idx, err = h.os.indexOf(name); err == nil {
+			return dev, name, idx, nil
+		}
 	}
-	return dev, name, nil
+	dev.Close()
+	return nil, "", 0, fmt.Errorf("tun: %w", err)
 }
 
 // dnsSpec is what a "dns" request gets: the TUN this connection created, the org's resolver at

@@ -31,9 +31,29 @@ const origResolv = "# the machine's own\nnameserver 192.0.2.53\n"
 type fakeMachine struct {
 	dns dnsEnv
 
-	mu     sync.Mutex
-	routes []netip.Prefix
-	tuns   []string
+	mu      sync.Mutex
+	routes  []netip.Prefix
+	tuns    []string
+	ifIndex map[string]int // interface name -> index, as the kernel numbers them (never reused soon)
+	nextIdx int
+}
+
+func (m *fakeMachine) indexOf(name string) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if i, ok := m.ifIndex[name]; ok {
+		return i, nil
+	}
+	return 0, fmt.Errorf("route ip+net: no such network interface %q", name)
+}
+
+// replaceInterface stands for the TUN's holder closing it (the kernel removes the interface) and
+// another interface of the same name appearing later (a NIC plugged in, docker0, a VPN's wg0).
+func (m *fakeMachine) replaceInterface(name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.nextIdx++
+	m.ifIndex[name] = m.nextIdx
 }
 
 func (m *fakeMachine) inUse(context.Context) ([]netip.Prefix, error) {
@@ -59,10 +79,18 @@ func (m *fakeMachine) openTUN(_ context.Context, cfg netstack.TUNConfig) (tun.De
 	}
 	m.tuns = append(m.tuns, cfg.Name)
 	m.routes = append(m.routes, cfg.Subnet) // as the kernel does for the TUN's address
+	if m.ifIndex == nil {
+		m.ifIndex = map[string]int{}
+	}
+	m.nextIdx++
+	m.ifIndex[cfg.Name] = m.nextIdx
 	return &fakeTUN{name: cfg.Name, f: f}, nil
 }
 
 func (m *fakeMachine) configureDNS(ctx context.Context, spec dnsSpec, log *slog.Logger) (func() error, error) {
+	if i, err := m.indexOf(spec.Interface); spec.Index != 0 && (err != nil || i != spec.Index) {
+		return nil, fmt.Errorf("fake machine: DNS for %s index %d, which is index %d now (%v)", spec.Interface, spec.Index, i, err)
+	}
 	m.mu.Lock()
 	env := m.dns
 	m.mu.Unlock()
@@ -260,6 +288,25 @@ func TestVNetHelperRefuses(t *testing.T) {
 				t.Errorf("resolv.conf changed:\n%s", got)
 			}
 		})
+	}
+}
+
+// DNS is set on the TUN the connection was handed, not on whatever bears its name now: the client
+// can close its TUN (the kernel removes it) and ask for DNS once another interface of that name
+// exists, having asked for its TUN by that name (wlan0, docker0, wg0...). Pointing that link's DNS
+// at subnet+2 and taking its default DNS route would break the machine's name lookups.
+func TestVNetHelperDNSOnlyForTheTUNItHandedOver(t *testing.T) {
+	h := startTestHelper(t)
+	c := h.dial(t)
+	if err := c.ask(t, with(tunReq, "name", "wlan0")); err != "" {
+		t.Fatal(err)
+	}
+	h.m.replaceInterface("wlan0")
+	if err := c.ask(t, with(dnsReq, "interface", "wlan0")); !strings.Contains(err, "is gone") {
+		t.Fatalf("DNS after the TUN was replaced by another wlan0: got %q, want refused (the TUN is gone)", err)
+	}
+	if got := readFile(t, h.m.dns.resolvConf); got != origResolv {
+		t.Errorf("resolv.conf changed:\n%s", got)
 	}
 }
 
