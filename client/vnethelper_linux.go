@@ -3,6 +3,7 @@ package client
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -56,6 +58,9 @@ type helperOS interface {
 	configureDNS(ctx context.Context, spec dnsSpec, log *slog.Logger) (func() error, error)
 	// indexOf returns the index of the network interface named name.
 	indexOf(name string) (int, error)
+	// removeTUN deletes the interface of index idx when it is still the TUN name (its holder may
+	// have made it persistent); a TUN gone with its last descriptor is no error.
+	removeTUN(name string, idx int) error
 }
 
 // machine is the real helperOS.
@@ -71,6 +76,54 @@ func (m machine) indexOf(name string) (int, error) {
 		return 0, err
 	}
 	return ifi.Index, nil
+}
+
+func (m machine) removeTUN(name string, idx int) error {
+	ifi, err := net.InterfaceByIndex(idx)
+	if err != nil || ifi.Name != name {
+		return nil // gone with its last descriptor (interface indexes are not reused soon)
+	}
+	return deleteLink(idx)
+}
+
+// deleteLink deletes the network interface of index idx (rtnetlink RTM_DELLINK, by index, so
+// that no other interface that takes a name is touched).
+func deleteLink(idx int) error {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("delete interface %d: netlink: %w", idx, err)
+	}
+	defer unix.Close(fd)
+	// struct nlmsghdr, then struct ifinfomsg (rtnetlink(7)).
+	msg := make([]byte, unix.NLMSG_HDRLEN+unix.SizeofIfInfomsg)
+	ne := binary.NativeEndian
+	ne.PutUint32(msg[0:], uint32(len(msg)))
+	ne.PutUint16(msg[4:], unix.RTM_DELLINK)
+	ne.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK)
+	ne.PutUint32(msg[8:], 1)
+	msg[unix.NLMSG_HDRLEN] = unix.AF_UNSPEC
+	ne.PutUint32(msg[unix.NLMSG_HDRLEN+4:], uint32(int32(idx)))
+	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("delete interface %d: netlink: %w", idx, err)
+	}
+	buf := make([]byte, 4096)
+	n, _, err := unix.Recvfrom(fd, buf, 0)
+	if err != nil {
+		return fmt.Errorf("delete interface %d: netlink: %w", idx, err)
+	}
+	msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+	if err != nil {
+		return fmt.Errorf("delete interface %d: netlink: %w", idx, err)
+	}
+	for _, m := range msgs {
+		if m.Header.Type == unix.NLMSG_ERROR && len(m.Data) >= 4 {
+			if e := int32(ne.Uint32(m.Data)); e != 0 && unix.Errno(-e) != unix.ENODEV {
+				return fmt.Errorf("delete interface %d: %w", idx, unix.Errno(-e))
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("delete interface %d: no answer from netlink", idx)
 }
 
 func (m machine) configureDNS(ctx context.Context, spec dnsSpec, log *slog.Logger) (func() error, error) {
@@ -344,6 +397,13 @@ func (h *vnetHelper) serveConn(ctx context.Context, c *net.UnixConn) error {
 				log.Warn("vnet-helper: restore DNS", "err", err)
 			}
 			h.dnsMu.Unlock()
+		}
+		// The TUN goes with the connection, even one its holder made persistent (TUNSETPERSIST
+		// needs no privilege on the descriptor): no interface, address or route outlives it.
+		if tunIdx != 0 {
+			if err := h.os.removeTUN(tunName, tunIdx); err != nil {
+				log.Warn("vnet-helper: remove the TUN", "name", tunName, "err", err)
+			}
 		}
 	}()
 	refuse := func(format string, args ...any) {

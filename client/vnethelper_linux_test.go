@@ -47,6 +47,22 @@ func (m *fakeMachine) indexOf(name string) (int, error) {
 	return 0, fmt.Errorf("route ip+net: no such network interface %q", name)
 }
 
+func (m *fakeMachine) removeTUN(name string, idx int) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.ifIndex[name] != idx {
+		return nil
+	}
+	delete(m.ifIndex, name)
+	for i, n := range m.tuns {
+		if n == name {
+			m.tuns = append(m.tuns[:i], m.tuns[i+1:]...)
+			break
+		}
+	}
+	return nil
+}
+
 // replaceInterface stands for the TUN's holder closing it (the kernel removes the interface) and
 // another interface of the same name appearing later (a NIC plugged in, docker0, a VPN's wg0).
 func (m *fakeMachine) replaceInterface(name string) {
