@@ -353,6 +353,9 @@ func (h *vnetHelper) serve(ctx context.Context, ln *net.UnixListener) error {
 		go func() {
 			defer wg.Done()
 			defer c.Close()
+			// Stopping the helper ends its connections, so that each one's DNS and TUN are undone
+			// now rather than whenever its client leaves.
+			defer context.AfterFunc(ctx, func() { c.Close() })()
 			if err := h.serveConn(ctx, c); err != nil {
 				h.cfg.Logger.Warn("vnet-helper: client", "err", err)
 			}

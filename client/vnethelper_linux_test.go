@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -137,6 +138,7 @@ func (d *fakeTUN) BatchSize() int                         { return 1 }
 type helperUnderTest struct {
 	m    *fakeMachine
 	sock string
+	stop func() error // cancels the helper's context and waits (10 s at most) for serve to return
 }
 
 func startTestHelper(t *testing.T, routes ...string) *helperUnderTest {
@@ -166,18 +168,25 @@ func startTestHelper(t *testing.T, routes ...string) *helperUnderTest {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Error(err)
+	var once sync.Once
+	var stopErr error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case stopErr = <-done:
+			case <-time.After(10 * time.Second):
+				stopErr = errors.New("helper did not stop within 10 s")
 			}
-		case <-time.After(10 * time.Second):
-			t.Error("helper did not stop")
+		})
+		return stopErr
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Error(err)
 		}
 	})
-	return &helperUnderTest{m: m, sock: sock}
+	return &helperUnderTest{m: m, sock: sock, stop: stop}
 }
 
 // rawConn speaks the helper's protocol without ferry's client.
@@ -350,6 +359,28 @@ func TestVNetHelperServesTheOrgsSubnetAndDomain(t *testing.T) {
 	}
 	if got := readFile(t, h.m.dns.resolvConf); got != origResolv {
 		t.Fatalf("resolv.conf after the client left:\n%s", got)
+	}
+}
+
+// Stopping the helper (SIGTERM from systemd, e.g. to restart it with a new --subnet) ends what it
+// did for connected clients, instead of waiting for them to leave: DNS restored, TUN removed.
+func TestVNetHelperStopsWithClientsConnected(t *testing.T) {
+	h := startTestHelper(t)
+	c := h.dial(t)
+	if err := c.ask(t, tunReq); err != "" {
+		t.Fatal(err)
+	}
+	if err := c.ask(t, dnsReq); err != "" {
+		t.Fatal(err)
+	}
+	if err := h.stop(); err != nil {
+		t.Fatalf("stop with a client connected: %v", err)
+	}
+	if got := readFile(t, h.m.dns.resolvConf); got != origResolv {
+		t.Errorf("resolv.conf after the helper stopped:\n%s", got)
+	}
+	if n := h.m.tunCount(); n != 0 {
+		t.Errorf("%d TUNs after the helper stopped, want 0", n)
 	}
 }
 
