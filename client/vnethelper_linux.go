@@ -415,10 +415,11 @@ func (h *vnetHelper) serveConn(ctx context.Context, c *net.UnixConn) error {
 		_ = json.NewEncoder(c).Encode(helperReply{Error: msg})
 	}
 	sc := bufio.NewScanner(c)
-	sc.Buffer(make([]byte, 4096), 4096)
+	sc.Buffer(make([]byte, maxHelperRequest), maxHelperRequest)
 	for sc.Scan() {
 		var req helperRequest
 		if err := json.Unmarshal(sc.Bytes(), &req); err != nil {
+			refuse("bad request: not one JSON object on a line: %v", err)
 			return fmt.Errorf("bad request: %w", err)
 		}
 		switch req.Op {
@@ -474,8 +475,15 @@ func (h *vnetHelper) serveConn(ctx context.Context, c *net.UnixConn) error {
 			refuse("unknown op %q", req.Op)
 		}
 	}
+	if errors.Is(sc.Err(), bufio.ErrTooLong) {
+		refuse("bad request: longer than %d bytes", maxHelperRequest)
+		return fmt.Errorf("bad request: longer than %d bytes", maxHelperRequest)
+	}
 	return nil
 }
+
+// maxHelperRequest bounds one request line (and so what a client makes the helper hold).
+const maxHelperRequest = 4096
 
 // openTUN creates the TUN a "tun" request asks for: for the org's VN subnet only (the client
 // passes it and it must match), when no route or address of the machine overlaps it.

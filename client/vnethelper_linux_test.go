@@ -362,6 +362,32 @@ func TestVNetHelperServesTheOrgsSubnetAndDomain(t *testing.T) {
 	}
 }
 
+// A request the helper cannot read gets an answer saying so (then the connection ends), not a
+// silent hang-up; a long one is not buffered past maxHelperRequest.
+func TestVNetHelperAnswersUnreadableRequests(t *testing.T) {
+	for _, tc := range []struct {
+		name, line, want string
+	}{
+		{"longer than the limit", `{"op":"tun","name":"` + strings.Repeat("x", 1<<20) + `"}`, "longer than 4096 bytes"},
+		{"not JSON", `op=tun subnet=0.0.0.0/0`, "not one JSON object"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := startTestHelper(t)
+			c := h.dial(t)
+			go c.c.Write([]byte(tc.line + "\n")) // the helper may stop reading before the end
+			_ = c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			b, err := io.ReadAll(io.LimitReader(c.c, 1<<16))
+			var rep helperReply
+			if jerr := json.Unmarshal(b, &rep); jerr != nil || !strings.Contains(rep.Error, tc.want) {
+				t.Fatalf("reply %q (read: %v), want an error naming %q", b, err, tc.want)
+			}
+			if n := h.m.tunCount(); n != 0 {
+				t.Errorf("%d TUNs, want none", n)
+			}
+		})
+	}
+}
+
 // Stopping the helper (SIGTERM from systemd, e.g. to restart it with a new --subnet) ends what it
 // did for connected clients, instead of waiting for them to leave: DNS restored, TUN removed.
 func TestVNetHelperStopsWithClientsConnected(t *testing.T) {
