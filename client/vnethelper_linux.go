@@ -341,6 +341,7 @@ func (h *vnetHelper) serve(ctx context.Context, ln *net.UnixListener) error {
 	go func() { <-ctx.Done(); ln.Close() }()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	slots := make(chan struct{}, maxHelperConns)
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
@@ -349,9 +350,20 @@ func (h *vnetHelper) serve(ctx context.Context, ln *net.UnixListener) error {
 			}
 			return fmt.Errorf("vnet-helper: accept: %w", err)
 		}
+		select {
+		case slots <- struct{}{}:
+		default:
+			// Idle connections would otherwise hold the helper's descriptors and memory without end.
+			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+			_ = json.NewEncoder(c).Encode(helperReply{Error: fmt.Sprintf("vnet-helper: %d connections are open already; close one (one ferry daemon needs one)", maxHelperConns)})
+			c.Close()
+			h.cfg.Logger.Warn("vnet-helper: refused a connection over the limit", "limit", maxHelperConns)
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer func() { <-slots }()
 			defer c.Close()
 			// Stopping the helper ends its connections, so that each one's DNS and TUN are undone
 			// now rather than whenever its client leaves.
@@ -481,6 +493,9 @@ func (h *vnetHelper) serveConn(ctx context.Context, c *net.UnixConn) error {
 	}
 	return nil
 }
+
+// maxHelperConns bounds the connections served at once (a ferry daemon keeps one open).
+const maxHelperConns = 16
 
 // maxHelperRequest bounds one request line (and so what a client makes the helper hold).
 const maxHelperRequest = 4096

@@ -388,6 +388,40 @@ func TestVNetHelperAnswersUnreadableRequests(t *testing.T) {
 	}
 }
 
+// Connections beyond maxHelperConns are answered with an error and closed: idle connections cannot
+// exhaust the root helper's descriptors; one freed is usable again.
+func TestVNetHelperLimitsConnections(t *testing.T) {
+	h := startTestHelper(t)
+	var conns []*rawConn
+	for range maxHelperConns {
+		conns = append(conns, h.dial(t))
+	}
+	// Every one is being served: each answers an unknown op.
+	for i, c := range conns {
+		if err := c.ask(t, map[string]any{"op": "ping"}); !strings.Contains(err, "unknown op") {
+			t.Fatalf("connection %d: %q", i, err)
+		}
+	}
+	over := h.dial(t)
+	_ = over.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(over.c)
+	if !strings.Contains(string(b), "connections are open already") {
+		t.Fatalf("connection %d: %q, %v; want refused", maxHelperConns+1, b, err)
+	}
+	conns[0].c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c := h.dial(t)
+		if err := c.ask(t, map[string]any{"op": "ping"}); strings.Contains(err, "unknown op") {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("after one closed, a new connection: %q", err)
+		}
+		c.c.Close()
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // Stopping the helper (SIGTERM from systemd, e.g. to restart it with a new --subnet) ends what it
 // did for connected clients, instead of waiting for them to leave: DNS restored, TUN removed.
 func TestVNetHelperStopsWithClientsConnected(t *testing.T) {
