@@ -291,6 +291,14 @@ func TestVNetHelperRefuses(t *testing.T) {
 		{name: "DNS on another interface", tuns: 1, steps: []step{{0, tunReq, ""}, {0, with(dnsReq, "interface", "eth0"), `interface "eth0" is not this connection's TUN ferry0`}}},
 		{name: "DNS to another server", tuns: 1, steps: []step{{0, tunReq, ""}, {0, with(dnsReq, "server", "192.168.1.66"), "is not the org's resolver 100.64.0.2"}}},
 		{name: "DNS for another connection's TUN", tuns: 1, steps: []step{{0, tunReq, ""}, {1, dnsReq, "no TUN"}}},
+		{name: "the org's subnet as IPv4-mapped IPv6", steps: []step{{0, with(tunReq, "subnet", "::ffff:100.64.0.0/106"), "is not the org's VN subnet"}}},
+		{name: "the org's subnet with host bits set", tuns: 1, steps: []step{{0, with(tunReq, "subnet", "100.64.0.1/10"), ""}}},
+		{name: "an interface name with a slash", steps: []step{{0, with(tunReq, "name", "../../etc"), "bad interface name"}}},
+		{name: "an interface name of 16 characters", steps: []step{{0, with(tunReq, "name", strings.Repeat("f", 16)), "bad interface name"}}},
+		{name: "an interface name template", steps: []step{{0, with(tunReq, "name", "ferry%d"), "bad interface name"}}},
+		{name: "an interface name with a newline", steps: []step{{0, with(tunReq, "name", "a\nb"), "bad interface name"}}},
+		{name: "an MTU below IPv6's minimum", steps: []step{{0, with(tunReq, "mtu", 576), "out of range"}}},
+		{name: "DNS naming the TUN by its index", tuns: 1, steps: []step{{0, tunReq, ""}, {0, with(dnsReq, "interface", "1"), `interface "1" is not this connection's TUN`}}},
 		{name: "an unknown operation", steps: []step{{0, map[string]any{"op": "route", "subnet": "0.0.0.0/0"}, "unknown op"}}},
 	}
 	for _, tc := range tests {
