@@ -240,12 +240,16 @@ func ServeVNetHelper(ctx context.Context, cfg HelperConfig) error {
 		return err
 	}
 	log := cfg.Logger
-	if err := secureDir(cfg.StateDir, 0o700, 0); err != nil {
+	// From here on the directories are used by the paths that were checked: a symlink on the way
+	// (one a user planted in /tmp, say) could be pointed elsewhere later.
+	if cfg.StateDir, err = secureDir(cfg.StateDir, 0o700, 0); err != nil {
 		return fmt.Errorf("vnet-helper: state directory (--state): %w", err)
 	}
-	if err := secureDir(filepath.Dir(cfg.Socket), 0o755, 0); err != nil {
+	sockDir, err := secureDir(filepath.Dir(cfg.Socket), 0o755, 0)
+	if err != nil {
 		return fmt.Errorf("vnet-helper: socket directory (--socket): %w", err)
 	}
+	cfg.Socket = filepath.Join(sockDir, filepath.Base(cfg.Socket))
 	dns := osDNSEnv(cfg.StateDir)
 	dns.noEdit = !cfg.AllowResolvConf
 	if err := recoverDNSIn(dns, log); err != nil {
@@ -269,36 +273,37 @@ func ServeVNetHelper(ctx context.Context, cfg HelperConfig) error {
 // secureDir makes dir (with perm when missing) and checks that it and every directory above it
 // belong to root or owner and that nobody else can write to them (a directory above it may be
 // sticky instead, as /tmp: others then add entries there but cannot rename or remove ours).
-// Otherwise a local user could put their own state file or socket in the helper's place.
-func secureDir(dir string, perm os.FileMode, owner int) error {
+// Otherwise a local user could put their own state file or socket in the helper's place. It
+// returns the directory's path without symlinks, the one that was checked.
+func secureDir(dir string, perm os.FileMode, owner int) (string, error) {
 	if !filepath.IsAbs(dir) {
-		return fmt.Errorf("%s: give an absolute path", dir)
+		return "", fmt.Errorf("%s: give an absolute path", dir)
 	}
 	if err := os.MkdirAll(dir, perm); err != nil {
-		return err
+		return "", err
 	}
 	real, err := filepath.EvalSymlinks(dir)
 	if err != nil {
-		return err
+		return "", err
 	}
 	for p := real; ; p = filepath.Dir(p) {
 		fd, err := unix.Open(p, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return fmt.Errorf("open %s: %w", p, err)
+			return "", fmt.Errorf("open %s: %w", p, err)
 		}
 		var st unix.Stat_t
 		err = unix.Fstat(fd, &st)
 		unix.Close(fd)
 		if err != nil {
-			return fmt.Errorf("stat %s: %w", p, err)
+			return "", fmt.Errorf("stat %s: %w", p, err)
 		}
 		sticky := p != real && st.Mode&unix.S_ISVTX != 0
 		if (st.Uid != 0 && int(st.Uid) != owner) || (st.Mode&0o022 != 0 && !sticky) {
-			return fmt.Errorf("%s is owned by uid %d with mode %04o: it must be root's and not writable by group or others "+
+			return "", fmt.Errorf("%s is owned by uid %d with mode %04o: it must be root's and not writable by group or others "+
 				"(chown root %s && chmod go-w %s), or choose another directory", p, st.Uid, st.Mode&0o7777, p, p)
 		}
 		if p == "/" || p == "." {
-			return nil
+			return real, nil
 		}
 	}
 }

@@ -557,6 +557,66 @@ func TestRecoverDNSRestoresOnlyResolvConf(t *testing.T) {
 	}
 }
 
+// A --state or --socket directory reached through a symlink a user planted in a sticky directory
+// (as /tmp) passes the check while it points at root's directory; the helper must keep using what
+// it checked, not the symlink the user may point elsewhere later. Here: at exit the helper removes
+// its socket, and must not remove a "vnet.sock" in the directory the symlink names by then.
+func TestVNetHelperUsesTheDirectoriesItChecked(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the helper runs as root only; run this test as root")
+	}
+	base := t.TempDir()
+	sticky := mkdirMode(t, filepath.Join(base, "tmp"), os.ModeSticky|0o777)
+	safe := mkdirMode(t, filepath.Join(base, "safe"), 0o700)
+	victim := mkdirMode(t, filepath.Join(base, "victim"), 0o755)
+	bait := filepath.Join(victim, "vnet.sock")
+	if err := os.WriteFile(bait, []byte("someone's\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(sticky, "ferry")
+	if err := os.Symlink(safe, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(link, 65534, 65534); err != nil { // the user's symlink
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- ServeVNetHelper(ctx, HelperConfig{Socket: filepath.Join(link, "vnet.sock"), StateDir: filepath.Join(link, "state"),
+			OwnerUID: 65534, Subnet: netip.MustParsePrefix("100.64.0.0/10"), Domain: "ferry.internal",
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(safe, "vnet.sock")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("helper did not start")
+		}
+	}
+	// The user points the symlink elsewhere.
+	if err := os.Remove(link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, link); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("helper did not stop")
+	}
+	if _, err := os.Stat(bait); err != nil {
+		t.Errorf("the helper removed a file the user's symlink named: %v", err)
+	}
+}
+
 func TestSecureDir(t *testing.T) {
 	uid := os.Geteuid()
 	tests := []struct {
@@ -599,7 +659,7 @@ func TestSecureDir(t *testing.T) {
 			if err := os.Chmod(base, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			err := secureDir(tc.setup(t, base), 0o700, uid)
+			_, err := secureDir(tc.setup(t, base), 0o700, uid)
 			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
 				t.Errorf("secureDir: %v, want error with %q", err, tc.wantErr)
 			}
