@@ -8,6 +8,7 @@ import (
 // which is reached through Interface.
 type dnsSpec struct {
 	Interface string     // the TUN device's name
+	Index     int        // its interface index when known (the helper's TUN): used, and checked against Interface
 	Server    netip.Addr // Ferry's resolver (subnet+2)
 	Domain    string     // the org domain, fully qualified ("ferry.internal.")
 }

@@ -87,7 +87,15 @@ func configureResolved(ctx context.Context, spec dnsSpec) (func() error, error) 
 		conn.Close()
 		return nil, errNoResolved
 	}
-	ifi, err := net.InterfaceByName(spec.Interface)
+	var ifi *net.Interface
+	if spec.Index != 0 { // the helper's TUN: by the index it had when created, and still named so
+		ifi, err = net.InterfaceByIndex(spec.Index)
+		if err == nil && ifi.Name != spec.Interface {
+			err = fmt.Errorf("index %d is %s now: the TUN is gone", spec.Index, ifi.Name)
+		}
+	} else {
+		ifi, err = net.InterfaceByName(spec.Interface)
+	}
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("DNS: find interface %s: %w", spec.Interface, err)

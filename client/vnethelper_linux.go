@@ -3,6 +3,7 @@ package client
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -54,6 +56,11 @@ type helperOS interface {
 	openTUN(ctx context.Context, cfg netstack.TUNConfig) (tun.Device, error)
 	// configureDNS points the OS's DNS for spec.Domain at spec.Server (configureDNSIn).
 	configureDNS(ctx context.Context, spec dnsSpec, log *slog.Logger) (func() error, error)
+	// indexOf returns the index of the network interface named name.
+	indexOf(name string) (int, error)
+	// removeTUN deletes the interface of index idx when it is still the TUN name (its holder may
+	// have made it persistent); a TUN gone with its last descriptor is no error.
+	removeTUN(name string, idx int) error
 }
 
 // machine is the real helperOS.
@@ -61,6 +68,62 @@ type machine struct{ dns dnsEnv }
 
 func (m machine) openTUN(ctx context.Context, cfg netstack.TUNConfig) (tun.Device, error) {
 	return netstack.OpenTUN(ctx, cfg)
+}
+
+func (m machine) indexOf(name string) (int, error) {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return 0, err
+	}
+	return ifi.Index, nil
+}
+
+func (m machine) removeTUN(name string, idx int) error {
+	ifi, err := net.InterfaceByIndex(idx)
+	if err != nil || ifi.Name != name {
+		return nil // gone with its last descriptor (interface indexes are not reused soon)
+	}
+	return deleteLink(idx)
+}
+
+// deleteLink deletes the network interface of index idx (rtnetlink RTM_DELLINK, by index, so
+// that no other interface that takes a name is touched).
+func deleteLink(idx int) error {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("delete interface %d: netlink: %w", idx, err)
+	}
+	defer unix.Close(fd)
+	// struct nlmsghdr, then struct ifinfomsg (rtnetlink(7)).
+	msg := make([]byte, unix.NLMSG_HDRLEN+unix.SizeofIfInfomsg)
+	ne := binary.NativeEndian
+	ne.PutUint32(msg[0:], uint32(len(msg)))
+	ne.PutUint16(msg[4:], unix.RTM_DELLINK)
+	ne.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK)
+	ne.PutUint32(msg[8:], 1)
+	msg[unix.NLMSG_HDRLEN] = unix.AF_UNSPEC
+	ne.PutUint32(msg[unix.NLMSG_HDRLEN+4:], uint32(int32(idx)))
+	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("delete interface %d: netlink: %w", idx, err)
+	}
+	buf := make([]byte, 4096)
+	n, _, err := unix.Recvfrom(fd, buf, 0)
+	if err != nil {
+		return fmt.Errorf("delete interface %d: netlink: %w", idx, err)
+	}
+	msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+	if err != nil {
+		return fmt.Errorf("delete interface %d: netlink: %w", idx, err)
+	}
+	for _, m := range msgs {
+		if m.Header.Type == unix.NLMSG_ERROR && len(m.Data) >= 4 {
+			if e := int32(ne.Uint32(m.Data)); e != 0 && unix.Errno(-e) != unix.ENODEV {
+				return fmt.Errorf("delete interface %d: %w", idx, unix.Errno(-e))
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("delete interface %d: no answer from netlink", idx)
 }
 
 func (m machine) configureDNS(ctx context.Context, spec dnsSpec, log *slog.Logger) (func() error, error) {
@@ -177,12 +240,16 @@ func ServeVNetHelper(ctx context.Context, cfg HelperConfig) error {
 		return err
 	}
 	log := cfg.Logger
-	if err := secureDir(cfg.StateDir, 0o700, 0); err != nil {
+	// From here on the directories are used by the paths that were checked: a symlink on the way
+	// (one a user planted in /tmp, say) could be pointed elsewhere later.
+	if cfg.StateDir, err = secureDir(cfg.StateDir, 0o700, 0); err != nil {
 		return fmt.Errorf("vnet-helper: state directory (--state): %w", err)
 	}
-	if err := secureDir(filepath.Dir(cfg.Socket), 0o755, 0); err != nil {
+	sockDir, err := secureDir(filepath.Dir(cfg.Socket), 0o755, 0)
+	if err != nil {
 		return fmt.Errorf("vnet-helper: socket directory (--socket): %w", err)
 	}
+	cfg.Socket = filepath.Join(sockDir, filepath.Base(cfg.Socket))
 	dns := osDNSEnv(cfg.StateDir)
 	dns.noEdit = !cfg.AllowResolvConf
 	if err := recoverDNSIn(dns, log); err != nil {
@@ -206,36 +273,37 @@ func ServeVNetHelper(ctx context.Context, cfg HelperConfig) error {
 // secureDir makes dir (with perm when missing) and checks that it and every directory above it
 // belong to root or owner and that nobody else can write to them (a directory above it may be
 // sticky instead, as /tmp: others then add entries there but cannot rename or remove ours).
-// Otherwise a local user could put their own state file or socket in the helper's place.
-func secureDir(dir string, perm os.FileMode, owner int) error {
+// Otherwise a local user could put their own state file or socket in the helper's place. It
+// returns the directory's path without symlinks, the one that was checked.
+func secureDir(dir string, perm os.FileMode, owner int) (string, error) {
 	if !filepath.IsAbs(dir) {
-		return fmt.Errorf("%s: give an absolute path", dir)
+		return "", fmt.Errorf("%s: give an absolute path", dir)
 	}
 	if err := os.MkdirAll(dir, perm); err != nil {
-		return err
+		return "", err
 	}
 	real, err := filepath.EvalSymlinks(dir)
 	if err != nil {
-		return err
+		return "", err
 	}
 	for p := real; ; p = filepath.Dir(p) {
 		fd, err := unix.Open(p, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return fmt.Errorf("open %s: %w", p, err)
+			return "", fmt.Errorf("open %s: %w", p, err)
 		}
 		var st unix.Stat_t
 		err = unix.Fstat(fd, &st)
 		unix.Close(fd)
 		if err != nil {
-			return fmt.Errorf("stat %s: %w", p, err)
+			return "", fmt.Errorf("stat %s: %w", p, err)
 		}
 		sticky := p != real && st.Mode&unix.S_ISVTX != 0
 		if (st.Uid != 0 && int(st.Uid) != owner) || (st.Mode&0o022 != 0 && !sticky) {
-			return fmt.Errorf("%s is owned by uid %d with mode %04o: it must be root's and not writable by group or others "+
+			return "", fmt.Errorf("%s is owned by uid %d with mode %04o: it must be root's and not writable by group or others "+
 				"(chown root %s && chmod go-w %s), or choose another directory", p, st.Uid, st.Mode&0o7777, p, p)
 		}
 		if p == "/" || p == "." {
-			return nil
+			return real, nil
 		}
 	}
 }
@@ -278,6 +346,7 @@ func (h *vnetHelper) serve(ctx context.Context, ln *net.UnixListener) error {
 	go func() { <-ctx.Done(); ln.Close() }()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	slots := make(chan struct{}, maxHelperConns)
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
@@ -286,10 +355,24 @@ func (h *vnetHelper) serve(ctx context.Context, ln *net.UnixListener) error {
 			}
 			return fmt.Errorf("vnet-helper: accept: %w", err)
 		}
+		select {
+		case slots <- struct{}{}:
+		default:
+			// Idle connections would otherwise hold the helper's descriptors and memory without end.
+			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+			_ = json.NewEncoder(c).Encode(helperReply{Error: fmt.Sprintf("vnet-helper: %d connections are open already; close one (one ferry daemon needs one)", maxHelperConns)})
+			c.Close()
+			h.cfg.Logger.Warn("vnet-helper: refused a connection over the limit", "limit", maxHelperConns)
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer func() { <-slots }()
 			defer c.Close()
+			// Stopping the helper ends its connections, so that each one's DNS and TUN are undone
+			// now rather than whenever its client leaves.
+			defer context.AfterFunc(ctx, func() { c.Close() })()
 			if err := h.serveConn(ctx, c); err != nil {
 				h.cfg.Logger.Warn("vnet-helper: client", "err", err)
 			}
@@ -325,6 +408,7 @@ func (h *vnetHelper) serveConn(ctx context.Context, c *net.UnixConn) error {
 	log := h.cfg.Logger.With("uid", uid)
 	var (
 		tunName string       // the TUN this connection created
+		tunIdx  int          // and its interface index, which names it even once the name is reused
 		undo    func() error // its DNS configuration
 	)
 	defer func() {
@@ -334,6 +418,13 @@ func (h *vnetHelper) serveConn(ctx context.Context, c *net.UnixConn) error {
 			}
 			h.dnsMu.Unlock()
 		}
+		// The TUN goes with the connection, even one its holder made persistent (TUNSETPERSIST
+		// needs no privilege on the descriptor): no interface, address or route outlives it.
+		if tunIdx != 0 {
+			if err := h.os.removeTUN(tunName, tunIdx); err != nil {
+				log.Warn("vnet-helper: remove the TUN", "name", tunName, "err", err)
+			}
+		}
 	}()
 	refuse := func(format string, args ...any) {
 		msg := fmt.Sprintf(format, args...)
@@ -341,10 +432,11 @@ func (h *vnetHelper) serveConn(ctx context.Context, c *net.UnixConn) error {
 		_ = json.NewEncoder(c).Encode(helperReply{Error: msg})
 	}
 	sc := bufio.NewScanner(c)
-	sc.Buffer(make([]byte, 4096), 4096)
+	sc.Buffer(make([]byte, maxHelperRequest), maxHelperRequest)
 	for sc.Scan() {
 		var req helperRequest
 		if err := json.Unmarshal(sc.Bytes(), &req); err != nil {
+			refuse("bad request: not one JSON object on a line: %v", err)
 			return fmt.Errorf("bad request: %w", err)
 		}
 		switch req.Op {
@@ -353,7 +445,7 @@ func (h *vnetHelper) serveConn(ctx context.Context, c *net.UnixConn) error {
 				refuse("tun: this connection has its TUN %s already (one per connection)", tunName)
 				continue
 			}
-			dev, name, err := h.openTUN(ctx, req)
+			dev, name, idx, err := h.openTUN(ctx, req)
 			if err != nil {
 				refuse("%v", err)
 				continue
@@ -366,7 +458,7 @@ func (h *vnetHelper) serveConn(ctx context.Context, c *net.UnixConn) error {
 			if err != nil {
 				return fmt.Errorf("send TUN: %w", err)
 			}
-			tunName = name
+			tunName, tunIdx = name, idx
 			log.Info("vnet-helper: TUN handed over", "name", name, "subnet", h.cfg.Subnet)
 		case "dns":
 			spec, err := h.dnsSpec(req, tunName)
@@ -374,6 +466,12 @@ func (h *vnetHelper) serveConn(ctx context.Context, c *net.UnixConn) error {
 				refuse("%v", err)
 				continue
 			}
+			// The client may have closed its TUN, and another interface may bear its name by now.
+			if i, err := h.os.indexOf(tunName); err != nil || i != tunIdx {
+				refuse("dns: this connection's TUN %s is gone (its descriptor was closed): connect again for a new TUN", tunName)
+				continue
+			}
+			spec.Index = tunIdx
 			if undo != nil {
 				refuse("dns: already configured on this connection")
 				continue
@@ -394,18 +492,28 @@ func (h *vnetHelper) serveConn(ctx context.Context, c *net.UnixConn) error {
 			refuse("unknown op %q", req.Op)
 		}
 	}
+	if errors.Is(sc.Err(), bufio.ErrTooLong) {
+		refuse("bad request: longer than %d bytes", maxHelperRequest)
+		return fmt.Errorf("bad request: longer than %d bytes", maxHelperRequest)
+	}
 	return nil
 }
 
+// maxHelperConns bounds the connections served at once (a ferry daemon keeps one open).
+const maxHelperConns = 16
+
+// maxHelperRequest bounds one request line (and so what a client makes the helper hold).
+const maxHelperRequest = 4096
+
 // openTUN creates the TUN a "tun" request asks for: for the org's VN subnet only (the client
 // passes it and it must match), when no route or address of the machine overlaps it.
-func (h *vnetHelper) openTUN(ctx context.Context, req helperRequest) (tun.Device, string, error) {
+func (h *vnetHelper) openTUN(ctx context.Context, req helperRequest) (tun.Device, string, int, error) {
 	subnet, err := netip.ParsePrefix(req.Subnet)
 	if err != nil {
-		return nil, "", fmt.Errorf("tun: subnet %q: %w", req.Subnet, err)
+		return nil, "", 0, fmt.Errorf("tun: subnet %q: %w", req.Subnet, err)
 	}
 	if subnet.Masked() != h.cfg.Subnet {
-		return nil, "", fmt.Errorf("tun: subnet %s is not the org's VN subnet %s that this helper serves "+
+		return nil, "", 0, fmt.Errorf("tun: subnet %s is not the org's VN subnet %s that this helper serves "+
 			"(if the org's subnet changed, the administrator restarts the helper with --subnet set to it)", subnet, h.cfg.Subnet)
 	}
 	subnet = h.cfg.Subnet
@@ -414,33 +522,37 @@ func (h *vnetHelper) openTUN(ctx context.Context, req helperRequest) (tun.Device
 		mtu = netstack.TUNMTU
 	}
 	if mtu < 1280 || mtu > 65535 {
-		return nil, "", fmt.Errorf("tun: MTU %d out of range 1280..65535", mtu)
+		return nil, "", 0, fmt.Errorf("tun: MTU %d out of range 1280..65535", mtu)
 	}
 	if req.Name != "" && (len(req.Name) >= unix.IFNAMSIZ || !validIfName(req.Name)) {
-		return nil, "", fmt.Errorf("tun: bad interface name %q", req.Name)
+		return nil, "", 0, fmt.Errorf("tun: bad interface name %q", req.Name)
 	}
 	h.tunMu.Lock()
 	defer h.tunMu.Unlock()
 	used, err := h.os.inUse(ctx)
 	if err != nil {
-		return nil, "", fmt.Errorf("tun: list the machine's routes and addresses: %w", err)
+		return nil, "", 0, fmt.Errorf("tun: list the machine's routes and addresses: %w", err)
 	}
 	for _, p := range used {
 		if p.Bits() > 0 && p.Overlaps(subnet) { // a default route overlaps everything and takes nothing
-			return nil, "", fmt.Errorf("tun: the org's VN subnet %s overlaps %s, already routed or assigned on this machine "+
+			return nil, "", 0, fmt.Errorf("tun: the org's VN subnet %s overlaps %s, already routed or assigned on this machine "+
 				"(another ferry's TUN, a VPN or the LAN): refused so that no traffic meant for it is diverted", subnet, p)
 		}
 	}
 	dev, err := h.os.openTUN(ctx, netstack.TUNConfig{Name: req.Name, Addr: resource.TUNAddress(subnet), Subnet: subnet, MTU: mtu})
 	if err != nil {
-		return nil, "", fmt.Errorf("tun: %w", err)
+		return nil, "", 0, fmt.Errorf("tun: %w", err)
 	}
 	name, err := dev.Name()
-	if err != nil {
-		dev.Close()
-		return nil, "", fmt.Errorf("tun: %w", err)
+	if err == nil {
+		var idx int
+		// While our descriptor holds the TUN, the name is its own.
+		if idx, err = h.os.indexOf(name); err == nil {
+			return dev, name, idx, nil
+		}
 	}
-	return dev, name, nil
+	dev.Close()
+	return nil, "", 0, fmt.Errorf("tun: %w", err)
 }
 
 // dnsSpec is what a "dns" request gets: the TUN this connection created, the org's resolver at

@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -31,9 +32,45 @@ const origResolv = "# the machine's own\nnameserver 192.0.2.53\n"
 type fakeMachine struct {
 	dns dnsEnv
 
-	mu     sync.Mutex
-	routes []netip.Prefix
-	tuns   []string
+	mu      sync.Mutex
+	routes  []netip.Prefix
+	tuns    []string
+	ifIndex map[string]int // interface name -> index, as the kernel numbers them (never reused soon)
+	nextIdx int
+}
+
+func (m *fakeMachine) indexOf(name string) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if i, ok := m.ifIndex[name]; ok {
+		return i, nil
+	}
+	return 0, fmt.Errorf("route ip+net: no such network interface %q", name)
+}
+
+func (m *fakeMachine) removeTUN(name string, idx int) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.ifIndex[name] != idx {
+		return nil
+	}
+	delete(m.ifIndex, name)
+	for i, n := range m.tuns {
+		if n == name {
+			m.tuns = append(m.tuns[:i], m.tuns[i+1:]...)
+			break
+		}
+	}
+	return nil
+}
+
+// replaceInterface stands for the TUN's holder closing it (the kernel removes the interface) and
+// another interface of the same name appearing later (a NIC plugged in, docker0, a VPN's wg0).
+func (m *fakeMachine) replaceInterface(name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.nextIdx++
+	m.ifIndex[name] = m.nextIdx
 }
 
 func (m *fakeMachine) inUse(context.Context) ([]netip.Prefix, error) {
@@ -59,10 +96,18 @@ func (m *fakeMachine) openTUN(_ context.Context, cfg netstack.TUNConfig) (tun.De
 	}
 	m.tuns = append(m.tuns, cfg.Name)
 	m.routes = append(m.routes, cfg.Subnet) // as the kernel does for the TUN's address
+	if m.ifIndex == nil {
+		m.ifIndex = map[string]int{}
+	}
+	m.nextIdx++
+	m.ifIndex[cfg.Name] = m.nextIdx
 	return &fakeTUN{name: cfg.Name, f: f}, nil
 }
 
 func (m *fakeMachine) configureDNS(ctx context.Context, spec dnsSpec, log *slog.Logger) (func() error, error) {
+	if i, err := m.indexOf(spec.Interface); spec.Index != 0 && (err != nil || i != spec.Index) {
+		return nil, fmt.Errorf("fake machine: DNS for %s index %d, which is index %d now (%v)", spec.Interface, spec.Index, i, err)
+	}
 	m.mu.Lock()
 	env := m.dns
 	m.mu.Unlock()
@@ -93,6 +138,7 @@ func (d *fakeTUN) BatchSize() int                         { return 1 }
 type helperUnderTest struct {
 	m    *fakeMachine
 	sock string
+	stop func() error // cancels the helper's context and waits (10 s at most) for serve to return
 }
 
 func startTestHelper(t *testing.T, routes ...string) *helperUnderTest {
@@ -122,18 +168,25 @@ func startTestHelper(t *testing.T, routes ...string) *helperUnderTest {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Error(err)
+	var once sync.Once
+	var stopErr error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case stopErr = <-done:
+			case <-time.After(10 * time.Second):
+				stopErr = errors.New("helper did not stop within 10 s")
 			}
-		case <-time.After(10 * time.Second):
-			t.Error("helper did not stop")
+		})
+		return stopErr
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Error(err)
 		}
 	})
-	return &helperUnderTest{m: m, sock: sock}
+	return &helperUnderTest{m: m, sock: sock, stop: stop}
 }
 
 // rawConn speaks the helper's protocol without ferry's client.
@@ -238,6 +291,14 @@ func TestVNetHelperRefuses(t *testing.T) {
 		{name: "DNS on another interface", tuns: 1, steps: []step{{0, tunReq, ""}, {0, with(dnsReq, "interface", "eth0"), `interface "eth0" is not this connection's TUN ferry0`}}},
 		{name: "DNS to another server", tuns: 1, steps: []step{{0, tunReq, ""}, {0, with(dnsReq, "server", "192.168.1.66"), "is not the org's resolver 100.64.0.2"}}},
 		{name: "DNS for another connection's TUN", tuns: 1, steps: []step{{0, tunReq, ""}, {1, dnsReq, "no TUN"}}},
+		{name: "the org's subnet as IPv4-mapped IPv6", steps: []step{{0, with(tunReq, "subnet", "::ffff:100.64.0.0/106"), "is not the org's VN subnet"}}},
+		{name: "the org's subnet with host bits set", tuns: 1, steps: []step{{0, with(tunReq, "subnet", "100.64.0.1/10"), ""}}},
+		{name: "an interface name with a slash", steps: []step{{0, with(tunReq, "name", "../../etc"), "bad interface name"}}},
+		{name: "an interface name of 16 characters", steps: []step{{0, with(tunReq, "name", strings.Repeat("f", 16)), "bad interface name"}}},
+		{name: "an interface name template", steps: []step{{0, with(tunReq, "name", "ferry%d"), "bad interface name"}}},
+		{name: "an interface name with a newline", steps: []step{{0, with(tunReq, "name", "a\nb"), "bad interface name"}}},
+		{name: "an MTU below IPv6's minimum", steps: []step{{0, with(tunReq, "mtu", 576), "out of range"}}},
+		{name: "DNS naming the TUN by its index", tuns: 1, steps: []step{{0, tunReq, ""}, {0, with(dnsReq, "interface", "1"), `interface "1" is not this connection's TUN`}}},
 		{name: "an unknown operation", steps: []step{{0, map[string]any{"op": "route", "subnet": "0.0.0.0/0"}, "unknown op"}}},
 	}
 	for _, tc := range tests {
@@ -260,6 +321,25 @@ func TestVNetHelperRefuses(t *testing.T) {
 				t.Errorf("resolv.conf changed:\n%s", got)
 			}
 		})
+	}
+}
+
+// DNS is set on the TUN the connection was handed, not on whatever bears its name now: the client
+// can close its TUN (the kernel removes it) and ask for DNS once another interface of that name
+// exists, having asked for its TUN by that name (wlan0, docker0, wg0...). Pointing that link's DNS
+// at subnet+2 and taking its default DNS route would break the machine's name lookups.
+func TestVNetHelperDNSOnlyForTheTUNItHandedOver(t *testing.T) {
+	h := startTestHelper(t)
+	c := h.dial(t)
+	if err := c.ask(t, with(tunReq, "name", "wlan0")); err != "" {
+		t.Fatal(err)
+	}
+	h.m.replaceInterface("wlan0")
+	if err := c.ask(t, with(dnsReq, "interface", "wlan0")); !strings.Contains(err, "is gone") {
+		t.Fatalf("DNS after the TUN was replaced by another wlan0: got %q, want refused (the TUN is gone)", err)
+	}
+	if got := readFile(t, h.m.dns.resolvConf); got != origResolv {
+		t.Errorf("resolv.conf changed:\n%s", got)
 	}
 }
 
@@ -287,6 +367,88 @@ func TestVNetHelperServesTheOrgsSubnetAndDomain(t *testing.T) {
 	}
 	if got := readFile(t, h.m.dns.resolvConf); got != origResolv {
 		t.Fatalf("resolv.conf after the client left:\n%s", got)
+	}
+}
+
+// A request the helper cannot read gets an answer saying so (then the connection ends), not a
+// silent hang-up; a long one is not buffered past maxHelperRequest.
+func TestVNetHelperAnswersUnreadableRequests(t *testing.T) {
+	for _, tc := range []struct {
+		name, line, want string
+	}{
+		{"longer than the limit", `{"op":"tun","name":"` + strings.Repeat("x", 1<<20) + `"}`, "longer than 4096 bytes"},
+		{"not JSON", `op=tun subnet=0.0.0.0/0`, "not one JSON object"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := startTestHelper(t)
+			c := h.dial(t)
+			go c.c.Write([]byte(tc.line + "\n")) // the helper may stop reading before the end
+			_ = c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			b, err := io.ReadAll(io.LimitReader(c.c, 1<<16))
+			var rep helperReply
+			if jerr := json.Unmarshal(b, &rep); jerr != nil || !strings.Contains(rep.Error, tc.want) {
+				t.Fatalf("reply %q (read: %v), want an error naming %q", b, err, tc.want)
+			}
+			if n := h.m.tunCount(); n != 0 {
+				t.Errorf("%d TUNs, want none", n)
+			}
+		})
+	}
+}
+
+// Connections beyond maxHelperConns are answered with an error and closed: idle connections cannot
+// exhaust the root helper's descriptors; one freed is usable again.
+func TestVNetHelperLimitsConnections(t *testing.T) {
+	h := startTestHelper(t)
+	var conns []*rawConn
+	for range maxHelperConns {
+		conns = append(conns, h.dial(t))
+	}
+	// Every one is being served: each answers an unknown op.
+	for i, c := range conns {
+		if err := c.ask(t, map[string]any{"op": "ping"}); !strings.Contains(err, "unknown op") {
+			t.Fatalf("connection %d: %q", i, err)
+		}
+	}
+	over := h.dial(t)
+	_ = over.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(over.c)
+	if !strings.Contains(string(b), "connections are open already") {
+		t.Fatalf("connection %d: %q, %v; want refused", maxHelperConns+1, b, err)
+	}
+	conns[0].c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c := h.dial(t)
+		if err := c.ask(t, map[string]any{"op": "ping"}); strings.Contains(err, "unknown op") {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("after one closed, a new connection: %q", err)
+		}
+		c.c.Close()
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stopping the helper (SIGTERM from systemd, e.g. to restart it with a new --subnet) ends what it
+// did for connected clients, instead of waiting for them to leave: DNS restored, TUN removed.
+func TestVNetHelperStopsWithClientsConnected(t *testing.T) {
+	h := startTestHelper(t)
+	c := h.dial(t)
+	if err := c.ask(t, tunReq); err != "" {
+		t.Fatal(err)
+	}
+	if err := c.ask(t, dnsReq); err != "" {
+		t.Fatal(err)
+	}
+	if err := h.stop(); err != nil {
+		t.Fatalf("stop with a client connected: %v", err)
+	}
+	if got := readFile(t, h.m.dns.resolvConf); got != origResolv {
+		t.Errorf("resolv.conf after the helper stopped:\n%s", got)
+	}
+	if n := h.m.tunCount(); n != 0 {
+		t.Errorf("%d TUNs after the helper stopped, want 0", n)
 	}
 }
 
@@ -395,6 +557,66 @@ func TestRecoverDNSRestoresOnlyResolvConf(t *testing.T) {
 	}
 }
 
+// A --state or --socket directory reached through a symlink a user planted in a sticky directory
+// (as /tmp) passes the check while it points at root's directory; the helper must keep using what
+// it checked, not the symlink the user may point elsewhere later. Here: at exit the helper removes
+// its socket, and must not remove a "vnet.sock" in the directory the symlink names by then.
+func TestVNetHelperUsesTheDirectoriesItChecked(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the helper runs as root only; run this test as root")
+	}
+	base := t.TempDir()
+	sticky := mkdirMode(t, filepath.Join(base, "tmp"), os.ModeSticky|0o777)
+	safe := mkdirMode(t, filepath.Join(base, "safe"), 0o700)
+	victim := mkdirMode(t, filepath.Join(base, "victim"), 0o755)
+	bait := filepath.Join(victim, "vnet.sock")
+	if err := os.WriteFile(bait, []byte("someone's\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(sticky, "ferry")
+	if err := os.Symlink(safe, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(link, 65534, 65534); err != nil { // the user's symlink
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- ServeVNetHelper(ctx, HelperConfig{Socket: filepath.Join(link, "vnet.sock"), StateDir: filepath.Join(link, "state"),
+			OwnerUID: 65534, Subnet: netip.MustParsePrefix("100.64.0.0/10"), Domain: "ferry.internal",
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(safe, "vnet.sock")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("helper did not start")
+		}
+	}
+	// The user points the symlink elsewhere.
+	if err := os.Remove(link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, link); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("helper did not stop")
+	}
+	if _, err := os.Stat(bait); err != nil {
+		t.Errorf("the helper removed a file the user's symlink named: %v", err)
+	}
+}
+
 func TestSecureDir(t *testing.T) {
 	uid := os.Geteuid()
 	tests := []struct {
@@ -437,7 +659,7 @@ func TestSecureDir(t *testing.T) {
 			if err := os.Chmod(base, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			err := secureDir(tc.setup(t, base), 0o700, uid)
+			_, err := secureDir(tc.setup(t, base), 0o700, uid)
 			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
 				t.Errorf("secureDir: %v, want error with %q", err, tc.wantErr)
 			}

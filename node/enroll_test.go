@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -320,4 +321,103 @@ func loginDaemon(t *testing.T, tok string) *client.Daemon {
 	}
 	t.Cleanup(func() { d.Close() })
 	return d
+}
+
+// TestEnrollRefusesAnotherSpellingOfAnEnrolledKey: bob, holding his own token, posts alice's
+// enrolled key with bit 255 set (the same Curve25519 point, other bytes): 400 naming public_key,
+// his token unused, alice's device and address untouched.
+func TestEnrollRefusesAnotherSpellingOfAnEnrolledKey(t *testing.T) {
+	n := startBareNode(t)
+	ctx := context.Background()
+	alice := newPublicKey(t)
+	resp, err := enroll(t, n.token(t, "alice"), alice, "laptop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	respelled := alice
+	respelled[31] |= 0x80
+	_, err = enroll(t, n.token(t, "bob"), respelled, "alice's laptop")
+	wantStatus(t, "enroll alice's key with bit 255 set", err, http.StatusBadRequest, "public_key")
+	if ds, err := n.Catalog().Devices(ctx); err != nil || len(ds) != 1 || ds[0].User != "alice" || ds[0].Address.String() != resp.DeviceAddress {
+		t.Fatalf("devices = %+v, %v; want only alice's at %s", ds, err, resp.DeviceAddress)
+	}
+	if ts, err := n.Catalog().PendingEnrollTokens(ctx, "bob"); err != nil || len(ts) != 1 {
+		t.Fatalf("bob's unused tokens = %+v, %v; want his token still unused", ts, err)
+	}
+}
+
+// TestEnrollRaces: many enrollments at once with one token, or with one key and many tokens, store
+// exactly one device with exactly one WireGuard peer; the others are refused (403 used token, 409
+// enrolled key), none with a server error.
+func TestEnrollRaces(t *testing.T) {
+	n := startBareNode(t)
+	ctx := context.Background()
+	const racers = 8
+	race := func(reqs func(i int) (string, tunnel.Key)) []int {
+		type job struct {
+			p   api.EnrollToken
+			key tunnel.Key
+		}
+		jobs := make([]job, racers)
+		for i := range jobs {
+			tok, key := reqs(i)
+			p, err := api.ParseEnrollToken(tok)
+			if err != nil {
+				t.Fatal(err)
+			}
+			jobs[i] = job{p, key}
+		}
+		status := make([]int, racers)
+		var wg sync.WaitGroup
+		for i, j := range jobs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				defer cancel()
+				_, err := api.Enroll(rctx, j.p, api.EnrollRequest{Secret: j.p.Secret, PublicKey: j.key.String(), DeviceName: "racer"})
+				var se *api.StatusError
+				switch {
+				case err == nil:
+					status[i] = http.StatusOK
+				case errors.As(err, &se):
+					status[i] = se.Status
+				default:
+					t.Errorf("racer %d: %v", i, err)
+				}
+			}()
+		}
+		wg.Wait()
+		return status
+	}
+	count := func(status []int, s int) int {
+		c := 0
+		for _, x := range status {
+			if x == s {
+				c++
+			}
+		}
+		return c
+	}
+	tok := n.token(t, "alice")
+	st := race(func(int) (string, tunnel.Key) { return tok, newPublicKey(t) })
+	if count(st, http.StatusOK) != 1 || count(st, http.StatusForbidden) != racers-1 {
+		t.Errorf("one token, %d racers: statuses %v, want one 200 and the rest 403", racers, st)
+	}
+	key := newPublicKey(t)
+	st = race(func(int) (string, tunnel.Key) { return n.token(t, "bob"), key })
+	if count(st, http.StatusOK) != 1 || count(st, http.StatusConflict) != racers-1 {
+		t.Errorf("one key, %d tokens: statuses %v, want one 200 and the rest 409", racers, st)
+	}
+	ds, err := n.Catalog().Devices(ctx)
+	if err != nil || len(ds) != 2 {
+		t.Fatalf("devices = %+v, %v; want 2", ds, err)
+	}
+	peers, err := n.Tunnel().Peers()
+	if err != nil || len(peers) != 2 {
+		t.Fatalf("peers = %+v, %v; want 2", peers, err)
+	}
+	if ts, err := n.Catalog().PendingEnrollTokens(ctx, "bob"); err != nil || len(ts) != racers-1 {
+		t.Errorf("bob's unused tokens = %d, %v; want %d (refused ones stay unused)", len(ts), err, racers-1)
+	}
 }

@@ -55,13 +55,16 @@ var ErrBadPeerKey = errors.New("not a usable WireGuard public key")
 // key is a multiple of the cofactor 8, so this refuses exactly the points of order 1, 2, 4 and 8
 // on the curve and its twist, in every encoding (u ≥ p, bit 255 set): libsodium's and
 // wireguard-go's blocklists and more. wireguard-go itself would accept such a peer and only fail
-// each handshake.
+// each handshake. Non-canonical spellings of any point are refused too (canonical).
 func checkPeerKey(priv *ecdh.PrivateKey, self, pub Key) error {
 	switch {
 	case pub.IsZero():
 		return fmt.Errorf("the all-zero key is %w", ErrBadPeerKey)
 	case pub == self:
 		return fmt.Errorf("public key %s is this interface's own key, %w", pub, ErrBadPeerKey)
+	case !canonical(pub):
+		return fmt.Errorf("public key %s is not in canonical form (bit 255 set or u ≥ 2^255-19; wg pubkey never makes one, "+
+			"and another spelling of an enrolled key would pass for a new one), %w", pub, ErrBadPeerKey)
 	}
 	p, err := ecdh.X25519().NewPublicKey(pub[:])
 	if err != nil {
@@ -71,6 +74,25 @@ func checkPeerKey(priv *ecdh.PrivateKey, self, pub Key) error {
 		return fmt.Errorf("public key %s is a low-order Curve25519 point (no shared secret can come of it), %w", pub, ErrBadPeerKey)
 	}
 	return nil
+}
+
+// canonical reports whether pub is the one 32-byte spelling of its u-coordinate (RFC 7748 §5):
+// bit 255 clear and u < p = 2^255-19. X25519 ignores bit 255 and reduces u mod p, so every other
+// spelling is the same point as a canonical key, but other bytes to WireGuard and the catalog.
+func canonical(pub Key) bool {
+	if pub[31]&0x80 != 0 {
+		return false
+	}
+	// u ≥ p only when bytes 1..30 are 0xff, byte 31 is 0x7f and byte 0 is ≥ 0xed.
+	if pub[31] != 0x7f || pub[0] < 0xed {
+		return true
+	}
+	for _, b := range pub[1:31] {
+		if b != 0xff {
+			return true
+		}
+	}
+	return false
 }
 
 // String returns the key in wg(8)'s base64 form.

@@ -453,3 +453,45 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// A Curve25519 u-coordinate has more than one 32-byte spelling: bit 255 is ignored and u ≥ p is
+// reduced mod p = 2^255-19. Such a spelling is the same point (the same shared secret) as a key
+// already enrolled, yet other bytes, so it would slip past the "already enrolled" check as a
+// second device of someone else's key. wg pubkey never makes one: they are refused.
+func TestNonCanonicalPeerKeysRefused(t *testing.T) {
+	node, _ := startNode(t, nil)
+	good := mustKey(t).PublicKey()
+	highBit := good
+	highBit[31] |= 0x80
+	var p Key // 2^255-19, the field prime: u = p is u = 0, u = p+9 is the base point 9
+	p[0] = 0xed
+	for i := 1; i < 31; i++ {
+		p[i] = 0xff
+	}
+	p[31] = 0x7f
+	pPlus9 := p
+	pPlus9[0] += 9 // 0xf6, no carry
+	max := p
+	max[0] = 0xff // 2^255-1 = p+18
+	for _, tc := range []struct {
+		name string
+		key  Key
+	}{
+		{"a real key with bit 255 set", highBit},
+		{"p+9 (the base point spelled above p)", pPlus9},
+		{"2^255-1", max},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := node.CheckPeerKey(tc.key); !errors.Is(err, ErrBadPeerKey) {
+				t.Errorf("CheckPeerKey(%s) = %v, want ErrBadPeerKey", tc.key, err)
+			}
+			allowed := []netip.Prefix{netip.PrefixFrom(clientAddr, 32)}
+			if err := node.AddPeer(Peer{PublicKey: tc.key, AllowedIPs: allowed}); !errors.Is(err, ErrBadPeerKey) {
+				t.Errorf("AddPeer(%s) = %v, want ErrBadPeerKey", tc.key, err)
+			}
+		})
+	}
+	if err := node.CheckPeerKey(good); err != nil {
+		t.Errorf("CheckPeerKey(the canonical key) = %v", err)
+	}
+}

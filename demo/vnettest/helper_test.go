@@ -26,7 +26,7 @@ const envAttack = "FERRY_VNET_ATTACK"
 
 type attackStep struct {
 	Conn int            `json:"conn"` // which of two connections speaks
-	Req  map[string]any `json:"req"`
+	Req  map[string]any `json:"req"`  // op "persist" is not sent: the attacker makes its TUNs persistent
 }
 
 type attackReport struct {
@@ -67,6 +67,17 @@ func attack(spec string) error {
 	var rep attackReport
 	var fds []int
 	for _, s := range steps {
+		if s.Req["op"] == "persist" {
+			// The holder of a TUN's descriptor may set IFF_PERSIST on it, no capability needed: the
+			// interface, its address and route would then outlive the descriptor and the helper.
+			for _, fd := range fds {
+				if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
+					return fmt.Errorf("TUNSETPERSIST: %w", err)
+				}
+			}
+			rep.Replies = append(rep.Replies, "")
+			continue
+		}
 		c := conns[s.Conn]
 		b, _ := json.Marshal(s.Req)
 		if _, err := c.Write(append(b, '\n')); err != nil {
@@ -222,6 +233,8 @@ func TestVNetHelperRefusesALocalUser(t *testing.T) {
 			refused: []string{"", "is not this connection's TUN"}, tuns: 1},
 		{name: "DNS to the user's own server", steps: []attackStep{{0, tun}, {0, with(dns, "server", n.HostIP)}},
 			refused: []string{"", "is not the org's resolver"}, tuns: 1},
+		{name: "a TUN its holder made persistent", steps: []attackStep{{0, tun}, {0, map[string]any{"op": "persist"}}},
+			refused: []string{"", ""}, tuns: 1},
 		{name: "DNS without a TUN", steps: []attackStep{{0, dns}}, refused: []string{"no TUN"}},
 		{name: "the org's subnet and domain", steps: []attackStep{{0, tun}, {0, dns}}, refused: []string{"", ""}, tuns: 1, dnsOn: true},
 	}
