@@ -142,6 +142,11 @@ type tracker struct {
 	// scsOff: the server's standard_conforming_strings is off (backslash
 	// escapes in '' strings), as its ParameterStatus last said.
 	scsOff bool
+	// scsUnsure: an Execute completed since the last ReadyForQuery. It may
+	// have changed standard_conforming_strings (SET, set_config), which the
+	// server reports only at its next ReadyForQuery, after a Query pipelined
+	// behind it has already been parsed with the new setting.
+	scsUnsure bool
 	// early are records made on the way (startQuery) for the caller to send.
 	early []audit.Query
 	// copyIn is the request whose COPY FROM STDIN is running (after its
@@ -697,6 +702,7 @@ func (tr *tracker) server(typ byte, body []byte) {
 			}
 			out = tr.queryResult(out, p, now, tag, serverError{})
 		case 'E':
+			tr.scsUnsure = true
 			q := tr.execResult(p, now, tag, serverError{})
 			if changesStatements(tag) {
 				// One statement per Parse: its text is exactly what ran.
@@ -707,6 +713,7 @@ func (tr *tracker) server(typ byte, body []byte) {
 		}
 	case 's':
 		if p.kind == 'E' {
+			tr.scsUnsure = true
 			ps := tr.portals[p.portal]
 			if ps != nil {
 				if !ps.suspended {
@@ -744,6 +751,7 @@ func (tr *tracker) server(typ byte, body []byte) {
 		}
 		tr.skip = false
 		tr.copyIn = nil
+		tr.scsUnsure = false
 		if len(body) > 0 && body[0] == 'I' {
 			// Outside a transaction block no portal survives.
 			for name, ps := range tr.portals {
@@ -774,6 +782,13 @@ func (tr *tracker) stmtText(name string) sqlCapture {
 	return sqlCapture{text: fmt.Sprintf("[prepared statement %q: no text known to the proxy (not prepared by a Parse it saw complete, or replaced by SQL PREPARE/DEALLOCATE)]", name)}
 }
 
+// unknownPortal stands for a portal the proxy saw no Bind or DECLARE make
+// (e.g. a WITH HOLD cursor kept past its transaction): its record says so
+// rather than carry no text.
+func unknownPortal(name string) *portalState {
+	return &portalState{sql: sqlCapture{text: fmt.Sprintf("[portal %q: no text known to the proxy (not made by a Bind or an SQL DECLARE it saw complete)]", name)}}
+}
+
 // startQuery is called when the server begins on Query p: the server has
 // parsed the whole string with the standard_conforming_strings in force
 // now, so it is split now; and a Query destroys the unnamed prepared
@@ -785,6 +800,11 @@ func (tr *tracker) startQuery(p *pending) {
 	p.split = true
 	if p.sql.length == 0 {
 		stmts := splitStatements(p.sql.text, !tr.scsOff)
+		if tr.scsUnsure && !slices.Equal(stmts, splitStatements(p.sql.text, tr.scsOff)) {
+			// The server may have parsed it with the other setting, which
+			// splits it differently: every record keeps the whole text.
+			stmts = nil
+		}
 		p.nstmts = int32(len(stmts))
 		if len(stmts) > 1 {
 			p.run = &queryRun{stmts: stmts}
@@ -850,7 +870,8 @@ func (tr *tracker) endQuery(out []audit.Query, p *pending) []audit.Query {
 // creates or drops prepared statements (which share the protocol's names).
 func changesStatements(tag string) bool {
 	switch tag {
-	case "PREPARE", "DEALLOCATE", "DEALLOCATE ALL", "DISCARD ALL":
+	case "PREPARE", "DEALLOCATE", "DEALLOCATE ALL", "DISCARD ALL",
+		"DECLARE CURSOR", "CLOSE CURSOR", "CLOSE CURSOR ALL":
 		return true
 	}
 	return false
@@ -861,8 +882,27 @@ func changesStatements(tag string) bool {
 // be read drops every known text, so a later Bind is never attributed stale SQL.
 func (tr *tracker) applySQLCmd(tag, text string, known bool) {
 	switch tag {
-	case "DEALLOCATE ALL", "DISCARD ALL":
+	case "DISCARD ALL":
 		clear(tr.stmts)
+		tr.dropPortals("")
+	case "DEALLOCATE ALL":
+		clear(tr.stmts)
+	case "CLOSE CURSOR ALL":
+		tr.dropPortals("")
+	case "CLOSE CURSOR":
+		// SQL cursors and protocol portals share one namespace.
+		if name, ok := stmtNameAfter(text, "CLOSE"); known && ok {
+			tr.dropPortals(name)
+		} else {
+			tr.dropPortals("")
+		}
+	case "DECLARE CURSOR":
+		if name, ok := stmtNameAfter(text, "DECLARE"); known && ok {
+			tr.dropPortals(name)
+			tr.portals[name] = &portalState{sql: sqlCapture{text: text}}
+		} else {
+			tr.dropPortals("")
+		}
 	case "DEALLOCATE":
 		if name, ok := stmtNameAfter(text, "DEALLOCATE"); known && ok {
 			delete(tr.stmts, name)
@@ -873,6 +913,20 @@ func (tr *tracker) applySQLCmd(tag, text string, known bool) {
 		if name, ok := stmtNameAfter(text, "PREPARE"); known && ok {
 			tr.stmts[name] = sqlCapture{text: text}
 		}
+	}
+}
+
+// dropPortals forgets portal name, or every portal when name is "" (the
+// unnamed portal is never an SQL cursor), recording the rows of a suspended one.
+func (tr *tracker) dropPortals(name string) {
+	for n, ps := range tr.portals {
+		if name != "" && n != name {
+			continue
+		}
+		if ps.suspended {
+			tr.early = append(tr.early, tr.unfinished(n, ps, time.Now()))
+		}
+		delete(tr.portals, n)
 	}
 }
 
@@ -962,8 +1016,11 @@ func skipBlank(s string) string {
 // including the batches of earlier suspended Executes of its portal.
 func (tr *tracker) execResult(p *pending, now time.Time, tag string, e serverError) audit.Query {
 	ps := tr.portals[p.portal]
-	if ps == nil {
-		ps = &portalState{}
+	switch {
+	case ps == nil && e.code != "":
+		ps = &portalState{} // refused (34000 for a portal that does not exist): nothing ran
+	case ps == nil:
+		ps = unknownPortal(p.portal)
 	}
 	if !ps.suspended {
 		return tr.make(ps.sql, "extended", ps.stmt, ps.params, tr.startOf(p), now, tag, e)
@@ -990,7 +1047,7 @@ func (tr *tracker) unmatched(p *pending, now time.Time) audit.Query {
 	case 'E':
 		ps := tr.portals[p.portal]
 		if ps == nil {
-			ps = &portalState{}
+			ps = unknownPortal(p.portal)
 		}
 		q = tr.make(ps.sql, "extended", ps.stmt, ps.params, tr.startOf(p), now, "", serverError{})
 	default:
@@ -1325,7 +1382,7 @@ func (tr *tracker) finish() int {
 				ps = tr.portals[p.portal]
 			}
 			if ps == nil {
-				ps = &portalState{}
+				ps = unknownPortal(p.portal)
 			}
 			add(tr.make(ps.sql, "extended", ps.stmt, ps.params, tr.startOf(p), now, "", serverError{}))
 		case 'F':
