@@ -84,7 +84,7 @@ func TestAuditAttacks(t *testing.T) {
 		t.Logf("records:\n%s", dump(qs))
 		var exec []audit.Query
 		for _, r := range qs {
-			if r.Protocol == "extended" {
+			if r.Protocol == "extended" && r.Command != NotExecuted {
 				exec = append(exec, r)
 			}
 		}
@@ -106,6 +106,60 @@ func TestAuditAttacks(t *testing.T) {
 		_, qs := lastSession(t, tp)
 		if len(qs) != 2 || !strings.Contains(qs[1].SQL, `portal "h": no text known`) || qs[1].Rows != 9 {
 			t.Fatalf("records:\n%s", dump(qs))
+		}
+	})
+
+	t.Run("PREPARE and DEALLOCATE run inside a DO block", func(t *testing.T) {
+		// Not fixed: server-side code can replace a prepared statement (or
+		// run a portal) unseen; see "Not promised" in docs/SECURITY.md.
+		t.Skip("known limit: the proxy cannot see PREPARE/DEALLOCATE run by server-side code")
+		c := dialRaw(t, tp)
+		c.send(&pgproto3.Parse{Name: "d", Query: "SELECT 'harmless'"}, &pgproto3.Sync{})
+		c.until(1)
+		c.send(&pgproto3.Query{String: "DO $$ BEGIN EXECUTE 'DEALLOCATE d'; EXECUTE 'PREPARE d AS DELETE FROM accounts WHERE id = 7'; END $$"})
+		codes, tags := c.until(1)
+		t.Logf("DO: %v %v", codes, tags)
+		c.send(&pgproto3.Bind{PreparedStatement: "d"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		codes, tags = c.until(1)
+		t.Logf("Execute: %v %v", codes, tags)
+		c.send(&pgproto3.Terminate{})
+		c.nc.Close()
+		_, qs := lastSession(t, tp)
+		t.Logf("records:\n%s", dump(qs))
+		for _, r := range qs {
+			if r.Command == "DELETE" && !strings.Contains(r.SQL, "DELETE") {
+				t.Fatalf("the DELETE's record has SQL %q", r.SQL)
+			}
+		}
+	})
+
+	t.Run("SQL FETCH runs a protocol portal", func(t *testing.T) {
+		c := dialRaw(t, tp)
+		c.send(&pgproto3.Query{String: "BEGIN"})
+		c.until(1)
+		c.send(&pgproto3.Parse{Name: "f", Query: "DELETE FROM accounts WHERE id = 8 RETURNING id"}, &pgproto3.Bind{DestinationPortal: "fp", PreparedStatement: "f"}, &pgproto3.Sync{})
+		c.until(1)
+		c.send(&pgproto3.Query{String: "FETCH ALL FROM fp"})
+		codes, tags := c.until(1)
+		t.Logf("FETCH: %v %v", codes, tags)
+		c.send(&pgproto3.Query{String: "COMMIT"})
+		c.until(1)
+		c.send(&pgproto3.Terminate{})
+		c.nc.Close()
+		_, qs := lastSession(t, tp)
+		t.Logf("records:\n%s", dump(qs))
+		t.Logf("id=8 left: %s", count("id = 8"))
+		if count("id = 8") != "0" {
+			t.Fatal("the FETCH did not run the DELETE: the attack is void")
+		}
+		var ne []audit.Query
+		for _, r := range qs {
+			if r.Command == NotExecuted {
+				ne = append(ne, r)
+			}
+		}
+		if len(ne) != 1 || ne[0].SQL != "DELETE FROM accounts WHERE id = 8 RETURNING id" || ne[0].Statement != "f" {
+			t.Fatalf("the DELETE ran by SQL FETCH; want one %s record with its text, got %+v", NotExecuted, ne)
 		}
 	})
 }

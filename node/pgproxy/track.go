@@ -117,8 +117,11 @@ type portalState struct {
 	params string
 	// A PortalSuspended Execute in progress: when it started and the rows so far.
 	suspended bool
-	start     time.Time
-	rows      int64
+	// bound: made by a Bind (not an SQL DECLARE, whose text has its own
+	// record); executed: an Execute of it has been answered.
+	bound, executed bool
+	start           time.Time
+	rows            int64
 }
 
 // tracker builds query records for one session.
@@ -661,7 +664,7 @@ func (tr *tracker) server(typ byte, body []byte) {
 			if old := tr.portals[p.portal]; old != nil && old.suspended {
 				out = append(out, tr.unfinished(p.portal, old, now))
 			}
-			tr.portals[p.portal] = &portalState{sql: tr.stmtText(p.stmt), stmt: p.stmt, params: p.params}
+			tr.portals[p.portal] = &portalState{sql: tr.stmtText(p.stmt), stmt: p.stmt, params: p.params, bound: true}
 			tr.pop()
 		}
 	case '3':
@@ -671,9 +674,7 @@ func (tr *tracker) server(typ byte, body []byte) {
 				delete(tr.stmts, p.stmt)
 			case 'P':
 				if old := tr.portals[p.portal]; old != nil {
-					if old.suspended {
-						out = append(out, tr.unfinished(p.portal, old, now))
-					}
+					out = tr.closed(out, p.portal, old, now)
 					delete(tr.portals, p.portal)
 				}
 			}
@@ -716,6 +717,7 @@ func (tr *tracker) server(typ byte, body []byte) {
 			tr.scsUnsure = true
 			ps := tr.portals[p.portal]
 			if ps != nil {
+				ps.executed = true
 				if !ps.suspended {
 					ps.suspended, ps.start, ps.rows = true, tr.startOf(p), 0
 				}
@@ -755,9 +757,7 @@ func (tr *tracker) server(typ byte, body []byte) {
 		if len(body) > 0 && body[0] == 'I' {
 			// Outside a transaction block no portal survives.
 			for name, ps := range tr.portals {
-				if ps.suspended {
-					out = append(out, tr.unfinished(name, ps, now))
-				}
+				out = tr.closed(out, name, ps, now)
 				delete(tr.portals, name)
 			}
 		}
@@ -923,9 +923,7 @@ func (tr *tracker) dropPortals(name string) {
 		if name != "" && n != name {
 			continue
 		}
-		if ps.suspended {
-			tr.early = append(tr.early, tr.unfinished(n, ps, time.Now()))
-		}
+		tr.early = tr.closed(tr.early, n, ps, time.Now())
 		delete(tr.portals, n)
 	}
 }
@@ -1022,6 +1020,7 @@ func (tr *tracker) execResult(p *pending, now time.Time, tag string, e serverErr
 	case ps == nil:
 		ps = unknownPortal(p.portal)
 	}
+	ps.executed = true
 	if !ps.suspended {
 		return tr.make(ps.sql, "extended", ps.stmt, ps.params, tr.startOf(p), now, tag, e)
 	}
@@ -1055,6 +1054,30 @@ func (tr *tracker) unmatched(p *pending, now time.Time) audit.Query {
 	}
 	q.Command, q.Rows, q.Error = Unanswered, -1, "no answer of the server could be matched to this request"
 	return q
+}
+
+// NotExecuted is the Command of the record of a named portal made by a Bind
+// and gone (closed, its transaction ended, the session ended) without an
+// Execute of it: SQL FETCH or MOVE, or server-side code (a DO block, a
+// function using a refcursor of that name), may have run it unseen.
+const (
+	NotExecuted        = "PORTAL NOT EXECUTED"
+	notExecutedMessage = "a portal made by Bind was closed without an Execute: an SQL FETCH or MOVE, or server-side code, may have run it"
+)
+
+// closed adds to out what must be recorded of portal name as it goes: the
+// rows of a suspended one, or the text of a named one made by a Bind and
+// never executed by the protocol.
+func (tr *tracker) closed(out []audit.Query, name string, ps *portalState, now time.Time) []audit.Query {
+	switch {
+	case ps.suspended:
+		out = append(out, tr.unfinished(name, ps, now))
+	case name != "" && ps.bound && !ps.executed:
+		q := tr.make(ps.sql, "extended", ps.stmt, ps.params, now, now, "", serverError{})
+		q.Command, q.Error = NotExecuted, notExecutedMessage
+		out = append(out, q)
+	}
+	return out
 }
 
 // unfinished is the record of a portal closed while suspended: the rows it returned.
@@ -1394,9 +1417,7 @@ func (tr *tracker) finish() int {
 	out = append(tr.early, out...)
 	tr.early = nil
 	for name, ps := range tr.portals {
-		if ps.suspended {
-			out = append(out, tr.unfinished(name, ps, now))
-		}
+		out = tr.closed(out, name, ps, now)
 		delete(tr.portals, name)
 	}
 	tr.mu.Unlock()
