@@ -276,4 +276,45 @@ func TestAuditAttacks(t *testing.T) {
 			t.Fatalf("records = %+v", qs)
 		}
 	})
+
+	t.Run("names the server truncates to 63 bytes", func(t *testing.T) {
+		admin.Exec(ctx, "INSERT INTO accounts VALUES (21)").ReadAll()
+		long := "s" + strings.Repeat("x", 62)
+		x1, x2 := long+"1", long+"2"
+		c := dialRaw(t, tp)
+		c.send(&pgproto3.Parse{Name: x1, Query: "SELECT 'harmless'"}, &pgproto3.Close{ObjectType: 'S', Name: x2},
+			&pgproto3.Parse{Name: x2, Query: "DELETE FROM accounts WHERE id = 21"}, &pgproto3.Sync{})
+		codes, tags := c.until(1)
+		t.Logf("Parses: %v %v", codes, tags)
+		c.send(&pgproto3.Bind{PreparedStatement: x1}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		codes, tags = c.until(1)
+		t.Logf("Execute: %v %v", codes, tags)
+		c.send(&pgproto3.Terminate{})
+		c.nc.Close()
+		_, qs := lastSession(t, tp)
+		t.Logf("records:\n%s", dump(qs))
+		for _, r := range qs {
+			if r.Command == "DELETE" && !strings.Contains(r.SQL, "DELETE FROM accounts WHERE id = 21") {
+				t.Fatalf("the DELETE's record has SQL %q", r.SQL)
+			}
+		}
+	})
+
+	t.Run("a statement name longer than the proxy keeps", func(t *testing.T) {
+		admin.Exec(ctx, "INSERT INTO accounts VALUES (22)").ReadAll()
+		huge := "h" + strings.Repeat("y", 70<<10)
+		c := dialRaw(t, tp)
+		c.send(&pgproto3.Parse{Name: "", Query: "SELECT 'harmless'"}, &pgproto3.Parse{Name: huge, Query: "DELETE FROM accounts WHERE id = 22"}, &pgproto3.Sync{})
+		c.until(1)
+		c.send(&pgproto3.Bind{PreparedStatement: huge}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		if _, tags := c.until(1); len(tags) != 1 || tags[0] != "DELETE 1" {
+			t.Fatalf("Execute answered %v", tags)
+		}
+		c.send(&pgproto3.Terminate{})
+		c.nc.Close()
+		_, qs := lastSession(t, tp)
+		if len(qs) != 1 || qs[0].Command != "DELETE" || !strings.Contains(qs[0].SQL, "not kept") || qs[0].Statement != huge[:63] {
+			t.Fatalf("records:\n%s", dump(qs))
+		}
+	})
 }

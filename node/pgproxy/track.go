@@ -341,6 +341,35 @@ func cstr(b []byte) (string, []byte, bool) {
 	return string(b[:i]), b[i+1:], true
 }
 
+// nameMax is how many bytes of a prepared statement's or portal's name
+// PostgreSQL compares (NAMEDATALEN-1 of a default build): its hash tables of
+// them (prepare.c, portalmem.c) cut longer names, so names alike in their
+// first nameMax bytes are one statement or portal on the server.
+const nameMax = 63
+
+// serverName is name as the server keys it.
+func serverName(name string) string {
+	if len(name) > nameMax {
+		return name[:nameMax]
+	}
+	return name
+}
+
+// lostName stands for a statement name that was not kept (it cannot be a
+// real name, which never holds a NUL).
+const lostName = "\x00(name not kept)"
+
+// cname splits a NUL-terminated statement or portal name off b, cut as the
+// server cuts it; without a NUL (a name longer than what was kept) it
+// returns what the server would make of the name's start, and ok false.
+func cname(b []byte) (string, []byte, bool) {
+	name, rest, ok := cstr(b)
+	if !ok {
+		return serverName(string(b)), nil, false
+	}
+	return serverName(name), rest, true
+}
+
 // fill sets a request's fields from its kept body (total bytes long) and
 // releases it to the server side. Malformed bodies leave fields empty: the
 // server will answer them with an ErrorResponse. It changes no state of the
@@ -355,8 +384,12 @@ func (tr *tracker) fill(p *pending, kept []byte, total int64, tail *sqlTail) {
 		}
 		p.sql = tr.capture(sql, tail)
 	case 'P':
-		name, rest, ok := cstr(kept)
+		name, rest, ok := cname(kept)
 		if !ok {
+			if len(kept) > 0 {
+				p.stmt = name
+				p.sql = sqlCapture{text: "[statement text not kept: its name is longer than the proxy keeps of a Parse]"}
+			}
 			return
 		}
 		sql := rest
@@ -366,22 +399,24 @@ func (tr *tracker) fill(p *pending, kept []byte, total int64, tail *sqlTail) {
 		p.stmt = name
 		p.sql = tr.capture(sql, tail)
 	case 'B':
-		portal, rest, ok := cstr(kept)
+		portal, rest, ok := cname(kept)
 		if !ok {
+			p.portal, p.stmt = portal, lostName
 			return
 		}
-		stmt, rest, ok := cstr(rest)
+		stmt, rest, ok := cname(rest)
 		if !ok {
+			p.portal, p.stmt = portal, stmt
 			return
 		}
 		p.portal, p.stmt = portal, stmt
 		p.params = tr.params(rest, int64(len(kept)) < total)
 	case 'E':
-		p.portal, _, _ = cstr(kept)
+		p.portal, _, _ = cname(kept)
 	case 'D', 'C':
 		if len(kept) > 0 {
 			p.closeOf = kept[0]
-			name, _, _ := cstr(kept[1:])
+			name, _, _ := cname(kept[1:])
 			p.portal, p.stmt = name, name
 		}
 	case 'F':
@@ -968,11 +1003,17 @@ func stmtNameAfter(s, verb string) (string, bool) {
 	if ok && verb == "DEALLOCATE" && name == "prepare" {
 		rest := s
 		if n, ok := word(); ok {
-			return n, true
+			name = n
 		}
 		s = rest
 	}
-	return name, ok
+	if !ok {
+		return "", false
+	}
+	if len(name) > nameMax && strings.IndexFunc(name, func(r rune) bool { return r >= utf8.RuneSelf }) >= 0 {
+		return "", false // the lexer cuts a long identifier at a character boundary, by encoding: not guessed
+	}
+	return serverName(name), true
 }
 
 // skipBlank skips white space and comments.
