@@ -947,6 +947,8 @@ func (tr *tracker) applySQLCmd(tag, text string, known bool) {
 	case "PREPARE":
 		if name, ok := stmtNameAfter(text, "PREPARE"); known && ok {
 			tr.stmts[name] = sqlCapture{text: text}
+		} else {
+			clear(tr.stmts) // a name the proxy cannot read may be one it has a text for
 		}
 	}
 }
@@ -991,8 +993,10 @@ func stmtNameAfter(s, verb string) (string, bool) {
 		}
 		w := s[:i]
 		s = s[i:]
-		if w == "" || w[0] >= '0' && w[0] <= '9' || w[0] >= 0x80 {
-			return "", false // a name the server would fold by locale is not guessed
+		if w == "" || w[0] >= '0' && w[0] <= '9' || strings.IndexFunc(w, func(r rune) bool { return r >= utf8.RuneSelf }) >= 0 {
+			// The server folds only ASCII letters in UTF-8 but every
+			// letter in a single-byte encoding: not guessed.
+			return "", false
 		}
 		return strings.ToLower(w), true
 	}
