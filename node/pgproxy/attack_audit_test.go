@@ -342,4 +342,27 @@ func TestAuditAttacks(t *testing.T) {
 			}
 		}
 	})
+
+	t.Run("SQL names written with Unicode escapes", func(t *testing.T) {
+		admin.Exec(ctx, "INSERT INTO accounts VALUES (24)").ReadAll()
+		c := dialRaw(t, tp)
+		c.send(&pgproto3.Parse{Name: "s1", Query: "SELECT 'harmless'"}, &pgproto3.Sync{})
+		c.until(1)
+		c.send(&pgproto3.Query{String: `DEALLOCATE U&"s1"; PREPARE U&"s\0031" AS DELETE FROM accounts WHERE id = 24`})
+		if codes, _ := c.until(1); len(codes) != 0 {
+			t.Fatalf("DEALLOCATE/PREPARE answered %v", codes)
+		}
+		c.send(&pgproto3.Bind{PreparedStatement: "s1"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		if _, tags := c.until(1); len(tags) != 1 || tags[0] != "DELETE 1" {
+			t.Fatalf("Execute answered %v", tags)
+		}
+		c.send(&pgproto3.Terminate{})
+		c.nc.Close()
+		_, qs := lastSession(t, tp)
+		for _, r := range qs {
+			if r.Command == "DELETE" && !strings.Contains(r.SQL, "DELETE FROM accounts WHERE id = 24") && !strings.Contains(r.SQL, "no text known") {
+				t.Fatalf("the DELETE's record has SQL %q\n%s", r.SQL, dump(qs))
+			}
+		}
+	})
 }

@@ -993,6 +993,9 @@ func stmtNameAfter(s, verb string) (string, bool) {
 		}
 		w := s[:i]
 		s = s[i:]
+		if strings.HasPrefix(s, "&") {
+			return "", false // U&"…": a name with Unicode escapes is not guessed
+		}
 		if w == "" || w[0] >= '0' && w[0] <= '9' || strings.IndexFunc(w, func(r rune) bool { return r >= utf8.RuneSelf }) >= 0 {
 			// The server folds only ASCII letters in UTF-8 but every
 			// letter in a single-byte encoding: not guessed.
