@@ -117,8 +117,11 @@ type portalState struct {
 	params string
 	// A PortalSuspended Execute in progress: when it started and the rows so far.
 	suspended bool
-	start     time.Time
-	rows      int64
+	// bound: made by a Bind (not an SQL DECLARE, whose text has its own
+	// record); executed: an Execute of it has been answered.
+	bound, executed bool
+	start           time.Time
+	rows            int64
 }
 
 // tracker builds query records for one session.
@@ -142,6 +145,11 @@ type tracker struct {
 	// scsOff: the server's standard_conforming_strings is off (backslash
 	// escapes in '' strings), as its ParameterStatus last said.
 	scsOff bool
+	// scsUnsure: an Execute completed since the last ReadyForQuery. It may
+	// have changed standard_conforming_strings (SET, set_config), which the
+	// server reports only at its next ReadyForQuery, after a Query pipelined
+	// behind it has already been parsed with the new setting.
+	scsUnsure bool
 	// early are records made on the way (startQuery) for the caller to send.
 	early []audit.Query
 	// copyIn is the request whose COPY FROM STDIN is running (after its
@@ -333,6 +341,35 @@ func cstr(b []byte) (string, []byte, bool) {
 	return string(b[:i]), b[i+1:], true
 }
 
+// nameMax is how many bytes of a prepared statement's or portal's name
+// PostgreSQL compares (NAMEDATALEN-1 of a default build): its hash tables of
+// them (prepare.c, portalmem.c) cut longer names, so names alike in their
+// first nameMax bytes are one statement or portal on the server.
+const nameMax = 63
+
+// serverName is name as the server keys it.
+func serverName(name string) string {
+	if len(name) > nameMax {
+		return name[:nameMax]
+	}
+	return name
+}
+
+// lostName stands for a statement name that was not kept (it cannot be a
+// real name, which never holds a NUL).
+const lostName = "\x00(name not kept)"
+
+// cname splits a NUL-terminated statement or portal name off b, cut as the
+// server cuts it; without a NUL (a name longer than what was kept) it
+// returns what the server would make of the name's start, and ok false.
+func cname(b []byte) (string, []byte, bool) {
+	name, rest, ok := cstr(b)
+	if !ok {
+		return serverName(string(b)), nil, false
+	}
+	return serverName(name), rest, true
+}
+
 // fill sets a request's fields from its kept body (total bytes long) and
 // releases it to the server side. Malformed bodies leave fields empty: the
 // server will answer them with an ErrorResponse. It changes no state of the
@@ -347,8 +384,12 @@ func (tr *tracker) fill(p *pending, kept []byte, total int64, tail *sqlTail) {
 		}
 		p.sql = tr.capture(sql, tail)
 	case 'P':
-		name, rest, ok := cstr(kept)
+		name, rest, ok := cname(kept)
 		if !ok {
+			if len(kept) > 0 {
+				p.stmt = name
+				p.sql = sqlCapture{text: "[statement text not kept: its name is longer than the proxy keeps of a Parse]"}
+			}
 			return
 		}
 		sql := rest
@@ -358,22 +399,24 @@ func (tr *tracker) fill(p *pending, kept []byte, total int64, tail *sqlTail) {
 		p.stmt = name
 		p.sql = tr.capture(sql, tail)
 	case 'B':
-		portal, rest, ok := cstr(kept)
+		portal, rest, ok := cname(kept)
 		if !ok {
+			p.portal, p.stmt = portal, lostName
 			return
 		}
-		stmt, rest, ok := cstr(rest)
+		stmt, rest, ok := cname(rest)
 		if !ok {
+			p.portal, p.stmt = portal, stmt
 			return
 		}
 		p.portal, p.stmt = portal, stmt
 		p.params = tr.params(rest, int64(len(kept)) < total)
 	case 'E':
-		p.portal, _, _ = cstr(kept)
+		p.portal, _, _ = cname(kept)
 	case 'D', 'C':
 		if len(kept) > 0 {
 			p.closeOf = kept[0]
-			name, _, _ := cstr(kept[1:])
+			name, _, _ := cname(kept[1:])
 			p.portal, p.stmt = name, name
 		}
 	case 'F':
@@ -656,7 +699,7 @@ func (tr *tracker) server(typ byte, body []byte) {
 			if old := tr.portals[p.portal]; old != nil && old.suspended {
 				out = append(out, tr.unfinished(p.portal, old, now))
 			}
-			tr.portals[p.portal] = &portalState{sql: tr.stmtText(p.stmt), stmt: p.stmt, params: p.params}
+			tr.portals[p.portal] = &portalState{sql: tr.stmtText(p.stmt), stmt: p.stmt, params: p.params, bound: true}
 			tr.pop()
 		}
 	case '3':
@@ -666,9 +709,7 @@ func (tr *tracker) server(typ byte, body []byte) {
 				delete(tr.stmts, p.stmt)
 			case 'P':
 				if old := tr.portals[p.portal]; old != nil {
-					if old.suspended {
-						out = append(out, tr.unfinished(p.portal, old, now))
-					}
+					out = tr.closed(out, p.portal, old, now)
 					delete(tr.portals, p.portal)
 				}
 			}
@@ -697,6 +738,7 @@ func (tr *tracker) server(typ byte, body []byte) {
 			}
 			out = tr.queryResult(out, p, now, tag, serverError{})
 		case 'E':
+			tr.scsUnsure = true
 			q := tr.execResult(p, now, tag, serverError{})
 			if changesStatements(tag) {
 				// One statement per Parse: its text is exactly what ran.
@@ -707,8 +749,10 @@ func (tr *tracker) server(typ byte, body []byte) {
 		}
 	case 's':
 		if p.kind == 'E' {
+			tr.scsUnsure = true
 			ps := tr.portals[p.portal]
 			if ps != nil {
+				ps.executed = true
 				if !ps.suspended {
 					ps.suspended, ps.start, ps.rows = true, tr.startOf(p), 0
 				}
@@ -744,12 +788,11 @@ func (tr *tracker) server(typ byte, body []byte) {
 		}
 		tr.skip = false
 		tr.copyIn = nil
+		tr.scsUnsure = false
 		if len(body) > 0 && body[0] == 'I' {
 			// Outside a transaction block no portal survives.
 			for name, ps := range tr.portals {
-				if ps.suspended {
-					out = append(out, tr.unfinished(name, ps, now))
-				}
+				out = tr.closed(out, name, ps, now)
 				delete(tr.portals, name)
 			}
 		}
@@ -774,6 +817,13 @@ func (tr *tracker) stmtText(name string) sqlCapture {
 	return sqlCapture{text: fmt.Sprintf("[prepared statement %q: no text known to the proxy (not prepared by a Parse it saw complete, or replaced by SQL PREPARE/DEALLOCATE)]", name)}
 }
 
+// unknownPortal stands for a portal the proxy saw no Bind or DECLARE make
+// (e.g. a WITH HOLD cursor kept past its transaction): its record says so
+// rather than carry no text.
+func unknownPortal(name string) *portalState {
+	return &portalState{sql: sqlCapture{text: fmt.Sprintf("[portal %q: no text known to the proxy (not made by a Bind or an SQL DECLARE it saw complete)]", name)}}
+}
+
 // startQuery is called when the server begins on Query p: the server has
 // parsed the whole string with the standard_conforming_strings in force
 // now, so it is split now; and a Query destroys the unnamed prepared
@@ -785,6 +835,11 @@ func (tr *tracker) startQuery(p *pending) {
 	p.split = true
 	if p.sql.length == 0 {
 		stmts := splitStatements(p.sql.text, !tr.scsOff)
+		if tr.scsUnsure && !slices.Equal(stmts, splitStatements(p.sql.text, tr.scsOff)) {
+			// The server may have parsed it with the other setting, which
+			// splits it differently: every record keeps the whole text.
+			stmts = nil
+		}
 		p.nstmts = int32(len(stmts))
 		if len(stmts) > 1 {
 			p.run = &queryRun{stmts: stmts}
@@ -850,7 +905,8 @@ func (tr *tracker) endQuery(out []audit.Query, p *pending) []audit.Query {
 // creates or drops prepared statements (which share the protocol's names).
 func changesStatements(tag string) bool {
 	switch tag {
-	case "PREPARE", "DEALLOCATE", "DEALLOCATE ALL", "DISCARD ALL":
+	case "PREPARE", "DEALLOCATE", "DEALLOCATE ALL", "DISCARD ALL",
+		"DECLARE CURSOR", "CLOSE CURSOR", "CLOSE CURSOR ALL":
 		return true
 	}
 	return false
@@ -861,8 +917,27 @@ func changesStatements(tag string) bool {
 // be read drops every known text, so a later Bind is never attributed stale SQL.
 func (tr *tracker) applySQLCmd(tag, text string, known bool) {
 	switch tag {
-	case "DEALLOCATE ALL", "DISCARD ALL":
+	case "DISCARD ALL":
 		clear(tr.stmts)
+		tr.dropPortals("")
+	case "DEALLOCATE ALL":
+		clear(tr.stmts)
+	case "CLOSE CURSOR ALL":
+		tr.dropPortals("")
+	case "CLOSE CURSOR":
+		// SQL cursors and protocol portals share one namespace.
+		if name, ok := stmtNameAfter(text, "CLOSE"); known && ok {
+			tr.dropPortals(name)
+		} else {
+			tr.dropPortals("")
+		}
+	case "DECLARE CURSOR":
+		if name, ok := stmtNameAfter(text, "DECLARE"); known && ok {
+			tr.dropPortals(name)
+			tr.portals[name] = &portalState{sql: sqlCapture{text: text}}
+		} else {
+			tr.dropPortals("")
+		}
 	case "DEALLOCATE":
 		if name, ok := stmtNameAfter(text, "DEALLOCATE"); known && ok {
 			delete(tr.stmts, name)
@@ -872,7 +947,21 @@ func (tr *tracker) applySQLCmd(tag, text string, known bool) {
 	case "PREPARE":
 		if name, ok := stmtNameAfter(text, "PREPARE"); known && ok {
 			tr.stmts[name] = sqlCapture{text: text}
+		} else {
+			clear(tr.stmts) // a name the proxy cannot read may be one it has a text for
 		}
+	}
+}
+
+// dropPortals forgets portal name, or every portal when name is "" (the
+// unnamed portal is never an SQL cursor), recording the rows of a suspended one.
+func (tr *tracker) dropPortals(name string) {
+	for n, ps := range tr.portals {
+		if name != "" && n != name {
+			continue
+		}
+		tr.early = tr.closed(tr.early, n, ps, time.Now())
+		delete(tr.portals, n)
 	}
 }
 
@@ -904,8 +993,13 @@ func stmtNameAfter(s, verb string) (string, bool) {
 		}
 		w := s[:i]
 		s = s[i:]
-		if w == "" || w[0] >= '0' && w[0] <= '9' || w[0] >= 0x80 {
-			return "", false // a name the server would fold by locale is not guessed
+		if strings.HasPrefix(s, "&") {
+			return "", false // U&"…": a name with Unicode escapes is not guessed
+		}
+		if w == "" || w[0] >= '0' && w[0] <= '9' || strings.IndexFunc(w, func(r rune) bool { return r >= utf8.RuneSelf }) >= 0 {
+			// The server folds only ASCII letters in UTF-8 but every
+			// letter in a single-byte encoding: not guessed.
+			return "", false
 		}
 		return strings.ToLower(w), true
 	}
@@ -916,11 +1010,17 @@ func stmtNameAfter(s, verb string) (string, bool) {
 	if ok && verb == "DEALLOCATE" && name == "prepare" {
 		rest := s
 		if n, ok := word(); ok {
-			return n, true
+			name = n
 		}
 		s = rest
 	}
-	return name, ok
+	if !ok {
+		return "", false
+	}
+	if len(name) > nameMax && strings.IndexFunc(name, func(r rune) bool { return r >= utf8.RuneSelf }) >= 0 {
+		return "", false // the lexer cuts a long identifier at a character boundary, by encoding: not guessed
+	}
+	return serverName(name), true
 }
 
 // skipBlank skips white space and comments.
@@ -962,9 +1062,13 @@ func skipBlank(s string) string {
 // including the batches of earlier suspended Executes of its portal.
 func (tr *tracker) execResult(p *pending, now time.Time, tag string, e serverError) audit.Query {
 	ps := tr.portals[p.portal]
-	if ps == nil {
-		ps = &portalState{}
+	switch {
+	case ps == nil && e.code != "":
+		ps = &portalState{} // refused (34000 for a portal that does not exist): nothing ran
+	case ps == nil:
+		ps = unknownPortal(p.portal)
 	}
+	ps.executed = true
 	if !ps.suspended {
 		return tr.make(ps.sql, "extended", ps.stmt, ps.params, tr.startOf(p), now, tag, e)
 	}
@@ -990,7 +1094,7 @@ func (tr *tracker) unmatched(p *pending, now time.Time) audit.Query {
 	case 'E':
 		ps := tr.portals[p.portal]
 		if ps == nil {
-			ps = &portalState{}
+			ps = unknownPortal(p.portal)
 		}
 		q = tr.make(ps.sql, "extended", ps.stmt, ps.params, tr.startOf(p), now, "", serverError{})
 	default:
@@ -998,6 +1102,30 @@ func (tr *tracker) unmatched(p *pending, now time.Time) audit.Query {
 	}
 	q.Command, q.Rows, q.Error = Unanswered, -1, "no answer of the server could be matched to this request"
 	return q
+}
+
+// NotExecuted is the Command of the record of a named portal made by a Bind
+// and gone (closed, its transaction ended, the session ended) without an
+// Execute of it: SQL FETCH or MOVE, or server-side code (a DO block, a
+// function using a refcursor of that name), may have run it unseen.
+const (
+	NotExecuted        = "PORTAL NOT EXECUTED"
+	notExecutedMessage = "a portal made by Bind was closed without an Execute: an SQL FETCH or MOVE, or server-side code, may have run it"
+)
+
+// closed adds to out what must be recorded of portal name as it goes: the
+// rows of a suspended one, or the text of a named one made by a Bind and
+// never executed by the protocol.
+func (tr *tracker) closed(out []audit.Query, name string, ps *portalState, now time.Time) []audit.Query {
+	switch {
+	case ps.suspended:
+		out = append(out, tr.unfinished(name, ps, now))
+	case name != "" && ps.bound && !ps.executed:
+		q := tr.make(ps.sql, "extended", ps.stmt, ps.params, now, now, "", serverError{})
+		q.Command, q.Error = NotExecuted, notExecutedMessage
+		out = append(out, q)
+	}
+	return out
 }
 
 // unfinished is the record of a portal closed while suspended: the rows it returned.
@@ -1325,7 +1453,7 @@ func (tr *tracker) finish() int {
 				ps = tr.portals[p.portal]
 			}
 			if ps == nil {
-				ps = &portalState{}
+				ps = unknownPortal(p.portal)
 			}
 			add(tr.make(ps.sql, "extended", ps.stmt, ps.params, tr.startOf(p), now, "", serverError{}))
 		case 'F':
@@ -1337,9 +1465,7 @@ func (tr *tracker) finish() int {
 	out = append(tr.early, out...)
 	tr.early = nil
 	for name, ps := range tr.portals {
-		if ps.suspended {
-			out = append(out, tr.unfinished(name, ps, now))
-		}
+		out = tr.closed(out, name, ps, now)
 		delete(tr.portals, name)
 	}
 	tr.mu.Unlock()
