@@ -428,3 +428,29 @@ func TestTrackerLongText(t *testing.T) {
 		})
 	}
 }
+
+func TestLeadingVerb(t *testing.T) {
+	tests := []struct{ sql, want string }{
+		{"SELECT 1", "SELECT"},
+		{"  select\n1", "SELECT"},
+		{"(SELECT 1) UNION (SELECT 2)", "SELECT"},
+		{"/* a /* nested */ comment */ DELETE FROM t", "DELETE"},
+		{"-- line\r\nupdate t set a = 1", "UPDATE"},
+		{"VALUES (1)", "SELECT"},
+		{"TABLE t", "SELECT"},
+		{"insert into t values (1)", "INSERT"},
+		{"MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE", "MERGE"},
+		{"WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", ""}, // WITH can carry any command
+		{"CREATE TABLE t2 AS SELECT 1", ""},                           // its tag is SELECT
+		{"EXPLAIN ANALYZE DELETE FROM t", ""},
+		{"SELECTx 1", ""},
+		{"/* unterminated", ""},
+		{"-- only a comment", ""},
+		{"", ""},
+	}
+	for _, tc := range tests {
+		if got := leadingVerb(tc.sql); got != tc.want {
+			t.Errorf("leadingVerb(%q) = %q, want %q", tc.sql, got, tc.want)
+		}
+	}
+}

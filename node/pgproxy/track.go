@@ -1155,8 +1155,68 @@ func (tr *tracker) make(sql sqlCapture, protocol, stmt, params string, start, en
 		if tag == "" && protocol != "function" {
 			q.Command = "EMPTY"
 		}
+		if lead := leadingVerb(sql.text); protocol == "extended" && lead != "" && rowVerbs[q.Command] && q.Command != "COPY" && q.Command != "FETCH" && q.Command != "MOVE" && lead != q.Command {
+			// The server ran another kind of statement than the text recorded for it:
+			// server-side code (a DO block, a function) replaced a prepared statement
+			// unseen. The record keeps the server's command and says so.
+			q.Error = fmt.Sprintf("ferry: the server ran a %s, but the recorded text is a %s: the statement was changed where the proxy cannot see it (e.g. by server-side code); the text may not be what ran", q.Command, lead)
+		}
 	}
 	return q
+}
+
+// leadingVerb is the DML verb a statement text starts with (after white space,
+// comments and opening parentheses), as its CommandComplete tag would name it:
+// SELECT (also for VALUES and TABLE), INSERT, UPDATE, DELETE or MERGE; "" for
+// any other start (WITH, EXPLAIN, CREATE, ...), whose tag can be anything.
+func leadingVerb(sql string) string {
+	for {
+		sql = strings.TrimLeft(sql, " \t\r\n\f(")
+		switch {
+		case strings.HasPrefix(sql, "--"):
+			i := strings.IndexAny(sql, "\r\n")
+			if i < 0 {
+				return ""
+			}
+			sql = sql[i:]
+			continue
+		case strings.HasPrefix(sql, "/*"):
+			depth, i := 0, 0
+			for i < len(sql) {
+				switch {
+				case strings.HasPrefix(sql[i:], "/*"):
+					depth, i = depth+1, i+2
+				case strings.HasPrefix(sql[i:], "*/"):
+					depth, i = depth-1, i+2
+				default:
+					i++
+				}
+				if depth == 0 {
+					break
+				}
+			}
+			if depth != 0 {
+				return ""
+			}
+			sql = sql[i:]
+			continue
+		}
+		break
+	}
+	end := 0
+	for end < len(sql) && (sql[end] >= 'a' && sql[end] <= 'z' || sql[end] >= 'A' && sql[end] <= 'Z') {
+		end++
+	}
+	if end < len(sql) && sql[end] != ' ' && sql[end] != '\t' && sql[end] != '\r' && sql[end] != '\n' && sql[end] != '(' && sql[end] != '/' && sql[end] != '-' && sql[end] != ';' {
+		return ""
+	}
+	switch w := strings.ToUpper(sql[:end]); w {
+	case "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE":
+		return w
+	case "VALUES", "TABLE":
+		return "SELECT"
+	}
+	return ""
 }
 
 // rowVerbs are the command tags that end in a row count (protocol §55.7, CommandComplete).
