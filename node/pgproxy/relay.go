@@ -66,6 +66,7 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 	}()
 	go func() {
 		defer recoverRelay(s2c, "relay server to client")
+		defer tr.serverEnded() // before recoverRelay: the client side must not wait for answers that will not come
 		s2c <- serverToClient(bufio.NewReaderSize(server, relayBufferSize), bufio.NewWriterSize(client, relayBufferSize), tr, &stats.fromServer)
 	}()
 	// On shutdown close the server side first, so the client can still be
@@ -300,6 +301,7 @@ func clientToServer(r *bufio.Reader, w *bufio.Writer, max int64, terminated *ato
 	var hdr [5]byte
 	var kept []byte
 	cw := &countingWriter{w: w, n: n}
+	flush := func() { w.Flush() } // what is buffered reaches the server before push waits for its answers
 	for {
 		if r.Buffered() == 0 {
 			if err := w.Flush(); err != nil {
@@ -328,7 +330,7 @@ func clientToServer(r *bufio.Reader, w *bufio.Writer, max int64, terminated *ato
 		var p *pending
 		if tracked(typ) {
 			// Queued before a byte of it is written, so its response cannot come first.
-			p = tr.push(typ)
+			p = tr.push(typ, flush)
 		}
 		if _, err := cw.Write(hdr[:]); err != nil {
 			tr.abandon(p)

@@ -1,0 +1,155 @@
+package pgproxy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ferryhq/ferry/node/audit"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// TestPipelineFloodOfClientThatDoesNotRead: a client that pipelines requests without reading a
+// response (Sync, the smallest, 5 bytes each) cannot make the node hold more than a bounded amount of
+// memory for them: once enough of its requests are unanswered, the proxy stops reading more of them
+// (as PostgreSQL does when its answers are not read), instead of queuing a record for each of the
+// millions that the kernel's buffers between proxy and server can hold.
+func TestPipelineFloodOfClientThatDoesNotRead(t *testing.T) {
+	pg := startPostgres(t)
+	sp := startSessionProxy(t, pg.target(), &testTokens{token: pg.token})
+	port := sp.listen(t, Session{User: "alice"})
+
+	nc, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close() // before the proxy's cleanup waits for its sessions
+	nc.(*net.TCPConn).SetReadBuffer(4096)
+	c := &rawClient{t: t, nc: nc, fe: pgproto3.NewFrontend(nc, nc)}
+	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	c.send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "whoever", "database": "appdb"}})
+	c.until(1)
+	nc.SetDeadline(time.Time{})
+
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	before := heap()
+	var syncs []byte
+	for range 64 << 10 {
+		syncs, _ = (&pgproto3.Sync{}).Encode(syncs)
+	}
+	var sent int64
+	// Send until the proxy stops reading (a write blocked for a second), or 16 MiB of Syncs.
+	for sent < 16<<20 {
+		nc.SetWriteDeadline(time.Now().Add(time.Second))
+		n, err := nc.Write(syncs)
+		sent += int64(n)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	grown := int64(heap()) - int64(before)
+	t.Logf("sent %d Syncs; the node's heap grew by %d KiB", sent/5, grown>>10)
+	if grown > 16<<20 {
+		t.Fatalf("the node holds %d MiB more for %d unanswered Syncs; want a bounded amount (at most 16 MiB)", grown>>20, sent/5)
+	}
+
+	// Once the client reads, every Sync is answered, and the session goes on; so does a pipeline of
+	// more requests than the limit whose answers the server holds back until its Sync.
+	nc.SetDeadline(time.Now().Add(120 * time.Second))
+	nc.(*net.TCPConn).SetReadBuffer(4 << 20)
+	wrote := make(chan error, 1)
+	go func() {
+		var buf []byte
+		if sent%5 != 0 {
+			buf = append(buf, syncs[sent%5:5]...) // the rest of a Sync cut by the write deadline
+		}
+		buf, _ = (&pgproto3.Parse{Name: "s", Query: "select 1"}).Encode(buf)
+		for range 3 * maxPendingRequests {
+			buf, _ = (&pgproto3.Bind{PreparedStatement: "s"}).Encode(buf)
+			buf, _ = (&pgproto3.Execute{}).Encode(buf)
+		}
+		buf, _ = (&pgproto3.Sync{}).Encode(buf)
+		_, err := nc.Write(buf)
+		wrote <- err
+	}()
+	// The Syncs' answers, ReadyForQuery (6 bytes each), read in bulk.
+	if _, err := io.CopyN(io.Discard, nc, (sent+4)/5*6); err != nil {
+		t.Fatalf("reading the answers to the Syncs: %v", err)
+	}
+	var ready, complete int64
+	for ready < 1 {
+		msg, err := c.fe.Receive()
+		if err != nil {
+			t.Fatalf("after %d statements of the pipeline: %v", complete, err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ReadyForQuery:
+			ready++
+		case *pgproto3.CommandComplete:
+			complete++
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("error: %s %s", m.Code, m.Message)
+		}
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if complete != 3*maxPendingRequests {
+		t.Fatalf("%d statements completed, want %d", complete, 3*maxPendingRequests)
+	}
+}
+
+// TestCopyEndFloodOutsideCopy: CopyDone and CopyFail outside a COPY are read and ignored by the
+// server (protocol §55.2.6), so they get no answer; a stream of them, at line rate, must not queue
+// a record per message on the node until some later answer comes. Every byte still reaches the
+// server.
+func TestCopyEndFloodOutsideCopy(t *testing.T) {
+	const n = 100_000
+	for _, tc := range []struct {
+		name string
+		msgs []pgproto3.FrontendMessage
+	}{
+		{"CopyDone", []pgproto3.FrontendMessage{&pgproto3.CopyDone{}}},
+		{"CopyFail", []pgproto3.FrontendMessage{&pgproto3.CopyFail{Message: "x"}}},
+		{"CopyData between", []pgproto3.FrontendMessage{&pgproto3.CopyData{Data: []byte("a")}, &pgproto3.CopyDone{}, &pgproto3.Flush{}, &pgproto3.CopyFail{}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			one := encode(t, tc.msgs...)
+			in := bytes.Repeat(one, n)
+			var out bytes.Buffer
+			var term atomic.Bool
+			var sent atomic.Int64
+			w := bufio.NewWriterSize(&out, relayBufferSize)
+			tr := newTracker(0, false, func(audit.Query) {})
+			if err := clientToServer(bufio.NewReaderSize(bytes.NewReader(in), relayBufferSize), w, 1<<30, &term, tr, &sent); err != nil {
+				t.Fatal(err)
+			}
+			w.Flush()
+			if !bytes.Equal(out.Bytes(), in) {
+				t.Fatalf("relayed %d bytes differ from the %d sent", out.Len(), len(in))
+			}
+			tr.mu.Lock()
+			queued := len(tr.queue)
+			tr.mu.Unlock()
+			if queued > 1 {
+				t.Fatalf("%d requests queued after %d messages with unanswered COPY end markers; want at most 1", queued, n*len(tc.msgs))
+			}
+		})
+	}
+}
