@@ -27,17 +27,8 @@ func TestPipelineFloodOfClientThatDoesNotRead(t *testing.T) {
 	sp := startSessionProxy(t, pg.target(), &testTokens{token: pg.token})
 	port := sp.listen(t, Session{User: "alice"})
 
-	nc, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close() // before the proxy's cleanup waits for its sessions
-	nc.(*net.TCPConn).SetReadBuffer(4096)
-	c := &rawClient{t: t, nc: nc, fe: pgproto3.NewFrontend(nc, nc)}
-	nc.SetDeadline(time.Now().Add(30 * time.Second))
-	c.send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "whoever", "database": "appdb"}})
-	c.until(1)
-	nc.SetDeadline(time.Time{})
+	c := loginRaw(t, port, 4096)
+	nc := c.nc
 
 	heap := func() uint64 {
 		runtime.GC()
@@ -151,5 +142,55 @@ func TestCopyEndFloodOutsideCopy(t *testing.T) {
 				t.Fatalf("%d requests queued after %d messages with unanswered COPY end markers; want at most 1", queued, n*len(tc.msgs))
 			}
 		})
+	}
+}
+
+// loginRaw logs in to the proxy on port with a raw frontend whose socket has a receive buffer of
+// rcvbuf bytes, and waits for ReadyForQuery. The connection is closed at cleanup, before the
+// proxy's own cleanup waits for its sessions.
+func loginRaw(t *testing.T, port, rcvbuf int) *rawClient {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.(*net.TCPConn).SetReadBuffer(rcvbuf)
+	c := &rawClient{t: t, nc: nc, fe: pgproto3.NewFrontend(nc, nc)}
+	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	c.send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "whoever", "database": "appdb"}})
+	c.until(1)
+	nc.SetDeadline(time.Time{})
+	return c
+}
+
+// TestPipelineAfterErrorLongerThanLimit: after an error in an extended-protocol pipeline the server
+// discards every request up to the next Sync and answers none of them; a pipeline of more requests
+// than the proxy keeps unanswered after such an error still reaches its Sync (the proxy must not wait
+// for answers that come only after it), as pgx sends a large batch, reading while it writes.
+func TestPipelineAfterErrorLongerThanLimit(t *testing.T) {
+	pg := startPostgres(t)
+	sp := startSessionProxy(t, pg.target(), &testTokens{token: pg.token})
+	c := loginRaw(t, sp.listen(t, Session{User: "alice"}), 1<<20)
+	c.nc.SetDeadline(time.Now().Add(60 * time.Second))
+	wrote := make(chan error, 1)
+	go func() {
+		var buf []byte
+		buf, _ = (&pgproto3.Parse{Name: "bad", Query: "selec 1"}).Encode(buf)
+		for range 2 * maxPendingRequests {
+			buf, _ = (&pgproto3.Bind{PreparedStatement: "bad"}).Encode(buf)
+			buf, _ = (&pgproto3.Execute{}).Encode(buf)
+		}
+		buf, _ = (&pgproto3.Sync{}).Encode(buf)
+		buf, _ = (&pgproto3.Query{String: "select 1"}).Encode(buf)
+		_, err := c.nc.Write(buf)
+		wrote <- err
+	}()
+	codes, tags := c.until(2)
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if len(codes) != 1 || codes[0] != "42601" || len(tags) != 1 || tags[0] != "SELECT 1" {
+		t.Fatalf("errors %v, command tags %v; want one 42601 for the pipeline, then SELECT 1", codes, tags)
 	}
 }

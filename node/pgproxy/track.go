@@ -156,6 +156,9 @@ type tracker struct {
 	room       sync.Cond // on mu; push waits on it while the queue is full
 	waiting    bool      // push is waiting on room
 	serverDone bool      // the server side has ended: push no longer waits
+	// syncAhead: while skip, a Sync is queued, so the server will answer again. Without one it
+	// answers nothing until the client's next Sync, which push must not wait in front of.
+	syncAhead bool
 }
 
 // maxPendingRequests is the tracker's maxPending in a session: far above what any response a
@@ -183,9 +186,17 @@ func (tr *tracker) serverEnded() {
 	tr.mu.Unlock()
 }
 
+// mustWait says whether push must wait for answers before queuing more; mu is held. It does not
+// while the server will answer nothing until a message still to come: after an extended-protocol
+// error with no Sync queued, or during a COPY FROM STDIN (the server reads on, so the client is not
+// held back either way).
+func (tr *tracker) mustWait() bool {
+	return len(tr.queue) >= tr.maxPending && !tr.serverDone && tr.copyIn == nil && (!tr.skip || tr.syncAhead)
+}
+
 // wake lets a waiting push go on once the queue has room; mu is held.
 func (tr *tracker) wake() {
-	if tr.waiting && (len(tr.queue) < tr.maxPending || tr.serverDone) {
+	if tr.waiting && !tr.mustWait() {
 		tr.waiting = false
 		tr.room.Broadcast()
 	}
@@ -242,16 +253,19 @@ func (tr *tracker) push(typ byte, flush func()) *pending {
 		return nil
 	}
 	p := &pending{kind: typ, at: time.Now(), ready: make(chan struct{})}
-	if tr.maxPending > 0 && len(tr.queue) >= tr.maxPending && !tr.serverDone {
+	if tr.maxPending > 0 && tr.mustWait() {
 		tr.mu.Unlock()
 		if flush != nil {
 			flush()
 		}
 		tr.mu.Lock()
-		for len(tr.queue) >= tr.maxPending && !tr.serverDone {
+		for tr.mustWait() {
 			tr.waiting = true
 			tr.room.Wait()
 		}
+	}
+	if typ == 'S' && tr.skip {
+		tr.syncAhead = true
 	}
 	tr.queue = append(tr.queue, p)
 	tr.mu.Unlock()
@@ -821,6 +835,7 @@ func (tr *tracker) skipToSync() {
 		tr.pop()
 	}
 	tr.skip = true
+	tr.syncAhead = len(tr.queue) > 0
 }
 
 // stmtText is the text of prepared statement name as the server has it.
