@@ -194,3 +194,46 @@ func TestPipelineAfterErrorLongerThanLimit(t *testing.T) {
 		t.Fatalf("errors %v, command tags %v; want one 42601 for the pipeline, then SELECT 1", codes, tags)
 	}
 }
+
+// TestDiscardedRequestsAfterError: after an error in an extended-protocol pipeline the server reads
+// and discards, unanswered, every request up to the next Sync; a stream of them (no Sync) must not
+// queue a record per message on the node. Every byte still reaches the server, and the Sync that ends
+// the discarding is queued and answered as before.
+func TestDiscardedRequestsAfterError(t *testing.T) {
+	const n = 100_000
+	var out bytes.Buffer
+	var term atomic.Bool
+	var sent atomic.Int64
+	w := bufio.NewWriterSize(&out, relayBufferSize)
+	tr := newTracker(0, false, func(audit.Query) {})
+	relay := func(in []byte) {
+		t.Helper()
+		if err := clientToServer(bufio.NewReaderSize(bytes.NewReader(in), relayBufferSize), w, 1<<30, &term, tr, &sent); err != nil {
+			t.Fatal(err)
+		}
+	}
+	queued := func() int {
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		return len(tr.queue)
+	}
+	relay(encode(t, &pgproto3.Parse{Name: "bad", Query: "selec 1"}))
+	errMsg := encodeB(t, &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "42601", Message: "syntax error"})
+	tr.server('E', errMsg[5:])
+	relay(bytes.Repeat(encode(t, &pgproto3.Bind{PreparedStatement: "bad"}, &pgproto3.Execute{}, &pgproto3.Describe{ObjectType: 'S', Name: "bad"}), n))
+	if q := queued(); q > 0 {
+		t.Fatalf("%d requests queued for %d requests the server discards; want none", q, 3*n)
+	}
+	relay(encode(t, &pgproto3.Sync{}, &pgproto3.Query{String: "select 1"}))
+	if q := queued(); q != 2 {
+		t.Fatalf("%d requests queued after the Sync and a Query; want 2", q)
+	}
+	tr.server('Z', []byte{'I'})
+	if q := queued(); q != 1 || tr.skip {
+		t.Fatalf("after the Sync's ReadyForQuery: %d requests queued, skipping %v; want the Query, not skipping", q, tr.skip)
+	}
+	w.Flush()
+	if got := sent.Load(); got != int64(out.Len()) {
+		t.Fatalf("relayed %d bytes, counted %d", out.Len(), got)
+	}
+}

@@ -264,6 +264,13 @@ func (tr *tracker) push(typ byte, flush func()) *pending {
 			tr.room.Wait()
 		}
 	}
+	if tr.skip && !tr.syncAhead && typ != 'S' {
+		// After an extended-protocol error the server discards everything up to the next Sync
+		// unanswered, as skipToSync drops what was queued when the error came; queuing what comes
+		// after it would hold the node's memory without bound while the server reads on.
+		tr.mu.Unlock()
+		return nil
+	}
 	if typ == 'S' && tr.skip {
 		tr.syncAhead = true
 	}
