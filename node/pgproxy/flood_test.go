@@ -237,3 +237,46 @@ func TestDiscardedRequestsAfterError(t *testing.T) {
 		t.Fatalf("relayed %d bytes, counted %d", out.Len(), got)
 	}
 }
+
+// TestSyncsInsideCopy: a COPY FROM STDIN reads and ignores the Syncs the client sends inside it
+// (protocol §55.2.6), answering none and reading on; a stream of them must not queue a record per
+// Sync on the node. The COPY still ends and is recorded as before.
+func TestSyncsInsideCopy(t *testing.T) {
+	const n = 100_000
+	var out bytes.Buffer
+	var term atomic.Bool
+	var sent atomic.Int64
+	var recs []audit.Query
+	w := bufio.NewWriterSize(&out, relayBufferSize)
+	tr := newTracker(0, false, func(q audit.Query) { recs = append(recs, q) })
+	relay := func(in []byte) {
+		t.Helper()
+		if err := clientToServer(bufio.NewReaderSize(bytes.NewReader(in), relayBufferSize), w, 1<<30, &term, tr, &sent); err != nil {
+			t.Fatal(err)
+		}
+	}
+	queued := func() int {
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		return len(tr.queue)
+	}
+	relay(encode(t, &pgproto3.Query{String: "copy t from stdin"}))
+	tr.server('G', encodeB(t, &pgproto3.CopyInResponse{})[5:])
+	relay(bytes.Repeat(encode(t, &pgproto3.CopyData{Data: []byte("1\n")}, &pgproto3.Sync{}, &pgproto3.Flush{}), n))
+	if q := queued(); q > 1 {
+		t.Fatalf("%d requests queued for %d Syncs the COPY ignores; want only the COPY's Query", q, n)
+	}
+	relay(encode(t, &pgproto3.CopyDone{}, &pgproto3.Sync{}))
+	if q := queued(); q != 3 {
+		t.Fatalf("%d requests queued after CopyDone and a Sync; want 3 (the Query, the end of the COPY, the Sync)", q)
+	}
+	tr.server('C', append([]byte("COPY 100000"), 0))
+	tr.server('Z', []byte{'I'})
+	tr.server('Z', []byte{'I'})
+	if q := queued(); q != 0 {
+		t.Fatalf("%d requests queued after the answers; want none", q)
+	}
+	if len(recs) != 1 || recs[0].Command != "COPY" || recs[0].Rows != n {
+		t.Fatalf("records %+v; want the COPY of %d rows", recs, n)
+	}
+}

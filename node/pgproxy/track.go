@@ -147,6 +147,9 @@ type tracker struct {
 	// copyIn is the request whose COPY FROM STDIN is running (after its
 	// CopyInResponse), or nil.
 	copyIn *pending
+	// copySyncsOnly: while copyIn is set, every request queued after it is a Sync, which the COPY
+	// reads and ignores (see endCopy); so is a Sync that comes next.
+	copySyncsOnly bool
 
 	// maxPending, above 0, is the most requests queued unanswered: push then waits until the
 	// server side has answered some (or has ended), so a client that pipelines requests without
@@ -270,6 +273,15 @@ func (tr *tracker) push(typ byte, flush func()) *pending {
 		// after it would hold the node's memory without bound while the server reads on.
 		tr.mu.Unlock()
 		return nil
+	}
+	if tr.copyIn != nil {
+		if typ == 'S' && tr.copySyncsOnly {
+			// Read and ignored by the running COPY FROM STDIN, unanswered: queuing each would hold
+			// the node's memory without bound while the server reads on.
+			tr.mu.Unlock()
+			return nil
+		}
+		tr.copySyncsOnly = false // this message ends the COPY; the Syncs after it are answered
 	}
 	if typ == 'S' && tr.skip {
 		tr.syncAhead = true
@@ -722,6 +734,13 @@ func (tr *tracker) server(typ byte, body []byte) {
 	case 'G':
 		if p.kind == 'Q' || p.kind == 'E' {
 			tr.copyIn = p
+			tr.copySyncsOnly = true // p is the head (tr.head)
+			for _, q := range tr.queue[1:] {
+				if q.kind != 'S' {
+					tr.copySyncsOnly = false
+					break
+				}
+			}
 		}
 		return
 	case '1':
