@@ -66,11 +66,18 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 	}()
 	go func() {
 		defer recoverRelay(s2c, "relay server to client")
+		defer tr.serverEnded() // before recoverRelay: the client side must not wait for answers that will not come
 		s2c <- serverToClient(bufio.NewReaderSize(server, relayBufferSize), bufio.NewWriterSize(client, relayBufferSize), tr, &stats.fromServer)
 	}()
 	// On shutdown close the server side first, so the client can still be
-	// told why before its side is closed.
-	stop := context.AfterFunc(ctx, func() { server.Close() })
+	// told why before its side is closed. A client that does not read what is
+	// still being written to it (its TCP window full) gets hangUpWait before
+	// that write fails: otherwise the session, its goroutines and its record
+	// would wait for it forever.
+	stop := context.AfterFunc(ctx, func() {
+		server.Close()
+		client.SetWriteDeadline(time.Now().Add(hangUpWait))
+	})
 	defer stop()
 
 	select {
@@ -79,10 +86,16 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 			relayPanicked(sp, client, server, s2c, p.logger)
 		}
 		server.Close()
-		rethrowPanic(<-s2c)
+		s2cErr := <-s2c
+		rethrowPanic(s2cErr)
 		var tl *errTooLarge
 		var bl *errBadLength
+		var cw *errClientWrite
 		switch {
+		case ctx.Err() != nil && errors.As(s2cErr, &cw):
+			// The client stopped reading: nothing more can be said to it (a message may be
+			// half-written).
+			return endNotice(ctx).Message
 		case errors.As(err, &tl):
 			writeError(client, "54000", "message too large: "+tl.Error(), "Send smaller messages (split the statement or the COPY data), or ask the administrator to raise the node's message size limit.")
 			lingerClose(client)
@@ -106,10 +119,13 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 		var cw *errClientWrite
 		clientGone := errors.As(err, &cw)
 		switch {
+		case clientGone:
+			// Nothing more can be said to a client that is gone or stopped reading (a message may
+			// be half-written).
 		case ctx.Err() != nil:
 			n := endNotice(ctx)
 			writeError(client, n.Code, n.Message, n.Hint)
-		case terminated.Load() || clientGone:
+		case terminated.Load():
 		case errors.Is(err, errMidMessage):
 			// Nothing can be said in the middle of a message.
 		case tr.fatalSeen().code == "":
@@ -120,7 +136,7 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 			}
 			writeError(client, "08006", fmt.Sprintf("connection to the server of resource %s lost: %s", resource, why), "Reconnect; if it persists, check the server's health.")
 		}
-		if policyEnd(ctx) != nil {
+		if policyEnd(ctx) != nil && !clientGone {
 			// Ended by the node: give the client a moment to read the FATAL and hang up before the
 			// connection goes (and, for a suspended user, the WireGuard peer with it).
 			rethrowPanic(awaitHangUp(client, c2s))
@@ -285,6 +301,7 @@ func clientToServer(r *bufio.Reader, w *bufio.Writer, max int64, terminated *ato
 	var hdr [5]byte
 	var kept []byte
 	cw := &countingWriter{w: w, n: n}
+	flush := func() { w.Flush() } // what is buffered reaches the server before push waits for its answers
 	for {
 		if r.Buffered() == 0 {
 			if err := w.Flush(); err != nil {
@@ -313,7 +330,7 @@ func clientToServer(r *bufio.Reader, w *bufio.Writer, max int64, terminated *ato
 		var p *pending
 		if tracked(typ) {
 			// Queued before a byte of it is written, so its response cannot come first.
-			p = tr.push(typ)
+			p = tr.push(typ, flush)
 		}
 		if _, err := cw.Write(hdr[:]); err != nil {
 			tr.abandon(p)

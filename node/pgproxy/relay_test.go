@@ -303,7 +303,7 @@ func TestTracker(t *testing.T) {
 func TestTrackerDuration(t *testing.T) {
 	var got []audit.Query
 	tr := newTracker(0, false, func(q audit.Query) { got = append(got, q) })
-	p := tr.push('Q')
+	p := tr.push('Q', nil)
 	tr.fill(p, []byte("SELECT pg_sleep(0.05)\x00"), 22, nil)
 	tr.server('T', nil)
 	time.Sleep(50 * time.Millisecond)

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,9 +28,10 @@ type sessionProxy struct {
 	audit *audit.Log
 	t     Target
 
-	mu   sync.Mutex
-	ends []context.CancelCauseFunc
-	wg   sync.WaitGroup
+	mu      sync.Mutex
+	ends    []context.CancelCauseFunc
+	wg      sync.WaitGroup
+	running atomic.Int32 // sessions whose Serve has not returned
 }
 
 func startSessionProxy(t *testing.T, target Target, tokens TokenSource) *sessionProxy {
@@ -72,8 +75,10 @@ func (sp *sessionProxy) listen(t *testing.T, s Session) int {
 			sp.ends = append(sp.ends, end)
 			sp.mu.Unlock()
 			sp.wg.Add(1)
+			sp.running.Add(1)
 			go func() {
 				defer sp.wg.Done()
+				defer sp.running.Add(-1)
 				defer end(nil)
 				s := s
 				s.ClientAddr = c.RemoteAddr().String()
@@ -299,5 +304,76 @@ func sendCancel(t *testing.T, port int, pid uint32, secret []byte) {
 	var b [1]byte
 	if n, err := conn.Read(b[:]); n != 0 || err == nil {
 		t.Fatalf("the proxy answered a CancelRequest with %d bytes (%v); want it closed without an answer", n, err)
+	}
+}
+
+// TestEndedSessionOfClientThatDoesNotRead: a session the node ends while its client reads nothing
+// (the server's rows fill the client's TCP window, so the proxy's write to the client blocks) still
+// ends: its server backend goes, Serve returns (no goroutine or descriptor is left behind) and its
+// connection record is ended, whether the client then stays silent or keeps sending.
+func TestEndedSessionOfClientThatDoesNotRead(t *testing.T) {
+	pg := startPostgres(t)
+	sp := startSessionProxy(t, pg.target(), &testTokens{token: pg.token})
+	port := sp.listen(t, Session{User: "alice"})
+	ctx := context.Background()
+	const query = "select repeat('x', 1000000) from generate_series(1, 1000)"
+
+	for i, tc := range []struct {
+		name        string
+		keepOnGoing bool
+	}{
+		{"client silent", false},
+		{"client still sending", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nc, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close() // before the proxy's cleanup waits for its sessions
+			nc.(*net.TCPConn).SetReadBuffer(4096)
+			c := &rawClient{t: t, nc: nc, fe: pgproto3.NewFrontend(nc, nc)}
+			nc.SetDeadline(time.Now().Add(30 * time.Second))
+			c.send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "whoever", "database": "appdb"}})
+			c.until(1)
+			nc.SetDeadline(time.Time{})
+			c.send(&pgproto3.Query{String: query})
+			// The server blocks writing to the proxy only once the proxy blocks writing to the client.
+			if !waitFor(20*time.Second, func() bool {
+				return strings.TrimSpace(pg.psqlAdmin(t, "SELECT count(*) FROM pg_stat_activity WHERE query = '"+strings.ReplaceAll(query, "'", "''")+"' AND wait_event = 'ClientWrite'")) == "1"
+			}) {
+				t.Fatal("the server did not block writing its rows within 20s")
+			}
+			stopSending := make(chan struct{})
+			defer close(stopSending)
+			if tc.keepOnGoing {
+				go func() {
+					sync, _ := (&pgproto3.Sync{}).Encode(nil)
+					for {
+						select {
+						case <-stopSending:
+							return
+						case <-time.After(20 * time.Millisecond):
+						}
+						nc.SetWriteDeadline(time.Now().Add(time.Second))
+						if _, err := nc.Write(sync); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+							return
+						}
+					}
+				}()
+			}
+
+			sp.endAll(&Refusal{Code: "57P01", Message: "terminating connection: access of user \"alice\" to resource \"pg-test\" was revoked"})
+			if !waitFor(20*time.Second, func() bool { return sp.running.Load() == 0 }) {
+				t.Fatal("the ended session of a client that does not read was still running 20s after it was ended")
+			}
+			if n := strings.TrimSpace(pg.psqlAdmin(t, "SELECT count(*) FROM pg_stat_activity WHERE query = '"+strings.ReplaceAll(query, "'", "''")+"'")); n != "0" {
+				t.Fatalf("%s server backend(s) of the ended session still running", n)
+			}
+			conns, err := sp.audit.Connections(ctx, audit.ConnectionFilter{User: "alice", Limit: 1})
+			if err != nil || len(conns) != 1 || conns[0].ID != int64(i+1) || conns[0].End.IsZero() || !strings.Contains(conns[0].Error, "revoked") {
+				t.Fatalf("connection record = %+v, %v; want the session's, ended, whose error says it was revoked", conns, err)
+			}
+		})
 	}
 }

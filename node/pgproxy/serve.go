@@ -121,6 +121,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 			}
 		}
 	})
+	tr.maxPending = maxPendingRequests
 	tr.setParameter("standard_conforming_strings", up.hc.ParameterStatuses["standard_conforming_strings"])
 	// A session the node ends (grant revoked, user suspended or deleted, resource deleted, or its
 	// audit records cannot be written) also stops what it runs upstream: the server connection is

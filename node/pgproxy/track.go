@@ -155,7 +155,27 @@ type tracker struct {
 	// copyIn is the request whose COPY FROM STDIN is running (after its
 	// CopyInResponse), or nil.
 	copyIn *pending
+	// copySyncsOnly: while copyIn is set, every request queued after it is a Sync, which the COPY
+	// reads and ignores (see endCopy); so is a Sync that comes next.
+	copySyncsOnly bool
+
+	// maxPending, above 0, is the most requests queued unanswered: push then waits until the
+	// server side has answered some (or has ended), so a client that pipelines requests without
+	// reading the answers holds a bounded amount of the node's memory, as it holds a bounded part of
+	// the server's (which stops reading when its answers are not read).
+	maxPending int
+	room       sync.Cond // on mu; push waits on it while the queue is full
+	waiting    bool      // push is waiting on room
+	serverDone bool      // the server side has ended: push no longer waits
+	// syncAhead: while skip, a Sync is queued, so the server will answer again. Without one it
+	// answers nothing until the client's next Sync, which push must not wait in front of.
+	syncAhead bool
 }
+
+// maxPendingRequests is the tracker's maxPending in a session: far above what any response a
+// PostgreSQL server holds back in its output buffer (8 KiB, at least 5 bytes per response) can
+// leave unanswered, so a pipeline waits only on a client that does not read.
+const maxPendingRequests = 16 << 10
 
 type serverError struct{ severity, code, message string }
 
@@ -163,7 +183,34 @@ func newTracker(limit int, redact bool, record func(audit.Query)) *tracker {
 	if limit <= 0 {
 		limit = DefaultMaxAuditSQL
 	}
-	return &tracker{record: record, limit: limit, redact: redact, stmts: map[string]sqlCapture{}, portals: map[string]*portalState{}}
+	tr := &tracker{record: record, limit: limit, redact: redact, stmts: map[string]sqlCapture{}, portals: map[string]*portalState{}}
+	tr.room.L = &tr.mu
+	return tr
+}
+
+// serverEnded is called once the server side of the relay has stopped: a push waiting for room
+// goes on (the session is ending).
+func (tr *tracker) serverEnded() {
+	tr.mu.Lock()
+	tr.serverDone = true
+	tr.room.Broadcast()
+	tr.mu.Unlock()
+}
+
+// mustWait says whether push must wait for answers before queuing more; mu is held. It does not
+// while the server will answer nothing until a message still to come: after an extended-protocol
+// error with no Sync queued, or during a COPY FROM STDIN (the server reads on, so the client is not
+// held back either way).
+func (tr *tracker) mustWait() bool {
+	return len(tr.queue) >= tr.maxPending && !tr.serverDone && tr.copyIn == nil && (!tr.skip || tr.syncAhead)
+}
+
+// wake lets a waiting push go on once the queue has room; mu is held.
+func (tr *tracker) wake() {
+	if tr.waiting && !tr.mustWait() {
+		tr.waiting = false
+		tr.room.Broadcast()
+	}
 }
 
 // setParameter follows a ParameterStatus of the server (at login and during
@@ -201,10 +248,52 @@ func (tr *tracker) keepOf(typ byte, body int64) int64 {
 }
 
 // push queues a request as its header is read, before any of it reaches the
-// server, so its response can never arrive first.
-func (tr *tracker) push(typ byte) *pending {
-	p := &pending{kind: typ, at: time.Now(), ready: make(chan struct{})}
+// server, so its response can never arrive first. When maxPending requests are
+// queued it first calls flush (so that all of them reach the server) and waits
+// until the server side has answered some or has ended.
+//
+// A COPY end marker right after another one is not queued (nil): the first
+// ends the COPY, if any, and the server ignores the next (protocol §55.2.6),
+// so it gets no answer of its own and would stay queued until the next
+// answer; a stream of them outside COPY would hold the node's memory without
+// bound.
+func (tr *tracker) push(typ byte, flush func()) *pending {
 	tr.mu.Lock()
+	if isCopyEnd(typ) && len(tr.queue) > 0 && isCopyEnd(tr.queue[len(tr.queue)-1].kind) {
+		tr.mu.Unlock()
+		return nil
+	}
+	p := &pending{kind: typ, at: time.Now(), ready: make(chan struct{})}
+	if tr.maxPending > 0 && tr.mustWait() {
+		tr.mu.Unlock()
+		if flush != nil {
+			flush()
+		}
+		tr.mu.Lock()
+		for tr.mustWait() {
+			tr.waiting = true
+			tr.room.Wait()
+		}
+	}
+	if tr.skip && !tr.syncAhead && typ != 'S' {
+		// After an extended-protocol error the server discards everything up to the next Sync
+		// unanswered, as skipToSync drops what was queued when the error came; queuing what comes
+		// after it would hold the node's memory without bound while the server reads on.
+		tr.mu.Unlock()
+		return nil
+	}
+	if tr.copyIn != nil {
+		if typ == 'S' && tr.copySyncsOnly {
+			// Read and ignored by the running COPY FROM STDIN, unanswered: queuing each would hold
+			// the node's memory without bound while the server reads on.
+			tr.mu.Unlock()
+			return nil
+		}
+		tr.copySyncsOnly = false // this message ends the COPY; the Syncs after it are answered
+	}
+	if typ == 'S' && tr.skip {
+		tr.syncAhead = true
+	}
 	tr.queue = append(tr.queue, p)
 	tr.mu.Unlock()
 	return p
@@ -617,6 +706,7 @@ func (tr *tracker) server(typ byte, body []byte) {
 			out = append(tr.early, out...)
 			tr.early = nil
 		}
+		tr.wake()
 		tr.mu.Unlock()
 		for _, q := range out {
 			tr.record(q)
@@ -687,6 +777,13 @@ func (tr *tracker) server(typ byte, body []byte) {
 	case 'G':
 		if p.kind == 'Q' || p.kind == 'E' {
 			tr.copyIn = p
+			tr.copySyncsOnly = true // p is the head (tr.head)
+			for _, q := range tr.queue[1:] {
+				if q.kind != 'S' {
+					tr.copySyncsOnly = false
+					break
+				}
+			}
 		}
 		return
 	case '1':
@@ -807,6 +904,7 @@ func (tr *tracker) skipToSync() {
 		tr.pop()
 	}
 	tr.skip = true
+	tr.syncAhead = len(tr.queue) > 0
 }
 
 // stmtText is the text of prepared statement name as the server has it.
