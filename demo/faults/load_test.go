@@ -22,7 +22,7 @@ import (
 // login upstream and a new PostgreSQL backend).
 const (
 	loadClients  = 500
-	loadDuration = 30 // seconds (pgbench -T)
+	loadDuration = 60 // seconds (pgbench -T): pgbench opens all 500 connections within it, which takes most of 30 s on a loaded 2-core machine
 )
 
 // roleSessions counts the demo role's backends on the real server.
