@@ -80,13 +80,19 @@ func attack(spec string) error {
 		}
 		c := conns[s.Conn]
 		b, _ := json.Marshal(s.Req)
-		if _, err := c.Write(append(b, '\n')); err != nil {
-			return err
-		}
+		// A write can fail when the helper has refused this peer and hung up already; its reply
+		// is still there to read, so the write's error counts only when there is none.
+		_, werr := c.Write(append(b, '\n'))
 		_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
 		buf, oob := make([]byte, 4096), make([]byte, unix.CmsgSpace(16))
 		n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+		if err == nil && n == 0 && werr != nil {
+			err = werr
+		}
 		if err != nil {
+			if werr != nil {
+				return fmt.Errorf("write request: %w (then read reply: %v)", werr, err)
+			}
 			return fmt.Errorf("read reply: %w", err)
 		}
 		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
