@@ -45,6 +45,7 @@ Run without arguments to open the desktop app.`,
 		}
 	}
 	root.AddCommand(loginCmd(), logoutCmd(), daemonCmd(), statusCmd(), connectCmd(), disconnectCmd(), adminCmd(), vnetHelperCmd())
+	strictGroups(root)
 	return root
 }
 
@@ -155,12 +156,6 @@ func statusCmd() *cobra.Command {
 				return err
 			}
 			out := cmd.OutOrStdout()
-			switch {
-			case st.Suspended || st.DeviceRemoved:
-				fmt.Fprintf(cmd.ErrOrStderr(), "ferry: %s\n", st.NodeError)
-			case !st.NodeReachable:
-				fmt.Fprintf(cmd.ErrOrStderr(), "ferry-node unreachable: %s\n", st.NodeError)
-			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tTYPE\tADDRESS\tSTATUS\tHEALTH\tTAGS")
 			for _, r := range st.Resources {
@@ -173,7 +168,15 @@ func statusCmd() *cobra.Command {
 			if err := tw.Flush(); err != nil {
 				return err
 			}
-			if st.NodeReachable && len(st.Resources) == 0 {
+			// The table (what the daemon last knew) is still printed; the exit status says that the
+			// node could not be reached, so that scripts do not take it for a working client.
+			switch {
+			case st.Suspended || st.DeviceRemoved:
+				return errors.New(st.NodeError)
+			case !st.NodeReachable:
+				return fmt.Errorf("ferry-node unreachable: %s", st.NodeError)
+			}
+			if len(st.Resources) == 0 {
 				fmt.Fprintf(cmd.ErrOrStderr(), "No resources are granted to %s yet: ask a Ferry administrator to grant one of your roles a resource.\n", st.User)
 			}
 			return nil

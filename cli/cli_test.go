@@ -144,6 +144,15 @@ func TestCommandsAgainstDemo(t *testing.T) {
 
 	t.Run("reference example", func(t *testing.T) { testReferenceExample(t, env) })
 
+	// With the node gone, status still prints what the daemon knows but exits non-zero.
+	if err := env.Node.Close(); err != nil {
+		t.Fatal(err)
+	}
+	env.Node = nil
+	if out, err = run(t, "status"); err == nil || !strings.Contains(err.Error(), "ferry-node unreachable") || !strings.Contains(out, "NAME") {
+		t.Fatalf("status with the node down: %v:\n%s", err, out)
+	}
+
 	t.Setenv(client.EnvRuntimeDir, t.TempDir())
 	if _, err = run(t, "status"); err == nil || !strings.Contains(err.Error(), "daemon is not running") {
 		t.Fatalf("status without daemon: %v", err)
