@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferryhq/ferry/client"
+	"github.com/ferryhq/ferry/internal/version"
 	"github.com/ferryhq/ferry/resource"
 )
 
@@ -34,7 +35,9 @@ Start: ferry login TOKEN, then ferry daemon (or the desktop app), then ferry sta
 Run without arguments to open the desktop app.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version.Read().String(),
 	}
+	root.SetVersionTemplate("ferry {{.Version}}\n")
 	if runGUI != nil {
 		root.RunE = func(cmd *cobra.Command, _ []string) error {
 			dirs, err := client.DefaultDirs()
@@ -44,7 +47,7 @@ Run without arguments to open the desktop app.`,
 			return runGUI(cmd.Context(), dirs)
 		}
 	}
-	root.AddCommand(loginCmd(), logoutCmd(), daemonCmd(), statusCmd(), connectCmd(), disconnectCmd(), adminCmd(), vnetHelperCmd())
+	root.AddCommand(loginCmd(), logoutCmd(), daemonCmd(), statusCmd(), connectCmd(), disconnectCmd(), adminCmd(), vnetHelperCmd(), versionCmd())
 	strictGroups(root)
 	return root
 }
@@ -248,4 +251,16 @@ func disconnectCmd() *cobra.Command {
 	}
 	c.Flags().BoolVar(&all, "all", false, "disconnect every connected resource")
 	return c
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version and VCS revision this ferry was built from",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), "ferry", version.Read())
+			return err
+		},
+	}
 }
