@@ -141,6 +141,7 @@ app use. Stop it with Ctrl-C.`,
 		},
 	}
 	addModeFlag(c, &mode)
+	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "log debug messages too")
 	return c
 }
 

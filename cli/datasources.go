@@ -27,9 +27,21 @@ type resourceFlags struct {
 	copy map[string]func(dst *resource.Resource)
 }
 
-func newResourceFlags(fs *pflag.FlagSet) *resourceFlags {
+// newResourceFlags registers the resource flags on fs. For add, a flag left out takes the default
+// a new resource has, shown in the help; for update (forUpdate), a flag left out keeps the
+// resource's current value, so the help shows neither defaults nor "required", and --name renames.
+func newResourceFlags(fs *pflag.FlagSet, forUpdate bool) *resourceFlags {
 	f := &resourceFlags{scratch: resource.New(""), fs: fs, copy: map[string]func(*resource.Resource){}}
+	if forUpdate {
+		f.scratch = resource.Resource{} // no defaults: only the flags given change anything
+	}
 	r := &f.scratch
+	required := func(usage, when string) string {
+		if forUpdate {
+			return usage
+		}
+		return usage + " (" + when + ")"
+	}
 	str := func(p *string, name, usage string, set func(d *resource.Resource, v string)) {
 		fs.StringVar(p, name, *p, usage)
 		f.copy[name] = func(d *resource.Resource) { set(d, *p) }
@@ -38,13 +50,13 @@ func newResourceFlags(fs *pflag.FlagSet) *resourceFlags {
 		fs.BoolVar(p, name, *p, usage)
 		f.copy[name] = func(d *resource.Resource) { set(d, *p) }
 	}
-	str(&r.Hostname, "hostname", "server hostname, e.g. mypg.postgres.database.azure.com (required)", func(d *resource.Resource, v string) { d.Hostname = v })
-	fs.IntVar(&r.Port, "port", resource.DefaultPort, "server port")
+	str(&r.Hostname, "hostname", required("server hostname, e.g. mypg.postgres.database.azure.com", "required"), func(d *resource.Resource, v string) { d.Hostname = v })
+	fs.IntVar(&r.Port, "port", r.Port, "server port")
 	f.copy["port"] = func(d *resource.Resource) { d.Port = r.Port }
-	str(&r.Database, "database", "database to connect to (required)", func(d *resource.Resource, v string) { d.Database = v })
-	str(&r.Username, "username", "PostgreSQL role of the managed identity (required unless --username-path)", func(d *resource.Resource, v string) { d.Username = v })
+	str(&r.Database, "database", required("database to connect to", "required"), func(d *resource.Resource, v string) { d.Database = v })
+	str(&r.Username, "username", required("PostgreSQL role of the managed identity, e.g. mi_user (on a Single Server the node appends @servername with --use-azure-single-server-usernames)", "required unless --username-path"), func(d *resource.Resource, v string) { d.Username = v })
 	str(&r.UsernamePath, "username-path", "secret path of the username (with --secret-store-id)", func(d *resource.Resource, v string) { d.UsernamePath = v })
-	str(&r.ManagedIdentityClientID, "managed-identity-client-id", "client ID of the user-assigned managed identity; omit for the system-assigned identity", func(d *resource.Resource, v string) { d.ManagedIdentityClientID = v })
+	str(&r.ManagedIdentityClientID, "managed-identity-client-id", "client ID of the user-assigned managed identity; empty: the VM's system-assigned identity", func(d *resource.Resource, v string) { d.ManagedIdentityClientID = v })
 	str(&r.ManagedIdentityClientIDPath, "managed-identity-client-id-path", "secret path of the client ID (with --secret-store-id)", func(d *resource.Resource, v string) { d.ManagedIdentityClientIDPath = v })
 	boolean(&r.TLSRequired, "tls-required", "require TLS to the server, its certificate verified for the hostname (the node never logs in without it, whatever this says)", func(d *resource.Resource, v bool) { d.TLSRequired = v })
 	str(&r.BindInterface, "bind-interface", "loopback IP the client listens on, e.g. 127.0.0.1", func(d *resource.Resource, v string) { d.BindInterface = v })
@@ -52,14 +64,16 @@ func newResourceFlags(fs *pflag.FlagSet) *resourceFlags {
 	str(&r.ProxyClusterID, "proxy-cluster-id", "proxy cluster to route through (empty: none, use gateways)", func(d *resource.Resource, v string) { d.ProxyClusterID = v })
 	str(&r.SecretStoreID, "secret-store-id", "secret store holding the credentials (empty: the catalog)", func(d *resource.Resource, v string) { d.SecretStoreID = v })
 	str(&r.Subdomain, "subdomain", "DNS alias in virtual networking mode", func(d *resource.Resource, v string) { d.Subdomain = v })
-	str(&r.ConnectivityMode, "connectivity-mode", "loopback or virtual-networking (default: the org's)", func(d *resource.Resource, v string) { d.ConnectivityMode = v })
-	str(&r.IPAddress, "ip-address", "IP address to use (default: assigned)", func(d *resource.Resource, v string) { d.IPAddress = v })
+	str(&r.ConnectivityMode, "connectivity-mode", "loopback or virtual-networking; empty: the org's setting", func(d *resource.Resource, v string) { d.ConnectivityMode = v })
+	str(&r.IPAddress, "ip-address", "IP address to use; empty: assigned by the node", func(d *resource.Resource, v string) { d.IPAddress = v })
 	boolean(&r.RestrictDatabase, "restrict-database", "limit connections to --database", func(d *resource.Resource, v bool) { d.RestrictDatabase = v })
-	boolean(&r.UseAzureSingleServerUsernames, "use-azure-single-server-usernames", "append @servername to the username (Azure Single Server)", func(d *resource.Resource, v bool) { d.UseAzureSingleServerUsernames = v })
+	boolean(&r.UseAzureSingleServerUsernames, "use-azure-single-server-usernames", "append @servername to the username (Azure Single Server only; not for Flexible Server)", func(d *resource.Resource, v bool) { d.UseAzureSingleServerUsernames = v })
 	fs.StringVar(&f.portOverride, "port-override", "", "local port (loopback 1024-64999, virtual networking 1-65535); -1 = a new auto-assigned port")
 	fs.StringVar(&f.tags, "tags", "", `tags as "key=value,key2=value2"`)
-	fs.StringVar(&r.Name, "name", "", "new display name (update only)")
-	f.copy["name"] = func(d *resource.Resource) { d.Name = r.Name }
+	if forUpdate {
+		fs.StringVar(&r.Name, "name", "", "rename the resource to this name")
+		f.copy["name"] = func(d *resource.Resource) { d.Name = r.Name }
+	}
 	return f
 }
 
@@ -119,7 +133,7 @@ Example:
     --tls-required --tags="env=production,team=data"`,
 		Args: cobra.MaximumNArgs(1),
 	}
-	flags := newResourceFlags(mi.Flags())
+	flags := newResourceFlags(mi.Flags(), false)
 	mi.Flags().BoolVar(&asJSON, "json", false, "print the stored resource as JSON")
 	mi.Flags().StringVar(&file, "file", "", "add the resources of a JSON file")
 	mi.RunE = func(cmd *cobra.Command, args []string) error {
@@ -330,7 +344,7 @@ func datasourceUpdateCmd() *cobra.Command {
 change. Connected clients follow a new local address within seconds.`,
 		Args: cobra.ExactArgs(1),
 	}
-	flags := newResourceFlags(c.Flags())
+	flags := newResourceFlags(c.Flags(), true)
 	c.RunE = withAPI(func(cmd *cobra.Command, args []string, api *api.Client) error {
 		if err := flags.parse(); err != nil {
 			return err
