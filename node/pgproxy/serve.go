@@ -146,6 +146,9 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	if !stopUpstream() {
 		<-stopped
 	}
+	if r := policyEnd(sctx); r != nil && r.Outcome != "" {
+		end.Outcome = r.Outcome // ended by the node's policy: revoked, suspended, ... and not "ok"
+	}
 	// Requests the server got but never answered are recorded too (the
 	// recorder takes them after the session's context has ended).
 	if n := tr.finish(); n > 0 && end.Error == "" {
