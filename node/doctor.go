@@ -163,7 +163,7 @@ func doctorNode(ctx context.Context, w io.Writer, cat *catalog.Catalog, cfg Conf
 		printStep(w, s)
 		if err != nil {
 			ok = false
-			fmt.Fprintf(w, "      error: %s\n      fix:   %s\n", err, hint)
+			fmt.Fprintf(w, "      error: %s\n      fix:   %s\n", tokensource.Brief(err), hint)
 		}
 	}
 	step("catalog", func(ctx context.Context) (string, string, error) {

@@ -236,6 +236,12 @@ func TestCheck(t *testing.T) {
 			if !strings.Contains(h.Error, tc.errPart) {
 				t.Errorf("error %q lacks %q", h.Error, tc.errPart)
 			}
+			// One short line for people: no IMDS request/response dump (that stays in the node's log).
+			for _, bad := range []string{"\n", "GET http", "RESPONSE ", "To troubleshoot", "{"} {
+				if strings.Contains(h.Error, bad) {
+					t.Errorf("error is not one short line (has %q): %q", bad, h.Error)
+				}
+			}
 			if h.Hint != tc.hint {
 				t.Errorf("hint:\n got %s\nwant %s", h.Hint, tc.hint)
 			}

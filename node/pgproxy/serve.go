@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ferryhq/ferry/node/audit"
+	"github.com/ferryhq/ferry/node/tokensource"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -244,7 +245,7 @@ func (p *Proxy) token(ctx context.Context, t Target) (string, error) {
 	}
 	if err != nil {
 		return "", fatal(audit.OutcomeFailed, "28000",
-			fmt.Sprintf("could not get an access token for %s to log in to resource %s: %v", t.identity(), t.Resource, err), "",
+			fmt.Sprintf("could not get an access token for %s to log in to resource %s: %s", t.identity(), t.Resource, tokensource.Brief(err)), "",
 			"Check that the managed identity is assigned to the node's VM and that IMDS is reachable from the node, then retry.", err)
 	}
 	return token, nil
