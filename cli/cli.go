@@ -206,6 +206,9 @@ reaches the database. No password is needed: ferry-node logs in with its managed
 				return err
 			}
 			r, err := ctl.Connect(cmd.Context(), args[0])
+			if notFound(err) {
+				return fmt.Errorf("resource %q does not exist or is not granted to you (`ferry status` lists yours)", args[0])
+			}
 			if err != nil {
 				return err
 			}

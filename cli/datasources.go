@@ -220,12 +220,13 @@ func readResourceFile(path string) ([]resource.Resource, error) {
 
 func datasourceListCmd() *cobra.Command {
 	var filter string
-	var asJSON bool
+	var asJSON, wide bool
 	c := &cobra.Command{
-		Use:   "list [--filter EXPR] [--json]",
+		Use:   "list [--filter EXPR] [--wide | --json]",
 		Short: "List the datasources in the catalog",
 		Long: `List the datasources in the catalog. --filter takes name:NAME, type:TYPE, hostname:HOST or
-tag:KEY=VALUE terms, comma-separated; all must match.`,
+tag:KEY=VALUE terms, comma-separated; all must match. The table fits 120 columns (long values are
+cut with …); --wide shows every column in full, --json every property with the health.`,
 		Args: cobra.NoArgs,
 		RunE: withAPI(func(cmd *cobra.Command, _ []string, c *api.Client) error {
 			match, err := parseListFilter(filter)
@@ -249,12 +250,20 @@ tag:KEY=VALUE terms, comma-separated; all must match.`,
 				}
 			}
 			if asJSON {
-				if rs == nil {
-					rs = []resource.Resource{}
+				out := make([]listedResource, 0, len(rs))
+				for _, r := range rs {
+					out = append(out, listedResource{Resource: r, Health: health[r.Name]})
 				}
-				return printJSON(cmd.OutOrStdout(), rs)
+				return printJSON(cmd.OutOrStdout(), out)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			if !wide {
+				fmt.Fprintln(tw, "NAME\tHOSTNAME\tDATABASE\tLOOPBACK\tHEALTH")
+				for _, r := range rs {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", cut(r.Name, 22), cut(r.Hostname, 34), cut(r.Database, 14), cut(r.LoopbackAddress, 21), cut(shortHealth(health[r.Name]), 19))
+				}
+				return tw.Flush()
+			}
 			fmt.Fprintln(tw, "NAME\tTYPE\tHOSTNAME\tDATABASE\tUSERNAME\tIDENTITY\tLOOPBACK\tVN ADDRESS\tHEALTH\tTAGS")
 			for _, r := range rs {
 				id := "system-assigned"
@@ -267,8 +276,35 @@ tag:KEY=VALUE terms, comma-separated; all must match.`,
 		}),
 	}
 	c.Flags().StringVar(&filter, "filter", "", "only resources matching, e.g. tag:env=prod or name:azure-pg-mi-prod")
-	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON: every property and the health")
+	c.Flags().BoolVar(&wide, "wide", false, "show every column (type, username, identity, VN address, tags), uncut")
+	c.MarkFlagsMutuallyExclusive("json", "wide")
 	return c
+}
+
+// listedResource is one element of `datasources list --json`: the resource's properties and the
+// health the table shows.
+type listedResource struct {
+	resource.Resource
+	Health *api.Health `json:"health,omitempty"`
+}
+
+// cut shortens s to at most n runes, marking the cut with an ellipsis.
+func cut(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
+}
+
+// shortHealth is the narrow table's HEALTH: as healthLabel, with "not checked yet" for a resource
+// whose first check has not finished.
+func shortHealth(h *api.Health) string {
+	if h != nil && !h.Checked {
+		return "not checked yet"
+	}
+	return healthLabel(h)
 }
 
 // parseListFilter parses list's --filter terms.
@@ -318,7 +354,7 @@ func datasourceShowCmd() *cobra.Command {
 		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
 			r, err := c.Datasource(cmd.Context(), args[0])
 			if err != nil {
-				return err
+				return missing("resource", args[0], err)
 			}
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), r)
@@ -351,7 +387,7 @@ change. Connected clients follow a new local address within seconds.`,
 		}
 		cur, err := api.Datasource(cmd.Context(), args[0])
 		if err != nil {
-			return err
+			return missing("resource", args[0], err)
 		}
 		next := cur
 		if !flags.apply(&next) {
@@ -383,7 +419,7 @@ func datasourceDeleteCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
 			if err := c.DeleteDatasource(cmd.Context(), args[0]); err != nil {
-				return err
+				return missing("resource", args[0], err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Deleted %s.\n", args[0])
 			return nil
