@@ -83,13 +83,16 @@ func AssignVN(r *Resource, subnet netip.Prefix, taken Taken) (string, error) {
 // --ip-address in loopback mode. The org's loopback range is only where the node picks addresses
 // for resources that name none, so a named address may lie outside it (and stays put when the range
 // changes; see catalog.UpdateSettings).
-const LoopbackRule = "a loopback IP: 127.0.0.1 to 127.255.255.254, or ::1; it need not lie in the org's loopback range"
+const LoopbackRule = "any loopback IP (" + LoopbackIPs + "), in the org's loopback range or not"
+
+// LoopbackIPs are the addresses LoopbackRule accepts.
+const LoopbackIPs = "127.0.0.1 to 127.255.255.254, or ::1"
 
 // CheckLoopbackIP applies LoopbackRule to s.
 func CheckLoopbackIP(s string) error {
 	a, err := netip.ParseAddr(s)
 	if err != nil || !a.IsLoopback() || a.Zone() != "" || a == netip.AddrFrom4([4]byte{127, 0, 0, 0}) || a == netip.AddrFrom4([4]byte{127, 255, 255, 255}) {
-		return fmt.Errorf("%q is not %s", s, LoopbackRule)
+		return fmt.Errorf("%q is not a loopback IP (%s)", s, LoopbackIPs)
 	}
 	return nil
 }
