@@ -71,7 +71,7 @@ func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt Doctor
 			}
 		}
 		if i < 0 {
-			return false, fmt.Errorf("doctor: no resource named %q in the catalog of %s", opt.Resource, dir)
+			return false, fmt.Errorf("doctor: resource %q does not exist in the catalog of %s", opt.Resource, dir)
 		}
 		rs = rs[i : i+1]
 	}

@@ -186,7 +186,7 @@ func TestHealth(t *testing.T) {
 		if err != nil || ok || !strings.Contains(out.String(), "✗ imds") || !strings.Contains(out.String(), "– clock     not checked") || strings.Contains(out.String(), "✓ clock") {
 			t.Errorf("doctor without IMDS: ok=%v err=%v; want ✗ imds and a neutral mark on the clock:\n%s", ok, err, out.String())
 		}
-		if _, err := node.Doctor(ctx, io.Discard, env.NodeDir, cfg, node.DoctorOptions{Resource: "nope"}); err == nil {
+		if _, err := node.Doctor(ctx, io.Discard, env.NodeDir, cfg, node.DoctorOptions{Resource: "nope"}); err == nil || !strings.Contains(err.Error(), `resource "nope" does not exist`) {
 			t.Error("doctor of an unknown resource did not fail")
 		}
 	})
