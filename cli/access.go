@@ -10,7 +10,6 @@ import (
 	"os"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -120,18 +119,26 @@ func usersCmd() *cobra.Command {
 	}
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 
+	var showJSON bool
 	show := &cobra.Command{
-		Use:   "show NAME",
+		Use:   "show NAME [--json]",
 		Short: "Show a user",
 		Args:  cobra.ExactArgs(1),
 		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
 			u, err := c.User(cmd.Context(), args[0])
 			if err != nil {
-				return err
+				return missing("user", args[0], err)
 			}
-			return printJSON(cmd.OutOrStdout(), u)
+			if showJSON {
+				return printJSON(cmd.OutOrStdout(), u)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintf(tw, "name\t%s\npermission\t%s\nstate\t%s\nroles\t%s\ndevices\t%d\ncreated\t%s\n",
+				u.Name, permission(u), state(u), strings.Join(u.Roles, ","), u.Devices, stamp(u.CreatedAt))
+			return tw.Flush()
 		}),
 	}
+	show.Flags().BoolVar(&showJSON, "json", false, "print JSON")
 	var undo bool
 	suspend := &cobra.Command{
 		Use:   "suspend NAME",
@@ -139,7 +146,7 @@ func usersCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
 			if err := c.SuspendUser(cmd.Context(), args[0], !undo); err != nil {
-				return err
+				return missing("user", args[0], err)
 			}
 			if undo {
 				fmt.Fprintf(cmd.OutOrStdout(), "Reinstated %s.\n", args[0])
@@ -156,7 +163,7 @@ func usersCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
 			if err := c.DeleteUser(cmd.Context(), args[0]); err != nil {
-				return err
+				return missing("user", args[0], err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Deleted user %s and their devices.\n", args[0])
 			return nil
@@ -197,7 +204,7 @@ func usersCmd() *cobra.Command {
 				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "ID\tUSER\tEXPIRES")
 				for _, t := range ts {
-					exp := t.ExpiresAt.Local().Format(time.DateTime)
+					exp := stamp(t.ExpiresAt)
 					if t.Expired {
 						exp += " (expired)"
 					}
@@ -217,7 +224,7 @@ func usersCmd() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "Single-use enrollment token for %s, valid until %s (ID %s; cancel it with `ferry admin users enroll --cancel %s`):\n",
-				args[0], t.ExpiresAt.Local().Format(time.DateTime), t.ID, t.ID)
+				args[0], stamp(t.ExpiresAt), t.ID, t.ID)
 			fmt.Fprintln(cmd.OutOrStdout(), t.Token)
 			return nil
 		}),
@@ -243,9 +250,9 @@ func usersCmd() *cobra.Command {
 			for _, d := range ds {
 				hs := "never"
 				if !d.LastHandshake.IsZero() {
-					hs = d.LastHandshake.Local().Format(time.DateTime)
+					hs = stamp(d.LastHandshake)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.PublicKey, d.Name, d.Address, d.EnrolledAt.Local().Format(time.DateTime), hs)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.PublicKey, d.Name, d.Address, stamp(d.EnrolledAt), hs)
 			}
 			return tw.Flush()
 		}),
@@ -282,12 +289,19 @@ func rolesCmd() *cobra.Command {
 			return nil
 		}),
 	}
+	var listJSON bool
 	list := &cobra.Command{
-		Use: "list", Args: cobra.NoArgs, Short: "List roles with their grants and users",
+		Use: "list [--json]", Args: cobra.NoArgs, Short: "List roles with their grants and users",
 		RunE: withAPI(func(cmd *cobra.Command, _ []string, c *api.Client) error {
 			rs, err := c.Roles(cmd.Context())
 			if err != nil {
 				return err
+			}
+			if listJSON {
+				if rs == nil {
+					rs = []api.Role{}
+				}
+				return printJSON(cmd.OutOrStdout(), rs)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tGRANTS\tUSERS")
@@ -356,14 +370,16 @@ func rolesCmd() *cobra.Command {
 			return nil
 		}),
 	}
+	list.Flags().BoolVar(&listJSON, "json", false, "print JSON")
 	c.AddCommand(add, list, grant, revoke, assign, unassign, del)
 	return c
 }
 
 func activitiesCmd() *cobra.Command {
 	var limit int
+	var asJSON bool
 	c := &cobra.Command{
-		Use:   "activities",
+		Use:   "activities [--limit N] [--json]",
 		Short: "Read the admin activity log: who changed what, when",
 		Args:  cobra.NoArgs,
 		RunE: withAPI(func(cmd *cobra.Command, _ []string, c *api.Client) error {
@@ -371,14 +387,21 @@ func activitiesCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if asJSON {
+				if as == nil {
+					as = []api.Activity{}
+				}
+				return printJSON(cmd.OutOrStdout(), as)
+			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tTARGET\tDETAIL")
 			for _, a := range as {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.Time.Local().Format(time.DateTime), a.Actor, a.Action, a.Target, a.Detail)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", stamp(a.Time), a.Actor, a.Action, a.Target, a.Detail)
 			}
 			return tw.Flush()
 		}),
 	}
 	c.Flags().IntVar(&limit, "limit", 50, "how many records")
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return c
 }

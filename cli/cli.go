@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferryhq/ferry/client"
+	"github.com/ferryhq/ferry/internal/version"
 	"github.com/ferryhq/ferry/resource"
 )
 
@@ -34,7 +35,9 @@ Start: ferry login TOKEN, then ferry daemon (or the desktop app), then ferry sta
 Run without arguments to open the desktop app.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version.Read().String(),
 	}
+	root.SetVersionTemplate("ferry {{.Version}}\n")
 	if runGUI != nil {
 		root.RunE = func(cmd *cobra.Command, _ []string) error {
 			dirs, err := client.DefaultDirs()
@@ -44,7 +47,8 @@ Run without arguments to open the desktop app.`,
 			return runGUI(cmd.Context(), dirs)
 		}
 	}
-	root.AddCommand(loginCmd(), logoutCmd(), daemonCmd(), statusCmd(), connectCmd(), disconnectCmd(), adminCmd(), vnetHelperCmd())
+	root.AddCommand(loginCmd(), logoutCmd(), daemonCmd(), statusCmd(), connectCmd(), disconnectCmd(), adminCmd(), vnetHelperCmd(), versionCmd())
+	strictGroups(root)
 	return root
 }
 
@@ -137,6 +141,7 @@ app use. Stop it with Ctrl-C.`,
 		},
 	}
 	addModeFlag(c, &mode)
+	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "log debug messages too")
 	return c
 }
 
@@ -155,12 +160,6 @@ func statusCmd() *cobra.Command {
 				return err
 			}
 			out := cmd.OutOrStdout()
-			switch {
-			case st.Suspended || st.DeviceRemoved:
-				fmt.Fprintf(cmd.ErrOrStderr(), "ferry: %s\n", st.NodeError)
-			case !st.NodeReachable:
-				fmt.Fprintf(cmd.ErrOrStderr(), "ferry-node unreachable: %s\n", st.NodeError)
-			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tTYPE\tADDRESS\tSTATUS\tHEALTH\tTAGS")
 			for _, r := range st.Resources {
@@ -173,7 +172,15 @@ func statusCmd() *cobra.Command {
 			if err := tw.Flush(); err != nil {
 				return err
 			}
-			if st.NodeReachable && len(st.Resources) == 0 {
+			// The table (what the daemon last knew) is still printed; the exit status says that the
+			// node could not be reached, so that scripts do not take it for a working client.
+			switch {
+			case st.Suspended || st.DeviceRemoved:
+				return errors.New(st.NodeError)
+			case !st.NodeReachable:
+				return fmt.Errorf("ferry-node unreachable: %s", st.NodeError)
+			}
+			if len(st.Resources) == 0 {
 				fmt.Fprintf(cmd.ErrOrStderr(), "No resources are granted to %s yet: ask a Ferry administrator to grant one of your roles a resource.\n", st.User)
 			}
 			return nil
@@ -199,6 +206,9 @@ reaches the database. No password is needed: ferry-node logs in with its managed
 				return err
 			}
 			r, err := ctl.Connect(cmd.Context(), args[0])
+			if notFound(err) {
+				return fmt.Errorf("resource %q does not exist or is not granted to you (`ferry status` lists yours)", args[0])
+			}
 			if err != nil {
 				return err
 			}
@@ -245,4 +255,16 @@ func disconnectCmd() *cobra.Command {
 	}
 	c.Flags().BoolVar(&all, "all", false, "disconnect every connected resource")
 	return c
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version and VCS revision this ferry was built from",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), "ferry", version.Read())
+			return err
+		},
+	}
 }

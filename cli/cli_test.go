@@ -102,7 +102,7 @@ func TestCommandsAgainstDemo(t *testing.T) {
 	if strings.Contains(strings.ReplaceAll(out, "not connected", ""), "connected") {
 		t.Fatalf("after disconnect --all:\n%s", out)
 	}
-	if _, err = run(t, "connect", "no-such-resource"); err == nil || !strings.Contains(err.Error(), "no such resource") {
+	if _, err = run(t, "connect", "no-such-resource"); err == nil || !strings.Contains(err.Error(), `resource "no-such-resource" does not exist`) {
 		t.Fatalf("connect unknown: %v", err)
 	}
 	if _, err = run(t, "disconnect"); err == nil {
@@ -142,7 +142,17 @@ func TestCommandsAgainstDemo(t *testing.T) {
 		t.Fatalf("activities: %v: %s", err, out)
 	}
 
+	t.Run("output", testOutput)
 	t.Run("reference example", func(t *testing.T) { testReferenceExample(t, env) })
+
+	// With the node gone, status still prints what the daemon knows but exits non-zero.
+	if err := env.Node.Close(); err != nil {
+		t.Fatal(err)
+	}
+	env.Node = nil
+	if out, err = run(t, "status"); err == nil || !strings.Contains(err.Error(), "ferry-node unreachable") || !strings.Contains(out, "NAME") {
+		t.Fatalf("status with the node down: %v:\n%s", err, out)
+	}
 
 	t.Setenv(client.EnvRuntimeDir, t.TempDir())
 	if _, err = run(t, "status"); err == nil || !strings.Contains(err.Error(), "daemon is not running") {

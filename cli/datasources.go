@@ -27,9 +27,21 @@ type resourceFlags struct {
 	copy map[string]func(dst *resource.Resource)
 }
 
-func newResourceFlags(fs *pflag.FlagSet) *resourceFlags {
+// newResourceFlags registers the resource flags on fs. For add, a flag left out takes the default
+// a new resource has, shown in the help; for update (forUpdate), a flag left out keeps the
+// resource's current value, so the help shows neither defaults nor "required", and --name renames.
+func newResourceFlags(fs *pflag.FlagSet, forUpdate bool) *resourceFlags {
 	f := &resourceFlags{scratch: resource.New(""), fs: fs, copy: map[string]func(*resource.Resource){}}
+	if forUpdate {
+		f.scratch = resource.Resource{} // no defaults: only the flags given change anything
+	}
 	r := &f.scratch
+	required := func(usage, when string) string {
+		if forUpdate {
+			return usage
+		}
+		return usage + " (" + when + ")"
+	}
 	str := func(p *string, name, usage string, set func(d *resource.Resource, v string)) {
 		fs.StringVar(p, name, *p, usage)
 		f.copy[name] = func(d *resource.Resource) { set(d, *p) }
@@ -38,28 +50,30 @@ func newResourceFlags(fs *pflag.FlagSet) *resourceFlags {
 		fs.BoolVar(p, name, *p, usage)
 		f.copy[name] = func(d *resource.Resource) { set(d, *p) }
 	}
-	str(&r.Hostname, "hostname", "server hostname, e.g. mypg.postgres.database.azure.com (required)", func(d *resource.Resource, v string) { d.Hostname = v })
-	fs.IntVar(&r.Port, "port", resource.DefaultPort, "server port")
+	str(&r.Hostname, "hostname", required("server hostname, e.g. mypg.postgres.database.azure.com", "required"), func(d *resource.Resource, v string) { d.Hostname = v })
+	fs.IntVar(&r.Port, "port", r.Port, "server port")
 	f.copy["port"] = func(d *resource.Resource) { d.Port = r.Port }
-	str(&r.Database, "database", "database to connect to (required)", func(d *resource.Resource, v string) { d.Database = v })
-	str(&r.Username, "username", "PostgreSQL role of the managed identity (required unless --username-path)", func(d *resource.Resource, v string) { d.Username = v })
+	str(&r.Database, "database", required("database to connect to", "required"), func(d *resource.Resource, v string) { d.Database = v })
+	str(&r.Username, "username", required("PostgreSQL role of the managed identity, e.g. mi_user (on a Single Server the node appends @servername with --use-azure-single-server-usernames)", "required unless --username-path"), func(d *resource.Resource, v string) { d.Username = v })
 	str(&r.UsernamePath, "username-path", "secret path of the username (with --secret-store-id)", func(d *resource.Resource, v string) { d.UsernamePath = v })
-	str(&r.ManagedIdentityClientID, "managed-identity-client-id", "client ID of the user-assigned managed identity; omit for the system-assigned identity", func(d *resource.Resource, v string) { d.ManagedIdentityClientID = v })
+	str(&r.ManagedIdentityClientID, "managed-identity-client-id", "client ID of the user-assigned managed identity; empty: the VM's system-assigned identity", func(d *resource.Resource, v string) { d.ManagedIdentityClientID = v })
 	str(&r.ManagedIdentityClientIDPath, "managed-identity-client-id-path", "secret path of the client ID (with --secret-store-id)", func(d *resource.Resource, v string) { d.ManagedIdentityClientIDPath = v })
 	boolean(&r.TLSRequired, "tls-required", "require TLS to the server, its certificate verified for the hostname (the node never logs in without it, whatever this says)", func(d *resource.Resource, v bool) { d.TLSRequired = v })
-	str(&r.BindInterface, "bind-interface", "loopback IP the client listens on, e.g. 127.0.0.1", func(d *resource.Resource, v string) { d.BindInterface = v })
+	str(&r.BindInterface, "bind-interface", "IP the client listens on: "+resource.LoopbackRule+"; empty: the node assigns one from the range", func(d *resource.Resource, v string) { d.BindInterface = v })
 	str(&r.EgressFilter, "egress-filter", "nodes that may reach the server, e.g. tag:env=prod", func(d *resource.Resource, v string) { d.EgressFilter = v })
 	str(&r.ProxyClusterID, "proxy-cluster-id", "proxy cluster to route through (empty: none, use gateways)", func(d *resource.Resource, v string) { d.ProxyClusterID = v })
 	str(&r.SecretStoreID, "secret-store-id", "secret store holding the credentials (empty: the catalog)", func(d *resource.Resource, v string) { d.SecretStoreID = v })
 	str(&r.Subdomain, "subdomain", "DNS alias in virtual networking mode", func(d *resource.Resource, v string) { d.Subdomain = v })
-	str(&r.ConnectivityMode, "connectivity-mode", "loopback or virtual-networking (default: the org's)", func(d *resource.Resource, v string) { d.ConnectivityMode = v })
-	str(&r.IPAddress, "ip-address", "IP address to use (default: assigned)", func(d *resource.Resource, v string) { d.IPAddress = v })
+	str(&r.ConnectivityMode, "connectivity-mode", "loopback or virtual-networking; empty: the org's setting", func(d *resource.Resource, v string) { d.ConnectivityMode = v })
+	str(&r.IPAddress, "ip-address", "IP address to use (in loopback mode: "+resource.LoopbackRule+"); empty: the node assigns one", func(d *resource.Resource, v string) { d.IPAddress = v })
 	boolean(&r.RestrictDatabase, "restrict-database", "limit connections to --database", func(d *resource.Resource, v bool) { d.RestrictDatabase = v })
-	boolean(&r.UseAzureSingleServerUsernames, "use-azure-single-server-usernames", "append @servername to the username (Azure Single Server)", func(d *resource.Resource, v bool) { d.UseAzureSingleServerUsernames = v })
+	boolean(&r.UseAzureSingleServerUsernames, "use-azure-single-server-usernames", "append @servername to the username (Azure Single Server only; not for Flexible Server)", func(d *resource.Resource, v bool) { d.UseAzureSingleServerUsernames = v })
 	fs.StringVar(&f.portOverride, "port-override", "", "local port (loopback 1024-64999, virtual networking 1-65535); -1 = a new auto-assigned port")
 	fs.StringVar(&f.tags, "tags", "", `tags as "key=value,key2=value2"`)
-	fs.StringVar(&r.Name, "name", "", "new display name (update only)")
-	f.copy["name"] = func(d *resource.Resource) { d.Name = r.Name }
+	if forUpdate {
+		fs.StringVar(&r.Name, "name", "", "rename the resource to this name")
+		f.copy["name"] = func(d *resource.Resource) { d.Name = r.Name }
+	}
 	return f
 }
 
@@ -119,7 +133,7 @@ Example:
     --tls-required --tags="env=production,team=data"`,
 		Args: cobra.MaximumNArgs(1),
 	}
-	flags := newResourceFlags(mi.Flags())
+	flags := newResourceFlags(mi.Flags(), false)
 	mi.Flags().BoolVar(&asJSON, "json", false, "print the stored resource as JSON")
 	mi.Flags().StringVar(&file, "file", "", "add the resources of a JSON file")
 	mi.RunE = func(cmd *cobra.Command, args []string) error {
@@ -206,12 +220,13 @@ func readResourceFile(path string) ([]resource.Resource, error) {
 
 func datasourceListCmd() *cobra.Command {
 	var filter string
-	var asJSON bool
+	var asJSON, wide bool
 	c := &cobra.Command{
-		Use:   "list [--filter EXPR] [--json]",
+		Use:   "list [--filter EXPR] [--wide | --json]",
 		Short: "List the datasources in the catalog",
 		Long: `List the datasources in the catalog. --filter takes name:NAME, type:TYPE, hostname:HOST or
-tag:KEY=VALUE terms, comma-separated; all must match.`,
+tag:KEY=VALUE terms, comma-separated; all must match. The table fits 120 columns (long values are
+cut with …); --wide shows every column in full, --json every property with the health.`,
 		Args: cobra.NoArgs,
 		RunE: withAPI(func(cmd *cobra.Command, _ []string, c *api.Client) error {
 			match, err := parseListFilter(filter)
@@ -235,12 +250,20 @@ tag:KEY=VALUE terms, comma-separated; all must match.`,
 				}
 			}
 			if asJSON {
-				if rs == nil {
-					rs = []resource.Resource{}
+				out := make([]listedResource, 0, len(rs))
+				for _, r := range rs {
+					out = append(out, listedResource{Resource: r, Health: health[r.Name]})
 				}
-				return printJSON(cmd.OutOrStdout(), rs)
+				return printJSON(cmd.OutOrStdout(), out)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			if !wide {
+				fmt.Fprintln(tw, "NAME\tHOSTNAME\tDATABASE\tLOOPBACK\tHEALTH")
+				for _, r := range rs {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", cut(r.Name, 22), cut(r.Hostname, 34), cut(r.Database, 14), cut(r.LoopbackAddress, 21), cut(shortHealth(health[r.Name]), 19))
+				}
+				return tw.Flush()
+			}
 			fmt.Fprintln(tw, "NAME\tTYPE\tHOSTNAME\tDATABASE\tUSERNAME\tIDENTITY\tLOOPBACK\tVN ADDRESS\tHEALTH\tTAGS")
 			for _, r := range rs {
 				id := "system-assigned"
@@ -253,8 +276,35 @@ tag:KEY=VALUE terms, comma-separated; all must match.`,
 		}),
 	}
 	c.Flags().StringVar(&filter, "filter", "", "only resources matching, e.g. tag:env=prod or name:azure-pg-mi-prod")
-	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON: every property and the health")
+	c.Flags().BoolVar(&wide, "wide", false, "show every column (type, username, identity, VN address, tags), uncut")
+	c.MarkFlagsMutuallyExclusive("json", "wide")
 	return c
+}
+
+// listedResource is one element of `datasources list --json`: the resource's properties and the
+// health the table shows.
+type listedResource struct {
+	resource.Resource
+	Health *api.Health `json:"health,omitempty"`
+}
+
+// cut shortens s to at most n runes, marking the cut with an ellipsis.
+func cut(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
+}
+
+// shortHealth is the narrow table's HEALTH: as healthLabel, with "not checked yet" for a resource
+// whose first check has not finished.
+func shortHealth(h *api.Health) string {
+	if h != nil && !h.Checked {
+		return "not checked yet"
+	}
+	return healthLabel(h)
 }
 
 // parseListFilter parses list's --filter terms.
@@ -304,7 +354,7 @@ func datasourceShowCmd() *cobra.Command {
 		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
 			r, err := c.Datasource(cmd.Context(), args[0])
 			if err != nil {
-				return err
+				return missing("resource", args[0], err)
 			}
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), r)
@@ -330,14 +380,14 @@ func datasourceUpdateCmd() *cobra.Command {
 change. Connected clients follow a new local address within seconds.`,
 		Args: cobra.ExactArgs(1),
 	}
-	flags := newResourceFlags(c.Flags())
+	flags := newResourceFlags(c.Flags(), true)
 	c.RunE = withAPI(func(cmd *cobra.Command, args []string, api *api.Client) error {
 		if err := flags.parse(); err != nil {
 			return err
 		}
 		cur, err := api.Datasource(cmd.Context(), args[0])
 		if err != nil {
-			return err
+			return missing("resource", args[0], err)
 		}
 		next := cur
 		if !flags.apply(&next) {
@@ -369,7 +419,7 @@ func datasourceDeleteCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
 			if err := c.DeleteDatasource(cmd.Context(), args[0]); err != nil {
-				return err
+				return missing("resource", args[0], err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Deleted %s.\n", args[0])
 			return nil

@@ -36,7 +36,7 @@ result and prints every step; a failure names the step, the error and the fix. E
 			}
 			h, err := ctl.API().HealthCheck(cmd.Context(), args[0])
 			if err != nil {
-				return err
+				return missing("resource", args[0], err)
 			}
 			if err := writeHealth(cmd.OutOrStdout(), h, asJSON); err != nil {
 				return err
@@ -64,7 +64,7 @@ func datasourceDiagnosticsCmd() *cobra.Command {
 			}
 			h, err := ctl.API().Diagnostics(cmd.Context(), args[0])
 			if err != nil {
-				return err
+				return missing("resource", args[0], err)
 			}
 			return writeHealth(cmd.OutOrStdout(), h, asJSON)
 		},
@@ -81,7 +81,7 @@ func writeHealth(w io.Writer, h api.Health, asJSON bool) error {
 	}
 	fmt.Fprintf(w, "%s: %s", h.Resource, h.Label())
 	if h.Checked {
-		fmt.Fprintf(w, " (checked %s, %.0f ms)", h.Time.Local().Format("2006-01-02 15:04:05"), h.DurationMS)
+		fmt.Fprintf(w, " (checked %s, %.0f ms)", stamp(h.Time), h.DurationMS)
 	}
 	fmt.Fprintln(w)
 	if len(h.Steps) > 0 {

@@ -73,11 +73,32 @@ func logsConnectionsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if len(cs) == 0 {
+				if err := resourceKnown(cmd, ac, f.resource); err != nil {
+					return err
+				}
+			}
 			return printConnections(cmd.OutOrStdout(), cs, f.json)
 		}),
 	}
 	f.register(c)
 	return c
+}
+
+// resourceKnown is checked when --resource matched no record: a name that is not in the catalog is
+// more likely a typo than a quiet resource. (A deleted resource's records are still found, so
+// this runs only when there are none.)
+func resourceKnown(cmd *cobra.Command, ac *api.Client, name string) error {
+	if name == "" {
+		return nil
+	}
+	if _, err := ac.Datasource(cmd.Context(), name); err != nil {
+		if notFound(err) {
+			return fmt.Errorf("--resource %q: no records, and no resource of that name exists (`ferry admin datasources list` lists them)", name)
+		}
+		return err
+	}
+	return nil
 }
 
 // printConnections prints connection-log records as a table or (asJSON) a JSON array. QUERIES
@@ -101,7 +122,7 @@ func printConnections(w io.Writer, cs []api.Connection, asJSON bool) error {
 		if c.SQLState != "" {
 			outcome += " " + c.SQLState
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s@%s\t%d\t%d/%d\t%d\t%s\t%s\n", c.ID, c.Start.Local().Format(time.DateTime), dur, c.User, c.Resource,
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s@%s\t%d\t%d/%d\t%d\t%s\t%s\n", c.ID, stamp(c.Start), dur, c.User, c.Resource,
 			c.ClientAddr, c.Role, c.Database, c.UpstreamPID, c.BytesFromClient, c.BytesFromServer, c.QueriesDropped, outcome, c.Error)
 	}
 	return tw.Flush()
@@ -121,6 +142,11 @@ func logsQueriesCmd() *cobra.Command {
 			qs, err := ac.QueryLog(cmd.Context(), filter)
 			if err != nil {
 				return err
+			}
+			if len(qs) == 0 {
+				if err := resourceKnown(cmd, ac, f.resource); err != nil {
+					return err
+				}
 			}
 			if f.json {
 				if qs == nil {
@@ -146,7 +172,7 @@ func logsQueriesCmd() *cobra.Command {
 				if q.SQLLength > 0 {
 					sql += fmt.Sprintf(" [cut; %d bytes, sha256 %s]", q.SQLLength, q.SQLSHA256)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", q.Time.Local().Format("2006-01-02 15:04:05.000"),
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", stampMillis(q.Time),
 					time.Duration(q.DurationUS)*time.Microsecond, q.User, q.Resource, q.ConnectionID, rows, result, sql)
 			}
 			return tw.Flush()

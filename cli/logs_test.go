@@ -64,10 +64,10 @@ func TestPrintConnections(t *testing.T) {
 				}
 			}
 			if !tc.json {
-				// ID, START (date and time), DURATION, USER, RESOURCE, CLIENT, ROLE@DATABASE, PID, BYTES IN/OUT, QUERIES DROPPED, ...
+				// ID, START (date, time and zone), DURATION, USER, RESOURCE, CLIENT, ROLE@DATABASE, PID, BYTES IN/OUT, QUERIES DROPPED, ...
 				lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 				for i, want := range []string{"12", "0"} {
-					if f := strings.Fields(lines[1+i]); len(f) < 11 || f[10] != want {
+					if f := strings.Fields(lines[1+i]); len(f) < 12 || f[11] != want {
 						t.Errorf("row %d: QUERIES DROPPED = %q, want %s", i+1, f, want)
 					}
 				}

@@ -21,7 +21,7 @@ func TestTLSRequiredDefaultsToTrue(t *testing.T) {
 			{[]string{"--tls-required=false"}, false},
 		} {
 			fs := pflag.NewFlagSet("add", pflag.ContinueOnError)
-			f := newResourceFlags(fs)
+			f := newResourceFlags(fs, false)
 			if err := fs.Parse(tc.args); err != nil {
 				t.Fatal(err)
 			}

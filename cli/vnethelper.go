@@ -19,7 +19,7 @@ const defaultHelperDomain = "ferry.internal"
 
 func vnetHelperCmd() *cobra.Command {
 	var cfg client.HelperConfig
-	uid := -1
+	var uid uidFlag
 	var subnet string
 	c := &cobra.Command{
 		Use:   "vnet-helper",
@@ -53,28 +53,26 @@ root's and not writable by group or others (sticky /tmp above them is fine); it 
 otherwise. ferry finds the socket at ` + client.DefaultVNetHelperSocket + ` (` + client.EnvVNetHelper + ` moves it).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if uid < 0 {
+			if !uid.set {
 				s := os.Getenv("SUDO_UID")
 				if s == "" {
 					s = os.Getenv("PKEXEC_UID")
 				}
-				n, err := strconv.Atoi(s)
-				if err != nil {
+				if err := uid.Set(s); err != nil {
 					return fmt.Errorf("vnet-helper: give --user UID (the user whose ferry it serves)")
 				}
-				uid = n
 			}
 			p, err := netip.ParsePrefix(subnet)
 			if err != nil {
 				return fmt.Errorf("vnet-helper: --subnet %q: give the org's VN subnet, e.g. %s", subnet, resource.DefaultVNSubnet)
 			}
 			cfg.Subnet = p
-			cfg.OwnerUID = uid
+			cfg.OwnerUID = uid.n
 			cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 			return client.ServeVNetHelper(cmd.Context(), cfg)
 		},
 	}
-	c.Flags().IntVar(&uid, "user", -1, "uid of the only user served (default $SUDO_UID or $PKEXEC_UID)")
+	c.Flags().Var(&uid, "user", "uid of the only user served (default: $SUDO_UID, or $PKEXEC_UID under pkexec)")
 	c.Flags().StringVar(&subnet, "subnet", resource.DefaultVNSubnet.String(), "the org's VN subnet: the only one routed to a TUN")
 	c.Flags().StringVar(&cfg.Domain, "domain", defaultHelperDomain, "the org's DNS domain: the only one pointed at Ferry's resolver")
 	c.Flags().BoolVar(&cfg.AllowResolvConf, "allow-resolv-conf", false, "without systemd-resolved, edit /etc/resolv.conf (every name the machine looks up then goes to the user's ferry: single-user machines only)")
@@ -82,3 +80,28 @@ otherwise. ferry finds the socket at ` + client.DefaultVNetHelperSocket + ` (` +
 	c.Flags().StringVar(&cfg.StateDir, "state", client.DefaultVNetHelperState, "where the DNS backup is kept for crash recovery (root's, not group/world writable)")
 	return c
 }
+
+// uidFlag is --user: a uid, or unset (then $SUDO_UID or $PKEXEC_UID), with no default value of
+// its own for the help to print.
+type uidFlag struct {
+	n   int
+	set bool
+}
+
+func (u *uidFlag) String() string {
+	if !u.set {
+		return ""
+	}
+	return strconv.Itoa(u.n)
+}
+
+func (u *uidFlag) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return fmt.Errorf("%q is not a uid", s)
+	}
+	u.n, u.set = n, true
+	return nil
+}
+
+func (u *uidFlag) Type() string { return "UID" }

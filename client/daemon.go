@@ -88,6 +88,31 @@ func StartDaemon(ctx context.Context, dirs Dirs, logger *slog.Logger, opts ...Da
 }
 
 func (d *Daemon) start(ctx context.Context) error {
+	// A second daemon of the same user is refused before anything else starts: its tunnel would
+	// handshake with the node under the same key and take the running daemon's session over.
+	if err := os.MkdirAll(d.dirs.Runtime, 0o700); err != nil {
+		return fmt.Errorf("start daemon: %w", err)
+	}
+	if err := checkRuntimeDir(d.dirs.Runtime); err != nil {
+		return fmt.Errorf("start daemon: %w", err)
+	}
+	sock := d.dirs.Socket()
+	switch err := checkSocket(sock); {
+	case errors.Is(err, errNoSocket):
+	case err != nil:
+		return fmt.Errorf("start daemon: %w", err) // another user's: neither dialled nor removed
+	default:
+		if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+			if err := checkPeer(c, sock); err != nil {
+				return fmt.Errorf("start daemon: %w", err)
+			}
+			c.Close()
+			return fmt.Errorf("start daemon: another ferry daemon already serves %s", sock)
+		}
+		if err := removeOwnSocket(sock, nil); err != nil { // a stale socket of an earlier run
+			return fmt.Errorf("start daemon: %w", err)
+		}
+	}
 	key, err := tunnel.ParseKey(d.state.PrivateKey)
 	if err != nil {
 		return fmt.Errorf("start daemon: device key: %w", err)
@@ -122,29 +147,6 @@ func (d *Daemon) start(ctx context.Context) error {
 		return fmt.Errorf("start daemon: %w", err)
 	}
 
-	if err := os.MkdirAll(d.dirs.Runtime, 0o700); err != nil {
-		return fmt.Errorf("start daemon: %w", err)
-	}
-	if err := checkRuntimeDir(d.dirs.Runtime); err != nil {
-		return fmt.Errorf("start daemon: %w", err)
-	}
-	sock := d.dirs.Socket()
-	switch err := checkSocket(sock); {
-	case errors.Is(err, errNoSocket):
-	case err != nil:
-		return fmt.Errorf("start daemon: %w", err) // another user's: neither dialled nor removed
-	default:
-		if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
-			if err := checkPeer(c, sock); err != nil {
-				return fmt.Errorf("start daemon: %w", err)
-			}
-			c.Close()
-			return fmt.Errorf("start daemon: another ferry daemon already serves %s", sock)
-		}
-		if err := removeOwnSocket(sock, nil); err != nil { // a stale socket of an earlier run
-			return fmt.Errorf("start daemon: %w", err)
-		}
-	}
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		return fmt.Errorf("start daemon: control socket: %w", err)

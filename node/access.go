@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ferryhq/ferry/netstack"
+	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/node/catalog"
 	"github.com/ferryhq/ferry/node/pgproxy"
 	"github.com/ferryhq/ferry/resource"
@@ -242,17 +243,17 @@ func (n *Node) endSessions(ctx context.Context) error {
 			access[s.device] = ua // nil: device or user gone
 		}
 		r, exists := byName[s.resource]
-		var why, hint string
+		var why, hint, outcome string
 		switch {
 		case ua == nil:
-			why = fmt.Sprintf("terminating connection: the Ferry device or user %q was removed", s.user)
+			why, outcome = fmt.Sprintf("terminating connection: the Ferry device or user %q was removed", s.user), audit.OutcomeRemoved
 		case ua.user.Suspended:
-			why = fmt.Sprintf("terminating connection: user %q was suspended by a Ferry administrator", s.user)
+			why, outcome = fmt.Sprintf("terminating connection: user %q was suspended by a Ferry administrator", s.user), audit.OutcomeSuspended
 			hint = "Ask a Ferry administrator to reinstate your account."
 		case !exists:
-			why = fmt.Sprintf("terminating connection: resource %q was deleted", s.resource)
+			why, outcome = fmt.Sprintf("terminating connection: resource %q was deleted", s.resource), audit.OutcomeDeleted
 		case !ua.acc.Allows(r):
-			why = fmt.Sprintf("terminating connection: access of user %q to resource %q was revoked", s.user, s.resource)
+			why, outcome = fmt.Sprintf("terminating connection: access of user %q to resource %q was revoked", s.user, s.resource), audit.OutcomeRevoked
 		default:
 			continue
 		}
@@ -260,7 +261,7 @@ func (n *Node) endSessions(ctx context.Context) error {
 			hint = "Ask a Ferry administrator if you need this access."
 		}
 		n.log.Info("ending session", "user", s.user, "resource", s.resource, "reason", why)
-		s.end(&pgproxy.Refusal{Code: "57P01", Message: why, Hint: hint})
+		s.end(&pgproxy.Refusal{Code: "57P01", Message: why, Hint: hint, Outcome: outcome})
 		if ua == nil || ua.user.Suspended {
 			leaving = append(leaving, s.done)
 		}

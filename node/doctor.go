@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -37,7 +38,7 @@ const maxClockSkew = 5 * time.Minute
 
 // Doctor runs, on the node host, the health check of one resource (or of every resource, after checks
 // of the node itself: catalog writable, WireGuard port, IMDS reachable, clock against a token's iat),
-// printing each step to w with ✓ or ✗, its timing, and for a failure the error and the fix. It reads
+// printing each step to w with ✓ or ✗ (– for one that could not run), its timing, and for a failure the error and the fix. It reads
 // the node's state in dir and works whether or not the node runs. ok is true only when every step
 // passed; err is for failures to run at all (no state, unknown resource).
 func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt DoctorOptions) (ok bool, err error) {
@@ -70,7 +71,7 @@ func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt Doctor
 			}
 		}
 		if i < 0 {
-			return false, fmt.Errorf("doctor: no resource named %q in the catalog of %s", opt.Resource, dir)
+			return false, fmt.Errorf("doctor: resource %q does not exist in the catalog of %s", opt.Resource, dir)
 		}
 		rs = rs[i : i+1]
 	}
@@ -84,11 +85,17 @@ func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt Doctor
 	}
 	ok = true
 	if opt.Resource == "" {
-		clientID := ""
-		if len(rs) > 0 {
-			clientID = rs[0].ManagedIdentityClientID
+		// The identities the resources use, in order: the first that gets a token checks the clock.
+		var clientIDs []string
+		for _, r := range rs {
+			if !slices.Contains(clientIDs, r.ManagedIdentityClientID) {
+				clientIDs = append(clientIDs, r.ManagedIdentityClientID)
+			}
 		}
-		ok = doctorNode(ctx, w, cat, cfg, tokens, clientID, opt.StepTimeout, dbPath)
+		if len(clientIDs) == 0 {
+			clientIDs = []string{""} // the system-assigned identity
+		}
+		ok = doctorNode(ctx, w, cat, cfg, tokens, clientIDs, opt.StepTimeout, dbPath)
 	}
 	allowed, err := cfg.allowList()
 	if err != nil {
@@ -125,11 +132,22 @@ func printStep(w io.Writer, s api.HealthStep) {
 	if !s.OK {
 		mark, text = "✗", "failed"
 	}
-	fmt.Fprintf(w, "  %s %-9s %-70s %8.1f ms\n", mark, s.Name, text, s.DurationMS)
+	printLine(w, mark, s.Name, text, s.DurationMS)
 }
 
+// notRunMark marks a check that did not run (it needs what an earlier step failed to get): neither
+// passed nor failed.
+const notRunMark = "–"
+
+func printLine(w io.Writer, mark, name, text string, ms float64) {
+	fmt.Fprintf(w, "  %s %-9s %-70s %8.1f ms\n", mark, name, text, ms)
+}
+
+// errNotRun is what a doctor step returns when it could not run; its detail says why.
+var errNotRun = errors.New("not run")
+
 // doctorNode checks the node itself and prints the steps.
-func doctorNode(ctx context.Context, w io.Writer, cat *catalog.Catalog, cfg Config, tokens *tokensource.Source, clientID string, timeout time.Duration, dbPath string) bool {
+func doctorNode(ctx context.Context, w io.Writer, cat *catalog.Catalog, cfg Config, tokens *tokensource.Source, clientIDs []string, timeout time.Duration, dbPath string) bool {
 	fmt.Fprintln(w, "node")
 	ok := true
 	step := func(name string, f func(ctx context.Context) (detail, hint string, err error)) {
@@ -137,11 +155,15 @@ func doctorNode(ctx context.Context, w io.Writer, cat *catalog.Catalog, cfg Conf
 		defer cancel()
 		t0 := time.Now()
 		detail, hint, err := f(ctx)
+		if errors.Is(err, errNotRun) {
+			printLine(w, notRunMark, name, detail, float64(time.Since(t0).Microseconds())/1000)
+			return
+		}
 		s := api.HealthStep{Name: name, OK: err == nil, Detail: detail, DurationMS: float64(time.Since(t0).Microseconds()) / 1000}
 		printStep(w, s)
 		if err != nil {
 			ok = false
-			fmt.Fprintf(w, "      error: %s\n      fix:   %s\n", err, hint)
+			fmt.Fprintf(w, "      error: %s\n      fix:   %s\n", tokensource.Brief(err), hint)
 		}
 	}
 	step("catalog", func(ctx context.Context) (string, string, error) {
@@ -170,7 +192,13 @@ func doctorNode(ctx context.Context, w io.Writer, cat *catalog.Catalog, cfg Conf
 		imds = "http://169.254.169.254"
 	}
 	step("imds", func(ctx context.Context) (string, string, error) {
-		t, _, err := tokens.Token(ctx, clientID)
+		var t string
+		var err error
+		for _, clientID := range clientIDs {
+			if t, _, err = tokens.Token(ctx, clientID); err == nil || !strings.Contains(err.Error(), "Identity not found") {
+				break
+			}
+		}
 		if err != nil && strings.Contains(err.Error(), "Identity not found") {
 			return imds + " answered (Identity not found: see the resources' token step)", "", nil
 		}
@@ -182,7 +210,7 @@ func doctorNode(ctx context.Context, w io.Writer, cat *catalog.Catalog, cfg Conf
 	})
 	step("clock", func(context.Context) (string, string, error) {
 		if tok == "" {
-			return "not checked: no access token", "", nil
+			return "not checked: no access token to read the time from (see imds)", "", errNotRun
 		}
 		iat, exp, err := tokenTimes(tok)
 		if err != nil {

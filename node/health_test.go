@@ -178,7 +178,15 @@ func TestHealth(t *testing.T) {
 				t.Errorf("doctor output lacks %q:\n%s", s, out.String())
 			}
 		}
-		if _, err := node.Doctor(ctx, io.Discard, env.NodeDir, cfg, node.DoctorOptions{Resource: "nope"}); err == nil {
+		// Without IMDS the clock cannot be checked: that gets a neutral mark, never a tick.
+		noIMDS := cfg
+		noIMDS.IMDSEndpoint = "http://" + closedLoopbackPort(t)
+		out.Reset()
+		ok, err = node.Doctor(ctx, &out, env.NodeDir, noIMDS, node.DoctorOptions{StepTimeout: 3 * time.Second})
+		if err != nil || ok || !strings.Contains(out.String(), "✗ imds") || !strings.Contains(out.String(), "– clock     not checked") || strings.Contains(out.String(), "✓ clock") {
+			t.Errorf("doctor without IMDS: ok=%v err=%v; want ✗ imds and a neutral mark on the clock:\n%s", ok, err, out.String())
+		}
+		if _, err := node.Doctor(ctx, io.Discard, env.NodeDir, cfg, node.DoctorOptions{Resource: "nope"}); err == nil || !strings.Contains(err.Error(), `resource "nope" does not exist`) {
 			t.Error("doctor of an unknown resource did not fail")
 		}
 	})
@@ -225,4 +233,16 @@ func scrape(t *testing.T, url string) map[string]float64 {
 		m[line[:i]] = v
 	}
 	return m
+}
+
+// closedLoopbackPort is a loopback TCP address nothing listens on.
+func closedLoopbackPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
 }

@@ -79,14 +79,32 @@ func AssignVN(r *Resource, subnet netip.Prefix, taken Taken) (string, error) {
 	return "", fmt.Errorf("assign virtual networking address: the subnet %s has no free address left", subnet)
 }
 
+// LoopbackRule is the one rule for a loopback IP that a resource names itself: --bind-interface, and
+// --ip-address in loopback mode. The org's loopback range is only where the node picks addresses
+// for resources that name none, so a named address may lie outside it (and stays put when the range
+// changes; see catalog.UpdateSettings).
+const LoopbackRule = "any loopback IP (" + LoopbackIPs + "), in the org's loopback range or not"
+
+// LoopbackIPs are the addresses LoopbackRule accepts.
+const LoopbackIPs = "127.0.0.1 to 127.255.255.254, or ::1"
+
+// CheckLoopbackIP applies LoopbackRule to s.
+func CheckLoopbackIP(s string) error {
+	a, err := netip.ParseAddr(s)
+	if err != nil || !a.IsLoopback() || a.Zone() != "" || a == netip.AddrFrom4([4]byte{127, 0, 0, 0}) || a == netip.AddrFrom4([4]byte{127, 255, 255, 255}) {
+		return fmt.Errorf("%q is not a loopback IP (%s)", s, LoopbackIPs)
+	}
+	return nil
+}
+
 // DefaultLoopbackRange is the org loopback range unless changed: every resource on 127.0.0.1.
 var DefaultLoopbackRange = netip.MustParsePrefix("127.0.0.1/32")
 
 // AssignLoopback returns the resource's loopback address "ip:port" within the org's loopback range
 // (a range of 127.0.0.0/8).
 //
-// The IP is the IP Address property (loopback mode; it must lie in the range) or the bind interface
-// when set. Otherwise, with a single-address range (the default 127.0.0.1/32) every resource shares
+// The IP is the IP Address property (loopback mode) or the bind interface when set; either must
+// follow LoopbackRule (any loopback IP, inside the range or not). Otherwise, with a single-address range (the default 127.0.0.1/32) every resource shares
 // that IP and gets its own port: the port override when positive, else the first port from 10001 up
 // (wrapping within 1024-64999) that no other resource holds on it. With a wider "multi-loopback" range
 // each resource gets the first IP of the range that no other resource holds, and the port override
@@ -99,17 +117,15 @@ func AssignLoopback(r *Resource, loopRange netip.Prefix, taken Taken) (string, e
 	var ip netip.Addr
 	switch {
 	case r.IPAddress != "" && r.Mode("") == ModeLoopback:
-		a, err := netip.ParseAddr(r.IPAddress)
-		if err != nil || !loopRange.Contains(a) {
-			return "", fmt.Errorf("assign loopback address: IP address %q is not in the org's loopback range %s", r.IPAddress, loopRange)
+		if err := CheckLoopbackIP(r.IPAddress); err != nil {
+			return "", fmt.Errorf("assign loopback address: ip-address: %w", err)
 		}
-		ip = a
+		ip = netip.MustParseAddr(r.IPAddress)
 	case r.BindInterface != "":
-		a, err := netip.ParseAddr(r.BindInterface)
-		if err != nil || !a.IsLoopback() {
-			return "", fmt.Errorf("assign loopback address: %q is not a loopback IP address", r.BindInterface)
+		if err := CheckLoopbackIP(r.BindInterface); err != nil {
+			return "", fmt.Errorf("assign loopback address: bind-interface: %w", err)
 		}
-		ip = a
+		ip = netip.MustParseAddr(r.BindInterface)
 	case loopRange.Bits() < loopRange.Addr().BitLen():
 		for a := loopRange.Addr(); loopRange.Contains(a); a = a.Next() {
 			if a == loopRange.Addr() && loopRange.Bits() < 31 {

@@ -156,6 +156,10 @@ func (r *Resource) Validate() error {
 	if r.IPAddress != "" {
 		if _, err := netip.ParseAddr(r.IPAddress); err != nil {
 			bad("ip-address", "%q is not an IP address", r.IPAddress)
+		} else if r.ConnectivityMode == ModeLoopback {
+			if err := CheckLoopbackIP(r.IPAddress); err != nil {
+				bad("ip-address", "%v", err)
+			}
 		}
 	}
 	if r.PortOverride != 0 && r.PortOverride != PortOverrideAuto {
@@ -179,8 +183,8 @@ func (r *Resource) Validate() error {
 		}
 	}
 	if r.BindInterface != "" {
-		if a, err := netip.ParseAddr(r.BindInterface); err != nil || !a.IsLoopback() {
-			bad("bind-interface", "%q is not a loopback IP address (for example 127.0.0.1)", r.BindInterface)
+		if err := CheckLoopbackIP(r.BindInterface); err != nil {
+			bad("bind-interface", "%v", err)
 		}
 	}
 	if r.EgressFilter != "" {

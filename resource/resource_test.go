@@ -156,8 +156,8 @@ func TestAssignAddresses(t *testing.T) {
 	}
 	lr := valid()
 	lr.IPAddress = "127.0.0.9"
-	if _, err := AssignLoopback(&lr, DefaultLoopbackRange, NewTaken()); err == nil {
-		t.Fatal("an IP address outside the loopback range was accepted")
+	if got, err := AssignLoopback(&lr, DefaultLoopbackRange, NewTaken()); err != nil || got != "127.0.0.9:10001" {
+		t.Fatalf("a named loopback IP outside the org's range: %q, %v (LoopbackRule accepts it)", got, err)
 	}
 	small := netip.MustParsePrefix("10.1.2.0/30")
 	if _, err := AssignVN(&r, small, NewTaken()); err == nil {
@@ -193,5 +193,47 @@ func TestInputTLSRequiredDefault(t *testing.T) {
 	var in Input
 	if err := dec.Decode(&in); err == nil {
 		t.Error("a misspelt tls_required was accepted")
+	}
+}
+
+// TestLoopbackRule: --bind-interface and --ip-address (loopback mode) accept and refuse the same
+// addresses, at validation and at assignment, whatever the org's loopback range.
+func TestLoopbackRule(t *testing.T) {
+	for _, tc := range []struct {
+		ip string
+		ok bool
+	}{
+		{"127.0.0.1", true}, {"127.0.0.8", true}, {"127.1.2.3", true}, {"127.255.255.254", true}, {"::1", true},
+		{"127.0.0.0", false}, {"127.255.255.255", false}, {"10.0.0.1", false}, {"0.0.0.0", false},
+		{"100.64.0.5", false}, {"localhost", false}, {"", false}, {"fe80::1%lo", false},
+	} {
+		for _, prop := range []string{"bind-interface", "ip-address"} {
+			r := valid()
+			if prop == "bind-interface" {
+				r.BindInterface = tc.ip
+			} else {
+				r.ConnectivityMode = ModeLoopback
+				r.IPAddress = tc.ip
+			}
+			if tc.ip == "" {
+				if CheckLoopbackIP(tc.ip) == nil {
+					t.Errorf("CheckLoopbackIP(%q) accepted it", tc.ip)
+				}
+				continue
+			}
+			verr := r.Validate()
+			if (verr == nil) != tc.ok {
+				t.Errorf("%s %s: Validate: %v, want ok=%v", prop, tc.ip, verr, tc.ok)
+			}
+			if verr != nil && !strings.Contains(verr.Error(), "127.0.0.1 to 127.255.255.254") && !strings.Contains(verr.Error(), "not an IP address") {
+				t.Errorf("%s %s: the error does not state the rule: %v", prop, tc.ip, verr)
+			}
+			for _, rng := range []string{"127.0.0.1/32", "127.0.0.0/8", "127.0.5.0/24"} {
+				_, aerr := AssignLoopback(&r, netip.MustParsePrefix(rng), NewTaken())
+				if (aerr == nil) != tc.ok {
+					t.Errorf("%s %s, range %s: AssignLoopback: %v, want ok=%v", prop, tc.ip, rng, aerr, tc.ok)
+				}
+			}
+		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferryhq/ferry/internal/fdlimit"
+	"github.com/ferryhq/ferry/internal/version"
 	"github.com/ferryhq/ferry/node"
 	"github.com/ferryhq/ferry/node/serverhost"
 )
@@ -43,8 +44,10 @@ connection and query.
 First: ferry-node init --state DIR --public-host HOST. Then: ferry-node run --state DIR.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version.Read().String(),
 	}
-	root.AddCommand(initCmd(), runCmd(), tokenCmd(), doctorCmd())
+	root.SetVersionTemplate("ferry-node {{.Version}}\n")
+	root.AddCommand(initCmd(), runCmd(), tokenCmd(), doctorCmd(), versionCmd())
 	return root
 }
 
@@ -178,4 +181,16 @@ func tokenCmd() *cobra.Command {
 	c.Flags().StringVar(&state, "state", "", "the node's state directory (required)")
 	c.Flags().StringVar(&config, "config", "", "config file (default: STATE/config.json)")
 	return c
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version and VCS revision this ferry-node was built from",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), "ferry-node", version.Read())
+			return err
+		},
+	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/ferryhq/ferry/cli"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/resource"
 	"github.com/ferryhq/ferry/tunnel"
 )
@@ -219,10 +220,35 @@ func revokeDuring(t *testing.T, e *env, sql string) {
 	}
 	waitGone(t, e, pid, 20*time.Second)
 	t.Logf("server backend gone %v after the revocation", time.Since(revokedAt).Round(time.Millisecond))
+	if rec := endedRecord(t, e, e.dev.Name, pid); rec.Outcome != audit.OutcomeRevoked {
+		t.Errorf("connection record of the revoked session = %+v; want outcome %q", rec, audit.OutcomeRevoked)
+	}
 	time.Sleep(2 * time.Second) // what the statement would still do after a caught cancel
 	if n := superuserQuery(t, e, demo.Database, "SELECT count(*) FROM revoke_probe"); n != "0" {
 		t.Fatalf("the insert committed after the revocation of %q: %s rows", sql, n)
 	}
+}
+
+// endedRecord waits for the ended connection record of the engineer's session with server pid.
+func endedRecord(t *testing.T, e *env, res string, pid uint32) api.Connection {
+	t.Helper()
+	var rec api.Connection
+	if !waitFor(10*time.Second, func() bool {
+		conns, err := e.admin.Connections(context.Background(), 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range conns {
+			if c.User == "engineer" && c.Resource == res && c.UpstreamPID == pid && c.Outcome != "" {
+				rec = c
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatal("no ended connection record of the session")
+	}
+	return rec
 }
 
 // testSuspension: suspending the engineer ends the open session within seconds with a FATAL saying
@@ -275,7 +301,7 @@ func testSuspension(t *testing.T, e *env) {
 	}) {
 		t.Fatal("no ended connection record of the suspended session")
 	}
-	if !strings.Contains(rec.Error, "suspended") {
+	if !strings.Contains(rec.Error, "suspended") || rec.Outcome != audit.OutcomeSuspended {
 		t.Fatalf("connection record of the suspended session = %+v; want its error to say the user was suspended", rec)
 	}
 
@@ -296,7 +322,8 @@ func testSuspension(t *testing.T, e *env) {
 	root.SetOut(&cliOut)
 	root.SetErr(&cliOut)
 	root.SetArgs([]string{"status"})
-	if err := root.ExecuteContext(ctx); err != nil || !strings.Contains(cliOut.String(), "suspended by an administrator") || strings.Contains(cliOut.String(), "unreachable") {
+	// It exits non-zero (the error is what ferry prints on stderr) and does not claim "unreachable".
+	if err := root.ExecuteContext(ctx); err == nil || !strings.Contains(err.Error(), "suspended by an administrator") || strings.Contains(err.Error()+cliOut.String(), "unreachable") {
 		t.Fatalf("ferry status as the suspended engineer: err=%v out=%q; want it to say suspended by an administrator", err, cliOut.String())
 	}
 

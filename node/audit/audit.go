@@ -67,6 +67,12 @@ const (
 	OutcomeOK     = "ok"     // the login upstream succeeded and the session was relayed
 	OutcomeDenied = "denied" // refused by policy: the proxy's own checks or the server's authentication (SQLSTATE class 28)
 	OutcomeFailed = "failed" // could not be served: token source, network, TLS, protocol errors
+
+	// A session relayed until the node ended it by policy (the login succeeded, as with ok).
+	OutcomeRevoked   = "revoked"   // the user's access to the resource was revoked
+	OutcomeSuspended = "suspended" // the user was suspended
+	OutcomeRemoved   = "removed"   // the device or the user was removed
+	OutcomeDeleted   = "deleted"   // the resource was deleted
 )
 
 // timeLayout is fixed-width so that the TEXT columns sort in time order.
@@ -166,7 +172,7 @@ func (c Connection) Duration() time.Duration {
 
 // ConnectionEnd is what is known when a connection ends.
 type ConnectionEnd struct {
-	Outcome  string // OutcomeOK, OutcomeDenied or OutcomeFailed; "" while open
+	Outcome  string // OutcomeOK, OutcomeDenied, OutcomeFailed, or why the node ended it (OutcomeRevoked ...); "" while open
 	Error    string // why the connection was refused or ended abnormally; "" otherwise
 	SQLState string // SQLSTATE of the refusal, or of the server's FATAL that ended the session; "" otherwise
 	// UpstreamPID is the server's backend process ID (BackendKeyData), 0 if the login did not succeed.

@@ -22,6 +22,7 @@ import (
 
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/node/serverhost"
+	"github.com/ferryhq/ferry/node/tokensource"
 	"github.com/ferryhq/ferry/resource"
 )
 
@@ -112,7 +113,7 @@ func (c *Checker) Check(ctx context.Context, r resource.Resource, onStep StepFun
 		scancel()
 		st := api.HealthStep{Name: name, OK: err == nil, DurationMS: ms(time.Since(t0)), Detail: detail}
 		if err != nil {
-			st.Error = oneLine(err.Error())
+			st.Error = oneLine(tokensource.Brief(err)) // IMDS's multi-line dump stays in the token source's log
 		}
 		h.Steps = append(h.Steps, st)
 		if onStep != nil {

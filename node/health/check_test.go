@@ -146,6 +146,11 @@ func (f *fixture) res(name, host, role, clientID string) resource.Resource {
 	return r
 }
 
+func singleServerNames(r resource.Resource) resource.Resource {
+	r.UseAzureSingleServerUsernames = true
+	return r
+}
+
 // TestCheck runs every step against the emulator and checks the failing step and the exact hint of
 // each way a managed-identity setup goes wrong.
 func TestCheck(t *testing.T) {
@@ -177,6 +182,12 @@ func TestCheck(t *testing.T) {
 			hint: "create the role: `select * from pgaadauth_create_principal('ferry-mi-unmapped', false, false);` in the `postgres` database, then set the resource's username to \"ferry-mi-unmapped\""},
 		{name: "role named like the client ID", res: f.res("uuid", host, uuidRole.ClientID, uuidRole.ClientID), step: api.StepLogin, errPart: "28000",
 			hint: "the resource's username " + uuidRole.ClientID + " is an ID, but Azure names a managed identity's role after the identity's display name: set the resource's username to \"ferry-mi-named\" (if that role does not exist yet, create the role: `select * from pgaadauth_create_principal('ferry-mi-named', false, false);` in the `postgres` database)"},
+		{name: "Single Server username on a Flexible Server", res: f.res("single", host, "mi_ok@mypg", ok.ClientID), step: api.StepLogin, errPart: "28000",
+			hint: "the server expects the identity's role mi_ok: set the resource's username to mi_ok: mi_ok@mypg is the Single Server form (username@servername), and a Flexible Server takes the role name alone"},
+		{name: "Single Server usernames on a Flexible Server", res: singleServerNames(f.res("single2", host, "mi_ok", ok.ClientID)), step: api.StepLogin, errPart: "28000",
+			hint: "the server expects the identity's role mi_ok: set the resource's username to mi_ok and turn off use-azure-single-server-usernames: mi_ok@mypg is the Single Server form (username@servername), and a Flexible Server takes the role name alone"},
+		{name: "another role's name", res: f.res("otherrole", host, "mi_other", ok.ClientID), step: api.StepLogin, errPart: "28000",
+			hint: "the server expects the identity's role mi_ok: set the resource's username to mi_ok"},
 		{name: "expired token", res: f.res("expired", host, "mi_expired", expired.ClientID), fault: azureemu.TokenExpired, step: api.StepLogin, errPart: "expired",
 			hint: "the server refused the node's access token: The access token has expired. Acquire a new token and retry. Check the node's clock (the token is valid from its nbf to its exp), that the server's Microsoft Entra tenant is the identity's, and that Microsoft Entra authentication is enabled on the server"},
 		{name: "invalid token signature", res: f.res("badsig", host, "mi_badsig", badSig.ClientID), fault: azureemu.TokenBadSignature, step: api.StepLogin, errPart: "signature",
@@ -224,6 +235,12 @@ func TestCheck(t *testing.T) {
 			}
 			if !strings.Contains(h.Error, tc.errPart) {
 				t.Errorf("error %q lacks %q", h.Error, tc.errPart)
+			}
+			// One short line for people: no IMDS request/response dump (that stays in the node's log).
+			for _, bad := range []string{"\n", "GET http", "RESPONSE ", "To troubleshoot", "{"} {
+				if strings.Contains(h.Error, bad) {
+					t.Errorf("error is not one short line (has %q): %q", bad, h.Error)
+				}
 			}
 			if h.Hint != tc.hint {
 				t.Errorf("hint:\n got %s\nwant %s", h.Hint, tc.hint)

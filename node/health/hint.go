@@ -109,6 +109,8 @@ func (x *run) loginHint(pgErr *pgconn.PgError) string {
 	switch {
 	case uuidRE.MatchString(x.r.Username) && name != "" && !strings.EqualFold(x.r.Username, name):
 		return fmt.Sprintf("the resource's username %s is an ID, but Azure names a managed identity's role after the identity's display name: set the resource's username to %q (if that role does not exist yet, %s)", x.r.Username, name, create)
+	case expectedRole(pgErr) != "":
+		return x.wrongRoleHint(expectedRole(pgErr))
 	case strings.Contains(msg, "not mapped") || strings.Contains(msg, "does not exist") || strings.Contains(msg, "no role"):
 		if name == "" {
 			return "create the role for the managed identity with pgaadauth_create_principal in the `postgres` database"
@@ -127,6 +129,47 @@ func (x *run) loginHint(pgErr *pgconn.PgError) string {
 		return h + " Set the resource's username to the identity's role (on Single Server also set use-azure-single-server-usernames)"
 	}
 	return fmt.Sprintf("the server refused role %q with the token of the %s: check that the role exists and is mapped to that managed identity (pgaadauth_create_principal), and that Microsoft Entra authentication is enabled", user, x.identity())
+}
+
+// Azure names the role it expected when a token logs in as another one: "... is mapped to role
+// "mi_user"." in the message, "Connect as "mi_user"." (or "mi_user@server" on Single Server) in the
+// hint.
+var (
+	mappedToRE  = regexp.MustCompile(`mapped to role "([^"]+)"`)
+	connectAsRE = regexp.MustCompile(`Connect as "([^"]+)"`)
+)
+
+// expectedRole returns the login name the server said it expected, or "".
+func expectedRole(pgErr *pgconn.PgError) string {
+	if m := connectAsRE.FindStringSubmatch(pgErr.Hint); m != nil {
+		return m[1]
+	}
+	if m := mappedToRE.FindStringSubmatch(pgErr.Message); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
+// wrongRoleHint is the fix when the server named the login it expected: set the resource's
+// username to it, saying when the resource used the other server kind's form (username@servername
+// is Single Server's; a Flexible Server takes the role alone).
+func (x *run) wrongRoleHint(want string) string {
+	role, server, single := strings.Cut(want, "@")
+	if single {
+		h := fmt.Sprintf("the server expects the identity's role as %s (the Single Server form, username@servername): set the resource's username to %s", want, role)
+		if !x.r.UseAzureSingleServerUsernames {
+			h += " and turn on use-azure-single-server-usernames (the node then appends @" + server + ")"
+		}
+		return h
+	}
+	h := fmt.Sprintf("the server expects the identity's role %s: set the resource's username to %s", role, role)
+	switch {
+	case x.r.UseAzureSingleServerUsernames:
+		h += fmt.Sprintf(" and turn off use-azure-single-server-usernames: %s is the Single Server form (username@servername), and a Flexible Server takes the role name alone", x.r.LoginUsername())
+	case strings.Contains(x.r.Username, "@"):
+		h += fmt.Sprintf(": %s is the Single Server form (username@servername), and a Flexible Server takes the role name alone", x.r.Username)
+	}
+	return h
 }
 
 // identityName is the managed identity's display name, the last segment of the token's xms_mirid

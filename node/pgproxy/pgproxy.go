@@ -131,6 +131,9 @@ type Refusal struct {
 	Code    string // SQLSTATE, e.g. 28000
 	Message string
 	Hint    string
+	// Outcome, when set, is the audit outcome of a running session this Refusal ends
+	// (audit.OutcomeRevoked, ...); otherwise the session keeps the outcome it had.
+	Outcome string
 }
 
 func (r *Refusal) Error() string { return r.Message }

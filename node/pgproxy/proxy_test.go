@@ -348,6 +348,8 @@ func TestProxy(t *testing.T) {
 		}{
 			{"token source fails", &testTokens{err: errors.New("IMDS: connection refused")}, nil, "dbname=appdb",
 				"28000", "could not get an access token for the node's system-assigned managed identity", audit.OutcomeFailed},
+			{"token source fails with azidentity's dump", &testTokens{err: errors.New(azidentityDump)}, nil, "dbname=appdb",
+				"28000", "the requested identity isn't assigned to this resource (IMDS: 400 Bad Request: Identity not found)", audit.OutcomeFailed},
 			{"server unreachable", tokens, func(t Target) Target { t.Port = closedPort; return t }, "dbname=appdb",
 				"08001", "could not connect to server", audit.OutcomeFailed},
 			{"certificate not trusted", tokens, func(t Target) Target { t.RootCAs = x509.NewCertPool(); return t }, "dbname=appdb",
@@ -375,6 +377,9 @@ func TestProxy(t *testing.T) {
 				}
 				if pgErr.Code != tc.code || pgErr.Severity != "FATAL" || !strings.Contains(pgErr.Message, tc.contains) {
 					t.Fatalf("error = %s %s %q, want FATAL %s containing %q", pgErr.Severity, pgErr.Code, pgErr.Message, tc.code, tc.contains)
+				}
+				if strings.ContainsAny(pgErr.Message, "\n{") || strings.Contains(pgErr.Message, "GET http") || pgErr.Detail != "" {
+					t.Fatalf("FATAL is not one short line: %q (DETAIL %q)", pgErr.Message, pgErr.Detail)
 				}
 				// psql shows the same FATAL error.
 				out, err := tp.psql(t, "sslmode=prefer "+tc.conn, "SELECT 1")
@@ -493,3 +498,18 @@ func readDataRow(t *testing.T, fe *pgproto3.Frontend) string {
 		}
 	}
 }
+
+// azidentityDump is ManagedIdentityCredential's error for an identity IMDS does not know, as
+// azidentity prints it (see tokensource.TestBrief, which gets it from the emulator).
+const azidentityDump = `get managed identity token (client ID "8d3ff823-4338-4eaa-b786-91d7043c6f7a"): ManagedIdentityCredential authentication failed. the requested identity isn't assigned to this resource
+GET http://127.0.0.1:44589/metadata/identity/oauth2/token
+--------------------------------------------------------------------------------
+RESPONSE 400: 400 Bad Request
+--------------------------------------------------------------------------------
+{
+  "error": "invalid_request",
+  "error_description": "Identity not found"
+}
+
+--------------------------------------------------------------------------------
+To troubleshoot, visit https://aka.ms/azsdk/go/identity/troubleshoot#managed-id`

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ferryhq/ferry/node/audit"
+	"github.com/ferryhq/ferry/node/tokensource"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -146,6 +147,9 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	if !stopUpstream() {
 		<-stopped
 	}
+	if r := policyEnd(sctx); r != nil && r.Outcome != "" {
+		end.Outcome = r.Outcome // ended by the node's policy: revoked, suspended, ... and not "ok"
+	}
 	// Requests the server got but never answered are recorded too (the
 	// recorder takes them after the session's context has ended).
 	if n := tr.finish(); n > 0 && end.Error == "" {
@@ -241,7 +245,7 @@ func (p *Proxy) token(ctx context.Context, t Target) (string, error) {
 	}
 	if err != nil {
 		return "", fatal(audit.OutcomeFailed, "28000",
-			fmt.Sprintf("could not get an access token for %s to log in to resource %s: %v", t.identity(), t.Resource, err), "",
+			fmt.Sprintf("could not get an access token for %s to log in to resource %s: %s", t.identity(), t.Resource, tokensource.Brief(err)), "",
 			"Check that the managed identity is assigned to the node's VM and that IMDS is reachable from the node, then retry.", err)
 	}
 	return token, nil

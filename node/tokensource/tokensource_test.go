@@ -495,3 +495,27 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestBrief: azidentity's multi-line error for an identity IMDS does not know becomes one short
+// line that keeps the reason (IMDS's status and error_description).
+func TestBrief(t *testing.T) {
+	clearManagedIdentityEnv(t)
+	e := startEmulator(t, azureemu.Config{})
+	s := newSource(t, Config{IMDSEndpoint: e.IMDSEndpoint(), MaxRetries: -1})
+	_, _, err := s.Token(context.Background(), uuid.NewString())
+	if err == nil || !strings.Contains(err.Error(), "\n") {
+		t.Fatalf("Token of an unknown identity: %v; want azidentity's multi-line error", err)
+	}
+	got := Brief(err)
+	if strings.Contains(got, "\n") || len(got) > 250 || strings.Contains(got, "GET http") || strings.Contains(got, "troubleshoot") {
+		t.Errorf("Brief is not one short line (%d bytes): %q", len(got), got)
+	}
+	for _, want := range []string{"get managed identity token (client ID", "400 Bad Request", "Identity not found"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("Brief lacks %q: %q", want, got)
+		}
+	}
+	if one := errors.New("IMDS: connection refused"); Brief(one) != one.Error() {
+		t.Errorf("Brief of a one-line error: %q", Brief(one))
+	}
+}

@@ -1,0 +1,48 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/client"
+)
+
+// Table timestamps are local time with the zone, so that a reader in another zone (or a log
+// pasted into a ticket) is not off by hours.
+const (
+	timeLayout       = "2006-01-02 15:04:05 MST"
+	timeLayoutMillis = "2006-01-02 15:04:05.000 MST"
+)
+
+func stamp(t time.Time) string { return t.Local().Format(timeLayout) }
+
+func stampMillis(t time.Time) string { return t.Local().Format(timeLayoutMillis) }
+
+// notFound reports whether err says that the named thing does not exist: the node's 404, or the
+// daemon's "no such resource".
+func notFound(err error) bool {
+	var se *api.StatusError
+	if errors.As(err, &se) && se.Status == http.StatusNotFound {
+		return true
+	}
+	return err != nil && strings.Contains(err.Error(), client.ErrUnknownResource.Error())
+}
+
+// missing gives every "there is no such thing" the same wording: `resource "x" does not exist`,
+// with where to look, instead of the node's and the daemon's different phrasings.
+func missing(kind, name string, err error) error {
+	if !notFound(err) {
+		return err
+	}
+	switch kind {
+	case "resource":
+		return fmt.Errorf("resource %q does not exist (`ferry admin datasources list` lists them)", name)
+	case "user":
+		return fmt.Errorf("user %q does not exist (`ferry admin users list` lists them)", name)
+	}
+	return fmt.Errorf("%s %q does not exist", kind, name)
+}
