@@ -174,7 +174,7 @@ func statusCmd() *cobra.Command {
 				return err
 			}
 			if st.NodeReachable && len(st.Resources) == 0 {
-				fmt.Fprintf(cmd.ErrOrStderr(), "No resources are granted to %s yet: ask a Ferry administrator to grant one of your roles a resource.\n", st.User)
+				fmt.Fprintln(cmd.ErrOrStderr(), client.NoResourcesHint(st.User))
 			}
 			return nil
 		},
