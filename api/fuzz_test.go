@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"strings"
 	"testing"
 )
@@ -14,10 +15,11 @@ func FuzzParseEnrollToken(f *testing.F) {
 		good.Encode(),
 		"  " + good.Encode() + "\n",
 		EnrollTokenPrefix,
-		EnrollTokenPrefix + "e30",    // {}
-		EnrollTokenPrefix + "bnVsbA", // null
-		EnrollTokenPrefix + "W10",    // []
-		EnrollTokenPrefix + "!!!",    // not base64url
+		EnrollTokenPrefix + "e30",     // {}
+		EnrollTokenPrefix + "bnVsbA",  // null
+		EnrollTokenPrefix + "W10",     // []
+		EnrollTokenPrefix + "!!!",     // not base64url
+		EnrollTokenPrefix + "garbage", // base64url, not JSON
 		EnrollToken{URL: "http://x", CertSHA256: good.CertSHA256, Secret: "s"}.Encode(),
 		EnrollToken{URL: "https://x", CertSHA256: "ab", Secret: "s"}.Encode(),
 		"ferry-enroll",
@@ -28,8 +30,8 @@ func FuzzParseEnrollToken(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		tok, err := ParseEnrollToken(s)
 		if err != nil {
-			if !strings.HasPrefix(err.Error(), "parse enrollment token: ") {
-				t.Fatalf("error %q lacks its prefix", err)
+			if !strings.HasPrefix(err.Error(), "parse enrollment token: ") || !errors.Is(err, ErrInvalidEnrollToken) {
+				t.Fatalf("error %q lacks its prefix or does not wrap ErrInvalidEnrollToken", err)
 			}
 			return
 		}

@@ -10,6 +10,7 @@ package api
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"net/url"
@@ -47,25 +48,30 @@ func (t EnrollToken) Encode() string {
 	return EnrollTokenPrefix + base64.RawURLEncoding.EncodeToString(b)
 }
 
-// ParseEnrollToken decodes a token made by Encode. Errors say what is wrong with the token as typed.
+// ErrInvalidEnrollToken is wrapped by every ParseEnrollToken error: the text is not an enrollment
+// token as the node makes them (cut short, mangled, or something else pasted).
+var ErrInvalidEnrollToken = errors.New("not a valid Ferry enrollment token")
+
+// ParseEnrollToken decodes a token made by Encode. Errors say what is wrong with the token as typed,
+// in words: the decoder's own messages ("invalid character '\u0081' …") mean nothing to the person.
 func ParseEnrollToken(s string) (EnrollToken, error) {
 	var t EnrollToken
+	bad := func(why string) (EnrollToken, error) {
+		return EnrollToken{}, fmt.Errorf("parse enrollment token: %w: %s", ErrInvalidEnrollToken, why)
+	}
 	body, ok := strings.CutPrefix(strings.TrimSpace(s), EnrollTokenPrefix)
 	if !ok {
-		return t, fmt.Errorf("parse enrollment token: it does not start with %q; copy the whole token the administrator gave you", EnrollTokenPrefix)
+		return bad(fmt.Sprintf("it does not start with %q; copy the whole token the administrator gave you", EnrollTokenPrefix))
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(body)
-	if err != nil {
-		return t, fmt.Errorf("parse enrollment token: it is damaged (%v); copy it again in full", err)
-	}
-	if err := json.Unmarshal(raw, &t); err != nil {
-		return t, fmt.Errorf("parse enrollment token: it is damaged (%v); copy it again in full", err)
+	if err != nil || json.Unmarshal(raw, &t) != nil {
+		return bad("it is damaged or cut short; copy it again in full")
 	}
 	if u, err := url.Parse(t.URL); err != nil || u.Scheme != "https" || u.Host == "" {
-		return t, fmt.Errorf("parse enrollment token: node URL %q is not an https URL", t.URL)
+		return bad("it names no https address of a node; copy it again in full")
 	}
 	if len(t.CertSHA256) != 64 || t.Secret == "" {
-		return t, fmt.Errorf("parse enrollment token: it lacks the node's certificate fingerprint or its secret")
+		return bad("it lacks the node's certificate fingerprint or its secret; copy it again in full")
 	}
 	return t, nil
 }

@@ -35,6 +35,9 @@ func Run(ctx context.Context, dirs client.Dirs) error {
 	if runtime.GOOS == "linux" && os.Getenv("DISPLAY") == "" && os.Getenv("WAYLAND_DISPLAY") == "" {
 		return errors.New("no graphical session (neither DISPLAY nor WAYLAND_DISPLAY is set), so the desktop app cannot open; use `ferry daemon` and the commands instead (ferry --help)")
 	}
+	if err := checkDisplay(); err != nil {
+		return err
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	a := fyneapp.NewWithID(ID)
 	a.SetIcon(fyne.NewStaticResource("icon.png", assets.IconPNG))

@@ -181,7 +181,7 @@ func statusCmd() *cobra.Command {
 				return fmt.Errorf("ferry-node unreachable: %s", st.NodeError)
 			}
 			if len(st.Resources) == 0 {
-				fmt.Fprintf(cmd.ErrOrStderr(), "No resources are granted to %s yet: ask a Ferry administrator to grant one of your roles a resource.\n", st.User)
+				fmt.Fprintln(cmd.ErrOrStderr(), client.NoResourcesHint(st.User))
 			}
 			return nil
 		},

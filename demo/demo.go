@@ -165,9 +165,19 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 	return e, nil
 }
 
-// EnvLine is the environment that makes the ferry CLI talk to this demo's daemon, as NAME=value pairs.
+// EnvLine is the shell command that makes the ferry CLI talk to this demo's daemon: an export of
+// FERRY_CONFIG_DIR and FERRY_RUNTIME_DIR, quoted so that it can be pasted into a POSIX shell as is.
 func (e *Env) EnvLine() string {
-	return client.EnvConfigDir + "=" + e.Dirs.Config + " " + client.EnvRuntimeDir + "=" + e.Dirs.Runtime
+	return "export " + client.EnvConfigDir + "=" + shellQuote(e.Dirs.Config) + " " + client.EnvRuntimeDir + "=" + shellQuote(e.Dirs.Runtime)
+}
+
+// shellQuote quotes s for a POSIX shell, leaving it bare when it holds only characters no shell
+// treats specially.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:/@+,") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // Close stops everything and removes the demo's directory when Start made it.

@@ -17,7 +17,7 @@ import (
 type Details struct {
 	u                                    *UI
 	Title                                *widget.Label
-	Fields                               map[string]*widget.Label
+	Fields                               map[string]*Value
 	Toggle, CopyAddr, CopyPsql, CopyJDBC *widget.Button
 	body                                 *fyne.Container
 	empty                                *widget.Label
@@ -27,14 +27,20 @@ type Details struct {
 // detailFields are the rows of the pane, in order.
 var detailFields = []string{"State", "Health", "Address", "Connectivity mode", "Loopback address", "Virtual networking address", "DNS name", "Database", "Username", "Type", "Tags"}
 
+// detailLabels shorten the labels of some fields, to leave the values room in a narrow pane.
+var detailLabels = map[string]string{"Virtual networking address": "VN address"}
+
 func newDetails(u *UI) *Details {
-	d := &Details{u: u, Title: widget.NewLabelWithStyle("", fyne.TextAlignLeading, fyne.TextStyle{Bold: true}), Fields: map[string]*widget.Label{}}
+	d := &Details{u: u, Title: widget.NewLabelWithStyle("", fyne.TextAlignLeading, fyne.TextStyle{Bold: true}), Fields: map[string]*Value{}}
 	grid := container.New(layout.NewFormLayout())
 	for _, f := range detailFields {
-		l := widget.NewLabel("")
-		l.Wrapping = fyne.TextWrapBreak
+		l := NewValue("")
 		d.Fields[f] = l
-		grid.Add(widget.NewLabelWithStyle(f, fyne.TextAlignTrailing, fyne.TextStyle{}))
+		label := f
+		if short, ok := detailLabels[f]; ok {
+			label = short
+		}
+		grid.Add(widget.NewLabelWithStyle(label, fyne.TextAlignTrailing, fyne.TextStyle{}))
 		grid.Add(l)
 	}
 	sel := func() string {
@@ -99,6 +105,14 @@ func (d *Details) update(st client.Status) {
 			d.Toggle.SetText("Connect")
 		}
 	})
+}
+
+// Showing returns the name of the resource the pane shows, or "" when it shows none.
+func (d *Details) Showing() string {
+	if !d.body.Visible() {
+		return ""
+	}
+	return d.Title.Text
 }
 
 func typeName(t string) string {

@@ -8,6 +8,7 @@ package ui
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -187,4 +188,40 @@ func NodeChange(prev *bool, st client.Status, err error) *fyne.Notification {
 	}
 	return fyne.NewNotification("Ferry: ferry-node is unreachable",
 		"New connections will fail until it comes back ("+st.NodeError+"). Check your network or VPN; Ferry keeps retrying.")
+}
+
+// Count is n and noun, in the plural unless n is 1: "1 resource", "3 resources".
+func Count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// EmptyTableHint is what the window says in place of the resource table when it is empty: nothing is
+// granted to the user (the same words as `ferry status`), or the search finds nothing among shown
+// resources. It is "" when rows are shown or the status line already says what is wrong.
+func EmptyTableHint(st client.Status, err error, search string, shown int) string {
+	switch {
+	case err != nil || !st.NodeReachable:
+		return ""
+	case len(st.Resources) == 0:
+		return client.NoResourcesHint(st.User)
+	case shown == 0:
+		return fmt.Sprintf("No resource matches %q: the search looks in names and in tags written key=value (env=prod).", strings.TrimSpace(search))
+	}
+	return ""
+}
+
+// LoginErrorText is the login view's message for a failed login. A token that is not an enrollment
+// token gets words, not the decoder's message ("invalid character '\u0081' …").
+func LoginErrorText(err error) string {
+	if errors.Is(err, api.ErrInvalidEnrollToken) {
+		why := err.Error()
+		if _, after, ok := strings.Cut(why, api.ErrInvalidEnrollToken.Error()+": "); ok {
+			why = after
+		}
+		return "This is not a valid Ferry enrollment token: " + why + "."
+	}
+	return err.Error()
 }

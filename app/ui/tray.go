@@ -83,6 +83,9 @@ func (u *UI) buildTray(st client.Status, err error) *fyne.Menu {
 	}
 	if loggedIn && err == nil {
 		items = append(items, fyne.NewMenuItemSeparator())
+		if len(st.Resources) == 0 && st.NodeReachable {
+			items = append(items, info("No resources granted to you yet"))
+		}
 		if len(st.Resources) > GroupThreshold {
 			groups := map[string][]*fyne.MenuItem{}
 			for _, r := range st.Resources {

@@ -66,12 +66,15 @@ type UI struct {
 	Token, DeviceName            *widget.Entry
 	LoginBtn, LogoutBtn          *widget.Button
 	LoginMessage                 *widget.Label
+	EmptyHint                    *widget.Label // why the table is empty: nothing granted, or nothing matches the search
 	ModePref                     *widget.Select
 	Autostart                    *widget.Check
 	Form                         *adminform.Form
 	Details                      *Details
 
 	rowsBox  *fyne.Container
+	header   *fyne.Container
+	cols     *columns // shared by the header and every row
 	rows     map[string]*Row
 	tabs     *container.AppTabs
 	adminTab *container.TabItem
@@ -111,7 +114,8 @@ func New(opt Options) *UI {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
-	u := &UI{opt: opt, rows: map[string]*Row{}}
+	// Column weights: name, state, address, health, mode, button.
+	u := &UI{opt: opt, rows: map[string]*Row{}, cols: newColumns(2.2, 1.6, 2.4, 1.1, 1.5, 1.4)}
 	u.Window = opt.App.NewWindow("Ferry")
 	u.Window.Resize(fyne.NewSize(980, 620))
 	u.Banner = widget.NewLabel("")
@@ -126,12 +130,16 @@ func New(opt Options) *UI {
 	u.ConnectAllBtn = widget.NewButtonWithIcon("Connect all", theme.MediaPlayIcon(), u.connectAll)
 	u.DisconnectAll = widget.NewButtonWithIcon("Disconnect all", theme.MediaStopIcon(), u.disconnectAll)
 	u.rowsBox = container.NewVBox()
+	u.EmptyHint = widget.NewLabel("")
+	u.EmptyHint.Wrapping = fyne.TextWrapWord
+	u.EmptyHint.Hide()
 	u.Details = newDetails(u)
 
-	header := container.New(rowWeights, bold("Resource"), bold("State"), bold("Address"), bold("Health"), bold("Mode"), widget.NewLabel(""))
-	list := container.NewBorder(container.NewVBox(container.NewBorder(nil, nil, nil, container.NewHBox(u.ConnectAllBtn, u.DisconnectAll), u.Search), header), nil, nil, nil, container.NewVScroll(u.rowsBox))
+	u.header = container.New(u.cols, bold("Resource"), bold("State"), bold("Address"), bold("Health"), bold("Mode"), widget.NewLabel(""))
+	list := container.NewBorder(container.NewVBox(container.NewBorder(nil, nil, nil, container.NewHBox(u.ConnectAllBtn, u.DisconnectAll), u.Search), u.header), nil, nil, nil, container.NewVScroll(container.NewVBox(u.EmptyHint, u.rowsBox)))
 	split := container.NewHSplit(list, u.Details.obj)
-	split.Offset = 0.7
+	// The table takes at least the width of its content (columns.fit); the details pane gets the rest.
+	split.Offset = 0.6
 
 	u.ModePref = widget.NewSelect([]string{"org default", resource.ModeLoopback, resource.ModeVirtualNetworking}, nil)
 	if p, err := client.LoadPreferences(opt.Dirs); err == nil && p.ConnectivityMode != "" {
@@ -324,7 +332,7 @@ func (u *UI) redraw(st client.Status, err error, loggedIn bool) {
 			role = " (administrator)"
 		}
 		u.StatusLine.Importance = widget.MediumImportance
-		u.StatusLine.SetText(fmt.Sprintf("Signed in as %s%s on device %s · ferry-node reachable · %d resources", st.User, role, st.Device, len(st.Resources)))
+		u.StatusLine.SetText(fmt.Sprintf("Signed in as %s%s on device %s · ferry-node reachable · %s", st.User, role, st.Device, Count(len(st.Resources), "resource")))
 	}
 	if err != nil {
 		return // keep the last rows rather than blanking the window on a hiccup
@@ -349,8 +357,21 @@ func (u *UI) redraw(st client.Status, err error, loggedIn bool) {
 			u.rebuildRows(st)
 		}
 	}
+	if u.fitColumns() {
+		u.header.Refresh()
+		u.rowsBox.Refresh()
+	}
 	u.applyFilter()
 	u.Details.update(st)
+}
+
+// fitColumns gives every column of the table at least the width of its widest content.
+func (u *UI) fitColumns() bool {
+	rows := [][]fyne.CanvasObject{u.header.Objects}
+	for _, r := range u.rows {
+		rows = append(rows, r.obj.(*fyne.Container).Objects)
+	}
+	return u.cols.fit(rows)
 }
 
 func (u *UI) rebuildRows(st client.Status) {
@@ -364,16 +385,33 @@ func (u *UI) rebuildRows(st client.Status) {
 	u.rowsBox.Refresh()
 }
 
+// applyFilter shows the rows the search finds, says so when it finds none or there are none, and
+// clears the details pane when the search hides the resource it shows.
 func (u *UI) applyFilter() {
-	st, _ := u.Status()
+	st, err := u.Status()
+	shown := 0
+	u.mu.Lock()
+	selected := u.selected
+	u.mu.Unlock()
 	for _, r := range st.Resources {
 		if row, ok := u.rows[r.Name]; ok {
 			if Matches(r, u.Search.Text) {
 				row.obj.Show()
+				shown++
 			} else {
 				row.obj.Hide()
+				if r.Name == selected {
+					u.Select("")
+				}
 			}
 		}
+	}
+	hint := EmptyTableHint(st, err, u.Search.Text, shown)
+	u.EmptyHint.SetText(hint)
+	if hint == "" {
+		u.EmptyHint.Hide()
+	} else {
+		u.EmptyHint.Show()
 	}
 }
 
@@ -415,8 +453,7 @@ func (u *UI) newRow(name string) *Row {
 	row.Open.Importance = widget.LowImportance
 	row.Open.Alignment = widget.ButtonAlignLeading
 	row.Toggle = widget.NewButton("Connect", func() { u.Toggle(name) })
-	row.Address.Truncation = fyne.TextTruncateEllipsis
-	row.obj = container.New(rowWeights, row.Open, row.State, row.Address, row.Health, row.Mode, row.Toggle)
+	row.obj = container.New(u.cols, row.Open, row.State, row.Address, row.Health, row.Mode, row.Toggle)
 	return row
 }
 
@@ -526,6 +563,11 @@ func (u *UI) logout() {
 func (u *UI) doLogin() {
 	token := strings.TrimSpace(u.Token.Text)
 	device := strings.TrimSpace(u.DeviceName.Text)
+	if token == "" {
+		u.LoginMessage.Importance = widget.DangerImportance
+		u.LoginMessage.SetText("Paste the enrollment token your Ferry administrator gave you first (it starts with " + api.EnrollTokenPrefix + ").")
+		return
+	}
 	u.LoginBtn.Disable()
 	u.LoginMessage.Importance = widget.MediumImportance
 	u.LoginMessage.SetText("Logging in…")
@@ -548,7 +590,7 @@ func (u *UI) doLogin() {
 			u.LoginBtn.Enable()
 			if err != nil {
 				u.LoginMessage.Importance = widget.DangerImportance
-				u.LoginMessage.SetText(err.Error())
+				u.LoginMessage.SetText(LoginErrorText(err))
 				return
 			}
 			u.Token.SetText("")

@@ -15,8 +15,11 @@ import (
 	"time"
 
 	"fyne.io/fyne/v2"
+	"fyne.io/fyne/v2/canvas"
 	"fyne.io/fyne/v2/test"
+	"fyne.io/fyne/v2/widget"
 
+	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/app/ui"
 	"github.com/ferryhq/ferry/cli"
 	"github.com/ferryhq/ferry/client"
@@ -132,12 +135,15 @@ func TestDesktopAgainstDemo(t *testing.T) {
 	autostart := filepath.Join(t.TempDir(), "autostart", "ferry.desktop")
 	u := ui.New(ui.Options{App: a, Dirs: env.Dirs, Core: client.NewControl(env.Dirs), Notify: n.add, SetTray: tr.set,
 		AutostartPath: autostart, Executable: "/usr/bin/ferry"})
-	test.NewTempWindow(t, u.Window.Content()) // lay the content out on a test canvas
+	win := test.NewTempWindow(t, u.Window.Content()) // lay the content out on a test canvas
 	u.Refresh(ctx)
 
 	prod := u.Row(demo.ResourceName)
 	if prod == nil {
 		t.Fatalf("no row for %s; status line %q", demo.ResourceName, u.StatusLine.Text)
+	}
+	if got := read(func() string { return u.StatusLine.Text }); !strings.HasSuffix(got, "· 1 resource") {
+		t.Errorf("status line with one resource: %q", got)
 	}
 	if got := read(func() string { return prod.State.Text }); got != "connected" {
 		t.Fatalf("%s state %q, want connected", demo.ResourceName, got)
@@ -266,6 +272,10 @@ func TestDesktopAgainstDemo(t *testing.T) {
 	})
 
 	t.Run("search filters names and tags", func(t *testing.T) {
+		test.Tap(prod.Open)
+		if got := read(u.Details.Showing); got != demo.ResourceName {
+			t.Fatalf("details pane shows %q after selecting %s", got, demo.ResourceName)
+		}
 		for search, want := range map[string][2]bool{"env=dev": {false, true}, "PROD": {true, false}, "team=data": {true, true}, "": {true, true}} {
 			test.Type(u.Search, "")
 			fyne.DoAndWait(func() { u.Search.SetText(search) })
@@ -273,7 +283,21 @@ func TestDesktopAgainstDemo(t *testing.T) {
 			if got != want {
 				t.Errorf("search %q: shown (prod, dev) = %v, want %v", search, got, want)
 			}
+			if got := read(u.Details.Showing); got != "" && !want[0] {
+				t.Errorf("search %q hides %s, but the details pane still shows %q", search, demo.ResourceName, got)
+			}
+			if got := read(func() string { return u.EmptyHint.Text }); got != "" || read(u.EmptyHint.Visible) {
+				t.Errorf("search %q finds resources, but the table says %q", search, got)
+			}
 		}
+		if got := read(u.Details.Showing); got != "" {
+			t.Errorf("the details pane shows %q again after the search that hid it was cleared", got)
+		}
+		fyne.DoAndWait(func() { u.Search.SetText("nope") })
+		if got := read(func() string { return u.EmptyHint.Text }); !read(u.EmptyHint.Visible) || !strings.Contains(got, `No resource matches "nope"`) {
+			t.Errorf("a search that finds nothing says %q (shown %v)", got, read(u.EmptyHint.Visible))
+		}
+		fyne.DoAndWait(func() { u.Search.SetText("") })
 	})
 
 	t.Run("disconnect all and connect all", func(t *testing.T) {
@@ -303,6 +327,52 @@ func TestDesktopAgainstDemo(t *testing.T) {
 			got["Connectivity mode"] != "loopback" || (got["Health"] != "healthy" && got["Health"] != "unhealthy (not checked yet)") || got["Virtual networking address"] == "—" {
 			t.Errorf("details: %v", got)
 		}
+	})
+
+	t.Run("at 1280 px the details pane wraps only between words and addresses are whole", func(t *testing.T) {
+		fyne.DoAndWait(func() { win.Resize(fyne.NewSize(1280, 800)) })
+		check := func(t *testing.T) {
+			t.Helper()
+			u.Refresh(ctx)
+			test.Tap(prod.Open)
+			fyne.DoAndWait(func() { win.Content().Refresh() })
+			if dns := read(func() string { return u.Details.Fields["DNS name"].Text }); !strings.HasPrefix(dns, demo.ResourceName+".") {
+				t.Errorf("DNS name %q: the check needs a long name", dns)
+			}
+			for field, v := range u.Details.Fields {
+				text, size, lines := read(func() string { return v.Text }), read(v.Size), read(func() []string { return renderedLines(v) })
+				if size.Width <= 0 || len(lines) == 0 {
+					t.Fatalf("%s is not laid out (%v, lines %q)", field, size, lines)
+				}
+				if nospace(strings.Join(lines, "")) != nospace(text) {
+					t.Errorf("%s: lines %q are not the value %q", field, lines, text)
+				}
+				for _, l := range lines[:len(lines)-1] {
+					if r := []rune(l); !strings.ContainsRune(".-,/:@&?;_ ", r[len(r)-1]) {
+						t.Errorf("%s %q wraps inside a word at %.0f px: %q", field, text, size.Width, lines)
+					}
+				}
+				if len(lines) > 1 {
+					t.Logf("%s wraps at %.0f px: %q", field, size.Width, lines)
+				}
+			}
+			for _, name := range []string{demo.ResourceName, dev} {
+				r := u.Row(name)
+				text, width := read(func() string { return r.Address.Text }), read(r.Address.Size).Width
+				if need := read(func() float32 { return widget.NewLabel(text).MinSize().Width }); width < need {
+					t.Errorf("%s: the Address column is %.0f px, %q needs %.0f px", name, width, text, need)
+				}
+			}
+		}
+		t.Run("connected", check)
+		if err := client.NewControl(env.Dirs).Disconnect(ctx, dev); err != nil {
+			t.Fatal(err)
+		}
+		t.Run("not connected", check)
+		if _, err := client.NewControl(env.Dirs).Connect(ctx, dev); err != nil {
+			t.Fatal(err)
+		}
+		u.Refresh(ctx)
 	})
 
 	t.Run("settings: start at login", func(t *testing.T) {
@@ -369,6 +439,9 @@ func TestDesktopAgainstDemo(t *testing.T) {
 		eventually(t, 10*time.Second, "a damaged token gave no message", func() bool {
 			return strings.Contains(read(func() string { return u2.LoginMessage.Text }), "copy it again in full")
 		})
+		if got := read(func() string { return u2.LoginMessage.Text }); !strings.HasPrefix(got, "This is not a valid Ferry enrollment token") || strings.Contains(got, "invalid character") {
+			t.Errorf("login view on a garbage token: %q", got)
+		}
 		tok, err := env.Node.EnrollToken(ctx, node.DefaultAdmin)
 		if err != nil {
 			t.Fatal(err)
@@ -385,6 +458,40 @@ func TestDesktopAgainstDemo(t *testing.T) {
 		}, n.dump)
 	})
 
+	t.Run("a user with no grants is told why the table is empty", func(t *testing.T) {
+		const user = "newcomer"
+		if err := env.Daemon.API().AddUser(ctx, api.NewUser{Name: user}); err != nil {
+			t.Fatal(err)
+		}
+		dirs := client.Dirs{Config: filepath.Join(t.TempDir(), "cfg"), Runtime: filepath.Join(t.TempDir(), "run")}
+		tok, err := env.Node.EnrollToken(ctx, user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := client.Login(ctx, dirs, tok, "laptop-3"); err != nil {
+			t.Fatal(err)
+		}
+		d, err := client.StartDaemon(ctx, dirs, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		u3 := ui.New(ui.Options{App: test.NewTempApp(t), Dirs: dirs, Core: client.NewControl(dirs), Notify: n.add})
+		test.NewTempWindow(t, u3.Window.Content())
+		eventually(t, 30*time.Second, "the newcomer's window never said why it is empty", func() bool {
+			u3.Refresh(ctx)
+			return read(func() string { return u3.EmptyHint.Text }) == client.NoResourcesHint(user) && read(u3.EmptyHint.Visible)
+		}, func() string {
+			return "; hint " + read(func() string { return u3.EmptyHint.Text }) + "; status " + read(func() string { return u3.StatusLine.Text })
+		})
+		if got := read(func() string { return u3.StatusLine.Text }); !strings.HasSuffix(got, "· 0 resources") {
+			t.Errorf("status line: %q", got)
+		}
+		if item(u3.TrayMenu(), "No resources granted") == nil {
+			t.Errorf("the tray menu does not say that nothing is granted: %s", menuText(u3.TrayMenu()))
+		}
+	})
+
 	t.Run("node unreachable is notified", func(t *testing.T) {
 		env.Node.Close()
 		eventually(t, 60*time.Second, "no notification when the node went away", func() bool {
@@ -395,6 +502,43 @@ func TestDesktopAgainstDemo(t *testing.T) {
 			t.Errorf("tray icon %q with the node unreachable", tr.get())
 		}
 	})
+}
+
+// renderedLines returns the texts o draws, in order: a label's lines as laid out.
+func renderedLines(o fyne.CanvasObject) []string {
+	var out []string
+	var walk func(o fyne.CanvasObject)
+	walk = func(o fyne.CanvasObject) {
+		if !o.Visible() {
+			return
+		}
+		switch x := o.(type) {
+		case *canvas.Text:
+			if x.Text != "" {
+				out = append(out, x.Text)
+			}
+		case *fyne.Container:
+			for _, c := range x.Objects {
+				walk(c)
+			}
+		case fyne.Widget:
+			for _, c := range test.WidgetRenderer(x).Objects() {
+				walk(c)
+			}
+		}
+	}
+	walk(o)
+	return out
+}
+
+func nospace(s string) string { return strings.ReplaceAll(s, " ", "") }
+
+func menuText(m *fyne.Menu) string {
+	var labels []string
+	for _, it := range m.Items {
+		labels = append(labels, it.Label)
+	}
+	return strings.Join(labels, " | ")
 }
 
 func isShown(u *ui.UI, name string) bool {

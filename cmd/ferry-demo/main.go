@@ -2,11 +2,11 @@
 // emulator, a node, an enrolled client daemon and the example resource azure-pg-mi-prod, connected in
 // loopback mode. When ready it prints
 //
-//	env: FERRY_CONFIG_DIR=… FERRY_RUNTIME_DIR=…
+//	export FERRY_CONFIG_DIR=… FERRY_RUNTIME_DIR=…
 //	ready: host=127.0.0.1 port=10001 dbname=production user=mi_user sslmode=disable
 //
-// Export the env line in another shell to use `ferry status`, `ferry connect` and `ferry admin` as
-// the demo's admin; give the ready line to psql. Ctrl-C tears everything down.
+// Paste the export line into another shell as is to use `ferry status`, `ferry connect` and
+// `ferry admin` as the demo's admin; give the ready line to psql. Ctrl-C tears everything down.
 package main
 
 import (
@@ -52,7 +52,7 @@ func main() {
 		}
 		os.Exit(1)
 	}
-	fmt.Println("env: " + env.EnvLine())
+	fmt.Println(env.EnvLine())
 	fmt.Println("ready: " + client.ConnString(env.Resource))
 	fmt.Println("node: --state " + env.NodeDir)
 	<-ctx.Done()

@@ -1,8 +1,12 @@
 //go:build cgo
 
-// Command shots renders the README's screenshots of the desktop app with the real Fyne driver (run it
-// under Xvfb: xvfb-run go run ./app/internal/shots -out docs). It starts the demo installation, adds
-// two more resources, connects one, and captures the main window and the "Add resource" form with
+// Command shots renders the README's screenshots of the desktop app with the real Fyne driver. Run it
+// under Xvfb with a screen larger than the windows:
+//
+//	xvfb-run -a -s "-screen 0 1400x1100x24" go run ./app/internal/shots -out docs
+//
+// It starts the demo installation, adds two more resources, connects one, and captures the main
+// window, the main window at 1280 px with the details pane, and the "Add resource" form with
 // ImageMagick's import.
 //
 // The third resource's hostname does not resolve, so the node's health check marks it unhealthy.
@@ -74,6 +78,13 @@ func run(out string) error {
 		u.Select(demo.ResourceName)
 		time.Sleep(2 * time.Second)
 		if shotErr = capture(u.Window, filepath.Join(out, "main-window.png")); shotErr != nil {
+			return
+		}
+		// The details pane at 1280 px, the common laptop width: values wrap between words, never inside.
+		fyne.DoAndWait(func() { u.Window.Resize(fyne.NewSize(1280, 640)) })
+		u.Select(demo.ResourceName)
+		time.Sleep(2 * time.Second)
+		if shotErr = capture(u.Window, filepath.Join(out, "details-pane.png")); shotErr != nil {
 			return
 		}
 		fyne.DoAndWait(func() {
