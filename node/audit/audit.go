@@ -107,9 +107,29 @@ type Options struct {
 	// wait after the first failed try, doubled after each further one.
 	WriteAttempts int
 	RetryWait     time.Duration
+
+	// gatherWait is the writer's gather window (see gatherWait below); tests compare it with 0
+	// (off), which withDefaults keeps when noGather is set.
+	gatherWait time.Duration
+	noGather   bool
 }
 
+// gatherWait: while the writer is busy (its previous batch was written less than gatherWait
+// ago) and has taken fewer than gatherFew records, it waits gatherWait for more before writing
+// them. Each transaction costs the same whatever its size (BEGIN IMMEDIATE, and at commit the
+// WAL frames of the whole pages it changed: the table's and each index's last leaf), which under
+// a steady stream of sessions was most of the writer's CPU with one record per transaction. An
+// idle log writes at once; a busy one lets records wait at most about gatherWait more before
+// they reach the file (Recorder.Close and Flush still wait for them, so no promise changes).
+const (
+	gatherWait = 2 * time.Millisecond
+	gatherFew  = 64
+)
+
 func (o Options) withDefaults() Options {
+	if o.gatherWait == 0 && !o.noGather {
+		o.gatherWait = gatherWait
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -670,11 +690,20 @@ func (l *Log) writer() {
 	var batch []entry
 	var qs []Query
 	var failed []bool
+	var lastWrite time.Time
 	for {
 		l.mu.Lock()
 		batch, l.pending = l.pending, batch[:0]
 		closed := l.closed
 		l.mu.Unlock()
+		if n := len(batch); n > 0 && n < gatherFew && !closed && l.opts.gatherWait > 0 && time.Since(lastWrite) < l.opts.gatherWait {
+			time.Sleep(l.opts.gatherWait)
+			l.mu.Lock()
+			batch = append(batch, l.pending...)
+			clear(l.pending)
+			l.pending = l.pending[:0]
+			l.mu.Unlock()
+		}
 		if len(batch) == 0 {
 			if closed {
 				l.mu.Lock()
@@ -697,6 +726,7 @@ func (l *Log) writer() {
 			var err error
 			failed, err = l.write(qs, failed[:0])
 			l.settle(chunk, failed, err)
+			lastWrite = time.Now()
 			clear(qs)
 			clear(chunk)
 		}
