@@ -25,9 +25,10 @@
 // other sessions need nor make their records be dropped. Nothing is dropped
 // because a queue is full. One writer goroutine takes every queued record in
 // turn, in batches of up to BatchSize rows per transaction, so a burst of
-// statements costs one WAL commit instead of one each; it commits as soon as
-// it has anything (records reach the file within milliseconds, not on a
-// timer). A batch that fails is retried like a connection record; if it
+// statements costs one WAL commit instead of one each. An idle writer commits
+// as soon as it has anything; a busy one (it wrote less than gatherWait, 2 ms,
+// ago) waits gatherWait for more before a small batch, so a steady stream of
+// sessions shares commits too (records reach the file within milliseconds). A batch that fails is retried like a connection record; if it
 // still fails, each of its records is tried once on its own, so one bad
 // record cannot take others with it. A query record that cannot be written
 // then is counted (Stats.QueriesDropped, Stats.QueryWriteFailures, and the
@@ -243,6 +244,7 @@ type Log struct {
 	db     *sql.DB
 	logger *slog.Logger
 	opts   Options
+	insert *sql.Stmt // insertQuerySQL, prepared on db; closed by Close
 
 	mu      sync.Mutex // guards the fields below and every Recorder's counts
 	pending []entry    // queued records the writer has not taken yet
@@ -412,10 +414,20 @@ func OpenWithOptions(ctx context.Context, db *sql.DB, opts Options) (*Log, error
 	if err := migrate(ctx, db); err != nil {
 		return nil, fmt.Errorf("upgrade audit tables: %w", err)
 	}
-	l := &Log{db: db, logger: opts.Logger, opts: opts, wake: make(chan struct{}, 1), stopped: make(chan struct{})}
+	insert, err := db.PrepareContext(ctx, insertQuerySQL)
+	if err != nil {
+		return nil, fmt.Errorf("prepare query insert: %w", err)
+	}
+	l := &Log{db: db, logger: opts.Logger, opts: opts, insert: insert, wake: make(chan struct{}, 1), stopped: make(chan struct{})}
 	go l.writer()
 	return l, nil
 }
+
+// insertQuerySQL writes one query record. The writer prepares it once (Log.insert) and runs it in
+// each batch's transaction: SQLite compiles it again by itself should the schema change.
+const insertQuerySQL = `INSERT INTO audit_queries
+		(connection_id, time, user_name, resource, protocol, sql, duration_us, sql_length, sql_sha256,
+		 statement, params, command, rows, sqlstate, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 // retry runs write until it succeeds, up to Options.WriteAttempts times,
 // waiting between tries (Options.RetryWait, doubled each time) unless ctx
@@ -678,6 +690,7 @@ func (l *Log) Close() error {
 	default:
 	}
 	<-l.stopped
+	l.insert.Close()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.lastErr
@@ -829,12 +842,8 @@ func (l *Log) insertOnce(batch []Query) error {
 		return fmt.Errorf("begin query insert: %w", err)
 	}
 	defer tx.Rollback()
-	stmt, err := tx.PrepareContext(ctx, `INSERT INTO audit_queries
-		(connection_id, time, user_name, resource, protocol, sql, duration_us, sql_length, sql_sha256,
-		 statement, params, command, rows, sqlstate, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-	if err != nil {
-		return fmt.Errorf("prepare query insert: %w", err)
-	}
+	// Prepared once per pooled connection (database/sql keeps it), not once per batch.
+	stmt := tx.StmtContext(ctx, l.insert)
 	defer stmt.Close()
 	for _, q := range batch {
 		if _, err := stmt.ExecContext(ctx, q.ConnectionID, formatTime(q.Time), q.User, q.Resource, q.Protocol, q.SQL,
