@@ -38,6 +38,10 @@ type sample struct {
 	Seconds   float64 `json:"seconds"`              // how long the measurement ran
 	Bytes     int64   `json:"bytes,omitempty"`      // bytes transferred (COPY, tunnel)
 	Txns      int64   `json:"transactions,omitempty"`
+	// NodeCPUus is the CPU time (user + system) the node process used per transaction, in µs,
+	// where the node is a process of its own (path "ferry proc"): a node's cost per query,
+	// which unlike TPS hardly depends on what else the machine runs.
+	NodeCPUus float64 `json:"node_cpu_us_per_tx,omitempty"`
 	Queries   int64   `json:"queries,omitempty"` // DNS queries answered (dnsperf "completed")
 	Lost      int64   `json:"lost,omitempty"`    // DNS queries unanswered within dnsperf's timeout
 }
@@ -52,6 +56,9 @@ func (s sample) String() string {
 	}
 	if s.ConnMs > 0 {
 		out += fmt.Sprintf(", connection time %.3f ms", s.ConnMs)
+	}
+	if s.NodeCPUus > 0 {
+		out += fmt.Sprintf(", node CPU %.0f µs/tx", s.NodeCPUus)
 	}
 	if s.Bytes > 0 {
 		out += fmt.Sprintf(", %d bytes in %.2f s", s.Bytes, s.Seconds)
@@ -78,9 +85,11 @@ func runPgbench(ctx context.Context, p *path, secs int, args ...string) (sample,
 	cmd := p.command(ctx, "pgbench", append([]string{"-n", "-T", strconv.Itoa(secs)}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cpu0, cpuErr := processCPU(p.cpuPid)
 	t0 := time.Now()
 	err := cmd.Run()
 	elapsed := time.Since(t0).Seconds()
+	cpu1, cpuErr1 := processCPU(p.cpuPid)
 	out := stdout.String()
 	if err != nil {
 		return sample{}, fmt.Errorf("pgbench %s: %w: %s", strings.Join(args, " "), err, lastLines(stderr.String()+out, 3))
@@ -99,7 +108,35 @@ func runPgbench(ctx context.Context, p *path, secs int, args ...string) (sample,
 	if m := reConn.FindStringSubmatch(out); m != nil {
 		s.ConnMs, _ = strconv.ParseFloat(m[1], 64)
 	}
+	if p.cpuPid != 0 && cpuErr == nil && cpuErr1 == nil && s.Txns > 0 {
+		s.NodeCPUus = float64((cpu1 - cpu0).Microseconds()) / float64(s.Txns)
+	}
 	return s, nil
+}
+
+// processCPU returns the user + system CPU time of process pid so far (/proc/PID/stat, in clock
+// ticks of 10 ms); 0, nil for pid 0.
+func processCPU(pid int) (time.Duration, error) {
+	if pid == 0 {
+		return 0, nil
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("CPU time of process %d: %w", pid, err)
+	}
+	// The command name (field 2) is in parentheses and may hold spaces: count after its end.
+	_, rest, ok := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0, fmt.Errorf("CPU time of process %d: cannot read /proc/%d/stat", pid, pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64) // field 14
+	stime, err2 := strconv.ParseInt(f[12], 10, 64) // field 15
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("CPU time of process %d: cannot read /proc/%d/stat", pid, pid)
+	}
+	const tick = 10 * time.Millisecond // USER_HZ = 100 on Linux
+	return time.Duration(utime+stime) * tick, nil
 }
 
 // runLatency runs pgbench -S -c 1 for secs on p with a per-transaction log (-l) in dir and returns

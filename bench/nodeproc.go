@@ -121,6 +121,7 @@ func (i *installation) startNodeProc(ctx context.Context, dir string, log *slog.
 			"PGHOST": host, "PGPORT": port, "PGUSER": demo.Role, "PGDATABASE": demo.Database,
 			"PGSSLMODE": "disable", "PGAPPNAME": "bench-ferry-proc",
 		},
+		cpuPid: p.cmd.Process.Pid,
 	}
 	if err := p.path.check(ctx); err != nil {
 		return nil, fmt.Errorf("%w (ferry-node: %s)", err, lastLines(p.out.String(), 3))

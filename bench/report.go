@@ -284,7 +284,7 @@ func (r *report) markdown() string {
 			switch {
 			case !ok && len(f.Errors[c]) > 0:
 				w(" failed |")
-			case !ok:
+			case !ok || v == 0: // not measured on this path (e.g. node CPU where the node is not a process of its own)
 				w(" — |")
 			case bok && base > 0:
 				w(" "+format+" (%.2f×) |", v, v/base)
@@ -326,6 +326,9 @@ func (r *report) markdown() string {
 		case strings.HasPrefix(f.Key, "pgbench"):
 			row(f.Title, func(v, _ float64) float64 { return v }, "%.1f")
 			row(strings.Replace(f.Title, ": TPS", ": latency avg, ms", 1), func(_, lat float64) float64 { return lat }, "%.3f")
+			if _, ok := f.meanOf(procPathName, func(s sample) float64 { return s.NodeCPUus }); ok && f.Key == "pgbench_select_tps" {
+				sub(f, strings.Replace(f.Title, ": TPS", ": node process CPU per transaction, µs", 1), func(s sample) float64 { return s.NodeCPUus }, "%.0f")
+			}
 			if f.Key == "pgbench_connect_tps" {
 				sub(f, strings.Replace(f.Title, ": TPS", ": connection time avg, ms", 1), func(s sample) float64 { return s.ConnMs }, "%.3f")
 			}
