@@ -8,9 +8,24 @@
 //
 // It builds the installation with demo.Start (real PostgreSQL behind the Azure emulator's TLS front,
 // a node and a connected client in this process), starts a private OpenSSH server with an `ssh -N -L`
-// forward and a pgbouncer in session mode, then runs pgbench -S, pgbench -C -S and a bulk COPY TO
-// STDOUT through every path, alternating between them, plus the tunnel's raw TCP ceiling and the
-// memory held by idle proxied connections. As root it also runs a second client daemon in virtual
+// forward and a pgbouncer in session mode, then runs pgbench -S (-c 8 for throughput; -c 1 with a
+// per-transaction log, -l, for the p50 and p99 latency), pgbench -C -S and a bulk COPY TO STDOUT
+// through every path, alternating between them, plus the tunnel's raw TCP ceiling and the memory
+// held by idle proxied connections. Ferry is measured twice: "ferry" with the node in this process
+// (demo.Start) and "ferry proc" with the node as its own process, as deployed (cmd/ferry-node built
+// and run with a state of its own against the same emulator, a second client daemon enrolled
+// with it; -node-process=false skips it).
+//
+// pgbench -C: every path, the server's own unix socket included, pays PostgreSQL's start of a
+// backend (fork, then catalog caches and shared memory mapped in): about 800 page faults per
+// connection, whatever the emulator's server settings (its fsync=off, shared_buffers=16MB and mmap
+// dynamic shared memory make no difference to the count, nor do huge pages for shared memory,
+// LD_BIND_NOW or glibc's malloc hugetlb tunable). On bare metal a fault costs well under a
+// microsecond and a backend starts in 1–3 ms; on a virtual machine with costly faults (nested
+// virtualisation: 12 µs and more per fault, 2.5 ms to fork and reap an 80 MB process) it takes
+// 20–40 ms of CPU, and with -c 4 on 2 cores about 60 ms of waiting. So the report gives, next to
+// TPS, pgbench's average connection time per path and each path's own connection cost: its
+// connection time minus the socket's, measured in the same pass. As root it also runs a second client daemon in virtual
 // networking mode inside a network namespace (demo/vnet) and measures the same figures through the
 // resource's VN address ("ferry VN"). The DNS figures put Ferry's resolver next to dnsmasq serving
 // the same names, with dnsperf. What is missing (a package, root) is printed as "not measured" with
@@ -48,6 +63,7 @@ type options struct {
 	verbose   bool
 	cpuProf   string // write a CPU profile of this process (node, client, front) here
 	only      string // comma-separated path names to measure; "" = all
+	nodeProc  bool   // also measure with the node as its own process
 }
 
 func main() {
@@ -63,7 +79,8 @@ func main() {
 	flag.BoolVar(&o.install, "install", true, "when root, apt-get install the peers that are missing (openssh-server, pgbouncer)")
 	flag.BoolVar(&o.smoke, "smoke", false, "quick run: -T 2s, -copy-mb 32, -idle 100, -sessions 10, nothing written unless -out is given")
 	flag.StringVar(&o.cpuProf, "cpuprofile", "", "write a CPU profile of the bench process (node, client and emulator front run in it) to this file")
-	flag.StringVar(&o.only, "paths", "", "measure only these paths (comma-separated: direct,ferry,ferry VN,ssh -L,pgbouncer,socket), e.g. to profile one")
+	flag.StringVar(&o.only, "paths", "", "measure only these paths (comma-separated: direct,ferry,ferry proc,ferry VN,ssh -L,pgbouncer,socket), e.g. to profile one")
+	flag.BoolVar(&o.nodeProc, "node-process", true, "also measure Ferry with the node as its own process (builds cmd/ferry-node; path \""+procPathName+"\")")
 	flag.BoolVar(&o.verbose, "verbose", false, "log what the node, client and emulator do")
 	flag.Parse()
 	if o.smoke {
@@ -171,6 +188,17 @@ func run(ctx context.Context, o options) error {
 		defer vn.Close()
 		paths = append(paths, vn.path)
 	}
+	if o.nodeProc {
+		step("the node as its own process: building and running cmd/ferry-node, enrolling a second client")
+		np, err := inst.startNodeProc(ctx, dir, log)
+		if err != nil {
+			rep.notMeasured(procPathName+" (node as its own process)", err.Error())
+			step("  " + procPathName + ": not measured: " + err.Error())
+		} else {
+			defer np.Close()
+			paths = append(paths, np.path)
+		}
+	}
 	peers := newPeers(dir, inst, o.install)
 	defer peers.Close()
 	if p, err := peers.startSSH(ctx); err != nil {
@@ -214,6 +242,10 @@ func run(ctx context.Context, o options) error {
 		{"pgbench_select_tps", fmt.Sprintf("pgbench -S -c 8 -j 2 -T %d: TPS", secs), "tx/s",
 			func(ctx context.Context, p *path) (sample, error) {
 				return runPgbench(ctx, p, secs, "-S", "-c", "8", "-j", "2")
+			}},
+		{"latency_c1", fmt.Sprintf("pgbench -S -c 1 -T %d: latency p50, ms", secs), "ms",
+			func(ctx context.Context, p *path) (sample, error) {
+				return runLatency(ctx, p, dir, secs)
 			}},
 		{"pgbench_connect_tps", fmt.Sprintf("pgbench -C -S -c 4 -T %d: TPS", secs), "tx/s",
 			func(ctx context.Context, p *path) (sample, error) {

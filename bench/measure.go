@@ -5,14 +5,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -28,9 +32,16 @@ import (
 type sample struct {
 	Value     float64 `json:"value"`                // the figure, in the figure's unit
 	LatencyMs float64 `json:"latency_ms,omitempty"` // pgbench's average latency, ms
+	P50Ms     float64 `json:"p50_ms,omitempty"`     // median transaction latency, ms (pgbench -l)
+	P99Ms     float64 `json:"p99_ms,omitempty"`     // 99th percentile transaction latency, ms (pgbench -l)
+	ConnMs    float64 `json:"conn_ms,omitempty"`    // pgbench's average connection time, ms (-C: per transaction)
 	Seconds   float64 `json:"seconds"`              // how long the measurement ran
 	Bytes     int64   `json:"bytes,omitempty"`      // bytes transferred (COPY, tunnel)
 	Txns      int64   `json:"transactions,omitempty"`
+	// NodeCPUus is the CPU time (user + system) the node process used per transaction, in µs,
+	// where the node is a process of its own (path "ferry proc"): a node's cost per query,
+	// which unlike TPS hardly depends on what else the machine runs.
+	NodeCPUus float64 `json:"node_cpu_us_per_tx,omitempty"`
 	Queries   int64   `json:"queries,omitempty"` // DNS queries answered (dnsperf "completed")
 	Lost      int64   `json:"lost,omitempty"`    // DNS queries unanswered within dnsperf's timeout
 }
@@ -39,6 +50,15 @@ func (s sample) String() string {
 	out := fmt.Sprintf("%.1f", s.Value)
 	if s.LatencyMs > 0 {
 		out += fmt.Sprintf(", latency %.3f ms", s.LatencyMs)
+	}
+	if s.P50Ms > 0 {
+		out += fmt.Sprintf(", p50 %.3f ms, p99 %.3f ms", s.P50Ms, s.P99Ms)
+	}
+	if s.ConnMs > 0 {
+		out += fmt.Sprintf(", connection time %.3f ms", s.ConnMs)
+	}
+	if s.NodeCPUus > 0 {
+		out += fmt.Sprintf(", node CPU %.0f µs/tx", s.NodeCPUus)
 	}
 	if s.Bytes > 0 {
 		out += fmt.Sprintf(", %d bytes in %.2f s", s.Bytes, s.Seconds)
@@ -54,6 +74,7 @@ var (
 	reLatency = regexp.MustCompile(`(?m)^latency average = ([0-9.]+) ms`)
 	reTxns    = regexp.MustCompile(`(?m)^number of transactions actually processed: ([0-9]+)`)
 	reFailed  = regexp.MustCompile(`(?m)^number of failed transactions: ([0-9]+)`)
+	reConn    = regexp.MustCompile(`(?m)^average connection time = ([0-9.]+) ms`)
 )
 
 // runPgbench runs pgbench -n -T secs with args on p and parses TPS and average latency from its
@@ -64,9 +85,11 @@ func runPgbench(ctx context.Context, p *path, secs int, args ...string) (sample,
 	cmd := p.command(ctx, "pgbench", append([]string{"-n", "-T", strconv.Itoa(secs)}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cpu0, cpuErr := processCPU(p.cpuPid)
 	t0 := time.Now()
 	err := cmd.Run()
 	elapsed := time.Since(t0).Seconds()
+	cpu1, cpuErr1 := processCPU(p.cpuPid)
 	out := stdout.String()
 	if err != nil {
 		return sample{}, fmt.Errorf("pgbench %s: %w: %s", strings.Join(args, " "), err, lastLines(stderr.String()+out, 3))
@@ -82,7 +105,103 @@ func runPgbench(ctx context.Context, p *path, secs int, args ...string) (sample,
 	s.Value, _ = strconv.ParseFloat(tps[1], 64)
 	s.LatencyMs, _ = strconv.ParseFloat(lat[1], 64)
 	s.Txns, _ = strconv.ParseInt(txns[1], 10, 64)
+	if m := reConn.FindStringSubmatch(out); m != nil {
+		s.ConnMs, _ = strconv.ParseFloat(m[1], 64)
+	}
+	if p.cpuPid != 0 && cpuErr == nil && cpuErr1 == nil && s.Txns > 0 {
+		s.NodeCPUus = float64((cpu1 - cpu0).Microseconds()) / float64(s.Txns)
+	}
 	return s, nil
+}
+
+// processCPU returns the user + system CPU time of process pid so far (/proc/PID/stat, in clock
+// ticks of 10 ms); 0, nil for pid 0.
+func processCPU(pid int) (time.Duration, error) {
+	if pid == 0 {
+		return 0, nil
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("CPU time of process %d: %w", pid, err)
+	}
+	// The command name (field 2) is in parentheses and may hold spaces: count after its end.
+	_, rest, ok := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0, fmt.Errorf("CPU time of process %d: cannot read /proc/%d/stat", pid, pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64) // field 14
+	stime, err2 := strconv.ParseInt(f[12], 10, 64) // field 15
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("CPU time of process %d: cannot read /proc/%d/stat", pid, pid)
+	}
+	const tick = 10 * time.Millisecond // USER_HZ = 100 on Linux
+	return time.Duration(utime+stime) * tick, nil
+}
+
+// runLatency runs pgbench -S -c 1 for secs on p with a per-transaction log (-l) in dir and returns
+// the median (as Value and P50Ms) and the 99th percentile of the logged latencies, in ms.
+func runLatency(ctx context.Context, p *path, dir string, secs int) (sample, error) {
+	logDir, err := os.MkdirTemp(dir, "pgbench-log-")
+	if err != nil {
+		return sample{}, fmt.Errorf("pgbench -l: %w", err)
+	}
+	defer os.RemoveAll(logDir)
+	if err := os.Chmod(logDir, 0o777); err != nil { // pgbench may run as another account (netns wrap)
+		return sample{}, fmt.Errorf("pgbench -l: %w", err)
+	}
+	s, err := runPgbench(ctx, p, secs, "-S", "-c", "1", "-l", "--log-prefix="+filepath.Join(logDir, "tx"))
+	if err != nil {
+		return sample{}, err
+	}
+	logs, err := filepath.Glob(filepath.Join(logDir, "tx.*"))
+	if err != nil || len(logs) == 0 {
+		return sample{}, fmt.Errorf("pgbench -l wrote no transaction log in %s", logDir)
+	}
+	var lat []float64
+	for _, f := range logs {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return sample{}, fmt.Errorf("pgbench -l: %w", err)
+		}
+		l, err := parseTxLog(b)
+		if err != nil {
+			return sample{}, fmt.Errorf("pgbench -l: %s: %w", filepath.Base(f), err)
+		}
+		lat = append(lat, l...)
+	}
+	if len(lat) == 0 {
+		return sample{}, errors.New("pgbench -l: no transactions logged")
+	}
+	slices.Sort(lat)
+	s.P50Ms, s.P99Ms = percentile(lat, 50), percentile(lat, 99)
+	s.Value = s.P50Ms
+	return s, nil
+}
+
+// parseTxLog reads pgbench's per-transaction log (PostgreSQL 15: "client_id transaction_no time
+// script_no time_epoch time_us", time = the transaction's latency in µs) and returns the
+// latencies in ms. A transaction that failed or was skipped (time not a number) is an error.
+func parseTxLog(b []byte) ([]float64, error) {
+	var out []float64
+	for i, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 {
+			return nil, fmt.Errorf("line %d: %q: want 6 fields", i+1, line)
+		}
+		us, err := strconv.ParseInt(f[2], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %q: the transaction did not complete", i+1, line)
+		}
+		out = append(out, float64(us)/1000)
+	}
+	return out, nil
+}
+
+// percentile returns the nearest-rank pth percentile of the sorted values.
+func percentile(sorted []float64, p float64) float64 {
+	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
+	return sorted[min(max(rank, 1), len(sorted))-1]
 }
 
 // copyRowWidth is the width of each COPY row's text column; with the newline a row is 1,001 bytes.

@@ -97,6 +97,7 @@ type path struct {
 	Description string
 	env         map[string]string // PGHOST, PGPORT, ...
 	wrap        []string          // command prefix, e.g. ip netns exec NAME; nil runs tools directly
+	cpuPid      int               // a process whose CPU time per transaction pgbench runs report (the node's), 0 = none
 }
 
 // command returns name with args as run on this path: with its environment, behind wrap.

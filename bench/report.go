@@ -103,6 +103,29 @@ func (f *figure) mean(path string) (v, lat float64, ok bool) {
 	return v / float64(len(ss)), lat / float64(len(ss)), true
 }
 
+// meanOf returns the mean of pick over path's samples; ok is false without samples.
+func (f *figure) meanOf(path string, pick func(sample) float64) (v float64, ok bool) {
+	ss := f.Samples[path]
+	if len(ss) == 0 {
+		return 0, false
+	}
+	for _, s := range ss {
+		v += pick(s)
+	}
+	return v / float64(len(ss)), true
+}
+
+// diff is a-b of two paths' means of pick for figure key.
+func (r *report) diff(key, a, b string, pick func(sample) float64) (float64, bool) {
+	f := r.find(key)
+	if f == nil {
+		return 0, false
+	}
+	va, ok1 := f.meanOf(a, pick)
+	vb, ok2 := f.meanOf(b, pick)
+	return va - vb, ok1 && ok2
+}
+
 func (r *report) find(key string) *figure {
 	for _, f := range r.Figures {
 		if f.Key == key {
@@ -152,6 +175,22 @@ func (r *report) finish() {
 	add("pgbench -S through Ferry in VN mode ≥ 0.8× direct", 0.8, v, ok, false, "")
 	v, ok = r.ratio("pgbench_connect_tps", vnPathName, "direct")
 	add("pgbench -C through Ferry in VN mode ≥ 0.5× direct", 0.5, v, ok, false, "")
+	// Issue 20's targets.
+	v, ok = r.ratio("pgbench_select_tps", "ferry", "ssh -L")
+	add("pgbench -S -c 8 through Ferry ≥ 1.0× ssh -L", 1.0, v, ok, false, "")
+	v, ok = r.ratio("pgbench_select_tps", "ferry", "direct")
+	add("pgbench -S -c 8 through Ferry ≥ 0.6× direct", 0.6, v, ok, false, "")
+	v, ok = r.ratio("pgbench_select_tps", procPathName, "direct")
+	add("pgbench -S -c 8 through Ferry, node as its own process, ≥ 0.6× direct", 0.6, v, ok, false, "")
+	v, ok = r.ratio("pgbench_select_tps", vnPathName, "ferry")
+	add("pgbench -S -c 8 in virtual networking mode ≥ 0.9× loopback mode", 0.9, v, ok, false, "")
+	p50 := func(s sample) float64 { return s.P50Ms * 1000 }
+	for _, p := range []string{"ferry", procPathName} {
+		v, ok = r.diff("latency_c1", p, "direct", p50)
+		add("pgbench -S -c 1: added p50 over direct ≤ 100 µs — "+p+" (µs)", 100, v, ok, true, "")
+	}
+	v, ok = r.ratio("copy_out_mbps", "ferry", "direct")
+	add("COPY TO STDOUT through Ferry ≥ 0.8× direct", 0.8, v, ok, false, "")
 	var ceil, cp float64
 	var ok1, ok2 bool
 	if f := r.find("tunnel_raw_mbps"); f != nil {
@@ -199,7 +238,7 @@ func (r *report) json() ([]byte, error) {
 
 // columns orders the paths: direct first (the baseline), then Ferry, then the peers, socket last.
 func (r *report) columns() []string {
-	rank := map[string]int{"direct": 0, "ferry": 1, vnPathName: 2, "ssh -L": 3, "pgbouncer": 4, "socket": 5}
+	rank := map[string]int{"direct": 0, "ferry": 1, procPathName: 2, vnPathName: 3, "ssh -L": 4, "pgbouncer": 5, "socket": 6}
 	var names []string
 	for _, p := range r.Paths {
 		names = append(names, p.Name)
@@ -236,6 +275,25 @@ func (r *report) markdown() string {
 		w("---:|")
 	}
 	w("\n")
+	// sub writes a row of another quantity of f's samples, with its ratio to direct.
+	sub := func(f *figure, title string, pick func(sample) float64, format string) {
+		w("| %s |", title)
+		base, bok := f.meanOf("direct", pick)
+		for _, c := range cols {
+			v, ok := f.meanOf(c, pick)
+			switch {
+			case !ok && len(f.Errors[c]) > 0:
+				w(" failed |")
+			case !ok || v == 0: // not measured on this path (e.g. node CPU where the node is not a process of its own)
+				w(" — |")
+			case bok && base > 0:
+				w(" "+format+" (%.2f×) |", v, v/base)
+			default:
+				w(" "+format+" |", v)
+			}
+		}
+		w("\n")
+	}
 	for _, f := range r.Figures {
 		if strings.HasPrefix(f.Key, "dns_") {
 			continue // own section
@@ -260,9 +318,22 @@ func (r *report) markdown() string {
 			}
 			w("\n")
 		}
-		row(f.Title, func(v, _ float64) float64 { return v }, "%.1f")
-		if strings.HasPrefix(f.Key, "pgbench") {
+		switch {
+		case f.Key == "latency_c1":
+			row(f.Title, func(v, _ float64) float64 { return v }, "%.3f")
+			sub(f, strings.Replace(f.Title, "p50", "p99", 1), func(s sample) float64 { return s.P99Ms }, "%.3f")
+			sub(f, strings.Replace(f.Title, "latency p50", "latency avg", 1), func(s sample) float64 { return s.LatencyMs }, "%.3f")
+		case strings.HasPrefix(f.Key, "pgbench"):
+			row(f.Title, func(v, _ float64) float64 { return v }, "%.1f")
 			row(strings.Replace(f.Title, ": TPS", ": latency avg, ms", 1), func(_, lat float64) float64 { return lat }, "%.3f")
+			if _, ok := f.meanOf(procPathName, func(s sample) float64 { return s.NodeCPUus }); ok && f.Key == "pgbench_select_tps" {
+				sub(f, strings.Replace(f.Title, ": TPS", ": node process CPU per transaction, µs", 1), func(s sample) float64 { return s.NodeCPUus }, "%.0f")
+			}
+			if f.Key == "pgbench_connect_tps" {
+				sub(f, strings.Replace(f.Title, ": TPS", ": connection time avg, ms", 1), func(s sample) float64 { return s.ConnMs }, "%.3f")
+			}
+		default:
+			row(f.Title, func(v, _ float64) float64 { return v }, "%.1f")
 		}
 	}
 	var errs []string
@@ -286,6 +357,20 @@ func (r *report) markdown() string {
 					w("\nCOPY through Ferry reached %.2f× the tunnel's raw TCP ceiling (%.1f MB/s).\n", fv/v, v)
 				}
 			}
+		}
+	}
+	if f := r.find("pgbench_connect_tps"); f != nil {
+		conn := func(s sample) float64 { return s.ConnMs }
+		if sock, ok := f.meanOf("socket", conn); ok {
+			var parts []string
+			for _, c := range cols {
+				if v, ok := f.meanOf(c, conn); ok && c != "socket" {
+					parts = append(parts, fmt.Sprintf("%s %+.2f ms", c, v-sock))
+				}
+			}
+			w("\npgbench -C: every path pays the server's own backend start, %.2f ms per connection on the unix socket "+
+				"(fork and PostgreSQL's start-up: about 800 page faults, each costly on a virtual machine; see bench/main.go). "+
+				"Each path's own connection cost, its connection time minus the socket's: %s.\n", sock, strings.Join(parts, ", "))
 		}
 	}
 	if vs, ok := r.ratio("pgbench_select_tps", vnPathName, "ferry"); ok {

@@ -81,15 +81,25 @@ func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return n, nil
 }
 
+// copyPacket copies pkt's bytes (headers and payload) to dst. It walks the packet's views in
+// place: PacketBuffer.AsSlices would allocate a slice of them for every packet.
 func copyPacket(dst []byte, pkt *stack.PacketBuffer) (int, bool) {
-	if pkt.Size() > len(dst) {
+	size := pkt.Size()
+	if size > len(dst) {
 		return 0, false
 	}
+	vl, skip := pkt.AsViewList()
 	n := 0
-	for _, v := range pkt.AsSlices() {
-		n += copy(dst[n:], v)
+	for v := vl.Front(); v != nil && n < size; v = v.Next() {
+		b := v.AsSlice()
+		if skip >= len(b) {
+			skip -= len(b)
+			continue
+		}
+		n += copy(dst[n:size], b[skip:])
+		skip = 0
 	}
-	return n, true
+	return n, n == size
 }
 
 // Write injects the IP packets bufs[i][offset:] into the stack, which processes them

@@ -25,9 +25,10 @@
 // other sessions need nor make their records be dropped. Nothing is dropped
 // because a queue is full. One writer goroutine takes every queued record in
 // turn, in batches of up to BatchSize rows per transaction, so a burst of
-// statements costs one WAL commit instead of one each; it commits as soon as
-// it has anything (records reach the file within milliseconds, not on a
-// timer). A batch that fails is retried like a connection record; if it
+// statements costs one WAL commit instead of one each. An idle writer commits
+// as soon as it has anything; a busy one (it wrote less than gatherWait, 2 ms,
+// ago) waits gatherWait for more before a small batch, so a steady stream of
+// sessions shares commits too (records reach the file within milliseconds). A batch that fails is retried like a connection record; if it
 // still fails, each of its records is tried once on its own, so one bad
 // record cannot take others with it. A query record that cannot be written
 // then is counted (Stats.QueriesDropped, Stats.QueryWriteFailures, and the
@@ -113,9 +114,29 @@ type Options struct {
 	// wait after the first failed try, doubled after each further one.
 	WriteAttempts int
 	RetryWait     time.Duration
+
+	// gatherWait is the writer's gather window (see gatherWait below); tests compare it with 0
+	// (off), which withDefaults keeps when noGather is set.
+	gatherWait time.Duration
+	noGather   bool
 }
 
+// gatherWait: while the writer is busy (its previous batch was written less than gatherWait
+// ago) and has taken fewer than gatherFew records, it waits gatherWait for more before writing
+// them. Each transaction costs the same whatever its size (BEGIN IMMEDIATE, and at commit the
+// WAL frames of the whole pages it changed: the table's and each index's last leaf), which under
+// a steady stream of sessions was most of the writer's CPU with one record per transaction. An
+// idle log writes at once; a busy one lets records wait at most about gatherWait more before
+// they reach the file (Recorder.Close and Flush still wait for them, so no promise changes).
+const (
+	gatherWait = 2 * time.Millisecond
+	gatherFew  = 64
+)
+
 func (o Options) withDefaults() Options {
+	if o.gatherWait == 0 && !o.noGather {
+		o.gatherWait = gatherWait
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -229,6 +250,7 @@ type Log struct {
 	db     *sql.DB
 	logger *slog.Logger
 	opts   Options
+	insert *sql.Stmt // insertQuerySQL, prepared on db; closed by Close
 
 	mu      sync.Mutex // guards the fields below and every Recorder's counts
 	pending []entry    // queued records the writer has not taken yet
@@ -398,10 +420,20 @@ func OpenWithOptions(ctx context.Context, db *sql.DB, opts Options) (*Log, error
 	if err := migrate(ctx, db); err != nil {
 		return nil, fmt.Errorf("upgrade audit tables: %w", err)
 	}
-	l := &Log{db: db, logger: opts.Logger, opts: opts, wake: make(chan struct{}, 1), stopped: make(chan struct{})}
+	insert, err := db.PrepareContext(ctx, insertQuerySQL)
+	if err != nil {
+		return nil, fmt.Errorf("prepare query insert: %w", err)
+	}
+	l := &Log{db: db, logger: opts.Logger, opts: opts, insert: insert, wake: make(chan struct{}, 1), stopped: make(chan struct{})}
 	go l.writer()
 	return l, nil
 }
+
+// insertQuerySQL writes one query record. The writer prepares it once (Log.insert) and runs it in
+// each batch's transaction: SQLite compiles it again by itself should the schema change.
+const insertQuerySQL = `INSERT INTO audit_queries
+		(connection_id, time, user_name, resource, protocol, sql, duration_us, sql_length, sql_sha256,
+		 statement, params, command, rows, sqlstate, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 // retry runs write until it succeeds, up to Options.WriteAttempts times,
 // waiting between tries (Options.RetryWait, doubled each time) unless ctx
@@ -664,6 +696,7 @@ func (l *Log) Close() error {
 	default:
 	}
 	<-l.stopped
+	l.insert.Close()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.lastErr
@@ -676,11 +709,20 @@ func (l *Log) writer() {
 	var batch []entry
 	var qs []Query
 	var failed []bool
+	var lastWrite time.Time
 	for {
 		l.mu.Lock()
 		batch, l.pending = l.pending, batch[:0]
 		closed := l.closed
 		l.mu.Unlock()
+		if n := len(batch); n > 0 && n < gatherFew && !closed && l.opts.gatherWait > 0 && time.Since(lastWrite) < l.opts.gatherWait {
+			time.Sleep(l.opts.gatherWait)
+			l.mu.Lock()
+			batch = append(batch, l.pending...)
+			clear(l.pending)
+			l.pending = l.pending[:0]
+			l.mu.Unlock()
+		}
 		if len(batch) == 0 {
 			if closed {
 				l.mu.Lock()
@@ -703,6 +745,7 @@ func (l *Log) writer() {
 			var err error
 			failed, err = l.write(qs, failed[:0])
 			l.settle(chunk, failed, err)
+			lastWrite = time.Now()
 			clear(qs)
 			clear(chunk)
 		}
@@ -805,12 +848,8 @@ func (l *Log) insertOnce(batch []Query) error {
 		return fmt.Errorf("begin query insert: %w", err)
 	}
 	defer tx.Rollback()
-	stmt, err := tx.PrepareContext(ctx, `INSERT INTO audit_queries
-		(connection_id, time, user_name, resource, protocol, sql, duration_us, sql_length, sql_sha256,
-		 statement, params, command, rows, sqlstate, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-	if err != nil {
-		return fmt.Errorf("prepare query insert: %w", err)
-	}
+	// Prepared once per pooled connection (database/sql keeps it), not once per batch.
+	stmt := tx.StmtContext(ctx, l.insert)
 	defer stmt.Close()
 	for _, q := range batch {
 		if _, err := stmt.ExecContext(ctx, q.ConnectionID, formatTime(q.Time), q.User, q.Resource, q.Protocol, q.SQL,
