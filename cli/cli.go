@@ -162,13 +162,13 @@ func statusCmd() *cobra.Command {
 				fmt.Fprintf(cmd.ErrOrStderr(), "ferry-node unreachable: %s\n", st.NodeError)
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tTYPE\tADDRESS\tSTATUS\tHEALTH\tTAGS")
+			fmt.Fprintln(tw, "NAME\tTYPE\tADDRESS\tSTATUS\tHEALTH\tMODE\tTAGS")
 			for _, r := range st.Resources {
 				state := "not connected"
 				if r.Connected {
 					state = "connected"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Type, r.Address, state, healthLabel(r.Health), resource.FormatTags(r.Tags))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Type, r.Address, state, healthLabel(r.Health), client.ModeLabel(r), resource.FormatTags(r.Tags))
 			}
 			if err := tw.Flush(); err != nil {
 				return err
