@@ -161,6 +161,9 @@ func statusCmd() *cobra.Command {
 			case !st.NodeReachable:
 				fmt.Fprintf(cmd.ErrOrStderr(), "ferry-node unreachable: %s\n", st.NodeError)
 			}
+			if st.VNUnavailable != "" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "ferry: %s\n", st.VNUnavailable)
+			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tTYPE\tADDRESS\tSTATUS\tHEALTH\tMODE\tTAGS")
 			for _, r := range st.Resources {

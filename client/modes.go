@@ -170,7 +170,7 @@ func vnUnavailable(err error, s api.Settings) string {
 	} else if runtime.GOOS == "windows" {
 		fix = "run ferry as Administrator"
 	}
-	return fmt.Sprintf("Virtual networking is not available on this device, so resources set to virtual networking are served on loopback addresses instead (their DNS aliases do not resolve here). To use virtual networking, %s. Cause: %v", fix, err)
+	return fmt.Sprintf("Virtual networking is not available on this device, so resources set to virtual networking are served on loopback addresses instead (their DNS aliases do not resolve here). To use virtual networking, %s. (%v)", fix, err)
 }
 
 // connectMode serves r in its mode; called with d.mu held. A virtual-networking resource without a

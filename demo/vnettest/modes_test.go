@@ -1,6 +1,7 @@
 package vnettest
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -8,10 +9,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
 	"github.com/ferryhq/ferry/demo/vnet"
@@ -143,4 +146,148 @@ func TestPerResourceModes(t *testing.T) {
 	if after := n.snapshot(t); after != before {
 		t.Fatalf("after exit:\n%s\nbefore:\n%s\ndaemon log:\n%s", after, before, d.Output())
 	}
+}
+
+// TestVNFallbackWithoutTUN: with the org's default set to virtual networking, a client that can
+// have no TUN (an ordinary user, no helper) still starts, serves the resource on its loopback
+// address, and says so once: the status row's mode, the status's message with the helper command
+// (which the app shows as its banner and notification), and `ferry status`.
+func TestVNFallbackWithoutTUN(t *testing.T) {
+	var asUser []string // the daemon and the CLI run as nobody when this test runs as root
+	if os.Geteuid() == 0 {
+		if _, err := exec.LookPath("setpriv"); err != nil {
+			t.Skipf("fallback test skipped: running as root, it needs setpriv (util-linux) to run the client as an ordinary user")
+		}
+		const nobody = 65534
+		asUser = []string{"setpriv", "--reuid", fmt.Sprint(nobody), "--regid", fmt.Sprint(nobody), "--clear-groups"}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
+	if err != nil {
+		t.Fatalf("start demo: %v", err)
+	}
+	t.Cleanup(func() { env.Close() })
+	if _, err := env.Daemon.API().UpdateSettings(ctx, apiSettings(resource.ModeVirtualNetworking)); err != nil {
+		t.Fatal(err)
+	}
+	addVNResource(t, ctx, env, "") // virtual networking by the org's default
+
+	// Everything the client touches must be reachable by its user.
+	shared, err := os.MkdirTemp("", "ferry-fallback-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shared) })
+	if err := os.Chmod(shared, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dirs := client.Dirs{Config: filepath.Join(shared, "cfg"), Runtime: filepath.Join(shared, "run")}
+	tok, err := env.Node.EnrollToken(ctx, node.DefaultAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Login(ctx, dirs, tok, "no-tun"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(dirs.Runtime, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if asUser != nil {
+		sh(t, "chown", "-R", "65534", dirs.Config, dirs.Runtime)
+	}
+	bin := filepath.Join(shared, "ferry")
+	sh(t, "cp", os.Args[0], bin)
+	// The helper's socket does not exist: no helper runs.
+	daemon := exec.CommandContext(ctx, bin, "daemon")
+	if asUser != nil {
+		daemon = exec.CommandContext(ctx, asUser[0], append(asUser[1:], bin, "daemon")...)
+	}
+	daemon.Env = append(os.Environ(), vnet.EnvRunCLI+"=1", client.EnvConfigDir+"="+dirs.Config, client.EnvRuntimeDir+"="+dirs.Runtime,
+		client.EnvVNetHelper+"="+filepath.Join(shared, "no-helper.sock"), client.EnvMode+"=")
+	var log syncBuf
+	daemon.Stdout, daemon.Stderr = &log, &log
+	if err := daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	var exitErr error
+	go func() { exitErr = daemon.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = daemon.Process.Kill()
+		<-exited
+	})
+
+	cli := func(args ...string) (string, error) {
+		cmd := exec.CommandContext(ctx, bin, args...)
+		if asUser != nil {
+			cmd = exec.CommandContext(ctx, asUser[0], append(asUser[1:], append([]string{bin}, args...)...)...)
+		}
+		cmd.Env = append(os.Environ(), vnet.EnvRunCLI+"=1", client.EnvConfigDir+"="+dirs.Config, client.EnvRuntimeDir+"="+dirs.Runtime)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	var addr string
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		out, err := cli("connect", vnResource)
+		if err == nil {
+			addr = strings.TrimSpace(out)
+			break
+		}
+		select {
+		case <-exited:
+			t.Fatalf("the daemon failed to start without a TUN: %v\n%s", exitErr, log.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ferry connect %s: %v: %s\ndaemon:\n%s", vnResource, err, out, log.String())
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || !net.ParseIP(host).IsLoopback() {
+		t.Fatalf("ferry connect printed %q, want the resource's loopback address", addr)
+	}
+	out, err := exec.CommandContext(ctx, "psql", fmt.Sprintf("host=%s port=%s dbname=%s user=%s sslmode=disable connect_timeout=10", host, port, demo.Database, demo.Role),
+		"-X", "-A", "-t", "-c", "select 'fallback'").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "fallback" {
+		t.Fatalf("psql at the fallback address %s: %v: %s", addr, err, out)
+	}
+
+	out2, err := cli("status")
+	if err != nil {
+		t.Fatalf("ferry status: %v\n%s", err, out2)
+	}
+	if l := statusLine(out2, vnResource); !strings.Contains(l, addr) || !strings.Contains(l, "loopback (no TUN helper)") {
+		t.Errorf("ferry status line of %s lacks %s and mode \"loopback (no TUN helper)\":\n%s", vnResource, addr, out2)
+	}
+	if l := statusLine(out2, demo.ResourceName); !strings.Contains(l, "  loopback  ") {
+		t.Errorf("ferry status line of %s lacks mode \"loopback\":\n%s", demo.ResourceName, out2)
+	}
+	if c := strings.Count(out2, "sudo ferry vnet-helper"); c != 1 {
+		t.Errorf("ferry status names the helper command %d times, want once:\n%s", c, out2)
+	}
+	if c := strings.Count(log.String(), "Virtual networking is not available"); c != 1 {
+		t.Errorf("the daemon said %d times that virtual networking is unavailable, want once:\n%s", c, log.String())
+	}
+}
+
+func apiSettings(mode string) api.Settings { return api.Settings{ConnectivityMode: mode} }
+
+// syncBuf is a bytes.Buffer safe for a process's output and the test reading it.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
