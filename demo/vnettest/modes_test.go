@@ -70,7 +70,8 @@ func statusLine(out, name string) string {
 
 // TestPerResourceModes: one daemon, started without --mode, serves a loopback resource on its
 // loopback address and a virtual-networking resource on its alias through the TUN at the same time;
-// status says how each is served, and psql reaches both.
+// status says how each is served; psql and pgjdbc (the driver inside DBeaver and DataGrip, with the
+// JDBC URL the app copies, as copied) reach both.
 func TestPerResourceModes(t *testing.T) {
 	need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -142,6 +143,19 @@ func TestPerResourceModes(t *testing.T) {
 			t.Errorf("ferry status line of %s lacks %q and mode %q:\n%s", tc.name, tc.address, tc.label, out)
 		}
 	}
+	t.Run("pgjdbc through the alias and the loopback address, URLs as the app copies them", func(t *testing.T) {
+		for _, name := range []string{vnResource, demo.ResourceName} {
+			url := client.JDBCURL(rows[name])
+			if name == vnResource && !strings.HasPrefix(url, "jdbc:postgresql://"+alias+":5432/") {
+				t.Errorf("JDBC URL %q does not name the alias %s", url, alias)
+			}
+			out := runJDBC(t, ctx, n.Netns, url)
+			if !strings.Contains(out, "user="+demo.Role+"\n") || !strings.Contains(out, "db="+demo.Database+"\n") || !strings.Contains(out, "answer=42\n") {
+				t.Errorf("pgjdbc with %s: %s", url, out)
+			}
+		}
+	})
+
 	d.stop(t, syscall.SIGTERM)
 	if after := n.snapshot(t); after != before {
 		t.Fatalf("after exit:\n%s\nbefore:\n%s\ndaemon log:\n%s", after, before, d.Output())
@@ -290,4 +304,28 @@ func (s *syncBuf) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// jdbcJar is pgjdbc as Debian installs it (libpostgresql-jdbc-java).
+const jdbcJar = "/usr/share/java/postgresql.jar"
+
+// runJDBC connects pgjdbc with url, exactly as given, from inside the namespace n and returns what
+// testdata/JdbcAlias.java printed. It skips the test when pgjdbc or a JDK is missing.
+func runJDBC(t *testing.T, ctx context.Context, n *vnet.Netns, url string) string {
+	t.Helper()
+	if _, err := os.Stat(jdbcJar); err != nil {
+		t.Skipf("pgjdbc test skipped: %s missing (apt-get install libpostgresql-jdbc-java default-jdk-headless)", jdbcJar)
+	}
+	if _, err := exec.LookPath("javac"); err != nil {
+		t.Skip("pgjdbc test skipped: javac is not installed (apt-get install default-jdk-headless)")
+	}
+	dir := t.TempDir()
+	if out, err := exec.CommandContext(ctx, "javac", "-d", dir, "-cp", jdbcJar, filepath.Join("testdata", "JdbcAlias.java")).CombinedOutput(); err != nil {
+		t.Fatalf("javac: %v\n%s", err, out)
+	}
+	out, err := n.Command(ctx, "java", "-cp", jdbcJar+":"+dir, "JdbcAlias", url).CombinedOutput()
+	if err != nil {
+		t.Fatalf("java JdbcAlias %s: %v\n%s", url, err, out)
+	}
+	return string(out)
 }
