@@ -49,26 +49,27 @@ func (d *Daemon) wantMode(r api.Resource) string {
 	return m.Mode(d.settings.ConnectivityMode)
 }
 
-// row is r's status row as this daemon serves it now (or would on connect). Called with d.mu held.
+// row is r's status row as this daemon serves it now (or would on connect): r as the node says it
+// is now (health included), the address where it is served. Called with d.mu held.
 func (d *Daemon) row(r api.Resource) ResourceStatus {
 	st := ResourceStatus{Resource: r, Address: r.LoopbackAddress, Serving: ModeLoopback}
 	if l, ok := d.listeners[r.Name]; ok {
 		st.Connected = true
-		st.Resource = l.res
-		st.Address = l.res.LoopbackAddress
+		st.Address = l.res.LoopbackAddress // where it listens (follow moves it)
 		st.Fallback = l.fallback
 		return st
 	}
 	wantVN := d.wantMode(r) == ModeVirtualNetworking
+	served := r
 	if d.vn != nil {
 		if vr, on := d.vn.isConnected(r.Name); on {
-			st.Resource, st.Connected = vr, true
+			served, st.Connected = vr, true
 			wantVN = true
 		}
 	}
 	switch {
 	case wantVN && d.vn != nil:
-		st.Address, st.Serving = d.vn.address(st.Resource), ModeVirtualNetworking
+		st.Address, st.Serving = d.vn.address(served), ModeVirtualNetworking
 	case wantVN:
 		st.Fallback = true
 	}
