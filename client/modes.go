@@ -108,7 +108,7 @@ func (d *Daemon) startVNet(ctx context.Context) {
 		d.log.Warn("could not list resources", "err", err)
 	}
 	d.mu.Lock()
-	need := d.opts.mode == ModeVirtualNetworking || d.settings.ConnectivityMode == ModeVirtualNetworking ||
+	need := d.opts.mode == ModeVirtualNetworking || (err != nil && d.settings.ConnectivityMode == ModeVirtualNetworking) ||
 		slices.ContainsFunc(rs, func(r api.Resource) bool { return d.wantMode(r) == ModeVirtualNetworking })
 	d.mu.Unlock()
 	if need {
