@@ -329,3 +329,89 @@ func runJDBC(t *testing.T, ctx context.Context, n *vnet.Netns, url string) strin
 	}
 	return string(out)
 }
+
+// TestFallbackThenHelper: an ordinary user's client with no helper serves a virtual-networking
+// resource on loopback; once root starts the helper, connecting the resource again (what the
+// message says to do) moves it to its alias through the TUN.
+func TestFallbackThenHelper(t *testing.T) {
+	need(t)
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("needs setpriv (util-linux) to run the client as an ordinary user")
+	}
+	const nobody = 65534
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
+	if err != nil {
+		t.Fatalf("start demo: %v", err)
+	}
+	t.Cleanup(func() { env.Close() })
+	addVNResource(t, ctx, env, resource.ModeVirtualNetworking)
+	settings, err := env.Daemon.API().Settings(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := newNetns(t)
+	shared, err := os.MkdirTemp("", "ferry-fallback-helper-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shared) })
+	if err := os.Chmod(shared, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(shared, "ferry")
+	sh(t, "cp", os.Args[0], bin)
+	dirs := client.Dirs{Config: filepath.Join(shared, "cfg"), Runtime: filepath.Join(shared, "run")}
+	if _, err := n.Login(ctx, env.Node, dirs, node.DefaultAdmin, "netns-fallback"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(dirs.Runtime, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, "chown", "-R", fmt.Sprint(nobody), dirs.Config, dirs.Runtime)
+	sock := filepath.Join(shared, "helper", "vnet.sock")
+	asNobody := []string{"setpriv", "--reuid", fmt.Sprint(nobody), "--regid", fmt.Sprint(nobody), "--clear-groups", bin}
+	d := startProcess(t, n, dirs, []string{client.EnvVNetHelper + "=" + sock}, append(asNobody, "daemon"), false)
+	cli := func(args ...string) (string, error) {
+		out, err := n.Command(ctx, append(asNobody, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	// n.Command's environment is this process's: point the CLI at the client's directories.
+	t.Setenv(client.EnvConfigDir, dirs.Config)
+	t.Setenv(client.EnvRuntimeDir, dirs.Runtime)
+	t.Setenv(vnet.EnvRunCLI, "1")
+
+	var out string
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(300 * time.Millisecond) {
+		if out, err = cli("connect", vnResource); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("connect without a helper: %v: %s\ndaemon:\n%s", err, out, d.Output())
+		}
+	}
+	if host, _, err := net.SplitHostPort(strings.TrimSpace(out)); err != nil || !net.ParseIP(host).IsLoopback() {
+		t.Fatalf("without a helper, connect printed %q, want the loopback address", out)
+	}
+
+	helper := startProcess(t, n, dirs, nil, []string{bin, "vnet-helper", "--user", fmt.Sprint(nobody),
+		"--subnet", settings.VNSubnet, "--domain", settings.DNSDomain, "--allow-resolv-conf", "--socket", sock, "--state", filepath.Join(shared, "helper-state")}, false)
+	alias := vnResource + "." + settings.DNSDomain
+	// Connecting again tries the TUN (at most every 10 s) and the resource moves to its alias.
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(time.Second) {
+		_, _ = cli("connect", vnResource)
+		st, _ := cli("status")
+		if l := statusLine(st, vnResource); strings.Contains(l, alias+":5432") && strings.Contains(l, "  virtual networking  ") && !strings.Contains(st, "not available") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the helper started, the resource stayed on loopback:\n%s\ndaemon:\n%s\nhelper:\n%s", st, d.Output(), helper.Output())
+		}
+	}
+	if out, err := n.Psql(ctx, fmt.Sprintf("host=%s port=5432 dbname=%s user=%s sslmode=disable", alias, demo.Database, demo.Role), "select 'moved'"); err != nil || out != "moved" {
+		t.Fatalf("psql through the alias after the helper started: %v: %s\ndaemon:\n%s", err, out, d.Output())
+	}
+	d.stop(t, syscall.SIGKILL)
+	helper.stop(t, syscall.SIGTERM)
+}
