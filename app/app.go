@@ -50,7 +50,15 @@ func Run(ctx context.Context, dirs client.Dirs) error {
 		if client.DaemonRunning(dirs) {
 			return nil
 		}
-		d, err := client.StartDaemon(context.WithoutCancel(ctx), dirs, log.With("component", "client"))
+		mode := os.Getenv(client.EnvMode)
+		if p, err := client.LoadPreferences(dirs); mode == "" && err == nil {
+			mode = p.ConnectivityMode // Settings' connectivity mode; "" serves each resource in its own
+		}
+		if err := client.ValidMode(mode); err != nil {
+			log.Warn("ignoring the connectivity mode preference", "err", err)
+			mode = ""
+		}
+		d, err := client.StartDaemon(context.WithoutCancel(ctx), dirs, log.With("component", "client"), client.WithMode(mode))
 		if err != nil {
 			return err
 		}

@@ -160,14 +160,17 @@ func statusCmd() *cobra.Command {
 				return err
 			}
 			out := cmd.OutOrStdout()
+			if st.VNUnavailable != "" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "ferry: %s\n", st.VNUnavailable)
+			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tTYPE\tADDRESS\tSTATUS\tHEALTH\tTAGS")
+			fmt.Fprintln(tw, "NAME\tTYPE\tADDRESS\tSTATUS\tHEALTH\tMODE\tTAGS")
 			for _, r := range st.Resources {
 				state := "not connected"
 				if r.Connected {
 					state = "connected"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Type, r.Address, state, healthLabel(r.Health), resource.FormatTags(r.Tags))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Type, r.Address, state, healthLabel(r.Health), client.ModeLabel(r), resource.FormatTags(r.Tags))
 			}
 			if err := tw.Flush(); err != nil {
 				return err

@@ -87,10 +87,10 @@ func TestCommandsAgainstDemo(t *testing.T) {
 		t.Fatalf("status: %v: %s", err, out)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 3 || strings.Join(strings.Fields(lines[0]), " ") != "NAME TYPE ADDRESS STATUS HEALTH TAGS" {
+	if len(lines) != 3 || strings.Join(strings.Fields(lines[0]), " ") != "NAME TYPE ADDRESS STATUS HEALTH MODE TAGS" {
 		t.Fatalf("status output:\n%s", out)
 	}
-	if f := strings.Fields(lines[1]); f[0] != "azure-pg-mi-dev" || f[2] != bind+":10001" || f[3] != "connected" || f[len(f)-1] != "env=dev,team=data" {
+	if f := strings.Fields(lines[1]); f[0] != "azure-pg-mi-dev" || f[2] != bind+":10001" || f[3] != "connected" || f[len(f)-2] != "loopback" || f[len(f)-1] != "env=dev,team=data" {
 		t.Fatalf("status row: %q", lines[1])
 	}
 	t.Run("health", testHealthCommands)

@@ -47,7 +47,10 @@ func ConnectAll(ctx context.Context, c Connector) ([]ResourceStatus, error) {
 
 // JDBCURL returns the JDBC URL of the resource's local address, the form DBeaver, DataGrip and pgjdbc
 // take: jdbc:postgresql://host:port/database?user=NAME&sslmode=disable (pgjdbc's URL syntax,
-// https://jdbc.postgresql.org/documentation/use/). The local hop is plaintext on loopback.
+// https://jdbc.postgresql.org/documentation/use/). The host is the loopback address or, for a
+// resource served by virtual networking, its DNS alias; either way the local hop stays on this
+// machine (loopback or the TUN) and is plaintext. demo/vnettest TestPerResourceModes connects
+// pgjdbc with it as copied in both modes.
 func JDBCURL(r ResourceStatus) string {
 	host, port, _ := net.SplitHostPort(r.Address)
 	q := url.Values{}

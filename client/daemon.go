@@ -31,8 +31,9 @@ import (
 // balancers drop idle UDP flows).
 const PersistentKeepalive = 25 * time.Second
 
-// Daemon is the running client: one WireGuard tunnel to the node, a loopback listener per connected
-// resource, and the control socket.
+// Daemon is the running client: one WireGuard tunnel to the node, each connected resource served in
+// its connectivity mode (a loopback listener, or its VN address and alias on the TUN: modes.go), and
+// the control socket.
 type Daemon struct {
 	dirs    Dirs
 	log     *slog.Logger
@@ -50,16 +51,21 @@ type Daemon struct {
 	cancel    context.CancelFunc
 	loggedOut chan struct{} // closed by Logout
 
-	opts daemonOptions
-	vn   *vnet // virtual networking mode; nil in loopback mode (vnet.go)
+	opts     daemonOptions
+	settings api.Settings // the org's network settings as last read (modes.go)
+	vn       *vnet        // virtual networking (vnet.go); nil until some resource needs it and it came up
+	vnWhy    string       // why virtual-networking resources are served on loopback; "" when they are not
+	vnUp     sync.Mutex   // serializes attempts to bring up virtual networking (ensureVNet)
+	vnLast   time.Time    // the last attempt, guarded by vnUp
 
 	link    nodeLink // the node's reachability, as the watchdog sees it (reconnect.go)
 	account account  // this device's status when the node does not answer (account.go)
 }
 
 type listener struct {
-	res api.Resource
-	ln  net.Listener
+	res      api.Resource
+	ln       net.Listener
+	fallback bool // a virtual-networking resource served here because there is no TUN
 }
 
 // StartDaemon brings up the tunnel to the node, restores the resources that were connected, and serves
@@ -143,9 +149,7 @@ func (d *Daemon) start(ctx context.Context) error {
 		return fmt.Errorf("start daemon: tunnel: %w", err)
 	}
 	d.api = api.NewClient(d.tun.Stack().DialContext, 15*time.Second)
-	if err := d.startVNet(ctx); err != nil {
-		return fmt.Errorf("start daemon: %w", err)
-	}
+	d.startVNet(ctx)
 
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -199,8 +203,14 @@ func (d *Daemon) API() *api.Client { return d.api }
 // ResourceStatus is one row of the daemon's status.
 type ResourceStatus struct {
 	api.Resource
-	Address   string `json:"address"` // where local clients connect, e.g. 127.0.0.1:10001
+	Address   string `json:"address"` // where local clients connect, e.g. 127.0.0.1:10001 or alias.ferry.internal:5432
 	Connected bool   `json:"connected"`
+	// Serving is how the client serves the resource now (or would on connect): ModeLoopback or
+	// ModeVirtualNetworking; Resource.ConnectivityMode is only how it is configured.
+	Serving string `json:"serving"`
+	// Fallback: the resource is set to virtual networking but served on its loopback address
+	// because this client has no TUN (Status.VNUnavailable says why and what to do).
+	Fallback bool `json:"fallback,omitempty"`
 }
 
 // Status is the daemon's answer to GET /local/v1/status.
@@ -213,14 +223,17 @@ type Status struct {
 	// Suspended: the node says the user was suspended by an administrator (NodeError says so too).
 	Suspended bool `json:"suspended,omitempty"`
 	// DeviceRemoved: the node says this device is no longer enrolled (deleted, or its user deleted).
-	DeviceRemoved bool             `json:"device_removed,omitempty"`
+	DeviceRemoved bool `json:"device_removed,omitempty"`
+	// VNUnavailable: virtual networking could not be brought up, so virtual-networking resources are
+	// served on loopback addresses; the text says why and the command that fixes it.
+	VNUnavailable string           `json:"vn_unavailable,omitempty"`
 	Resources     []ResourceStatus `json:"resources"`
 }
 
 // Status asks the node for the user's resources and marks the connected ones.
 func (d *Daemon) Status(ctx context.Context) Status {
 	d.mu.Lock()
-	st := Status{User: d.state.User, Admin: d.state.Admin, Device: d.state.DeviceAddress, Resources: []ResourceStatus{}}
+	st := Status{User: d.state.User, Admin: d.state.Admin, Device: d.state.DeviceAddress, VNUnavailable: d.vnWhy, Resources: []ResourceStatus{}}
 	d.mu.Unlock()
 	sctx, cancel := context.WithTimeout(ctx, d.link.probeTimeout())
 	rs, err := d.api.Resources(sctx)
@@ -233,18 +246,20 @@ func (d *Daemon) Status(ctx context.Context) Status {
 		}
 		d.mu.Lock()
 		for _, l := range d.listeners {
-			st.Resources = append(st.Resources, ResourceStatus{Resource: l.res, Address: l.res.LoopbackAddress, Connected: true})
+			st.Resources = append(st.Resources, d.row(l.res))
 		}
-		st.Resources = append(st.Resources, d.vnStatus(nil)...)
+		if d.vn != nil {
+			for _, r := range d.vn.list() {
+				st.Resources = append(st.Resources, d.row(r))
+			}
+		}
 		d.mu.Unlock()
 	} else {
 		st.NodeReachable = true
 		d.mu.Lock()
 		for _, r := range rs {
-			_, on := d.listeners[r.Name]
-			st.Resources = append(st.Resources, ResourceStatus{Resource: r, Address: r.LoopbackAddress, Connected: on})
+			st.Resources = append(st.Resources, d.row(r))
 		}
-		st.Resources = d.vnStatus(st.Resources)
 		d.mu.Unlock()
 	}
 	sort.Slice(st.Resources, func(i, j int) bool { return st.Resources[i].Name < st.Resources[j].Name })
@@ -254,7 +269,7 @@ func (d *Daemon) Status(ctx context.Context) Status {
 // ErrUnknownResource is returned when a name matches none of the user's resources.
 var ErrUnknownResource = errors.New("no such resource")
 
-// Connect starts listening on the resource's loopback address and returns the resource's status row.
+// Connect starts serving the resource in its connectivity mode (modes.go) and returns its status row.
 // Connecting an already connected resource returns its address again.
 func (d *Daemon) Connect(ctx context.Context, name string) (ResourceStatus, error) {
 	rs, err := d.api.Resources(ctx)
@@ -267,29 +282,25 @@ func (d *Daemon) Connect(ctx context.Context, name string) (ResourceStatus, erro
 	}
 	r := rs[i]
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if l, ok := d.listeners[name]; ok {
-		return ResourceStatus{Resource: l.res, Address: l.res.LoopbackAddress, Connected: true}, nil
-	}
-	if d.vn != nil {
-		return d.vnConnect(r)
-	}
-	ln, err := net.Listen("tcp", r.LoopbackAddress)
-	if err != nil {
-		return ResourceStatus{}, fmt.Errorf("connect %s: listen on %s (is another program using that port? an administrator can set a port override): %w", name, r.LoopbackAddress, err)
-	}
-	l := &listener{res: r, ln: ln}
-	d.listeners[name] = l
-	d.wg.Add(1)
-	go d.acceptLoop(l)
-	if !slices.Contains(d.state.Connected, name) {
-		d.state.Connected = append(d.state.Connected, name)
-		if err := SaveState(d.dirs, d.state); err != nil {
-			d.log.Warn("could not save connected resources", "err", err)
+	unread := d.settings.ConnectivityMode == ""
+	d.mu.Unlock()
+	if unread && d.opts.mode == "" {
+		if _, err := d.readSettings(ctx); err != nil {
+			d.log.Warn("could not read the org's connectivity mode", "err", err)
 		}
 	}
-	d.log.Info("resource connected", "resource", name, "address", r.LoopbackAddress)
-	return ResourceStatus{Resource: r, Address: r.LoopbackAddress, Connected: true}, nil
+	d.mu.Lock()
+	needVN := d.opts.mode != ModeLoopback && d.vn == nil && d.wantMode(r) == ModeVirtualNetworking
+	d.mu.Unlock()
+	if needVN {
+		d.ensureVNet(ctx)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if st := d.row(r); st.Connected {
+		return st, nil
+	}
+	return d.connectMode(r)
 }
 
 // Disconnect stops listening for the named resources (all when names is empty). Open sessions end.

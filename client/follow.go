@@ -73,7 +73,7 @@ func (d *Daemon) follow(rs []api.Resource) {
 				continue
 			}
 			_ = l.ln.Close()
-			nl := &listener{res: r, ln: ln}
+			nl := &listener{res: r, ln: ln, fallback: l.fallback}
 			d.listeners[name] = nl
 			d.wg.Add(1)
 			go d.acceptLoop(nl)
@@ -81,6 +81,9 @@ func (d *Daemon) follow(rs []api.Resource) {
 		default:
 			l.res = r
 		}
+	}
+	if d.followModes(byName) {
+		changed = true
 	}
 	if changed {
 		if err := SaveState(d.dirs, d.state); err != nil {

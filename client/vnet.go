@@ -55,8 +55,8 @@ type daemonOptions struct {
 	tunName string
 }
 
-// WithMode makes this client use mode (ModeLoopback or ModeVirtualNetworking) whatever the org's
-// default; "" keeps the org's default.
+// WithMode makes this client serve every resource in mode (ModeLoopback or ModeVirtualNetworking)
+// whatever each resource's own mode; "" serves each resource in its own mode (modes.go).
 func WithMode(mode string) DaemonOption { return func(o *daemonOptions) { o.mode = mode } }
 
 // WithTUNName names the TUN device of virtual networking mode (default ferry0 on Linux).
@@ -85,50 +85,6 @@ type vnet struct {
 	mu        sync.Mutex
 	connected map[netip.AddrPort]api.Resource // by VN address
 	byName    map[string]netip.AddrPort
-}
-
-// decideMode returns the connectivity mode this daemon runs in: the option, else the org default.
-func (d *Daemon) decideMode(ctx context.Context) (api.Settings, string, error) {
-	s, err := d.api.Settings(ctx)
-	if err != nil {
-		return s, "", fmt.Errorf("read the org's network settings from ferry-node: %w", err)
-	}
-	mode := d.opts.mode
-	if mode == "" {
-		mode = s.ConnectivityMode
-	}
-	if mode == "" {
-		mode = ModeLoopback
-	}
-	return s, mode, nil
-}
-
-// startVNet turns on virtual networking mode when this daemon is to use it. With the mode given
-// explicitly, failing to read the settings or set up the TUN is an error; with the org default, the
-// daemon falls back to loopback mode when the node cannot be asked.
-func (d *Daemon) startVNet(ctx context.Context) error {
-	if d.opts.mode == ModeLoopback {
-		return nil
-	}
-	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	s, mode, err := d.decideMode(sctx)
-	if err != nil {
-		if d.opts.mode == ModeVirtualNetworking {
-			return fmt.Errorf("start virtual networking: %w", err)
-		}
-		d.log.Warn("using loopback mode: could not read the org's connectivity mode", "err", err)
-		return nil
-	}
-	if mode != ModeVirtualNetworking {
-		return nil
-	}
-	v, err := d.newVNet(ctx, s)
-	if err != nil {
-		return fmt.Errorf("start virtual networking: %w", err)
-	}
-	d.vn = v
-	return nil
 }
 
 func (d *Daemon) newVNet(ctx context.Context, s api.Settings) (_ *vnet, err error) {
@@ -364,26 +320,6 @@ func (v *vnet) close() {
 // The daemon's hooks into virtual networking mode (daemon.go calls them with d.mu held, except
 // closeVNet).
 
-// vnStatus rewrites status rows for this mode: the address is alias:port (or ip:port) and
-// "connected" means served on the TUN. With rows nil (node unreachable) it lists the connected.
-func (d *Daemon) vnStatus(rows []ResourceStatus) []ResourceStatus {
-	if d.vn == nil {
-		return rows
-	}
-	if rows == nil {
-		for _, r := range d.vn.list() {
-			rows = append(rows, ResourceStatus{Resource: r, Address: d.vn.address(r), Connected: true})
-		}
-		return rows
-	}
-	for i := range rows {
-		_, on := d.vn.isConnected(rows[i].Name)
-		rows[i].Address = d.vn.address(rows[i].Resource)
-		rows[i].Connected = on
-	}
-	return rows
-}
-
 // vnConnect serves r on its VN address and remembers it as connected.
 func (d *Daemon) vnConnect(r api.Resource) (ResourceStatus, error) {
 	st, err := d.vn.connect(r)
@@ -391,12 +327,8 @@ func (d *Daemon) vnConnect(r api.Resource) (ResourceStatus, error) {
 		return st, err
 	}
 	d.vn.addRecord(r)
-	if !slicesContains(d.state.Connected, r.Name) {
-		d.state.Connected = append(d.state.Connected, r.Name)
-		if err := SaveState(d.dirs, d.state); err != nil {
-			d.log.Warn("could not save connected resources", "err", err)
-		}
-	}
+	d.remember(r.Name)
+	st = d.row(r)
 	return st, nil
 }
 
@@ -430,26 +362,9 @@ func (d *Daemon) closeVNet() {
 	}
 }
 
-// Mode returns the connectivity mode the daemon runs in.
-func (d *Daemon) Mode() string {
-	if d.vn != nil {
-		return ModeVirtualNetworking
-	}
-	return ModeLoopback
-}
-
 // addRecord makes r's alias resolve at once (the periodic refresh covers the rest).
 func (v *vnet) addRecord(r api.Resource) {
 	go v.refresh(v.d.ctx)
-}
-
-func slicesContains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 func slicesDelete(s []string, v string) []string {

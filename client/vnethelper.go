@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -18,6 +19,9 @@ const EnvVNetHelper = "FERRY_VNET_HELPER"
 
 // DefaultVNetHelperSocket is where `ferry vnet-helper` listens unless told otherwise.
 const DefaultVNetHelperSocket = "/run/ferry/vnet-helper.sock"
+
+// errNoHelper: this client is not root and no privileged helper answers on its socket.
+var errNoHelper = errors.New("virtual networking needs root or the privileged helper, which is not running")
 
 // helperRequest is one request to the privileged helper (a JSON line on its unix socket).
 type helperRequest struct {

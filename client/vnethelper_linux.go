@@ -593,7 +593,7 @@ func openTUNViaHelper(ctx context.Context, sock string, cfg netstack.TUNConfig) 
 	var dl net.Dialer
 	nc, err := dl.DialContext(ctx, "unix", sock)
 	if err != nil {
-		return nil, nil, fmt.Errorf("virtual networking needs root or the privileged helper, which is not reachable at %s (start it with `sudo ferry vnet-helper --user $(id -u)`, or set %s): %w", sock, EnvVNetHelper, err)
+		return nil, nil, fmt.Errorf("%w: nothing answers at %s (%s moves it): %v", errNoHelper, sock, EnvVNetHelper, err)
 	}
 	c := nc.(*net.UnixConn)
 	fail := func(err error) (tun.Device, dnsConfigurer, error) { c.Close(); return nil, nil, err }

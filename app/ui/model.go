@@ -171,6 +171,16 @@ func AccountLine(st client.Status) string {
 	return strings.ToUpper(st.NodeError[:1]) + st.NodeError[1:] + "."
 }
 
+// VNChange is the one notification that virtual networking is not available (the client serves
+// virtual-networking resources on loopback instead), sent when the client first says so; prev is
+// what the previous poll said. Nil otherwise.
+func VNChange(prev string, st client.Status, err error) *fyne.Notification {
+	if err != nil || st.VNUnavailable == "" || st.VNUnavailable == prev {
+		return nil
+	}
+	return fyne.NewNotification("Ferry: virtual networking is not available", st.VNUnavailable)
+}
+
 // NodeChange is the notification for a change of the node's reachability between two polls, or nil.
 // prev is nil before the first poll, which never notifies.
 func NodeChange(prev *bool, st client.Status, err error) *fyne.Notification {

@@ -61,7 +61,7 @@ type UI struct {
 
 	// Widgets tests drive.
 	Search                       *widget.Entry
-	StatusLine, Banner           *widget.Label
+	StatusLine, Banner, VNNote   *widget.Label
 	ConnectAllBtn, DisconnectAll *widget.Button
 	Token, DeviceName            *widget.Entry
 	LoginBtn, LogoutBtn          *widget.Button
@@ -87,6 +87,7 @@ type UI struct {
 	statusErr   error
 	loggedIn    bool
 	reachable   *bool
+	vnWhy       string // the client's last VNUnavailable
 	settings    api.Settings
 	selected    string
 	trayMenu    *fyne.Menu
@@ -122,6 +123,10 @@ func New(opt Options) *UI {
 	u.Banner.Wrapping = fyne.TextWrapWord
 	u.Banner.Importance = widget.WarningImportance
 	u.Banner.Hide()
+	u.VNNote = widget.NewLabel("")
+	u.VNNote.Wrapping = fyne.TextWrapWord
+	u.VNNote.Importance = widget.WarningImportance
+	u.VNNote.Hide()
 	u.StatusLine = widget.NewLabel("Loading…")
 	u.StatusLine.Wrapping = fyne.TextWrapWord
 	u.Search = widget.NewEntry()
@@ -155,7 +160,7 @@ func New(opt Options) *UI {
 		u.Autostart.Hide()
 	}
 	u.LogoutBtn = widget.NewButtonWithIcon("Log out", theme.LogoutIcon(), u.logout)
-	settingsNote := widget.NewLabel("Virtual networking mode needs the privileged TUN helper, which this build does not have yet: resources connect in loopback mode whatever the preference.")
+	settingsNote := widget.NewLabel(SettingsNote)
 	settingsNote.Wrapping = fyne.TextWrapWord
 	settings := container.NewVBox(
 		container.New(layout.NewFormLayout(), widget.NewLabel("Connectivity mode"), u.ModePref),
@@ -171,7 +176,7 @@ func New(opt Options) *UI {
 		container.NewTabItemWithIcon("Resources", theme.StorageIcon(), split),
 		container.NewTabItemWithIcon("Settings", theme.SettingsIcon(), settings),
 	)
-	u.main = container.NewBorder(container.NewVBox(u.Banner, u.StatusLine), nil, nil, nil, u.tabs)
+	u.main = container.NewBorder(container.NewVBox(u.Banner, u.VNNote, u.StatusLine), nil, nil, nil, u.tabs)
 
 	u.Token = widget.NewEntry()
 	u.Token.SetPlaceHolder("ferry-enroll.…")
@@ -260,6 +265,10 @@ func (u *UI) Refresh(ctx context.Context) {
 	}
 	u.mu.Lock()
 	note := NodeChange(u.reachable, st, err)
+	vnNote := VNChange(u.vnWhy, st, err)
+	if err == nil && loggedIn {
+		u.vnWhy = st.VNUnavailable
+	}
 	if err == nil && loggedIn {
 		r := st.NodeReachable
 		u.reachable = &r
@@ -274,6 +283,9 @@ func (u *UI) Refresh(ctx context.Context) {
 	u.mu.Unlock()
 	if note != nil {
 		u.opt.Notify(note)
+	}
+	if vnNote != nil {
+		u.opt.Notify(vnNote)
 	}
 	fyne.DoAndWait(func() { u.redraw(st, err, loggedIn) })
 }
@@ -337,6 +349,12 @@ func (u *UI) redraw(st client.Status, err error, loggedIn bool) {
 	if err != nil {
 		return // keep the last rows rather than blanking the window on a hiccup
 	}
+	u.VNNote.SetText(st.VNUnavailable)
+	if st.VNUnavailable == "" {
+		u.VNNote.Hide()
+	} else {
+		u.VNNote.Show()
+	}
 	u.setAdmin(st.Admin)
 	seen := map[string]bool{}
 	for i, r := range st.Resources {
@@ -346,7 +364,7 @@ func (u *UI) redraw(st client.Status, err error, loggedIn bool) {
 			row = u.newRow(r.Name)
 			u.rows[r.Name] = row
 		}
-		row.update(r, u.orgMode())
+		row.update(r)
 		if i >= len(u.rowsBox.Objects) || u.rowsBox.Objects[i] != row.obj {
 			u.rebuildRows(st)
 		}
@@ -457,7 +475,7 @@ func (u *UI) newRow(name string) *Row {
 	return row
 }
 
-func (r *Row) update(rs client.ResourceStatus, orgMode string) {
+func (r *Row) update(rs client.ResourceStatus) {
 	r.State.SetText(StateText(rs))
 	r.State.Importance = widget.MediumImportance
 	switch {
@@ -469,7 +487,7 @@ func (r *Row) update(rs client.ResourceStatus, orgMode string) {
 	r.State.Refresh()
 	r.Address.SetText(AddressText(rs))
 	r.Health.SetText(HealthText(rs))
-	r.Mode.SetText(ModeText(rs, orgMode))
+	r.Mode.SetText(client.ModeLabel(rs)) // how the client serves it now, not only its configured mode
 	if rs.Connected {
 		r.Toggle.SetText("Disconnect")
 		r.Toggle.Importance = widget.MediumImportance
@@ -600,6 +618,13 @@ func (u *UI) doLogin() {
 		u.Refresh(ctx)
 	}()
 }
+
+// SettingsNote explains the connectivity mode setting (shown under it).
+const SettingsNote = "Each resource is served in its own connectivity mode (set by an administrator) unless you choose one here for all. " +
+	"Virtual networking (DNS aliases such as name.ferry.internal) needs a TUN device: on Linux the app uses the privileged helper `ferry vnet-helper` when it runs " +
+	"(start it with `sudo ferry vnet-helper --user $(id -u)`, or install it as a systemd unit: see the README). " +
+	"Without it, those resources are served on loopback addresses and the window says so. " +
+	"macOS and Windows: virtual networking from the app is not available yet. A change here applies when the app next starts its client."
 
 func (u *UI) saveModePref(choice string) {
 	p := client.Preferences{ConnectivityMode: choice}

@@ -1,0 +1,252 @@
+package client
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"slices"
+	"time"
+
+	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/resource"
+)
+
+// Per-resource connectivity modes. Each resource is served in its own mode (resource.Mode with the
+// org's default), unless this client was told one mode for all (WithMode): loopback resources on
+// their loopback address, virtual-networking resources on their VN address and DNS alias through
+// the TUN, both at once in one daemon. The TUN is brought up only when some resource wants it; when
+// it cannot be had (no root, no helper), virtual-networking resources are served on their loopback
+// address instead and the daemon says why once (Status.VNUnavailable), never failing to start.
+
+// vnRetry is the least time between two attempts to bring up virtual networking after one failed
+// (a connect of a virtual-networking resource tries again, e.g. once the helper has been started).
+const vnRetry = 10 * time.Second
+
+// ModeLabel is how a status row says how the client serves the resource now (the "Mode" column of
+// `ferry status` and of the app): "virtual networking", "loopback", or "loopback (no TUN helper)"
+// for a virtual-networking resource served on loopback because the TUN could not be had.
+func ModeLabel(r ResourceStatus) string {
+	switch {
+	case r.Serving == ModeVirtualNetworking:
+		return "virtual networking"
+	case r.Fallback:
+		return "loopback (no TUN helper)"
+	case r.Serving == ModeLoopback:
+		return "loopback"
+	}
+	return r.ConnectivityMode
+}
+
+// wantMode is the mode r is to be served in: this client's override, else the resource's own mode
+// with the org's default for a resource that has none. Called with d.mu held.
+func (d *Daemon) wantMode(r api.Resource) string {
+	if d.opts.mode != "" {
+		return d.opts.mode
+	}
+	m := resource.Resource{ConnectivityMode: r.ConnectivityMode}
+	return m.Mode(d.settings.ConnectivityMode)
+}
+
+// row is r's status row as this daemon serves it now (or would on connect): r as the node says it
+// is now (health included), the address where it is served. Called with d.mu held.
+func (d *Daemon) row(r api.Resource) ResourceStatus {
+	st := ResourceStatus{Resource: r, Address: r.LoopbackAddress, Serving: ModeLoopback}
+	if l, ok := d.listeners[r.Name]; ok {
+		st.Connected = true
+		st.Address = l.res.LoopbackAddress // where it listens (follow moves it)
+		st.Fallback = l.fallback
+		return st
+	}
+	wantVN := d.wantMode(r) == ModeVirtualNetworking
+	served := r
+	if d.vn != nil {
+		if vr, on := d.vn.isConnected(r.Name); on {
+			served, st.Connected = vr, true
+			wantVN = true
+		}
+	}
+	switch {
+	case wantVN && d.vn != nil:
+		st.Address, st.Serving = d.vn.address(served), ModeVirtualNetworking
+	case wantVN:
+		st.Fallback = true
+	}
+	return st
+}
+
+// readSettings reads the org's network settings from the node and keeps them.
+func (d *Daemon) readSettings(ctx context.Context) (api.Settings, error) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	s, err := d.api.Settings(ctx)
+	if err != nil {
+		return s, fmt.Errorf("read the org's network settings from ferry-node: %w", err)
+	}
+	d.mu.Lock()
+	d.settings = s
+	d.mu.Unlock()
+	return s, nil
+}
+
+// startVNet reads the org's settings and brings up virtual networking when some resource (or this
+// client's override) wants it. Nothing here stops the daemon from starting: without the settings,
+// resources are served on loopback until a connect tries again; without a TUN, see ensureVNet.
+func (d *Daemon) startVNet(ctx context.Context) {
+	if d.opts.mode == ModeLoopback {
+		return
+	}
+	if _, err := d.readSettings(ctx); err != nil {
+		d.log.Warn("serving every resource on loopback for now: could not read the org's connectivity mode", "err", err)
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	rs, err := d.api.Resources(rctx)
+	cancel()
+	if err != nil {
+		d.log.Warn("could not list resources", "err", err)
+	}
+	d.mu.Lock()
+	need := d.opts.mode == ModeVirtualNetworking || (err != nil && d.settings.ConnectivityMode == ModeVirtualNetworking) ||
+		slices.ContainsFunc(rs, func(r api.Resource) bool { return d.wantMode(r) == ModeVirtualNetworking })
+	d.mu.Unlock()
+	if need {
+		d.ensureVNet(ctx)
+	}
+}
+
+// ensureVNet brings up virtual networking unless it is up, or an attempt failed less than vnRetry
+// ago. On failure it records why (Status.VNUnavailable) and logs it once.
+func (d *Daemon) ensureVNet(ctx context.Context) {
+	d.vnUp.Lock()
+	defer d.vnUp.Unlock()
+	d.mu.Lock()
+	up, s := d.vn != nil, d.settings
+	d.mu.Unlock()
+	if up || (!d.vnLast.IsZero() && time.Since(d.vnLast) < vnRetry) || d.ctx.Err() != nil {
+		return
+	}
+	d.vnLast = time.Now()
+	var err error
+	if s.VNSubnet == "" {
+		s, err = d.readSettings(ctx)
+	}
+	var v *vnet
+	if err == nil {
+		vctx, cancel := context.WithTimeout(d.ctx, 30*time.Second)
+		v, err = d.newVNet(vctx, s)
+		cancel()
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err != nil {
+		why := vnUnavailable(err, s)
+		if d.vnWhy != why {
+			d.log.Warn(why)
+		}
+		d.vnWhy = why
+		return
+	}
+	if d.ctx.Err() != nil { // closed meanwhile
+		v.close()
+		return
+	}
+	d.vn, d.vnWhy = v, ""
+}
+
+// vnUnavailable is the one message a person gets when virtual networking cannot be had: what
+// happened, what Ferry does instead, and the command that fixes it.
+func vnUnavailable(err error, s api.Settings) string {
+	fix := "run ferry as root"
+	if runtime.GOOS == "linux" {
+		subnet, domain := s.VNSubnet, s.DNSDomain
+		if subnet == "" {
+			subnet = resource.DefaultVNSubnet.String()
+		}
+		if domain == "" {
+			domain = "ferry.internal"
+		}
+		fix = fmt.Sprintf("start the privileged helper with `sudo ferry vnet-helper --user $(id -u) --subnet %s --domain %s` (or install its systemd unit, see the README), then connect them again", subnet, domain)
+	} else if runtime.GOOS == "windows" {
+		fix = "run ferry as Administrator"
+	}
+	return fmt.Sprintf("Virtual networking is not available on this device, so resources set to virtual networking are served on loopback addresses instead (their DNS aliases do not resolve here). To use virtual networking, %s. (%v)", fix, err)
+}
+
+// connectMode serves r in its mode; called with d.mu held. A virtual-networking resource without a
+// TUN is served on its loopback address (fallback).
+func (d *Daemon) connectMode(r api.Resource) (ResourceStatus, error) {
+	if d.wantMode(r) == ModeVirtualNetworking && d.vn != nil {
+		return d.vnConnect(r)
+	}
+	return d.listen(r, d.wantMode(r) == ModeVirtualNetworking)
+}
+
+// listen serves r on its loopback address; called with d.mu held.
+func (d *Daemon) listen(r api.Resource, fallback bool) (ResourceStatus, error) {
+	ln, err := net.Listen("tcp", r.LoopbackAddress)
+	if err != nil {
+		return ResourceStatus{}, fmt.Errorf("connect %s: listen on %s (is another program using that port? an administrator can set a port override): %w", r.Name, r.LoopbackAddress, err)
+	}
+	l := &listener{res: r, ln: ln, fallback: fallback}
+	d.listeners[r.Name] = l
+	d.wg.Add(1)
+	go d.acceptLoop(l)
+	d.remember(r.Name)
+	d.log.Info("resource connected", "resource", r.Name, "address", r.LoopbackAddress, "mode", ModeLabel(d.row(r)))
+	return d.row(r), nil
+}
+
+// remember keeps name among the connected resources restored at the next start; d.mu held.
+func (d *Daemon) remember(name string) {
+	if !slices.Contains(d.state.Connected, name) {
+		d.state.Connected = append(d.state.Connected, name)
+		if err := SaveState(d.dirs, d.state); err != nil {
+			d.log.Warn("could not save connected resources", "err", err)
+		}
+	}
+}
+
+// followModes moves connected resources whose mode changed (an administrator's edit, or virtual
+// networking that came up after they were served on loopback) and drops virtual-networking ones
+// that are gone; called with d.mu held, byName the node's current list.
+func (d *Daemon) followModes(byName map[string]api.Resource) (changed bool) {
+	if d.vn == nil {
+		return false
+	}
+	for _, vr := range d.vn.list() {
+		r, ok := byName[vr.Name]
+		switch {
+		case !ok:
+			d.vn.disconnect(vr.Name)
+			d.state.Connected = slices.DeleteFunc(d.state.Connected, func(s string) bool { return s == vr.Name })
+			changed = true
+			d.log.Warn("resource is no longer available to you: stopped serving it", "resource", vr.Name)
+		case d.wantMode(r) != ModeVirtualNetworking:
+			if _, err := d.listen(r, false); err != nil {
+				d.log.Error("resource changed to loopback mode but its loopback address is busy; keeping it on virtual networking", "resource", r.Name, "err", err)
+				continue
+			}
+			d.vn.disconnect(r.Name)
+		default:
+			if _, err := netip.ParseAddrPort(r.VNAddress); err == nil && r.VNAddress != vr.VNAddress {
+				_, _ = d.vn.connect(r)
+			}
+		}
+	}
+	for name, l := range d.listeners {
+		r, ok := byName[name]
+		if !ok || d.wantMode(r) != ModeVirtualNetworking {
+			continue
+		}
+		if _, err := d.vn.connect(r); err != nil {
+			d.log.Warn("could not move resource to virtual networking", "resource", name, "err", err)
+			continue
+		}
+		_ = l.ln.Close()
+		delete(d.listeners, name)
+		d.log.Info("resource moved to virtual networking", "resource", name, "address", d.vn.address(r))
+	}
+	return changed
+}
