@@ -28,6 +28,9 @@ const (
 	ClientID     = "11111111-2222-3333-4444-555555555555"
 	ObjectID     = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
 	IdentityName = "ferry-mi-prod"
+	// VaultName is the demo's Key Vault (https://ferry-demo-kv.vault.azure.net/), served by the
+	// emulator; the node's host overrides send its host name there.
+	VaultName = "ferry-demo-kv"
 )
 
 // Options tune Start.
@@ -116,7 +119,10 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 		WireGuardPort: 0,
 		IMDSEndpoint:  e.Emu.IMDSEndpoint(),
 		CAFiles:       []string{e.Emu.CACertFile()},
-		HostOverrides: map[string]string{strings.ToLower(e.Emu.Hostname()): e.Emu.Addr()},
+		HostOverrides: map[string]string{
+			strings.ToLower(e.Emu.Hostname()): e.Emu.Addr(),
+			azureemu.VaultHost(VaultName):     e.Emu.VaultAddr(),
+		},
 		// The access token goes to the emulator's server and nowhere else (not even the Azure
 		// domains: no real Azure server belongs to a demo).
 		AllowedServerHosts: []string{strings.ToLower(e.Emu.Hostname())},

@@ -50,12 +50,15 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	if err == nil && s.Denied != nil {
 		err = fatal(audit.OutcomeDenied, s.Denied.Code, s.Denied.Message, "", s.Denied.Hint, s.Denied)
 	}
+	if err == nil && t.Credentials != nil {
+		err = resolveCredentials(loginCtx, &t)
+	}
 	// The record of a connection starts once its StartupMessage says which
 	// database it wants (or once it has failed).
 	rec := audit.Connection{Start: start, User: s.User, Resource: t.Resource, ClientAddr: s.ClientAddr, Database: database}
 	if st != nil && st.msg != nil {
 		rec.OriginalUser, rec.OriginalDatabase = st.msg.Parameters["user"], st.msg.Parameters["database"]
-		rec.Role = t.Username
+		rec.Role = t.label()
 	}
 	id, auditErr := p.startRecord(ctx, log, rec)
 	if err == nil && auditErr != nil {
@@ -98,7 +101,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	}
 	conn.SetDeadline(time.Time{})
 	server.SetDeadline(time.Time{})
-	log.Info("pgproxy: session started", "database", database, "role", t.Username, "upstream_pid", up.hc.PID)
+	log.Info("pgproxy: session started", "database", database, "role", t.label(), "upstream_pid", up.hc.PID)
 
 	// A session whose statements cannot be recorded is ended (fail closed): the
 	// audit log's writer calls back when one of its records could not be written.
@@ -228,6 +231,23 @@ func (p *Proxy) login(ctx context.Context, t Target, database string, st *startu
 		return nil, err
 	}
 	return connectUpstream(ctx, t, database, token, runtimeParams(st.msg.Parameters))
+}
+
+// resolveCredentials reads t's username and client ID from its secret store (t.Credentials).
+func resolveCredentials(ctx context.Context, t *Target) error {
+	u, cid, err := t.Credentials(ctx)
+	if err != nil {
+		var r *Refusal
+		if errors.As(err, &r) {
+			return fatal(audit.OutcomeFailed, r.Code, r.Message, "", r.Hint, err)
+		}
+		return fatal(audit.OutcomeFailed, "08001", err.Error(), "", "", err)
+	}
+	if u == "" {
+		return fatal(audit.OutcomeFailed, "08001", fmt.Sprintf("the username of resource %s read from its secret store is empty", t.Resource), "", "Fix the secret.", nil)
+	}
+	t.Username, t.ClientID = u, cid
+	return nil
 }
 
 // token gets an access token for t's managed identity.
