@@ -99,9 +99,9 @@ func NewChecker(cfg Config) *Checker {
 	return &Checker{cfg: cfg}
 }
 
-// Steps is the order of the steps of a check; api.StepSecretStore runs before api.StepToken for a
-// resource with a secret store.
-var Steps = []string{api.StepResolve, api.StepTCP, api.StepTLS, api.StepSecretStore, api.StepToken, api.StepLogin, api.StepQuery}
+// Steps is the order of the steps of a check. A resource with a secret store has one more,
+// api.StepSecretStore, just before api.StepToken (its client ID may come from the store).
+var Steps = []string{api.StepResolve, api.StepTCP, api.StepTLS, api.StepToken, api.StepLogin, api.StepQuery}
 
 // StepFunc is called as each step ends (for interactive output); nil is allowed.
 type StepFunc func(step api.HealthStep)
