@@ -130,6 +130,9 @@ func (n *Node) withSecrets(t *pgproxy.Target, r resource.Resource) {
 	}
 	t.Username, t.ClientID = "", ""
 	t.UsernameLabel = secretLabel(r)
+	if r.ManagedIdentityClientIDPath != "" {
+		t.ClientIDLabel = "secret " + r.SecretStoreID + "/" + r.ManagedIdentityClientIDPath
+	}
 	t.Credentials = func(ctx context.Context) (string, string, error) {
 		cr, err := n.secretCredentials(ctx, r)
 		if err != nil {

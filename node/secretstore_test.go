@@ -229,6 +229,21 @@ func TestSecretStoreKeyVault(t *testing.T) {
 		}
 	}
 
+	// A client ID from the store that names no identity of the VM: IMDS refuses, and the FATAL
+	// names the secret, not the ID.
+	unassigned := uuid.NewString()
+	if _, err := emu.SetSecret(demo.VaultName, "pg-bad-client", unassigned); err != nil {
+		t.Fatal(err)
+	}
+	newRes("kv-unassigned", st.ID, "pg-user", "pg-bad-client")
+	_, err = kvLogin(ctx, t, env, "kv-unassigned")
+	if pe := fatalOf(err); pe == nil || pe.Code != "28000" || !strings.Contains(pe.Message, "secret "+st.ID+"/pg-bad-client") {
+		t.Errorf("kv-unassigned: %v", err)
+	}
+	if h, err := apiC.HealthCheck(ctx, "kv-unassigned"); err != nil || h.FailedStep != api.StepToken {
+		t.Errorf("kv-unassigned health: %v %+v", err, h)
+	}
+
 	// The values never leave: not in logs, the audit log, the API, or what the client holds.
 	var out []string
 	// The emulator's own log lines name identities and roles; the node's and the client's must not
@@ -250,7 +265,7 @@ func TestSecretStoreKeyVault(t *testing.T) {
 	}
 	b, _ := json.Marshal(conns)
 	out = append(out, string(b))
-	for _, name := range []string{"kv-json", "kv-plain", "kv-forbidden"} {
+	for _, name := range []string{"kv-json", "kv-plain", "kv-forbidden", "kv-unassigned"} {
 		r, err := apiC.Datasource(ctx, name)
 		if err != nil {
 			t.Fatal(err)
@@ -278,7 +293,7 @@ func TestSecretStoreKeyVault(t *testing.T) {
 		t.Errorf("no connection record names the secret path as its role: %s", b)
 	}
 	for i, o := range out {
-		for _, v := range []string{role1, role2, id1.ClientID, id2.ClientID} {
+		for _, v := range []string{role1, role2, id1.ClientID, id2.ClientID, unassigned} {
 			if strings.Contains(o, v) {
 				line := o[max(0, strings.Index(o, v)-300):min(len(o), strings.Index(o, v)+100)]
 				t.Errorf("output %d holds the secret value %q: …%s…", i, v, line)

@@ -125,6 +125,9 @@ type Target struct {
 	// and every message to the client, which never see the username itself (a
 	// value read from a secret store), e.g. "secret se-1234/pg-user".
 	UsernameLabel string
+	// ClientIDLabel, when set, stands for ClientID in messages to the client (a
+	// client ID read from a secret store).
+	ClientIDLabel string
 }
 
 // label is what logs, audit records and messages show for the username.

@@ -260,8 +260,12 @@ func (p *Proxy) token(ctx context.Context, t Target) (string, error) {
 		err = errors.New("the token source returned an empty token")
 	}
 	if err != nil {
-		return "", fatal(audit.OutcomeFailed, "28000",
-			fmt.Sprintf("could not get an access token for %s to log in to resource %s: %v", t.identity(), t.Resource, err), "",
+		msg := fmt.Sprintf("could not get an access token for %s to log in to resource %s: %v", t.identity(), t.Resource, err)
+		if t.ClientIDLabel != "" && t.ClientID != "" {
+			msg = strings.ReplaceAll(msg, t.ClientID, t.ClientIDLabel)
+			err = &scrubbed{msg: strings.ReplaceAll(err.Error(), t.ClientID, t.ClientIDLabel), orig: err}
+		}
+		return "", fatal(audit.OutcomeFailed, "28000", msg, "",
 			"Check that the managed identity is assigned to the node's VM and that IMDS is reachable from the node, then retry.", err)
 	}
 	return token, nil

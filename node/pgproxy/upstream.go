@@ -42,6 +42,9 @@ func (t Target) tlsConfig() *tls.Config {
 }
 
 func (t Target) identity() string {
+	if t.ClientIDLabel != "" && t.ClientID != "" {
+		return "the node's user-assigned managed identity whose client ID is " + t.ClientIDLabel
+	}
 	if t.ClientID == "" {
 		return "the node's system-assigned managed identity"
 	}
