@@ -391,13 +391,13 @@ func (p *Proxy) terminateUpstream(ctx context.Context, t Target, pid uint32, end
 	st := &startup{msg: &pgproto3.StartupMessage{Parameters: map[string]string{"application_name": "ferry-node: ending a revoked session"}}}
 	up, err := p.login(ctx, t, t.Database, st, log)
 	if err != nil {
-		log.Warn("pgproxy: the ended session's server backend could not be terminated: login", "upstream_pid", pid, "err", err)
+		log.Warn("pgproxy: the ended session's server backend could not be terminated: login", "upstream_pid", pid, "err", t.scrub(err.Error()))
 		return
 	}
 	pc, err := pgconn.Construct(up.hc)
 	if err != nil {
 		up.hc.Conn.Close()
-		log.Warn("pgproxy: the ended session's server backend could not be terminated", "upstream_pid", pid, "err", err)
+		log.Warn("pgproxy: the ended session's server backend could not be terminated", "upstream_pid", pid, "err", t.scrub(err.Error()))
 		return
 	}
 	defer pc.Close(ctx)
@@ -407,7 +407,7 @@ func (p *Proxy) terminateUpstream(ctx context.Context, t Target, pid uint32, end
 		[][]byte{[]byte(fmt.Sprint(pid)), []byte(since)}, nil, nil, nil).Read()
 	switch {
 	case res.Err != nil:
-		log.Warn("pgproxy: the ended session's server backend could not be terminated", "upstream_pid", pid, "err", res.Err)
+		log.Warn("pgproxy: the ended session's server backend could not be terminated", "upstream_pid", pid, "err", t.scrub(res.Err.Error()))
 	case len(res.Rows) == 1 && string(res.Rows[0][0]) == "t":
 		log.Info("pgproxy: the ended session's server backend was terminated", "upstream_pid", pid)
 	default:

@@ -37,7 +37,9 @@ const (
 	DefaultMaxStaleness = time.Hour
 	DefaultTimeout      = 10 * time.Second
 	defaultMaxRetries   = 2
-	failureBackoff      = time.Second
+	failureBackoff      = 2 * time.Second
+	// staleWait is how long a login waits for a new read when a value past its TTL is cached.
+	staleWait = 3 * time.Second
 )
 
 // Config configures a Reader.
@@ -203,63 +205,74 @@ func (r *Reader) client(st resource.SecretStore) (*azsecrets.Client, error) {
 }
 
 // Get reads the secret at path (secret-name[/version][?key=field]) from store, from the cache while
-// it is fresh. ctx bounds the wait; the read itself is shared and bounded by Config.Timeout.
+// it is fresh. ctx bounds the wait; the read itself is shared and bounded by Config.Timeout. When
+// a value past its TTL is cached, a login waits for the new read at most staleWait and is then
+// answered from the cache (within MaxStaleness), so a vault that does not answer (a firewall that
+// drops packets) slows logins by that much, not by the read's whole deadline.
 func (r *Reader) Get(ctx context.Context, st resource.SecretStore, path string) (Value, error) {
 	sp, err := resource.ParseSecretPath(path)
 	if err != nil {
 		return Value{}, &Error{Kind: KindNotFound, Vault: st.VaultURI, Path: path, Err: err}
 	}
 	key := strings.Join([]string{st.ID, strings.ToLower(st.VaultURI), st.ManagedIdentityClientID, strings.ToLower(sp.Name), sp.Version}, "|")
-	for {
-		r.mu.Lock()
-		e := r.entries[key]
-		if e == nil {
-			e = &entry{}
-			r.entries[key] = e
-		}
-		now := r.now()
-		if e.has && now.Sub(e.read) < r.cfg.TTL {
-			v := Value{Version: e.version, Read: e.read}
-			raw := e.value
-			r.mu.Unlock()
-			return extract(v, raw, st, path, sp)
-		}
-		if e.call == nil && now.Before(e.notBefore) && e.lastErr != nil {
-			// Failed a moment ago: answer from the cache or with that failure, without asking again.
-			out, raw, ferr := r.fallback(e, e.lastErr, now, st, path)
-			r.mu.Unlock()
-			if ferr != nil {
-				return Value{}, ferr
-			}
-			return extract(out, raw, st, path, sp)
-		}
-		f := e.call
-		if f == nil {
-			f = &flight{done: make(chan struct{})}
-			e.call = f
-			go r.fetch(e, f, st, path, sp)
-		}
+	r.mu.Lock()
+	e := r.entries[key]
+	if e == nil {
+		e = &entry{}
+		r.entries[key] = e
+	}
+	now := r.now()
+	if e.has && now.Sub(e.read) < r.cfg.TTL {
+		v, raw := Value{Version: e.version, Read: e.read}, e.value
 		r.mu.Unlock()
-		select {
-		case <-f.done:
-		case <-ctx.Done():
-			return Value{}, &Error{Kind: KindUnreachable, Vault: st.VaultURI, Path: path, Err: fmt.Errorf("waiting for Key Vault: %w", ctx.Err())}
-		}
-		r.mu.Lock()
-		now = r.now()
-		if f.err == nil {
-			v := Value{Version: f.version, Read: e.read}
-			raw := f.value
-			r.mu.Unlock()
-			return extract(v, raw, st, path, sp)
-		}
-		out, raw, ferr := r.fallback(e, f.err, now, st, path)
+		return extract(v, raw, st, path, sp)
+	}
+	if e.call == nil && now.Before(e.notBefore) && e.lastErr != nil {
+		// Failed a moment ago: answer from the cache or with that failure, without asking again.
+		v, raw, ferr := r.fallback(e, e.lastErr, now, st, path)
 		r.mu.Unlock()
 		if ferr != nil {
 			return Value{}, ferr
 		}
-		return extract(out, raw, st, path, sp)
+		return extract(v, raw, st, path, sp)
 	}
+	f := e.call
+	if f == nil {
+		f = &flight{done: make(chan struct{})}
+		e.call = f
+		go r.fetch(e, f, st, path)
+	}
+	var slow <-chan time.Time
+	if e.has && now.Sub(e.read) < r.cfg.MaxStaleness {
+		t := time.NewTimer(staleWait)
+		defer t.Stop()
+		slow = t.C
+	}
+	r.mu.Unlock()
+	select {
+	case <-f.done:
+	case <-slow:
+		r.mu.Lock()
+		v, raw := Value{Version: e.version, Read: e.read, Stale: true}, e.value
+		r.mu.Unlock()
+		r.log.Warn("Key Vault is slow to answer; using the cached value", "store", st.ID, "vault", st.VaultURI, "path", path, "version", v.Version)
+		return extract(v, raw, st, path, sp)
+	case <-ctx.Done():
+		return Value{}, &Error{Kind: KindUnreachable, Vault: st.VaultURI, Path: path, Err: fmt.Errorf("waiting for Key Vault: %w", ctx.Err())}
+	}
+	r.mu.Lock()
+	now = r.now()
+	if f.err == nil {
+		v, raw := Value{Version: f.version, Read: now}, f.value
+		r.mu.Unlock()
+		return extract(v, raw, st, path, sp)
+	}
+	v, raw, ferr := r.fallback(e, f.err, now, st, path)
+	r.mu.Unlock()
+	if ferr != nil {
+		return Value{}, ferr
+	}
+	return extract(v, raw, st, path, sp)
 }
 
 // fallback answers after a failed read: the cached value while the failure is an outage and the
@@ -276,7 +289,8 @@ func (r *Reader) fallback(e *entry, ferr *Error, now time.Time, st resource.Secr
 	return Value{}, "", ferr
 }
 
-func (r *Reader) fetch(e *entry, f *flight, st resource.SecretStore, path string, sp resource.SecretPath) {
+func (r *Reader) fetch(e *entry, f *flight, st resource.SecretStore, path string) {
+	sp, _ := resource.ParseSecretPath(path)
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout)
 	defer cancel()
 	value, version, err := r.read(ctx, st, path, sp)
