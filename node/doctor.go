@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -94,7 +95,11 @@ func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt Doctor
 	if err != nil {
 		return false, fmt.Errorf("doctor: %w", err)
 	}
-	checker := health.NewChecker(health.Config{Tokens: tokens, RootCAs: roots, HostOverrides: cfg.HostOverrides, AllowedHosts: allowed, Resolver: cfg.resolver(), StepTimeout: opt.StepTimeout})
+	// The secret store step reads Key Vault as the running node does.
+	sn := &Node{cfg: cfg, cat: cat, tokens: tokens, roots: roots, log: slog.New(slog.DiscardHandler)}
+	sn.secrets = sn.newSecretReader()
+	checker := health.NewChecker(health.Config{Tokens: tokens, RootCAs: roots, HostOverrides: cfg.HostOverrides, AllowedHosts: allowed, Resolver: cfg.resolver(), StepTimeout: opt.StepTimeout,
+		Secrets: sn.secretCredentials})
 	for _, r := range rs {
 		fmt.Fprintf(w, "%s  %s\n", r.Name, describe(r))
 		h := checker.Check(ctx, r, func(s api.HealthStep) { printStep(w, s) })
@@ -117,6 +122,13 @@ func describe(r resource.Resource) string {
 	if r.ManagedIdentityClientID != "" {
 		id = "user-assigned identity " + r.ManagedIdentityClientID
 	}
+	if r.SecretStoreID != "" {
+		// The username (and the client ID, with its path) are secret values: name their paths.
+		if r.ManagedIdentityClientIDPath != "" {
+			id = "identity from secret " + r.SecretStoreID + "/" + r.ManagedIdentityClientIDPath
+		}
+		return fmt.Sprintf("(%s:%d, database %s, role from secret %s/%s, %s)", r.Hostname, r.Port, r.Database, r.SecretStoreID, r.UsernamePath, id)
+	}
 	return fmt.Sprintf("(%s:%d, database %s, role %s, %s)", r.Hostname, r.Port, r.Database, r.LoginUsername(), id)
 }
 
@@ -125,7 +137,7 @@ func printStep(w io.Writer, s api.HealthStep) {
 	if !s.OK {
 		mark, text = "✗", "failed"
 	}
-	fmt.Fprintf(w, "  %s %-9s %-70s %8.1f ms\n", mark, s.Name, text, s.DurationMS)
+	fmt.Fprintf(w, "  %s %-12s %-70s %8.1f ms\n", mark, s.Name, text, s.DurationMS)
 }
 
 // doctorNode checks the node itself and prints the steps.

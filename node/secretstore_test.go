@@ -1,10 +1,12 @@
 package node_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -191,6 +193,17 @@ func TestSecretStoreKeyVault(t *testing.T) {
 		t.Fatalf("health after the outage: %v %+v", err, h)
 	}
 
+	// ferry-node doctor reads the store as the node does.
+	cfg, err := node.LoadConfig(filepath.Join(env.NodeDir, node.ConfigFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doctorOut bytes.Buffer
+	if ok, err := node.Doctor(ctx, &doctorOut, env.NodeDir, cfg, node.DoctorOptions{Resource: "kv-json"}); err != nil || !ok ||
+		!strings.Contains(doctorOut.String(), "✓ secret store") || !strings.Contains(doctorOut.String(), "role from secret "+st.ID+"/pg-login?key=user") {
+		t.Fatalf("doctor kv-json: ok=%v err=%v\n%s", ok, err, doctorOut.String())
+	}
+
 	// Throttling: 429 with Retry-After is retried by the SDK within the read's deadline.
 	emu.ThrottleVault(1, time.Second)
 	pollLogin(ctx, t, env, "kv-json", "after throttling", func(u string, err error) bool { return err == nil && u == role2 })
@@ -245,7 +258,7 @@ func TestSecretStoreKeyVault(t *testing.T) {
 	}
 
 	// The values never leave: not in logs, the audit log, the API, or what the client holds.
-	var out []string
+	out := []string{doctorOut.String()}
 	// The emulator's own log lines name identities and roles; the node's and the client's must not
 	// name the usernames. (The token source logs the client ID it asks IMDS for, an identifier.)
 	var logLines []string
