@@ -91,6 +91,9 @@ type Error struct {
 	Vault string // vault URI
 	Path  string // the secret path as configured
 	Err   error
+	// transient: IMDS could not be reached or was unavailable (not "Identity not found"); like
+	// KindUnreachable, a cached value is used within MaxStaleness.
+	transient bool
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("secret %q: %v", e.Path, e.Err) }
@@ -278,7 +281,7 @@ func (r *Reader) Get(ctx context.Context, st resource.SecretStore, path string) 
 // fallback answers after a failed read: the cached value while the failure is an outage and the
 // value is within MaxStaleness, else the error. r.mu must be held.
 func (r *Reader) fallback(e *entry, ferr *Error, now time.Time, st resource.SecretStore, path string) (Value, string, error) {
-	if ferr.Kind == KindUnreachable && e.has {
+	if (ferr.Kind == KindUnreachable || ferr.transient) && e.has {
 		age := now.Sub(e.read)
 		if age < r.cfg.MaxStaleness {
 			return Value{Version: e.version, Read: e.read, Stale: true}, e.value, nil
@@ -324,7 +327,10 @@ func (r *Reader) read(ctx context.Context, st resource.SecretStore, path string,
 	}
 	resp, err := c.GetSecret(ctx, sp.Name, sp.Version, nil)
 	if err != nil {
-		return fail(classify(err))
+		v, ver, e := fail(classify(err))
+		e.transient = e.Kind == KindAuth && !strings.Contains(err.Error(), "Identity not found") &&
+			!strings.Contains(e.Err.Error(), "refused")
+		return v, ver, e
 	}
 	if resp.Value == nil {
 		return fail(KindNotFound, errors.New("Key Vault returned no value"))

@@ -220,3 +220,37 @@ func TestReaderErrorsHoldNoValue(t *testing.T) {
 		t.Fatalf("obj?key=user: %q, %v", v.Value, err)
 	}
 }
+
+// TestReaderIMDSOutageUsesCache: when the Key Vault token cannot be had because IMDS is down (a new
+// client, whose token policy holds no token yet), the cached value is used within MaxStaleness, as
+// for a Key Vault outage; an identity IMDS does not know is a verdict and fails at once.
+func TestReaderIMDSOutageUsesCache(t *testing.T) {
+	r, emu, st, clock := testReader(t, Config{TTL: time.Minute, MaxStaleness: 10 * time.Minute, Timeout: 20 * time.Second})
+	ctx := context.Background()
+	if _, err := emu.SetSecret("kvtest", "pg-user", "carol"); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := r.Get(ctx, st, "pg-user"); err != nil || v.Value != "carol" {
+		t.Fatalf("first read: %+v, %v", v, err)
+	}
+	emu.SetIMDSOutage(true)
+	r.mu.Lock()
+	clear(r.clients) // as after a restart of the token policy: it must ask IMDS
+	r.mu.Unlock()
+	clock.advance(2 * time.Minute)
+	if v, err := r.Get(ctx, st, "pg-user"); err != nil || v.Value != "carol" || !v.Stale {
+		t.Fatalf("IMDS down, within the staleness: %+v, %v", v, err)
+	}
+	emu.SetIMDSOutage(false)
+
+	unknown := st
+	unknown.ID, unknown.ManagedIdentityClientID = "se-unknown", uuid.NewString()
+	_, err := r.Get(ctx, unknown, "pg-user")
+	var se *Error
+	if !errors.As(err, &se) || se.Kind != KindAuth || se.transient {
+		t.Fatalf("an identity IMDS does not know: %v", err)
+	}
+	if h := se.Hint("user-assigned managed identity " + unknown.ManagedIdentityClientID); !strings.Contains(h, "assigned to the node's VM") {
+		t.Errorf("hint %q", h)
+	}
+}
