@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -85,6 +87,7 @@ func TestSecretStoreKeyVault(t *testing.T) {
 			c.HealthStepTimeout = node.Duration(10 * time.Second)
 			c.SecretTTL = node.Duration(200 * time.Millisecond)
 			c.SecretMaxStaleness = node.Duration(15 * time.Second)
+			c.MetricsListen = "127.0.0.1:0"
 		}})
 	if err != nil {
 		t.Fatal(err)
@@ -288,6 +291,13 @@ func TestSecretStoreKeyVault(t *testing.T) {
 		b2, _ := json.Marshal(d)
 		out = append(out, string(b1), string(b2))
 	}
+	resp, err := http.Get("http://" + env.Node.MetricsAddr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsText, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	out = append(out, string(metricsText))
 	all, _ := apiC.HealthAll(ctx)
 	rs, _ := apiC.Resources(ctx)
 	ds, _ := apiC.Datasources(ctx)
