@@ -117,13 +117,19 @@ func (c *Catalog) UpdateSecretStore(ctx context.Context, idOrName string, edit f
 var ErrInUse = errors.New("is in use")
 
 // DeleteSecretStore deletes the store with that ID or name, unless a resource uses it: then the
-// error (wrapping ErrInUse) lists those resources.
+// error (wrapping ErrInUse) lists those resources. The check and the delete are one transaction, as
+// a resource's write and its store check are (checkStore), so neither can slip past the other.
 func (c *Catalog) DeleteSecretStore(ctx context.Context, idOrName string) (resource.SecretStore, error) {
 	s, err := c.SecretStore(ctx, idOrName)
 	if err != nil {
 		return s, fmt.Errorf("delete secret store: %w", err)
 	}
-	users, err := c.resourcesUsingStore(ctx, s.ID)
+	tx, err := c.db.BeginTx(ctx, nil)
+	if err != nil {
+		return s, fmt.Errorf("delete secret store %s: %w", s.Name, err)
+	}
+	defer tx.Rollback()
+	users, err := resourcesUsingStore(ctx, tx, s.ID)
 	if err != nil {
 		return s, fmt.Errorf("delete secret store %s: %w", s.Name, err)
 	}
@@ -131,24 +137,40 @@ func (c *Catalog) DeleteSecretStore(ctx context.Context, idOrName string) (resou
 		return s, fmt.Errorf("delete secret store %s (%s): it %w by resources %s: move them to another store first (ferry admin datasources update NAME --secret-store-id ...)",
 			s.Name, s.ID, ErrInUse, strings.Join(users, ", "))
 	}
-	if err := c.execOne(ctx, "delete secret store "+s.Name, `DELETE FROM secret_stores WHERE id = ?`, s.ID); err != nil {
-		return s, err
+	res, err := tx.ExecContext(ctx, `DELETE FROM secret_stores WHERE id = ?`, s.ID)
+	if err != nil {
+		return s, fmt.Errorf("delete secret store %s: %w", s.Name, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return s, fmt.Errorf("delete secret store %s: %w", s.Name, ErrNotFound)
+	}
+	if err := tx.Commit(); err != nil {
+		return s, fmt.Errorf("delete secret store %s: commit: %w", s.Name, err)
 	}
 	return s, nil
 }
 
-func (c *Catalog) resourcesUsingStore(ctx context.Context, id string) ([]string, error) {
-	rs, err := c.Resources(ctx)
+func resourcesUsingStore(ctx context.Context, tx *sql.Tx, id string) ([]string, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT name, data FROM resources ORDER BY name`)
 	if err != nil {
 		return nil, err
 	}
+	defer rows.Close()
 	var out []string
-	for _, r := range rs {
+	for rows.Next() {
+		var name, data string
+		if err := rows.Scan(&name, &data); err != nil {
+			return nil, err
+		}
+		var r resource.Resource
+		if err := json.Unmarshal([]byte(data), &r); err != nil {
+			return nil, fmt.Errorf("decode resource %s: %w", name, err)
+		}
 		if r.SecretStoreID == id {
-			out = append(out, r.Name)
+			out = append(out, name)
 		}
 	}
-	return out, nil
+	return out, rows.Err()
 }
 
 // checkStore refuses a resource that names a secret store the catalog does not have.
