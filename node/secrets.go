@@ -102,6 +102,11 @@ func (n *Node) secretCredentials(ctx context.Context, r resource.Resource) (heal
 	if err != nil {
 		return out, err
 	}
+	if u.Value == "" || strings.IndexFunc(u.Value, func(c rune) bool { return c < 0x20 || c == 0x7f }) >= 0 || len(u.Value) > 512 {
+		// Said without the value: a PostgreSQL role name is non-empty printable text.
+		return out, &secretError{msg: fmt.Sprintf("could not read username from secret store %s (Key Vault %s): secret %q (version %s) is not a role name (empty, over 512 bytes, or with control characters)", st.ID, st.VaultURI, r.UsernamePath, u.Version),
+			hint: "store the PostgreSQL role name in the secret (for a JSON secret, as the string field the path's ?key= names)"}
+	}
 	out.Username = u.Value
 	out.Detail = fmt.Sprintf("read username %s (version %s) from Key Vault %s with the node's %s", r.UsernamePath, u.Version, st.VaultURI, identity)
 	if u.Stale {

@@ -227,11 +227,16 @@ func TestSecretStoreKeyVault(t *testing.T) {
 		t.Fatal(err)
 	}
 	newRes("kv-disabled", st.ID, "pg-disabled", "")
+	if _, err := emu.SetSecret(demo.VaultName, "pg-ctl", "evil\x00user"); err != nil {
+		t.Fatal(err)
+	}
+	newRes("kv-ctl", st.ID, "pg-ctl", "")
 	for _, tc := range []struct{ name, msg, hint string }{
 		{"kv-forbidden", "not authorized", "Key Vault Secrets User"},
 		{"kv-missing", "no such secret", "create it or fix the resource's path"},
 		{"kv-nokey", `has no field "nope"`, "JSON object"},
 		{"kv-disabled", "disabled", "enable it"},
+		{"kv-ctl", "is not a role name", "store the PostgreSQL role name"},
 	} {
 		_, err := kvLogin(ctx, t, env, tc.name)
 		pe := fatalOf(err)
