@@ -315,6 +315,15 @@ func datasourceShowCmd() *cobra.Command {
 				_, v, _ = strings.Cut(v, " -> ")
 				fmt.Fprintf(tw, "%s\t%s\n", k, v)
 			}
+			if r.SecretStoreID == "" {
+				fmt.Fprintf(tw, "secret_store\t%s\n", resource.SecretStoreNone)
+			} else if st, err := c.SecretStore(cmd.Context(), r.SecretStoreID); err == nil {
+				id := st.ManagedIdentityClientID
+				if id == "" {
+					id = "system-assigned identity"
+				}
+				fmt.Fprintf(tw, "secret_store\t%s: Azure Key Vault %s, read with %s\n", st.Name, st.VaultURI, id)
+			}
 			return tw.Flush()
 		}),
 	}

@@ -106,7 +106,8 @@ func TestSecretStoreCommands(t *testing.T) {
 		t.Fatalf("add with a store: %v: %s", err, out)
 	}
 	out, err = run(t, "admin", "datasources", "show", "kvres")
-	if err != nil || !strings.Contains(out, id) || !strings.Contains(out, "pg-login?key=user") || !strings.Contains(out, "pg-login?key=client") {
+	if err != nil || !strings.Contains(out, id) || !strings.Contains(out, "pg-login?key=user") || !strings.Contains(out, "pg-login?key=client") ||
+		!strings.Contains(out, "kv: Azure Key Vault https://ferry-demo-kv.vault.azure.net/, read with "+clientID) {
 		t.Fatalf("datasources show: %v: %s", err, out)
 	}
 
