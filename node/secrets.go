@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strings"
 	"time"
@@ -25,7 +26,14 @@ func (n *Node) newSecretReader() *secretstore.Reader {
 	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second, Resolver: n.cfg.resolver()}
 	overrides := n.cfg.HostOverrides
 	tr := &http.Transport{
-		Proxy: http.ProxyFromEnvironment,
+		// HTTPS_PROXY is honoured for Key Vault, except for a vault whose host is overridden: that
+		// one is dialled at its override.
+		Proxy: func(req *http.Request) (*url.URL, error) {
+			if _, ok := overrides[strings.ToLower(strings.TrimSuffix(req.URL.Hostname(), "."))]; ok {
+				return nil, nil
+			}
+			return http.ProxyFromEnvironment(req)
+		},
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			host, port, err := net.SplitHostPort(addr)
 			if err != nil {
