@@ -68,3 +68,42 @@ func Example() {
 	// changed loopback_address: 127.0.0.1:10001 -> 127.0.0.1:12345
 	// catalog holds 0 resources
 }
+
+// Example_secretStore adds an Azure Key Vault secret store and a resource whose username and client
+// ID the node reads from it with its managed identity; a store in use cannot be deleted.
+func Example_secretStore() {
+	ctx := context.Background()
+	env, err := demo.Start(ctx, demo.Options{NoResource: true})
+	if err != nil {
+		fmt.Println("start a node:", err)
+		return
+	}
+	defer env.Close()
+	c := api.NewClient(func(ctx context.Context, _, addr string) (net.Conn, error) {
+		return env.Daemon.Dial(ctx, addr)
+	}, 0)
+
+	st, err := c.AddSecretStore(ctx, resource.SecretStore{Name: "myvault", Type: resource.SecretStoreTypeAzureKeyVault,
+		VaultURI: "https://myvault.vault.azure.net/"})
+	if err != nil {
+		fmt.Println("add store:", err)
+		return
+	}
+	fmt.Println("store", st.Name, "has an se- ID:", st.ID[:3] == "se-")
+
+	r := resource.New("azure-pg-mi-kv")
+	r.Hostname = "mypg.postgres.database.azure.com"
+	r.Database = "production"
+	r.SecretStoreID = st.ID
+	r.UsernamePath = "pg-login?key=user"
+	r.ManagedIdentityClientIDPath = "pg-login?key=client"
+	if _, err := c.AddDatasource(ctx, r); err != nil {
+		fmt.Println("add resource:", err)
+		return
+	}
+	err = c.DeleteSecretStore(ctx, st.ID)
+	fmt.Println("delete while in use refused:", err != nil)
+	// Output:
+	// store myvault has an se- ID: true
+	// delete while in use refused: true
+}

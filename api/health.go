@@ -34,9 +34,12 @@ const (
 	StepResolve = "resolve" // the hostname resolves (or a host override maps it)
 	StepTCP     = "tcp"     // a TCP connection opens
 	StepTLS     = "tls"     // SSLRequest answered and the TLS certificate verifies for the hostname
-	StepToken   = "token"   // IMDS issues an access token for the resource's managed identity
-	StepLogin   = "login"   // the server accepts the token as the role's password
-	StepQuery   = "query"   // SELECT 1 answers 1
+	// StepSecretStore reads the username and client ID from the resource's secret store (Key Vault);
+	// only resources with a secret store have it.
+	StepSecretStore = "secret store"
+	StepToken       = "token" // IMDS issues an access token for the resource's managed identity
+	StepLogin       = "login" // the server accepts the token as the role's password
+	StepQuery       = "query" // SELECT 1 answers 1
 )
 
 // HealthStep is one step of a health check.

@@ -1,4 +1,4 @@
-// Package azureemu emulates, on loopback, the two Azure services Ferry talks to:
+// Package azureemu emulates, on loopback, the Azure services Ferry talks to:
 //
 //   - the Azure Instance Metadata Service (IMDS) managed identity token endpoint,
 //     GET /metadata/identity/oauth2/token (api-version 2018-02-01), issuing RS256
@@ -7,7 +7,10 @@
 //     TLS, asks for a cleartext password, accepts only a valid access token for a
 //     mapped principal (like pgaadauth_create_principal), and then joins the
 //     session to a real PostgreSQL server started from the installed binaries,
-//     listening only on a unix socket in the emulator's temp dir.
+//     listening only on a unix socket in the emulator's temp dir; and
+//   - Azure Key Vault's secrets (keyvault.go): GET {vault}/secrets/{name}[/{version}] over TLS
+//     for *.vault.azure.net, with the bearer challenge, per-identity access, versions, disabled
+//     secrets, throttling and outages.
 //
 // It exists for tests and the demo. Nothing it does leaves loopback.
 package azureemu
@@ -95,6 +98,7 @@ type Emulator struct {
 
 	ca    *authority
 	front *front
+	vault *vaultServer
 
 	mu         sync.Mutex
 	system     Identity
@@ -192,6 +196,9 @@ func (e *Emulator) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start azure emulator: %w", err)
 	}
+	if err := e.startVault(); err != nil {
+		return fmt.Errorf("start azure emulator: %w", err)
+	}
 	e.pg, err = startPostgres(ctx, e.log, e.cfg.PGBinDir, dir, e.cfg.MaxConnections)
 	if err != nil {
 		return fmt.Errorf("start azure emulator: %w", err)
@@ -212,6 +219,7 @@ func (e *Emulator) Close() error {
 		if e.front != nil {
 			e.front.close()
 		}
+		e.closeVault()
 		if e.imdsSrv != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			if err := e.imdsSrv.Shutdown(ctx); err != nil {

@@ -22,6 +22,8 @@ type authority struct {
 	certPEM  []byte
 	certFile string
 	server   tls.Certificate
+	caCert   *x509.Certificate
+	caKey    *ecdsa.PrivateKey
 }
 
 func newAuthority(dir, hostname string) (*authority, error) {
@@ -49,33 +51,43 @@ func newAuthority(dir, hostname string) (*authority, error) {
 		return nil, fmt.Errorf("parse CA certificate: %w", err)
 	}
 
-	srvKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate server key: %w", err)
+	a := &authority{
+		certPEM:  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		certFile: filepath.Join(dir, "root.crt"),
+		caCert:   caCert,
+		caKey:    caKey,
 	}
-	srvTmpl := &x509.Certificate{
+	if a.server, err = a.issue(hostname); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(a.certFile, a.certPEM, 0o644); err != nil {
+		return nil, fmt.Errorf("write CA certificate: %w", err)
+	}
+	return a, nil
+}
+
+// issue makes a server certificate signed by the CA for the DNS names (and 127.0.0.1).
+func (a *authority) issue(names ...string) (tls.Certificate, error) {
+	now := time.Now()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("generate server key: %w", err)
+	}
+	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: hostname},
-		DNSNames:     []string{hostname},
+		Subject:      pkix.Name{CommonName: names[0]},
+		DNSNames:     names,
 		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(7 * 24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
-	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.caCert, &key.PublicKey, a.caKey)
 	if err != nil {
-		return nil, fmt.Errorf("create server certificate: %w", err)
+		return tls.Certificate{}, fmt.Errorf("create server certificate for %s: %w", names[0], err)
 	}
-	a := &authority{
-		certPEM:  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		certFile: filepath.Join(dir, "root.crt"),
-		server:   tls.Certificate{Certificate: [][]byte{srvDER, caDER}, PrivateKey: srvKey},
-	}
-	if err := os.WriteFile(a.certFile, a.certPEM, 0o644); err != nil {
-		return nil, fmt.Errorf("write CA certificate: %w", err)
-	}
-	return a, nil
+	return tls.Certificate{Certificate: [][]byte{der, a.caCert.Raw}, PrivateKey: key}, nil
 }
 
 func serial() *big.Int {

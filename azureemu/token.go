@@ -94,6 +94,11 @@ var (
 // signature with the emulator's key, aud == Resource, nbf <= now < exp, and
 // the issuer of the emulator's tenant. It returns the claims.
 func (e *Emulator) validateToken(s string, now time.Time) (*tokenClaims, error) {
+	return e.validateTokenFor(s, now, Resource)
+}
+
+// validateTokenFor is validateToken for another audience (the Key Vault's, VaultResource).
+func (e *Emulator) validateTokenFor(s string, now time.Time, audience string) (*tokenClaims, error) {
 	var c tokenClaims
 	p := jwt.NewParser(
 		jwt.WithValidMethods([]string{jwt.SigningMethodRS256.Alg()}),
@@ -107,7 +112,10 @@ func (e *Emulator) validateToken(s string, now time.Time) (*tokenClaims, error) 
 		return nil, fmt.Errorf("%w: %v", errTokenMalformed, err)
 	}
 	switch {
-	case strings.TrimSuffix(c.Aud, "/") != Resource:
+	case strings.TrimSuffix(c.Aud, "/") != audience:
+		if audience != Resource {
+			return nil, fmt.Errorf("access token audience %q is not %s", c.Aud, audience)
+		}
 		return nil, errTokenAudience
 	case c.ExpiresAt == nil || !now.Before(c.ExpiresAt.Time):
 		return nil, errTokenExpired

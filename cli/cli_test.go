@@ -51,7 +51,7 @@ func TestCommandsAgainstDemo(t *testing.T) {
 		"--hostname=mypg.postgres.database.azure.com", "--port=5432", "--database=production",
 		"--username=mi_user", "--managed-identity-client-id="+demo.ClientID, "--tls-required",
 		"--bind-interface="+bind, "--egress-filter=tag:env=dev", "--port-override=-1",
-		"--proxy-cluster-id=n-1a2b345c67890123", "--secret-store-id=se-e1b2", "--subdomain=azure-pg-mi-dev",
+		"--proxy-cluster-id=n-1a2b345c67890123", "--subdomain=azure-pg-mi-dev",
 		"--tags=env=dev,team=data", "--use-azure-single-server-usernames")
 	if err != nil || !strings.Contains(out, "Added azure-pg-mi-dev") {
 		t.Fatalf("admin datasources add: %v: %s", err, out)

@@ -55,14 +55,14 @@ func newResourceFlags(fs *pflag.FlagSet, forUpdate bool) *resourceFlags {
 	f.copy["port"] = func(d *resource.Resource) { d.Port = r.Port }
 	str(&r.Database, "database", required("database to connect to", "required"), func(d *resource.Resource, v string) { d.Database = v })
 	str(&r.Username, "username", required("PostgreSQL role of the managed identity, e.g. mi_user (on a Single Server the node appends @servername with --use-azure-single-server-usernames)", "required unless --username-path"), func(d *resource.Resource, v string) { d.Username = v })
-	str(&r.UsernamePath, "username-path", "secret path of the username (with --secret-store-id)", func(d *resource.Resource, v string) { d.UsernamePath = v })
+	str(&r.UsernamePath, "username-path", "secret path of the username, secret-name[?key=field] (required with --secret-store-id, which then replaces --username)", func(d *resource.Resource, v string) { d.UsernamePath = v })
 	str(&r.ManagedIdentityClientID, "managed-identity-client-id", "client ID of the user-assigned managed identity; empty: the VM's system-assigned identity", func(d *resource.Resource, v string) { d.ManagedIdentityClientID = v })
-	str(&r.ManagedIdentityClientIDPath, "managed-identity-client-id-path", "secret path of the client ID (with --secret-store-id)", func(d *resource.Resource, v string) { d.ManagedIdentityClientIDPath = v })
+	str(&r.ManagedIdentityClientIDPath, "managed-identity-client-id-path", "secret path of the client ID, secret-name[?key=field] (optional with --secret-store-id; empty: --managed-identity-client-id, or the system-assigned identity)", func(d *resource.Resource, v string) { d.ManagedIdentityClientIDPath = v })
 	boolean(&r.TLSRequired, "tls-required", "require TLS to the server, its certificate verified for the hostname (the node never logs in without it, whatever this says)", func(d *resource.Resource, v bool) { d.TLSRequired = v })
 	str(&r.BindInterface, "bind-interface", "IP the client listens on: "+resource.LoopbackRule+"; empty: the node assigns one from the range", func(d *resource.Resource, v string) { d.BindInterface = v })
 	str(&r.EgressFilter, "egress-filter", "nodes that may reach the server, e.g. tag:env=prod", func(d *resource.Resource, v string) { d.EgressFilter = v })
 	str(&r.ProxyClusterID, "proxy-cluster-id", "proxy cluster to route through (empty: none, use gateways)", func(d *resource.Resource, v string) { d.ProxyClusterID = v })
-	str(&r.SecretStoreID, "secret-store-id", "secret store holding the credentials (empty: the catalog)", func(d *resource.Resource, v string) { d.SecretStoreID = v })
+	str(&r.SecretStoreID, "secret-store-id", "secret store (se-…) the username and client ID are read from (empty: none: credentials in the catalog)", func(d *resource.Resource, v string) { d.SecretStoreID = v })
 	str(&r.Subdomain, "subdomain", "DNS alias in virtual networking mode", func(d *resource.Resource, v string) { d.Subdomain = v })
 	str(&r.ConnectivityMode, "connectivity-mode", "loopback or virtual-networking; empty: the org's setting", func(d *resource.Resource, v string) { d.ConnectivityMode = v })
 	str(&r.IPAddress, "ip-address", "IP address to use (in loopback mode: "+resource.LoopbackRule+"); empty: the node assigns one", func(d *resource.Resource, v string) { d.IPAddress = v })
@@ -364,6 +364,15 @@ func datasourceShowCmd() *cobra.Command {
 				k, v, _ := strings.Cut(line, ": ")
 				_, v, _ = strings.Cut(v, " -> ")
 				fmt.Fprintf(tw, "%s\t%s\n", k, v)
+			}
+			if r.SecretStoreID == "" {
+				fmt.Fprintf(tw, "secret_store\t%s\n", resource.SecretStoreNone)
+			} else if st, err := c.SecretStore(cmd.Context(), r.SecretStoreID); err == nil {
+				id := st.ManagedIdentityClientID
+				if id == "" {
+					id = "system-assigned identity"
+				}
+				fmt.Fprintf(tw, "secret_store\t%s: Azure Key Vault %s, read with %s\n", st.Name, st.VaultURI, id)
 			}
 			return tw.Flush()
 		}),

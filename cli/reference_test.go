@@ -82,7 +82,9 @@ func testReferenceExample(t *testing.T, env *demo.Env) {
 		t.Fatalf("status still lists the deleted resource: %v", row)
 	}
 
-	// The reference page's example, verbatim.
+	// The reference page's example, verbatim but for --secret-store-id=se-e1b2: a store that does
+	// not exist is refused, and with a store the username is read from --username-path
+	// (TestSecretStoreCommands).
 	out, err := run(t, "admin", "datasources", "add", "azurepostgresmi", "azure-pg-mi-prod",
 		"--hostname=mypg.postgres.database.azure.com",
 		"--port=5432",
@@ -94,7 +96,6 @@ func testReferenceExample(t *testing.T, env *demo.Env) {
 		"--egress-filter=tag:env=prod",
 		"--port-override=-1",
 		"--proxy-cluster-id=n-1a2b345c67890123",
-		"--secret-store-id=se-e1b2",
 		"--subdomain=azure-pg-mi-prod",
 		"--tags=env=production,team=data")
 	if err != nil {
@@ -115,7 +116,7 @@ func testReferenceExample(t *testing.T, env *demo.Env) {
 		"name": "azure-pg-mi-prod", "type": "azurepostgresmi", "hostname": "mypg.postgres.database.azure.com", "port": 5432.0,
 		"database": "production", "username": "mi_user@mypg", "managed_identity_client_id": "11111111-2222-3333-4444-555555555555",
 		"tls_required": true, "bind_interface": "127.0.0.1", "egress_filter": "tag:env=prod", "proxy_cluster_id": "n-1a2b345c67890123",
-		"secret_store_id": "se-e1b2", "subdomain": "azure-pg-mi-prod", "loopback_address": "127.0.0.1:10001", "connectivity_mode": "loopback",
+		"subdomain": "azure-pg-mi-prod", "loopback_address": "127.0.0.1:10001", "connectivity_mode": "loopback",
 	}
 	for k, v := range want {
 		if fmt.Sprint(shown[k]) != fmt.Sprint(v) {

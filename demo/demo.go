@@ -5,6 +5,7 @@ package demo
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,6 +29,13 @@ const (
 	ClientID     = "11111111-2222-3333-4444-555555555555"
 	ObjectID     = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
 	IdentityName = "ferry-mi-prod"
+	// KVResourceName is the demo's resource whose username and client ID come from Key Vault.
+	KVResourceName = "azure-pg-mi-kv"
+	// KVStoreName is the demo's secret store.
+	KVStoreName = "demo-kv"
+	// VaultName is the demo's Key Vault (https://ferry-demo-kv.vault.azure.net/), served by the
+	// emulator; the node's host overrides send its host name there.
+	VaultName = "ferry-demo-kv"
 )
 
 // Options tune Start.
@@ -52,6 +60,10 @@ type Options struct {
 	TokenLifetime time.Duration
 	// MaxConnections is the emulator's PostgreSQL max_connections; 0 keeps its default (100).
 	MaxConnections int
+	// KeyVault also adds the secret store demo-kv (the emulator's Key Vault ferry-demo-kv, read with
+	// the VM's system-assigned identity) and the resource azure-pg-mi-kv, whose username and client
+	// ID come from its secret pg-login ({"user": …, "client": …}), and connects it.
+	KeyVault bool
 }
 
 // RandomLoopbackIP returns a random address of 127.0.0.0/8 other than 127.0.0.1 (Linux routes the
@@ -70,6 +82,8 @@ type Env struct {
 	NodeDir string
 	// Resource is azure-pg-mi-prod as connected (unless Options.NoResource).
 	Resource client.ResourceStatus
+	// KVResource is azure-pg-mi-kv as connected (with Options.KeyVault).
+	KVResource client.ResourceStatus
 
 	dir     string
 	ownsDir bool
@@ -116,7 +130,10 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 		WireGuardPort: 0,
 		IMDSEndpoint:  e.Emu.IMDSEndpoint(),
 		CAFiles:       []string{e.Emu.CACertFile()},
-		HostOverrides: map[string]string{strings.ToLower(e.Emu.Hostname()): e.Emu.Addr()},
+		HostOverrides: map[string]string{
+			strings.ToLower(e.Emu.Hostname()): e.Emu.Addr(),
+			azureemu.VaultHost(VaultName):     e.Emu.VaultAddr(),
+		},
 		// The access token goes to the emulator's server and nowhere else (not even the Azure
 		// domains: no real Azure server belongs to a demo).
 		AllowedServerHosts: []string{strings.ToLower(e.Emu.Hostname())},
@@ -162,7 +179,44 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 	if e.Resource, err = e.Daemon.Connect(ctx, ResourceName); err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
+	if opt.KeyVault {
+		if err := e.addKeyVault(ctx, opt); err != nil {
+			return nil, fmt.Errorf("demo: %w", err)
+		}
+	}
 	return e, nil
+}
+
+// addKeyVault puts the login of azure-pg-mi-prod's identity into the emulator's Key Vault, lets the
+// VM's system-assigned identity read it, and adds the store and azure-pg-mi-kv reading from it.
+func (e *Env) addKeyVault(ctx context.Context, opt Options) error {
+	login, err := json.Marshal(map[string]string{"user": Role, "client": ClientID})
+	if err != nil {
+		return err
+	}
+	if _, err := e.Emu.SetSecret(VaultName, "pg-login", string(login)); err != nil {
+		return err
+	}
+	e.Emu.GrantSecretsUser(VaultName, e.Emu.System().ObjectID)
+	st, err := e.Daemon.API().AddSecretStore(ctx, resource.SecretStore{Name: KVStoreName, Type: resource.SecretStoreTypeAzureKeyVault, VaultURI: e.Emu.VaultURI(VaultName)})
+	if err != nil {
+		return fmt.Errorf("add secret store %s: %w", KVStoreName, err)
+	}
+	r := resource.New(KVResourceName)
+	r.Hostname = e.Emu.Hostname()
+	r.Database = Database
+	r.SecretStoreID, r.UsernamePath, r.ManagedIdentityClientIDPath = st.ID, "pg-login?key=user", "pg-login?key=client"
+	r.Subdomain = KVResourceName
+	r.BindInterface = opt.LoopbackIP
+	r.UseAzureSingleServerUsernames = opt.SingleServer
+	r.Tags = map[string]string{"env": "production", "team": "data"}
+	if _, err := e.Daemon.API().AddDatasource(ctx, r); err != nil {
+		return fmt.Errorf("add %s: %w", KVResourceName, err)
+	}
+	if e.KVResource, err = e.Daemon.Connect(ctx, KVResourceName); err != nil {
+		return err
+	}
+	return nil
 }
 
 // EnvLine is the shell command that makes the ferry CLI talk to this demo's daemon: an export of

@@ -50,7 +50,13 @@ type Config struct {
 	// (proxy and health checks); empty means the system's resolver. Tests point it at a closed
 	// loopback port so that no lookup leaves the machine.
 	DNSServer string `json:"dns_server,omitempty"`
-	// TokenTimeout bounds every access-token request (default 10s).
+	// SecretTTL is how long a value read from a secret store (Key Vault) is used before it is read
+	// again, so a rotated secret reaches new logins within it (default 5m).
+	SecretTTL Duration `json:"secret_ttl,omitzero"`
+	// SecretMaxStaleness is how long a value read from a secret store keeps being used while the
+	// store cannot be reached (default 1h); after it, logins fail with FATAL 08001.
+	SecretMaxStaleness Duration `json:"secret_max_staleness,omitzero"`
+	// TokenTimeout bounds every access-token request and every secret store read (default 10s).
 	TokenTimeout Duration `json:"token_timeout,omitzero"`
 	// LoginTimeout bounds an upstream login (default 15s).
 	LoginTimeout Duration `json:"login_timeout,omitzero"`
@@ -259,7 +265,8 @@ func (c *Config) Validate() error {
 	for _, d := range []struct {
 		name string
 		v    Duration
-	}{{"http_read_timeout", c.HTTPReadTimeout}, {"http_write_timeout", c.HTTPWriteTimeout}, {"http_idle_timeout", c.HTTPIdleTimeout}} {
+	}{{"http_read_timeout", c.HTTPReadTimeout}, {"http_write_timeout", c.HTTPWriteTimeout}, {"http_idle_timeout", c.HTTPIdleTimeout},
+		{"secret_ttl", c.SecretTTL}, {"secret_max_staleness", c.SecretMaxStaleness}} {
 		if d.v < 0 {
 			bad("%s %s is negative: give a duration such as \"10s\"", d.name, time.Duration(d.v))
 		}

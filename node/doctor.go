@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -101,7 +102,11 @@ func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt Doctor
 	if err != nil {
 		return false, fmt.Errorf("doctor: %w", err)
 	}
-	checker := health.NewChecker(health.Config{Tokens: tokens, RootCAs: roots, HostOverrides: cfg.HostOverrides, AllowedHosts: allowed, Resolver: cfg.resolver(), StepTimeout: opt.StepTimeout})
+	// The secret store step reads Key Vault as the running node does.
+	sn := &Node{cfg: cfg, cat: cat, tokens: tokens, roots: roots, log: slog.New(slog.DiscardHandler)}
+	sn.secrets = sn.newSecretReader()
+	checker := health.NewChecker(health.Config{Tokens: tokens, RootCAs: roots, HostOverrides: cfg.HostOverrides, AllowedHosts: allowed, Resolver: cfg.resolver(), StepTimeout: opt.StepTimeout,
+		Secrets: sn.secretCredentials})
 	for _, r := range rs {
 		fmt.Fprintf(w, "%s  %s\n", r.Name, describe(r))
 		h := checker.Check(ctx, r, func(s api.HealthStep) { printStep(w, s) })
@@ -124,6 +129,13 @@ func describe(r resource.Resource) string {
 	if r.ManagedIdentityClientID != "" {
 		id = "user-assigned identity " + r.ManagedIdentityClientID
 	}
+	if r.SecretStoreID != "" {
+		// The username (and the client ID, with its path) are secret values: name their paths.
+		if r.ManagedIdentityClientIDPath != "" {
+			id = "identity from secret " + r.SecretStoreID + "/" + r.ManagedIdentityClientIDPath
+		}
+		return fmt.Sprintf("(%s:%d, database %s, role from secret %s/%s, %s)", r.Hostname, r.Port, r.Database, r.SecretStoreID, r.UsernamePath, id)
+	}
 	return fmt.Sprintf("(%s:%d, database %s, role %s, %s)", r.Hostname, r.Port, r.Database, r.LoginUsername(), id)
 }
 
@@ -140,7 +152,7 @@ func printStep(w io.Writer, s api.HealthStep) {
 const notRunMark = "–"
 
 func printLine(w io.Writer, mark, name, text string, ms float64) {
-	fmt.Fprintf(w, "  %s %-9s %-70s %8.1f ms\n", mark, name, text, ms)
+	fmt.Fprintf(w, "  %s %-12s %-70s %8.1f ms\n", mark, name, text, ms)
 }
 
 // errNotRun is what a doctor step returns when it could not run; its detail says why.

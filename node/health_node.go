@@ -45,6 +45,7 @@ func (n *Node) healthChecker(stepTimeout time.Duration) *health.Checker {
 		AllowedHosts:  n.allowed,
 		Resolver:      n.cfg.resolver(),
 		StepTimeout:   stepTimeout,
+		Secrets:       n.secretCredentials,
 	})
 }
 

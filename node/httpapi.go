@@ -296,6 +296,7 @@ func (n *Node) apiRouter() *router {
 	n.registerAccessRoutes(mux)
 	n.registerEnrollTokenRoutes(mux)
 	n.registerCatalogRoutes(mux)
+	n.registerSecretStoreRoutes(mux)
 	n.registerHealthRoutes(mux)
 	return mux
 }

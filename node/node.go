@@ -33,6 +33,7 @@ import (
 	"github.com/ferryhq/ferry/node/catalog"
 	"github.com/ferryhq/ferry/node/health"
 	"github.com/ferryhq/ferry/node/pgproxy"
+	"github.com/ferryhq/ferry/node/secretstore"
 	"github.com/ferryhq/ferry/node/serverhost"
 	"github.com/ferryhq/ferry/node/tokensource"
 	"github.com/ferryhq/ferry/resource"
@@ -205,9 +206,11 @@ type Node struct {
 	cat    *catalog.Catalog
 	audit  *audit.Log
 	tokens *tokensource.Source
-	proxy  *pgproxy.Proxy
-	tun    *tunnel.Tunnel
-	roots  *x509.CertPool
+	// secrets reads resources' usernames and client IDs from their secret stores (Key Vault).
+	secrets *secretstore.Reader
+	proxy   *pgproxy.Proxy
+	tun     *tunnel.Tunnel
+	roots   *x509.CertPool
 	// allowed is the config's allowed_server_hosts: the only servers that get an access token.
 	allowed *serverhost.List
 	pub     tunnel.Key
@@ -294,6 +297,7 @@ func (n *Node) start(ctx context.Context) error {
 	if n.tokens, err = tokensource.New(tokensource.Config{IMDSEndpoint: n.cfg.IMDSEndpoint, Timeout: time.Duration(n.cfg.TokenTimeout), Logger: n.log}); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
+	n.secrets = n.newSecretReader()
 	n.metrics = newMetrics(n.log, n.audit.Stats)
 	n.proxy = pgproxy.New(pgproxy.Config{Tokens: countingTokens{TokenSource: n.tokens, m: n.metrics}, Audit: n.audit, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout),
 		OnPanic: n.metrics.panics.Inc, TestHook: n.cfg.SessionTestHook})
@@ -400,6 +404,7 @@ func (n *Node) target(r resource.Resource) pgproxy.Target {
 		RootCAs:          n.roots,
 		AllowedHosts:     n.allowed,
 	}
+	n.withSecrets(&t, r)
 	// The same key as the health check's: lower case, no trailing dot.
 	if over, ok := n.cfg.HostOverrides[strings.ToLower(strings.TrimSuffix(r.Hostname, "."))]; ok {
 		if _, _, err := net.SplitHostPort(over); err != nil {

@@ -202,16 +202,30 @@ func (r *Resource) Validate() error {
 		if r.Username == "" {
 			bad("username", "username is required")
 		}
-		if r.UsernamePath != "" || r.ManagedIdentityClientIDPath != "" {
-			bad("secret-store-id", "secret paths need a secret store")
+		if r.UsernamePath != "" {
+			bad("username-path", "a secret path needs a secret store: set --secret-store-id, or drop --username-path and give --username")
+		}
+		if r.ManagedIdentityClientIDPath != "" {
+			bad("managed-identity-client-id-path", "a secret path needs a secret store: set --secret-store-id, or drop --managed-identity-client-id-path")
 		}
 	} else {
-		if r.Username == "" && r.UsernamePath == "" {
-			bad("username", "username or username path is required")
+		switch {
+		case r.Username != "" && r.UsernamePath != "":
+			bad("username", "with a secret store the username is read from --username-path: drop --username (both are set)")
+		case r.Username != "":
+			bad("username", "with a secret store the username is read from the store: drop --username and give --username-path")
+		case r.UsernamePath == "":
+			bad("username-path", "username path is required with a secret store (secret-name[?key=field])")
 		}
-		for f, p := range map[string]string{"username-path": r.UsernamePath, "managed-identity-client-id-path": r.ManagedIdentityClientIDPath} {
-			if p != "" && !validSecretPath(p) {
-				bad(f, "%q is not a secret path (path/to/credential?key=optionalKeyName)", p)
+		if r.ManagedIdentityClientID != "" && r.ManagedIdentityClientIDPath != "" {
+			bad("managed-identity-client-id", "both a client ID and its path are set: drop --managed-identity-client-id or --managed-identity-client-id-path")
+		}
+		for _, f := range []struct{ flag, path string }{{"username-path", r.UsernamePath}, {"managed-identity-client-id-path", r.ManagedIdentityClientIDPath}} {
+			if f.path == "" {
+				continue
+			}
+			if _, err := ParseSecretPath(f.path); err != nil {
+				bad(f.flag, "%v", err)
 			}
 		}
 	}
@@ -224,17 +238,6 @@ func (r *Resource) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func validSecretPath(p string) bool {
-	path, query, _ := strings.Cut(p, "?")
-	if path == "" || strings.HasPrefix(path, "/") || strings.Contains(path, "//") {
-		return false
-	}
-	if query != "" && (!strings.HasPrefix(query, "key=") || len(query) == len("key=")) {
-		return false
-	}
-	return true
 }
 
 // ValidHostname reports whether s is an IP address or a DNS name (RFC 1123 labels).
@@ -257,7 +260,11 @@ func ValidHostname(s string) bool {
 // Usernames" set and a hostname under database.azure.com, the server name (the hostname's first label)
 // is appended as Azure Database for PostgreSQL Single Server requires ("user@servername").
 func (r *Resource) LoginUsername() string {
-	u := r.Username
+	return r.LoginUsernameFor(r.Username)
+}
+
+// LoginUsernameFor is LoginUsername for username u (read from a secret store).
+func (r *Resource) LoginUsernameFor(u string) string {
 	h := strings.ToLower(strings.TrimSuffix(r.Hostname, "."))
 	if r.UseAzureSingleServerUsernames && strings.HasSuffix(h, ".database.azure.com") && !strings.Contains(u, "@") {
 		server, _, _ := strings.Cut(h, ".")

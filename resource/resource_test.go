@@ -45,9 +45,37 @@ func TestValidate(t *testing.T) {
 		{"egress filter", func(r *Resource) { r.EgressFilter = "tag:env=prod" }, ""},
 		{"bind interface not loopback", func(r *Resource) { r.BindInterface = "10.0.0.1" }, "bind-interface"},
 		{"bad subdomain", func(r *Resource) { r.Subdomain = "azure_pg" }, "subdomain"},
-		{"secret path without store", func(r *Resource) { r.UsernamePath = "db/creds?key=user" }, "secret-store-id"},
-		{"secret store with path", func(r *Resource) { r.SecretStoreID = "se-e1b2"; r.Username = ""; r.UsernamePath = "db/creds?key=user" }, ""},
-		{"bad secret path", func(r *Resource) { r.SecretStoreID = "se-e1b2"; r.UsernamePath = "/abs?x=1" }, "username-path"},
+		{"username path without store", func(r *Resource) { r.UsernamePath = "db-creds?key=user" }, "username-path"},
+		{"client ID path without store", func(r *Resource) { r.ManagedIdentityClientIDPath = "db-creds?key=client" }, "managed-identity-client-id-path"},
+		{"secret store with path", func(r *Resource) { r.SecretStoreID = "se-e1b2"; r.Username = ""; r.UsernamePath = "db-creds?key=user" }, ""},
+		{"secret store with whole-value path", func(r *Resource) { r.SecretStoreID = "se-e1b2"; r.Username = ""; r.UsernamePath = "pg-user" }, ""},
+		{"secret store with versioned path", func(r *Resource) {
+			r.SecretStoreID, r.Username, r.UsernamePath = "se-e1b2", "", "pg-user/0123456789abcdef0123456789abcdef"
+		}, ""},
+		{"secret store with username and path", func(r *Resource) { r.SecretStoreID = "se-e1b2"; r.UsernamePath = "pg-user" }, "username"},
+		{"secret store with username only", func(r *Resource) { r.SecretStoreID = "se-e1b2" }, "username"},
+		{"secret store without username path", func(r *Resource) { r.SecretStoreID = "se-e1b2"; r.Username = "" }, "username-path"},
+		{"secret store with client ID and its path", func(r *Resource) {
+			r.SecretStoreID, r.Username, r.UsernamePath = "se-e1b2", "", "pg-user"
+			r.ManagedIdentityClientID, r.ManagedIdentityClientIDPath = "11111111-2222-3333-4444-555555555555", "pg-client"
+		}, "managed-identity-client-id"},
+		{"secret store with client ID path", func(r *Resource) {
+			r.SecretStoreID, r.Username, r.UsernamePath, r.ManagedIdentityClientIDPath = "se-e1b2", "", "pg-user", "pg-client"
+			r.ManagedIdentityClientID = ""
+		}, ""},
+		{"bad secret path", func(r *Resource) { r.SecretStoreID = "se-e1b2"; r.Username = ""; r.UsernamePath = "/abs?x=1" }, "username-path"},
+		{"secret name with underscore", func(r *Resource) { r.SecretStoreID = "se-e1b2"; r.Username = ""; r.UsernamePath = "pg_user" }, "username-path"},
+		{"secret name too long", func(r *Resource) {
+			r.SecretStoreID = "se-e1b2"
+			r.Username = ""
+			r.UsernamePath = strings.Repeat("a", 128)
+		}, "username-path"},
+		{"secret path with other query", func(r *Resource) { r.SecretStoreID = "se-e1b2"; r.Username = ""; r.UsernamePath = "pg-user?field=x" }, "username-path"},
+		{"secret path with empty key", func(r *Resource) { r.SecretStoreID = "se-e1b2"; r.Username = ""; r.UsernamePath = "pg-user?key=" }, "username-path"},
+		{"bad client ID path", func(r *Resource) {
+			r.SecretStoreID, r.Username, r.UsernamePath, r.ManagedIdentityClientIDPath = "se-e1b2", "", "pg-user", "a/b/c"
+			r.ManagedIdentityClientID = ""
+		}, "managed-identity-client-id-path"},
 		{"empty tag key", func(r *Resource) { r.Tags = map[string]string{"": "x"} }, "tags"},
 		{"wrong type", func(r *Resource) { r.Type = "postgres" }, "type"},
 	}

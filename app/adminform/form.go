@@ -36,19 +36,24 @@ const addTimeout = 30 * time.Second
 
 // Form is the "Add resource" form. Field widgets are exported so tests can type into them.
 type Form struct {
-	Name, ProxyClusterID, Hostname, Port  *widget.Entry
-	ConnectivityMode                      *widget.Select
-	IPAddress, PortOverride, Subdomain    *widget.Entry
-	BindInterface, EgressFilter           *widget.Entry
-	Database                              *widget.Entry
-	RestrictDatabase                      *widget.Check
-	SecretStoreID, Username, UsernamePath *widget.Entry
+	Name, ProxyClusterID, Hostname, Port *widget.Entry
+	ConnectivityMode                     *widget.Select
+	IPAddress, PortOverride, Subdomain   *widget.Entry
+	BindInterface, EgressFilter          *widget.Entry
+	Database                             *widget.Entry
+	RestrictDatabase                     *widget.Check
+	// SecretStore offers resource.SecretStoreNone and the stores given to SetStores ("name (se-…)");
+	// the path fields show only when a store is chosen, the username only when none is.
+	SecretStore                           *widget.Select
+	Username, UsernamePath                *widget.Entry
 	ClientID, ClientIDPath                *widget.Entry
 	UseSingleServerUsernames, TLSRequired *widget.Check
 	Tags                                  *widget.Entry
 	Submit                                *widget.Button
 	Message                               *widget.Label // the whole error, or what was added
 	fieldErrors                           map[string]*widget.Label
+	rows                                  map[string][]fyne.CanvasObject // a field's label and box
+	stores                                map[string]string              // drop-down text -> store ID
 	add                                   func(context.Context, resource.Resource) (resource.Resource, error)
 	object                                fyne.CanvasObject
 }
@@ -74,16 +79,18 @@ func New(add func(context.Context, resource.Resource) (resource.Resource, error)
 		EgressFilter:             entry("nodes that may reach the server, e.g. tag:env=prod"),
 		Database:                 entry("production"),
 		RestrictDatabase:         widget.NewCheck("Limit connections to this database", nil),
-		SecretStoreID:            entry("none: credentials in the catalog"),
+		SecretStore:              widget.NewSelect([]string{resource.SecretStoreNone}, nil),
 		Username:                 entry("mi_user"),
-		UsernamePath:             entry("path/to/credential?key=username (with a secret store)"),
+		UsernamePath:             entry("secret-name?key=username (the secret's JSON field; no ?key: the whole value)"),
 		ClientID:                 entry("empty: the VM's system-assigned identity"),
-		ClientIDPath:             entry("path/to/credential?key=client_id (with a secret store)"),
+		ClientIDPath:             entry("secret-name?key=client_id (optional; empty: Client ID, or system-assigned)"),
 		UseSingleServerUsernames: widget.NewCheck("Append @servername (Azure Single Server)", nil),
 		TLSRequired:              widget.NewCheck("Require verified TLS to the server", nil),
 		Tags:                     entry("env=production,team=data"),
 		Message:                  widget.NewLabel(""),
 		fieldErrors:              map[string]*widget.Label{},
+		rows:                     map[string][]fyne.CanvasObject{},
+		stores:                   map[string]string{},
 		add:                      add,
 	}
 	f.Port.SetText(strconv.Itoa(resource.DefaultPort))
@@ -102,8 +109,10 @@ func New(add func(context.Context, resource.Resource) (resource.Resource, error)
 		e.Wrapping = fyne.TextWrapWord
 		e.Hide()
 		f.fieldErrors[field] = e
+		box := container.NewVBox(w, e)
+		f.rows[field] = []fyne.CanvasObject{l, box}
 		grid.Add(l)
-		grid.Add(container.NewVBox(w, e))
+		grid.Add(box)
 	}
 	// The order and the names follow the resource type's property table.
 	row("Display name", "name", true, f.Name)
@@ -118,7 +127,7 @@ func New(add func(context.Context, resource.Resource) (resource.Resource, error)
 	row("Egress filter", "egress-filter", false, f.EgressFilter)
 	row("Database", "database", true, f.Database)
 	row("Restrict database", "restrict-database", false, f.RestrictDatabase)
-	row("Secret store", "secret-store-id", false, f.SecretStoreID)
+	row("Secret store", "secret-store-id", false, f.SecretStore)
 	row("Username", "username", true, f.Username)
 	row("Username path", "username-path", false, f.UsernamePath)
 	row("Client ID", "managed-identity-client-id", false, f.ClientID)
@@ -126,13 +135,54 @@ func New(add func(context.Context, resource.Resource) (resource.Resource, error)
 	row("Single Server usernames", "use-azure-single-server-usernames", false, f.UseSingleServerUsernames)
 	row("TLS", "tls-required", false, f.TLSRequired)
 	row("Tags", "tags", false, f.Tags)
+	f.SecretStore.OnChanged = func(string) { f.showStoreFields() }
+	f.SecretStore.SetSelected(resource.SecretStoreNone)
 	f.Submit = widget.NewButtonWithIcon("Add resource", theme.ContentAddIcon(), f.submit)
 	f.Submit.Importance = widget.HighImportance
 	title := widget.NewLabelWithStyle("Add an "+resource.TypeDisplayName+" resource", fyne.TextAlignLeading, fyne.TextStyle{Bold: true})
-	note := widget.NewLabel("* required. Username is required unless a secret store and a username path are set. Leave Client ID empty to use the VM's system-assigned identity.")
+	note := widget.NewLabel("* required. With a secret store, the node reads the username (and, with its path, the client ID) from the store instead. Leave Client ID empty to use the VM's system-assigned identity.")
 	note.Wrapping = fyne.TextWrapWord
 	f.object = container.NewBorder(container.NewVBox(title, note), container.NewVBox(f.Message, container.NewHBox(layout.NewSpacer(), f.Submit)), nil, nil, container.NewVScroll(grid))
 	return f
+}
+
+// SetStores fills the secret store drop-down with the node's stores (ferry admin secretstores list);
+// a chosen store that is still offered stays chosen.
+func (f *Form) SetStores(stores []resource.SecretStore) {
+	opts := []string{resource.SecretStoreNone}
+	f.stores = map[string]string{}
+	for _, s := range stores {
+		label := s.Name + " (" + s.ID + ")"
+		f.stores[label] = s.ID
+		opts = append(opts, label)
+	}
+	sel := f.SecretStore.Selected
+	f.SecretStore.SetOptions(opts)
+	if _, ok := f.stores[sel]; !ok {
+		sel = resource.SecretStoreNone
+	}
+	f.SecretStore.SetSelected(sel)
+	f.showStoreFields()
+}
+
+// FieldShown reports whether the field named by its CLI flag is shown.
+func (f *Form) FieldShown(flag string) bool {
+	r, ok := f.rows[flag]
+	return ok && r[0].Visible()
+}
+
+// showStoreFields shows the path fields only with a store, and the username only without one.
+func (f *Form) showStoreFields() {
+	withStore := f.stores[f.SecretStore.Selected] != ""
+	for field, show := range map[string]bool{"username": !withStore, "username-path": withStore, "managed-identity-client-id-path": withStore} {
+		for _, o := range f.rows[field] {
+			if show {
+				o.Show()
+			} else {
+				o.Hide()
+			}
+		}
+	}
 }
 
 // Object is the form's canvas object.
@@ -176,11 +226,15 @@ func (f *Form) Resource() (resource.Resource, error) {
 	r.EgressFilter = strings.TrimSpace(f.EgressFilter.Text)
 	r.Database = strings.TrimSpace(f.Database.Text)
 	r.RestrictDatabase = f.RestrictDatabase.Checked
-	r.SecretStoreID = strings.TrimSpace(f.SecretStoreID.Text)
-	r.Username = strings.TrimSpace(f.Username.Text)
-	r.UsernamePath = strings.TrimSpace(f.UsernamePath.Text)
+	r.SecretStoreID = f.stores[f.SecretStore.Selected]
+	if r.SecretStoreID == "" {
+		r.Username = strings.TrimSpace(f.Username.Text)
+	} else {
+		// Hidden fields are not sent: with a store, the username comes from its path.
+		r.UsernamePath = strings.TrimSpace(f.UsernamePath.Text)
+		r.ManagedIdentityClientIDPath = strings.TrimSpace(f.ClientIDPath.Text)
+	}
 	r.ManagedIdentityClientID = strings.TrimSpace(f.ClientID.Text)
-	r.ManagedIdentityClientIDPath = strings.TrimSpace(f.ClientIDPath.Text)
 	r.UseAzureSingleServerUsernames = f.UseSingleServerUsernames.Checked
 	r.TLSRequired = f.TLSRequired.Checked
 	if err := r.Validate(); err != nil {

@@ -124,3 +124,46 @@ func TestFormAddsValidResource(t *testing.T) {
 		}
 	}
 }
+
+// TestFormSecretStore: the drop-down offers "none" and the node's stores; the path fields show only
+// with a store (the username only without one), and a resource with a store carries its ID and
+// paths and no username.
+func TestFormSecretStore(t *testing.T) {
+	test.NewTempApp(t)
+	got := make(chan resource.Resource, 1)
+	f := New(func(_ context.Context, r resource.Resource) (resource.Resource, error) {
+		got <- r
+		return r, nil
+	})
+	test.NewTempWindow(t, f.Object())
+	if f.FieldShown("username-path") || f.FieldShown("managed-identity-client-id-path") || !f.FieldShown("username") {
+		t.Fatal("without a store: the path fields are shown or the username is not")
+	}
+	f.SetStores([]resource.SecretStore{{ID: "se-0123456789abcdef", Name: "kv", Type: resource.SecretStoreTypeAzureKeyVault, VaultURI: "https://kv.vault.azure.net/"}})
+	if opts := f.SecretStore.Options; len(opts) != 2 || opts[0] != resource.SecretStoreNone || opts[1] != "kv (se-0123456789abcdef)" {
+		t.Fatalf("drop-down options %q", opts)
+	}
+	test.Type(f.Username, "typed-before")
+	f.SecretStore.SetSelected("kv (se-0123456789abcdef)")
+	if !f.FieldShown("username-path") || !f.FieldShown("managed-identity-client-id-path") || f.FieldShown("username") {
+		t.Fatal("with a store: the path fields are hidden or the username is shown")
+	}
+	test.Type(f.Name, "kvres")
+	test.Type(f.Hostname, "mypg.postgres.database.azure.com")
+	test.Type(f.Database, "production")
+	test.Type(f.UsernamePath, "pg-login?key=user")
+	test.Type(f.ClientIDPath, "pg-login?key=client")
+	test.Tap(f.Submit)
+	select {
+	case r := <-got:
+		if r.SecretStoreID != "se-0123456789abcdef" || r.UsernamePath != "pg-login?key=user" || r.ManagedIdentityClientIDPath != "pg-login?key=client" || r.Username != "" {
+			t.Errorf("resource %+v", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("nothing was added; the form says %q", f.Message.Text)
+	}
+	f.SecretStore.SetSelected(resource.SecretStoreNone)
+	if f.FieldShown("username-path") || !f.FieldShown("username") {
+		t.Fatal("back to none: the fields did not follow")
+	}
+}

@@ -443,9 +443,21 @@ func (u *UI) setAdmin(admin bool) {
 	switch {
 	case admin && !has:
 		u.tabs.Append(u.adminTab)
+		go u.loadStores()
 	case !admin && has:
 		u.tabs.Remove(u.adminTab)
 	}
+}
+
+// loadStores fills the admin form's secret store drop-down from the node.
+func (u *UI) loadStores() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stores, err := u.opt.Core.API().SecretStores(ctx)
+	if err != nil {
+		return // the drop-down keeps "none"; the next time the tab appears it tries again
+	}
+	fyne.Do(func() { u.Form.SetStores(stores) })
 }
 
 // AdminFormShown reports whether the "Add resource" tab is there (admins only).

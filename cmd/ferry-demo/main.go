@@ -1,9 +1,11 @@
 // Command ferry-demo runs a whole Ferry installation on loopback: a real PostgreSQL behind the Azure
 // emulator, a node, an enrolled client daemon and the example resource azure-pg-mi-prod, connected in
-// loopback mode. When ready it prints
+// loopback mode, plus the secret store demo-kv (the emulator's Key Vault) and azure-pg-mi-kv, whose
+// username and client ID the node reads from it. When ready it prints
 //
 //	export FERRY_CONFIG_DIR=… FERRY_RUNTIME_DIR=…
 //	ready: host=127.0.0.1 port=10001 dbname=production user=mi_user sslmode=disable
+//	ready-kv: host=127.0.0.1 port=10002 dbname=production user='' sslmode=disable
 //
 // Paste the export line into another shell as is to use `ferry status`, `ferry connect` and
 // `ferry admin` as the demo's admin; give the ready line to psql. Ctrl-C tears everything down.
@@ -39,7 +41,7 @@ func main() {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	fmt.Fprintln(os.Stderr, "starting PostgreSQL, the Azure emulator, ferry-node and a client daemon…")
 	startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	env, err := demo.Start(startCtx, demo.Options{Logger: logger, LoopbackIP: *ip, LoopbackPort: *port})
+	env, err := demo.Start(startCtx, demo.Options{Logger: logger, LoopbackIP: *ip, LoopbackPort: *port, KeyVault: true})
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -54,6 +56,7 @@ func main() {
 	}
 	fmt.Println(env.EnvLine())
 	fmt.Println("ready: " + client.ConnString(env.Resource))
+	fmt.Println("ready-kv: " + client.ConnString(env.KVResource))
 	fmt.Println("node: --state " + env.NodeDir)
 	<-ctx.Done()
 	fmt.Fprintln(os.Stderr, "stopping…")

@@ -124,6 +124,9 @@ func (c *Catalog) store(ctx context.Context, r resource.Resource, insert bool) (
 		return r, err
 	}
 	defer tx.Rollback()
+	if err := checkStore(ctx, tx, r); err != nil {
+		return r, err
+	}
 	var n int
 	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM resources WHERE name = ? AND id != ?`, r.Name, r.ID).Scan(&n); err != nil {
 		return r, err

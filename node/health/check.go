@@ -61,6 +61,21 @@ type Config struct {
 	StepTimeout time.Duration
 	// Timeout bounds a whole check; default DefaultTimeout.
 	Timeout time.Duration
+	// Secrets reads the username and client ID of a resource with a secret store (the "secret
+	// store" step); nil fails that step. An error that has a FixHint() string method gives the
+	// step's hint.
+	Secrets func(ctx context.Context, r resource.Resource) (SecretCredentials, error)
+}
+
+// SecretCredentials is what the "secret store" step read. Username is a secret value: it never
+// appears in a step's detail, error or hint, where Label stands for it.
+type SecretCredentials struct {
+	Username string // as read, before LoginUsername's formatting
+	ClientID string // "" = system-assigned
+	Label    string // e.g. "secret se-1234/pg-user", shown instead of the username
+	// ClientIDLabel, when the client ID was read from the store, is shown instead of it.
+	ClientIDLabel string
+	Detail        string // e.g. "read pg-user (version 0a1b...) from Key Vault https://x.vault.azure.net/"
 }
 
 // Checker runs health checks. It is safe for concurrent use.
@@ -85,7 +100,8 @@ func NewChecker(cfg Config) *Checker {
 	return &Checker{cfg: cfg}
 }
 
-// Steps is the order of the steps of a check.
+// Steps is the order of the steps of a check. A resource with a secret store has one more,
+// api.StepSecretStore, just before api.StepToken (its client ID may come from the store).
 var Steps = []string{api.StepResolve, api.StepTCP, api.StepTLS, api.StepToken, api.StepLogin, api.StepQuery}
 
 // StepFunc is called as each step ends (for interactive output); nil is allowed.
@@ -101,9 +117,17 @@ func (c *Checker) Check(ctx context.Context, r resource.Resource, onStep StepFun
 	h := api.Health{Resource: r.Name, Checked: true, Time: start, State: api.HealthUnhealthy}
 	run := &run{c: c, r: r, host: strings.ToLower(strings.TrimSuffix(r.Hostname, "."))}
 	defer run.close()
-	steps := []func(context.Context) (string, error){run.resolve, run.tcp, run.tls, run.token, run.login, run.query}
-	for i, f := range steps {
-		name := Steps[i]
+	type step struct {
+		name string
+		f    func(context.Context) (string, error)
+	}
+	steps := []step{{api.StepResolve, run.resolve}, {api.StepTCP, run.tcp}, {api.StepTLS, run.tls}}
+	if r.SecretStoreID != "" {
+		steps = append(steps, step{api.StepSecretStore, run.secret})
+	}
+	steps = append(steps, step{api.StepToken, run.token}, step{api.StepLogin, run.login}, step{api.StepQuery, run.query})
+	for _, sf := range steps {
+		name, f := sf.name, sf.f
 		sctx, scancel := context.WithTimeout(ctx, c.cfg.StepTimeout)
 		t0 := time.Now()
 		detail, err := f(sctx)
@@ -111,9 +135,9 @@ func (c *Checker) Check(ctx context.Context, r resource.Resource, onStep StepFun
 			err = fmt.Errorf("%w after %s: %w", context.DeadlineExceeded, time.Since(t0).Round(time.Millisecond), err)
 		}
 		scancel()
-		st := api.HealthStep{Name: name, OK: err == nil, DurationMS: ms(time.Since(t0)), Detail: detail}
+		st := api.HealthStep{Name: name, OK: err == nil, DurationMS: ms(time.Since(t0)), Detail: run.scrub(detail)}
 		if err != nil {
-			st.Error = oneLine(tokensource.Brief(err)) // IMDS's multi-line dump stays in the token source's log
+			st.Error = run.scrub(oneLine(tokensource.Brief(err))) // IMDS's multi-line dump stays in the token source's log
 		}
 		h.Steps = append(h.Steps, st)
 		if onStep != nil {
@@ -122,7 +146,7 @@ func (c *Checker) Check(ctx context.Context, r resource.Resource, onStep StepFun
 		if err != nil {
 			h.FailedStep = name
 			h.Error = st.Error
-			h.Hint = run.hint(name, err)
+			h.Hint = run.scrub(run.hint(name, err))
 			break
 		}
 	}
@@ -159,6 +183,36 @@ type run struct {
 	tlsCfg *tls.Config // set once the server's certificate verified for host; login needs it
 	tok    string
 	pc     *pgconn.PgConn
+	// secrets are the texts (the username read from the secret store, and as formatted for the
+	// login) that scrub replaces with label in everything a check reports.
+	secrets map[string]string // value -> label
+}
+
+// scrub replaces a username read from a secret store with its label.
+func (x *run) scrub(s string) string {
+	for v, label := range x.secrets {
+		if v != "" {
+			s = strings.ReplaceAll(s, v, label)
+		}
+	}
+	return s
+}
+
+// secret reads the resource's username and client ID from its secret store.
+func (x *run) secret(ctx context.Context) (string, error) {
+	if x.c.cfg.Secrets == nil {
+		return "", errors.New("the node cannot read secret stores")
+	}
+	cr, err := x.c.cfg.Secrets(ctx, x.r)
+	if err != nil {
+		return "", err
+	}
+	x.r.Username, x.r.ManagedIdentityClientID = cr.Username, cr.ClientID
+	x.secrets = map[string]string{x.r.LoginUsername(): cr.Label, cr.Username: cr.Label}
+	if cr.ClientIDLabel != "" {
+		x.secrets[cr.ClientID] = cr.ClientIDLabel
+	}
+	return cr.Detail, nil
 }
 
 func (x *run) close() {

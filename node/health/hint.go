@@ -29,6 +29,12 @@ func (x *run) hint(step string, err error) string {
 	hp := x.hostPort()
 	timedOut := errors.Is(err, context.DeadlineExceeded) || isTimeout(err)
 	switch step {
+	case api.StepSecretStore:
+		var fh interface{ FixHint() string }
+		if errors.As(err, &fh) {
+			return fh.FixHint()
+		}
+		return "the node could not read the resource's username or client ID from its secret store: check the store (ferry admin secretstores show) and the resource's paths"
 	case api.StepResolve:
 		if x.r.Port < 1 || x.r.Port > 65535 {
 			return "fix the resource's port (Azure Database for PostgreSQL listens on 5432)"

@@ -57,6 +57,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -114,7 +115,46 @@ type Target struct {
 	// Dial opens the TCP connection to "host:port" (the configured Host, not
 	// resolved first); nil = net.Dialer. Tests and host overrides use it.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Credentials, when set, gives the login's username (already formatted) and
+	// client ID at login time, replacing Username and ClientID: the resource
+	// reads them from its secret store. It runs after the StartupMessage, under
+	// the login's deadline; an error refuses the client with its FATAL (a
+	// *Refusal's code, message and hint; else 08001).
+	Credentials func(ctx context.Context) (username, clientID string, err error)
+	// UsernameLabel, when set, stands for the username in logs, audit records
+	// and every message to the client, which never see the username itself (a
+	// value read from a secret store), e.g. "secret se-1234/pg-user".
+	UsernameLabel string
+	// ClientIDLabel, when set, stands for ClientID in messages to the client (a
+	// client ID read from a secret store).
+	ClientIDLabel string
 }
+
+// label is what logs, audit records and messages show for the username.
+func (t Target) label() string {
+	if t.UsernameLabel != "" {
+		return t.UsernameLabel
+	}
+	return t.Username
+}
+
+// scrub replaces the username in a text with its label when the username is secret.
+func (t Target) scrub(s string) string {
+	if t.UsernameLabel == "" || t.Username == "" {
+		return s
+	}
+	return strings.ReplaceAll(s, t.Username, t.UsernameLabel)
+}
+
+// scrubbed is an error whose text had the secret username replaced; it unwraps to the original for
+// errors.As (the expired-token retry), whose text is never printed.
+type scrubbed struct {
+	msg  string
+	orig error
+}
+
+func (e *scrubbed) Error() string { return e.msg }
+func (e *scrubbed) Unwrap() error { return e.orig }
 
 // Session says who a connection belongs to.
 type Session struct {

@@ -51,12 +51,15 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	if err == nil && s.Denied != nil {
 		err = fatal(audit.OutcomeDenied, s.Denied.Code, s.Denied.Message, "", s.Denied.Hint, s.Denied)
 	}
+	if err == nil && t.Credentials != nil {
+		err = resolveCredentials(loginCtx, &t)
+	}
 	// The record of a connection starts once its StartupMessage says which
 	// database it wants (or once it has failed).
 	rec := audit.Connection{Start: start, User: s.User, Resource: t.Resource, ClientAddr: s.ClientAddr, Database: database}
 	if st != nil && st.msg != nil {
 		rec.OriginalUser, rec.OriginalDatabase = st.msg.Parameters["user"], st.msg.Parameters["database"]
-		rec.Role = t.Username
+		rec.Role = t.label()
 	}
 	id, auditErr := p.startRecord(ctx, log, rec)
 	if err == nil && auditErr != nil {
@@ -99,7 +102,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	}
 	conn.SetDeadline(time.Time{})
 	server.SetDeadline(time.Time{})
-	log.Info("pgproxy: session started", "database", database, "role", t.Username, "upstream_pid", up.hc.PID)
+	log.Info("pgproxy: session started", "database", database, "role", t.label(), "upstream_pid", up.hc.PID)
 
 	// A session whose statements cannot be recorded is ended (fail closed): the
 	// audit log's writer calls back when one of its records could not be written.
@@ -234,6 +237,23 @@ func (p *Proxy) login(ctx context.Context, t Target, database string, st *startu
 	return connectUpstream(ctx, t, database, token, runtimeParams(st.msg.Parameters))
 }
 
+// resolveCredentials reads t's username and client ID from its secret store (t.Credentials).
+func resolveCredentials(ctx context.Context, t *Target) error {
+	u, cid, err := t.Credentials(ctx)
+	if err != nil {
+		var r *Refusal
+		if errors.As(err, &r) {
+			return fatal(audit.OutcomeFailed, r.Code, r.Message, "", r.Hint, err)
+		}
+		return fatal(audit.OutcomeFailed, "08001", err.Error(), "", "", err)
+	}
+	if u == "" {
+		return fatal(audit.OutcomeFailed, "08001", fmt.Sprintf("the username of resource %s read from its secret store is empty", t.Resource), "", "Fix the secret.", nil)
+	}
+	t.Username, t.ClientID = u, cid
+	return nil
+}
+
 // token gets an access token for t's managed identity.
 func (p *Proxy) token(ctx context.Context, t Target) (string, error) {
 	if p.cfg.Tokens == nil {
@@ -244,8 +264,12 @@ func (p *Proxy) token(ctx context.Context, t Target) (string, error) {
 		err = errors.New("the token source returned an empty token")
 	}
 	if err != nil {
-		return "", fatal(audit.OutcomeFailed, "28000",
-			fmt.Sprintf("could not get an access token for %s to log in to resource %s: %s", t.identity(), t.Resource, tokensource.Brief(err)), "",
+		msg := fmt.Sprintf("could not get an access token for %s to log in to resource %s: %s", t.identity(), t.Resource, tokensource.Brief(err))
+		if t.ClientIDLabel != "" && t.ClientID != "" {
+			msg = strings.ReplaceAll(msg, t.ClientID, t.ClientIDLabel)
+			err = &scrubbed{msg: strings.ReplaceAll(err.Error(), t.ClientID, t.ClientIDLabel), orig: err}
+		}
+		return "", fatal(audit.OutcomeFailed, "28000", msg, "",
 			"Check that the managed identity is assigned to the node's VM and that IMDS is reachable from the node, then retry.", err)
 	}
 	return token, nil
@@ -371,13 +395,13 @@ func (p *Proxy) terminateUpstream(ctx context.Context, t Target, pid uint32, end
 	st := &startup{msg: &pgproto3.StartupMessage{Parameters: map[string]string{"application_name": "ferry-node: ending a revoked session"}}}
 	up, err := p.login(ctx, t, t.Database, st, log)
 	if err != nil {
-		log.Warn("pgproxy: the ended session's server backend could not be terminated: login", "upstream_pid", pid, "err", err)
+		log.Warn("pgproxy: the ended session's server backend could not be terminated: login", "upstream_pid", pid, "err", t.scrub(err.Error()))
 		return
 	}
 	pc, err := pgconn.Construct(up.hc)
 	if err != nil {
 		up.hc.Conn.Close()
-		log.Warn("pgproxy: the ended session's server backend could not be terminated", "upstream_pid", pid, "err", err)
+		log.Warn("pgproxy: the ended session's server backend could not be terminated", "upstream_pid", pid, "err", t.scrub(err.Error()))
 		return
 	}
 	defer pc.Close(ctx)
@@ -387,7 +411,7 @@ func (p *Proxy) terminateUpstream(ctx context.Context, t Target, pid uint32, end
 		[][]byte{[]byte(fmt.Sprint(pid)), []byte(since)}, nil, nil, nil).Read()
 	switch {
 	case res.Err != nil:
-		log.Warn("pgproxy: the ended session's server backend could not be terminated", "upstream_pid", pid, "err", res.Err)
+		log.Warn("pgproxy: the ended session's server backend could not be terminated", "upstream_pid", pid, "err", t.scrub(res.Err.Error()))
 	case len(res.Rows) == 1 && string(res.Rows[0][0]) == "t":
 		log.Info("pgproxy: the ended session's server backend was terminated", "upstream_pid", pid)
 	default:

@@ -42,6 +42,9 @@ func (t Target) tlsConfig() *tls.Config {
 }
 
 func (t Target) identity() string {
+	if t.ClientIDLabel != "" && t.ClientID != "" {
+		return "the node's user-assigned managed identity whose client ID is " + t.ClientIDLabel
+	}
 	if t.ClientID == "" {
 		return "the node's system-assigned managed identity"
 	}
@@ -66,7 +69,14 @@ func connectUpstream(ctx context.Context, t Target, database, token string, para
 	// answers the SSLRequest with 'N' fails the login (no plaintext retry).
 	up, err := connectOnce(ctx, t, database, token, params, t.tlsConfig())
 	if err != nil {
-		return nil, classifyConnectError(ctx, t, err)
+		oe := classifyConnectError(ctx, t, err)
+		if t.UsernameLabel != "" {
+			// The server's messages and pgconn's name the role, a secret here.
+			resp := *oe.resp
+			resp.Message, resp.Detail, resp.Hint = t.scrub(resp.Message), t.scrub(resp.Detail), t.scrub(resp.Hint)
+			oe = &outcomeError{outcome: oe.outcome, resp: &resp, err: &scrubbed{msg: t.scrub(oe.Error()), orig: err}}
+		}
+		return nil, oe
 	}
 	return up, nil
 }
@@ -159,7 +169,7 @@ func classifyConnectError(ctx context.Context, t Target, err error) *outcomeErro
 		if strings.HasPrefix(pgErr.Code, "28") {
 			outcome = audit.OutcomeDenied
 			if hint == "" {
-				hint = fmt.Sprintf("Ferry logs in as role %q with an access token of %s. Check that the role exists on the server and is mapped to that managed identity, and that Microsoft Entra authentication is enabled.", t.Username, t.identity())
+				hint = fmt.Sprintf("Ferry logs in as role %q with an access token of %s. Check that the role exists on the server and is mapped to that managed identity, and that Microsoft Entra authentication is enabled.", t.label(), t.identity())
 			}
 		}
 		resp := &pgproto3.ErrorResponse{

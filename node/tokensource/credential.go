@@ -1,0 +1,53 @@
+package tokensource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+)
+
+// VaultScope is the OAuth 2.0 scope of Azure Key Vault's data plane.
+const VaultScope = "https://vault.azure.net/.default"
+
+// Credential returns an azcore.TokenCredential for the managed identity with clientID ("" = the
+// system-assigned identity), for Azure SDK clients such as Key Vault's (azsecrets), which ask for
+// their own scope. Its requests take the same path as Token's: IMDS (or the configured stand-in)
+// without a proxy, the same bounded retries, and each GetToken bounded by Config.Timeout. MSAL's
+// process-wide cache is bypassed as for Token (see the package doc); the SDK client's bearer
+// policy caches the token it gets. Tokens are never logged.
+func (s *Source) Credential(clientID string) azcore.TokenCredential {
+	return &credential{s: s, clientID: clientID}
+}
+
+type credential struct {
+	s        *Source
+	clientID string
+}
+
+// GetToken implements azcore.TokenCredential.
+func (c *credential) GetToken(ctx context.Context, opts policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	cred, err := c.s.credential(c.clientID)
+	if err != nil {
+		return azcore.AccessToken{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.s.cfg.Timeout)
+	defer cancel()
+	// A managed identity's tokens come from its own tenant; IMDS takes no tenant and no claims
+	// (the claims only make MSAL skip its cache).
+	opts.TenantID = ""
+	opts.Claims = bypassCacheClaims
+	tok, err := cred.GetToken(ctx, opts)
+	if err != nil {
+		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+			err = fmt.Errorf("%w: %w", ctx.Err(), err)
+		}
+		return azcore.AccessToken{}, err
+	}
+	if tok.Token == "" {
+		return azcore.AccessToken{}, errors.New("IMDS returned an empty access token")
+	}
+	return tok, nil
+}
