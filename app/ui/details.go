@@ -89,7 +89,7 @@ func (d *Details) update(st client.Status) {
 		}
 		vals := map[string]string{
 			"State": StateText(r), "Health": HealthText(r), "Address": AddressText(r),
-			"Connectivity mode": ModeText(r, d.u.orgMode()), "Loopback address": r.LoopbackAddress,
+			"Connectivity mode": DetailsModeText(r, d.u.orgMode()), "Loopback address": r.LoopbackAddress,
 			"Virtual networking address": r.VNAddress, "DNS name": dns, "Database": r.Database,
 			"Username": r.Username, "Type": typeName(r.Type), "Tags": resource.FormatTags(r.Tags),
 		}

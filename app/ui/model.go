@@ -115,6 +115,21 @@ func ModeText(r client.ResourceStatus, orgDefault string) string {
 	return m.Mode(orgDefault)
 }
 
+// DetailsModeText is the details pane's connectivity mode: how the client serves r now, followed by
+// its configured mode when the two differ (a virtual-networking resource on the loopback fallback),
+// or the configured mode alone while the client does not serve it.
+func DetailsModeText(r client.ResourceStatus, orgDefault string) string {
+	configured := ModeText(r, orgDefault)
+	if r.Serving == "" {
+		return configured
+	}
+	now := client.ModeLabel(r)
+	if r.Serving == configured && !r.Fallback {
+		return now
+	}
+	return now + "; configured: " + configured
+}
+
 // TrayLabel is a resource's line in the tray menu.
 func TrayLabel(r client.ResourceStatus) string {
 	mark := "○"

@@ -61,6 +61,19 @@ func TestModeColumnAndVNNote(t *testing.T) {
 			t.Errorf("Mode column of %s: %q, want %q", name, got, want)
 		}
 	}
+	for _, c := range []struct {
+		r    client.ResourceStatus
+		want string
+	}{
+		{st.Resources[0], "loopback"},
+		{st.Resources[1], "virtual networking"},
+		{st.Resources[2], "loopback (no TUN helper); configured: " + client.ModeVirtualNetworking},
+		{row("d", "", "", false), client.ModeLoopback}, // not served: the configured mode (the org's)
+	} {
+		if got := DetailsModeText(c.r, client.ModeLoopback); got != c.want {
+			t.Errorf("details pane mode of %s: %q, want %q", c.r.Name, got, c.want)
+		}
+	}
 	if !read(u.VNNote.Visible) || read(func() string { return u.VNNote.Text }) != why {
 		t.Errorf("the window does not show why virtual networking is unavailable: visible %v, %q", u.VNNote.Visible(), u.VNNote.Text)
 	}
