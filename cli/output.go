@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/client"
@@ -45,4 +48,29 @@ func missing(kind, name string, err error) error {
 		return fmt.Errorf("user %q does not exist (`ferry admin users list` lists them)", name)
 	}
 	return fmt.Errorf("%s %q does not exist", kind, name)
+}
+
+// printable returns s with every character a terminal would act on written as a Go escape
+// (\x1b, \u009b, \u202e, \r ...): text from the node, the daemon or a token reaches the user's
+// terminal in errors, and an escape sequence there could clear it, retitle it or fake output.
+// Newlines and tabs, which the CLI's own messages use, are kept.
+func printable(s string) string {
+	if strings.IndexFunc(s, func(r rune) bool { return r != '\n' && r != '\t' && !unicode.IsPrint(r) }) < 0 && utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, "\\x%02x", s[i])
+		case r == '\n' || r == '\t' || unicode.IsPrint(r):
+			b.WriteRune(r)
+		default:
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		}
+		i += size
+	}
+	return b.String()
 }
