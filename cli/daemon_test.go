@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -89,8 +91,9 @@ func TestRefusedDaemonLeavesRunningTunnel(t *testing.T) {
 }
 
 // TestSimultaneousDaemonsOneStarts: daemons of one device started at the same moment (the app
-// and `ferry daemon`, or two terminals) are refused before their tunnels come up, with the same
-// message as a start while one already runs; exactly one starts and keeps its socket.
+// and `ferry daemon`, or two terminals), over the stale socket of a crashed one, are refused before
+// their tunnels come up, with the same message as a start while one already runs; exactly one
+// starts and keeps its socket.
 func TestSimultaneousDaemonsOneStarts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -111,6 +114,17 @@ func TestSimultaneousDaemonsOneStarts(t *testing.T) {
 	if _, err := client.Login(ctx, dirs, tok, "second-laptop"); err != nil {
 		t.Fatal(err)
 	}
+
+	// A daemon that crashed left its socket behind: nothing answers on it.
+	if err := os.MkdirAll(dirs.Runtime, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	stale, err := net.Listen("unix", dirs.Socket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.(*net.UnixListener).SetUnlinkOnClose(false)
+	stale.Close()
 
 	const n = 4
 	var (
