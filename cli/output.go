@@ -51,11 +51,18 @@ func missing(kind, name string, err error) error {
 }
 
 // printable returns s with every character a terminal would act on written as a Go escape
-// (\x1b, \u009b, \u202e, \r ...): text from the node, the daemon or a token reaches the user's
-// terminal in errors, and an escape sequence there could clear it, retitle it or fake output.
-// Newlines and tabs, which the CLI's own messages use, are kept.
-func printable(s string) string {
-	if strings.IndexFunc(s, func(r rune) bool { return r != '\n' && r != '\t' && !unicode.IsPrint(r) }) < 0 && utf8.ValidString(s) {
+// (\x1b, \u009b, \u202e, \r ...): text from the node, the daemon, a token or a user's SQL reaches
+// the terminal, and an escape sequence there could clear it, retitle it or fake output. Newlines
+// and tabs, which the CLI's own messages use, are kept.
+func printable(s string) string { return escapeControls(s, true) }
+
+// cell is printable for one cell of a table: newlines and tabs are escaped too, as they would
+// break its rows and columns.
+func cell(s string) string { return escapeControls(s, false) }
+
+func escapeControls(s string, keepLines bool) string {
+	kept := func(r rune) bool { return unicode.IsPrint(r) || keepLines && (r == '\n' || r == '\t') }
+	if strings.IndexFunc(s, func(r rune) bool { return !kept(r) }) < 0 && utf8.ValidString(s) {
 		return s
 	}
 	var b strings.Builder
@@ -64,7 +71,7 @@ func printable(s string) string {
 		switch {
 		case r == utf8.RuneError && size == 1:
 			fmt.Fprintf(&b, "\\x%02x", s[i])
-		case r == '\n' || r == '\t' || unicode.IsPrint(r):
+		case kept(r):
 			b.WriteRune(r)
 		default:
 			q := strconv.QuoteRune(r)
