@@ -33,6 +33,7 @@ func TestLoginEchoesNoControlCharacters(t *testing.T) {
 	}{
 		{"error answer", http.StatusForbidden, api.Error{Error: "enrollment refused: " + hostile}},
 		{"error answer not JSON", http.StatusForbidden, nil},
+		{"error answer of 8 MiB", http.StatusForbidden, api.Error{Error: hostile + strings.Repeat("A", 8<<20)}},
 		{"enrolled as", http.StatusOK, api.EnrollResponse{User: "alice" + hostile, DeviceAddress: "198.18.0.9" + hostile,
 			NodePublicKey: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", WireGuardEndpoint: "127.0.0.1:1", VNSubnet: "100.64.0.0/10"}},
 	}
@@ -71,6 +72,9 @@ func TestLoginEchoesNoControlCharacters(t *testing.T) {
 			}
 			if !strings.Contains(text, `\x1b[2J`) {
 				t.Errorf("the output does not show the escaped text: %q", text)
+			}
+			if len(text) > 4096 {
+				t.Errorf("the output is %d bytes long: a node's answer fills the terminal", len(text))
 			}
 			if strings.Contains(text, "s3cret") {
 				t.Errorf("the output echoes the token's secret: %q", text)
