@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ferryhq/ferry/resource"
@@ -92,7 +93,7 @@ func decode(resp *http.Response, what string, out any) error {
 		if json.Unmarshal(raw, &e) != nil || e.Error == "" {
 			e.Error = string(bytes.TrimSpace(raw))
 		}
-		return &StatusError{Status: resp.StatusCode, Message: e.Error}
+		return &StatusError{Status: resp.StatusCode, Message: cut(e.Error, maxErrorMessage)}
 	}
 	if out == nil {
 		return nil
@@ -101,6 +102,19 @@ func decode(resp *http.Response, what string, out any) error {
 		return fmt.Errorf("%s: decode answer: %w", what, err)
 	}
 	return nil
+}
+
+// maxErrorMessage bounds the message of a StatusError, in bytes: the node's own are a line or
+// two, and a longer answer (from whatever a token or a proxy made us talk to) would fill the
+// terminal or the app's login view.
+const maxErrorMessage = 2000
+
+// cut shortens s to at most max bytes (dropping a character cut in two), marking the cut with "…".
+func cut(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	return strings.ToValidUTF8(s[:max], "") + "…"
 }
 
 // Me returns who the node takes the caller to be.

@@ -37,3 +37,30 @@ func TestParseEnrollTokenMessages(t *testing.T) {
 		})
 	}
 }
+
+// TestParseEnrollTokenRefusesWhatItWouldEcho: a token is refused when its fingerprint is not hex
+// (it passed the parse and failed later with the hex decoder's text, not as a bad token) or its
+// node URL holds characters a terminal acts on or that disguise it (C1 controls such as CSI
+// U+009B, bidirectional overrides, spaces): the URL is echoed in every login error.
+func TestParseEnrollTokenRefusesWhatItWouldEcho(t *testing.T) {
+	fp := strings.Repeat("ab", 32)
+	tests := []struct{ name, url, fp string }{
+		{"fingerprint not hex", "https://node.example.com", strings.Repeat("zz", 32)},
+		{"CSI in the host", "https://node\u009b2J.example.com", fp},
+		{"bidi override in the host", "https://node\u202eelpmaxe.example.com", fp},
+		{"NEL in the path", "https://node.example.com/\u0085x", fp},
+		{"space in the host", "https://node .example.com", fp},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := EnrollToken{URL: tc.url, CertSHA256: tc.fp, Secret: "s3cret"}.Encode()
+			tok, err := ParseEnrollToken(s)
+			if !errors.Is(err, ErrInvalidEnrollToken) {
+				t.Fatalf("accepted %+q (err %v)", tok, err)
+			}
+			if strings.Contains(err.Error(), "s3cret") || strings.Contains(err.Error(), tc.url) {
+				t.Errorf("the error echoes the token: %q", err)
+			}
+		})
+	}
+}

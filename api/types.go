@@ -9,6 +9,7 @@ package api
 
 import (
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"net/url"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/ferryhq/ferry/resource"
 )
@@ -52,6 +54,8 @@ func (t EnrollToken) Encode() string {
 // token as the node makes them (cut short, mangled, or something else pasted).
 var ErrInvalidEnrollToken = errors.New("not a valid Ferry enrollment token")
 
+func unprintable(r rune) bool { return r == ' ' || !unicode.IsPrint(r) }
+
 // ParseEnrollToken decodes a token made by Encode. Errors say what is wrong with the token as typed,
 // in words: the decoder's own messages ("invalid character '\u0081' …") mean nothing to the person.
 func ParseEnrollToken(s string) (EnrollToken, error) {
@@ -67,10 +71,13 @@ func ParseEnrollToken(s string) (EnrollToken, error) {
 	if err != nil || json.Unmarshal(raw, &t) != nil {
 		return bad("it is damaged or cut short; copy it again in full")
 	}
-	if u, err := url.Parse(t.URL); err != nil || u.Scheme != "https" || u.Host == "" {
+	// The URL is echoed in login errors: none of its characters may be one a terminal acts on or
+	// that disguises it (C1 controls such as CSI U+009B, bidirectional overrides); url.Parse refuses
+	// only the ASCII controls.
+	if u, err := url.Parse(t.URL); err != nil || u.Scheme != "https" || u.Host == "" || strings.IndexFunc(t.URL, unprintable) >= 0 {
 		return bad("it names no https address of a node; copy it again in full")
 	}
-	if len(t.CertSHA256) != 64 || t.Secret == "" {
+	if _, err := hex.DecodeString(t.CertSHA256); err != nil || len(t.CertSHA256) != 64 || t.Secret == "" {
 		return bad("it lacks the node's certificate fingerprint or its secret; copy it again in full")
 	}
 	return t, nil

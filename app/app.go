@@ -75,8 +75,12 @@ func Run(ctx context.Context, dirs client.Dirs) error {
 		return nil
 	}
 
+	// quit stops the event loop without closing the windows first, as fyne's App.Quit does: an
+	// event the loop still takes (a pointer motion queued before it stops) would reach a closed
+	// window, whose view is nil, and panic in the toolkit. The loop destroys the windows as it ends.
+	quit := func() { a.Driver().Quit() }
 	tray := DetectTray()
-	opt := ui.Options{App: a, Dirs: dirs, Core: client.NewControl(dirs), StartDaemon: startDaemon, Logger: log}
+	opt := ui.Options{App: a, Dirs: dirs, Core: client.NewControl(dirs), StartDaemon: startDaemon, Logger: log, Quit: func() { fyne.Do(quit) }}
 	if path, err := client.AutostartPath(); err == nil {
 		opt.AutostartPath = path
 		opt.Executable, _ = os.Executable()
@@ -114,7 +118,7 @@ func Run(ctx context.Context, dirs client.Dirs) error {
 	go func() {
 		defer wg.Done()
 		<-runCtx.Done()
-		fyne.Do(a.Quit)
+		fyne.Do(quit)
 	}()
 	a.Run()
 	stop()

@@ -218,3 +218,54 @@ func TestQuitsCleanly(t *testing.T) {
 		})
 	}
 }
+
+// TestQuitWhileThePointerMoves: SIGTERM while the user's pointer moves over the window ends the
+// app with status 0. Closing the windows before the event loop stops (fyne's App.Quit) let a
+// pointer event already queued reach a closed window, whose handler dereferenced its nil view
+// (a panic from cli.Main through the app's Run, seen on a loaded machine).
+func TestQuitWhileThePointerMoves(t *testing.T) {
+	display := startXvfb(t)
+	bin := buildFerry(t)
+	p := openPointer(t, display)
+	const runs = 15
+	for i := range runs {
+		home := t.TempDir()
+		cmd := exec.Command(bin)
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + home, "DISPLAY=" + display, "DBUS_SESSION_BUS_ADDRESS=disabled:",
+			client.EnvConfigDir + "=" + filepath.Join(home, "cfg"), client.EnvRuntimeDir + "=" + filepath.Join(home, "run")}
+		var out syncBuffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		ready := time.Now().Add(20 * time.Second)
+		for time.Now().Before(ready) && !strings.Contains(out.String(), "no system tray") {
+			time.Sleep(50 * time.Millisecond)
+		}
+		time.Sleep(700 * time.Millisecond) // the window is mapped
+		stop := make(chan struct{})
+		swept := make(chan struct{})
+		go func() { defer close(swept); p.sweep(stop) }()
+		time.Sleep(300 * time.Millisecond)
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		var err error
+		select {
+		case err = <-done:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			close(stop)
+			<-swept
+			t.Fatalf("run %d: the app did not quit within 20 s of SIGTERM:\n%s", i, out.String())
+		}
+		close(stop)
+		<-swept
+		if err != nil || strings.Contains(out.String(), "panic") {
+			t.Fatalf("run %d: exit %v:\n%s", i, err, out.String())
+		}
+	}
+}

@@ -56,9 +56,13 @@ Run without arguments to open the desktop app.`,
 func Main(runGUI func(ctx context.Context, dirs client.Dirs) error) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	root := NewRoot(runGUI)
+	return execute(ctx, NewRoot(runGUI), os.Stderr)
+}
+
+// execute runs root and writes its error, if any, to stderr; it returns the exit status.
+func execute(ctx context.Context, root *cobra.Command, stderr io.Writer) int {
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "ferry:", err)
+		fmt.Fprintln(stderr, "ferry:", printable(err.Error()))
 		return 1
 	}
 	return 0
@@ -95,7 +99,7 @@ user's config directory (FERRY_CONFIG_DIR overrides it) with mode 0600. Then run
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Enrolled as %s (device address %s). Start the client with `ferry daemon`.\n", st.User, st.DeviceAddress)
+			fmt.Fprintf(cmd.OutOrStdout(), "Enrolled as %s (device address %s). Start the client with `ferry daemon`.\n", printable(st.User), printable(st.DeviceAddress))
 			return nil
 		},
 	}

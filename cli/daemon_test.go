@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -84,5 +87,77 @@ func TestRefusedDaemonLeavesRunningTunnel(t *testing.T) {
 	}
 	if l := logs.String(); strings.Contains(l, "reconnecting") {
 		t.Errorf("the running daemon had to reconnect:\n%s", l)
+	}
+}
+
+// TestSimultaneousDaemonsOneStarts: daemons of one device started at the same moment (the app
+// and `ferry daemon`, or two terminals), over the stale socket of a crashed one, are refused before
+// their tunnels come up, with the same message as a start while one already runs; exactly one
+// starts and keeps its socket.
+func TestSimultaneousDaemonsOneStarts(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { env.Close() })
+	st, err := client.NewControl(env.Dirs).Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := env.Node.EnrollToken(ctx, st.User)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs := client.Dirs{Config: filepath.Join(t.TempDir(), "cfg"), Runtime: filepath.Join(t.TempDir(), "run")}
+	if _, err := client.Login(ctx, dirs, tok, "second-laptop"); err != nil {
+		t.Fatal(err)
+	}
+
+	// A daemon that crashed left its socket behind: nothing answers on it.
+	if err := os.MkdirAll(dirs.Runtime, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	stale, err := net.Listen("unix", dirs.Socket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.(*net.UnixListener).SetUnlinkOnClose(false)
+	stale.Close()
+
+	const n = 4
+	var (
+		wg      sync.WaitGroup
+		start   = make(chan struct{})
+		daemons [n]*client.Daemon
+		errs    [n]error
+	)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			daemons[i], errs[i] = client.StartDaemon(ctx, dirs, slog.New(slog.DiscardHandler))
+		}()
+	}
+	close(start)
+	wg.Wait()
+	started := 0
+	for i := range n {
+		if errs[i] == nil {
+			started++
+			t.Cleanup(func() { daemons[i].Close() })
+			continue
+		}
+		if !strings.Contains(errs[i].Error(), "another ferry daemon already serves") {
+			t.Errorf("daemon %d: %v, want the refusal that another daemon serves the socket", i, errs[i])
+		}
+	}
+	if started != 1 {
+		t.Fatalf("%d daemons started, want exactly one", started)
+	}
+	if !client.DaemonRunning(dirs) {
+		t.Error("the started daemon's socket does not answer after the others were refused")
 	}
 }

@@ -122,8 +122,8 @@ func printConnections(w io.Writer, cs []api.Connection, asJSON bool) error {
 		if c.SQLState != "" {
 			outcome += " " + c.SQLState
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s@%s\t%d\t%d/%d\t%d\t%s\t%s\n", c.ID, stamp(c.Start), dur, c.User, c.Resource,
-			c.ClientAddr, c.Role, c.Database, c.UpstreamPID, c.BytesFromClient, c.BytesFromServer, c.QueriesDropped, outcome, c.Error)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s@%s\t%d\t%d/%d\t%d\t%s\t%s\n", c.ID, stamp(c.Start), dur, cell(c.User), cell(c.Resource),
+			cell(c.ClientAddr), cell(c.Role), cell(c.Database), c.UpstreamPID, c.BytesFromClient, c.BytesFromServer, c.QueriesDropped, cell(outcome), cell(c.Error))
 	}
 	return tw.Flush()
 }
@@ -169,11 +169,12 @@ func logsQueriesCmd() *cobra.Command {
 				if r := []rune(sql); len(r) > 200 {
 					sql = string(r[:200]) + "…"
 				}
+				sql = cell(sql) // a user's SQL, on an administrator's terminal
 				if q.SQLLength > 0 {
 					sql += fmt.Sprintf(" [cut; %d bytes, sha256 %s]", q.SQLLength, q.SQLSHA256)
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", stampMillis(q.Time),
-					time.Duration(q.DurationUS)*time.Microsecond, q.User, q.Resource, q.ConnectionID, rows, result, sql)
+					time.Duration(q.DurationUS)*time.Microsecond, cell(q.User), cell(q.Resource), q.ConnectionID, rows, cell(result), sql)
 			}
 			return tw.Flush()
 		}),

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -103,21 +105,8 @@ func (d *Daemon) start(ctx context.Context) error {
 		return fmt.Errorf("start daemon: %w", err)
 	}
 	sock := d.dirs.Socket()
-	switch err := checkSocket(sock); {
-	case errors.Is(err, errNoSocket):
-	case err != nil:
-		return fmt.Errorf("start daemon: %w", err) // another user's: neither dialled nor removed
-	default:
-		if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
-			if err := checkPeer(c, sock); err != nil {
-				return fmt.Errorf("start daemon: %w", err)
-			}
-			c.Close()
-			return fmt.Errorf("start daemon: another ferry daemon already serves %s", sock)
-		}
-		if err := removeOwnSocket(sock, nil); err != nil { // a stale socket of an earlier run
-			return fmt.Errorf("start daemon: %w", err)
-		}
+	if err := d.claimSocket(sock); err != nil {
+		return err
 	}
 	key, err := tunnel.ParseKey(d.state.PrivateKey)
 	if err != nil {
@@ -151,17 +140,6 @@ func (d *Daemon) start(ctx context.Context) error {
 	d.api = api.NewClient(d.tun.Stack().DialContext, 15*time.Second)
 	d.startVNet(ctx)
 
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		return fmt.Errorf("start daemon: control socket: %w", err)
-	}
-	// The socket is removed by Close, and only while it is still this one (removeOwnSocket).
-	ln.(*net.UnixListener).SetUnlinkOnClose(false)
-	d.ctlLn = ownerOnly{Listener: ln, log: d.log}
-	_ = os.Chmod(sock, 0o600) // the directory is private already; this is belt and braces
-	if d.ctlSock, err = os.Lstat(sock); err != nil {
-		return fmt.Errorf("start daemon: control socket: %w", err)
-	}
 	d.ctl = &http.Server{Handler: d.controlHandler(), ReadHeaderTimeout: 10 * time.Second}
 	d.wg.Add(1)
 	go func() {
@@ -178,6 +156,54 @@ func (d *Daemon) start(ctx context.Context) error {
 		}
 	}
 	d.log.Info("daemon started", "user", d.state.User, "device", d.state.DeviceAddress, "node", d.state.WireGuardEndpoint, "socket", sock)
+	return nil
+}
+
+// claimSocket refuses to start when another daemon serves sock, removes a stale socket of an
+// earlier run, and listens on sock at once: the socket is what tells daemons of one device apart,
+// so it is taken before the tunnel comes up. A daemon that started at the same moment and listened
+// first gets the same refusal as one that runs already, and neither touches the other's tunnel.
+// Connections wait in the socket's backlog until the daemon serves them.
+func (d *Daemon) claimSocket(sock string) error {
+	refused := fmt.Errorf("start daemon: another ferry daemon already serves %s", sock)
+	switch err := checkSocket(sock); {
+	case errors.Is(err, errNoSocket):
+	case err != nil:
+		return fmt.Errorf("start daemon: %w", err) // another user's: neither dialled nor removed
+	default:
+		seen, err := os.Lstat(sock)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("start daemon: control socket: %w", err)
+		}
+		if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+			if err := checkPeer(c, sock); err != nil {
+				return fmt.Errorf("start daemon: %w", err)
+			}
+			c.Close()
+			return refused
+		}
+		// A stale socket of an earlier run: removed only while it is the one that did not answer,
+		// never one another daemon made since.
+		if seen != nil {
+			if err := removeOwnSocket(sock, seen); err != nil {
+				return fmt.Errorf("start daemon: %w", err)
+			}
+		}
+	}
+	ln, err := net.Listen("unix", sock)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return refused // another daemon listened between the check and here
+	}
+	if err != nil {
+		return fmt.Errorf("start daemon: control socket: %w", err)
+	}
+	// The socket is removed by Close, and only while it is still this one (removeOwnSocket).
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	d.ctlLn = ownerOnly{Listener: ln, log: d.log}
+	_ = os.Chmod(sock, 0o600) // the directory is private already; this is belt and braces
+	if d.ctlSock, err = os.Lstat(sock); err != nil {
+		return fmt.Errorf("start daemon: control socket: %w", err)
+	}
 	return nil
 }
 

@@ -9,8 +9,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
+	"unicode"
 
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/tunnel"
@@ -141,6 +144,9 @@ func Login(ctx context.Context, d Dirs, token, deviceName string) (State, error)
 	if err != nil {
 		return s, fmt.Errorf("log in: %w", err)
 	}
+	if err := checkEnrollResponse(resp); err != nil {
+		return s, fmt.Errorf("log in: %w", err)
+	}
 	s = State{
 		PrivateKey:        key.String(),
 		DeviceAddress:     resp.DeviceAddress,
@@ -156,4 +162,17 @@ func Login(ctx context.Context, d Dirs, token, deviceName string) (State, error)
 		return s, fmt.Errorf("log in: %w", err)
 	}
 	return s, nil
+}
+
+// checkEnrollResponse refuses an enrollment answer that the CLI and the app would print or use as
+// they are: the node a token names is whoever made the token, and its user name is shown in
+// terminals (a control character there is an escape sequence) and its device address is used.
+func checkEnrollResponse(r api.EnrollResponse) error {
+	if r.User == "" || strings.IndexFunc(r.User, func(c rune) bool { return !unicode.IsPrint(c) }) >= 0 {
+		return fmt.Errorf("the node answered with an unusable user name %q", r.User)
+	}
+	if a, err := netip.ParseAddr(r.DeviceAddress); err != nil || !api.TunnelSubnet.Contains(a) {
+		return fmt.Errorf("the node answered with a device address %q outside %s", r.DeviceAddress, api.TunnelSubnet)
+	}
+	return nil
 }

@@ -31,6 +31,10 @@ type DoctorOptions struct {
 	Resource string
 	// StepTimeout bounds each step; 0 = the config's HealthStepTimeout.
 	StepTimeout time.Duration
+	// Log, when set, receives the token source's log: each token error in full (azidentity's
+	// multi-line dump: the request, IMDS's answer, the troubleshooting link), of which the steps
+	// show one line (tokensource.Brief). `ferry-node doctor --verbose` sets it to stderr.
+	Log io.Writer
 }
 
 // maxClockSkew is how far a token's iat may lie in the local clock's future before the node's clock
@@ -80,7 +84,11 @@ func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt Doctor
 	if err != nil {
 		return false, fmt.Errorf("doctor: %w", err)
 	}
-	tokens, err := tokensource.New(tokensource.Config{IMDSEndpoint: cfg.IMDSEndpoint, Timeout: opt.StepTimeout})
+	tsCfg := tokensource.Config{IMDSEndpoint: cfg.IMDSEndpoint, Timeout: opt.StepTimeout}
+	if opt.Log != nil {
+		tsCfg.Logger = slog.New(slog.NewTextHandler(opt.Log, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	tokens, err := tokensource.New(tsCfg)
 	if err != nil {
 		return false, fmt.Errorf("doctor: %w", err)
 	}

@@ -179,6 +179,20 @@ func TestHealth(t *testing.T) {
 				t.Errorf("doctor output lacks %q:\n%s", s, out.String())
 			}
 		}
+		// The steps show a token error in one line; --verbose (DoctorOptions.Log) gives the operator
+		// the full text as well (azidentity's dump: the request, IMDS's answer, the troubleshooting
+		// link), which doctor otherwise dropped: its token source had no log.
+		out.Reset()
+		var full bytes.Buffer
+		if ok, err := node.Doctor(ctx, &out, env.NodeDir, cfg, node.DoctorOptions{Resource: "hc-broken", Log: &full}); err != nil || ok {
+			t.Fatalf("doctor hc-broken: ok=%v err=%v\n%s", ok, err, out.String())
+		}
+		if strings.Contains(out.String(), "RESPONSE 400") || !strings.Contains(out.String(), "✗ token") {
+			t.Errorf("doctor's steps do not show the token error in one line:\n%s", out.String())
+		}
+		if !strings.Contains(full.String(), "RESPONSE 400") || !strings.Contains(full.String(), unknown) {
+			t.Errorf("doctor's log lacks the full token error:\n%s", full.String())
+		}
 		// Without IMDS the clock cannot be checked: that gets a neutral mark, never a tick.
 		noIMDS := cfg
 		noIMDS.IMDSEndpoint = "http://" + closedLoopbackPort(t)

@@ -88,9 +88,14 @@ const LoopbackRule = "any loopback IP (" + LoopbackIPs + "), in the org's loopba
 // LoopbackIPs are the addresses LoopbackRule accepts.
 const LoopbackIPs = "127.0.0.1 to 127.255.255.254, or ::1"
 
-// CheckLoopbackIP applies LoopbackRule to s.
+// CheckLoopbackIP applies LoopbackRule to s. An IPv4-mapped IPv6 form (::ffff:127.0.0.1) is
+// refused: netip counts it as loopback and as another address than 127.0.0.1, so the uniqueness of
+// addresses (Taken) would not see that it is the IPv4 socket another resource already holds.
 func CheckLoopbackIP(s string) error {
 	a, err := netip.ParseAddr(s)
+	if err == nil && a.Is4In6() {
+		return fmt.Errorf("%q is an IPv4-mapped IPv6 address; write it as %s (%s)", s, a.Unmap(), LoopbackIPs)
+	}
 	if err != nil || !a.IsLoopback() || a.Zone() != "" || a == netip.AddrFrom4([4]byte{127, 0, 0, 0}) || a == netip.AddrFrom4([4]byte{127, 255, 255, 255}) {
 		return fmt.Errorf("%q is not a loopback IP (%s)", s, LoopbackIPs)
 	}

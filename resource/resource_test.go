@@ -265,3 +265,34 @@ func TestLoopbackRule(t *testing.T) {
 		}
 	}
 }
+
+// TestLoopbackRuleMappedIPv4: an IPv4-mapped IPv6 form of a loopback IP (::ffff:127.0.0.1) is
+// refused by the loopback rule. netip counts it as loopback and as an address other than
+// 127.0.0.1, so the catalog's uniqueness check let a second resource take 127.0.0.1:10001 under
+// that spelling, and the client (which listens on the IPv4 socket for it) served two resources on
+// one address: whichever listened first got the other's connections.
+func TestLoopbackRuleMappedIPv4(t *testing.T) {
+	for _, ip := range []string{"::ffff:127.0.0.1", "::ffff:127.0.0.8", "::ffff:127.0.0.0", "::ffff:127.255.255.255", "::ffff:7f00:1"} {
+		if err := CheckLoopbackIP(ip); err == nil {
+			t.Errorf("CheckLoopbackIP(%q) accepted an IPv4-mapped address", ip)
+		}
+		for _, prop := range []string{"bind-interface", "ip-address"} {
+			r := valid()
+			if prop == "bind-interface" {
+				r.BindInterface = ip
+			} else {
+				r.ConnectivityMode = ModeLoopback
+				r.IPAddress = ip
+			}
+			if err := r.Validate(); err == nil {
+				t.Errorf("%s %s: Validate accepted it", prop, ip)
+			}
+			taken := NewTaken()
+			taken.Add("127.0.0.1:10001")
+			taken.Add("127.0.0.8:10001")
+			if got, err := AssignLoopback(&r, DefaultLoopbackRange, taken); err == nil {
+				t.Errorf("%s %s: AssignLoopback gave %s while 127.0.0.1:10001 and 127.0.0.8:10001 are taken", prop, ip, got)
+			}
+		}
+	}
+}

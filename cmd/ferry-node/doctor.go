@@ -16,6 +16,7 @@ var errUnhealthy = errors.New("doctor: some checks failed (see above)")
 func doctorCmd() *cobra.Command {
 	var state, config string
 	var timeout time.Duration
+	var verbose bool
 	c := &cobra.Command{
 		Use:   "doctor [NAME] --state DIR",
 		Short: "Check, step by step, that the node can reach and log in to a resource's server",
@@ -35,6 +36,9 @@ passes. Works whether or not ` + "`ferry-node run`" + ` is running.`,
 				return err
 			}
 			opt := node.DoctorOptions{StepTimeout: timeout}
+			if verbose {
+				opt.Log = cmd.ErrOrStderr()
+			}
 			if len(args) == 1 {
 				opt.Resource = args[0]
 			}
@@ -51,5 +55,6 @@ passes. Works whether or not ` + "`ferry-node run`" + ` is running.`,
 	c.Flags().StringVar(&state, "state", "", "the node's state directory (required)")
 	c.Flags().StringVar(&config, "config", "", "config file (default: STATE/config.json)")
 	c.Flags().DurationVar(&timeout, "timeout", 0, "timeout of each step (default: the config's health_step_timeout, 10s)")
+	c.Flags().BoolVar(&verbose, "verbose", false, "also log each token error in full to stderr (the steps show it in one line)")
 	return c
 }

@@ -120,3 +120,28 @@ func mustAP(t *testing.T, s string) netip.AddrPort {
 	}
 	return ap
 }
+
+// TestNoTwoResourcesOnOneLoopbackSocket: a resource cannot name, in another spelling, the loopback
+// address another resource holds: ::ffff:127.0.0.1 with port 10001 is the IPv4 socket
+// 127.0.0.1:10001, which the client listens on for the first resource.
+func TestNoTwoResourcesOnOneLoopbackSocket(t *testing.T) {
+	ctx := context.Background()
+	c := openCatalog(t)
+	a, err := c.AddResource(ctx, res("a"))
+	if err != nil || a.LoopbackAddress != "127.0.0.1:10001" {
+		t.Fatalf("first resource: %s, %v", a.LoopbackAddress, err)
+	}
+	for _, prop := range []string{"bind-interface", "ip-address"} {
+		b := res("b-" + prop)
+		b.PortOverride = 10001
+		if prop == "bind-interface" {
+			b.BindInterface = "::ffff:127.0.0.1"
+		} else {
+			b.ConnectivityMode = resource.ModeLoopback
+			b.IPAddress = "::ffff:127.0.0.1"
+		}
+		if got, err := c.AddResource(ctx, b); err == nil {
+			t.Errorf("%s ::ffff:127.0.0.1: stored on %s while %s holds 127.0.0.1:10001", prop, got.LoopbackAddress, a.Name)
+		}
+	}
+}

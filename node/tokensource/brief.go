@@ -2,7 +2,9 @@ package tokensource
 
 import (
 	"regexp"
+	"strconv"
 	"strings"
+	"unicode"
 )
 
 // errorDescriptionRE finds the error_description of an IMDS (OAuth 2.0) error body.
@@ -24,7 +26,7 @@ func Brief(err error) string {
 	s := err.Error()
 	head, rest, multi := strings.Cut(s, "\n")
 	if !multi {
-		return s
+		return clean(s, maxBrief)
 	}
 	head = strings.TrimSpace(head)
 	var status, desc string
@@ -33,10 +35,10 @@ func Brief(err error) string {
 		switch {
 		case strings.HasPrefix(l, "RESPONSE "):
 			if _, st, ok := strings.Cut(l, ": "); ok {
-				status = st
+				status = clean(st, maxPart)
 			}
 		case errorDescriptionRE.MatchString(l):
-			desc = errorDescriptionRE.FindStringSubmatch(l)[1]
+			desc = clean(errorDescriptionRE.FindStringSubmatch(l)[1], maxPart)
 		}
 	}
 	var detail []string
@@ -46,8 +48,38 @@ func Brief(err error) string {
 	if desc != "" {
 		detail = append(detail, desc)
 	}
+	head = clean(head, maxBrief)
 	if len(detail) > 0 {
 		head += " (IMDS: " + strings.Join(detail, ": ") + ")"
 	}
 	return head
+}
+
+// Limits of Brief, in characters: the whole first line, and each part taken from IMDS's answer.
+const (
+	maxBrief = 500
+	maxPart  = 200
+)
+
+// clean makes s one printable line of at most max characters: what IMDS (or whatever answers at
+// its address) sends reaches psql's FATAL and doctor's terminal, where a control character or an
+// escape sequence would act. Each character that is not printable is written as its Go escape
+// (\x1b, \r, \u202e), and a longer text is cut with "…".
+func clean(s string, max int) string {
+	var b strings.Builder
+	n := 0
+	for _, r := range strings.ToValidUTF8(s, "\uFFFD") {
+		if n == max {
+			b.WriteString("…")
+			break
+		}
+		if unicode.IsPrint(r) {
+			b.WriteRune(r)
+		} else {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		}
+		n++
+	}
+	return b.String()
 }
