@@ -314,6 +314,9 @@ func (x *run) identity() string {
 }
 
 func (x *run) token(ctx context.Context) (string, error) {
+	if label := x.secrets[x.r.ManagedIdentityClientID]; label != "" && x.r.ManagedIdentityClientID != "" {
+		ctx = tokensource.WithClientIDLabel(ctx, label)
+	}
 	tok, exp, err := x.c.cfg.Tokens.Token(ctx, x.r.ManagedIdentityClientID)
 	if err != nil {
 		return "", err
