@@ -188,7 +188,12 @@ func (r *Reader) client(st resource.SecretStore) (*azsecrets.Client, error) {
 	if r.cfg.Credential == nil {
 		return nil, errors.New("the node has no managed identity credential configured")
 	}
-	c, err := azsecrets.NewClient(uri, r.cfg.Credential(st.ManagedIdentityClientID), &azsecrets.ClientOptions{
+	scope, err := vaultScope(uri)
+	if err != nil {
+		return nil, err
+	}
+	cred := &scopedCredential{cred: r.cfg.Credential(st.ManagedIdentityClientID), scope: scope}
+	c, err := azsecrets.NewClient(uri, cred, &azsecrets.ClientOptions{
 		ClientOptions: azcore.ClientOptions{
 			Transport: r.cfg.HTTPClient,
 			Retry: policy.RetryOptions{
@@ -206,6 +211,51 @@ func (r *Reader) client(st resource.SecretStore) (*azsecrets.Client, error) {
 	r.clients[key] = c
 	return c, nil
 }
+
+// vaultScope is the one token scope the node asks for to read a vault at uri: Key Vault's data
+// plane in the vault's cloud ("https://vault.azure.net/.default" for a vault under
+// .vault.azure.net).
+func vaultScope(uri string) (string, error) {
+	host := strings.TrimSuffix(strings.TrimPrefix(uri, "https://"), "/")
+	for _, suf := range resource.KeyVaultHostSuffixes {
+		if strings.HasSuffix(host, suf) {
+			return "https://" + strings.TrimPrefix(suf, ".") + "/.default", nil
+		}
+	}
+	return "", fmt.Errorf("%s is not under a Key Vault suffix", uri)
+}
+
+// scopedCredential gets tokens only for scope. azsecrets asks for the scope a vault's 401
+// challenge names, and checks only that the challenge's host is a suffix of the vault's: a vault
+// anyone can create under .vault.azure.net could name "https://azure.net" (or
+// "https://management.azure.com@vault.azure.net") and be sent the node's token for it.
+type scopedCredential struct {
+	cred  azcore.TokenCredential
+	scope string
+}
+
+// GetToken implements azcore.TokenCredential.
+func (c *scopedCredential) GetToken(ctx context.Context, opts policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	resOf := func(scope string) string { return strings.TrimSuffix(strings.TrimSuffix(scope, "/.default"), "/") }
+	if len(opts.Scopes) != 1 || !strings.EqualFold(resOf(opts.Scopes[0]), resOf(c.scope)) {
+		return azcore.AccessToken{}, &refusedScope{scopes: opts.Scopes, want: c.scope}
+	}
+	opts.Scopes = []string{c.scope}
+	return c.cred.GetToken(ctx, opts)
+}
+
+// refusedScope is a challenge that asked for a token of another resource than Key Vault.
+type refusedScope struct {
+	scopes []string
+	want   string
+}
+
+func (e *refusedScope) Error() string {
+	return fmt.Sprintf("the vault's challenge asked for a token for %q, not Key Vault's %s: refused (is this a Key Vault?)", strings.Join(e.scopes, " "), e.want)
+}
+
+// NonRetriable tells azcore not to retry.
+func (e *refusedScope) NonRetriable() {}
 
 // Get reads the secret at path (secret-name[/version][?key=field]) from store, from the cache while
 // it is fresh. ctx bounds the wait; the read itself is shared and bounded by Config.Timeout. When
