@@ -94,3 +94,58 @@ func TestHostileChallengeGetsNoOtherToken(t *testing.T) {
 		})
 	}
 }
+
+// hostileVault starts a TLS server that answers Key Vault's challenge for Key Vault's resource and
+// then serves handler; it returns a Reader whose identity hands out tokens, and a store naming
+// the vault.
+func hostileVault(t *testing.T, handler http.HandlerFunc) (*Reader, resource.SecretStore) {
+	t.Helper()
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer authorization="https://login.microsoftonline.com/t", resource="https://vault.azure.net"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		handler(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	addr := srv.Listener.Addr().String()
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // the vault's certificate is not what these tests are about
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	rec := &scopeRecorder{}
+	r := New(Config{Credential: func(string) azcore.TokenCredential { return rec }, HTTPClient: &http.Client{Transport: tr},
+		MaxRetries: -1, Timeout: 10 * time.Second})
+	return r, resource.SecretStore{ID: "se-evil", Name: "evil", Type: resource.SecretStoreTypeAzureKeyVault, VaultURI: "https://evil.vault.azure.net/"}
+}
+
+// TestHostileVaultHugeAnswer: Key Vault's secrets are at most 25 KiB, but a hostile vault can send
+// an endless answer; the node reads at most maxAnswer bytes of it and fails the read, rather than
+// holding the whole answer in memory.
+func TestHostileVaultHugeAnswer(t *testing.T) {
+	r, st := hostileVault(t, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"id":"https://evil.vault.azure.net/secrets/pg-user/0123456789abcdef0123456789abcdef","value":"`))
+		chunk := []byte(strings.Repeat("a", 64<<10))
+		for range 64 { // 4 MiB
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+		_, _ = w.Write([]byte(`"}`))
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	v, err := r.Get(ctx, st, "pg-user")
+	if err == nil {
+		t.Fatalf("read a %d-byte secret from a hostile vault", len(v.Value))
+	}
+	if !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("error %q does not say the answer was too large", err)
+	}
+}

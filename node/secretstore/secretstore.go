@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -195,7 +196,7 @@ func (r *Reader) client(st resource.SecretStore) (*azsecrets.Client, error) {
 	cred := &scopedCredential{cred: r.cfg.Credential(st.ManagedIdentityClientID), scope: scope}
 	c, err := azsecrets.NewClient(uri, cred, &azsecrets.ClientOptions{
 		ClientOptions: azcore.ClientOptions{
-			Transport: r.cfg.HTTPClient,
+			Transport: limitedTransport{r.cfg.HTTPClient},
 			Retry: policy.RetryOptions{
 				MaxRetries:    int32(r.cfg.MaxRetries),
 				RetryDelay:    200 * time.Millisecond,
@@ -211,6 +212,49 @@ func (r *Reader) client(st resource.SecretStore) (*azsecrets.Client, error) {
 	r.clients[key] = c
 	return c, nil
 }
+
+// maxAnswer bounds the body of one answer from a vault: a secret is at most 25 KiB, and a vault
+// that sends more (a hostile one, an endless stream) fails the read instead of filling memory.
+const maxAnswer = 1 << 20
+
+// limitedTransport sends requests with the node's client and reads at most maxAnswer bytes of
+// each answer.
+type limitedTransport struct{ c *http.Client }
+
+// Do implements policy.Transporter.
+func (t limitedTransport) Do(req *http.Request) (*http.Response, error) {
+	resp, err := t.c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	resp.Body = &limitedBody{rc: resp.Body, left: maxAnswer}
+	return resp, nil
+}
+
+type limitedBody struct {
+	rc   io.ReadCloser
+	left int64
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		// One more byte tells a body of exactly maxAnswer from a longer one.
+		var one [1]byte
+		n, err := b.rc.Read(one[:])
+		if n > 0 {
+			return 0, fmt.Errorf("the vault's answer is larger than %d bytes (a secret is at most 25 KiB)", maxAnswer)
+		}
+		return 0, err
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.rc.Read(p)
+	b.left -= int64(n)
+	return n, err
+}
+
+func (b *limitedBody) Close() error { return b.rc.Close() }
 
 // vaultScope is the one token scope the node asks for to read a vault at uri: Key Vault's data
 // plane in the vault's cloud ("https://vault.azure.net/.default" for a vault under
