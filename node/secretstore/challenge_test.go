@@ -149,3 +149,41 @@ func TestHostileVaultHugeAnswer(t *testing.T) {
 		t.Errorf("error %q does not say the answer was too large", err)
 	}
 }
+
+// TestHostileVaultStrings: what a vault says besides the value (the secret's ID, whose last
+// segment is the version that logs and diagnostics show, and an error's code, which goes into the
+// client's FATAL) reaches the node's messages only when it has Key Vault's shape.
+func TestHostileVaultStrings(t *testing.T) {
+	junk := "\x1b[31mFATAL\ninjected " + strings.Repeat("x", 4096)
+	for _, tc := range []struct {
+		name    string
+		status  int
+		body    string
+		wantErr bool
+	}{
+		{"version", 200, `{"id":"https://evil.vault.azure.net/secrets/pg-user/` + strings.ReplaceAll(junk, "\n", `\n`) + `","value":"role"}`, false},
+		{"version with slashes", 200, `{"id":"https://evil.vault.azure.net/secrets/pg-user/a/b/c?x=1","value":"role"}`, false},
+		{"error code", 403, `{"error":{"code":"` + strings.ReplaceAll(junk, "\n", `\n`) + `","message":"no"}}`, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, st := hostileVault(t, func(w http.ResponseWriter, _ *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(tc.status)
+				_, _ = w.Write([]byte(strings.ReplaceAll(tc.body, "\x1b", `\u001b`)))
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			v, err := r.Get(ctx, st, "pg-user")
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("Get: %v, want error %v", err, tc.wantErr)
+			}
+			text := v.Version
+			if err != nil {
+				text = err.Error()
+			}
+			if strings.ContainsAny(text, "\x1b\n") || strings.Contains(text, "injected") || len(text) > 600 {
+				t.Errorf("the vault's text reached the node's message: %q", text)
+			}
+		})
+	}
+}

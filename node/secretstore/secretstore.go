@@ -21,6 +21,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -436,12 +437,20 @@ func (r *Reader) read(ctx context.Context, st resource.SecretStore, path string,
 	return *resp.Value, version, nil
 }
 
+var errorCodeRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{0,64}$`)
+
 // classify turns an SDK error into a Kind and a short message without response bodies.
 func classify(err error) (Kind, error) {
 	var re *azcore.ResponseError
 	if errors.As(err, &re) {
 		text := re.Error()
-		msg := fmt.Errorf("Key Vault answered HTTP %d %s", re.StatusCode, re.ErrorCode)
+		code := re.ErrorCode
+		if !errorCodeRE.MatchString(code) {
+			// Key Vault's codes are words ("Forbidden", "SecretDisabled"); a vault that says
+			// anything else does not get it into the client's FATAL and the node's logs.
+			code = "(an error code that is not Key Vault's)"
+		}
+		msg := fmt.Errorf("Key Vault answered HTTP %d %s", re.StatusCode, code)
 		switch {
 		case re.StatusCode == http.StatusForbidden && (strings.Contains(text, "SecretDisabled") || strings.Contains(text, "disabled secret")):
 			return KindDisabled, fmt.Errorf("%w: the secret is disabled", msg)
