@@ -86,14 +86,6 @@ func (e *entry) scrub(clientID, text string) string {
 	return strings.ReplaceAll(text, clientID, e.label)
 }
 
-// idText names e's identity in an error; s.mu must be held.
-func (e *entry) idText(clientID string) string {
-	if e.label != "" {
-		return "client ID from " + e.label
-	}
-	return fmt.Sprintf("client ID %q", clientID)
-}
-
 // newCached derives the refresh and usability times of a token obtained at now.
 func newCached(token string, expiresOn, now time.Time) *cached {
 	life := expiresOn.Sub(now)
@@ -129,7 +121,12 @@ func (s *Source) Token(ctx context.Context, clientID string) (token string, expi
 		if label != "" {
 			e.label = label
 		}
-		id := e.idText(clientID)
+		// This caller's errors name the identity as this caller knows it; the logs, shared by all
+		// callers of the identity, by the label once any caller gave one.
+		id := fmt.Sprintf("client ID %q", clientID)
+		if label != "" {
+			id = "client ID from " + label
+		}
 		now := s.now()
 		c := e.tok
 		if c != nil && now.Before(c.refreshAt) {
