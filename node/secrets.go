@@ -11,6 +11,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/ferryhq/ferry/node/health"
 	"github.com/ferryhq/ferry/node/pgproxy"
@@ -110,9 +112,11 @@ func (n *Node) secretCredentials(ctx context.Context, r resource.Resource) (heal
 	if err != nil {
 		return out, err
 	}
-	if u.Value == "" || strings.IndexFunc(u.Value, func(c rune) bool { return c < 0x20 || c == 0x7f }) >= 0 || len(u.Value) > 512 {
-		// Said without the value: a PostgreSQL role name is non-empty printable text.
-		return out, &secretError{msg: fmt.Sprintf("could not read username from secret store %s (Key Vault %s): secret %q (version %s) is not a role name (empty, over 512 bytes, or with control characters)", st.ID, st.VaultURI, r.UsernamePath, u.Version),
+	if !roleName(u.Value, r.UseAzureSingleServerUsernames) {
+		// Said without the value: a PostgreSQL role name is non-empty printable UTF-8 of at most
+		// 63 bytes (the server silently truncates a longer one, and then names the truncated role
+		// in its messages, which the scrubbing of the whole value would not catch).
+		return out, &secretError{msg: fmt.Sprintf("could not read username from secret store %s (Key Vault %s): secret %q (version %s) is not a role name (empty, over 63 bytes, not UTF-8, or with control characters)", st.ID, st.VaultURI, r.UsernamePath, u.Version),
 			hint: "store the PostgreSQL role name in the secret (for a JSON secret, as the string field the path's ?key= names)"}
 	}
 	out.Username = u.Value
@@ -134,6 +138,24 @@ func (n *Node) secretCredentials(ctx context.Context, r resource.Resource) (heal
 		out.Detail += fmt.Sprintf(", client ID %s (version %s)", r.ManagedIdentityClientIDPath, c.Version)
 	}
 	return out, nil
+}
+
+// maxRoleName is PostgreSQL's longest role name in bytes (NAMEDATALEN - 1).
+const maxRoleName = 63
+
+// roleName reports whether u, read from a secret store, can be a PostgreSQL role name: non-empty
+// valid UTF-8 without control or format characters, at most maxRoleName bytes (with Single
+// Server's user@server form, the part before the @; the whole at most 512).
+func roleName(u string, singleServer bool) bool {
+	if u == "" || len(u) > 512 || !utf8.ValidString(u) ||
+		strings.IndexFunc(u, func(c rune) bool { return unicode.IsControl(c) || unicode.Is(unicode.Cf, c) }) >= 0 {
+		return false
+	}
+	role := u
+	if singleServer {
+		role, _, _ = strings.Cut(u, "@")
+	}
+	return role != "" && len(role) <= maxRoleName
 }
 
 // withSecrets makes t read its username and client ID from r's secret store at login time.

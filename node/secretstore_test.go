@@ -268,14 +268,15 @@ func TestSecretStoreKeyVault(t *testing.T) {
 	// The values never leave: not in logs, the audit log, the API, or what the client holds.
 	out := []string{doctorOut.String()}
 	// The emulator's own log lines name identities and roles; the node's and the client's must not
-	// name the usernames. (The token source logs the client ID it asks IMDS for, an identifier.)
+	// name the usernames, nor the client IDs read from the store (the token source names their
+	// secret paths).
 	var logLines []string
 	for _, l := range strings.Split(logs.String(), "\n") {
 		if strings.Contains(l, "component=node") || strings.Contains(l, "component=client") {
 			logLines = append(logLines, l)
 		}
 	}
-	for _, v := range []string{role1, role2} {
+	for _, v := range []string{role1, role2, id1.ClientID, id2.ClientID, unassigned} {
 		if l := strings.Join(logLines, "\n"); strings.Contains(l, v) {
 			t.Errorf("the logs hold the secret username %q: …%s…", v, l[max(0, strings.Index(l, v)-300):min(len(l), strings.Index(l, v)+100)])
 		}

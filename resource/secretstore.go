@@ -126,3 +126,18 @@ func (p SecretPath) String() string {
 	}
 	return s
 }
+
+// serverNamedRoleRE finds the role names an Azure server quotes when a token logs in as another
+// role than its principal's: "... is mapped to role "r"." and "Connect as "r"." (see node/health).
+var serverNamedRoleRE = regexp.MustCompile(`(mapped to role|Connect as) "[^"]*"`)
+
+// HiddenRole stands for a role name a server named in a message about a resource whose username
+// comes from a secret store.
+const HiddenRole = "(not shown: the role name belongs in the secret store)"
+
+// HideServerNamedRoles replaces the role names a server's message quotes as the one it expected
+// with HiddenRole. For a resource whose username is read from a secret store, that role is the
+// value the secret should hold, as secret as the username the login sent.
+func HideServerNamedRoles(s string) string {
+	return serverNamedRoleRE.ReplaceAllString(s, `$1 `+HiddenRole)
+}

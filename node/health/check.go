@@ -188,8 +188,13 @@ type run struct {
 	secrets map[string]string // value -> label
 }
 
-// scrub replaces a username read from a secret store with its label.
+// scrub replaces a username read from a secret store with its label, and hides the role a server
+// names as the one it expected.
 func (x *run) scrub(s string) string {
+	if x.secrets != nil {
+		// The role the server expected is the value the secret should hold.
+		s = resource.HideServerNamedRoles(s)
+	}
 	for v, label := range x.secrets {
 		if v != "" {
 			s = strings.ReplaceAll(s, v, label)
@@ -314,6 +319,9 @@ func (x *run) identity() string {
 }
 
 func (x *run) token(ctx context.Context) (string, error) {
+	if label := x.secrets[x.r.ManagedIdentityClientID]; label != "" && x.r.ManagedIdentityClientID != "" {
+		ctx = tokensource.WithClientIDLabel(ctx, label)
+	}
 	tok, exp, err := x.c.cfg.Tokens.Token(ctx, x.r.ManagedIdentityClientID)
 	if err != nil {
 		return "", err

@@ -160,6 +160,9 @@ func expectedRole(pgErr *pgconn.PgError) string {
 // username to it, saying when the resource used the other server kind's form (username@servername
 // is Single Server's; a Flexible Server takes the role alone).
 func (x *run) wrongRoleHint(want string) string {
+	if x.secrets != nil {
+		return "the server maps the identity to another role than the username read from the secret store: store that role's name in the secret the resource's username path names (the role is not shown here: it is the secret's value)"
+	}
 	role, server, single := strings.Cut(want, "@")
 	if single {
 		h := fmt.Sprintf("the server expects the identity's role as %s (the Single Server form, username@servername): set the resource's username to %s", want, role)

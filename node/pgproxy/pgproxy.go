@@ -63,6 +63,7 @@ import (
 
 	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/node/serverhost"
+	"github.com/ferryhq/ferry/resource"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -138,12 +139,13 @@ func (t Target) label() string {
 	return t.Username
 }
 
-// scrub replaces the username in a text with its label when the username is secret.
+// scrub replaces the username in a text with its label when the username is secret, and hides the
+// role a server names as the one it expected (a value the secret should hold).
 func (t Target) scrub(s string) string {
 	if t.UsernameLabel == "" || t.Username == "" {
 		return s
 	}
-	return strings.ReplaceAll(s, t.Username, t.UsernameLabel)
+	return resource.HideServerNamedRoles(strings.ReplaceAll(s, t.Username, t.UsernameLabel))
 }
 
 // scrubbed is an error whose text had the secret username replaced; it unwraps to the original for

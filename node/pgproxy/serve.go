@@ -259,6 +259,9 @@ func (p *Proxy) token(ctx context.Context, t Target) (string, error) {
 	if p.cfg.Tokens == nil {
 		return "", fatal(audit.OutcomeFailed, "28000", "could not get an access token: the node has no token source configured", "", "Configure the node's managed identity token source.", nil)
 	}
+	if t.ClientIDLabel != "" {
+		ctx = tokensource.WithClientIDLabel(ctx, t.ClientIDLabel)
+	}
 	token, _, err := p.cfg.Tokens.Token(ctx, t.ClientID)
 	if err == nil && token == "" {
 		err = errors.New("the token source returned an empty token")

@@ -18,8 +18,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -188,9 +190,14 @@ func (r *Reader) client(st resource.SecretStore) (*azsecrets.Client, error) {
 	if r.cfg.Credential == nil {
 		return nil, errors.New("the node has no managed identity credential configured")
 	}
-	c, err := azsecrets.NewClient(uri, r.cfg.Credential(st.ManagedIdentityClientID), &azsecrets.ClientOptions{
+	scope, err := vaultScope(uri)
+	if err != nil {
+		return nil, err
+	}
+	cred := &scopedCredential{cred: r.cfg.Credential(st.ManagedIdentityClientID), scope: scope}
+	c, err := azsecrets.NewClient(uri, cred, &azsecrets.ClientOptions{
 		ClientOptions: azcore.ClientOptions{
-			Transport: r.cfg.HTTPClient,
+			Transport: limitedTransport{r.cfg.HTTPClient},
 			Retry: policy.RetryOptions{
 				MaxRetries:    int32(r.cfg.MaxRetries),
 				RetryDelay:    200 * time.Millisecond,
@@ -206,6 +213,94 @@ func (r *Reader) client(st resource.SecretStore) (*azsecrets.Client, error) {
 	r.clients[key] = c
 	return c, nil
 }
+
+// maxAnswer bounds the body of one answer from a vault: a secret is at most 25 KiB, and a vault
+// that sends more (a hostile one, an endless stream) fails the read instead of filling memory.
+const maxAnswer = 1 << 20
+
+// limitedTransport sends requests with the node's client and reads at most maxAnswer bytes of
+// each answer.
+type limitedTransport struct{ c *http.Client }
+
+// Do implements policy.Transporter.
+func (t limitedTransport) Do(req *http.Request) (*http.Response, error) {
+	resp, err := t.c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	resp.Body = &limitedBody{rc: resp.Body, left: maxAnswer}
+	return resp, nil
+}
+
+type limitedBody struct {
+	rc   io.ReadCloser
+	left int64
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		// One more byte tells a body of exactly maxAnswer from a longer one.
+		var one [1]byte
+		n, err := b.rc.Read(one[:])
+		if n > 0 {
+			return 0, fmt.Errorf("the vault's answer is larger than %d bytes (a secret is at most 25 KiB)", maxAnswer)
+		}
+		return 0, err
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.rc.Read(p)
+	b.left -= int64(n)
+	return n, err
+}
+
+func (b *limitedBody) Close() error { return b.rc.Close() }
+
+// vaultScope is the one token scope the node asks for to read a vault at uri: Key Vault's data
+// plane in the vault's cloud ("https://vault.azure.net/.default" for a vault under
+// .vault.azure.net).
+func vaultScope(uri string) (string, error) {
+	host := strings.TrimSuffix(strings.TrimPrefix(uri, "https://"), "/")
+	for _, suf := range resource.KeyVaultHostSuffixes {
+		if strings.HasSuffix(host, suf) {
+			return "https://" + strings.TrimPrefix(suf, ".") + "/.default", nil
+		}
+	}
+	return "", fmt.Errorf("%s is not under a Key Vault suffix", uri)
+}
+
+// scopedCredential gets tokens only for scope. azsecrets asks for the scope a vault's 401
+// challenge names, and checks only that the challenge's host is a suffix of the vault's: a vault
+// anyone can create under .vault.azure.net could name "https://azure.net" (or
+// "https://management.azure.com@vault.azure.net") and be sent the node's token for it.
+type scopedCredential struct {
+	cred  azcore.TokenCredential
+	scope string
+}
+
+// GetToken implements azcore.TokenCredential.
+func (c *scopedCredential) GetToken(ctx context.Context, opts policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	resOf := func(scope string) string { return strings.TrimSuffix(strings.TrimSuffix(scope, "/.default"), "/") }
+	if len(opts.Scopes) != 1 || !strings.EqualFold(resOf(opts.Scopes[0]), resOf(c.scope)) {
+		return azcore.AccessToken{}, &refusedScope{scopes: opts.Scopes, want: c.scope}
+	}
+	opts.Scopes = []string{c.scope}
+	return c.cred.GetToken(ctx, opts)
+}
+
+// refusedScope is a challenge that asked for a token of another resource than Key Vault.
+type refusedScope struct {
+	scopes []string
+	want   string
+}
+
+func (e *refusedScope) Error() string {
+	return fmt.Sprintf("the vault's challenge asked for a token for %q, not Key Vault's %s: refused (is this a Key Vault?)", strings.Join(e.scopes, " "), e.want)
+}
+
+// NonRetriable tells azcore not to retry.
+func (e *refusedScope) NonRetriable() {}
 
 // Get reads the secret at path (secret-name[/version][?key=field]) from store, from the cache while
 // it is fresh. ctx bounds the wait; the read itself is shared and bounded by Config.Timeout. When
@@ -342,12 +437,20 @@ func (r *Reader) read(ctx context.Context, st resource.SecretStore, path string,
 	return *resp.Value, version, nil
 }
 
+var errorCodeRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{0,64}$`)
+
 // classify turns an SDK error into a Kind and a short message without response bodies.
 func classify(err error) (Kind, error) {
 	var re *azcore.ResponseError
 	if errors.As(err, &re) {
 		text := re.Error()
-		msg := fmt.Errorf("Key Vault answered HTTP %d %s", re.StatusCode, re.ErrorCode)
+		code := re.ErrorCode
+		if !errorCodeRE.MatchString(code) {
+			// Key Vault's codes are words ("Forbidden", "SecretDisabled"); a vault that says
+			// anything else does not get it into the client's FATAL and the node's logs.
+			code = "(an error code that is not Key Vault's)"
+		}
+		msg := fmt.Errorf("Key Vault answered HTTP %d %s", re.StatusCode, code)
 		switch {
 		case re.StatusCode == http.StatusForbidden && (strings.Contains(text, "SecretDisabled") || strings.Contains(text, "disabled secret")):
 			return KindDisabled, fmt.Errorf("%w: the secret is disabled", msg)

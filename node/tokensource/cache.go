@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
@@ -50,6 +51,39 @@ type entry struct {
 	notBefore time.Time // no fetch before this (backoff, Retry-After)
 	failures  int       // consecutive failed fetches
 	lastErr   error     // of the last failed fetch
+	// label stands for the client ID in logs and errors once a caller named one (a client ID read
+	// from a secret store is a secret value: only its path is shown).
+	label string
+}
+
+type labelKey struct{}
+
+// WithClientIDLabel returns a ctx under which Token's log lines and errors name the identity by
+// label (such as "secret se-…/PATH") instead of its client ID: a client ID read from a secret
+// store is a secret value. The label stays with the identity's cache entry, so the background
+// refresh logs it too.
+func WithClientIDLabel(ctx context.Context, label string) context.Context {
+	if label == "" {
+		return ctx
+	}
+	return context.WithValue(ctx, labelKey{}, label)
+}
+
+// idAttr is the log attribute naming e's identity; s.mu must be held.
+func (e *entry) idAttr(clientID string) []any {
+	if e.label != "" {
+		return []any{"client_id_from", e.label}
+	}
+	return []any{"client_id", clientID}
+}
+
+// scrub replaces the client ID in text (IMDS's errors quote its request URL) with e's label;
+// s.mu must be held.
+func (e *entry) scrub(clientID, text string) string {
+	if e.label == "" || clientID == "" {
+		return text
+	}
+	return strings.ReplaceAll(text, clientID, e.label)
 }
 
 // newCached derives the refresh and usability times of a token obtained at now.
@@ -76,12 +110,22 @@ func newCached(token string, expiresOn, now time.Time) *cached {
 func (s *Source) Token(ctx context.Context, clientID string) (token string, expiresOn time.Time, err error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
+	label, _ := ctx.Value(labelKey{}).(string)
 	for {
 		s.mu.Lock()
 		e := s.entries[clientID]
 		if e == nil {
 			e = &entry{}
 			s.entries[clientID] = e
+		}
+		if label != "" {
+			e.label = label
+		}
+		// This caller's errors name the identity as this caller knows it; the logs, shared by all
+		// callers of the identity, by the label once any caller gave one.
+		id := fmt.Sprintf("client ID %q", clientID)
+		if label != "" {
+			id = "client ID from " + label
 		}
 		now := s.now()
 		c := e.tok
@@ -103,8 +147,8 @@ func (s *Source) Token(ctx context.Context, clientID string) (token string, expi
 			// No usable token, and IMDS may not be asked before notBefore.
 			wait := notBefore.Sub(now)
 			if dl, ok := ctx.Deadline(); ok && wait > time.Until(dl) {
-				return "", time.Time{}, fmt.Errorf("get managed identity token (client ID %q): IMDS may not be asked again for %v (after %d failed requests or its Retry-After), longer than this request may wait; last error: %w",
-					clientID, wait.Round(time.Millisecond), failures, lastErr)
+				return "", time.Time{}, fmt.Errorf("get managed identity token (%s): IMDS may not be asked again for %v (after %d failed requests or its Retry-After), longer than this request may wait; last error: %w",
+					id, wait.Round(time.Millisecond), failures, lastErr)
 			}
 			t := time.NewTimer(wait)
 			select {
@@ -112,7 +156,7 @@ func (s *Source) Token(ctx context.Context, clientID string) (token string, expi
 				continue
 			case <-ctx.Done():
 				t.Stop()
-				return "", time.Time{}, fmt.Errorf("get managed identity token (client ID %q): %w (last error: %w)", clientID, ctx.Err(), lastErr)
+				return "", time.Time{}, fmt.Errorf("get managed identity token (%s): %w (last error: %w)", id, ctx.Err(), lastErr)
 			}
 		}
 		select {
@@ -121,11 +165,11 @@ func (s *Source) Token(ctx context.Context, clientID string) (token string, expi
 				continue // IMDS said when to ask again: wait for it if the deadline allows
 			}
 			if call.err != nil {
-				return "", time.Time{}, fmt.Errorf("get managed identity token (client ID %q): %w", clientID, call.err)
+				return "", time.Time{}, fmt.Errorf("get managed identity token (%s): %w", id, call.err)
 			}
 			return call.tok.token, call.tok.expiresOn, nil
 		case <-ctx.Done():
-			return "", time.Time{}, fmt.Errorf("get managed identity token (client ID %q): %w", clientID, ctx.Err())
+			return "", time.Time{}, fmt.Errorf("get managed identity token (%s): %w", id, ctx.Err())
 		}
 	}
 }
@@ -148,7 +192,7 @@ func (s *Source) startFetch(e *entry, clientID string) *flight {
 			ra := retryAfter(err)
 			e.notBefore = now.Add(max(backoff, ra))
 			f.err = err
-			args := []any{"client_id", clientID, "failures", e.failures, "next_attempt_in", max(backoff, ra), "err", err}
+			args := append(e.idAttr(clientID), "failures", e.failures, "next_attempt_in", max(backoff, ra), "err", e.scrub(clientID, err.Error()))
 			if e.tok != nil && now.Before(e.tok.usableTo) {
 				s.log.Warn("managed identity token refresh failed; the cached token is still used", append(args, "cached_expires_on", e.tok.expiresOn)...)
 			} else {
@@ -159,7 +203,7 @@ func (s *Source) startFetch(e *entry, clientID string) *flight {
 		e.failures, e.lastErr, e.notBefore = 0, nil, time.Time{}
 		e.tok = newCached(tok.Token, tok.ExpiresOn, now)
 		f.tok = e.tok
-		s.log.Info("managed identity token", "client_id", clientID, "expires_on", tok.ExpiresOn, "expires_in", tok.ExpiresOn.Sub(now).Round(time.Second), "refresh_at", e.tok.refreshAt)
+		s.log.Info("managed identity token", append(e.idAttr(clientID), "expires_on", tok.ExpiresOn, "expires_in", tok.ExpiresOn.Sub(now).Round(time.Second), "refresh_at", e.tok.refreshAt)...)
 	}()
 	return f
 }
@@ -175,7 +219,7 @@ func (s *Source) Invalidate(clientID, token string) {
 	if e == nil || e.tok == nil || e.tok.token != token {
 		return
 	}
-	s.log.Info("managed identity token dropped: the server refused it", "client_id", clientID, "expires_on", e.tok.expiresOn)
+	s.log.Info("managed identity token dropped: the server refused it", append(e.idAttr(clientID), "expires_on", e.tok.expiresOn)...)
 	e.tok = nil
 	// A refusal is not an IMDS failure: ask at once (unless IMDS said to wait).
 	if e.lastErr == nil {
