@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -57,6 +58,7 @@ type Daemon struct {
 	vnWhy    string       // why virtual-networking resources are served on loopback; "" when they are not
 	vnUp     sync.Mutex   // serializes attempts to bring up virtual networking (ensureVNet)
 	vnLast   time.Time    // the last attempt, guarded by vnUp
+	vnTrying atomic.Bool  // a background attempt runs (retryVNet)
 
 	link    nodeLink // the node's reachability, as the watchdog sees it (reconnect.go)
 	account account  // this device's status when the node does not answer (account.go)

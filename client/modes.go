@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/netip"
 	"runtime"
 	"slices"
 	"time"
@@ -155,6 +154,29 @@ func (d *Daemon) ensureVNet(ctx context.Context) {
 	d.vn, d.vnWhy = v, ""
 }
 
+// retryVNet tries again, in the background and at most every vnRetry, to bring up virtual
+// networking while a connected resource is served on loopback for want of it (an administrator
+// changed its mode, or the helper was not running yet): once it is up, the next poll moves the
+// resource (followModes). Called with d.mu held.
+func (d *Daemon) retryVNet() {
+	if d.vn != nil || d.opts.mode == ModeLoopback || d.ctx.Err() != nil {
+		return
+	}
+	fallback := false
+	for _, l := range d.listeners {
+		fallback = fallback || l.fallback
+	}
+	if !fallback || !d.vnTrying.CompareAndSwap(false, true) {
+		return
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer d.vnTrying.Store(false)
+		d.ensureVNet(d.ctx)
+	}()
+}
+
 // vnUnavailable is the one message a person gets when virtual networking cannot be had: what
 // happened, what Ferry does instead, and the command that fixes it.
 func vnUnavailable(err error, s api.Settings) string {
@@ -229,9 +251,15 @@ func (d *Daemon) followModes(byName map[string]api.Resource) (changed bool) {
 				continue
 			}
 			d.vn.disconnect(r.Name)
-		default:
-			if _, err := netip.ParseAddrPort(r.VNAddress); err == nil && r.VNAddress != vr.VNAddress {
-				_, _ = d.vn.connect(r)
+		case r.VNAddress != vr.VNAddress || r.Subdomain != vr.Subdomain:
+			// Moved or renamed: served at its new address under its new alias, or no longer at all
+			// when the new address cannot be served (outside the TUN's subnet): its old one may be
+			// another resource's by now.
+			if _, err := d.vn.connect(r); err != nil {
+				d.vn.disconnect(r.Name)
+				d.state.Connected = slices.DeleteFunc(d.state.Connected, func(s string) bool { return s == r.Name })
+				changed = true
+				d.log.Error("resource moved to an address this client cannot serve: stopped serving it; connect it again", "resource", r.Name, "err", err)
 			}
 		}
 	}

@@ -184,6 +184,15 @@ func (v *vnet) refresh(ctx context.Context) {
 		v.log.Debug("could not refresh DNS aliases", "err", err)
 		return
 	}
+	v.setRecords(rs)
+}
+
+// setRecords makes the aliases those of rs, the node's current list (follow calls it on every poll,
+// so a renamed, moved or revoked alias resolves as the catalog says within a poll).
+func (v *vnet) setRecords(rs []api.Resource) {
+	if v.dns == nil {
+		return
+	}
 	recs := map[string]netip.Addr{}
 	for _, r := range rs {
 		ap, err := netip.ParseAddrPort(r.VNAddress)
@@ -216,7 +225,9 @@ func (v *vnet) connect(r api.Resource) (ResourceStatus, error) {
 		return ResourceStatus{}, fmt.Errorf("connect %s: its virtual networking address %q is not in the org's subnet %s", r.Name, r.VNAddress, v.subnet)
 	}
 	v.mu.Lock()
-	if old, ok := v.byName[r.Name]; ok {
+	// Its old address is freed only while it is still its own: when the catalog swapped or rotated
+	// addresses, another resource may have taken it over already in this round.
+	if old, ok := v.byName[r.Name]; ok && v.connected[old].Name == r.Name {
 		delete(v.connected, old)
 	}
 	v.connected[ap] = r
@@ -234,16 +245,20 @@ func (v *vnet) disconnect(name string) bool {
 	ap, ok := v.byName[name]
 	if ok {
 		delete(v.byName, name)
-		delete(v.connected, ap)
+		if v.connected[ap].Name == name { // not an address another resource took over
+			delete(v.connected, ap)
+		}
 	}
 	return ok
 }
 
+// isConnected returns r as served when the named resource is served at its address.
 func (v *vnet) isConnected(name string) (api.Resource, bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	ap, ok := v.byName[name]
-	return v.connected[ap], ok
+	r := v.connected[ap]
+	return r, ok && r.Name == name
 }
 
 func (v *vnet) list() []api.Resource {
