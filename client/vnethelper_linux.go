@@ -597,6 +597,15 @@ func openTUNViaHelper(ctx context.Context, sock string, cfg netstack.TUNConfig) 
 	}
 	c := nc.(*net.UnixConn)
 	fail := func(err error) (tun.Device, dnsConfigurer, error) { c.Close(); return nil, nil, err }
+	// Only root's helper (or one of this user's own) is asked: another local user's process at
+	// the socket would hand over a TUN of its choosing (one in a namespace it owns, say) and so
+	// reach the resources through this client as this user.
+	switch uid, err := peerUID(c); {
+	case err != nil:
+		return fail(fmt.Errorf("vnet-helper: peer credentials at %s: %w", sock, err))
+	case uid != 0 && uid != os.Getuid():
+		return fail(fmt.Errorf("%w: the process at %s runs as uid %d, not root: refusing it (another local user may have put it there)", errNoHelper, sock, uid))
+	}
 	b, _ := json.Marshal(helperRequest{Op: "tun", Name: cfg.Name, Subnet: cfg.Subnet.String(), MTU: cfg.MTU})
 	if _, err := c.Write(append(b, '\n')); err != nil {
 		return fail(fmt.Errorf("vnet-helper: %w", err))
