@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferryhq/ferry/api"
@@ -42,6 +43,11 @@ const (
 	// gets a RST (its SYN retransmission timer is 1 s, so a client never waits on a dead node
 	// for more than its own connect timeout).
 	vnForwardTimeout = 5 * time.Second
+
+	// vnHandshakeTimeout bounds the local handshake that follows a successful dial through the
+	// tunnel (a local client ACKs the SYN-ACK within milliseconds); a connection to the node kept
+	// for a flow whose handshake never completed is closed after it.
+	vnHandshakeTimeout = 30 * time.Second
 
 	// vnRefresh is how often the alias records are refreshed from the node.
 	vnRefresh = 30 * time.Second
@@ -289,8 +295,26 @@ func (v *vnet) forward(ctx context.Context, f netstack.Flow) (func(net.Conn), er
 		v.log.Warn("could not reach the node", "resource", r.Name, "client", f.Remote, "err", err)
 		return nil, err
 	}
+	// The local handshake may still fail (its client gave up: the SYN-ACK meets a RST), and then
+	// the stack never calls the handler: up is closed and the daemon's count of running work
+	// released once the handshake has had vnHandshakeTimeout, or at once when the daemon closes.
+	var state atomic.Int32 // 0 pending, 1 handled, 2 abandoned
 	v.d.wg.Add(1)
+	abandon := func() {
+		if state.CompareAndSwap(0, 2) {
+			_ = up.Close()
+			v.d.wg.Done()
+		}
+	}
+	timer := time.AfterFunc(vnHandshakeTimeout, abandon)
+	stop := context.AfterFunc(v.d.ctx, abandon)
 	return func(c net.Conn) {
+		timer.Stop()
+		stop()
+		if !state.CompareAndSwap(0, 1) {
+			_ = c.Close()
+			return
+		}
 		defer v.d.wg.Done()
 		splice(v.d.ctx, c, up)
 	}, nil
