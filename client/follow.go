@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"net"
 	"slices"
 	"time"
 
@@ -67,7 +66,7 @@ func (d *Daemon) follow(rs []api.Resource) {
 			changed = true
 			d.log.Warn("resource is no longer available to you: stopped listening", "resource", name, "address", l.res.LoopbackAddress)
 		case r.LoopbackAddress != l.res.LoopbackAddress:
-			ln, err := net.Listen("tcp", r.LoopbackAddress)
+			ln, err := listenLoopback(r.LoopbackAddress)
 			if err != nil {
 				d.log.Error("resource moved but its new address is busy; keeping the old one", "resource", name, "address", r.LoopbackAddress, "err", err)
 				// Still this resource: connections at the old address go where it is now, not to

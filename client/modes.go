@@ -2,8 +2,10 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"runtime"
 	"slices"
 	"time"
@@ -205,9 +207,26 @@ func (d *Daemon) connectMode(r api.Resource) (ResourceStatus, error) {
 	return d.listen(r, d.wantMode(r) == ModeVirtualNetworking)
 }
 
+// listenLoopback listens on addr, which must be a loopback IP and port as the node assigns them:
+// whatever the catalog says, the client never opens a resource to the network ("0.0.0.0:5432", a LAN
+// address) or listens on a name.
+func listenLoopback(addr string) (net.Listener, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().Unmap().IsLoopback() {
+		return nil, fmt.Errorf("%w: %q (ask an administrator to correct the resource's address)", errNotLoopback, addr)
+	}
+	return net.Listen("tcp", ap.String())
+}
+
+// errNotLoopback refuses a resource's loopback address that is not a loopback IP and port.
+var errNotLoopback = errors.New("not a loopback IP address and port, refusing to listen there")
+
 // listen serves r on its loopback address; called with d.mu held.
 func (d *Daemon) listen(r api.Resource, fallback bool) (ResourceStatus, error) {
-	ln, err := net.Listen("tcp", r.LoopbackAddress)
+	ln, err := listenLoopback(r.LoopbackAddress)
+	if errors.Is(err, errNotLoopback) {
+		return ResourceStatus{}, fmt.Errorf("connect %s: %w", r.Name, err)
+	}
 	if err != nil {
 		return ResourceStatus{}, fmt.Errorf("connect %s: listen on %s (is another program using that port? an administrator can set a port override): %w", r.Name, r.LoopbackAddress, err)
 	}

@@ -224,3 +224,52 @@ func TestFollowBusyMoveStillReachesTheResource(t *testing.T) {
 		t.Errorf("status address %q, want %q where it still listens", row.Address, r.LoopbackAddress)
 	}
 }
+
+// TestListenOnlyOnLoopback: whatever loopback address the catalog gives a resource (an
+// administrator's edit through the API, a faulty node), the client listens only on a loopback IP:
+// never on every interface or a LAN address, where the database would be open to the network as
+// this user; when the address of a connected resource moves there, it stays where it was.
+func TestListenOnlyOnLoopback(t *testing.T) {
+	tests := []struct {
+		addr string
+		ok   bool
+	}{
+		{"127.0.0.1:0", true},
+		{"127.0.0.9:0", true},
+		{"[::1]:0", true},
+		{"0.0.0.0:0", false},
+		{"[::]:0", false},
+		{":0", false},
+		{"[::ffff:0.0.0.0]:0", false},
+		{"localhost:0", false},
+		{"", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.addr, func(t *testing.T) {
+			d := followDaemon(t, false)
+			r := api.Resource{Name: "a", ConnectivityMode: ModeLoopback, LoopbackAddress: tc.addr, VNAddress: "100.64.0.3:5432"}
+			d.mu.Lock()
+			_, err := d.listen(r, false)
+			l := d.listeners[r.Name]
+			d.mu.Unlock()
+			if (err == nil) != tc.ok {
+				t.Fatalf("listen on %q: %v, want ok %v", tc.addr, err, tc.ok)
+			}
+			if !tc.ok {
+				return
+			}
+			if ip := l.ln.Addr().(*net.TCPAddr).IP; !ip.IsLoopback() {
+				t.Fatalf("listening on %s", l.ln.Addr())
+			}
+			// Moved by the catalog to every interface: it stays on loopback.
+			moved := r
+			moved.LoopbackAddress = "0.0.0.0:0"
+			d.follow([]api.Resource{moved})
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			if ip := d.listeners[r.Name].ln.Addr().(*net.TCPAddr).IP; !ip.IsLoopback() {
+				t.Errorf("after the move, listening on %s", d.listeners[r.Name].ln.Addr())
+			}
+		})
+	}
+}
