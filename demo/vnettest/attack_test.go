@@ -1,6 +1,7 @@
 package vnettest
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -12,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
 	"github.com/ferryhq/ferry/node"
@@ -80,4 +84,130 @@ func TestVNAbandonedConnects(t *testing.T) {
 	if err := d.Stop(syscall.SIGTERM, 20*time.Second); err != nil {
 		t.Errorf("after abandoned connects: %v\n%s", err, d.Output())
 	}
+}
+
+// TestRevokeEndsBothModes: one daemon serves a loopback resource and a virtual-networking one; a
+// psql session runs on each; revoking the grant that covers both ends both sessions with a FATAL
+// naming the revocation, and neither resource takes a new session afterwards.
+func TestRevokeEndsBothModes(t *testing.T) {
+	need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
+	if err != nil {
+		t.Fatalf("start demo: %v", err)
+	}
+	t.Cleanup(func() { env.Close() })
+	admin := env.Daemon.API()
+	var names []string
+	for _, mode := range []string{resource.ModeLoopback, resource.ModeVirtualNetworking} {
+		r := resource.New("dev-" + mode)
+		r.Hostname = env.Emu.Hostname()
+		r.Database, r.Username = demo.Database, demo.Role
+		r.ManagedIdentityClientID = demo.ClientID
+		r.Subdomain = "dev-" + mode
+		r.BindInterface = demo.RandomLoopbackIP()
+		r.ConnectivityMode = mode
+		r.Tags = map[string]string{"env": "dev"}
+		if _, err := admin.AddDatasource(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, r.Name)
+	}
+	if err := admin.AddRole(ctx, "developers"); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.Grant(ctx, "developers", "tag:env=dev"); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.AddUser(ctx, api.NewUser{Name: "engineer", Roles: []string{"developers"}}); err != nil {
+		t.Fatal(err)
+	}
+	n := newNetns(t)
+	dirs := client.Dirs{Config: filepath.Join(t.TempDir(), "cfg"), Runtime: filepath.Join(t.TempDir(), "run")}
+	if _, err := n.Login(ctx, env.Node, dirs, "engineer", "netns-revoke"); err != nil {
+		t.Fatal(err)
+	}
+	d := startProcess(t, n, dirs, nil, []string{os.Args[0], "daemon"}, true)
+	ctl := client.NewControl(dirs)
+	type session struct {
+		cmd *exec.Cmd
+		out *bytes.Buffer
+	}
+	var sessions []session
+	for i, name := range names {
+		r, err := ctl.Connect(ctx, name)
+		if err != nil {
+			t.Fatalf("connect %s: %v\n%s", name, err, d.Output())
+		}
+		if want := []string{client.ModeLoopback, client.ModeVirtualNetworking}[i]; r.Serving != want {
+			t.Fatalf("%s served as %q, want %q", name, r.Serving, want)
+		}
+		host, port, _ := net.SplitHostPort(r.Address)
+		cmd := n.Command(ctx, "psql", fmt.Sprintf("host=%s port=%s dbname=%s user=%s sslmode=disable", host, port, demo.Database, demo.Role), "-X", "-c", "select pg_sleep(60)")
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sessions = append(sessions, session{cmd, &out})
+	}
+	t.Cleanup(func() {
+		for _, s := range sessions {
+			_ = s.cmd.Process.Kill()
+		}
+	})
+	// Both statements run on the server before the revocation.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if n := runningSleeps(t, ctx, env); n == "2" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("psql sessions not both running: %q, %q\n%s", sessions[0].out.String(), sessions[1].out.String(), d.Output())
+		}
+	}
+	if err := admin.Revoke(ctx, "developers", "tag:env=dev"); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range sessions {
+		done := make(chan error, 1)
+		go func() { done <- s.cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(s.out.String(), "FATAL") || !strings.Contains(s.out.String(), "revoked") {
+				t.Errorf("psql on %s after the revocation: %v: %q, want a FATAL about the revocation", names[i], err, s.out.String())
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("psql on %s still runs 30 s after the revocation", names[i])
+		}
+	}
+	for _, name := range names {
+		r, err := ctl.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, row := range r.Resources {
+			if row.Name == name {
+				t.Errorf("%s is still listed to the engineer after the revocation: %+v", name, row)
+			}
+		}
+	}
+	if err := d.Stop(syscall.SIGTERM, 20*time.Second); err != nil {
+		t.Errorf("stop: %v\n%s", err, d.Output())
+	}
+}
+
+// runningSleeps counts the server's backends running the test's pg_sleep(60).
+func runningSleeps(t *testing.T, ctx context.Context, env *demo.Env) string {
+	t.Helper()
+	c, err := pgconn.Connect(ctx, env.Emu.SuperuserConnString()+" dbname="+demo.Database)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	res, err := c.Exec(ctx, "select count(*) from pg_stat_activity where query = 'select pg_sleep(60)' and state = 'active'").ReadAll()
+	if err != nil || len(res) == 0 || len(res[0].Rows) == 0 {
+		t.Fatalf("count running statements: %v", err)
+	}
+	return string(res[0].Rows[0][0])
 }
