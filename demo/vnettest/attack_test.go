@@ -159,7 +159,7 @@ func TestRevokeEndsBothModes(t *testing.T) {
 	})
 	// Both statements run on the server before the revocation.
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		if n := runningSleeps(t, ctx, env); n == "2" {
+		if n := runningSleeps(t, ctx, env, "select pg_sleep(60)"); n == "2" {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -197,17 +197,117 @@ func TestRevokeEndsBothModes(t *testing.T) {
 	}
 }
 
-// runningSleeps counts the server's backends running the test's pg_sleep(60).
-func runningSleeps(t *testing.T, ctx context.Context, env *demo.Env) string {
+// runningSleeps counts the server's backends running the statement sql.
+func runningSleeps(t *testing.T, ctx context.Context, env *demo.Env, sql string) string {
 	t.Helper()
 	c, err := pgconn.Connect(ctx, env.Emu.SuperuserConnString()+" dbname="+demo.Database)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close(context.Background())
-	res, err := c.Exec(ctx, "select count(*) from pg_stat_activity where query = 'select pg_sleep(60)' and state = 'active'").ReadAll()
+	res, err := c.Exec(ctx, "select count(*) from pg_stat_activity where query = '"+strings.ReplaceAll(sql, "'", "''")+"' and state = 'active'").ReadAll()
 	if err != nil || len(res) == 0 || len(res[0].Rows) == 0 {
 		t.Fatalf("count running statements: %v", err)
 	}
 	return string(res[0].Rows[0][0])
+}
+
+// TestModeFlipMovesConnectedResource: a daemon that serves only loopback resources (no TUN) has
+// one of them changed to virtual networking by an administrator while a psql session runs on it:
+// the daemon brings up the TUN by itself and moves the resource to its alias, the running session
+// goes on to its end, and a changed-back resource returns to loopback; the daemon then stops
+// cleanly and leaves the namespace as it was.
+func TestModeFlipMovesConnectedResource(t *testing.T) {
+	need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
+	if err != nil {
+		t.Fatalf("start demo: %v", err)
+	}
+	t.Cleanup(func() { env.Close() })
+	admin := env.Daemon.API()
+	n := newNetns(t)
+	dirs := client.Dirs{Config: filepath.Join(t.TempDir(), "cfg"), Runtime: filepath.Join(t.TempDir(), "run")}
+	if _, err := n.Login(ctx, env.Node, dirs, node.DefaultAdmin, "netns-flip"); err != nil {
+		t.Fatal(err)
+	}
+	before := n.snapshot(t)
+	d := startProcess(t, n, dirs, nil, []string{os.Args[0], "daemon"}, true)
+	ctl := client.NewControl(dirs)
+	r, err := ctl.Connect(ctx, demo.ResourceName)
+	if err != nil || r.Serving != client.ModeLoopback {
+		t.Fatalf("connect: %+v, %v\n%s", r, err, d.Output())
+	}
+	psql := func(addr, sql string) *exec.Cmd {
+		host, port, _ := net.SplitHostPort(addr)
+		return n.Command(ctx, "psql", fmt.Sprintf("host=%s port=%s dbname=%s user=%s sslmode=disable connect_timeout=10", host, port, demo.Database, demo.Role), "-X", "-A", "-t", "-c", sql)
+	}
+	running := psql(r.Address, "select pg_sleep(8), 'kept'")
+	var runOut bytes.Buffer
+	running.Stdout, running.Stderr = &runOut, &runOut
+	if err := running.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = running.Process.Kill() })
+	for deadline := time.Now().Add(30 * time.Second); runningSleeps(t, ctx, env, "select pg_sleep(8), 'kept'") != "1"; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the session on loopback does not run: %q", runOut.String())
+		}
+	}
+
+	setMode := func(mode string) {
+		t.Helper()
+		all, err := admin.Datasources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range all.Datasources {
+			if x.Name == demo.ResourceName {
+				x.ConnectivityMode = mode
+				if _, err := admin.UpdateDatasource(ctx, x.Name, x); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+		}
+		t.Fatalf("%s not in the catalog", demo.ResourceName)
+	}
+	waitServed := func(mode string) client.ResourceStatus {
+		t.Helper()
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+			st, err := ctl.Status(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, row := range st.Resources {
+				if row.Name == demo.ResourceName && row.Connected && row.Serving == mode && !row.Fallback {
+					return row
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not served in %s mode after the change: %+v\n%s", demo.ResourceName, mode, st, d.Output())
+			}
+		}
+	}
+	setMode(resource.ModeVirtualNetworking)
+	vn := waitServed(client.ModeVirtualNetworking)
+	if out, err := psql(vn.Address, "select 'moved'").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "moved" {
+		t.Fatalf("psql at %s after the move: %v: %s\n%s", vn.Address, err, out, d.Output())
+	}
+	if err := running.Wait(); err != nil || !strings.Contains(runOut.String(), "kept") {
+		t.Errorf("the session opened before the move: %v: %q, want it to finish", err, runOut.String())
+	}
+
+	setMode(resource.ModeLoopback)
+	lo := waitServed(client.ModeLoopback)
+	if out, err := psql(lo.Address, "select 'back'").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "back" {
+		t.Fatalf("psql at %s after moving back: %v: %s\n%s", lo.Address, err, out, d.Output())
+	}
+	if err := d.Stop(syscall.SIGTERM, 20*time.Second); err != nil {
+		t.Errorf("stop: %v\n%s", err, d.Output())
+	}
+	if after := n.snapshot(t); after != before {
+		t.Errorf("after exit:\n%s\nbefore:\n%s", after, before)
+	}
 }
