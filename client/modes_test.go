@@ -28,7 +28,7 @@ func followDaemon(t *testing.T, vn bool) *Daemon {
 		settings: api.Settings{ConnectivityMode: ModeLoopback, VNSubnet: "100.64.0.0/10", DNSDomain: "ferry.internal"}}
 	if vn {
 		d.vn = &vnet{d: d, log: d.log, settings: d.settings, subnet: netip.MustParsePrefix(d.settings.VNSubnet),
-			connected: map[netip.AddrPort]api.Resource{}, byName: map[string]netip.AddrPort{}}
+			connected: map[netip.AddrPort]api.Resource{}, byName: map[string]netip.AddrPort{}, aliases: true}
 		dns, err := resolver.New(resolver.Config{Domain: d.settings.DNSDomain, Logger: d.log})
 		if err != nil {
 			t.Fatal(err)

@@ -87,6 +87,9 @@ type vnet struct {
 	ts       *netstack.TUNStack
 	dns      *resolver.Server
 	undoDNS  func() error
+	// aliases: the system sends the org domain to the resolver, so an alias is an address local
+	// programs can use; without it, status and connect give the VN IP instead (address).
+	aliases bool
 
 	mu        sync.Mutex
 	connected map[netip.AddrPort]api.Resource // by VN address
@@ -151,8 +154,9 @@ func (d *Daemon) newVNet(ctx context.Context, s api.Settings) (_ *vnet, err erro
 	v.undoDNS, err = dnsConf(ctx, dnsSpec{Interface: v.ts.Name(), Server: resolverIP, Domain: v.dns.Domain()}, v.log)
 	if err != nil {
 		// Addresses still work; names need the OS told where to ask.
-		v.log.Warn("could not configure the system's DNS for the org domain: aliases resolve only when asked directly", "resolver", resolverIP, "err", err)
+		v.log.Warn("could not configure the system's DNS for the org domain: resources are given by VN IP, their aliases resolve only when the resolver is asked directly", "resolver", resolverIP, "err", err)
 	}
+	v.aliases = err == nil
 	v.log.Info("virtual networking up", "tun", v.ts.Name(), "subnet", subnet, "resolver", raddr, "domain", s.DNSDomain, "upstreams", upstreams)
 	return v, nil
 }
@@ -212,13 +216,14 @@ func (v *vnet) setRecords(rs []api.Resource) {
 	}
 }
 
-// address is where local programs reach r in this mode: "alias:port", or "ip:port" without alias.
+// address is where local programs reach r in this mode: "alias:port", or "ip:port" without alias
+// or when the system does not ask Ferry's resolver for the org domain.
 func (v *vnet) address(r api.Resource) string {
 	ap, err := netip.ParseAddrPort(r.VNAddress)
 	if err != nil {
 		return r.VNAddress
 	}
-	if n := resolver.FQDN(r.Subdomain, v.settings.DNSDomain); n != "" {
+	if n := resolver.FQDN(r.Subdomain, v.settings.DNSDomain); n != "" && v.aliases {
 		return net.JoinHostPort(strings.TrimSuffix(n, "."), strconv.Itoa(int(ap.Port())))
 	}
 	return ap.String()

@@ -18,6 +18,7 @@ import (
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/demo/vnet"
 	"github.com/ferryhq/ferry/node"
 	"github.com/ferryhq/ferry/resource"
 )
@@ -309,5 +310,92 @@ func TestModeFlipMovesConnectedResource(t *testing.T) {
 	}
 	if after := n.snapshot(t); after != before {
 		t.Errorf("after exit:\n%s\nbefore:\n%s", after, before)
+	}
+}
+
+// TestStatusAddressWithoutSystemDNS: when the client has its TUN but the system's DNS could not be
+// pointed at Ferry's resolver (here the helper may not edit resolv.conf and there is no
+// systemd-resolved), the address that connect and status give (and the app copies) is the one
+// that works, the VN IP, not an alias that nothing on the machine resolves.
+func TestStatusAddressWithoutSystemDNS(t *testing.T) {
+	need(t)
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("needs setpriv (util-linux) to run the client as an ordinary user")
+	}
+	const nobody = 65534
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
+	if err != nil {
+		t.Fatalf("start demo: %v", err)
+	}
+	t.Cleanup(func() { env.Close() })
+	addVNResource(t, ctx, env, resource.ModeVirtualNetworking)
+	settings, err := env.Daemon.API().Settings(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := newNetns(t)
+	shared, err := os.MkdirTemp("", "ferry-nodns-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shared) })
+	if err := os.Chmod(shared, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(shared, "ferry")
+	sh(t, "cp", os.Args[0], bin)
+	dirs := client.Dirs{Config: filepath.Join(shared, "cfg"), Runtime: filepath.Join(shared, "run")}
+	if _, err := n.Login(ctx, env.Node, dirs, node.DefaultAdmin, "netns-nodns"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(dirs.Runtime, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, "chown", "-R", fmt.Sprint(nobody), dirs.Config, dirs.Runtime)
+	sock := filepath.Join(shared, "helper", "vnet.sock")
+	// No --allow-resolv-conf, and the namespace has no systemd-resolved: DNS is refused.
+	helper := startProcess(t, n, dirs, nil, []string{bin, "vnet-helper", "--user", fmt.Sprint(nobody),
+		"--subnet", settings.VNSubnet, "--domain", settings.DNSDomain, "--socket", sock, "--state", filepath.Join(shared, "helper-state")}, false)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the helper did not start:\n%s", helper.Output())
+		}
+	}
+	asNobody := []string{"setpriv", "--reuid", fmt.Sprint(nobody), "--regid", fmt.Sprint(nobody), "--clear-groups", bin}
+	d := startProcess(t, n, dirs, []string{client.EnvVNetHelper + "=" + sock}, append(asNobody, "daemon"), false)
+	t.Setenv(client.EnvConfigDir, dirs.Config)
+	t.Setenv(client.EnvRuntimeDir, dirs.Runtime)
+	t.Setenv(vnet.EnvRunCLI, "1")
+	var out []byte
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(300 * time.Millisecond) {
+		if out, err = n.Command(ctx, append(asNobody, "connect", vnResource)...).CombinedOutput(); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("connect: %v: %s\ndaemon:\n%s", err, out, d.Output())
+		}
+	}
+	st, err := n.Command(ctx, append(asNobody, "status")...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("status: %v\n%s", err, st)
+	}
+	if l := statusLine(string(st), vnResource); !strings.Contains(l, "  virtual networking  ") {
+		t.Fatalf("%s not served through the TUN:\n%s\ndaemon:\n%s", vnResource, st, d.Output())
+	}
+	addr := strings.TrimSpace(string(out))
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatalf("connect printed %q", addr)
+	}
+	if got, err := n.Psql(ctx, fmt.Sprintf("host=%s port=%s dbname=%s user=%s sslmode=disable connect_timeout=10", host, port, demo.Database, demo.Role), "select 'reachable'"); err != nil || got != "reachable" {
+		t.Errorf("psql at the address connect printed, %s: %v: %s\ndaemon:\n%s", addr, err, got, d.Output())
+	}
+	if l := statusLine(string(st), vnResource); !strings.Contains(l, addr) {
+		t.Errorf("ferry status does not give %s:\n%s", addr, st)
 	}
 }
