@@ -299,10 +299,7 @@ func (d *Daemon) Connect(ctx context.Context, name string) (ResourceStatus, erro
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if st := d.row(r); st.Connected {
-		return st, nil
-	}
-	return d.connectMode(r)
+	return d.serve(r)
 }
 
 // Disconnect stops listening for the named resources (all when names is empty). Open sessions end.

@@ -198,6 +198,27 @@ func vnUnavailable(err error, s api.Settings) string {
 	return fmt.Sprintf("Virtual networking is not available on this device, so resources set to virtual networking are served on loopback addresses instead (their DNS aliases do not resolve here). To use virtual networking, %s. (%v)", fix, err)
 }
 
+// serve is Connect once r is known: r's row when it is served already, else r served in its mode.
+// A resource served on loopback as a fallback is moved to virtual networking now when the TUN has
+// come up since (the helper was started, as the message says), so the address connect prints is
+// the one it is served at, not one that the next poll closes. Called with d.mu held.
+func (d *Daemon) serve(r api.Resource) (ResourceStatus, error) {
+	if l, ok := d.listeners[r.Name]; ok && l.fallback && d.vn != nil && d.wantMode(r) == ModeVirtualNetworking {
+		if _, err := d.vnConnect(r); err != nil {
+			d.log.Warn("could not move resource to virtual networking", "resource", r.Name, "err", err)
+			return d.row(r), nil
+		}
+		_ = l.ln.Close()
+		delete(d.listeners, r.Name)
+		d.log.Info("resource moved to virtual networking", "resource", r.Name, "address", d.vn.address(r))
+		return d.row(r), nil
+	}
+	if st := d.row(r); st.Connected {
+		return st, nil
+	}
+	return d.connectMode(r)
+}
+
 // connectMode serves r in its mode; called with d.mu held. A virtual-networking resource without a
 // TUN is served on its loopback address (fallback).
 func (d *Daemon) connectMode(r api.Resource) (ResourceStatus, error) {

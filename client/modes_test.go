@@ -2,12 +2,14 @@ package client
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -26,6 +28,10 @@ func followDaemon(t *testing.T, vn bool) *Daemon {
 	d := &Daemon{dirs: Dirs{Config: filepath.Join(root, "cfg"), Runtime: filepath.Join(root, "run")},
 		log: slog.New(slog.DiscardHandler), listeners: map[string]*listener{}, ctx: ctx, cancel: cancel,
 		settings: api.Settings{ConnectivityMode: ModeLoopback, VNSubnet: "100.64.0.0/10", DNSDomain: "ferry.internal"}}
+	// No node: the alias refresh a connect starts fails at once.
+	d.api = api.NewClient(func(context.Context, string, string) (net.Conn, error) {
+		return nil, errors.New("no node in this test")
+	}, time.Second)
 	if vn {
 		d.vn = &vnet{d: d, log: d.log, settings: d.settings, subnet: netip.MustParsePrefix(d.settings.VNSubnet),
 			connected: map[netip.AddrPort]api.Resource{}, byName: map[string]netip.AddrPort{}, aliases: true}
@@ -271,5 +277,30 @@ func TestListenOnlyOnLoopback(t *testing.T) {
 				t.Errorf("after the move, listening on %s", d.listeners[r.Name].ln.Addr())
 			}
 		})
+	}
+}
+
+// TestConnectMovesFallbackOnceTUNIsUp: connecting again a resource served on loopback as a fallback,
+// once the TUN is up (the helper started, as the message says), moves it to its alias there and
+// then, so the address connect prints is the one it is served at, not a loopback address the next
+// poll closes.
+func TestConnectMovesFallbackOnceTUNIsUp(t *testing.T) {
+	d := followDaemon(t, true)
+	r := vnRes("a", 3, "a")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.LoopbackAddress = ln.Addr().String()
+	d.listeners[r.Name] = &listener{res: r, ln: ln, fallback: true}
+	d.mu.Lock()
+	st, err := d.serve(r)
+	d.mu.Unlock()
+	if err != nil || st.Address != "a.ferry.internal:5432" || st.Serving != ModeVirtualNetworking || st.Fallback {
+		t.Fatalf("connect again: %+v, %v; want served at a.ferry.internal:5432 through the TUN", st, err)
+	}
+	if c, err := net.Dial("tcp", r.LoopbackAddress); err == nil {
+		c.Close()
+		t.Errorf("the fallback listener at %s still accepts", r.LoopbackAddress)
 	}
 }
