@@ -399,3 +399,54 @@ func TestStatusAddressWithoutSystemDNS(t *testing.T) {
 		t.Errorf("ferry status does not give %s:\n%s", addr, st)
 	}
 }
+
+// TestRootClientRefusesOverlappingSubnet: an administrator sets the org's VN subnet over a network
+// the laptop already routes (here the namespace's own link, as a LAN would be). A client running
+// as root creates its TUN itself, without the helper's check: it must refuse the subnet as the
+// helper does, serve the resource on loopback, say why, and leave the machine's routes alone.
+func TestRootClientRefusesOverlappingSubnet(t *testing.T) {
+	need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
+	if err != nil {
+		t.Fatalf("start demo: %v", err)
+	}
+	t.Cleanup(func() { env.Close() })
+	n := newNetns(t)
+	if !strings.HasPrefix(n.NSIP, "10.") {
+		t.Fatalf("the namespace's address %s is not in 10.0.0.0/8", n.NSIP)
+	}
+	if _, err := env.Daemon.API().UpdateSettings(ctx, api.Settings{VNSubnet: "10.0.0.0/8"}); err != nil {
+		t.Fatal(err)
+	}
+	addVNResource(t, ctx, env, resource.ModeVirtualNetworking)
+	dirs := client.Dirs{Config: filepath.Join(t.TempDir(), "cfg"), Runtime: filepath.Join(t.TempDir(), "run")}
+	if _, err := n.Login(ctx, env.Node, dirs, node.DefaultAdmin, "netns-overlap"); err != nil {
+		t.Fatal(err)
+	}
+	before := n.snapshot(t)
+	d := startProcess(t, n, dirs, nil, []string{os.Args[0], "daemon"}, true)
+	ctl := client.NewControl(dirs)
+	r, err := ctl.Connect(ctx, vnResource)
+	if err != nil {
+		t.Fatalf("connect: %v\n%s", err, d.Output())
+	}
+	st, err := ctl.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Serving != client.ModeLoopback || !r.Fallback || !strings.Contains(st.VNUnavailable, "overlaps") {
+		t.Errorf("with the org's subnet over the machine's link: served %q (fallback %v), status says %q; want the loopback fallback and why\n%s",
+			r.Serving, r.Fallback, st.VNUnavailable, d.Output())
+	}
+	if routes, err := n.Exec(ctx, "ip", "-4", "route", "show", "table", "all"); err != nil || strings.Contains(routes, "10.0.0.0/8") {
+		t.Errorf("routes of the namespace with the client running (%v):\n%s", err, routes)
+	}
+	if err := d.Stop(syscall.SIGTERM, 20*time.Second); err != nil {
+		t.Errorf("stop: %v\n%s", err, d.Output())
+	}
+	if after := n.snapshot(t); after != before {
+		t.Errorf("after exit:\n%s\nbefore:\n%s", after, before)
+	}
+}
