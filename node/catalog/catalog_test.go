@@ -183,3 +183,26 @@ func TestGivenAddressesChecked(t *testing.T) {
 		})
 	}
 }
+
+// TestSettingsDNSDomain: the org's DNS domain is a name of two labels or more: a top-level domain
+// would make clients running as root send every lookup under it (every .com name) to their
+// resolver, which answers the catalog's aliases.
+func TestSettingsDNSDomain(t *testing.T) {
+	for _, tc := range []struct {
+		domain string
+		ok     bool
+	}{
+		{"ferry.internal", true},
+		{"db.corp.example", true},
+		{"ferry.internal.", true},
+		{"com", false},
+		{"internal", false},
+		{"com.", false},
+		{"100.64.0.2", false},
+		{".", false},
+	} {
+		if err := ValidateSettings(Settings{DNSDomain: tc.domain}); (err == nil) != tc.ok {
+			t.Errorf("dns-domain %q: %v, want ok %v", tc.domain, err, tc.ok)
+		}
+	}
+}
