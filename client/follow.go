@@ -94,6 +94,9 @@ func (d *Daemon) follow(rs []api.Resource) {
 	}
 	if d.vn != nil {
 		d.vn.setRecords(rs)
+		if d.vn.tunGone() {
+			go d.vn.ts.Close() // watchVNet then falls back to loopback
+		}
 	}
 	d.retryVNet()
 	if changed {

@@ -154,6 +154,37 @@ func (d *Daemon) ensureVNet(ctx context.Context) {
 		return
 	}
 	d.vn, d.vnWhy = v, ""
+	d.wg.Add(1)
+	go d.watchVNet(v)
+}
+
+// watchVNet waits until v's TUN goes away while the daemon runs (the helper stopped and deleted it,
+// the interface was removed) and then serves v's resources on loopback as a fallback, says why, and
+// lets retryVNet bring virtual networking up again, instead of reporting them served at addresses
+// that no longer lead anywhere.
+func (d *Daemon) watchVNet(v *vnet) {
+	defer d.wg.Done()
+	select {
+	case <-d.ctx.Done():
+		return
+	case <-v.ts.Done():
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.vn != v || d.ctx.Err() != nil {
+		return
+	}
+	d.vn = nil
+	d.vnWhy = vnUnavailable(errors.New("the TUN device went away (was the helper stopped?)"), d.settings)
+	d.log.Warn(d.vnWhy)
+	for _, r := range v.list() {
+		v.disconnect(r.Name)
+		if _, err := d.listen(r, true); err != nil {
+			d.state.Connected = slices.DeleteFunc(d.state.Connected, func(s string) bool { return s == r.Name })
+			d.log.Error("virtual networking went away and the resource's loopback address is busy: stopped serving it", "resource", r.Name, "err", err)
+		}
+	}
+	go v.close() // DNS undone, resolver stopped; off d.mu
 }
 
 // retryVNet tries again, in the background and at most every vnRetry, to bring up virtual

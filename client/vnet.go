@@ -90,6 +90,7 @@ type vnet struct {
 	// aliases: the system sends the org domain to the resolver, so an alias is an address local
 	// programs can use; without it, status and connect give the VN IP instead (address).
 	aliases bool
+	ifIndex int // the TUN's interface index when it came up; 0 when unknown (tunGone)
 
 	mu        sync.Mutex
 	connected map[netip.AddrPort]api.Resource // by VN address
@@ -116,6 +117,11 @@ func (d *Daemon) newVNet(ctx context.Context, s api.Settings) (_ *vnet, err erro
 	dev, dnsConf, err := openTUN(ctx, d.dirs, netstack.TUNConfig{Name: d.opts.tunName, Addr: resource.TUNAddress(subnet), Subnet: subnet})
 	if err != nil {
 		return nil, err
+	}
+	if n, err := dev.Name(); err == nil {
+		if ifc, err := net.InterfaceByName(n); err == nil {
+			v.ifIndex = ifc.Index
+		}
 	}
 	upstreams := systemUpstreams(resolverIP)
 	v.ts, err = netstack.NewTUNStack(dev, netstack.Config{
@@ -159,6 +165,17 @@ func (d *Daemon) newVNet(ctx context.Context, s api.Settings) (_ *vnet, err erro
 	v.aliases = err == nil
 	v.log.Info("virtual networking up", "tun", v.ts.Name(), "subnet", subnet, "resolver", raddr, "domain", s.DNSDomain, "upstreams", upstreams)
 	return v, nil
+}
+
+// tunGone reports whether the TUN's interface is no longer there (the helper stopped and deleted
+// it, or someone removed it): reads on its descriptor then block for good instead of failing, so
+// follow asks on every poll.
+func (v *vnet) tunGone() bool {
+	if v.ifIndex == 0 {
+		return false
+	}
+	_, err := net.InterfaceByIndex(v.ifIndex)
+	return err != nil
 }
 
 // systemUpstreams returns the resolvers the system uses now (before Ferry), from /etc/resolv.conf.

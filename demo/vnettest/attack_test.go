@@ -450,3 +450,117 @@ func TestRootClientRefusesOverlappingSubnet(t *testing.T) {
 		t.Errorf("after exit:\n%s\nbefore:\n%s", after, before)
 	}
 }
+
+// TestHelperStoppedThenBack: an ordinary user's client serves a resource through the helper's TUN;
+// root stops the helper, which deletes the TUN. The client must not go on reporting the resource at
+// an alias that leads nowhere: it serves it on loopback as a fallback and says why, and once the
+// helper runs again it moves it back to its alias by itself.
+func TestHelperStoppedThenBack(t *testing.T) {
+	need(t)
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("needs setpriv (util-linux) to run the client as an ordinary user")
+	}
+	const nobody = 65534
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
+	if err != nil {
+		t.Fatalf("start demo: %v", err)
+	}
+	t.Cleanup(func() { env.Close() })
+	addVNResource(t, ctx, env, resource.ModeVirtualNetworking)
+	settings, err := env.Daemon.API().Settings(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := newNetns(t)
+	shared, err := os.MkdirTemp("", "ferry-helper-gone-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shared) })
+	if err := os.Chmod(shared, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(shared, "ferry")
+	sh(t, "cp", os.Args[0], bin)
+	dirs := client.Dirs{Config: filepath.Join(shared, "cfg"), Runtime: filepath.Join(shared, "run")}
+	if _, err := n.Login(ctx, env.Node, dirs, node.DefaultAdmin, "netns-helper-gone"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(dirs.Runtime, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, "chown", "-R", fmt.Sprint(nobody), dirs.Config, dirs.Runtime)
+	sock := filepath.Join(shared, "helper", "vnet.sock")
+	startHelper := func() *daemon {
+		h := startProcess(t, n, dirs, nil, []string{bin, "vnet-helper", "--user", fmt.Sprint(nobody),
+			"--subnet", settings.VNSubnet, "--domain", settings.DNSDomain, "--allow-resolv-conf", "--socket", sock, "--state", filepath.Join(shared, "helper-state")}, false)
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			if _, err := os.Stat(sock); err == nil {
+				return h
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the helper did not start:\n%s", h.Output())
+			}
+		}
+	}
+	helper := startHelper()
+	asNobody := []string{"setpriv", "--reuid", fmt.Sprint(nobody), "--regid", fmt.Sprint(nobody), "--clear-groups", bin}
+	d := startProcess(t, n, dirs, []string{client.EnvVNetHelper + "=" + sock}, append(asNobody, "daemon"), false)
+	t.Setenv(client.EnvConfigDir, dirs.Config)
+	t.Setenv(client.EnvRuntimeDir, dirs.Runtime)
+	t.Setenv(vnet.EnvRunCLI, "1")
+	cli := func(args ...string) (string, error) {
+		out, err := n.Command(ctx, append(asNobody, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	alias := vnResource + "." + settings.DNSDomain
+	psqlAt := func(addr, want string) {
+		t.Helper()
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			t.Fatalf("address %q: %v", addr, err)
+		}
+		if out, err := n.Psql(ctx, fmt.Sprintf("host=%s port=%s dbname=%s user=%s sslmode=disable connect_timeout=10", host, port, demo.Database, demo.Role), "select '"+want+"'"); err != nil || out != want {
+			t.Fatalf("psql at %s (%s): %v: %s\ndaemon:\n%s", addr, want, err, out, d.Output())
+		}
+	}
+	// waitServed waits until status says vnResource is served with label, and returns its address.
+	waitServed := func(label string) string {
+		t.Helper()
+		var st string
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+			_, _ = cli("connect", vnResource)
+			st, _ = cli("status")
+			if l := statusLine(st, vnResource); strings.Contains(l, "  "+label+"  ") {
+				for _, f := range strings.Fields(l) {
+					if _, _, err := net.SplitHostPort(f); err == nil {
+						return f
+					}
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not served as %q:\n%s\ndaemon:\n%s", vnResource, label, st, d.Output())
+			}
+		}
+	}
+	if addr := waitServed("virtual networking"); addr != alias+":5432" {
+		t.Fatalf("served at %s, want %s:5432", addr, alias)
+	}
+	psqlAt(alias+":5432", "through the helper")
+
+	helper.stop(t, syscall.SIGTERM)
+	addr := waitServed("loopback (no TUN helper)")
+	psqlAt(addr, "helper gone")
+	if st, _ := cli("status"); !strings.Contains(st, "sudo ferry vnet-helper") {
+		t.Errorf("status does not say why nor what to do:\n%s", st)
+	}
+
+	startHelper()
+	if addr := waitServed("virtual networking"); addr != alias+":5432" {
+		t.Fatalf("served at %s after the helper came back, want %s:5432", addr, alias)
+	}
+	psqlAt(alias+":5432", "helper back")
+	d.stop(t, syscall.SIGTERM)
+}
