@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -59,6 +60,7 @@ type Daemon struct {
 	vnWhy    string       // why virtual-networking resources are served on loopback; "" when they are not
 	vnUp     sync.Mutex   // serializes attempts to bring up virtual networking (ensureVNet)
 	vnLast   time.Time    // the last attempt, guarded by vnUp
+	vnTrying atomic.Bool  // a background attempt runs (retryVNet)
 
 	link    nodeLink // the node's reachability, as the watchdog sees it (reconnect.go)
 	account account  // this device's status when the node does not answer (account.go)
@@ -323,10 +325,7 @@ func (d *Daemon) Connect(ctx context.Context, name string) (ResourceStatus, erro
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if st := d.row(r); st.Connected {
-		return st, nil
-	}
-	return d.connectMode(r)
+	return d.serve(r)
 }
 
 // Disconnect stops listening for the named resources (all when names is empty). Open sessions end.

@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"net"
 	"slices"
 	"time"
 
@@ -67,24 +66,39 @@ func (d *Daemon) follow(rs []api.Resource) {
 			changed = true
 			d.log.Warn("resource is no longer available to you: stopped listening", "resource", name, "address", l.res.LoopbackAddress)
 		case r.LoopbackAddress != l.res.LoopbackAddress:
-			ln, err := net.Listen("tcp", r.LoopbackAddress)
+			ln, err := listenLoopback(r.LoopbackAddress)
 			if err != nil {
 				d.log.Error("resource moved but its new address is busy; keeping the old one", "resource", name, "address", r.LoopbackAddress, "err", err)
+				// Still this resource: connections at the old address go where it is now, not to
+				// a resource that took over its old virtual networking address.
+				kept := r
+				kept.LoopbackAddress = l.res.LoopbackAddress
+				l.res, l.fallback = kept, d.wantMode(r) == ModeVirtualNetworking
 				continue
 			}
 			_ = l.ln.Close()
-			nl := &listener{res: r, ln: ln, fallback: l.fallback}
+			nl := &listener{res: r, ln: ln, fallback: d.wantMode(r) == ModeVirtualNetworking}
 			d.listeners[name] = nl
 			d.wg.Add(1)
 			go d.acceptLoop(nl)
 			d.log.Info("resource moved", "resource", name, "from", l.res.LoopbackAddress, "to", r.LoopbackAddress)
 		default:
-			l.res = r
+			// A virtual-networking resource on a loopback listener is a fallback, whether it was
+			// connected so or an administrator changed its mode since (followModes moves it once
+			// there is a TUN).
+			l.res, l.fallback = r, d.wantMode(r) == ModeVirtualNetworking
 		}
 	}
 	if d.followModes(byName) {
 		changed = true
 	}
+	if d.vn != nil {
+		d.vn.setRecords(rs)
+		if d.vn.tunGone() {
+			go d.vn.ts.Close() // watchVNet then falls back to loopback
+		}
+	}
+	d.retryVNet()
 	if changed {
 		if err := SaveState(d.dirs, d.state); err != nil {
 			d.log.Warn("could not save connected resources", "err", err)

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -153,6 +154,60 @@ func (d *Daemon) ensureVNet(ctx context.Context) {
 		return
 	}
 	d.vn, d.vnWhy = v, ""
+	d.wg.Add(1)
+	go d.watchVNet(v)
+}
+
+// watchVNet waits until v's TUN goes away while the daemon runs (the helper stopped and deleted it,
+// the interface was removed) and then serves v's resources on loopback as a fallback, says why, and
+// lets retryVNet bring virtual networking up again, instead of reporting them served at addresses
+// that no longer lead anywhere.
+func (d *Daemon) watchVNet(v *vnet) {
+	defer d.wg.Done()
+	select {
+	case <-d.ctx.Done():
+		return
+	case <-v.ts.Done():
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.vn != v || d.ctx.Err() != nil {
+		return
+	}
+	d.vn = nil
+	d.vnWhy = vnUnavailable(errors.New("the TUN device went away (was the helper stopped?)"), d.settings)
+	d.log.Warn(d.vnWhy)
+	for _, r := range v.list() {
+		v.disconnect(r.Name)
+		if _, err := d.listen(r, true); err != nil {
+			d.state.Connected = slices.DeleteFunc(d.state.Connected, func(s string) bool { return s == r.Name })
+			d.log.Error("virtual networking went away and the resource's loopback address is busy: stopped serving it", "resource", r.Name, "err", err)
+		}
+	}
+	go v.close() // DNS undone, resolver stopped; off d.mu
+}
+
+// retryVNet tries again, in the background and at most every vnRetry, to bring up virtual
+// networking while a connected resource is served on loopback for want of it (an administrator
+// changed its mode, or the helper was not running yet): once it is up, the next poll moves the
+// resource (followModes). Called with d.mu held.
+func (d *Daemon) retryVNet() {
+	if d.vn != nil || d.opts.mode == ModeLoopback || d.ctx.Err() != nil {
+		return
+	}
+	fallback := false
+	for _, l := range d.listeners {
+		fallback = fallback || l.fallback
+	}
+	if !fallback || !d.vnTrying.CompareAndSwap(false, true) {
+		return
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer d.vnTrying.Store(false)
+		d.ensureVNet(d.ctx)
+	}()
 }
 
 // vnUnavailable is the one message a person gets when virtual networking cannot be had: what
@@ -174,6 +229,27 @@ func vnUnavailable(err error, s api.Settings) string {
 	return fmt.Sprintf("Virtual networking is not available on this device, so resources set to virtual networking are served on loopback addresses instead (their DNS aliases do not resolve here). To use virtual networking, %s. (%v)", fix, err)
 }
 
+// serve is Connect once r is known: r's row when it is served already, else r served in its mode.
+// A resource served on loopback as a fallback is moved to virtual networking now when the TUN has
+// come up since (the helper was started, as the message says), so the address connect prints is
+// the one it is served at, not one that the next poll closes. Called with d.mu held.
+func (d *Daemon) serve(r api.Resource) (ResourceStatus, error) {
+	if l, ok := d.listeners[r.Name]; ok && l.fallback && d.vn != nil && d.wantMode(r) == ModeVirtualNetworking {
+		if _, err := d.vnConnect(r); err != nil {
+			d.log.Warn("could not move resource to virtual networking", "resource", r.Name, "err", err)
+			return d.row(r), nil
+		}
+		_ = l.ln.Close()
+		delete(d.listeners, r.Name)
+		d.log.Info("resource moved to virtual networking", "resource", r.Name, "address", d.vn.address(r))
+		return d.row(r), nil
+	}
+	if st := d.row(r); st.Connected {
+		return st, nil
+	}
+	return d.connectMode(r)
+}
+
 // connectMode serves r in its mode; called with d.mu held. A virtual-networking resource without a
 // TUN is served on its loopback address (fallback).
 func (d *Daemon) connectMode(r api.Resource) (ResourceStatus, error) {
@@ -183,9 +259,26 @@ func (d *Daemon) connectMode(r api.Resource) (ResourceStatus, error) {
 	return d.listen(r, d.wantMode(r) == ModeVirtualNetworking)
 }
 
+// listenLoopback listens on addr, which must be a loopback IP and port as the node assigns them:
+// whatever the catalog says, the client never opens a resource to the network ("0.0.0.0:5432", a LAN
+// address) or listens on a name.
+func listenLoopback(addr string) (net.Listener, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().Unmap().IsLoopback() {
+		return nil, fmt.Errorf("%w: %q (ask an administrator to correct the resource's address)", errNotLoopback, addr)
+	}
+	return net.Listen("tcp", ap.String())
+}
+
+// errNotLoopback refuses a resource's loopback address that is not a loopback IP and port.
+var errNotLoopback = errors.New("not a loopback IP address and port, refusing to listen there")
+
 // listen serves r on its loopback address; called with d.mu held.
 func (d *Daemon) listen(r api.Resource, fallback bool) (ResourceStatus, error) {
-	ln, err := net.Listen("tcp", r.LoopbackAddress)
+	ln, err := listenLoopback(r.LoopbackAddress)
+	if errors.Is(err, errNotLoopback) {
+		return ResourceStatus{}, fmt.Errorf("connect %s: %w", r.Name, err)
+	}
 	if err != nil {
 		return ResourceStatus{}, fmt.Errorf("connect %s: listen on %s (is another program using that port? an administrator can set a port override): %w", r.Name, r.LoopbackAddress, err)
 	}
@@ -229,9 +322,15 @@ func (d *Daemon) followModes(byName map[string]api.Resource) (changed bool) {
 				continue
 			}
 			d.vn.disconnect(r.Name)
-		default:
-			if _, err := netip.ParseAddrPort(r.VNAddress); err == nil && r.VNAddress != vr.VNAddress {
-				_, _ = d.vn.connect(r)
+		case r.VNAddress != vr.VNAddress || r.Subdomain != vr.Subdomain:
+			// Moved or renamed: served at its new address under its new alias, or no longer at all
+			// when the new address cannot be served (outside the TUN's subnet): its old one may be
+			// another resource's by now.
+			if _, err := d.vn.connect(r); err != nil {
+				d.vn.disconnect(r.Name)
+				d.state.Connected = slices.DeleteFunc(d.state.Connected, func(s string) bool { return s == r.Name })
+				changed = true
+				d.log.Error("resource moved to an address this client cannot serve: stopped serving it; connect it again", "resource", r.Name, "err", err)
 			}
 		}
 	}

@@ -262,6 +262,7 @@ func mkdir(t *testing.T, p string, mode os.FileMode) {
 const (
 	envServeSocket = "FERRY_TEST_SERVE_SOCKET" // serve HTTP on this unix socket until killed
 	envDialSocket  = "FERRY_TEST_DIAL_SOCKET"  // GET /local/v1/status through this socket, print the outcome
+	envFakeHelper  = "FERRY_TEST_FAKE_HELPER"  // answer as the VN helper on this socket, handing over /dev/null
 )
 
 // TestHelperProcess is not a test: TestSocketPeerOtherUser runs the test binary with it as another
@@ -276,6 +277,9 @@ func TestHelperProcess(t *testing.T) {
 		}
 		_ = os.Chmod(os.Getenv(envServeSocket), 0o666)
 		_ = http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"user":"mallory"}`)) }))
+		os.Exit(0)
+	case os.Getenv(envFakeHelper) != "":
+		serveFakeHelper(os.Getenv(envFakeHelper))
 		os.Exit(0)
 	case os.Getenv(envDialSocket) != "":
 		c := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferryhq/ferry/api"
@@ -42,6 +43,11 @@ const (
 	// gets a RST (its SYN retransmission timer is 1 s, so a client never waits on a dead node
 	// for more than its own connect timeout).
 	vnForwardTimeout = 5 * time.Second
+
+	// vnHandshakeTimeout bounds the local handshake that follows a successful dial through the
+	// tunnel (a local client ACKs the SYN-ACK within milliseconds); a connection to the node kept
+	// for a flow whose handshake never completed is closed after it.
+	vnHandshakeTimeout = 30 * time.Second
 
 	// vnRefresh is how often the alias records are refreshed from the node.
 	vnRefresh = 30 * time.Second
@@ -81,6 +87,10 @@ type vnet struct {
 	ts       *netstack.TUNStack
 	dns      *resolver.Server
 	undoDNS  func() error
+	// aliases: the system sends the org domain to the resolver, so an alias is an address local
+	// programs can use; without it, status and connect give the VN IP instead (address).
+	aliases bool
+	ifIndex int // the TUN's interface index when it came up; 0 when unknown (tunGone)
 
 	mu        sync.Mutex
 	connected map[netip.AddrPort]api.Resource // by VN address
@@ -107,6 +117,11 @@ func (d *Daemon) newVNet(ctx context.Context, s api.Settings) (_ *vnet, err erro
 	dev, dnsConf, err := openTUN(ctx, d.dirs, netstack.TUNConfig{Name: d.opts.tunName, Addr: resource.TUNAddress(subnet), Subnet: subnet})
 	if err != nil {
 		return nil, err
+	}
+	if n, err := dev.Name(); err == nil {
+		if ifc, err := net.InterfaceByName(n); err == nil {
+			v.ifIndex = ifc.Index
+		}
 	}
 	upstreams := systemUpstreams(resolverIP)
 	v.ts, err = netstack.NewTUNStack(dev, netstack.Config{
@@ -145,10 +160,22 @@ func (d *Daemon) newVNet(ctx context.Context, s api.Settings) (_ *vnet, err erro
 	v.undoDNS, err = dnsConf(ctx, dnsSpec{Interface: v.ts.Name(), Server: resolverIP, Domain: v.dns.Domain()}, v.log)
 	if err != nil {
 		// Addresses still work; names need the OS told where to ask.
-		v.log.Warn("could not configure the system's DNS for the org domain: aliases resolve only when asked directly", "resolver", resolverIP, "err", err)
+		v.log.Warn("could not configure the system's DNS for the org domain: resources are given by VN IP, their aliases resolve only when the resolver is asked directly", "resolver", resolverIP, "err", err)
 	}
+	v.aliases = err == nil
 	v.log.Info("virtual networking up", "tun", v.ts.Name(), "subnet", subnet, "resolver", raddr, "domain", s.DNSDomain, "upstreams", upstreams)
 	return v, nil
+}
+
+// tunGone reports whether the TUN's interface is no longer there (the helper stopped and deleted
+// it, or someone removed it): reads on its descriptor then block for good instead of failing, so
+// follow asks on every poll.
+func (v *vnet) tunGone() bool {
+	if v.ifIndex == 0 {
+		return false
+	}
+	_, err := net.InterfaceByIndex(v.ifIndex)
+	return err != nil
 }
 
 // systemUpstreams returns the resolvers the system uses now (before Ferry), from /etc/resolv.conf.
@@ -184,6 +211,15 @@ func (v *vnet) refresh(ctx context.Context) {
 		v.log.Debug("could not refresh DNS aliases", "err", err)
 		return
 	}
+	v.setRecords(rs)
+}
+
+// setRecords makes the aliases those of rs, the node's current list (follow calls it on every poll,
+// so a renamed, moved or revoked alias resolves as the catalog says within a poll).
+func (v *vnet) setRecords(rs []api.Resource) {
+	if v.dns == nil {
+		return
+	}
 	recs := map[string]netip.Addr{}
 	for _, r := range rs {
 		ap, err := netip.ParseAddrPort(r.VNAddress)
@@ -197,13 +233,14 @@ func (v *vnet) refresh(ctx context.Context) {
 	}
 }
 
-// address is where local programs reach r in this mode: "alias:port", or "ip:port" without alias.
+// address is where local programs reach r in this mode: "alias:port", or "ip:port" without alias
+// or when the system does not ask Ferry's resolver for the org domain.
 func (v *vnet) address(r api.Resource) string {
 	ap, err := netip.ParseAddrPort(r.VNAddress)
 	if err != nil {
 		return r.VNAddress
 	}
-	if n := resolver.FQDN(r.Subdomain, v.settings.DNSDomain); n != "" {
+	if n := resolver.FQDN(r.Subdomain, v.settings.DNSDomain); n != "" && v.aliases {
 		return net.JoinHostPort(strings.TrimSuffix(n, "."), strconv.Itoa(int(ap.Port())))
 	}
 	return ap.String()
@@ -216,7 +253,9 @@ func (v *vnet) connect(r api.Resource) (ResourceStatus, error) {
 		return ResourceStatus{}, fmt.Errorf("connect %s: its virtual networking address %q is not in the org's subnet %s", r.Name, r.VNAddress, v.subnet)
 	}
 	v.mu.Lock()
-	if old, ok := v.byName[r.Name]; ok {
+	// Its old address is freed only while it is still its own: when the catalog swapped or rotated
+	// addresses, another resource may have taken it over already in this round.
+	if old, ok := v.byName[r.Name]; ok && v.connected[old].Name == r.Name {
 		delete(v.connected, old)
 	}
 	v.connected[ap] = r
@@ -234,16 +273,20 @@ func (v *vnet) disconnect(name string) bool {
 	ap, ok := v.byName[name]
 	if ok {
 		delete(v.byName, name)
-		delete(v.connected, ap)
+		if v.connected[ap].Name == name { // not an address another resource took over
+			delete(v.connected, ap)
+		}
 	}
 	return ok
 }
 
+// isConnected returns r as served when the named resource is served at its address.
 func (v *vnet) isConnected(name string) (api.Resource, bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	ap, ok := v.byName[name]
-	return v.connected[ap], ok
+	r := v.connected[ap]
+	return r, ok && r.Name == name
 }
 
 func (v *vnet) list() []api.Resource {
@@ -274,8 +317,26 @@ func (v *vnet) forward(ctx context.Context, f netstack.Flow) (func(net.Conn), er
 		v.log.Warn("could not reach the node", "resource", r.Name, "client", f.Remote, "err", err)
 		return nil, err
 	}
+	// The local handshake may still fail (its client gave up: the SYN-ACK meets a RST), and then
+	// the stack never calls the handler: up is closed and the daemon's count of running work
+	// released once the handshake has had vnHandshakeTimeout, or at once when the daemon closes.
+	var state atomic.Int32 // 0 pending, 1 handled, 2 abandoned
 	v.d.wg.Add(1)
+	abandon := func() {
+		if state.CompareAndSwap(0, 2) {
+			_ = up.Close()
+			v.d.wg.Done()
+		}
+	}
+	timer := time.AfterFunc(vnHandshakeTimeout, abandon)
+	stop := context.AfterFunc(v.d.ctx, abandon)
 	return func(c net.Conn) {
+		timer.Stop()
+		stop()
+		if !state.CompareAndSwap(0, 1) {
+			_ = c.Close()
+			return
+		}
 		defer v.d.wg.Done()
 		splice(v.d.ctx, c, up)
 	}, nil

@@ -51,6 +51,9 @@ type dnsConfigurer func(ctx context.Context, spec dnsSpec, log *slog.Logger) (un
 // socket open. The returned configurer does the DNS part the same way.
 func openTUN(ctx context.Context, dirs Dirs, cfg netstack.TUNConfig) (tun.Device, dnsConfigurer, error) {
 	if os.Geteuid() == 0 || runtime.GOOS == "windows" { // Windows: the client must run as Administrator
+		if err := checkSubnetFree(ctx, cfg.Subnet); err != nil {
+			return nil, nil, err
+		}
 		dev, err := netstack.OpenTUN(ctx, cfg)
 		if err != nil {
 			return nil, nil, err

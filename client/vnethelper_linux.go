@@ -533,11 +533,8 @@ func (h *vnetHelper) openTUN(ctx context.Context, req helperRequest) (tun.Device
 	if err != nil {
 		return nil, "", 0, fmt.Errorf("tun: list the machine's routes and addresses: %w", err)
 	}
-	for _, p := range used {
-		if p.Bits() > 0 && p.Overlaps(subnet) { // a default route overlaps everything and takes nothing
-			return nil, "", 0, fmt.Errorf("tun: the org's VN subnet %s overlaps %s, already routed or assigned on this machine "+
-				"(another ferry's TUN, a VPN or the LAN): refused so that no traffic meant for it is diverted", subnet, p)
-		}
+	if err := subnetFree(subnet, used); err != nil {
+		return nil, "", 0, err
 	}
 	dev, err := h.os.openTUN(ctx, netstack.TUNConfig{Name: req.Name, Addr: resource.TUNAddress(subnet), Subnet: subnet, MTU: mtu})
 	if err != nil {
@@ -553,6 +550,29 @@ func (h *vnetHelper) openTUN(ctx context.Context, req helperRequest) (tun.Device
 	}
 	dev.Close()
 	return nil, "", 0, fmt.Errorf("tun: %w", err)
+}
+
+// subnetFree refuses a VN subnet that overlaps any of used (the machine's routes and addresses) but
+// a default route.
+func subnetFree(subnet netip.Prefix, used []netip.Prefix) error {
+	for _, p := range used {
+		if p.Bits() > 0 && p.Overlaps(subnet) { // a default route overlaps everything and takes nothing
+			return fmt.Errorf("tun: the org's VN subnet %s overlaps %s, already routed or assigned on this machine "+
+				"(another ferry's TUN, a VPN or the LAN): refused so that no traffic meant for it is diverted", subnet, p)
+		}
+	}
+	return nil
+}
+
+// checkSubnetFree is the helper's overlap check for a client that creates its TUN itself, as root:
+// the org's subnet comes from the node, and an administrator's subnet over the LAN must not divert
+// the machine's traffic into the TUN there either.
+func checkSubnetFree(ctx context.Context, subnet netip.Prefix) error {
+	used, err := machine{}.inUse(ctx)
+	if err != nil {
+		return fmt.Errorf("tun: list the machine's routes and addresses: %w", err)
+	}
+	return subnetFree(subnet, used)
 }
 
 // dnsSpec is what a "dns" request gets: the TUN this connection created, the org's resolver at
@@ -597,6 +617,15 @@ func openTUNViaHelper(ctx context.Context, sock string, cfg netstack.TUNConfig) 
 	}
 	c := nc.(*net.UnixConn)
 	fail := func(err error) (tun.Device, dnsConfigurer, error) { c.Close(); return nil, nil, err }
+	// Only root's helper (or one of this user's own) is asked: another local user's process at
+	// the socket would hand over a TUN of its choosing (one in a namespace it owns, say) and so
+	// reach the resources through this client as this user.
+	switch uid, err := peerUID(c); {
+	case err != nil:
+		return fail(fmt.Errorf("vnet-helper: peer credentials at %s: %w", sock, err))
+	case uid != 0 && uid != os.Getuid():
+		return fail(fmt.Errorf("%w: the process at %s runs as uid %d, not root: refusing it (another local user may have put it there)", errNoHelper, sock, uid))
+	}
 	b, _ := json.Marshal(helperRequest{Op: "tun", Name: cfg.Name, Subnet: cfg.Subnet.String(), MTU: cfg.MTU})
 	if _, err := c.Write(append(b, '\n')); err != nil {
 		return fail(fmt.Errorf("vnet-helper: %w", err))

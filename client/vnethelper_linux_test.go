@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -759,5 +760,78 @@ func TestRestrictSocket(t *testing.T) {
 				t.Errorf("mode changed from %v to %v", before.Mode(), fi.Mode())
 			}
 		})
+	}
+}
+
+// serveFakeHelper answers every "tun" request on sock as the helper would, with a descriptor of
+// /dev/null for the TUN, and prints each request it got on stdout.
+func serveFakeHelper(sock string) {
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	_ = os.Chmod(sock, 0o666)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func(c *net.UnixConn) {
+			defer c.Close()
+			line, err := bufio.NewReader(c).ReadBytes('\n')
+			if err != nil {
+				return
+			}
+			fmt.Printf("request: %s", line)
+			f, err := os.Open(os.DevNull)
+			if err != nil {
+				return
+			}
+			defer f.Close()
+			_, _, _ = c.WriteMsgUnix([]byte(`{"name":"ferry0"}`+"\n"), unix.UnixRights(int(f.Fd())), nil)
+			_, _ = io.Copy(io.Discard, c)
+		}(c.(*net.UnixConn))
+	}
+}
+
+// TestVNetHelperImpostorRefused: a process of another local user answering at the helper's socket
+// (one it could create where the socket is moved to a shared directory, or before root's helper
+// starts) gets no request from the client, and the client uses no descriptor it hands over: the
+// client takes a TUN only from root (or from its own user).
+func TestVNetHelperImpostorRefused(t *testing.T) {
+	needRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	run, dir := asOtherUser(t)
+	sock := filepath.Join(dir, "vnet.sock")
+	srv := run(ctx, envFakeHelper+"="+sock)
+	var out, errOut strings.Builder
+	srv.Stdout, srv.Stderr = &out, &errOut
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
+	for i := 0; ; i++ {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			break
+		}
+		if i > 200 {
+			t.Fatalf("the impostor did not start: %s", errOut.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	dev, _, err := openTUNViaHelper(ctx, sock, netstack.TUNConfig{Name: "ferry0", Subnet: netip.MustParsePrefix("100.64.0.0/10")})
+	if err == nil {
+		dev.Close()
+	}
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("uid %d", otherUID)) {
+		t.Errorf("openTUNViaHelper through another user's impostor: %v, want a refusal naming uid %d", err, otherUID)
+	}
+	_ = srv.Process.Kill()
+	_ = srv.Wait()
+	if strings.Contains(out.String(), "request:") {
+		t.Errorf("the impostor got the client's request:\n%s", out.String())
 	}
 }

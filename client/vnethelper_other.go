@@ -36,3 +36,6 @@ func ServeVNetHelper(ctx context.Context, cfg HelperConfig) error {
 func openTUNViaHelper(ctx context.Context, sock string, cfg netstack.TUNConfig) (tun.Device, dnsConfigurer, error) {
 	return nil, nil, errors.New("virtual networking needs root (macOS) or Administrator (Windows) on this OS: the helper is Linux-only so far")
 }
+
+// checkSubnetFree is Linux's overlap check; elsewhere the OS's own route handling applies.
+func checkSubnetFree(ctx context.Context, subnet netip.Prefix) error { return nil }

@@ -331,6 +331,10 @@ func (s *Stack) setKeepalive(ep tcpip.Endpoint) {
 
 // Close shuts the stack down: open connections are reset, pending Reads of the device return
 // os.ErrClosed. It is safe to call more than once.
+// Done is closed once the stack is closed, by Close or, for a TUNStack, because its device failed
+// (the interface was deleted under it).
+func (s *Stack) Done() <-chan struct{} { return s.ctx.Done() }
+
 func (s *Stack) Close() error {
 	s.closeOnce.Do(func() {
 		s.cancel()

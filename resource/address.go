@@ -42,6 +42,14 @@ func TUNAddress(subnet netip.Prefix) netip.Addr { return subnet.Masked().Addr().
 // ResolverAddress is the DNS resolver's address in virtual networking mode (subnet+2).
 func ResolverAddress(subnet netip.Prefix) netip.Addr { return TUNAddress(subnet).Next() }
 
+// UsableVNAddr reports whether ip may be a resource's virtual networking IP in subnet: inside it, and
+// not the network address, the TUN address (subnet+1), the resolver address (subnet+2) or the
+// broadcast address.
+func UsableVNAddr(subnet netip.Prefix, ip netip.Addr) bool {
+	subnet = subnet.Masked()
+	return subnet.Contains(ip) && ip != subnet.Addr() && ip != TUNAddress(subnet) && ip != ResolverAddress(subnet) && ip != lastAddr(subnet)
+}
+
 // AssignVN returns the resource's virtual networking address "ip:port". The IP is the resource's IP
 // Address property when set (it must lie in subnet and not be a reserved address), else the first
 // address of the subnet that no other resource holds, skipping the network address, the TUN
@@ -53,9 +61,7 @@ func AssignVN(r *Resource, subnet netip.Prefix, taken Taken) (string, error) {
 	if r.Mode("") == ModeVirtualNetworking && r.PortOverride > 0 {
 		port = r.PortOverride
 	}
-	reserved := func(a netip.Addr) bool {
-		return a == subnet.Addr() || a == TUNAddress(subnet) || a == ResolverAddress(subnet) || a == lastAddr(subnet)
-	}
+	reserved := func(a netip.Addr) bool { return !UsableVNAddr(subnet, a) }
 	if r.IPAddress != "" && r.Mode("") == ModeVirtualNetworking {
 		ip, err := netip.ParseAddr(r.IPAddress)
 		if err != nil {

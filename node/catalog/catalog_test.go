@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -142,6 +143,91 @@ func TestNoTwoResourcesOnOneLoopbackSocket(t *testing.T) {
 		}
 		if got, err := c.AddResource(ctx, b); err == nil {
 			t.Errorf("%s ::ffff:127.0.0.1: stored on %s while %s holds 127.0.0.1:10001", prop, got.LoopbackAddress, a.Name)
+		}
+	}
+}
+
+// TestGivenAddressesChecked: an address given with a resource (the admin API takes the whole
+// resource, addresses included) is kept only when it is one the node could have assigned: a
+// loopback IP and port, a usable address of the org's VN subnet, and no other resource's. Otherwise
+// clients would listen on every interface, or two resources would share an address and the node
+// would send one's traffic to the other.
+func TestGivenAddressesChecked(t *testing.T) {
+	ctx := context.Background()
+	c := openCatalog(t)
+	a, err := c.AddResource(ctx, res("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.AddResource(ctx, res("b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name         string
+		loopback, vn string
+		wantErr      string // "" = kept as given
+	}{
+		{"every interface", "0.0.0.0:5432", "", "loopback_address"},
+		{"a LAN address", "192.168.1.10:5432", "", "loopback_address"},
+		{"a name", "localhost:5432", "", "loopback_address"},
+		{"another resource's loopback address", a.LoopbackAddress, "", "loopback_address"},
+		{"another resource's VN address", "", a.VNAddress, "vn_address"},
+		{"outside the subnet", "", "10.0.0.5:5432", "vn_address"},
+		{"the resolver's address", "", "100.64.0.2:53", "vn_address"},
+		{"a free loopback address", "127.0.0.7:15432", "", ""},
+		{"a free VN address", "", "100.64.0.99:5432", ""},
+		{"its own addresses", b.LoopbackAddress, b.VNAddress, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, after, err := c.UpdateResource(ctx, "b", func(r *resource.Resource) {
+				if tc.loopback != "" {
+					r.LoopbackAddress = tc.loopback
+				}
+				if tc.vn != "" {
+					r.VNAddress = tc.vn
+				}
+			})
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("update: %v (loopback %s, vn %s), want a refusal naming %s", err, after.LoopbackAddress, after.VNAddress, tc.wantErr)
+				}
+				got, err := c.ResourceByName(ctx, "b")
+				if err != nil || got.LoopbackAddress == tc.loopback || got.VNAddress == tc.vn {
+					t.Fatalf("stored anyway: %+v, %v", got, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("update: %v", err)
+			}
+			if (tc.loopback != "" && after.LoopbackAddress != tc.loopback) || (tc.vn != "" && after.VNAddress != tc.vn) {
+				t.Fatalf("addresses %s, %s, want %s, %s", after.LoopbackAddress, after.VNAddress, tc.loopback, tc.vn)
+			}
+		})
+	}
+}
+
+// TestSettingsDNSDomain: the org's DNS domain is a name of two labels or more: a top-level domain
+// would make clients running as root send every lookup under it (every .com name) to their
+// resolver, which answers the catalog's aliases.
+func TestSettingsDNSDomain(t *testing.T) {
+	for _, tc := range []struct {
+		domain string
+		ok     bool
+	}{
+		{"ferry.internal", true},
+		{"db.corp.example", true},
+		{"ferry.internal.", true},
+		{"com", false},
+		{"internal", false},
+		{"com.", false},
+		{"100.64.0.2", false},
+		{".", false},
+	} {
+		if err := ValidateSettings(Settings{DNSDomain: tc.domain}); (err == nil) != tc.ok {
+			t.Errorf("dns-domain %q: %v, want ok %v", tc.domain, err, tc.ok)
 		}
 	}
 }

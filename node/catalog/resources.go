@@ -95,6 +95,27 @@ func (c *Catalog) update(ctx context.Context, name string, edit func(*resource.R
 	return before, after, nil
 }
 
+// checkGivenAddresses refuses addresses given with r (the admin API takes the whole resource) that
+// the node would never assign: a loopback address that is not a loopback IP and port (clients would
+// listen there: "0.0.0.0:5432" opens the database to the network), a VN address outside the org's
+// subnet or on one of its reserved addresses. Another resource's address is refused by the table's
+// unique columns.
+func checkGivenAddresses(r resource.Resource, subnet netip.Prefix) error {
+	if r.LoopbackAddress != "" {
+		ap, err := netip.ParseAddrPort(r.LoopbackAddress)
+		if err != nil || ap.Port() == 0 || resource.CheckLoopbackIP(ap.Addr().String()) != nil {
+			return &resource.FieldError{Field: "loopback_address", Message: fmt.Sprintf("%q is not a loopback IP address and port (%s); leave it out to have one assigned", r.LoopbackAddress, resource.LoopbackIPs)}
+		}
+	}
+	if r.VNAddress != "" {
+		ap, err := netip.ParseAddrPort(r.VNAddress)
+		if err != nil || ap.Port() == 0 || !resource.UsableVNAddr(subnet, ap.Addr()) {
+			return &resource.FieldError{Field: "vn_address", Message: fmt.Sprintf("%q is not a usable address and port of the org's subnet %s; leave it out to have one assigned", r.VNAddress, subnet)}
+		}
+	}
+	return nil
+}
+
 func cloneTags(t map[string]string) map[string]string {
 	if t == nil {
 		return nil
@@ -157,6 +178,9 @@ func (c *Catalog) store(ctx context.Context, r resource.Resource, insert bool) (
 		lbTaken.Add(lb)
 	}
 	rows.Close()
+	if err := checkGivenAddresses(r, org.subnet); err != nil {
+		return r, err
+	}
 	if r.VNAddress == "" {
 		if r.VNAddress, err = resource.AssignVN(&r, org.subnet, vnTaken); err != nil {
 			return r, err

@@ -44,6 +44,12 @@ func ValidateSettings(s Settings) error {
 	if s.DNSDomain != "" && !resource.ValidHostname(s.DNSDomain) {
 		return fmt.Errorf("dns-domain: %q is not a DNS name", s.DNSDomain)
 	}
+	// A client running as root points the system's lookups for the whole domain at its resolver,
+	// which answers the aliases: a top-level domain ("com") would let the catalog answer for every
+	// name under it on those machines.
+	if _, err := netip.ParseAddr(s.DNSDomain); s.DNSDomain != "" && (err == nil || !strings.Contains(strings.Trim(s.DNSDomain, "."), ".")) {
+		return fmt.Errorf("dns-domain: %q must be a name of two labels or more, such as ferry.internal, not a top-level domain or an address", s.DNSDomain)
+	}
 	if s.LoopbackRange != "" {
 		p, err := netip.ParsePrefix(s.LoopbackRange)
 		if err != nil || !netip.MustParsePrefix("127.0.0.0/8").Contains(p.Addr()) || p.Bits() < 8 {
