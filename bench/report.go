@@ -92,15 +92,9 @@ func (f *figure) fail(path string, err error) {
 
 // mean returns the mean value (and mean latency) of path's samples; ok is false without samples.
 func (f *figure) mean(path string) (v, lat float64, ok bool) {
-	ss := f.Samples[path]
-	if len(ss) == 0 {
-		return 0, 0, false
-	}
-	for _, s := range ss {
-		v += s.Value
-		lat += s.LatencyMs
-	}
-	return v / float64(len(ss)), lat / float64(len(ss)), true
+	v, ok = f.meanOf(path, func(s sample) float64 { return s.Value })
+	lat, _ = f.meanOf(path, func(s sample) float64 { return s.LatencyMs })
+	return v, lat, ok
 }
 
 // meanOf returns the mean of pick over path's samples; ok is false without samples.
