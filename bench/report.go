@@ -198,6 +198,9 @@ func (r *report) finish() {
 		v = cp / ceil
 	}
 	add("COPY through Ferry ≥ 0.9× the tunnel's raw TCP ceiling", 0.9, v, ok1 && ok2 && ceil > 0, false, "")
+	// Issue 20 measured 126 MB/s through the tunnel alone; GSO/GRO is to double it.
+	add("Raw TCP through the tunnel ≥ 2× issue 20's 126 MB/s (MB/s)", 2*126, ceil, ok1, false,
+		"an absolute figure: compare it on a machine like the issue's quiet 2-core one")
 	var idle *memory
 	for i := range r.Memory {
 		if strings.HasPrefix(r.Memory[i].Name, "ferry: idle TCP") {
