@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -57,16 +56,10 @@ func (i *installation) startNodeProc(ctx context.Context, dir string, log *slog.
 		return nil, err
 	}
 	emu := i.env.Emu
-	cfg := node.Config{
-		PublicHost:         "127.0.0.1",
-		EnrollListen:       net.JoinHostPort("127.0.0.1", strconv.Itoa(enrollPort)),
-		WireGuardPort:      wgPort,
-		IMDSEndpoint:       emu.IMDSEndpoint(),
-		CAFiles:            []string{emu.CACertFile()},
-		HostOverrides:      map[string]string{strings.ToLower(emu.Hostname()): emu.Addr()},
-		AllowedServerHosts: []string{strings.ToLower(emu.Hostname())},
-		DNSServer:          "127.0.0.1:9",
-	}
+	// The demo's node config, on ports known beforehand: this node is another process.
+	cfg := demo.NodeConfig(emu)
+	cfg.EnrollListen = net.JoinHostPort("127.0.0.1", strconv.Itoa(enrollPort))
+	cfg.WireGuardPort = wgPort
 	state := filepath.Join(dir, "nodeproc")
 	tok, err := node.Init(ctx, state, cfg, node.DefaultAdmin)
 	if err != nil {

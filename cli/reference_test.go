@@ -13,8 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/resource"
 )
 
@@ -76,6 +78,24 @@ func testReferenceExample(t *testing.T, env *demo.Env) {
 	}
 	if err := sleeper.Wait(); err == nil || sleepCtx.Err() != nil || !strings.Contains(sleepOut.String(), "deleted") {
 		t.Fatalf("session after delete: err=%v out=%q, want it ended saying the resource was deleted", err, sleepOut.String())
+	}
+	// Its connection record says the node ended it because the resource was deleted (not "ok").
+	var ended api.Connection
+	eventually(t, "the ended session's connection record", func() bool {
+		conns, err := env.Daemon.API().Connections(ctx, 20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range conns {
+			if c.Resource == demo.ResourceName && strings.Contains(c.Error, "was deleted") {
+				ended = c
+				return true
+			}
+		}
+		return false
+	})
+	if ended.Outcome != audit.OutcomeDeleted {
+		t.Errorf("connection record of the session ended by the delete = %+v; want outcome %q", ended, audit.OutcomeDeleted)
 	}
 	eventually(t, "the client to stop listening for the deleted resource", func() bool { return !listening(oldAddr) })
 	if row := statusRow(t, demo.ResourceName); row != nil {

@@ -12,8 +12,9 @@ import (
 
 // Preferences are this user's local choices, kept in preferences.json beside the state.
 type Preferences struct {
-	// ConnectivityMode is the preferred mode for resources that leave it to the user: "" (the org's
-	// default), resource.ModeLoopback or resource.ModeVirtualNetworking.
+	// ConnectivityMode is the mode the app's client serves every resource in (WithMode):
+	// resource.ModeLoopback or resource.ModeVirtualNetworking; "" serves each resource in its own
+	// mode, the org's default for one that has none.
 	ConnectivityMode string `json:"connectivity_mode,omitempty"`
 }
 

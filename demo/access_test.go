@@ -16,6 +16,7 @@ import (
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/resource"
 	"github.com/ferryhq/ferry/tunnel"
 )
@@ -191,13 +192,55 @@ func testAccess(t *testing.T, env *demo.Env) {
 		t.Fatalf("new connection after revocation: %v, want FATAL 28000 from the node", err)
 	}
 
-	// Deleting the device: its key loses the tunnel and reaches neither the API nor any resource.
+	// Deleting the device: its key loses the tunnel and reaches neither the API nor any resource;
+	// its open session is ended and logged with outcome removed.
 	must(admin.Grant(ctx, "developers", "tag:env=dev"))
+	devStatus, err = eng.Connect(ctx, dev.Name)
+	must(err)
+	before, err := admin.Connections(ctx, 1)
+	must(err)
+	if len(before) == 0 {
+		t.Fatal("no connection records before the device is deleted")
+	}
+	openCtx, cancelOpen := context.WithTimeout(ctx, 25*time.Second)
+	open := exec.CommandContext(openCtx, "psql", client.ConnString(devStatus), "-X", "-c", "select pg_sleep(30)")
+	var openOut strings.Builder
+	open.Stdout, open.Stderr = &openOut, &openOut
+	must(open.Start())
+	defer open.Wait()
+	defer cancelOpen() // before the Wait
+	var opened bool
+	for deadline := time.Now().Add(10 * time.Second); !opened && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		conns, err := admin.Connections(ctx, 20)
+		must(err)
+		for _, c := range conns {
+			opened = opened || (c.ID > before[0].ID && c.User == "engineer" && c.Resource == dev.Name && c.End.IsZero())
+		}
+	}
+	if !opened {
+		conns, _ := admin.Connections(ctx, 20)
+		t.Fatalf("no open session of the engineer on dev before the device is deleted: psql: %q; %+v", openOut.String(), conns)
+	}
+	time.Sleep(time.Second) // let the session get past its login to pg_sleep
 	engState, err := client.LoadState(dirs)
 	must(err)
 	engKey, err := tunnel.ParseKey(engState.PrivateKey)
 	must(err)
 	must(admin.DeleteDevice(ctx, engKey.PublicKey().String()))
+	var removed *api.Connection
+	for deadline := time.Now().Add(10 * time.Second); removed == nil && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		conns, err := admin.Connections(ctx, 20)
+		must(err)
+		for _, c := range conns {
+			if c.ID > before[0].ID && c.User == "engineer" && c.Resource == dev.Name && strings.Contains(c.Error, "was removed") {
+				removed = &c
+				break
+			}
+		}
+	}
+	if removed == nil || removed.Outcome != audit.OutcomeRemoved {
+		t.Fatalf("connection record of the session on the deleted device: %+v; want outcome %q", removed, audit.OutcomeRemoved)
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		peers, err := env.Node.Tunnel().Peers()

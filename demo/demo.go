@@ -66,6 +66,28 @@ type Options struct {
 	KeyVault bool
 }
 
+// NodeConfig is the configuration of the demo's node for the emulator emu: on loopback (enrollment
+// and WireGuard on ports the system picks), IMDS, the CA, the server and the vault all the
+// emulator's.
+func NodeConfig(emu *azureemu.Emulator) node.Config {
+	return node.Config{
+		PublicHost:    "127.0.0.1",
+		EnrollListen:  "127.0.0.1:0",
+		WireGuardPort: 0,
+		IMDSEndpoint:  emu.IMDSEndpoint(),
+		CAFiles:       []string{emu.CACertFile()},
+		HostOverrides: map[string]string{
+			strings.ToLower(emu.Hostname()): emu.Addr(),
+			azureemu.VaultHost(VaultName):   emu.VaultAddr(),
+		},
+		// The access token goes to the emulator's server and nowhere else (not even the Azure
+		// domains: no real Azure server belongs to a demo).
+		AllowedServerHosts: []string{strings.ToLower(emu.Hostname())},
+		// Every other hostname fails to resolve at once, without a query leaving the machine.
+		DNSServer: "127.0.0.1:9",
+	}
+}
+
 // RandomLoopbackIP returns a random address of 127.0.0.0/8 other than 127.0.0.1 (Linux routes the
 // whole range to the loopback interface).
 func RandomLoopbackIP() string {
@@ -124,22 +146,7 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
 	e.NodeDir = filepath.Join(e.dir, "node")
-	cfg := node.Config{
-		PublicHost:    "127.0.0.1",
-		EnrollListen:  "127.0.0.1:0",
-		WireGuardPort: 0,
-		IMDSEndpoint:  e.Emu.IMDSEndpoint(),
-		CAFiles:       []string{e.Emu.CACertFile()},
-		HostOverrides: map[string]string{
-			strings.ToLower(e.Emu.Hostname()): e.Emu.Addr(),
-			azureemu.VaultHost(VaultName):     e.Emu.VaultAddr(),
-		},
-		// The access token goes to the emulator's server and nowhere else (not even the Azure
-		// domains: no real Azure server belongs to a demo).
-		AllowedServerHosts: []string{strings.ToLower(e.Emu.Hostname())},
-		// Every other hostname fails to resolve at once, without a query leaving the machine.
-		DNSServer: "127.0.0.1:9",
-	}
+	cfg := NodeConfig(e.Emu)
 	if opt.NodeConfig != nil {
 		opt.NodeConfig(&cfg)
 	}

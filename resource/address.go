@@ -98,14 +98,20 @@ const LoopbackIPs = "127.0.0.1 to 127.255.255.254, or ::1"
 // refused: netip counts it as loopback and as another address than 127.0.0.1, so the uniqueness of
 // addresses (Taken) would not see that it is the IPv4 socket another resource already holds.
 func CheckLoopbackIP(s string) error {
+	_, err := parseLoopbackIP(s)
+	return err
+}
+
+// parseLoopbackIP returns s as an address when it follows LoopbackRule.
+func parseLoopbackIP(s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	if err == nil && a.Is4In6() {
-		return fmt.Errorf("%q is an IPv4-mapped IPv6 address; write it as %s (%s)", s, a.Unmap(), LoopbackIPs)
+		return netip.Addr{}, fmt.Errorf("%q is an IPv4-mapped IPv6 address; write it as %s (%s)", s, a.Unmap(), LoopbackIPs)
 	}
 	if err != nil || !a.IsLoopback() || a.Zone() != "" || a == netip.AddrFrom4([4]byte{127, 0, 0, 0}) || a == netip.AddrFrom4([4]byte{127, 255, 255, 255}) {
-		return fmt.Errorf("%q is not a loopback IP (%s)", s, LoopbackIPs)
+		return netip.Addr{}, fmt.Errorf("%q is not a loopback IP (%s)", s, LoopbackIPs)
 	}
-	return nil
+	return a, nil
 }
 
 // DefaultLoopbackRange is the org loopback range unless changed: every resource on 127.0.0.1.
@@ -128,15 +134,17 @@ func AssignLoopback(r *Resource, loopRange netip.Prefix, taken Taken) (string, e
 	var ip netip.Addr
 	switch {
 	case r.IPAddress != "" && r.Mode("") == ModeLoopback:
-		if err := CheckLoopbackIP(r.IPAddress); err != nil {
+		a, err := parseLoopbackIP(r.IPAddress)
+		if err != nil {
 			return "", fmt.Errorf("assign loopback address: ip-address: %w", err)
 		}
-		ip = netip.MustParseAddr(r.IPAddress)
+		ip = a
 	case r.BindInterface != "":
-		if err := CheckLoopbackIP(r.BindInterface); err != nil {
+		a, err := parseLoopbackIP(r.BindInterface)
+		if err != nil {
 			return "", fmt.Errorf("assign loopback address: bind-interface: %w", err)
 		}
-		ip = netip.MustParseAddr(r.BindInterface)
+		ip = a
 	case loopRange.Bits() < loopRange.Addr().BitLen():
 		for a := loopRange.Addr(); loopRange.Contains(a); a = a.Next() {
 			if a == loopRange.Addr() && loopRange.Bits() < 31 {

@@ -115,10 +115,9 @@ type Options struct {
 	WriteAttempts int
 	RetryWait     time.Duration
 
-	// gatherWait is the writer's gather window (see gatherWait below); tests compare it with 0
-	// (off), which withDefaults keeps when noGather is set.
-	gatherWait time.Duration
-	noGather   bool
+	// noGather turns the writer's gather window (gatherWait below) off, for the benchmark
+	// that compares the two.
+	noGather bool
 }
 
 // gatherWait: while the writer is busy (its previous batch was written less than gatherWait
@@ -134,9 +133,6 @@ const (
 )
 
 func (o Options) withDefaults() Options {
-	if o.gatherWait == 0 && !o.noGather {
-		o.gatherWait = gatherWait
-	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -715,8 +711,8 @@ func (l *Log) writer() {
 		batch, l.pending = l.pending, batch[:0]
 		closed := l.closed
 		l.mu.Unlock()
-		if n := len(batch); n > 0 && n < gatherFew && !closed && l.opts.gatherWait > 0 && time.Since(lastWrite) < l.opts.gatherWait {
-			time.Sleep(l.opts.gatherWait)
+		if n := len(batch); n > 0 && n < gatherFew && !closed && !l.opts.noGather && time.Since(lastWrite) < gatherWait {
+			time.Sleep(gatherWait)
 			l.mu.Lock()
 			batch = append(batch, l.pending...)
 			clear(l.pending)

@@ -2,8 +2,6 @@ package tokensource
 
 import (
 	"context"
-	"errors"
-	"fmt"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
@@ -29,25 +27,5 @@ type credential struct {
 
 // GetToken implements azcore.TokenCredential.
 func (c *credential) GetToken(ctx context.Context, opts policy.TokenRequestOptions) (azcore.AccessToken, error) {
-	cred, err := c.s.credential(c.clientID)
-	if err != nil {
-		return azcore.AccessToken{}, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, c.s.cfg.Timeout)
-	defer cancel()
-	// A managed identity's tokens come from its own tenant; IMDS takes no tenant and no claims
-	// (the claims only make MSAL skip its cache).
-	opts.TenantID = ""
-	opts.Claims = bypassCacheClaims
-	tok, err := cred.GetToken(ctx, opts)
-	if err != nil {
-		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
-			err = fmt.Errorf("%w: %w", ctx.Err(), err)
-		}
-		return azcore.AccessToken{}, err
-	}
-	if tok.Token == "" {
-		return azcore.AccessToken{}, errors.New("IMDS returned an empty access token")
-	}
-	return tok, nil
+	return c.s.getToken(ctx, c.clientID, opts)
 }

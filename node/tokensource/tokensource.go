@@ -150,13 +150,23 @@ func New(cfg Config) (*Source, error) {
 // the package doc), bounded by Config.Timeout. ctx should not be a caller's:
 // the fetch is shared.
 func (s *Source) fetch(ctx context.Context, clientID string) (azcore.AccessToken, error) {
+	return s.getToken(ctx, clientID, policy.TokenRequestOptions{Scopes: []string{Scope}})
+}
+
+// getToken asks IMDS for a token of clientID's identity for opts' scopes, bypassing MSAL's cache,
+// bounded by Config.Timeout: the one request of Token (fetch) and of Credential's GetToken.
+func (s *Source) getToken(ctx context.Context, clientID string, opts policy.TokenRequestOptions) (azcore.AccessToken, error) {
 	cred, err := s.credential(clientID)
 	if err != nil {
 		return azcore.AccessToken{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
-	tok, err := cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{Scope}, Claims: bypassCacheClaims})
+	// A managed identity's tokens come from its own tenant; IMDS takes no tenant and no claims
+	// (the claims only make MSAL skip its cache).
+	opts.TenantID = ""
+	opts.Claims = bypassCacheClaims
+	tok, err := cred.GetToken(ctx, opts)
 	if err != nil {
 		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("%w: %w", ctx.Err(), err)
