@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,8 +96,8 @@ func TestIdleSessionMemory(t *testing.T) {
 	f := hold(ctx, t, ferryCfg, heapProfile)
 	perSession := float64(f.mem-d.mem) / sessions
 	goroutines := float64(f.g-d.g) / sessions
-	t.Logf("direct: %.1f KiB/session, %.1f goroutines/session; ferry: %.1f KiB/session, %.1f goroutines/session; node + client: %.1f KiB/session (%.1f KiB of it stacks), %.1f goroutines/session",
-		float64(d.mem)/sessions/1024, float64(d.g)/sessions, float64(f.mem)/sessions/1024, float64(f.g)/sessions, perSession/1024, float64(f.stack-d.stack)/sessions/1024, goroutines)
+	t.Logf("direct: %.1f KiB/session, %.1f goroutines/session; ferry: %.1f KiB/session, %.1f goroutines/session; node + client: %.1f KiB/session (%.1f KiB of it stacks; RSS %.1f KiB), %.1f goroutines/session",
+		float64(d.mem)/sessions/1024, float64(d.g)/sessions, float64(f.mem)/sessions/1024, float64(f.g)/sessions, perSession/1024, float64(f.stack-d.stack)/sessions/1024, float64(f.rss-d.rss)/sessions/1024, goroutines)
 	if perSession > budgetPerSession {
 		t.Errorf("node + client hold %.1f KiB per idle session, budget %d KiB", perSession/1024, budgetPerSession>>10)
 	}
@@ -108,6 +110,7 @@ func TestIdleSessionMemory(t *testing.T) {
 type growth struct {
 	mem   int64 // heap in use + goroutine stacks
 	stack int64 // goroutine stacks
+	rss   int64 // the process's resident set (Linux), shown only: it moves with what the OS takes back
 	g     int   // goroutines
 }
 
@@ -143,7 +146,7 @@ func hold(ctx context.Context, t *testing.T, cfg *pgconn.Config, heapProfile str
 			t.Fatalf("session not alive: %v", err)
 		}
 	}
-	return growth{mem: after.mem - before.mem, stack: after.stack - before.stack, g: after.g - before.g}
+	return growth{mem: after.mem - before.mem, stack: after.stack - before.stack, rss: after.rss - before.rss, g: after.g - before.g}
 }
 
 func snapshot() growth {
@@ -152,7 +155,7 @@ func snapshot() growth {
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return growth{mem: int64(ms.HeapInuse + ms.StackInuse), stack: int64(ms.StackInuse), g: runtime.NumGoroutine()}
+	return growth{mem: int64(ms.HeapInuse + ms.StackInuse), stack: int64(ms.StackInuse), rss: rss(), g: runtime.NumGoroutine()}
 }
 
 // writeHeap writes a heap profile to name.suffix, if name is set.
@@ -168,4 +171,19 @@ func writeHeap(t *testing.T, name, suffix string) {
 	if err := pprof.WriteHeapProfile(f); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// rss is the process's VmRSS in bytes, or 0 where /proc is not there.
+func rss() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }
