@@ -27,6 +27,7 @@ import (
 
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/internal/fdlimit"
+	"github.com/ferryhq/ferry/internal/splice"
 	"github.com/ferryhq/ferry/tunnel"
 )
 
@@ -64,6 +65,8 @@ type Daemon struct {
 
 	link    nodeLink // the node's reachability, as the watchdog sees it (reconnect.go)
 	account account  // this device's status when the node does not answer (account.go)
+
+	splices *splice.Pool // the copy buffers of proxied connections, lent while data flows
 }
 
 type listener struct {
@@ -82,7 +85,7 @@ func StartDaemon(ctx context.Context, dirs Dirs, logger *slog.Logger, opts ...Da
 	if err != nil {
 		return nil, fmt.Errorf("start daemon: %w", err)
 	}
-	d := &Daemon{dirs: dirs, log: logger, state: st, listeners: map[string]*listener{}, loggedOut: make(chan struct{})}
+	d := &Daemon{dirs: dirs, log: logger, state: st, listeners: map[string]*listener{}, loggedOut: make(chan struct{}), splices: splice.NewPool()}
 	for _, o := range opts {
 		o(&d.opts)
 	}
@@ -409,19 +412,8 @@ func (d *Daemon) carry(c net.Conn, r api.Resource) {
 		return
 	}
 	defer up.Close()
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(up, c); closeWrite(up); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(c, up); closeWrite(c); done <- struct{}{} }()
-	select {
-	case <-done:
-	case <-d.ctx.Done():
-	}
-	// One side finished: give the other a moment to drain, then close both.
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-	case <-d.ctx.Done():
-	}
+	// Once one side has finished, the other gets a moment to drain, then both are closed.
+	d.splices.Splice(d.ctx, c, up, 5*time.Second)
 }
 
 func closeWrite(c net.Conn) {

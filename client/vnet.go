@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -338,27 +337,11 @@ func (v *vnet) forward(ctx context.Context, f netstack.Flow) (func(net.Conn), er
 			return
 		}
 		defer v.d.wg.Done()
-		splice(v.d.ctx, c, up)
+		defer c.Close()
+		defer up.Close()
+		// Both ways until both directions end (half-close passed on), or the daemon stops.
+		v.d.splices.Splice(v.d.ctx, c, up, 5*time.Second)
 	}, nil
-}
-
-// splice copies both ways until both directions end (half-close passed on), or ctx ends.
-func splice(ctx context.Context, a, b net.Conn) {
-	defer a.Close()
-	defer b.Close()
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(b, a); closeWrite(b); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(a, b); closeWrite(a); done <- struct{}{} }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return
-	}
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-	case <-ctx.Done():
-	}
 }
 
 // close tears down DNS configuration, resolver and TUN (the OS removes the interface's address

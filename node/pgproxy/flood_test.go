@@ -128,7 +128,7 @@ func TestCopyEndFloodOutsideCopy(t *testing.T) {
 			var sent atomic.Int64
 			w := bufio.NewWriterSize(&out, relayBufferSize)
 			tr := newTracker(0, false, func(audit.Query) {})
-			if err := clientToServer(bufio.NewReaderSize(bytes.NewReader(in), relayBufferSize), w, 1<<30, &term, tr, &sent); err != nil {
+			if err := clientToServer(fixedBuffers(bufio.NewReaderSize(bytes.NewReader(in), relayBufferSize), w), 1<<30, &term, tr, &sent); err != nil {
 				t.Fatal(err)
 			}
 			w.Flush()
@@ -208,7 +208,7 @@ func TestDiscardedRequestsAfterError(t *testing.T) {
 	tr := newTracker(0, false, func(audit.Query) {})
 	relay := func(in []byte) {
 		t.Helper()
-		if err := clientToServer(bufio.NewReaderSize(bytes.NewReader(in), relayBufferSize), w, 1<<30, &term, tr, &sent); err != nil {
+		if err := clientToServer(fixedBuffers(bufio.NewReaderSize(bytes.NewReader(in), relayBufferSize), w), 1<<30, &term, tr, &sent); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -251,7 +251,7 @@ func TestSyncsInsideCopy(t *testing.T) {
 	tr := newTracker(0, false, func(q audit.Query) { recs = append(recs, q) })
 	relay := func(in []byte) {
 		t.Helper()
-		if err := clientToServer(bufio.NewReaderSize(bytes.NewReader(in), relayBufferSize), w, 1<<30, &term, tr, &sent); err != nil {
+		if err := clientToServer(fixedBuffers(bufio.NewReaderSize(bytes.NewReader(in), relayBufferSize), w), 1<<30, &term, tr, &sent); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -50,7 +50,7 @@ func TestClientMessagesLargerThanKept(t *testing.T) {
 			var n atomic.Int64
 			w := bufio.NewWriterSize(&out, relayBufferSize)
 			tr := newTracker(0, false, func(audit.Query) {})
-			if err := clientToServer(bufio.NewReaderSize(bytes.NewReader(in), relayBufferSize), w, DefaultMaxMessageSize, &term, tr, &n); err != nil {
+			if err := clientToServer(fixedBuffers(bufio.NewReaderSize(bytes.NewReader(in), relayBufferSize), w), DefaultMaxMessageSize, &term, tr, &n); err != nil {
 				t.Fatal(err)
 			}
 			w.Flush()

@@ -43,7 +43,7 @@ func BenchmarkClientToServerParser(b *testing.B) {
 				w := bufio.NewWriterSize(io.Discard, relayBufferSize)
 				r := bufio.NewReaderSize(bytes.NewReader(stream), relayBufferSize)
 				tr := newTracker(0, false, func(audit.Query) {})
-				if err := clientToServer(r, w, 1<<30, &terminated, tr, &n); err != nil {
+				if err := clientToServer(fixedBuffers(r, w), 1<<30, &terminated, tr, &n); err != nil {
 					b.Fatal(err)
 				}
 			}

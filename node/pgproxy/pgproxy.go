@@ -228,6 +228,8 @@ type Proxy struct {
 
 	mu      sync.Mutex
 	cancels map[cancelKey]cancelEntry // node BackendKeyData -> upstream BackendKeyData
+
+	buffers *bufferPool // the relay's, lent to sessions while they move data
 }
 
 // cancelKey is the BackendKeyData the proxy gave a client.
@@ -256,7 +258,7 @@ func New(cfg Config) *Proxy {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &Proxy{cfg: cfg, logger: logger, cancels: make(map[cancelKey]cancelEntry)}
+	return &Proxy{cfg: cfg, logger: logger, cancels: make(map[cancelKey]cancelEntry), buffers: newBufferPool()}
 }
 
 // registerCancel gives a session of user a fresh random BackendKeyData and

@@ -62,12 +62,18 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 	var terminated atomic.Bool // the client sent Terminate
 	go func() {
 		defer recoverRelay(c2s, "relay client to server")
-		c2s <- clientToServer(bufio.NewReaderSize(client, relayBufferSize), bufio.NewWriterSize(server, relayBufferSize), int64(p.cfg.MaxMessageSize), &terminated, tr, &stats.fromClient)
+		b := p.buffers.buffers(client, server)
+		err := clientToServer(b, int64(p.cfg.MaxMessageSize), &terminated, tr, &stats.fromClient)
+		b.release()
+		c2s <- err
 	}()
 	go func() {
 		defer recoverRelay(s2c, "relay server to client")
 		defer tr.serverEnded() // before recoverRelay: the client side must not wait for answers that will not come
-		s2c <- serverToClient(bufio.NewReaderSize(server, relayBufferSize), bufio.NewWriterSize(client, relayBufferSize), tr, &stats.fromServer)
+		b := p.buffers.buffers(server, client)
+		err := serverToClient(b, tr, &stats.fromServer)
+		b.release()
+		s2c <- err
 	}()
 	// On shutdown close the server side first, so the client can still be
 	// told why before its side is closed. A client that does not read what is
@@ -175,26 +181,27 @@ var errMidMessage = errors.New("server connection ended in the middle of a messa
 // each to tr. It flushes w whenever r has nothing more buffered, so
 // notifications and notices on an idle session go out at once. It returns
 // nil when the server closed between messages.
-func serverToClient(r *bufio.Reader, w *bufio.Writer, tr *tracker, n *atomic.Int64) error {
+func serverToClient(b *relayBuffers, tr *tracker, n *atomic.Int64) error {
 	var hdr [5]byte
 	kept := make([]byte, 0, smallKeep) // the most kept of one message (CommandComplete, ErrorResponse, ReadyForQuery, ParameterStatus)
-	cw := &countingWriter{w: w, n: n}
+	cw := &countingWriter{b: b, n: n}
 	for {
-		if r.Buffered() == 0 {
-			if err := w.Flush(); err != nil {
+		if b.r.Buffered() == 0 {
+			if err := b.w.Flush(); err != nil {
 				return &errClientWrite{err}
 			}
+			b.idle()
 		}
-		if _, err := io.ReadFull(r, hdr[:1]); err != nil {
-			w.Flush()
+		if _, err := b.readFull(hdr[:1]); err != nil {
+			b.w.Flush()
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			return err
 		}
-		if _, err := io.ReadFull(r, hdr[1:]); err != nil {
+		if _, err := io.ReadFull(b.r, hdr[1:]); err != nil {
 			cw.Write(hdr[:1])
-			w.Flush()
+			b.w.Flush()
 			return fmt.Errorf("%w: %v", errMidMessage, err)
 		}
 		typ := hdr[0]
@@ -204,10 +211,10 @@ func serverToClient(r *bufio.Reader, w *bufio.Writer, tr *tracker, n *atomic.Int
 		}
 		if length < 4 {
 			// Not PostgreSQL framing: pass the rest through untouched.
-			if _, err := io.Copy(cw, r); err != nil {
+			if _, err := io.Copy(cw, b.r); err != nil {
 				return err
 			}
-			w.Flush()
+			b.w.Flush()
 			return &errServerProtocol{length: length}
 		}
 		body := int64(length) - 4
@@ -218,35 +225,35 @@ func serverToClient(r *bufio.Reader, w *bufio.Writer, tr *tracker, n *atomic.Int
 		}
 		if keep > 0 {
 			kept = kept[:keep]
-			if got, err := io.ReadFull(r, kept); err != nil {
+			if got, err := io.ReadFull(b.r, kept); err != nil {
 				cw.Write(kept[:got]) // what did arrive, not the rest of the buffer
-				w.Flush()
+				b.w.Flush()
 				return fmt.Errorf("%w: %v", errMidMessage, err)
 			}
 			if _, err := cw.Write(kept); err != nil {
 				return &errClientWrite{err}
 			}
 		}
-		if err := copyN(cw, r, body-keep, nil); err != nil {
+		if err := copyN(cw, b.r, body-keep, nil); err != nil {
 			var we *writeErr
 			if errors.As(err, &we) {
 				return &errClientWrite{we.err}
 			}
-			w.Flush()
+			b.w.Flush()
 			return fmt.Errorf("%w: %v", errMidMessage, err)
 		}
 		tr.server(typ, kept[:keep])
 	}
 }
 
-// countingWriter counts what it passes to w.
+// countingWriter counts what it passes to b.w.
 type countingWriter struct {
-	w *bufio.Writer
+	b *relayBuffers
 	n *atomic.Int64
 }
 
 func (c *countingWriter) Write(b []byte) (int, error) {
-	n, err := c.w.Write(b)
+	n, err := c.b.w.Write(b)
 	c.n.Add(int64(n))
 	return n, err
 }
@@ -297,20 +304,27 @@ func (e *writeErr) Unwrap() error { return e.err }
 // requests that get a response to tr. It flushes w whenever r has nothing
 // more buffered, so latency is that of the slower side. It returns nil when
 // the client closed after Terminate or between messages.
-func clientToServer(r *bufio.Reader, w *bufio.Writer, max int64, terminated *atomic.Bool, tr *tracker, n *atomic.Int64) error {
+func clientToServer(b *relayBuffers, max int64, terminated *atomic.Bool, tr *tracker, n *atomic.Int64) error {
 	var hdr [5]byte
 	var kept []byte
-	cw := &countingWriter{w: w, n: n}
-	flush := func() { w.Flush() } // what is buffered reaches the server before push waits for its answers
+	cw := &countingWriter{b: b, n: n}
+	flush := func() { b.w.Flush() } // what is buffered reaches the server before push waits for its answers
 	for {
-		if r.Buffered() == 0 {
-			if err := w.Flush(); err != nil {
+		if b.r.Buffered() == 0 {
+			if err := b.w.Flush(); err != nil {
 				return fmt.Errorf("write to server: %w", err)
 			}
+			b.idle()
 		}
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		_, err := b.readFull(hdr[:1])
+		if err == nil {
+			if _, err = io.ReadFull(b.r, hdr[1:]); err == io.EOF {
+				err = io.ErrUnexpectedEOF // a header cut short, as reading all five at once says
+			}
+		}
+		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-				w.Flush()
+				b.w.Flush()
 				return nil
 			}
 			return err
@@ -337,7 +351,7 @@ func clientToServer(r *bufio.Reader, w *bufio.Writer, max int64, terminated *ato
 			return fmt.Errorf("write to server: %w", err)
 		}
 		if p == nil {
-			if err := copyN(cw, r, body, nil); err != nil {
+			if err := copyN(cw, b.r, body, nil); err != nil {
 				return err
 			}
 			continue
@@ -347,7 +361,7 @@ func clientToServer(r *bufio.Reader, w *bufio.Writer, max int64, terminated *ato
 			kept = make([]byte, keep)
 		}
 		kept = kept[:keep]
-		if _, err := io.ReadFull(r, kept); err != nil {
+		if _, err := io.ReadFull(b.r, kept); err != nil {
 			tr.abandon(p)
 			return fmt.Errorf("read client message: %w", err)
 		}
@@ -362,7 +376,7 @@ func clientToServer(r *bufio.Reader, w *bufio.Writer, max int64, terminated *ato
 				tee = tail
 			}
 		}
-		if err := copyN(cw, r, body-keep, tee); err != nil {
+		if err := copyN(cw, b.r, body-keep, tee); err != nil {
 			tr.abandon(p)
 			return err
 		}

@@ -76,7 +76,7 @@ func FuzzRelay(f *testing.F) {
 		var n1, n2 atomic.Int64
 		var terminated atomic.Bool
 		w1 := bufio.NewWriter(&toServer)
-		err := clientToServer(bufio.NewReaderSize(bytes.NewReader(fromClient), 512), w1, maxMsg, &terminated, tr, &n1)
+		err := clientToServer(fixedBuffers(bufio.NewReaderSize(bytes.NewReader(fromClient), 512), w1), maxMsg, &terminated, tr, &n1)
 		w1.Flush()
 		if !bytes.HasPrefix(fromClient, toServer.Bytes()) {
 			t.Fatalf("client side: sent bytes that are not a prefix of the input")
@@ -92,7 +92,7 @@ func FuzzRelay(f *testing.F) {
 			t.Fatalf("client side: counted %d bytes, sent %d", n1.Load(), toServer.Len())
 		}
 		w2 := bufio.NewWriter(&toClient)
-		err = serverToClient(bufio.NewReaderSize(bytes.NewReader(fromServer), 512), w2, tr, &n2)
+		err = serverToClient(fixedBuffers(bufio.NewReaderSize(bytes.NewReader(fromServer), 512), w2), tr, &n2)
 		w2.Flush()
 		if !bytes.HasPrefix(fromServer, toClient.Bytes()) {
 			t.Fatalf("server side: sent bytes that are not a prefix of the input")
@@ -121,7 +121,7 @@ func TestServerLongErrorResponse(t *testing.T) {
 		var out bytes.Buffer
 		var n atomic.Int64
 		w := bufio.NewWriter(&out)
-		if err := serverToClient(bufio.NewReader(bytes.NewReader(msg)), w, tr, &n); err != nil {
+		if err := serverToClient(fixedBuffers(bufio.NewReader(bytes.NewReader(msg)), w), tr, &n); err != nil {
 			t.Fatalf("%d-byte message: %v", size, err)
 		}
 		w.Flush()

@@ -66,7 +66,7 @@ func TestClientToServer(t *testing.T) {
 			var n atomic.Int64
 			w := bufio.NewWriterSize(&out, relayBufferSize)
 			tr := newTracker(0, false, func(audit.Query) {})
-			err := clientToServer(bufio.NewReaderSize(bytes.NewReader(tc.in), relayBufferSize), w, tc.max, &term, tr, &n)
+			err := clientToServer(fixedBuffers(bufio.NewReaderSize(bytes.NewReader(tc.in), relayBufferSize), w), tc.max, &term, tr, &n)
 			w.Flush()
 			if tc.wantErr == nil && err != nil {
 				t.Fatal(err)
@@ -266,12 +266,12 @@ func TestTracker(t *testing.T) {
 			var term atomic.Bool
 			var n atomic.Int64
 			w := bufio.NewWriter(&toServer)
-			if err := clientToServer(bufio.NewReader(bytes.NewReader(tc.client)), w, 1<<30, &term, tr, &n); err != nil {
+			if err := clientToServer(fixedBuffers(bufio.NewReader(bytes.NewReader(tc.client)), w), 1<<30, &term, tr, &n); err != nil {
 				t.Fatal(err)
 			}
 			w.Flush()
 			w = bufio.NewWriter(&toClient)
-			if err := serverToClient(bufio.NewReader(bytes.NewReader(tc.server)), w, tr, &n); err != nil {
+			if err := serverToClient(fixedBuffers(bufio.NewReader(bytes.NewReader(tc.server)), w), tr, &n); err != nil {
 				t.Fatal(err)
 			}
 			tr.finish()
@@ -407,10 +407,10 @@ func TestTrackerLongText(t *testing.T) {
 			tr := newTracker(tc.limit, false, func(q audit.Query) { got = append(got, q) })
 			var term atomic.Bool
 			var n atomic.Int64
-			if err := clientToServer(bufio.NewReader(bytes.NewReader(tc.client)), bufio.NewWriter(io.Discard), 1<<30, &term, tr, &n); err != nil {
+			if err := clientToServer(fixedBuffers(bufio.NewReader(bytes.NewReader(tc.client)), bufio.NewWriter(io.Discard)), 1<<30, &term, tr, &n); err != nil {
 				t.Fatal(err)
 			}
-			if err := serverToClient(bufio.NewReader(bytes.NewReader(tc.server)), bufio.NewWriter(io.Discard), tr, &n); err != nil {
+			if err := serverToClient(fixedBuffers(bufio.NewReader(bytes.NewReader(tc.server)), bufio.NewWriter(io.Discard)), tr, &n); err != nil {
 				t.Fatal(err)
 			}
 			tr.finish()

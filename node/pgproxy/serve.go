@@ -78,10 +78,14 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	}
 	server := up.hc.Conn
 	defer server.Close()
-	end := audit.ConnectionEnd{Outcome: audit.OutcomeOK, UpstreamPID: up.hc.PID}
-	g.pid = up.hc.PID
+	// What the session needs of the login, taken out so that nothing used after the login reply
+	// refers to up: the rest of it (pgconn's read and write buffers, its config) is not held for
+	// as long as the session lasts.
+	pid, secret, scs := up.hc.PID, up.hc.SecretKey, up.hc.ParameterStatuses["standard_conforming_strings"]
+	end := audit.ConnectionEnd{Outcome: audit.OutcomeOK, UpstreamPID: pid}
+	g.pid = pid
 
-	key, forget, err := p.registerCancel(t, s.User, up.hc.PID, up.hc.SecretKey)
+	key, forget, err := p.registerCancel(t, s.User, pid, secret)
 	if err != nil {
 		p.refuse(ctx, conn, id, fatal(audit.OutcomeFailed, "58000", err.Error(), "", "", err), log)
 		return
@@ -102,7 +106,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	}
 	conn.SetDeadline(time.Time{})
 	server.SetDeadline(time.Time{})
-	log.Info("pgproxy: session started", "database", database, "role", t.label(), "upstream_pid", up.hc.PID)
+	log.Info("pgproxy: session started", "database", database, "role", t.label(), "upstream_pid", pid)
 
 	// A session whose statements cannot be recorded is ended (fail closed): the
 	// audit log's writer calls back when one of its records could not be written.
@@ -126,7 +130,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 		}
 	})
 	tr.maxPending = maxPendingRequests
-	tr.setParameter("standard_conforming_strings", up.hc.ParameterStatuses["standard_conforming_strings"])
+	tr.setParameter("standard_conforming_strings", scs)
 	// A session the node ends (grant revoked, user suspended or deleted, resource deleted, or its
 	// audit records cannot be written) also stops what it runs upstream: the server connection is
 	// closed first, so that nothing more of the client's reaches the server, then the running
@@ -141,8 +145,8 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 		}
 		ended := time.Now()
 		server.Close()
-		p.cancelUpstream(ctx, cancelEntry{target: t, user: s.User, pid: up.hc.PID, secret: up.hc.SecretKey}, log)
-		p.terminateUpstream(ctx, t, up.hc.PID, ended, log)
+		p.cancelUpstream(ctx, cancelEntry{target: t, user: s.User, pid: pid, secret: secret}, log)
+		p.terminateUpstream(ctx, t, pid, ended, log)
 	})
 	var stats relayStats
 	g.stats = &stats

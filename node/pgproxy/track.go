@@ -68,7 +68,7 @@ type sqlCapture struct {
 type pending struct {
 	kind  byte // 'Q', 'P', 'B', 'D', 'E', 'C', 'S', 'F'
 	at    time.Time
-	ready chan struct{} // closed by the client side once the fields below are set
+	ready bool // set (under tracker.mu) by the client side once the fields below are set
 
 	sql     sqlCapture
 	stmt    string // Parse, Bind: statement name
@@ -170,7 +170,17 @@ type tracker struct {
 	// syncAhead: while skip, a Sync is queued, so the server will answer again. Without one it
 	// answers nothing until the client's next Sync, which push must not wait in front of.
 	syncAhead bool
+
+	filled sync.Cond // on mu; broadcast when a request becomes ready
+	// popped are the requests taken off the queue during one server message, recycled into free
+	// when it is done with them; free holds a few for push to reuse, so a request costs no
+	// allocation of its own.
+	popped, free []*pending
 }
+
+// maxFree is the most recycled requests a tracker keeps: enough for a pipeline of a few, while a
+// burst of thousands is not held after it ends.
+const maxFree = 8
 
 // maxPendingRequests is the tracker's maxPending in a session: far above what any response a
 // PostgreSQL server holds back in its output buffer (8 KiB, at least 5 bytes per response) can
@@ -185,6 +195,7 @@ func newTracker(limit int, redact bool, record func(audit.Query)) *tracker {
 	}
 	tr := &tracker{record: record, limit: limit, redact: redact, stmts: map[string]sqlCapture{}, portals: map[string]*portalState{}}
 	tr.room.L = &tr.mu
+	tr.filled.L = &tr.mu
 	return tr
 }
 
@@ -263,7 +274,7 @@ func (tr *tracker) push(typ byte, flush func()) *pending {
 		tr.mu.Unlock()
 		return nil
 	}
-	p := &pending{kind: typ, at: time.Now(), ready: make(chan struct{})}
+	p := tr.newPending(typ)
 	if tr.maxPending > 0 && tr.mustWait() {
 		tr.mu.Unlock()
 		if flush != nil {
@@ -464,7 +475,7 @@ func cname(b []byte) (string, []byte, bool) {
 // server will answer them with an ErrorResponse. It changes no state of the
 // server's: what a request does there is taken from the server's answer.
 func (tr *tracker) fill(p *pending, kept []byte, total int64, tail *sqlTail) {
-	defer close(p.ready)
+	defer tr.release(p)
 	switch p.kind {
 	case 'Q':
 		sql := kept
@@ -619,12 +630,8 @@ func (tr *tracker) head() *pending {
 			tr.pop()
 			continue
 		}
-		select {
-		case <-p.ready:
-		default:
-			tr.mu.Unlock()
-			<-p.ready
-			tr.mu.Lock()
+		for !p.ready {
+			tr.filled.Wait()
 		}
 		if len(tr.queue) > 0 && tr.queue[0] == p {
 			return p
@@ -677,9 +684,52 @@ func (tr *tracker) endCopy(p *pending, e serverError) {
 
 func (tr *tracker) pop() {
 	if len(tr.queue) > 0 {
+		tr.popped = append(tr.popped, tr.queue[0])
 		tr.queue[0] = nil
-		tr.queue = tr.queue[1:]
+		if len(tr.queue) == 1 {
+			tr.queue = tr.queue[:0] // keeps the array's room: one request at a time allocates nothing
+		} else {
+			tr.queue = tr.queue[1:]
+		}
 	}
+}
+
+// newPending returns a request of kind typ, recycled when one is free. Called with tr.mu held.
+func (tr *tracker) newPending(typ byte) *pending {
+	var p *pending
+	if n := len(tr.free); n > 0 {
+		p = tr.free[n-1]
+		tr.free[n-1] = nil
+		tr.free = tr.free[:n-1]
+	} else {
+		p = &pending{}
+	}
+	p.kind, p.at = typ, time.Now()
+	return p
+}
+
+// recycle keeps the requests popped while handling one server message for reuse, once the
+// handling is done with them. The client side is done with a request once it is ready, and only
+// a ready request is ever popped (tr.head waits), so nothing else refers to one but tr.copyIn,
+// which keeps its request out of the free list. Called with tr.mu held.
+func (tr *tracker) recycle() {
+	for i, p := range tr.popped {
+		tr.popped[i] = nil
+		if p == tr.copyIn || !p.ready || len(tr.free) >= maxFree {
+			continue
+		}
+		*p = pending{}
+		tr.free = append(tr.free, p)
+	}
+	tr.popped = tr.popped[:0]
+}
+
+// release marks p ready, for the server side waiting on it in tr.head.
+func (tr *tracker) release(p *pending) {
+	tr.mu.Lock()
+	p.ready = true
+	tr.filled.Broadcast()
+	tr.mu.Unlock()
 }
 
 // server takes one server message: its type and (for CommandComplete,
@@ -706,6 +756,7 @@ func (tr *tracker) server(typ byte, body []byte) {
 			out = append(tr.early, out...)
 			tr.early = nil
 		}
+		tr.recycle()
 		tr.wake()
 		tr.mu.Unlock()
 		for _, q := range out {
@@ -715,12 +766,8 @@ func (tr *tracker) server(typ byte, body []byte) {
 	if typ == 'S' {
 		// A Query the server has begun was parsed with the setting in force
 		// before; a change it makes itself (SET) is reported after.
-		if p := tr.first(); p != nil {
-			select {
-			case <-p.ready:
-				tr.startQuery(p)
-			default: // not whole yet, so the server has not begun it
-			}
+		if p := tr.first(); p != nil && p.ready { // not whole yet: the server has not begun it
+			tr.startQuery(p)
 		}
 		if name, rest, ok := cstr(body); ok {
 			value, _, _ := cstr(rest)
@@ -1542,7 +1589,7 @@ func skipString(s string, i int, esc bool) int {
 func (tr *tracker) abandon(p *pending) {
 	if p != nil {
 		p.abandoned = true
-		close(p.ready)
+		tr.release(p)
 	}
 }
 
@@ -1579,7 +1626,9 @@ func (tr *tracker) finish() int {
 		unanswered++
 	}
 	for _, p := range tr.queue {
-		<-p.ready
+		for !p.ready {
+			tr.filled.Wait()
+		}
 		if p.abandoned {
 			continue
 		}
