@@ -533,7 +533,9 @@ func TestHelperStoppedThenBack(t *testing.T) {
 		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(500 * time.Millisecond) {
 			_, _ = cli("connect", vnResource)
 			st, _ = cli("status")
-			if l := statusLine(st, vnResource); strings.Contains(l, "  "+label+"  ") {
+			// Connected, not only shown in that mode: a connect sent before the daemon's socket
+			// was there did nothing, and a resource not connected is shown in the mode it would get.
+			if l := statusLine(st, vnResource); strings.Contains(l, "  "+label+"  ") && len(strings.Fields(l)) > 3 && strings.Fields(l)[3] == "connected" {
 				for _, f := range strings.Fields(l) {
 					if _, _, err := net.SplitHostPort(f); err == nil {
 						return f
