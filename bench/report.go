@@ -14,8 +14,9 @@ import (
 
 // report is everything one run measured, as written to benchmarks.json.
 type report struct {
-	Date        string       `json:"date"` // RFC 3339, UTC
-	CPUs        int          `json:"cpus"` // runtime.NumCPU
+	Date        string       `json:"date"`         // RFC 3339, UTC
+	CPUs        int          `json:"cpus"`         // runtime.NumCPU
+	LoadAvg     string       `json:"load_average"` // /proc/loadavg's 1, 5 and 15 minute figures before the run; "" where there is none
 	OS          string       `json:"os"`
 	Go          string       `json:"go"`
 	Postgres    string       `json:"postgres"`
@@ -64,10 +65,25 @@ type targetLine struct {
 	Detail string  `json:"detail"`
 }
 
+// loadAverage is the machine's load average (1, 5 and 15 minutes) from /proc/loadavg, or "" where
+// the system has none.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}
+
 func newReport(o options) *report {
 	return &report{
 		Date:     time.Now().UTC().Format(time.RFC3339),
 		CPUs:     runtime.NumCPU(),
+		LoadAvg:  loadAverage(),
 		OS:       runtime.GOOS + "/" + runtime.GOARCH,
 		Go:       runtime.Version(),
 		Command:  "go run ./bench " + strings.Join(os.Args[1:], " "),
@@ -252,6 +268,9 @@ func (r *report) markdown() string {
 	w("`go run ./bench` (see bench/main.go). Absolute numbers drift on shared machines; the ratios to\n")
 	w("**direct** (same run, paths alternating) are the figures to read.\n\n")
 	w("- Date: %s\n- CPUs: %d (%s)\n- %s, PostgreSQL %s\n- Command: `%s`\n", r.Date, r.CPUs, r.OS, r.Go, r.Postgres, r.Command)
+	if r.LoadAvg != "" {
+		w("- Load average before the run (1, 5, 15 min): %s; figures from a loaded machine are lower and noisier\n", r.LoadAvg)
+	}
 	w("- pgbench runs: %d s each, %d round(s); COPY and raw tunnel transfer: %d MB (10^6 bytes)\n\n", r.Settings.PgbenchSeconds, r.Settings.Rounds, r.Settings.CopyMB)
 	w("## Paths\n\n")
 	for _, name := range r.columns() {
