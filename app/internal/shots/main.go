@@ -200,7 +200,7 @@ func runVN(out string) error {
 	a := fyneapp.NewWithID("dev.ferryhq.ferry.screenshots")
 	a.SetIcon(fyne.NewStaticResource("icon.png", assets.IconPNG))
 	u := ui.New(ui.Options{App: a, Dirs: dirs, Core: ctl})
-	u.Window.Resize(fyne.NewSize(1600, 660)) // wide enough for the aliases in the Address column
+	u.Window.Resize(fyne.NewSize(1280, 640)) // the common laptop width, as the details pane shot
 	u.Window.Show()
 	var shotErr error
 	go func() {
