@@ -289,3 +289,82 @@ func runMarkerSession(tp *testProxy, s, rounds int, sizes []int, marker string) 
 	defer tc.mu.Unlock()
 	return bytes.Clone(tc.got.Bytes()), nil
 }
+
+// TestRecycledRequestsRecordEveryStatement runs many rounds of pipelined COPY (completed and
+// failed), extended-protocol inserts, errors mid-pipeline and plain queries through one session,
+// so the tracker's request entries are recycled many times over, then hangs up with requests the
+// server has not answered. Every statement is recorded exactly once with its own text and tag,
+// and the unanswered ones as UNANSWERED.
+func TestRecycledRequestsRecordEveryStatement(t *testing.T) {
+	pg := startPostgres(t)
+	tp := startProxy(t, Config{Tokens: &testTokens{token: pg.token}}, pg.target())
+	setup := dialRaw(t, tp)
+	setup.send(&pgproto3.Query{String: "CREATE TABLE recycled (v text)"})
+	if codes, _ := setup.until(1); len(codes) != 0 {
+		t.Fatalf("create table: %v", codes)
+	}
+	setup.send(&pgproto3.Terminate{})
+	tp.waitIdle(t)
+
+	c := dialRaw(t, tp)
+	const rounds = 30
+	want := map[string]int{}
+	for r := range rounds {
+		c.send(
+			&pgproto3.Query{String: fmt.Sprintf("COPY recycled FROM STDIN -- %d", r)},
+			&pgproto3.CopyData{Data: []byte(fmt.Sprintf("copied %d\n", r))},
+			&pgproto3.CopyDone{},
+			&pgproto3.Parse{Query: fmt.Sprintf("INSERT INTO recycled VALUES ($1) -- %d", r)},
+			&pgproto3.Bind{Parameters: [][]byte{[]byte(fmt.Sprintf("bound %d", r))}},
+			&pgproto3.Execute{},
+			&pgproto3.Parse{Query: fmt.Sprintf("SELECT 1/(random()*0)::int -- %d", r)},
+			&pgproto3.Bind{},
+			&pgproto3.Execute{},
+			&pgproto3.Parse{Query: fmt.Sprintf("SELECT 'skipped' -- %d", r)}, // discarded after the error
+			&pgproto3.Bind{},
+			&pgproto3.Execute{},
+			&pgproto3.Sync{},
+			&pgproto3.Query{String: fmt.Sprintf("COPY recycled FROM STDIN -- failed %d", r)},
+			&pgproto3.CopyData{Data: []byte("never\n")},
+			&pgproto3.CopyFail{Message: "given up"},
+			&pgproto3.Query{String: fmt.Sprintf("SELECT %d", r)},
+		)
+		codes, tags := c.until(4)
+		if strings.Join(codes, " ") != "22012 57014" || strings.Join(tags, " ") != "COPY 1 INSERT 0 1 SELECT 1" {
+			t.Fatalf("round %d: errors %v, tags %v", r, codes, tags)
+		}
+		want[fmt.Sprintf("simple|COPY recycled FROM STDIN -- %d||COPY|1|", r)]++
+		want[fmt.Sprintf("extended|INSERT INTO recycled VALUES ($1) -- %d|$1='bound %d|INSERT|1|", r, r)]++
+		want[fmt.Sprintf("extended|SELECT 1/(random()*0)::int -- %d||||22012", r)]++
+		want[fmt.Sprintf("simple|COPY recycled FROM STDIN -- failed %d||||57014", r)]++
+		want[fmt.Sprintf("simple|SELECT %d||SELECT|1|", r)]++
+	}
+	// Requests the server has not answered when the client hangs up: the proxy then closes the
+	// server connection, so they never are.
+	c.send(
+		&pgproto3.Query{String: "SELECT pg_sleep(30) -- pending query"},
+		&pgproto3.Parse{Query: "SELECT 'pending extended'"},
+		&pgproto3.Bind{},
+		&pgproto3.Execute{},
+		&pgproto3.Sync{},
+	)
+	c.nc.Close()
+	want["simple|SELECT pg_sleep(30) -- pending query||"+Unanswered+"|-1|"]++
+	want["extended|SELECT 'pending extended'||"+Unanswered+"|-1|"]++
+
+	_, qs := lastSession(t, tp)
+	got := map[string]int{}
+	for _, q := range qs {
+		got[recordKey(q)]++
+	}
+	for k, n := range want {
+		if got[k] != n {
+			t.Errorf("%d records %q, want %d", got[k], k, n)
+		}
+	}
+	for k, n := range got {
+		if want[k] == 0 {
+			t.Errorf("%d unexpected records %q", n, k)
+		}
+	}
+}
