@@ -78,11 +78,15 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 	// On shutdown close the server side first, so the client can still be
 	// told why before its side is closed. A client that does not read what is
 	// still being written to it (its TCP window full) gets hangUpWait before
-	// that write fails: otherwise the session, its goroutines and its record
-	// would wait for it forever.
+	// that write fails, and one that stops sending gets as long to finish its
+	// message: otherwise the session, its goroutines and its record would wait
+	// for it forever.
 	stop := context.AfterFunc(ctx, func() {
 		server.Close()
 		client.SetWriteDeadline(time.Now().Add(hangUpWait))
+		// A client stalled in the middle of a request holds the server side too when the server
+		// answered early (a hostile server): it waits for the request to be whole.
+		client.SetReadDeadline(time.Now().Add(hangUpWait))
 	})
 	defer stop()
 

@@ -779,6 +779,13 @@ func (tr *tracker) server(typ byte, body []byte) {
 		e := parseError(body)
 		if e.severity == "FATAL" || e.severity == "PANIC" {
 			tr.fatal = e
+			if p := tr.first(); p != nil && !p.ready {
+				// The server ends the session (pg_terminate_backend) while the oldest request is
+				// still arriving: it never got that request whole, so the FATAL answers nothing.
+				// Waiting for the client to finish it would hold the FATAL back from the client,
+				// and keep the session open, for as long as the client stalls.
+				return
+			}
 		}
 		p := tr.head()
 		if p == nil || tr.skip {
