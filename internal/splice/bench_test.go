@@ -26,8 +26,8 @@ func BenchmarkSplice(b *testing.B) {
 		}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			client, a := benchPair(b)
-			c, server := benchPair(b)
+			client, a := pair(b)
+			c, server := pair(b)
 			// As the tunnel side (gVisor's gonet) does, the connections offer no ReadFrom or
 			// WriteTo, so io.Copy cannot hand the copy to the kernel (splice(2)).
 			go tc.splice(context.Background(), plain{a}, plain{c})
@@ -47,27 +47,6 @@ func BenchmarkSplice(b *testing.B) {
 			}
 		})
 	}
-}
-
-func benchPair(b *testing.B) (*net.TCPConn, *net.TCPConn) {
-	b.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := l.Accept()
-		accepted <- c
-	}()
-	c, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	s := <-accepted
-	b.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*net.TCPConn), s.(*net.TCPConn)
 }
 
 // plain is a TCP connection without ReadFrom and WriteTo.

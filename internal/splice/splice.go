@@ -10,8 +10,9 @@ import (
 	"time"
 )
 
-// smallBuffer is what a direction reads into while it has nothing in flight: on its goroutine's
-// stack, large enough for a PostgreSQL request or an answer of a few rows. A read that fills it
+// smallBuffer is what a direction reads into while it has nothing in flight: its own (it escapes to
+// the heap, as the reader and writer are interfaces), large enough for a PostgreSQL request or an
+// answer of a few rows. A read that fills it
 // means more is coming, and the direction takes a bigBuffer from the pool until reads come back
 // short again.
 const (

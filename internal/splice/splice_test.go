@@ -11,7 +11,7 @@ import (
 )
 
 // pair returns the two ends of a loopback TCP connection, closed at cleanup.
-func pair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+func pair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
