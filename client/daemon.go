@@ -46,6 +46,7 @@ type Daemon struct {
 	ctl     *http.Server
 	ctlLn   net.Listener
 	ctlSock os.FileInfo // the control socket this daemon made; Close removes only that one
+	ctlLock io.Closer   // the control socket's lock file, held until Close (lockSocket)
 
 	mu        sync.Mutex
 	state     State
@@ -169,8 +170,19 @@ func (d *Daemon) start(ctx context.Context) error {
 // so it is taken before the tunnel comes up. A daemon that started at the same moment and listened
 // first gets the same refusal as one that runs already, and neither touches the other's tunnel.
 // Connections wait in the socket's backlog until the daemon serves them.
+// errSocketLocked: another daemon holds the control socket's lock.
+var errSocketLocked = errors.New("control socket locked")
+
 func (d *Daemon) claimSocket(sock string) error {
 	refused := fmt.Errorf("start daemon: another ferry daemon already serves %s", sock)
+	lock, err := lockSocket(sock)
+	if errors.Is(err, errSocketLocked) {
+		return refused
+	}
+	if err != nil {
+		return fmt.Errorf("start daemon: %w", err)
+	}
+	d.ctlLock = lock
 	switch err := checkSocket(sock); {
 	case errors.Is(err, errNoSocket):
 	case err != nil:
@@ -489,6 +501,9 @@ func (d *Daemon) Close() error {
 	} else if d.ctlLn != nil {
 		_ = d.ctlLn.Close()
 		_ = removeOwnSocket(d.dirs.Socket(), d.ctlSock)
+	}
+	if d.ctlLock != nil {
+		_ = d.ctlLock.Close() // after the socket is gone, so the next daemon finds none
 	}
 	d.mu.Lock()
 	for n, l := range d.listeners {
