@@ -299,7 +299,7 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	n.secrets = n.newSecretReader()
 	n.metrics = newMetrics(n.log, n.audit.Stats)
-	n.proxy = pgproxy.New(pgproxy.Config{Tokens: countingTokens{TokenSource: n.tokens, m: n.metrics}, Audit: n.audit, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout),
+	n.proxy = pgproxy.New(pgproxy.Config{Tokens: countingTokens{TokenSource: n.tokens, m: n.metrics}, Audit: proxyAudit{n.audit}, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout),
 		OnPanic: n.metrics.panics.Inc, TestHook: n.cfg.SessionTestHook})
 
 	n.tun, err = tunnel.New(ctx, tunnel.Config{
@@ -356,6 +356,13 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	n.log.Info("node started", "wireguard_port", n.tun.Port(), "enroll", ln.Addr().String(), "public_key", n.pub.String(), "devices", peers)
 	return nil
+}
+
+// proxyAudit adapts the audit log to what the proxy needs of it (pgproxy.AuditLog).
+type proxyAudit struct{ *audit.Log }
+
+func (a proxyAudit) QueryRecorder(id int64, onFail func(error)) pgproxy.QueryRecorder {
+	return a.Log.Recorder(id, onFail)
 }
 
 func (n *Node) serve(srv *http.Server, ln net.Listener) {

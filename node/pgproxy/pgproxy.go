@@ -39,7 +39,7 @@
 // each request with its response, so the query log gets one record per
 // executed statement with its start, duration, command tag row count and
 // SQLSTATE; relayed bytes are never changed. Records are handed to the
-// session's audit.Recorder, which fails closed: a session whose connection
+// session's QueryRecorder (node/audit's Recorder), which fails closed: a session whose connection
 // record cannot be written is refused before the upstream login (FATAL
 // 58030); a session over its own allowance of unwritten records waits (its
 // relay from the server stops until the writer catches up), so a flooding
@@ -203,7 +203,7 @@ func endNotice(ctx context.Context) *Refusal {
 // Config configures a Proxy.
 type Config struct {
 	Tokens         TokenSource
-	Audit          *audit.Log    // nil = no audit records (logs only)
+	Audit          AuditLog      // nil = no audit records (logs only)
 	Logger         *slog.Logger  // nil = slog.Default()
 	MaxMessageSize int           // largest client message body in bytes; 0 = DefaultMaxMessageSize
 	LoginTimeout   time.Duration // 0 = DefaultLoginTimeout

@@ -61,7 +61,7 @@ func startProxy(tb testing.TB, cfg Config, target Target) *testProxy {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	cfg.Audit = log
+	cfg.Audit = testAudit{log}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}

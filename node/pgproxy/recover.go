@@ -78,11 +78,11 @@ func rethrowPanic(err error) {
 
 // sessionGuard is what Serve's recover needs to end a session.
 type sessionGuard struct {
-	conn  net.Conn        // the client connection as Serve got it
-	id    int64           // audit connection id, once recorded
-	stats *relayStats     // once relaying
-	pid   uint32          // upstream backend PID, once logged in
-	rec   *audit.Recorder // the session's query recorder, once relaying
+	conn  net.Conn      // the client connection as Serve got it
+	id    int64         // audit connection id, once recorded
+	stats *relayStats   // once relaying
+	pid   uint32        // upstream backend PID, once logged in
+	rec   QueryRecorder // the session's query recorder, once relaying
 }
 
 // recoverSession is deferred at the top of Serve. After a panic in the

@@ -44,7 +44,7 @@ func startSessionProxy(t *testing.T, target Target, tokens TokenSource) *session
 	if err != nil {
 		t.Fatal(err)
 	}
-	sp := &sessionProxy{p: New(Config{Tokens: tokens, Audit: log, Logger: slog.New(slog.DiscardHandler)}), audit: log, t: target}
+	sp := &sessionProxy{p: New(Config{Tokens: tokens, Audit: testAudit{log}, Logger: slog.New(slog.DiscardHandler)}), audit: log, t: target}
 	t.Cleanup(func() {
 		sp.endAll(nil)
 		sp.wg.Wait()

@@ -468,16 +468,16 @@ func auditEnded() *Refusal {
 
 // recorder returns the audit recorder of connection id, or nil without an
 // audit log. When a record cannot be written, end ends the session.
-func (p *Proxy) recorder(id int64, end context.CancelCauseFunc) *audit.Recorder {
+func (p *Proxy) recorder(id int64, end context.CancelCauseFunc) QueryRecorder {
 	if p.cfg.Audit == nil || id == 0 {
 		return nil
 	}
-	return p.cfg.Audit.Recorder(id, func(error) { end(auditEnded()) })
+	return p.cfg.Audit.QueryRecorder(id, func(error) { end(auditEnded()) })
 }
 
 // closeRecorder waits until the session's query records are written and
 // returns how many were not.
-func (p *Proxy) closeRecorder(ctx context.Context, r *audit.Recorder) int64 {
+func (p *Proxy) closeRecorder(ctx context.Context, r QueryRecorder) int64 {
 	if r == nil {
 		return 0
 	}
