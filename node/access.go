@@ -80,7 +80,7 @@ func (n *Node) forward(ctx context.Context, f netstack.Flow) (func(net.Conn), er
 	if err != nil {
 		return nil, err
 	}
-	t := n.target(r)
+	t := n.up.Target(r)
 	s := pgproxy.Session{User: u.Name, ClientAddr: f.Remote.String()}
 	if !acc.Allows(r) {
 		s.Denied = &pgproxy.Refusal{Code: "28000",

@@ -2,7 +2,6 @@ package node
 
 import (
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"strings"
 
@@ -30,7 +29,7 @@ func (n *Node) registerCatalogRoutes(mux *router) {
 		next := in.Get()
 		// The stored hostname too must be on the list: a resource left over from before the list
 		// changed is refused until its hostname is.
-		if err := n.checkServerHost(next.Hostname); err != nil {
+		if err := n.up.CheckHost(next.Hostname); err != nil {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
@@ -96,17 +95,4 @@ func nonNil(s []string) []string {
 		return []string{}
 	}
 	return s
-}
-
-// checkServerHost refuses a resource hostname that is not on the node config's allowed_server_hosts.
-// A hostname that is not a DNS name or an IP address at all passes here and gets the catalog's
-// validation error, which says what a hostname must look like.
-func (n *Node) checkServerHost(host string) error {
-	if !resource.ValidHostname(host) {
-		return nil
-	}
-	if err := n.allowed.Check(host); err != nil {
-		return fmt.Errorf("hostname: %w", err)
-	}
-	return nil
 }

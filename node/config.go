@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -217,18 +216,6 @@ func SaveConfig(path string, c Config) error {
 		return fmt.Errorf("write node config: %w", err)
 	}
 	return nil
-}
-
-// resolver returns the resolver for servers' hostnames: the system's, or one that asks only DNSServer.
-func (c *Config) resolver() *net.Resolver {
-	if c.DNSServer == "" {
-		return net.DefaultResolver
-	}
-	server := c.DNSServer
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, network, server)
-	}}
 }
 
 // Validate checks the config's values, so that `ferry-node init` refuses what `run` would fail on.

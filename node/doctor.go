@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -22,6 +21,7 @@ import (
 	"github.com/ferryhq/ferry/node/catalog"
 	"github.com/ferryhq/ferry/node/health"
 	"github.com/ferryhq/ferry/node/tokensource"
+	"github.com/ferryhq/ferry/node/upstream"
 	"github.com/ferryhq/ferry/resource"
 )
 
@@ -80,7 +80,7 @@ func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt Doctor
 		}
 		rs = rs[i : i+1]
 	}
-	roots, err := rootPool(cfg)
+	roots, err := upstream.RootPool(cfg.CAFiles)
 	if err != nil {
 		return false, fmt.Errorf("doctor: %w", err)
 	}
@@ -110,11 +110,9 @@ func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt Doctor
 	if err != nil {
 		return false, fmt.Errorf("doctor: %w", err)
 	}
-	// The secret store step reads Key Vault as the running node does.
-	sn := &Node{cfg: cfg, cat: cat, tokens: tokens, roots: roots, log: slog.New(slog.DiscardHandler)}
-	sn.secrets = sn.newSecretReader()
-	checker := health.NewChecker(health.Config{Tokens: tokens, RootCAs: roots, HostOverrides: cfg.HostOverrides, AllowedHosts: allowed, Resolver: cfg.resolver(), StepTimeout: opt.StepTimeout,
-		Secrets: sn.secretCredentials})
+	// Servers and Key Vault are reached as the running node reaches them.
+	sn := &Node{cfg: cfg, log: slog.New(slog.DiscardHandler)}
+	checker := health.NewChecker(upstream.New(sn.upstreamConfig(allowed, roots, cat, tokens, tokens)).HealthConfig(opt.StepTimeout))
 	for _, r := range rs {
 		fmt.Fprintf(w, "%s  %s\n", r.Name, describe(r))
 		h := checker.Check(ctx, r, func(s api.HealthStep) { printStep(w, s) })
@@ -266,22 +264,4 @@ func tokenTimes(tok string) (iat, exp time.Time, err error) {
 		return iat, exp, fmt.Errorf("decode access token claims: %w", err)
 	}
 	return time.Unix(c.IAT, 0), time.Unix(c.EXP, 0), nil
-}
-
-// rootPool is the system pool plus the config's CA files, as the node trusts for servers.
-func rootPool(cfg Config) (*x509.CertPool, error) {
-	roots, err := x509.SystemCertPool()
-	if err != nil || roots == nil {
-		roots = x509.NewCertPool()
-	}
-	for _, f := range cfg.CAFiles {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("read CA file: %w", err)
-		}
-		if !roots.AppendCertsFromPEM(b) {
-			return nil, fmt.Errorf("CA file %s holds no PEM certificate", f)
-		}
-	}
-	return roots, nil
 }

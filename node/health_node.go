@@ -35,18 +35,9 @@ func (n *Node) startHealth(ctx context.Context) error {
 	return nil
 }
 
-// healthChecker returns a Checker that reaches servers the way the proxy does: the node's CA pool,
-// its host overrides and its token source.
+// healthChecker returns a Checker that reaches servers the way the proxy does (node/upstream).
 func (n *Node) healthChecker(stepTimeout time.Duration) *health.Checker {
-	return health.NewChecker(health.Config{
-		Tokens:        countingTokens{TokenSource: n.tokens, m: n.metrics},
-		RootCAs:       n.roots,
-		HostOverrides: n.cfg.HostOverrides,
-		AllowedHosts:  n.allowed,
-		Resolver:      n.cfg.resolver(),
-		StepTimeout:   stepTimeout,
-		Secrets:       n.secretCredentials,
-	})
+	return health.NewChecker(n.up.HealthConfig(stepTimeout))
 }
 
 // MetricsAddr returns the metrics endpoint's bound address, or nil when it is off.

@@ -238,7 +238,7 @@ func (n *Node) apiRouter() *router {
 			return
 		}
 		res := in.Get()
-		if err := n.checkServerHost(res.Hostname); err != nil {
+		if err := n.up.CheckHost(res.Hostname); err != nil {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}

@@ -23,7 +23,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -33,10 +32,9 @@ import (
 	"github.com/ferryhq/ferry/node/catalog"
 	"github.com/ferryhq/ferry/node/health"
 	"github.com/ferryhq/ferry/node/pgproxy"
-	"github.com/ferryhq/ferry/node/secretstore"
 	"github.com/ferryhq/ferry/node/serverhost"
 	"github.com/ferryhq/ferry/node/tokensource"
-	"github.com/ferryhq/ferry/resource"
+	"github.com/ferryhq/ferry/node/upstream"
 	"github.com/ferryhq/ferry/tunnel"
 )
 
@@ -206,15 +204,12 @@ type Node struct {
 	cat    *catalog.Catalog
 	audit  *audit.Log
 	tokens *tokensource.Source
-	// secrets reads resources' usernames and client IDs from their secret stores (Key Vault).
-	secrets *secretstore.Reader
-	proxy   *pgproxy.Proxy
-	tun     *tunnel.Tunnel
-	roots   *x509.CertPool
-	// allowed is the config's allowed_server_hosts: the only servers that get an access token.
-	allowed *serverhost.List
-	pub     tunnel.Key
-	key     tunnel.Key // the node's WireGuard private key (also keys the device status query's MAC)
+	// up is how the node reaches servers: allow-list, CA pool, host overrides, credentials.
+	up    *upstream.Upstream
+	proxy *pgproxy.Proxy
+	tun   *tunnel.Tunnel
+	pub   tunnel.Key
+	key   tunnel.Key // the node's WireGuard private key (also keys the device status query's MAC)
 
 	health    *health.Scheduler
 	metrics   *metrics
@@ -269,21 +264,13 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("start node: %w", err)
 	}
 	n.key, n.pub = key, key.PublicKey()
-	if n.allowed, err = n.cfg.allowList(); err != nil {
+	allowed, err := n.cfg.allowList()
+	if err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
-	n.roots, err = x509.SystemCertPool()
-	if err != nil || n.roots == nil {
-		n.roots = x509.NewCertPool()
-	}
-	for _, f := range n.cfg.CAFiles {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return fmt.Errorf("start node: read CA file: %w", err)
-		}
-		if !n.roots.AppendCertsFromPEM(b) {
-			return fmt.Errorf("start node: CA file %s holds no PEM certificate", f)
-		}
+	roots, err := upstream.RootPool(n.cfg.CAFiles)
+	if err != nil {
+		return fmt.Errorf("start node: %w", err)
 	}
 	if n.db, err = audit.OpenDB(filepath.Join(n.dir, dbFile)); err != nil {
 		return fmt.Errorf("start node: %w", err)
@@ -297,8 +284,8 @@ func (n *Node) start(ctx context.Context) error {
 	if n.tokens, err = tokensource.New(tokensource.Config{IMDSEndpoint: n.cfg.IMDSEndpoint, Timeout: time.Duration(n.cfg.TokenTimeout), Logger: n.log}); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
-	n.secrets = n.newSecretReader()
 	n.metrics = newMetrics(n.log, n.audit.Stats)
+	n.up = upstream.New(n.upstreamConfig(allowed, roots, n.cat, n.tokens, countingTokens{TokenSource: n.tokens, m: n.metrics}))
 	n.proxy = pgproxy.New(pgproxy.Config{Tokens: countingTokens{TokenSource: n.tokens, m: n.metrics}, Audit: proxyAudit{n.audit}, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout),
 		OnPanic: n.metrics.panics.Inc, TestHook: n.cfg.SessionTestHook})
 
@@ -396,35 +383,22 @@ func (n *Node) addDevicePeer(d catalog.Device) error {
 	return n.tun.AddPeer(p)
 }
 
-// target describes how the proxy reaches and logs in to resource r.
-func (n *Node) target(r resource.Resource) pgproxy.Target {
-	t := pgproxy.Target{
-		Resource:         r.Name,
-		Host:             r.Hostname,
-		Port:             r.Port,
-		Database:         r.Database,
-		Username:         r.LoginUsername(),
-		RestrictDatabase: r.RestrictDatabase,
-		RedactParams:     r.RedactQueryParameters,
-		ClientID:         r.ManagedIdentityClientID,
-		TLSRequired:      r.TLSRequired,
-		RootCAs:          n.roots,
-		AllowedHosts:     n.allowed,
+// upstreamConfig is how the node reaches servers, from its config: the allow-list and CA pool (parsed
+// and read at start), host overrides, DNS server, token source and the catalog's secret stores.
+func (n *Node) upstreamConfig(allowed *serverhost.List, roots *x509.CertPool, stores upstream.SecretStores, tokens *tokensource.Source, counted upstream.TokenSource) upstream.Config {
+	return upstream.Config{
+		AllowedHosts:       allowed,
+		RootCAs:            roots,
+		HostOverrides:      n.cfg.HostOverrides,
+		DNSServer:          n.cfg.DNSServer,
+		Tokens:             counted,
+		Credential:         tokens.Credential,
+		SecretStores:       stores,
+		SecretTTL:          time.Duration(n.cfg.SecretTTL),
+		SecretMaxStaleness: time.Duration(n.cfg.SecretMaxStaleness),
+		Timeout:            time.Duration(n.cfg.TokenTimeout),
+		Logger:             n.log,
 	}
-	n.withSecrets(&t, r)
-	// The same key as the health check's: lower case, no trailing dot.
-	if over, ok := n.cfg.HostOverrides[strings.ToLower(strings.TrimSuffix(r.Hostname, "."))]; ok {
-		if _, _, err := net.SplitHostPort(over); err != nil {
-			over = net.JoinHostPort(over, strconv.Itoa(r.Port))
-		}
-		t.Dial = func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return pgproxy.UpstreamDialer().DialContext(ctx, network, over)
-		}
-	} else if n.cfg.DNSServer != "" {
-		d := &net.Dialer{KeepAlive: 30 * time.Second, Resolver: n.cfg.resolver()}
-		t.Dial = d.DialContext
-	}
-	return t
 }
 
 // EnrollToken issues a single-use enrollment token for an existing user, naming the enrollment

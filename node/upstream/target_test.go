@@ -1,4 +1,4 @@
-package node
+package upstream
 
 import (
 	"context"
@@ -28,11 +28,11 @@ func TestTargetHostOverrideAnyCaseTrailingDot(t *testing.T) {
 			c.Close()
 		}
 	}()
-	n := &Node{cfg: Config{HostOverrides: map[string]string{"mypg.postgres.database.azure.com": ln.Addr().String()}}}
+	up := New(Config{HostOverrides: map[string]string{"mypg.postgres.database.azure.com": ln.Addr().String()}})
 	for _, host := range []string{"mypg.postgres.database.azure.com", "MyPG.Postgres.Database.Azure.COM", "mypg.postgres.database.azure.com."} {
 		r := resource.New("r")
 		r.Hostname = host
-		tg := n.target(r)
+		tg := up.Target(r)
 		if tg.Dial == nil {
 			t.Errorf("hostname %q: no host override used", host)
 			continue

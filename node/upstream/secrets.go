@@ -1,4 +1,4 @@
-package node
+package upstream
 
 import (
 	"context"
@@ -24,14 +24,14 @@ var clientIDRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{
 
 // newSecretReader makes the Key Vault reader: the node's managed identity credentials, its CA pool,
 // its host overrides (a vault's host name may be mapped like a server's) and DNS server.
-func (n *Node) newSecretReader() *secretstore.Reader {
-	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second, Resolver: n.cfg.resolver()}
-	overrides := n.cfg.HostOverrides
+func (up *Upstream) newSecretReader() *secretstore.Reader {
+	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second, Resolver: Resolver(up.cfg.DNSServer)}
+	overrides := up.cfg.HostOverrides
 	tr := &http.Transport{
 		// HTTPS_PROXY is honoured for Key Vault, except for a vault whose host is overridden: that
 		// one is dialled at its override.
 		Proxy: func(req *http.Request) (*url.URL, error) {
-			if _, ok := overrides[strings.ToLower(strings.TrimSuffix(req.URL.Hostname(), "."))]; ok {
+			if _, ok := overrides[overrideKey(req.URL.Hostname())]; ok {
 				return nil, nil
 			}
 			return http.ProxyFromEnvironment(req)
@@ -41,7 +41,7 @@ func (n *Node) newSecretReader() *secretstore.Reader {
 			if err != nil {
 				return nil, err
 			}
-			if over, ok := overrides[strings.ToLower(strings.TrimSuffix(host, "."))]; ok {
+			if over, ok := overrides[overrideKey(host)]; ok {
 				if _, _, err := net.SplitHostPort(over); err != nil {
 					over = net.JoinHostPort(over, port)
 				}
@@ -49,19 +49,19 @@ func (n *Node) newSecretReader() *secretstore.Reader {
 			}
 			return dialer.DialContext(ctx, network, addr)
 		},
-		TLSClientConfig:       &tls.Config{RootCAs: n.roots, MinVersion: tls.VersionTLS12},
+		TLSClientConfig:       &tls.Config{RootCAs: up.cfg.RootCAs, MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: 30 * time.Second,
 		MaxIdleConnsPerHost:   4,
 		IdleConnTimeout:       90 * time.Second,
 	}
 	return secretstore.New(secretstore.Config{
-		Credential:   n.tokens.Credential,
+		Credential:   up.cfg.Credential,
 		HTTPClient:   &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
-		TTL:          time.Duration(n.cfg.SecretTTL),
-		MaxStaleness: time.Duration(n.cfg.SecretMaxStaleness),
-		Timeout:      time.Duration(n.cfg.TokenTimeout),
-		Logger:       n.log,
+		TTL:          up.cfg.SecretTTL,
+		MaxStaleness: up.cfg.SecretMaxStaleness,
+		Timeout:      up.cfg.Timeout,
+		Logger:       up.cfg.Logger,
 	})
 }
 
@@ -83,11 +83,11 @@ func secretLabel(r resource.Resource) string {
 	return "secret " + r.SecretStoreID + "/" + r.UsernamePath
 }
 
-// secretCredentials reads r's username and client ID from its secret store. The username comes back
+// Credentials reads r's username and client ID from its secret store. The username comes back
 // as read (not formatted for Single Server). Errors are *secretError and never hold a value.
-func (n *Node) secretCredentials(ctx context.Context, r resource.Resource) (health.SecretCredentials, error) {
+func (up *Upstream) Credentials(ctx context.Context, r resource.Resource) (health.SecretCredentials, error) {
 	out := health.SecretCredentials{Label: secretLabel(r), ClientID: r.ManagedIdentityClientID}
-	st, err := n.cat.SecretStore(ctx, r.SecretStoreID)
+	st, err := up.cfg.SecretStores.SecretStore(ctx, r.SecretStoreID)
 	if err != nil {
 		return out, &secretError{msg: fmt.Sprintf("could not read username from secret store %s: %v", r.SecretStoreID, err),
 			hint: "the resource names a secret store the catalog does not have: set its secret-store-id to one of `ferry admin secretstores list`", err: err}
@@ -97,7 +97,7 @@ func (n *Node) secretCredentials(ctx context.Context, r resource.Resource) (heal
 		identity = "user-assigned managed identity " + st.ManagedIdentityClientID
 	}
 	read := func(what, path string) (secretstore.Value, error) {
-		v, err := n.secrets.Get(ctx, st, path)
+		v, err := up.secrets.Get(ctx, st, path)
 		if err != nil {
 			hint := ""
 			var se *secretstore.Error
@@ -159,7 +159,7 @@ func roleName(u string, singleServer bool) bool {
 }
 
 // withSecrets makes t read its username and client ID from r's secret store at login time.
-func (n *Node) withSecrets(t *pgproxy.Target, r resource.Resource) {
+func (up *Upstream) withSecrets(t *pgproxy.Target, r resource.Resource) {
 	if r.SecretStoreID == "" {
 		return
 	}
@@ -169,7 +169,7 @@ func (n *Node) withSecrets(t *pgproxy.Target, r resource.Resource) {
 		t.ClientIDLabel = "secret " + r.SecretStoreID + "/" + r.ManagedIdentityClientIDPath
 	}
 	t.Credentials = func(ctx context.Context) (string, string, error) {
-		cr, err := n.secretCredentials(ctx, r)
+		cr, err := up.Credentials(ctx, r)
 		if err != nil {
 			var se *secretError
 			if errors.As(err, &se) {
