@@ -35,7 +35,7 @@ func (n *Node) changed(r *http.Request, action, target, detail string) {
 		n.log.Error("record admin activity", "err", err)
 	}
 	n.log.Info("admin change", "actor", caller(r).Name, "action", action, "target", target, "detail", detail)
-	n.kick()
+	n.sessions.Kick()
 }
 
 // registerAccessRoutes adds the users, roles, devices and activity routes to the control API.

@@ -74,7 +74,7 @@ func (n *Node) enrollHandler() http.Handler {
 			writeError(w, http.StatusBadRequest, fmt.Errorf("device_name: %w", err))
 			return
 		}
-		d, u, err := n.enroll(r.Context(), req.Secret, key, req.DeviceName)
+		d, u, err := n.sessions.Enroll(r.Context(), req.Secret, key, req.DeviceName)
 		switch {
 		case errors.Is(err, catalog.ErrTokenUnknown), errors.Is(err, catalog.ErrTokenUsed), errors.Is(err, catalog.ErrTokenExpired), errors.Is(err, catalog.ErrUserSuspended):
 			n.log.Warn("enrollment refused", "remote", r.RemoteAddr, "err", err)
@@ -108,32 +108,6 @@ func (n *Node) enrollHandler() http.Handler {
 	})
 	mux.HandleFunc("POST /v1/device-status", n.deviceStatus)
 	return mux
-}
-
-// enroll redeems the token for key and makes the device a WireGuard peer, both or neither: the peer
-// is added inside the catalog transaction, which rolls back when that fails, and removed again when
-// the commit fails. peerMu keeps the reconcile loop from seeing the peer before its device.
-func (n *Node) enroll(ctx context.Context, secret string, key tunnel.Key, name string) (catalog.Device, catalog.User, error) {
-	n.peerMu.Lock()
-	defer n.peerMu.Unlock()
-	added := false
-	d, u, err := n.cat.Enroll(ctx, secret, key.String(), name, func(d catalog.Device) error {
-		p, err := devicePeer(d)
-		if err != nil {
-			return err
-		}
-		if err := n.tun.AddPeer(p); err != nil {
-			return fmt.Errorf("add WireGuard peer: %w", err)
-		}
-		added = true
-		return nil
-	})
-	if err != nil && added {
-		if rerr := n.tun.RemovePeer(key); rerr != nil {
-			n.log.Error("remove the WireGuard peer of a failed enrollment", "public_key", key.String(), "err", rerr)
-		}
-	}
-	return d, u, err
 }
 
 type ctxKey struct{}

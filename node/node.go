@@ -33,6 +33,7 @@ import (
 	"github.com/ferryhq/ferry/node/health"
 	"github.com/ferryhq/ferry/node/pgproxy"
 	"github.com/ferryhq/ferry/node/serverhost"
+	"github.com/ferryhq/ferry/node/session"
 	"github.com/ferryhq/ferry/node/tokensource"
 	"github.com/ferryhq/ferry/node/upstream"
 	"github.com/ferryhq/ferry/tunnel"
@@ -220,15 +221,9 @@ type Node struct {
 	wg       sync.WaitGroup
 	ctx      context.Context // ends when the node closes; sessions run under it
 	cancel   context.CancelFunc
-	sessions sessions
-	kickc    chan struct{}
-
-	// peerMu orders changes of WireGuard peers: the reconcile loop's peer step and enrollment (which
-	// adds a peer inside its catalog transaction), so that reconcile never removes a peer whose
-	// device is about to be committed.
-	peerMu sync.Mutex
-	// badPeers are the devices' keys the tunnel refused, logged once each (reconcile loop only).
-	badPeers map[string]bool
+	// sessions admits tunnelled flows, keeps the open sessions and ends those the catalog no
+	// longer allows, and keeps the tunnel's peers in line with the catalog's devices.
+	sessions *session.Manager
 }
 
 // Start opens the node's state in dir and starts its WireGuard endpoint, its enrollment endpoint,
@@ -239,7 +234,7 @@ func Start(ctx context.Context, dir string, cfg Config, logger *slog.Logger) (*N
 	if logger == nil {
 		logger = slog.Default()
 	}
-	n := &Node{dir: dir, cfg: cfg, log: logger, kickc: make(chan struct{}, 1)}
+	n := &Node{dir: dir, cfg: cfg, log: logger}
 	n.ctx, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if err := n.start(n.ctx); err != nil {
 		n.Close()
@@ -300,24 +295,20 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start node: WireGuard: %w", err)
 	}
-	// Devices become peers one by one, so that one the tunnel refuses (a key stored by an older
-	// node that did not check keys) is skipped and logged instead of keeping the node down.
-	devices, err := n.cat.ActiveDevices(ctx)
+	n.sessions = session.New(n.ctx, session.Config{
+		Catalog: n.cat,
+		Peers:   n.tun,
+		Target:  n.up.Target,
+		Serve: func(ctx context.Context, c net.Conn, t pgproxy.Target, s pgproxy.Session) {
+			n.metrics.session(c, func(c net.Conn) { n.proxy.Serve(ctx, c, t, s) })
+		},
+		Logger: n.log,
+	})
+	peers, err := n.sessions.AddPeers(ctx)
 	if err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
-	peers := 0
-	n.badPeers = map[string]bool{}
-	for _, d := range devices {
-		if err := n.addDevicePeer(d); err != nil {
-			n.badPeers[d.PublicKey] = true // logged here, not again by the reconcile loop
-			n.log.Error("skipping a device the tunnel cannot take; remove it with `ferry admin users devices USER --delete KEY`",
-				"user", d.User, "device", d.Name, "address", d.Address, "public_key", d.PublicKey, "err", err)
-			continue
-		}
-		peers++
-	}
-	n.tun.Stack().SetForwarder(1024, n.forward)
+	n.tun.Stack().SetForwarder(1024, n.sessions.Admit)
 
 	apiLn, err := n.tun.Stack().ListenTCP(netip.AddrPortFrom(api.NodeTunnelAddress, api.APIPort))
 	if err != nil {
@@ -337,7 +328,10 @@ func (n *Node) start(ctx context.Context) error {
 	n.serve(n.enrollServer(),
 		tls.NewListener(n.limitConns(ln, "enrollment"), &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
 	n.wg.Add(1)
-	go n.reconcileLoop()
+	go func() {
+		defer n.wg.Done()
+		n.sessions.Run(n.ctx)
+	}()
 	if err := n.startHealth(ctx); err != nil {
 		return err
 	}
@@ -361,26 +355,6 @@ func (n *Node) serve(srv *http.Server, ln net.Listener) {
 			n.log.Error("server stopped", "addr", ln.Addr().String(), "err", err)
 		}
 	}()
-}
-
-func devicePeer(d catalog.Device) (tunnel.Peer, error) {
-	k, err := tunnel.ParseKey(d.PublicKey)
-	if err != nil {
-		return tunnel.Peer{}, err
-	}
-	if !d.Address.Is4() || !api.TunnelSubnet.Contains(d.Address) || d.Address == api.NodeTunnelAddress {
-		return tunnel.Peer{}, fmt.Errorf("device address %v is not a client address in %s", d.Address, api.TunnelSubnet)
-	}
-	return tunnel.Peer{PublicKey: k, AllowedIPs: []netip.Prefix{netip.PrefixFrom(d.Address, 32)}}, nil
-}
-
-// addDevicePeer makes device d a WireGuard peer.
-func (n *Node) addDevicePeer(d catalog.Device) error {
-	p, err := devicePeer(d)
-	if err != nil {
-		return err
-	}
-	return n.tun.AddPeer(p)
 }
 
 // upstreamConfig is how the node reaches servers, from its config: the allow-list and CA pool (parsed
