@@ -10,10 +10,9 @@ import (
 	"github.com/ferryhq/ferry/node/health"
 )
 
-// startHealth starts the health check scheduler and, when Config.MetricsListen is set, the metrics
-// endpoint.
-func (n *Node) startHealth(ctx context.Context) error {
-	n.health = health.NewScheduler(health.SchedulerConfig{
+// newHealth makes the health check scheduler (started by startHealth).
+func (n *Node) newHealth() *health.Scheduler {
+	return health.NewScheduler(health.SchedulerConfig{
 		Checker:     n.healthChecker(time.Duration(n.cfg.HealthStepTimeout)),
 		List:        n.cat.Resources,
 		Interval:    time.Duration(n.cfg.HealthInterval),
@@ -21,6 +20,11 @@ func (n *Node) startHealth(ctx context.Context) error {
 		Observe:     n.metrics.observeHealth,
 		Logger:      n.log,
 	})
+}
+
+// startHealth starts the health check scheduler and, when Config.MetricsListen is set, the metrics
+// endpoint.
+func (n *Node) startHealth(ctx context.Context) error {
 	n.health.Start(ctx)
 	if n.cfg.MetricsListen == "" {
 		return nil

@@ -30,6 +30,7 @@ import (
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/node/catalog"
+	"github.com/ferryhq/ferry/node/controlapi"
 	"github.com/ferryhq/ferry/node/health"
 	"github.com/ferryhq/ferry/node/pgproxy"
 	"github.com/ferryhq/ferry/node/serverhost"
@@ -213,6 +214,7 @@ type Node struct {
 	key   tunnel.Key // the node's WireGuard private key (also keys the device status query's MAC)
 
 	health    *health.Scheduler
+	api       *controlapi.Server // the control API and the enrollment endpoint
 	metrics   *metrics
 	metricsLn net.Listener
 
@@ -314,7 +316,28 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start node: control API listener: %w", err)
 	}
-	n.serve(n.httpServer(n.apiHandler(), maxBody), n.limitConns(apiLn, "control API"))
+	n.health = n.newHealth()
+	n.api = controlapi.New(controlapi.Config{
+		Catalog:        n.cat,
+		Audit:          n.audit,
+		Health:         n.health,
+		Sessions:       n.sessions,
+		Tunnel:         n.tun,
+		CheckHost:      n.up.CheckHost,
+		EnrollToken:    n.EnrollToken,
+		EnrollTokenTTL: time.Duration(n.cfg.EnrollTokenTTL),
+		PublicHost:     n.cfg.PublicHost,
+		Key:            n.key,
+		Limits: controlapi.Limits{
+			ReadTimeout:       time.Duration(n.cfg.HTTPReadTimeout),
+			WriteTimeout:      time.Duration(n.cfg.HTTPWriteTimeout),
+			IdleTimeout:       time.Duration(n.cfg.HTTPIdleTimeout),
+			MaxConns:          n.cfg.HTTPMaxConns,
+			MaxConnsPerSource: n.cfg.HTTPMaxConnsPerSource,
+		},
+		Logger: n.log,
+	})
+	n.serve(n.api.APIServer(), n.api.LimitConns(apiLn, "control API"))
 
 	cert, err := tls.LoadX509KeyPair(filepath.Join(n.dir, certFile), filepath.Join(n.dir, certKeyFile))
 	if err != nil {
@@ -325,8 +348,8 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("start node: enrollment endpoint: %w", err)
 	}
 	n.enrollLn = ln
-	n.serve(n.enrollServer(),
-		tls.NewListener(n.limitConns(ln, "enrollment"), &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
+	n.serve(n.api.EnrollServer(),
+		tls.NewListener(n.api.LimitConns(ln, "enrollment"), &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()

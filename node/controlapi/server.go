@@ -1,10 +1,16 @@
-package node
+// Package controlapi is the node's two HTTP endpoints: the control API served inside the tunnel
+// (one file per area: access, resources, secret stores, enrollment tokens, logs, health), whose
+// caller is identified by its tunnel address, and the public enrollment endpoint (enrollment and the
+// device status query). A Server holds what the handlers need (catalog, audit log queries, health,
+// sessions, the tunnel), and limits.go protects both endpoints from slow or many clients.
+package controlapi
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -12,10 +18,89 @@ import (
 	"time"
 
 	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/node/catalog"
 	"github.com/ferryhq/ferry/resource"
 	"github.com/ferryhq/ferry/tunnel"
 )
+
+// AuditLog is what the control API reads from the audit log.
+type AuditLog interface {
+	Connections(ctx context.Context, f audit.ConnectionFilter) ([]audit.Connection, error)
+	Queries(ctx context.Context, f audit.QueryFilter) ([]audit.Query, error)
+}
+
+// Health is the node's health check scheduler (*health.Scheduler is one).
+type Health interface {
+	// Kick asks for a check of changed resources now.
+	Kick()
+	// Check runs resource name's check now.
+	Check(ctx context.Context, name string) (api.Health, error)
+	// Last is resource name's last result.
+	Last(name string) api.Health
+}
+
+// Sessions is the node's admission and revocation (*session.Manager is one).
+type Sessions interface {
+	// Kick applies a change of the catalog to open sessions and WireGuard peers now.
+	Kick()
+	// Enroll redeems an enrollment token for key and makes the device a WireGuard peer.
+	Enroll(ctx context.Context, secret string, key tunnel.Key, name string) (catalog.Device, catalog.User, error)
+}
+
+// Tunnel is what the endpoints need of the node's WireGuard tunnel (*tunnel.Tunnel is one).
+type Tunnel interface {
+	Peers() ([]tunnel.PeerStatus, error)
+	CheckPeerKey(k tunnel.Key) error
+	Port() uint16
+}
+
+// Config is a Server's dependencies.
+type Config struct {
+	Catalog  *catalog.Catalog
+	Audit    AuditLog
+	Health   Health
+	Sessions Sessions
+	Tunnel   Tunnel
+	// CheckHost refuses a resource hostname the node may not reach (node/upstream).
+	CheckHost func(host string) error
+	// EnrollToken issues a single-use enrollment token for an existing user.
+	EnrollToken    func(ctx context.Context, user string) (string, error)
+	EnrollTokenTTL time.Duration
+	// PublicHost is the node's public host name or address, for the WireGuard endpoint it tells
+	// enrolling devices.
+	PublicHost string
+	// Key is the node's WireGuard private key: it keys the device status query's MAC.
+	Key    tunnel.Key
+	Limits Limits
+	Logger *slog.Logger // nil = slog.Default()
+}
+
+// Server serves the control API and the enrollment endpoint.
+type Server struct {
+	cat            *catalog.Catalog
+	audit          AuditLog
+	health         Health
+	sessions       Sessions
+	tun            Tunnel
+	checkHost      func(host string) error
+	enrollToken    func(ctx context.Context, user string) (string, error)
+	enrollTokenTTL time.Duration
+	publicHost     string
+	key, pub       tunnel.Key
+	limits         Limits
+	log            *slog.Logger
+}
+
+// New returns a Server over cfg's dependencies.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Server{cat: cfg.Catalog, audit: cfg.Audit, health: cfg.Health, sessions: cfg.Sessions, tun: cfg.Tunnel,
+		checkHost: cfg.CheckHost, enrollToken: cfg.EnrollToken, enrollTokenTTL: cfg.EnrollTokenTTL, publicHost: cfg.PublicHost,
+		key: cfg.Key, pub: cfg.Key.PublicKey(), limits: cfg.Limits, log: cfg.Logger}
+}
 
 // maxBody caps request bodies of both HTTP endpoints (bytes).
 const maxBody = 1 << 20
@@ -49,8 +134,8 @@ func readJSON(r *http.Request, v any) error {
 	return nil
 }
 
-// enrollHandler serves POST /v1/enroll on the public HTTPS endpoint.
-func (n *Node) enrollHandler() http.Handler {
+// EnrollHandler serves POST /v1/enroll and POST /v1/device-status on the public HTTPS endpoint.
+func (sv *Server) EnrollHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/enroll", func(w http.ResponseWriter, r *http.Request) {
 		var req api.EnrollRequest
@@ -65,8 +150,8 @@ func (n *Node) enrollHandler() http.Handler {
 		}
 		// A key that cannot be a WireGuard peer is refused before anything is stored: stored, it
 		// would be a device the tunnel refuses at every reconcile and at every start.
-		if err := n.tun.CheckPeerKey(key); err != nil {
-			n.log.Warn("enrollment refused", "remote", r.RemoteAddr, "err", err)
+		if err := sv.tun.CheckPeerKey(key); err != nil {
+			sv.log.Warn("enrollment refused", "remote", r.RemoteAddr, "err", err)
 			writeError(w, http.StatusBadRequest, fmt.Errorf("public_key: %w; enroll with a key made by `ferry login` or wg genkey | wg pubkey", err))
 			return
 		}
@@ -74,10 +159,10 @@ func (n *Node) enrollHandler() http.Handler {
 			writeError(w, http.StatusBadRequest, fmt.Errorf("device_name: %w", err))
 			return
 		}
-		d, u, err := n.sessions.Enroll(r.Context(), req.Secret, key, req.DeviceName)
+		d, u, err := sv.sessions.Enroll(r.Context(), req.Secret, key, req.DeviceName)
 		switch {
 		case errors.Is(err, catalog.ErrTokenUnknown), errors.Is(err, catalog.ErrTokenUsed), errors.Is(err, catalog.ErrTokenExpired), errors.Is(err, catalog.ErrUserSuspended):
-			n.log.Warn("enrollment refused", "remote", r.RemoteAddr, "err", err)
+			sv.log.Warn("enrollment refused", "remote", r.RemoteAddr, "err", err)
 			writeError(w, http.StatusForbidden, err)
 			return
 		case errors.Is(err, catalog.ErrConflict):
@@ -87,26 +172,26 @@ func (n *Node) enrollHandler() http.Handler {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		case err != nil:
-			n.log.Error("enrollment failed", "err", err)
+			sv.log.Error("enrollment failed", "err", err)
 			writeError(w, http.StatusInternalServerError, errors.New("enrollment failed on the node; see the node's log"))
 			return
 		}
-		subnet, err := n.cat.VNSubnet(r.Context())
+		subnet, err := sv.cat.VNSubnet(r.Context())
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
-		n.log.Info("device enrolled", "user", u.Name, "device", d.Name, "address", d.Address)
+		sv.log.Info("device enrolled", "user", u.Name, "device", d.Name, "address", d.Address)
 		writeJSON(w, http.StatusOK, api.EnrollResponse{
 			User:              u.Name,
 			Admin:             u.Admin,
 			DeviceAddress:     d.Address.String(),
-			NodePublicKey:     n.pub.String(),
-			WireGuardEndpoint: net.JoinHostPort(n.cfg.PublicHost, strconv.Itoa(int(n.tun.Port()))),
+			NodePublicKey:     sv.pub.String(),
+			WireGuardEndpoint: net.JoinHostPort(sv.publicHost, strconv.Itoa(int(sv.tun.Port()))),
 			VNSubnet:          subnet.String(),
 		})
 	})
-	mux.HandleFunc("POST /v1/device-status", n.deviceStatus)
+	mux.HandleFunc("POST /v1/device-status", sv.deviceStatus)
 	return mux
 }
 
@@ -125,15 +210,14 @@ func (r *router) HandleFunc(pattern string, h http.HandlerFunc) {
 	r.mux.HandleFunc(pattern, h)
 }
 
-// APIRoutes lists the control API's routes as "METHOD /path" patterns (net/http ServeMux syntax).
-func APIRoutes() []string {
-	n := &Node{}
-	return n.apiRouter().patterns
+// Routes lists the control API's routes as "METHOD /path" patterns (net/http ServeMux syntax).
+func Routes() []string {
+	return (&Server{}).apiRouter().patterns
 }
 
-// apiHandler serves the control API inside the tunnel. The caller is identified by its tunnel address.
-func (n *Node) apiHandler() http.Handler {
-	mux := n.apiRouter().mux
+// APIHandler serves the control API inside the tunnel. The caller is identified by its tunnel address.
+func (sv *Server) APIHandler() http.Handler {
+	mux := sv.apiRouter().mux
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ap, err := netip.ParseAddrPort(r.RemoteAddr)
 		if err != nil {
@@ -142,7 +226,7 @@ func (n *Node) apiHandler() http.Handler {
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 		defer cancel()
-		u, err := n.cat.UserByDevice(ctx, ap.Addr())
+		u, err := sv.cat.UserByDevice(ctx, ap.Addr())
 		if err != nil {
 			writeError(w, http.StatusForbidden, errors.New("this device is not enrolled; run `ferry login TOKEN`"))
 			return
@@ -156,14 +240,14 @@ func (n *Node) apiHandler() http.Handler {
 }
 
 // apiRouter registers every control API route.
-func (n *Node) apiRouter() *router {
+func (sv *Server) apiRouter() *router {
 	mux := &router{mux: http.NewServeMux()}
 	mux.HandleFunc("GET /v1/me", func(w http.ResponseWriter, r *http.Request) {
 		u := caller(r)
 		writeJSON(w, http.StatusOK, api.Me{User: u.Name, Admin: u.Admin, Device: r.RemoteAddr})
 	})
 	mux.HandleFunc("GET /v1/settings", func(w http.ResponseWriter, r *http.Request) {
-		s, err := n.settings(r.Context())
+		s, err := sv.settings(r.Context())
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
@@ -171,12 +255,12 @@ func (n *Node) apiRouter() *router {
 		writeJSON(w, http.StatusOK, s)
 	})
 	mux.HandleFunc("GET /v1/resources", func(w http.ResponseWriter, r *http.Request) {
-		rs, err := n.cat.Resources(r.Context())
+		rs, err := sv.cat.Resources(r.Context())
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
-		acc, err := n.cat.AccessOf(r.Context(), caller(r))
+		acc, err := sv.cat.AccessOf(r.Context(), caller(r))
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
@@ -189,13 +273,13 @@ func (n *Node) apiRouter() *router {
 			out.Resources = append(out.Resources, api.Resource{
 				Name: x.Name, Type: x.Type, Database: x.Database, Username: x.Username,
 				ConnectivityMode: x.ConnectivityMode, LoopbackAddress: x.LoopbackAddress, VNAddress: x.VNAddress,
-				Subdomain: x.Subdomain, Tags: x.Tags, Health: n.healthSummary(x.Name),
+				Subdomain: x.Subdomain, Tags: x.Tags, Health: sv.healthSummary(x.Name),
 			})
 		}
 		writeJSON(w, http.StatusOK, out)
 	})
-	mux.HandleFunc("GET /v1/admin/datasources", n.admin(func(w http.ResponseWriter, r *http.Request) {
-		rs, err := n.cat.Resources(r.Context())
+	mux.HandleFunc("GET /v1/admin/datasources", sv.admin(func(w http.ResponseWriter, r *http.Request) {
+		rs, err := sv.cat.Resources(r.Context())
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
@@ -205,18 +289,18 @@ func (n *Node) apiRouter() *router {
 		}
 		writeJSON(w, http.StatusOK, api.DatasourceList{Datasources: rs})
 	}))
-	mux.HandleFunc("POST /v1/admin/datasources", n.admin(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /v1/admin/datasources", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		var in resource.Input // a left-out tls_required is true
 		if err := readJSON(r, &in); err != nil {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
 		res := in.Get()
-		if err := n.up.CheckHost(res.Hostname); err != nil {
+		if err := sv.checkHost(res.Hostname); err != nil {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
-		out, err := n.cat.AddResource(r.Context(), res)
+		out, err := sv.cat.AddResource(r.Context(), res)
 		var fe *resource.FieldError
 		switch {
 		case errors.Is(err, catalog.ErrConflict):
@@ -229,17 +313,17 @@ func (n *Node) apiRouter() *router {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
-		n.health.Kick() // check the new resource now
-		n.changed(r, "datasource.add", out.Name, fmt.Sprintf("vn_address=%s loopback_address=%s", out.VNAddress, out.LoopbackAddress))
+		sv.health.Kick() // check the new resource now
+		sv.changed(r, "datasource.add", out.Name, fmt.Sprintf("vn_address=%s loopback_address=%s", out.VNAddress, out.LoopbackAddress))
 		writeJSON(w, http.StatusCreated, out)
 	}))
-	mux.HandleFunc("GET /v1/admin/logs/connections", n.admin(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /v1/admin/logs/connections", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		f, err := connectionFilter(r)
 		if err != nil {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
-		cs, err := n.audit.Connections(r.Context(), f)
+		cs, err := sv.audit.Connections(r.Context(), f)
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
@@ -250,13 +334,13 @@ func (n *Node) apiRouter() *router {
 		}
 		writeJSON(w, http.StatusOK, out)
 	}))
-	mux.HandleFunc("GET /v1/admin/logs/queries", n.admin(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /v1/admin/logs/queries", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		f, err := queryFilter(r)
 		if err != nil {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
-		qs, err := n.audit.Queries(r.Context(), f)
+		qs, err := sv.audit.Queries(r.Context(), f)
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
@@ -267,16 +351,16 @@ func (n *Node) apiRouter() *router {
 		}
 		writeJSON(w, http.StatusOK, out)
 	}))
-	n.registerAccessRoutes(mux)
-	n.registerEnrollTokenRoutes(mux)
-	n.registerCatalogRoutes(mux)
-	n.registerSecretStoreRoutes(mux)
-	n.registerHealthRoutes(mux)
+	sv.registerAccessRoutes(mux)
+	sv.registerEnrollTokenRoutes(mux)
+	sv.registerCatalogRoutes(mux)
+	sv.registerSecretStoreRoutes(mux)
+	sv.registerHealthRoutes(mux)
 	return mux
 }
 
 // admin wraps a handler that needs the admin permission level.
-func (n *Node) admin(h http.HandlerFunc) http.HandlerFunc {
+func (sv *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if u := caller(r); !u.Admin {
 			writeError(w, http.StatusForbidden, fmt.Errorf("user %s is not an administrator", u.Name))
@@ -295,7 +379,7 @@ func limit(r *http.Request) int {
 }
 
 // settings reads the org's network settings with their defaults.
-func (n *Node) settings(ctx context.Context) (api.Settings, error) {
+func (sv *Server) settings(ctx context.Context) (api.Settings, error) {
 	var s api.Settings
 	var err error
 	for _, f := range []struct {
@@ -307,7 +391,7 @@ func (n *Node) settings(ctx context.Context) (api.Settings, error) {
 		{catalog.SettingDNSDomain, catalog.DefaultDNSDomain, &s.DNSDomain},
 		{catalog.SettingLoopbackRange, resource.DefaultLoopbackRange.String(), &s.LoopbackRange},
 	} {
-		if *f.out, err = n.cat.Setting(ctx, f.key, f.def); err != nil {
+		if *f.out, err = sv.cat.Setting(ctx, f.key, f.def); err != nil {
 			return s, err
 		}
 	}

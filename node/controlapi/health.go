@@ -1,4 +1,4 @@
-package node
+package controlapi
 
 import (
 	"errors"
@@ -14,9 +14,9 @@ import (
 //	POST /v1/admin/datasources/{name}/healthcheck  run the check now, answer its api.Health
 //	GET  /v1/admin/datasources/{name}/diagnostics  the last api.Health, step by step
 //	GET  /v1/admin/health                          the last api.Health of every resource (api.HealthList)
-func (n *Node) registerHealthRoutes(mux *router) {
-	mux.HandleFunc("POST /v1/admin/datasources/{name}/healthcheck", n.admin(func(w http.ResponseWriter, r *http.Request) {
-		h, err := n.health.Check(r.Context(), r.PathValue("name"))
+func (sv *Server) registerHealthRoutes(mux *router) {
+	mux.HandleFunc("POST /v1/admin/datasources/{name}/healthcheck", sv.admin(func(w http.ResponseWriter, r *http.Request) {
+		h, err := sv.health.Check(r.Context(), r.PathValue("name"))
 		switch {
 		case errors.Is(err, health.ErrUnknownResource):
 			writeError(w, http.StatusNotFound, err)
@@ -26,31 +26,31 @@ func (n *Node) registerHealthRoutes(mux *router) {
 			writeJSON(w, http.StatusOK, h)
 		}
 	}))
-	mux.HandleFunc("GET /v1/admin/datasources/{name}/diagnostics", n.admin(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /v1/admin/datasources/{name}/diagnostics", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
-		if !n.resourceExists(r, name) {
+		if !sv.resourceExists(r, name) {
 			writeError(w, http.StatusNotFound, errors.New("diagnostics "+name+": "+health.ErrUnknownResource.Error()))
 			return
 		}
-		writeJSON(w, http.StatusOK, n.health.Last(name))
+		writeJSON(w, http.StatusOK, sv.health.Last(name))
 	}))
-	mux.HandleFunc("GET /v1/admin/health", n.admin(func(w http.ResponseWriter, r *http.Request) {
-		rs, err := n.cat.Resources(r.Context())
+	mux.HandleFunc("GET /v1/admin/health", sv.admin(func(w http.ResponseWriter, r *http.Request) {
+		rs, err := sv.cat.Resources(r.Context())
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
 		out := api.HealthList{Health: []api.Health{}}
 		for _, x := range rs {
-			out.Health = append(out.Health, n.health.Last(x.Name))
+			out.Health = append(out.Health, sv.health.Last(x.Name))
 		}
 		sort.Slice(out.Health, func(i, j int) bool { return out.Health[i].Resource < out.Health[j].Resource })
 		writeJSON(w, http.StatusOK, out)
 	}))
 }
 
-func (n *Node) resourceExists(r *http.Request, name string) bool {
-	rs, err := n.cat.Resources(r.Context())
+func (sv *Server) resourceExists(r *http.Request, name string) bool {
+	rs, err := sv.cat.Resources(r.Context())
 	if err != nil {
 		return false
 	}
@@ -63,8 +63,8 @@ func (n *Node) resourceExists(r *http.Request, name string) bool {
 }
 
 // healthSummary is a resource's last health result without its steps, for resource lists.
-func (n *Node) healthSummary(name string) *api.Health {
-	h := n.health.Last(name)
+func (sv *Server) healthSummary(name string) *api.Health {
+	h := sv.health.Last(name)
 	h.Steps = nil
 	return &h
 }

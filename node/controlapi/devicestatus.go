@@ -1,4 +1,4 @@
-package node
+package controlapi
 
 import (
 	"errors"
@@ -17,7 +17,7 @@ var errNotAuthenticated = errors.New("device status: the request is not authenti
 // deviceStatus serves POST /v1/device-status on the public enrollment endpoint: it tells a device
 // whose WireGuard peer is gone (user suspended, device or user deleted) why, and tells only that
 // device (see package api, "Device status query").
-func (n *Node) deviceStatus(w http.ResponseWriter, r *http.Request) {
+func (sv *Server) deviceStatus(w http.ResponseWriter, r *http.Request) {
 	var req api.DeviceStatusRequest
 	if err := readJSON(r, &req); err != nil {
 		writeError(w, http.StatusBadRequest, err)
@@ -28,7 +28,7 @@ func (n *Node) deviceStatus(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, errNotAuthenticated)
 		return
 	}
-	key, err := api.DeviceStatusKey(n.key, devKey)
+	key, err := api.DeviceStatusKey(sv.key, devKey)
 	skew := time.Since(time.Unix(req.Time, 0))
 	if err != nil || skew > api.DeviceStatusSkew || skew < -api.DeviceStatusSkew || len(req.Nonce) != 32 ||
 		!api.ValidMAC(req.MAC, req.RequestMAC(key)) {
@@ -36,9 +36,9 @@ func (n *Node) deviceStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := api.DeviceStatus{Status: api.DeviceUnknown}
-	d, err := n.cat.DeviceByPublicKey(r.Context(), devKey.String())
+	d, err := sv.cat.DeviceByPublicKey(r.Context(), devKey.String())
 	if err == nil {
-		u, uerr := n.cat.UserByDevice(r.Context(), d.Address)
+		u, uerr := sv.cat.UserByDevice(r.Context(), d.Address)
 		err = uerr
 		if err == nil {
 			out.Status, out.User = api.DeviceActive, u.Name
@@ -48,7 +48,7 @@ func (n *Node) deviceStatus(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err != nil && !errors.Is(err, catalog.ErrNotFound) {
-		n.log.Error("device status query", "err", err)
+		sv.log.Error("device status query", "err", err)
 		writeError(w, http.StatusInternalServerError, errors.New("device status: the node could not read its catalog; see the node's log"))
 		return
 	}

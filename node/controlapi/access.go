@@ -1,4 +1,4 @@
-package node
+package controlapi
 
 import (
 	"context"
@@ -30,18 +30,18 @@ func writeCatalogError(w http.ResponseWriter, err error) {
 }
 
 // changed records an admin change in the activity log and applies it to peers and sessions at once.
-func (n *Node) changed(r *http.Request, action, target, detail string) {
-	if err := n.cat.RecordActivity(context.WithoutCancel(r.Context()), catalog.Activity{Actor: caller(r).Name, Action: action, Target: target, Detail: detail}); err != nil {
-		n.log.Error("record admin activity", "err", err)
+func (sv *Server) changed(r *http.Request, action, target, detail string) {
+	if err := sv.cat.RecordActivity(context.WithoutCancel(r.Context()), catalog.Activity{Actor: caller(r).Name, Action: action, Target: target, Detail: detail}); err != nil {
+		sv.log.Error("record admin activity", "err", err)
 	}
-	n.log.Info("admin change", "actor", caller(r).Name, "action", action, "target", target, "detail", detail)
-	n.sessions.Kick()
+	sv.log.Info("admin change", "actor", caller(r).Name, "action", action, "target", target, "detail", detail)
+	sv.sessions.Kick()
 }
 
 // registerAccessRoutes adds the users, roles, devices and activity routes to the control API.
-func (n *Node) registerAccessRoutes(mux *router) {
-	mux.HandleFunc("GET /v1/admin/users", n.admin(func(w http.ResponseWriter, r *http.Request) {
-		us, err := n.cat.Users(r.Context())
+func (sv *Server) registerAccessRoutes(mux *router) {
+	mux.HandleFunc("GET /v1/admin/users", sv.admin(func(w http.ResponseWriter, r *http.Request) {
+		us, err := sv.cat.Users(r.Context())
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
@@ -52,22 +52,22 @@ func (n *Node) registerAccessRoutes(mux *router) {
 		}
 		writeJSON(w, http.StatusOK, out)
 	}))
-	mux.HandleFunc("GET /v1/admin/users/{name}", n.admin(func(w http.ResponseWriter, r *http.Request) {
-		u, err := n.cat.UserInfo(r.Context(), r.PathValue("name"))
+	mux.HandleFunc("GET /v1/admin/users/{name}", sv.admin(func(w http.ResponseWriter, r *http.Request) {
+		u, err := sv.cat.UserInfo(r.Context(), r.PathValue("name"))
 		if err != nil {
 			writeCatalogError(w, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, apiUser(u))
 	}))
-	mux.HandleFunc("POST /v1/admin/users", n.admin(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /v1/admin/users", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		var req api.NewUser
 		if err := readJSON(r, &req); err != nil {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
 		if len(req.Roles) > 0 {
-			roles, err := n.cat.Roles(r.Context())
+			roles, err := sv.cat.Roles(r.Context())
 			if err != nil {
 				writeError(w, http.StatusInternalServerError, err)
 				return
@@ -83,27 +83,27 @@ func (n *Node) registerAccessRoutes(mux *router) {
 				}
 			}
 		}
-		if err := n.cat.AddUser(r.Context(), req.Name, req.Admin); err != nil {
+		if err := sv.cat.AddUser(r.Context(), req.Name, req.Admin); err != nil {
 			writeCatalogError(w, err)
 			return
 		}
 		for _, role := range req.Roles {
-			if err := n.cat.AssignRole(r.Context(), role, req.Name); err != nil {
+			if err := sv.cat.AssignRole(r.Context(), role, req.Name); err != nil {
 				writeCatalogError(w, fmt.Errorf("user %s was created, but: %w", req.Name, err))
 				return
 			}
 		}
-		n.changed(r, "user.add", req.Name, fmt.Sprintf("admin=%v roles=%v", req.Admin, req.Roles))
+		sv.changed(r, "user.add", req.Name, fmt.Sprintf("admin=%v roles=%v", req.Admin, req.Roles))
 		writeJSON(w, http.StatusCreated, struct{}{})
 	}))
-	mux.HandleFunc("POST /v1/admin/users/{name}/suspend", n.admin(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /v1/admin/users/{name}/suspend", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
 		suspend := r.URL.Query().Get("suspended") != "false"
 		if suspend && name == caller(r).Name {
 			writeError(w, http.StatusBadRequest, errors.New("you cannot suspend yourself"))
 			return
 		}
-		if err := n.cat.SetSuspended(r.Context(), name, suspend); err != nil {
+		if err := sv.cat.SetSuspended(r.Context(), name, suspend); err != nil {
 			writeCatalogError(w, err)
 			return
 		}
@@ -111,29 +111,29 @@ func (n *Node) registerAccessRoutes(mux *router) {
 		if !suspend {
 			action = "user.reinstate"
 		}
-		n.changed(r, action, name, "")
+		sv.changed(r, action, name, "")
 		writeJSON(w, http.StatusOK, struct{}{})
 	}))
-	mux.HandleFunc("DELETE /v1/admin/users/{name}", n.admin(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("DELETE /v1/admin/users/{name}", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
 		if name == caller(r).Name {
 			writeError(w, http.StatusBadRequest, errors.New("you cannot delete yourself"))
 			return
 		}
-		if err := n.cat.DeleteUser(r.Context(), name); err != nil {
+		if err := sv.cat.DeleteUser(r.Context(), name); err != nil {
 			writeCatalogError(w, err)
 			return
 		}
-		n.changed(r, "user.delete", name, "")
+		sv.changed(r, "user.delete", name, "")
 		writeJSON(w, http.StatusOK, struct{}{})
 	}))
-	mux.HandleFunc("POST /v1/admin/users/{name}/enroll", n.admin(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /v1/admin/users/{name}/enroll", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
-		if _, err := n.cat.UserInfo(r.Context(), name); err != nil {
+		if _, err := sv.cat.UserInfo(r.Context(), name); err != nil {
 			writeCatalogError(w, err)
 			return
 		}
-		tok, err := n.EnrollToken(r.Context(), name)
+		tok, err := sv.enrollToken(r.Context(), name)
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
@@ -142,22 +142,22 @@ func (n *Node) registerAccessRoutes(mux *router) {
 		if p, err := api.ParseEnrollToken(tok); err == nil {
 			id = catalog.TokenID(p.Secret)
 		}
-		n.changed(r, "user.enroll-token", name, "single-use token issued, id "+id)
-		writeJSON(w, http.StatusOK, api.Token{Token: tok, ID: id, ExpiresAt: time.Now().Add(time.Duration(n.cfg.EnrollTokenTTL)).UTC()})
+		sv.changed(r, "user.enroll-token", name, "single-use token issued, id "+id)
+		writeJSON(w, http.StatusOK, api.Token{Token: tok, ID: id, ExpiresAt: time.Now().Add(time.Duration(sv.enrollTokenTTL)).UTC()})
 	}))
-	mux.HandleFunc("GET /v1/admin/users/{name}/devices", n.admin(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /v1/admin/users/{name}/devices", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
-		if _, err := n.cat.UserInfo(r.Context(), name); err != nil {
+		if _, err := sv.cat.UserInfo(r.Context(), name); err != nil {
 			writeCatalogError(w, err)
 			return
 		}
-		ds, err := n.cat.DevicesOf(r.Context(), name)
+		ds, err := sv.cat.DevicesOf(r.Context(), name)
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
 		shakes := map[string]time.Time{}
-		if peers, err := n.tun.Peers(); err == nil {
+		if peers, err := sv.tun.Peers(); err == nil {
 			for _, p := range peers {
 				shakes[p.PublicKey.String()] = p.LastHandshake
 			}
@@ -168,22 +168,22 @@ func (n *Node) registerAccessRoutes(mux *router) {
 		}
 		writeJSON(w, http.StatusOK, out)
 	}))
-	mux.HandleFunc("DELETE /v1/admin/devices", n.admin(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("DELETE /v1/admin/devices", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		key, err := tunnel.ParseKey(r.URL.Query().Get("public_key"))
 		if err != nil {
 			writeError(w, http.StatusBadRequest, fmt.Errorf("public_key: %w", err))
 			return
 		}
-		if err := n.cat.DeleteDevice(r.Context(), key.String()); err != nil {
+		if err := sv.cat.DeleteDevice(r.Context(), key.String()); err != nil {
 			writeCatalogError(w, err)
 			return
 		}
-		n.changed(r, "device.delete", key.String(), "")
+		sv.changed(r, "device.delete", key.String(), "")
 		writeJSON(w, http.StatusOK, struct{}{})
 	}))
 	mux.HandleFunc("DELETE /v1/me/device", func(w http.ResponseWriter, r *http.Request) {
 		ap, _ := netip.ParseAddrPort(r.RemoteAddr)
-		d, err := n.cat.DeviceByAddress(r.Context(), ap.Addr())
+		d, err := sv.cat.DeviceByAddress(r.Context(), ap.Addr())
 		if err != nil {
 			writeCatalogError(w, err)
 			return
@@ -198,14 +198,14 @@ func (n *Node) registerAccessRoutes(mux *router) {
 		case <-r.Context().Done():
 		case <-time.After(2 * time.Second):
 		}
-		if err := n.cat.DeleteDevice(context.WithoutCancel(r.Context()), d.PublicKey); err != nil {
-			n.log.Error("log out device", "user", d.User, "device", d.Name, "err", err)
+		if err := sv.cat.DeleteDevice(context.WithoutCancel(r.Context()), d.PublicKey); err != nil {
+			sv.log.Error("log out device", "user", d.User, "device", d.Name, "err", err)
 			return
 		}
-		n.changed(r, "device.logout", d.PublicKey, d.Name)
+		sv.changed(r, "device.logout", d.PublicKey, d.Name)
 	})
-	mux.HandleFunc("GET /v1/admin/roles", n.admin(func(w http.ResponseWriter, r *http.Request) {
-		rs, err := n.cat.Roles(r.Context())
+	mux.HandleFunc("GET /v1/admin/roles", sv.admin(func(w http.ResponseWriter, r *http.Request) {
+		rs, err := sv.cat.Roles(r.Context())
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
@@ -223,64 +223,64 @@ func (n *Node) registerAccessRoutes(mux *router) {
 		}
 		writeJSON(w, http.StatusOK, out)
 	}))
-	mux.HandleFunc("POST /v1/admin/roles", n.admin(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /v1/admin/roles", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		var req api.Role
 		if err := readJSON(r, &req); err != nil {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
-		if err := n.cat.AddRole(r.Context(), req.Name); err != nil {
+		if err := sv.cat.AddRole(r.Context(), req.Name); err != nil {
 			writeCatalogError(w, err)
 			return
 		}
-		n.changed(r, "role.add", req.Name, "")
+		sv.changed(r, "role.add", req.Name, "")
 		writeJSON(w, http.StatusCreated, struct{}{})
 	}))
-	mux.HandleFunc("DELETE /v1/admin/roles/{name}", n.admin(func(w http.ResponseWriter, r *http.Request) {
-		if err := n.cat.DeleteRole(r.Context(), r.PathValue("name")); err != nil {
+	mux.HandleFunc("DELETE /v1/admin/roles/{name}", sv.admin(func(w http.ResponseWriter, r *http.Request) {
+		if err := sv.cat.DeleteRole(r.Context(), r.PathValue("name")); err != nil {
 			writeCatalogError(w, err)
 			return
 		}
-		n.changed(r, "role.delete", r.PathValue("name"), "")
+		sv.changed(r, "role.delete", r.PathValue("name"), "")
 		writeJSON(w, http.StatusOK, struct{}{})
 	}))
-	mux.HandleFunc("POST /v1/admin/roles/{name}/grants", n.admin(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /v1/admin/roles/{name}/grants", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		g := catalog.Grant(r.URL.Query().Get("grant"))
-		if err := n.cat.GrantToRole(r.Context(), r.PathValue("name"), g); err != nil {
+		if err := sv.cat.GrantToRole(r.Context(), r.PathValue("name"), g); err != nil {
 			writeCatalogError(w, err)
 			return
 		}
-		n.changed(r, "role.grant", r.PathValue("name"), string(g))
+		sv.changed(r, "role.grant", r.PathValue("name"), string(g))
 		writeJSON(w, http.StatusOK, struct{}{})
 	}))
-	mux.HandleFunc("DELETE /v1/admin/roles/{name}/grants", n.admin(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("DELETE /v1/admin/roles/{name}/grants", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		g := catalog.Grant(r.URL.Query().Get("grant"))
-		if err := n.cat.RevokeFromRole(r.Context(), r.PathValue("name"), g); err != nil {
+		if err := sv.cat.RevokeFromRole(r.Context(), r.PathValue("name"), g); err != nil {
 			writeCatalogError(w, err)
 			return
 		}
-		n.changed(r, "role.revoke", r.PathValue("name"), string(g))
+		sv.changed(r, "role.revoke", r.PathValue("name"), string(g))
 		writeJSON(w, http.StatusOK, struct{}{})
 	}))
-	mux.HandleFunc("POST /v1/admin/roles/{name}/users/{user}", n.admin(func(w http.ResponseWriter, r *http.Request) {
-		if err := n.cat.AssignRole(r.Context(), r.PathValue("name"), r.PathValue("user")); err != nil {
+	mux.HandleFunc("POST /v1/admin/roles/{name}/users/{user}", sv.admin(func(w http.ResponseWriter, r *http.Request) {
+		if err := sv.cat.AssignRole(r.Context(), r.PathValue("name"), r.PathValue("user")); err != nil {
 			writeCatalogError(w, err)
 			return
 		}
-		n.changed(r, "role.assign", r.PathValue("name"), r.PathValue("user"))
+		sv.changed(r, "role.assign", r.PathValue("name"), r.PathValue("user"))
 		writeJSON(w, http.StatusOK, struct{}{})
 	}))
-	mux.HandleFunc("DELETE /v1/admin/roles/{name}/users/{user}", n.admin(func(w http.ResponseWriter, r *http.Request) {
-		if err := n.cat.UnassignRole(r.Context(), r.PathValue("name"), r.PathValue("user")); err != nil {
+	mux.HandleFunc("DELETE /v1/admin/roles/{name}/users/{user}", sv.admin(func(w http.ResponseWriter, r *http.Request) {
+		if err := sv.cat.UnassignRole(r.Context(), r.PathValue("name"), r.PathValue("user")); err != nil {
 			writeCatalogError(w, err)
 			return
 		}
-		n.changed(r, "role.unassign", r.PathValue("name"), r.PathValue("user"))
+		sv.changed(r, "role.unassign", r.PathValue("name"), r.PathValue("user"))
 		writeJSON(w, http.StatusOK, struct{}{})
 	}))
-	mux.HandleFunc("GET /v1/admin/activities", n.admin(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /v1/admin/activities", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
-		as, err := n.cat.Activities(r.Context(), limit)
+		as, err := sv.cat.Activities(r.Context(), limit)
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return

@@ -1,4 +1,4 @@
-package node
+package controlapi
 
 import (
 	"fmt"
@@ -27,6 +27,12 @@ import (
 //     a request that declares a larger body gets 413 before it is read, one that sends more than it
 //     may is stopped at the limit (400 naming the limit).
 
+// Limits are the endpoints' timeouts and connection caps (the node config's http_* keys).
+type Limits struct {
+	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	MaxConns, MaxConnsPerSource            int
+}
+
 // enrollBodyLimit caps enrollment request bodies (an enrollment request is a few hundred bytes).
 const enrollBodyLimit = 64 << 10
 
@@ -36,15 +42,15 @@ const maxHeaderBytes = 64 << 10
 // httpServer returns an http.Server for one of the node's endpoints: h behind the body limit, with
 // the configured timeouts, and net/http's own complaints (TLS handshake errors of scanners and
 // slow clients) logged at debug level.
-func (n *Node) httpServer(h http.Handler, bodyLimit int64) *http.Server {
+func (sv *Server) httpServer(h http.Handler, bodyLimit int64) *http.Server {
 	return &http.Server{
 		Handler:           limitBody(h, bodyLimit),
-		ReadHeaderTimeout: time.Duration(n.cfg.HTTPReadTimeout),
-		ReadTimeout:       time.Duration(n.cfg.HTTPReadTimeout),
-		WriteTimeout:      time.Duration(n.cfg.HTTPWriteTimeout),
-		IdleTimeout:       time.Duration(n.cfg.HTTPIdleTimeout),
+		ReadHeaderTimeout: sv.limits.ReadTimeout,
+		ReadTimeout:       sv.limits.ReadTimeout,
+		WriteTimeout:      sv.limits.WriteTimeout,
+		IdleTimeout:       sv.limits.IdleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+		ErrorLog:          slog.NewLogLogger(sv.log.Handler(), slog.LevelDebug),
 	}
 }
 
@@ -53,8 +59,8 @@ func (n *Node) httpServer(h http.Handler, bodyLimit int64) *http.Server {
 // and then hold its slot of http_max_conns for ever, so that a few sources could keep every device
 // from enrolling. Closed after its answer, a connection holds its slot at most the read timeout
 // (plus the handling and the write timeout).
-func (n *Node) enrollServer() *http.Server {
-	srv := n.httpServer(n.enrollHandler(), enrollBodyLimit)
+func (sv *Server) EnrollServer() *http.Server {
+	srv := sv.httpServer(sv.EnrollHandler(), enrollBodyLimit)
 	srv.SetKeepAlivesEnabled(false)
 	return srv
 }
@@ -89,15 +95,18 @@ type connLimiter struct {
 	lastWarned time.Time // when the last "refused" line was logged
 }
 
-// limitConns wraps ln with the configured connection caps; name names the endpoint in the log.
-func (n *Node) limitConns(ln net.Listener, name string) *connLimiter {
+// APIServer is the control API's http.Server.
+func (sv *Server) APIServer() *http.Server { return sv.httpServer(sv.APIHandler(), maxBody) }
+
+// LimitConns wraps ln with the configured connection caps; name names the endpoint in the log.
+func (sv *Server) LimitConns(ln net.Listener, name string) net.Listener {
 	return &connLimiter{
 		Listener:  ln,
 		name:      name,
-		perSource: n.cfg.HTTPMaxConnsPerSource,
-		slots:     make(chan struct{}, n.cfg.HTTPMaxConns),
+		perSource: sv.limits.MaxConnsPerSource,
+		slots:     make(chan struct{}, sv.limits.MaxConns),
 		done:      make(chan struct{}),
-		log:       n.log,
+		log:       sv.log,
 		bySource:  map[netip.Addr]int{},
 	}
 }

@@ -1,4 +1,4 @@
-package node
+package controlapi
 
 import (
 	"net/http"
@@ -10,16 +10,16 @@ import (
 
 // registerEnrollTokenRoutes adds the routes that list and cancel unused enrollment tokens: a token
 // issued by mistake, or to someone who left, can be taken back before anyone redeems it.
-func (n *Node) registerEnrollTokenRoutes(mux *router) {
-	mux.HandleFunc("GET /v1/admin/enroll-tokens", n.admin(func(w http.ResponseWriter, r *http.Request) {
+func (sv *Server) registerEnrollTokenRoutes(mux *router) {
+	mux.HandleFunc("GET /v1/admin/enroll-tokens", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		user := r.URL.Query().Get("user")
 		if user != "" {
-			if _, err := n.cat.UserInfo(r.Context(), user); err != nil {
+			if _, err := sv.cat.UserInfo(r.Context(), user); err != nil {
 				writeCatalogError(w, err)
 				return
 			}
 		}
-		ts, err := n.cat.PendingEnrollTokens(r.Context(), user)
+		ts, err := sv.cat.PendingEnrollTokens(r.Context(), user)
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
@@ -31,13 +31,13 @@ func (n *Node) registerEnrollTokenRoutes(mux *router) {
 		}
 		writeJSON(w, http.StatusOK, out)
 	}))
-	mux.HandleFunc("DELETE /v1/admin/enroll-tokens/{id}", n.admin(func(w http.ResponseWriter, r *http.Request) {
-		t, err := n.cat.CancelEnrollToken(r.Context(), r.PathValue("id"))
+	mux.HandleFunc("DELETE /v1/admin/enroll-tokens/{id}", sv.admin(func(w http.ResponseWriter, r *http.Request) {
+		t, err := sv.cat.CancelEnrollToken(r.Context(), r.PathValue("id"))
 		if err != nil {
 			writeCatalogError(w, err)
 			return
 		}
-		n.changed(r, "user.enroll-token.cancel", t.User, "id "+t.ID)
+		sv.changed(r, "user.enroll-token.cancel", t.User, "id "+t.ID)
 		writeJSON(w, http.StatusOK, apiPendingToken(t, time.Now()))
 	}))
 }

@@ -1,4 +1,4 @@
-package node
+package controlapi
 
 import (
 	"encoding/json"
@@ -11,7 +11,7 @@ import (
 // TestOpenAPIMatchesRoutes: every route in api/openapi.json exists, and every route the control API
 // serves is documented there.
 func TestOpenAPIMatchesRoutes(t *testing.T) {
-	raw, err := os.ReadFile("../api/openapi.json")
+	raw, err := os.ReadFile("../../api/openapi.json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +32,7 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 		}
 	}
 	served := map[string]bool{"POST /v1/enroll": true, "POST /v1/device-status": true} // the enrollment endpoint's routes
-	for _, r := range APIRoutes() {
+	for _, r := range Routes() {
 		served[r] = true
 	}
 	var missing, stale []string

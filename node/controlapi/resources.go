@@ -1,4 +1,4 @@
-package node
+package controlapi
 
 import (
 	"encoding/json"
@@ -11,16 +11,16 @@ import (
 )
 
 // registerCatalogRoutes adds resource CRUD and org settings to the control API.
-func (n *Node) registerCatalogRoutes(mux *router) {
-	mux.HandleFunc("GET /v1/admin/datasources/{name}", n.admin(func(w http.ResponseWriter, r *http.Request) {
-		res, err := n.cat.ResourceByName(r.Context(), r.PathValue("name"))
+func (sv *Server) registerCatalogRoutes(mux *router) {
+	mux.HandleFunc("GET /v1/admin/datasources/{name}", sv.admin(func(w http.ResponseWriter, r *http.Request) {
+		res, err := sv.cat.ResourceByName(r.Context(), r.PathValue("name"))
 		if err != nil {
 			writeCatalogError(w, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, res)
 	}))
-	mux.HandleFunc("PUT /v1/admin/datasources/{name}", n.admin(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("PUT /v1/admin/datasources/{name}", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		var in resource.Input // a left-out tls_required is true
 		if err := readJSON(r, &in); err != nil {
 			writeError(w, http.StatusBadRequest, err)
@@ -29,11 +29,11 @@ func (n *Node) registerCatalogRoutes(mux *router) {
 		next := in.Get()
 		// The stored hostname too must be on the list: a resource left over from before the list
 		// changed is refused until its hostname is.
-		if err := n.up.CheckHost(next.Hostname); err != nil {
+		if err := sv.checkHost(next.Hostname); err != nil {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
-		before, after, err := n.cat.UpdateResource(r.Context(), r.PathValue("name"), func(x *resource.Resource) {
+		before, after, err := sv.cat.UpdateResource(r.Context(), r.PathValue("name"), func(x *resource.Resource) {
 			next.ID, next.Type = x.ID, x.Type
 			if next.VNAddress == "" {
 				next.VNAddress = x.VNAddress
@@ -47,41 +47,41 @@ func (n *Node) registerCatalogRoutes(mux *router) {
 			writeCatalogError(w, err)
 			return
 		}
-		n.health.Kick() // check the changed resource now
+		sv.health.Kick() // check the changed resource now
 		changes := resource.Diff(before, after)
-		n.changed(r, "datasource.update", before.Name, strings.Join(changes, "; "))
+		sv.changed(r, "datasource.update", before.Name, strings.Join(changes, "; "))
 		writeJSON(w, http.StatusOK, api.DatasourceUpdate{Before: before, After: after, Changes: changes})
 	}))
-	mux.HandleFunc("DELETE /v1/admin/datasources/{name}", n.admin(func(w http.ResponseWriter, r *http.Request) {
-		if err := n.cat.DeleteResource(r.Context(), r.PathValue("name")); err != nil {
+	mux.HandleFunc("DELETE /v1/admin/datasources/{name}", sv.admin(func(w http.ResponseWriter, r *http.Request) {
+		if err := sv.cat.DeleteResource(r.Context(), r.PathValue("name")); err != nil {
 			writeCatalogError(w, err)
 			return
 		}
-		n.changed(r, "datasource.delete", r.PathValue("name"), "")
+		sv.changed(r, "datasource.delete", r.PathValue("name"), "")
 		writeJSON(w, http.StatusOK, struct{}{})
 	}))
-	mux.HandleFunc("GET /v1/admin/settings", n.admin(func(w http.ResponseWriter, r *http.Request) {
-		s, err := n.settings(r.Context())
+	mux.HandleFunc("GET /v1/admin/settings", sv.admin(func(w http.ResponseWriter, r *http.Request) {
+		s, err := sv.settings(r.Context())
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, s)
 	}))
-	mux.HandleFunc("PUT /v1/admin/settings", n.admin(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("PUT /v1/admin/settings", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		var s api.Settings
 		if err := readJSON(r, &s); err != nil {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
-		moved, err := n.cat.UpdateSettings(r.Context(), catalog.Settings(s))
+		moved, err := sv.cat.UpdateSettings(r.Context(), catalog.Settings(s))
 		if err != nil {
 			writeCatalogError(w, err)
 			return
 		}
 		b, _ := json.Marshal(s)
-		n.changed(r, "settings.update", "org", string(b))
-		out, err := n.settings(r.Context())
+		sv.changed(r, "settings.update", "org", string(b))
+		out, err := sv.settings(r.Context())
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
