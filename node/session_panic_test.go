@@ -88,6 +88,11 @@ func TestSessionPanicKeepsNodeRunning(t *testing.T) {
 	victim.Close(ctx)
 
 	query("after")
+	// The proxy counts the panic after it has told the client and recorded the connection's end, so
+	// the count may follow the client's FATAL by a moment.
+	waitFor(t, "ferry_node_session_panics_total = 1", func() bool {
+		return scrape(t, metricsURL)["ferry_node_session_panics_total"] == 1
+	})
 	if got := scrape(t, metricsURL)["ferry_node_session_panics_total"]; got != 1 {
 		t.Fatalf("ferry_node_session_panics_total = %v, want 1", got)
 	}
