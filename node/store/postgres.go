@@ -75,6 +75,9 @@ func openPostgres(ctx context.Context, opts Options) (*DB, error) {
 			}
 		}
 	}
+	if opts.Dial != nil {
+		cfg.ConnConfig.DialFunc = opts.Dial
+	}
 	if opts.MaxConns > 0 {
 		cfg.MaxConns = opts.MaxConns
 	}
