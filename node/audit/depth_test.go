@@ -56,6 +56,10 @@ func TestRecordFieldsRoundTrip(t *testing.T) {
 		t.Fatalf("queries = %+v, %v", qs, err)
 	}
 	q.ID = qs[0].ID
+	if len(qs[0].RecordID) != 32 || qs[0].RecordID == c.RecordID || len(c.RecordID) != 32 {
+		t.Fatalf("record IDs: query %q, connection %q; want two different 32-digit IDs", qs[0].RecordID, c.RecordID)
+	}
+	q.RecordID = qs[0].RecordID
 	q.Time = qs[0].Time // time round-trips through UTC
 	if qs[0] != q || !qs[0].Time.Equal(t0.Add(time.Second)) {
 		t.Fatalf("query = %+v\nwant    %+v", qs[0], q)
