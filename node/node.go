@@ -291,7 +291,8 @@ func (n *Node) start(ctx context.Context) error {
 	if n.cat, err = catalog.Open(ctx, n.db); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
-	if n.audit, err = audit.Open(ctx, n.db); err != nil {
+	// The spool keeps audit records while the audit database refuses them (node/audit, spool.go).
+	if n.audit, err = audit.OpenWithOptions(ctx, n.db, audit.Options{SpoolPath: filepath.Join(n.dir, "audit-spool.db")}); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
 	if n.tokens, err = tokensource.New(tokensource.Config{IMDSEndpoint: n.cfg.IMDSEndpoint, Timeout: time.Duration(n.cfg.TokenTimeout), Logger: n.log}); err != nil {
