@@ -58,9 +58,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ferryhq/ferry/node/store"
 )
@@ -258,9 +261,11 @@ type QueryFilter struct {
 // Log is the audit log. It is safe for concurrent use.
 type Log struct {
 	db     *sql.DB
+	store  *store.DB // nil when opened on a plain *sql.DB (SQLite)
+	pg     bool      // db is PostgreSQL
 	logger *slog.Logger
 	opts   Options
-	insert *sql.Stmt // insertQuerySQL, prepared on db; closed by Close
+	insert *sql.Stmt // insertQuerySQL, prepared on db (SQLite); closed by Close
 
 	mu      sync.Mutex // guards the fields below and every Recorder's counts
 	pending []entry    // queued records the writer has not taken yet
@@ -309,107 +314,12 @@ type flushWait struct {
 	ch  chan error
 }
 
-const schema = `
-CREATE TABLE IF NOT EXISTS audit_connections (
-	id          INTEGER PRIMARY KEY AUTOINCREMENT,
-	start_time  TEXT NOT NULL,
-	end_time    TEXT,
-	user_name   TEXT NOT NULL,
-	resource    TEXT NOT NULL,
-	client_addr TEXT NOT NULL,
-	database    TEXT NOT NULL,
-	outcome     TEXT NOT NULL DEFAULT '',
-	error       TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS audit_connections_user ON audit_connections(user_name, id);
-CREATE INDEX IF NOT EXISTS audit_connections_resource ON audit_connections(resource, id);
-CREATE TABLE IF NOT EXISTS audit_queries (
-	id            INTEGER PRIMARY KEY AUTOINCREMENT,
-	connection_id INTEGER NOT NULL REFERENCES audit_connections(id) ON DELETE CASCADE,
-	time          TEXT NOT NULL,
-	user_name     TEXT NOT NULL,
-	resource      TEXT NOT NULL,
-	protocol      TEXT NOT NULL DEFAULT 'simple',
-	sql           TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_queries_connection ON audit_queries(connection_id, id);
-CREATE INDEX IF NOT EXISTS audit_queries_user ON audit_queries(user_name, id);
-CREATE INDEX IF NOT EXISTS audit_queries_resource ON audit_queries(resource, id);
-`
-
-// recordIDIndexes make record IDs unique (rows written before record IDs existed have none: NULL,
-// which a unique index allows any number of). INSERT ... ON CONFLICT (record_id) DO NOTHING makes
-// writing a record twice harmless.
-const recordIDIndexes = `
-CREATE UNIQUE INDEX IF NOT EXISTS audit_connections_record ON audit_connections(record_id);
-CREATE UNIQUE INDEX IF NOT EXISTS audit_queries_record ON audit_queries(record_id);
-`
-
-// addedColumns are columns added after the first release; Open adds those a
-// database lacks (ALTER TABLE ... ADD COLUMN).
-var addedColumns = []struct{ table, column, def string }{
-	{"audit_connections", "original_user", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_connections", "original_database", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_connections", "role", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_connections", "sqlstate", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_connections", "upstream_pid", "INTEGER NOT NULL DEFAULT 0"},
-	{"audit_connections", "bytes_from_client", "INTEGER NOT NULL DEFAULT 0"},
-	{"audit_connections", "bytes_from_server", "INTEGER NOT NULL DEFAULT 0"},
-	{"audit_connections", "queries_dropped", "INTEGER NOT NULL DEFAULT 0"},
-	{"audit_queries", "duration_us", "INTEGER NOT NULL DEFAULT 0"},
-	{"audit_queries", "sql_length", "INTEGER NOT NULL DEFAULT 0"},
-	{"audit_queries", "sql_sha256", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_queries", "statement", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_queries", "params", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_queries", "command", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_queries", "rows", "INTEGER NOT NULL DEFAULT -1"},
-	{"audit_queries", "sqlstate", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_queries", "error", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_connections", "record_id", "TEXT"},
-	{"audit_queries", "record_id", "TEXT"},
-}
-
-func migrate(ctx context.Context, db *sql.DB) error {
-	have := map[string]bool{}
-	for _, table := range []string{"audit_connections", "audit_queries"} {
-		rows, err := db.QueryContext(ctx, `SELECT name FROM pragma_table_info(?)`, table)
-		if err != nil {
-			return fmt.Errorf("read columns of %s: %w", table, err)
-		}
-		for rows.Next() {
-			var name string
-			if err := rows.Scan(&name); err != nil {
-				rows.Close()
-				return fmt.Errorf("read columns of %s: %w", table, err)
-			}
-			have[table+"."+name] = true
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("read columns of %s: %w", table, err)
-		}
-	}
-	for _, c := range addedColumns {
-		if have[c.table+"."+c.column] {
-			continue
-		}
-		if _, err := db.ExecContext(ctx, `ALTER TABLE `+c.table+` ADD COLUMN `+c.column+` `+c.def); err != nil {
-			return fmt.Errorf("add column %s.%s: %w", c.table, c.column, err)
-		}
-	}
-	if _, err := db.ExecContext(ctx, recordIDIndexes); err != nil {
-		return fmt.Errorf("index record IDs: %w", err)
-	}
-	return nil
-}
-
 // OpenDB opens (creating if needed) the SQLite file at path with the node's settings; it is
 // store.OpenSQLite, which says what they are.
 func OpenDB(path string) (*sql.DB, error) { return store.OpenSQLite(path) }
 
-// Open creates the audit tables in db if they are missing and starts the
-// query writer, with the default Options. The caller keeps ownership of db;
-// Close does not close it.
+// Open opens the audit log in the node's SQLite database db (OpenDB) with
+// the default Options: see OpenWithOptions.
 func Open(ctx context.Context, db *sql.DB) (*Log, error) {
 	return OpenWithOptions(ctx, db, Options{})
 }
@@ -419,34 +329,65 @@ func OpenWithLogger(ctx context.Context, db *sql.DB, logger *slog.Logger) (*Log,
 	return OpenWithOptions(ctx, db, Options{Logger: logger})
 }
 
-// OpenWithOptions is Open with Options.
+// OpenWithOptions opens the audit log in the SQLite database db, for callers that hold a plain
+// *sql.DB of the node's file (OpenDB): the schema is brought forward through a store.DB opened on
+// the same file for that moment only, then the log runs on db. OpenStore is the same on a store.DB.
 func OpenWithOptions(ctx context.Context, db *sql.DB, opts Options) (*Log, error) {
-	opts = opts.withDefaults()
-	if _, err := db.ExecContext(ctx, schema); err != nil {
-		return nil, fmt.Errorf("create audit tables: %w", err)
+	var path string
+	if err := db.QueryRowContext(ctx, `SELECT file FROM pragma_database_list WHERE name = 'main'`).Scan(&path); err != nil {
+		return nil, fmt.Errorf("open audit log: find the database file: %w", err)
 	}
-	if err := migrate(ctx, db); err != nil {
-		return nil, fmt.Errorf("upgrade audit tables: %w", err)
+	if path == "" {
+		return nil, errors.New("open audit log: the SQLite database has no file")
 	}
-	insert, err := db.PrepareContext(ctx, insertQuerySQL)
+	sdb, err := store.Open(ctx, store.Options{URL: "sqlite:" + path})
 	if err != nil {
-		return nil, fmt.Errorf("prepare query insert: %w", err)
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	err = sdb.Migrate(ctx, migration(store.SQLite))
+	sdb.Close()
+	if err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	return open(ctx, db, nil, opts)
+}
+
+// OpenStore opens the audit log in db (the node's SQLite file or the fleet's PostgreSQL database),
+// bringing its schema forward (store.DB.Migrate, sequence "audit"), and starts the query writer.
+// The caller keeps ownership of db; Close does not close it.
+func OpenStore(ctx context.Context, db *store.DB, opts Options) (*Log, error) {
+	if err := db.Migrate(ctx, migration(db.Dialect())); err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	return open(ctx, db.DB, db, opts)
+}
+
+// open starts the log on db, whose schema is current; sdb is its store.DB when the caller gave one.
+func open(ctx context.Context, db *sql.DB, sdb *store.DB, opts Options) (*Log, error) {
+	opts = opts.withDefaults()
+	pg := sdb != nil && sdb.Dialect() == store.Postgres
+	var insert *sql.Stmt
+	if !pg {
+		var err error
+		if insert, err = db.PrepareContext(ctx, insertQuerySQL); err != nil {
+			return nil, fmt.Errorf("prepare query insert: %w", err)
+		}
 	}
 	var prefix [8]byte
 	if _, err := rand.Read(prefix[:]); err != nil {
-		insert.Close()
 		return nil, fmt.Errorf("open audit log: record ID prefix: %w", err)
 	}
-	l := &Log{db: db, logger: opts.Logger, opts: opts, insert: insert, wake: make(chan struct{}, 1), stopped: make(chan struct{}),
+	l := &Log{db: db, store: sdb, pg: pg, logger: opts.Logger, opts: opts, insert: insert, wake: make(chan struct{}, 1), stopped: make(chan struct{}),
 		idPrefix: hex.EncodeToString(prefix[:]), conns: map[int64]string{}, stopShip: make(chan struct{})}
 	if opts.SpoolPath != "" {
+		var err error
 		if l.spool, err = openSpool(ctx, opts.SpoolPath); err != nil {
-			insert.Close()
+			l.closeInsert()
 			return nil, err
 		}
 		n, err := l.spool.count(ctx)
 		if err != nil {
-			insert.Close()
+			l.closeInsert()
 			l.spool.close()
 			return nil, err
 		}
@@ -462,6 +403,30 @@ func OpenWithOptions(ctx context.Context, db *sql.DB, opts Options) (*Log, error
 	return l, nil
 }
 
+func (l *Log) closeInsert() {
+	if l.insert != nil {
+		l.insert.Close()
+	}
+}
+
+// rb rewrites a query written with ? placeholders for the database's dialect.
+func (l *Log) rb(q string) string {
+	if l.store == nil {
+		return q
+	}
+	return l.store.Rebind(q)
+}
+
+// txt is s as the database can store it. PostgreSQL's text holds neither NUL nor invalid UTF-8 (a
+// statement cut to the proxy's limit may end inside a character, a client may send another
+// encoding); those become U+FFFD there rather than failing the record. SQLite stores s as it is.
+func (l *Log) txt(s string) string {
+	if !l.pg || (utf8.ValidString(s) && strings.IndexByte(s, 0) < 0) {
+		return s
+	}
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+}
+
 // recordID is the record ID of sequence number seq.
 func (l *Log) recordID(seq uint64) string {
 	var b [16]byte
@@ -475,9 +440,9 @@ func (l *Log) recordID(seq uint64) string {
 // are recorded): a record ID with no connection row gives connection_id NULL, which the NOT NULL
 // constraint refuses. A record already written (shipped twice) is left as it is.
 const insertQuerySQL = `INSERT INTO audit_queries
-		(record_id, connection_id, time, user_name, resource, protocol, sql, duration_us, sql_length, sql_sha256,
+		(record_id, connection_id, "time", user_name, resource, protocol, sql, duration_us, sql_length, sql_sha256,
 		 statement, params, command, rows, sqlstate, error)
-		SELECT ?, (SELECT id FROM audit_connections WHERE record_id = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+		SELECT ?, (SELECT id FROM audit_connections WHERE record_id = ?), ?, ?, ?, ?, ?, CAST(? AS BIGINT), CAST(? AS BIGINT), ?, ?, ?, ?, CAST(? AS BIGINT), ?, ?
 		WHERE true ON CONFLICT (record_id) DO NOTHING`
 
 // retry runs write until it succeeds, up to Options.WriteAttempts times,
@@ -566,14 +531,14 @@ func (l *Log) insertConnection(ctx context.Context, c Connection) (int64, error)
 		end = formatTime(c.End)
 	}
 	var id int64
-	err := l.db.QueryRowContext(ctx, `INSERT INTO audit_connections
+	err := l.db.QueryRowContext(ctx, l.rb(`INSERT INTO audit_connections
 		(record_id, start_time, end_time, user_name, resource, client_addr, database, outcome, error,
 		 original_user, original_database, role, sqlstate, upstream_pid, bytes_from_client, bytes_from_server, queries_dropped)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (record_id) DO NOTHING RETURNING id`,
-		c.RecordID, formatTime(c.Start), end, c.User, c.Resource, c.ClientAddr, c.Database, c.Outcome, c.Error,
-		c.OriginalUser, c.OriginalDatabase, c.Role, c.SQLState, int64(c.UpstreamPID), c.BytesFromClient, c.BytesFromServer, c.QueriesDropped).Scan(&id)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (record_id) DO NOTHING RETURNING id`),
+		c.RecordID, formatTime(c.Start), end, l.txt(c.User), l.txt(c.Resource), c.ClientAddr, l.txt(c.Database), c.Outcome, l.txt(c.Error),
+		l.txt(c.OriginalUser), l.txt(c.OriginalDatabase), l.txt(c.Role), c.SQLState, int64(c.UpstreamPID), c.BytesFromClient, c.BytesFromServer, c.QueriesDropped).Scan(&id)
 	if errors.Is(err, sql.ErrNoRows) {
-		err = l.db.QueryRowContext(ctx, `SELECT id FROM audit_connections WHERE record_id = ?`, c.RecordID).Scan(&id)
+		err = l.db.QueryRowContext(ctx, l.rb(`SELECT id FROM audit_connections WHERE record_id = ?`), c.RecordID).Scan(&id)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("insert connection %s: %w", c.RecordID, err)
@@ -583,9 +548,9 @@ func (l *Log) insertConnection(ctx context.Context, c Connection) (int64, error)
 
 // updateEnd writes the end of the connection with record ID rec; false when there is no such row.
 func (l *Log) updateEnd(ctx context.Context, rec string, end time.Time, e ConnectionEnd) (bool, error) {
-	res, err := l.db.ExecContext(ctx, `UPDATE audit_connections SET end_time = ?, outcome = ?, error = ?,
-		sqlstate = ?, upstream_pid = ?, bytes_from_client = ?, bytes_from_server = ?, queries_dropped = ? WHERE record_id = ?`,
-		formatTime(end), e.Outcome, e.Error, e.SQLState, int64(e.UpstreamPID), e.BytesFromClient, e.BytesFromServer, e.QueriesDropped, rec)
+	res, err := l.db.ExecContext(ctx, l.rb(`UPDATE audit_connections SET end_time = ?, outcome = ?, error = ?,
+		sqlstate = ?, upstream_pid = ?, bytes_from_client = ?, bytes_from_server = ?, queries_dropped = ? WHERE record_id = ?`),
+		formatTime(end), e.Outcome, l.txt(e.Error), e.SQLState, int64(e.UpstreamPID), e.BytesFromClient, e.BytesFromServer, e.QueriesDropped, rec)
 	if err != nil {
 		return false, err
 	}
@@ -805,7 +770,7 @@ func (l *Log) Close() error {
 	default:
 	}
 	<-l.stopped
-	l.insert.Close()
+	l.closeInsert()
 	l.smu.Lock()
 	close(l.stopShip)
 	l.smu.Unlock()
@@ -1142,6 +1107,9 @@ records:
 func (l *Log) insertOnce(batch []queryRow) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if l.pg {
+		return l.insertMany(ctx, batch)
+	}
 	tx, err := l.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin query insert: %w", err)
@@ -1163,6 +1131,45 @@ func (l *Log) insertOnce(batch []queryRow) error {
 	return nil
 }
 
+// insertMany writes batch in one multi-row INSERT (PostgreSQL: one round trip for the batch). Like
+// insertQuerySQL, a connection record ID with no row refuses the whole statement (NOT NULL).
+func (l *Log) insertMany(ctx context.Context, batch []queryRow) error {
+	var b strings.Builder
+	b.WriteString(`INSERT INTO audit_queries
+		(record_id, connection_id, "time", user_name, resource, protocol, sql, duration_us, sql_length, sql_sha256,
+		 statement, params, command, rows, sqlstate, error)
+		SELECT v.column1, (SELECT c.id FROM audit_connections c WHERE c.record_id = v.column2), v.column3, v.column4, v.column5,
+		 v.column6, v.column7, v.column8, v.column9, v.column10, v.column11, v.column12, v.column13, v.column14, v.column15, v.column16
+		FROM (VALUES `)
+	args := make([]any, 0, 16*len(batch))
+	for i, r := range batch {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		n := len(args)
+		b.WriteByte('(')
+		for j := 1; j <= 16; j++ {
+			if j > 1 {
+				b.WriteByte(',')
+			}
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n + j))
+			if j == 8 || j == 9 || j == 14 { // duration_us, sql_length, rows
+				b.WriteString("::bigint")
+			}
+		}
+		b.WriteByte(')')
+		q := &r.q
+		args = append(args, r.id, r.conn, formatTime(q.Time), l.txt(q.User), l.txt(q.Resource), q.Protocol, l.txt(q.SQL),
+			q.Duration.Microseconds(), q.SQLLength, q.SQLSHA256, l.txt(q.Statement), l.txt(q.Params), l.txt(q.Command), q.Rows, q.SQLState, l.txt(q.Error))
+	}
+	b.WriteString(`) AS v ON CONFLICT (record_id) DO NOTHING`)
+	if _, err := l.db.ExecContext(ctx, b.String(), args...); err != nil {
+		return fmt.Errorf("insert %d query records: %w", len(batch), err)
+	}
+	return nil
+}
+
 func limitOf(n int) int {
 	if n <= 0 {
 		return 1000
@@ -1176,7 +1183,7 @@ func (l *Log) Connections(ctx context.Context, filter ConnectionFilter) ([]Conne
 		original_user, original_database, role, sqlstate, upstream_pid, bytes_from_client, bytes_from_server, queries_dropped
 		FROM audit_connections WHERE 1=1`
 	q, args := where(q, filter.User, filter.Resource, "start_time", filter.Since, filter.Until)
-	q += ` ORDER BY id DESC LIMIT ?`
+	q = l.rb(q + ` ORDER BY id DESC LIMIT ?`)
 	args = append(args, limitOf(filter.Limit))
 	rows, err := l.db.QueryContext(ctx, q, args...)
 	if err != nil {
@@ -1227,14 +1234,14 @@ func where(q, user, resource, timeCol string, since, until time.Time) (string, [
 // Queries returns the queries matching filter, newest first. Queries still in
 // the write queue are not included; call Flush first to see them.
 func (l *Log) Queries(ctx context.Context, filter QueryFilter) ([]Query, error) {
-	q := `SELECT id, COALESCE(record_id, ''), connection_id, time, user_name, resource, protocol, sql, duration_us, sql_length, sql_sha256,
+	q := `SELECT id, COALESCE(record_id, ''), connection_id, "time", user_name, resource, protocol, sql, duration_us, sql_length, sql_sha256,
 		statement, params, command, rows, sqlstate, error FROM audit_queries WHERE 1=1`
-	q, args := where(q, filter.User, filter.Resource, "time", filter.Since, filter.Until)
+	q, args := where(q, filter.User, filter.Resource, `"time"`, filter.Since, filter.Until)
 	if filter.ConnectionID != 0 {
 		q += ` AND connection_id = ?`
 		args = append(args, filter.ConnectionID)
 	}
-	q += ` ORDER BY id DESC LIMIT ?`
+	q = l.rb(q + ` ORDER BY id DESC LIMIT ?`)
 	args = append(args, limitOf(filter.Limit))
 	rows, err := l.db.QueryContext(ctx, q, args...)
 	if err != nil {
