@@ -16,9 +16,11 @@ import (
 
 // TestRecordFieldsRoundTrip stores every field of a connection and a query and reads them back,
 // with the time filters.
-func TestRecordFieldsRoundTrip(t *testing.T) {
+func TestRecordFieldsRoundTrip(t *testing.T) { forEachBackend(t, false, testRecordFieldsRoundTrip) }
+
+func testRecordFieldsRoundTrip(t *testing.T, d *testDB) {
 	ctx := context.Background()
-	l := openTestLog(t, filepath.Join(t.TempDir(), "ferry.db"))
+	l := d.openLog(t, Options{})
 	t0 := time.Date(2025, 5, 1, 12, 0, 0, 0, time.UTC)
 	id, err := l.StartConnection(ctx, Connection{Start: t0, User: "alice", Resource: "pg", ClientAddr: "100.64.0.5:1",
 		OriginalUser: "postgres", OriginalDatabase: "", Role: "mi_user", Database: "app"})

@@ -55,9 +55,13 @@ func failWrites(t *testing.T, path, table, event, user string) (restore func()) 
 // TestConnectionWriteFailsClosed: a connection start that cannot be written is retried, then
 // reported as ErrUnavailable and counted; once the store works again, so does the log.
 func TestConnectionWriteFailsClosed(t *testing.T) {
+	forEachBackend(t, false, testConnectionWriteFailsClosed)
+}
+
+func testConnectionWriteFailsClosed(t *testing.T, d *testDB) {
 	ctx := context.Background()
-	l, path := openFastLog(t, Options{WriteAttempts: 3})
-	restore := failWrites(t, path, "audit_connections", "INSERT", "mallory")
+	l := d.openLog(t, Options{WriteAttempts: 3})
+	restore := d.failWrites(t, "audit_connections", "INSERT", "mallory")
 	_, err := l.StartConnection(ctx, Connection{User: "mallory", Resource: "r"})
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("StartConnection on a failing store = %v, want ErrUnavailable", err)
@@ -75,8 +79,12 @@ func TestConnectionWriteFailsClosed(t *testing.T) {
 // its own recorder (onFail called once, later records refused and counted) and is counted
 // node-wide; records of another session in the same batches are still written.
 func TestQueryWriteFailureFailsOnlyItsSession(t *testing.T) {
+	forEachBackend(t, false, testQueryWriteFailureFailsOnlyItsSession)
+}
+
+func testQueryWriteFailureFailsOnlyItsSession(t *testing.T, d *testDB) {
 	ctx := context.Background()
-	l, path := openFastLog(t, Options{})
+	l := d.openLog(t, Options{})
 	badID, err := l.StartConnection(ctx, Connection{User: "mallory", Resource: "r"})
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +93,7 @@ func TestQueryWriteFailureFailsOnlyItsSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	failWrites(t, path, "audit_queries", "INSERT", "mallory")
+	d.failWrites(t, "audit_queries", "INSERT", "mallory")
 	failed := make(chan error, 2)
 	bad := l.Recorder(badID, func(err error) { failed <- err })
 	good := l.Recorder(goodID, nil)

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferryhq/ferry/node/store"
 )
 
 // syncBuffer is a log sink tests read while the log writes to it.
@@ -35,27 +37,6 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-// openSpoolLog opens a log on the SQLite file path with a spool at spoolPath, quick retries, and
-// its log lines in logs (nil = discarded).
-func openSpoolLog(t *testing.T, path, spoolPath string, logs io.Writer) *Log {
-	t.Helper()
-	db, err := OpenDB(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if logs == nil {
-		logs = io.Discard
-	}
-	l, err := OpenWithOptions(context.Background(), db, Options{Logger: slog.New(slog.NewTextHandler(logs, nil)),
-		WriteAttempts: 2, RetryWait: time.Millisecond, SpoolPath: spoolPath})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	return l
 }
 
 // outage makes the real SQLite file at path refuse every audit write (as a database that cannot
@@ -131,11 +112,14 @@ func countRecords(t *testing.T, l *Log) map[string]int {
 // recording (a connection open before the outage, one started and ended during it), their records
 // go to the spool, and once the database takes writes again every record is in it exactly once.
 func TestSpoolKeepsRecordsDuringOutage(t *testing.T) {
+	forEachBackend(t, true, testSpoolKeepsRecordsDuringOutage)
+}
+
+func testSpoolKeepsRecordsDuringOutage(t *testing.T, d *testDB) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	path, spoolPath := filepath.Join(dir, "ferry.db"), filepath.Join(dir, "audit-spool.db")
+	spoolPath := filepath.Join(t.TempDir(), "audit-spool.db")
 	var logs syncBuffer
-	l := openSpoolLog(t, path, spoolPath, &logs)
+	l := d.openSpoolLog(t, spoolPath, &logs)
 	before, err := l.StartConnection(ctx, Connection{User: "alice", Resource: "r"})
 	if err != nil {
 		t.Fatal(err)
@@ -147,7 +131,7 @@ func TestSpoolKeepsRecordsDuringOutage(t *testing.T) {
 	if err := l.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	restore := outage(t, path)
+	restore := d.outage(t)
 	during, err := l.StartConnection(ctx, Connection{User: "bob", Resource: "r"})
 	if err != nil {
 		t.Fatalf("StartConnection during the outage: %v; want it spooled", err)
@@ -175,8 +159,13 @@ func TestSpoolKeepsRecordsDuringOutage(t *testing.T) {
 	if s.Spooled < 2*n+2 || s.QueriesDropped != 0 || s.ConnectionWriteFailures != 0 {
 		t.Fatalf("stats during the outage = %+v; want at least %d spooled, nothing dropped or failed", s, 2*n+2)
 	}
-	if got := countRecords(t, l); got["SELECT bob 0"] != 0 || got["SELECT before"] != 1 {
-		t.Fatalf("the database holds %v during the outage", got)
+	if d.srv == nil { // a stopped server cannot be asked
+		if got := countRecords(t, l); got["SELECT bob 0"] != 0 || got["SELECT before"] != 1 {
+			t.Fatalf("the database holds %v during the outage", got)
+		}
+	}
+	if sp, err := l.spool.count(ctx); err != nil || sp != s.SpoolDepth || sp < 2*n+2 {
+		t.Fatalf("the spool file holds %d records (%v); stats say %d, want at least %d", sp, err, s.SpoolDepth, 2*n+2)
 	}
 	if !strings.Contains(logs.String(), "keeping them in the local spool") {
 		t.Fatalf("no log line when spooling started:\n%s", logs.String())
@@ -214,11 +203,14 @@ func TestSpoolKeepsRecordsDuringOutage(t *testing.T) {
 // TestSpoolShippedTwiceWrittenOnce ships the same spool twice (as after a crash between the
 // database's commit and the spool's delete): every record is in the database once.
 func TestSpoolShippedTwiceWrittenOnce(t *testing.T) {
+	forEachBackend(t, true, testSpoolShippedTwiceWrittenOnce)
+}
+
+func testSpoolShippedTwiceWrittenOnce(t *testing.T, d *testDB) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	path, spoolPath := filepath.Join(dir, "ferry.db"), filepath.Join(dir, "audit-spool.db")
-	l := openSpoolLog(t, path, spoolPath, nil)
-	restore := outage(t, path)
+	spoolPath := filepath.Join(t.TempDir(), "audit-spool.db")
+	l := d.openSpoolLog(t, spoolPath, nil)
+	restore := d.outage(t)
 	id, err := l.StartConnection(ctx, Connection{User: "bob", Resource: "r"})
 	if err != nil {
 		t.Fatal(err)
@@ -248,7 +240,7 @@ func TestSpoolShippedTwiceWrittenOnce(t *testing.T) {
 		if err := os.WriteFile(spoolPath, saved, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		l := openSpoolLog(t, path, spoolPath, nil)
+		l := d.openSpoolLog(t, spoolPath, nil)
 		waitDrained(t, l)
 		if s := l.Stats(); s.Shipped != n+2 {
 			t.Fatalf("stats = %+v; want %d shipped", s, n+2)
@@ -268,16 +260,17 @@ func TestSpoolShippedTwiceWrittenOnce(t *testing.T) {
 
 // TestSpoolFailureFailsClosed: when the database and the spool both refuse writes, the log fails
 // closed as without a spool: the connection is refused and a session's recorder fails.
-func TestSpoolFailureFailsClosed(t *testing.T) {
+func TestSpoolFailureFailsClosed(t *testing.T) { forEachBackend(t, true, testSpoolFailureFailsClosed) }
+
+func testSpoolFailureFailsClosed(t *testing.T, d *testDB) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	path, spoolPath := filepath.Join(dir, "ferry.db"), filepath.Join(dir, "audit-spool.db")
-	l := openSpoolLog(t, path, spoolPath, nil)
+	spoolPath := filepath.Join(t.TempDir(), "audit-spool.db")
+	l := d.openSpoolLog(t, spoolPath, nil)
 	id, err := l.StartConnection(ctx, Connection{User: "alice", Resource: "r"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	outage(t, path)
+	d.outage(t)
 	sdb, err := OpenDB(spoolPath)
 	if err != nil {
 		t.Fatal(err)
@@ -319,23 +312,36 @@ func TestSpoolFailureFailsClosed(t *testing.T) {
 // process acknowledged, each once.
 func TestSpoolSurvivesKill9(t *testing.T) {
 	if p := os.Getenv("FERRY_AUDIT_SPOOL_CHILD"); p != "" {
-		spoolChild(p)
+		spoolChild(p, os.Getenv("FERRY_AUDIT_SPOOL_URL"))
 		return
 	}
-	dir := t.TempDir()
-	path, spoolPath := filepath.Join(dir, "ferry.db"), filepath.Join(dir, "audit-spool.db")
-	openSpoolLog(t, path, spoolPath, nil).Close() // create the tables
-	restore := outage(t, path)
+	forEachBackend(t, true, testSpoolSurvivesKill9)
+}
+
+func testSpoolSurvivesKill9(t *testing.T, d *testDB) {
+	spoolPath := filepath.Join(t.TempDir(), "audit-spool.db")
+	d.openSpoolLog(t, spoolPath, nil).Close() // create the tables
 	cmd := exec.Command(os.Args[0], "-test.run=^TestSpoolSurvivesKill9$")
-	cmd.Env = append(os.Environ(), "FERRY_AUDIT_SPOOL_CHILD="+dir)
+	cmd.Env = append(os.Environ(), "FERRY_AUDIT_SPOOL_CHILD="+spoolPath, "FERRY_AUDIT_SPOOL_URL="+d.url)
 	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	sc := bufio.NewScanner(out)
+	for sc.Scan() && sc.Text() != "open" {
+	}
+	restore := d.outage(t) // the child's log is open: its database goes away under it
+	if _, err := io.WriteString(in, "go\n"); err != nil {
+		t.Fatal(err)
+	}
 	n := -1
 	for sc.Scan() {
 		if s, ok := strings.CutPrefix(sc.Text(), "recorded "); ok {
@@ -350,7 +356,7 @@ func TestSpoolSurvivesKill9(t *testing.T) {
 		t.Fatal("child did not report its records")
 	}
 	restore()
-	l := openSpoolLog(t, path, spoolPath, nil)
+	l := d.openSpoolLog(t, spoolPath, nil)
 	waitDrained(t, l)
 	got := countRecords(t, l)
 	for i := range n {
@@ -365,19 +371,21 @@ func TestSpoolSurvivesKill9(t *testing.T) {
 	t.Logf("%d records acknowledged before the kill, %d shipped after it", n, l.Stats().Shipped)
 }
 
-// spoolChild records through a failing database into the spool in dir, reports how many records
-// are acknowledged, and keeps recording until killed.
-func spoolChild(dir string) {
+// spoolChild records through a failing database (url; opened before its outage) into the spool
+// at spoolPath, reports how many records are acknowledged, and keeps recording until killed.
+func spoolChild(spoolPath, url string) {
 	ctx := context.Background()
-	db, err := OpenDB(filepath.Join(dir, "ferry.db"))
+	db, err := store.Open(ctx, store.Options{URL: url})
 	if err != nil {
 		panic(err)
 	}
-	l, err := OpenWithOptions(ctx, db, Options{WriteAttempts: 2, RetryWait: time.Millisecond, SpoolPath: filepath.Join(dir, "audit-spool.db"),
+	l, err := OpenStore(ctx, db, Options{WriteAttempts: 2, RetryWait: time.Millisecond, SpoolPath: spoolPath,
 		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		panic(err)
 	}
+	fmt.Println("open")
+	bufio.NewReader(os.Stdin).ReadString('\n') // the database is gone now
 	id, err := l.StartConnection(ctx, Connection{User: "u", Resource: "r"})
 	if err != nil {
 		panic(err)
