@@ -58,6 +58,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,6 +67,9 @@ import (
 	"unicode/utf8"
 
 	"github.com/ferryhq/ferry/node/store"
+	"github.com/jackc/pgx/v5/pgconn"
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // Outcomes of a connection as stored in Connection.Outcome.
@@ -507,7 +511,7 @@ func (l *Log) StartConnection(ctx context.Context, c Connection) (int64, error) 
 			return id, nil
 		}
 	}
-	if l.spool != nil {
+	if l.spool != nil && !refused(err) {
 		serr := l.toSpool(ctx, []spoolRecord{{Kind: spoolStart, RecordID: c.RecordID, Conn: &c}}, err)
 		if serr == nil {
 			l.connsMu.Lock()
@@ -585,7 +589,7 @@ func (l *Log) EndConnection(ctx context.Context, id int64, end time.Time, e Conn
 			return nil
 		}
 	}
-	if l.spool != nil {
+	if l.spool != nil && !refused(err) {
 		serr := l.toSpool(ctx, []spoolRecord{{Kind: spoolEnd, RecordID: rec, ConnRec: rec, End: &endRecord{Time: end, End: e}}}, err)
 		if serr == nil {
 			return nil
@@ -862,7 +866,7 @@ func (l *Log) write(qs []queryRow, failed []bool) ([]bool, error) {
 	if err == nil {
 		return nil, nil
 	}
-	if l.spool != nil {
+	if l.spool != nil && !refused(err) {
 		serr := l.spoolQueries(ctx, qs, err)
 		if serr == nil {
 			return nil, nil
@@ -871,6 +875,8 @@ func (l *Log) write(qs []queryRow, failed []bool) ([]bool, error) {
 	}
 	l.logger.Error("audit: write query records failed; writing them one by one", "count", len(qs), "err", err)
 	var last error
+	var spool []queryRow // failed, but not refused: the spool may keep them
+	var spoolAt []int
 	deadline := time.Now().Add(oneByOneBudget)
 	for i := range qs {
 		e := err
@@ -880,12 +886,48 @@ func (l *Log) write(qs []queryRow, failed []bool) ([]bool, error) {
 		failed = append(failed, e != nil)
 		if e != nil {
 			last = e
+			if l.spool != nil && !refused(e) {
+				spool, spoolAt = append(spool, qs[i]), append(spoolAt, i)
+			}
+		}
+	}
+	if len(spool) > 0 && l.spoolQueries(ctx, spool, last) == nil {
+		for _, i := range spoolAt {
+			failed[i] = false
+		}
+		if !slices.Contains(failed, true) {
+			return nil, nil
 		}
 	}
 	if last == nil {
 		return nil, nil
 	}
 	return failed, last
+}
+
+// refused reports whether err is the database refusing the record itself (its data: a value the
+// column cannot hold, a missing connection, a constraint), which writing it again cannot mend, as
+// opposed to the database being unreachable, busy, full or refusing writes for reasons of its
+// own. Refused records are not spooled (they would hold up every record behind them): they fail
+// as without a spool. PostgreSQL: SQLSTATE classes 22 (data exception) and 23 (integrity
+// constraint violation). SQLite: constraint violations other than a trigger's RAISE, too big,
+// datatype mismatch.
+func refused(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23")
+	}
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() {
+		case sqlite3.SQLITE_CONSTRAINT_TRIGGER:
+			return false
+		case sqlite3.SQLITE_TOOBIG, sqlite3.SQLITE_MISMATCH:
+			return true
+		}
+		return se.Code()&0xff == sqlite3.SQLITE_CONSTRAINT
+	}
+	return false
 }
 
 // settle accounts for written (failed[i] false, or failed nil) and failed
@@ -1057,7 +1099,17 @@ func (l *Log) shipSome() (int, error) {
 			return nil
 		}
 		if err := l.insertOnce(qs); err != nil {
-			return err
+			if !refused(err) {
+				return err
+			}
+			for i := range qs { // one refused record must not hold up the rest
+				if err := l.insertOnce(qs[i : i+1]); err != nil {
+					if !refused(err) {
+						return err
+					}
+					l.refusedRecord(qs[i].id, true, err)
+				}
+			}
 		}
 		done, n, qs = qSeq, n+len(qs), qs[:0]
 		return nil
@@ -1078,10 +1130,14 @@ records:
 		case r.Kind == spoolEnd && r.End != nil:
 			var found bool
 			if found, err = l.updateEnd(ctx, r.ConnRec, r.End.Time, r.End.End); err == nil && !found {
-				err = fmt.Errorf("ship the end of connection %s: no such connection", r.ConnRec)
+				l.refusedRecord(r.ConnRec, false, errors.New("no such connection"))
 			}
 		default:
 			err = fmt.Errorf("spooled record %d: unknown kind %q", r.Seq, r.Kind)
+		}
+		if refused(err) {
+			l.refusedRecord(r.RecordID, r.Kind == spoolQuery, err)
+			err = nil
 		}
 		if err != nil {
 			break records
@@ -1102,6 +1158,18 @@ records:
 		l.spoolDepth.Add(-int64(n))
 	}
 	return n, err
+}
+
+// refusedRecord logs and counts a spooled record the database refuses (refused): it is removed
+// from the spool, lost, rather than holding up every record behind it.
+func (l *Log) refusedRecord(id string, query bool, err error) {
+	if query {
+		l.queryFailures.Add(1)
+		l.dropped.Add(1)
+	} else {
+		l.connFailures.Add(1)
+	}
+	l.logger.Error("audit: the audit database refuses a spooled record; it is lost", "record", id, "err", err)
 }
 
 func (l *Log) insertOnce(batch []queryRow) error {

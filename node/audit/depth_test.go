@@ -166,3 +166,40 @@ func killChild(path string) {
 		rec.Record(ctx, Query{User: "u", Resource: "r", SQL: fmt.Sprint("SELECT more ", i)})
 	}
 }
+
+// TestRecordsTextThePostgreSQLTypeRefuses: a statement cut inside a UTF-8 character, text in
+// another encoding and a NUL byte are recorded, not refused: PostgreSQL's text type holds neither
+// invalid UTF-8 nor NUL, so those bytes become U+FFFD there; SQLite keeps them as they are.
+func TestRecordsTextThePostgreSQLTypeRefuses(t *testing.T) {
+	forEachBackend(t, false, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		l := d.openLog(t, Options{WriteAttempts: 1})
+		id, err := l.StartConnection(ctx, Connection{User: "alice", Resource: "r", Database: "caf\xe9"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sqls := []string{"SELECT 'h\xc3", "SELECT 'caf\xe9'", "SELECT '\x00'"}
+		rec := l.Recorder(id, nil)
+		for _, s := range sqls {
+			if err := rec.Record(ctx, Query{User: "alice", Resource: "r", SQL: s, Params: s}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := rec.Close(ctx); n != 0 {
+			t.Fatalf("%d records not written", n)
+		}
+		qs, err := l.Queries(ctx, QueryFilter{ConnectionID: id})
+		if err != nil || len(qs) != len(sqls) {
+			t.Fatalf("queries = %d, %v; want %d", len(qs), err, len(sqls))
+		}
+		for i, q := range qs {
+			want := sqls[len(sqls)-1-i]
+			if d.path == "" {
+				want = strings.ReplaceAll(strings.ToValidUTF8(want, "\uFFFD"), "\x00", "\uFFFD")
+			}
+			if q.SQL != want || q.Params != want {
+				t.Errorf("recorded %q (params %q), want %q", q.SQL, q.Params, want)
+			}
+		}
+	})
+}

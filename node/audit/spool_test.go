@@ -410,3 +410,30 @@ func spoolChild(spoolPath, url string) {
 		rec.Record(ctx, Query{User: "u", Resource: "r", SQL: fmt.Sprint("SELECT more ", i)})
 	}
 }
+
+// TestRefusedRecordIsNotSpooled: a record the database refuses for what it holds (here a query of
+// a connection it does not have) is not spooled, where it would hold up every record behind it: it
+// fails as without a spool, and the next records go straight to the database.
+func TestRefusedRecordIsNotSpooled(t *testing.T) {
+	forEachBackend(t, false, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		l := d.openSpoolLog(t, filepath.Join(t.TempDir(), "audit-spool.db"), nil)
+		failed := make(chan error, 1)
+		if err := l.Recorder(42, func(err error) { failed <- err }).Record(ctx, Query{SQL: "SELECT 1"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Flush(ctx); err == nil {
+			t.Fatal("Flush reported no error for a query of an unknown connection")
+		}
+		if err := <-failed; !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("onFail(%v), want ErrUnavailable", err)
+		}
+		id, err := l.StartConnection(ctx, Connection{User: "alice", Resource: "r"})
+		if err != nil || id <= 0 {
+			t.Fatalf("StartConnection after a refused record = %d, %v; want a row ID", id, err)
+		}
+		if s := l.Stats(); s.Spooled != 0 || s.QueriesDropped != 1 || l.spooling.Load() {
+			t.Fatalf("stats = %+v (spooling %v); want nothing spooled, 1 dropped", s, l.spooling.Load())
+		}
+	})
+}
