@@ -1,18 +1,34 @@
-// Package audit keeps the node's connection log and query log in SQLite
-// (modernc.org/sqlite, database/sql driver name "sqlite").
+// Package audit keeps the node's connection log and query log in a store.DB:
+// the node's SQLite file (shared with its catalog, so the tables carry an
+// audit_ prefix) or the fleet's PostgreSQL database, which every node of a
+// deployment writes to. The schema is the store's "audit" migration sequence
+// (schema.go).
 //
-// The database file is shared with the node's catalog, so the tables carry an
-// audit_ prefix and are created with CREATE TABLE IF NOT EXISTS.
+// Every record carries a record ID the node chooses before the first write
+// (a random 64-bit prefix per Log and a sequence number, 32 hex digits),
+// unique in the database, and every insert is INSERT ... ON CONFLICT
+// (record_id) DO NOTHING: a record written twice is stored once. Query records
+// name their connection by its record ID, so they can be recorded while the
+// connection has no row yet.
+//
+// While the database refuses records after their retries (it is unreachable,
+// busy, or refuses writes; not when it refuses the record itself: refused),
+// they go to a local spool (Options.SpoolPath, spool.go) whose writes are as
+// durable as the node's SQLite commits, in order; a shipper goroutine ships
+// them to the database when it takes writes again and removes them from the
+// spool after the database's commit. While the spool holds records, new ones
+// go to the spool too, behind them. Only when the spool cannot be written
+// either does the log fail as described below.
 //
 // The log fails closed: a session that cannot be recorded does not run.
 //
 // Connection records: StartConnection and EndConnection write directly and
-// synchronously, because the caller needs the row ID and because a
-// connection's end must be durable before its session is reported as over;
-// neither runs while a session relays. A failed write is retried
-// (Options.WriteAttempts tries, waits from Options.RetryWait doubling); when
-// it still fails the error wraps ErrUnavailable and is counted
-// (Stats.ConnectionWriteFailures). The proxy refuses a session whose start
+// synchronously (to the database, or to the spool), because a connection's
+// start must be durable before its session runs and its end before its
+// session is reported as over; neither runs while a session relays. A failed
+// write is retried (Options.WriteAttempts tries, waits from Options.RetryWait
+// doubling); when it still fails and cannot be spooled the error wraps
+// ErrUnavailable and is counted (Stats.ConnectionWriteFailures). The proxy refuses a session whose start
 // cannot be recorded, before it logs in upstream.
 //
 // Query records go through a Recorder, one per connection. Each connection
