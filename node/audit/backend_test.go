@@ -102,6 +102,32 @@ func (d *testDB) outage(t *testing.T) (restore func()) {
 	}
 }
 
+// stallWrites holds the audit tables' write lock from another connection (SQLite: BEGIN IMMEDIATE;
+// PostgreSQL: LOCK TABLE ... IN EXCLUSIVE MODE) until the returned func is called: the writer waits.
+func (d *testDB) stallWrites(t *testing.T) (release func()) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := d.open(t).Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	lock := []string{"BEGIN IMMEDIATE"}
+	if d.path == "" {
+		lock = []string{"BEGIN", "LOCK TABLE audit_connections, audit_queries IN EXCLUSIVE MODE"}
+	}
+	for _, q := range lock {
+		if _, err := conn.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return func() {
+		if _, err := conn.ExecContext(ctx, "COMMIT"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // failWrites makes the database refuse writes to table (event INSERT or UPDATE) whose user_name
 // is user, through another connection, until the returned func is called.
 func (d *testDB) failWrites(t *testing.T, table, event, user string) (restore func()) {

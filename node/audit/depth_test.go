@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/ferryhq/ferry/node/store"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,13 +99,16 @@ func TestUpgradeAddsColumns(t *testing.T) {
 // more, and kills it with SIGKILL mid-write: every committed record must be in
 // the file, and the file must open cleanly (WAL recovery).
 func TestSurvivesKill9(t *testing.T) {
-	if p := os.Getenv("FERRY_AUDIT_KILL_CHILD"); p != "" {
-		killChild(p)
+	if u := os.Getenv("FERRY_AUDIT_KILL_CHILD"); u != "" {
+		killChild(u)
 		return
 	}
-	path := filepath.Join(t.TempDir(), "ferry.db")
+	forEachBackend(t, false, testSurvivesKill9)
+}
+
+func testSurvivesKill9(t *testing.T, d *testDB) {
 	cmd := exec.Command(os.Args[0], "-test.run=^TestSurvivesKill9$")
-	cmd.Env = append(os.Environ(), "FERRY_AUDIT_KILL_CHILD="+path)
+	cmd.Env = append(os.Environ(), "FERRY_AUDIT_KILL_CHILD="+d.url)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +130,7 @@ func TestSurvivesKill9(t *testing.T) {
 	if n <= 0 {
 		t.Fatal("child did not report its records")
 	}
-	l := openTestLog(t, path)
+	l := d.openLog(t, Options{})
 	qs, err := l.Queries(context.Background(), QueryFilter{Limit: 100000})
 	if err != nil || len(qs) < n {
 		t.Fatalf("%d queries after kill -9, want at least the %d committed (err %v)", len(qs), n, err)
@@ -134,14 +138,15 @@ func TestSurvivesKill9(t *testing.T) {
 	t.Logf("%d records committed before the kill, %d in the file after it", n, len(qs))
 }
 
-// killChild commits queries, reports how many, and keeps writing until killed.
-func killChild(path string) {
+// killChild commits queries to the database at url, reports how many, and keeps writing until
+// killed.
+func killChild(url string) {
 	ctx := context.Background()
-	db, err := OpenDB(path)
+	db, err := store.Open(ctx, store.Options{URL: url})
 	if err != nil {
 		panic(err)
 	}
-	l, err := Open(ctx, db)
+	l, err := OpenStore(ctx, db, Options{})
 	if err != nil {
 		panic(err)
 	}
