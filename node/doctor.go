@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/ferryhq/ferry/api"
-	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/node/catalog"
 	"github.com/ferryhq/ferry/node/health"
 	"github.com/ferryhq/ferry/node/tokensource"
@@ -52,10 +51,14 @@ func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt Doctor
 		opt.StepTimeout = time.Duration(cfg.HealthStepTimeout)
 	}
 	dbPath := filepath.Join(dir, dbFile)
-	if _, err := os.Stat(dbPath); err != nil {
+	state := dbPath
+	if cfg.CatalogURL != "" {
+		state = filepath.Join(dir, keyFile) // the catalog is elsewhere; the audit file may not exist yet
+	}
+	if _, err := os.Stat(state); err != nil {
 		return false, fmt.Errorf("doctor: no node state in %s (run `ferry-node init --state %s` first): %w", dir, dir, err)
 	}
-	db, err := audit.OpenDB(dbPath)
+	db, err := openCatalogDB(ctx, dir, cfg, catalogLogin{})
 	if err != nil {
 		return false, fmt.Errorf("doctor: %w", err)
 	}

@@ -63,6 +63,10 @@ func (db *DB) Migrate(ctx context.Context, m Migration) error {
 		return fmt.Errorf("migrate %s schema: the database's schema version %d is newer than this ferry-node knows (%d); run a newer ferry-node", m.Name, version, len(steps))
 	}
 	if version == len(steps) {
+		// Commit: the row for a sequence seen (or adopted) for the first time is kept.
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("migrate %s schema: commit: %w", m.Name, err)
+		}
 		return nil
 	}
 	for v := version; v < len(steps); v++ {

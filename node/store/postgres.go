@@ -75,6 +75,9 @@ func openPostgres(ctx context.Context, opts Options) (*DB, error) {
 			}
 		}
 	}
+	if opts.Lookup != nil {
+		cfg.ConnConfig.LookupFunc = opts.Lookup
+	}
 	if opts.MaxConns > 0 {
 		cfg.MaxConns = opts.MaxConns
 	}

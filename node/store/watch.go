@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"hash/fnv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -167,4 +168,20 @@ func (db *DB) listen(ctx context.Context) (*pgx.Conn, error) {
 		return nil, fmt.Errorf("listen on %s: %w", Channel, err)
 	}
 	return conn, nil
+}
+
+// Lock takes a lock named name for the rest of the transaction, across every node: on PostgreSQL a
+// transaction-level advisory lock, on SQLite nothing (write transactions start with BEGIN IMMEDIATE
+// and so already run one at a time). Writers that read, decide and write (the next free address)
+// take it so that two nodes never decide on the same snapshot.
+func (tx *Tx) Lock(ctx context.Context, name string) error {
+	if tx.db.dialect != Postgres {
+		return nil
+	}
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(h.Sum64())); err != nil {
+		return fmt.Errorf("take lock %s: %w", name, err)
+	}
+	return nil
 }
