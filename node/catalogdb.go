@@ -5,12 +5,9 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
-	"net"
 	"path/filepath"
-	"strconv"
 	"strings"
 
-	"github.com/ferryhq/ferry/node/pgproxy"
 	"github.com/ferryhq/ferry/node/serverhost"
 	"github.com/ferryhq/ferry/node/store"
 	"github.com/ferryhq/ferry/node/tokensource"
@@ -67,7 +64,7 @@ func openCatalogDB(ctx context.Context, dir string, cfg Config, l catalogLogin) 
 		},
 		RootCAs:   l.roots,
 		AllowHost: l.allowed.Check,
-		Dial:      cfg.catalogDial(),
+		Lookup:    cfg.catalogLookup(),
 		Logger:    l.log,
 	})
 	if err != nil {
@@ -76,26 +73,17 @@ func openCatalogDB(ctx context.Context, dir string, cfg Config, l catalogLogin) 
 	return db, nil
 }
 
-// catalogDial dials the catalog server as the node dials resources: a host override's address
-// instead of the host's, else the configured DNS server's answer (nil: pgx's own dialer).
-func (c Config) catalogDial() func(ctx context.Context, network, addr string) (net.Conn, error) {
+// catalogLookup resolves the catalog server's host as the node resolves resources': a host
+// override's address instead of a lookup, else the configured DNS server's answer (nil: pgx's own
+// lookup).
+func (c Config) catalogLookup() func(ctx context.Context, host string) ([]string, error) {
 	if len(c.HostOverrides) == 0 && c.DNSServer == "" {
 		return nil
 	}
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		host, port, err := net.SplitHostPort(addr)
-		if err != nil {
-			return nil, err
-		}
+	return func(ctx context.Context, host string) ([]string, error) {
 		if over, ok := c.HostOverrides[strings.ToLower(strings.TrimSuffix(host, "."))]; ok {
-			if _, _, err := net.SplitHostPort(over); err != nil {
-				p, _ := strconv.Atoi(port)
-				over = net.JoinHostPort(over, strconv.Itoa(p))
-			}
-			return pgproxy.UpstreamDialer().DialContext(ctx, network, over)
+			return []string{over}, nil
 		}
-		d := pgproxy.UpstreamDialer()
-		d.Resolver = upstream.Resolver(c.DNSServer)
-		return d.DialContext(ctx, network, addr)
+		return upstream.Resolver(c.DNSServer).LookupHost(ctx, host)
 	}
 }

@@ -69,6 +69,13 @@ func newMetrics(log *slog.Logger, auditStats func() audit.Stats) *metrics {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ferry_audit_session_waits_total",
 			Help: "Times a session waited for room in its own allowance of unwritten query records (backpressure on a session that floods statements)."},
 			func() float64 { return float64(auditStats().SessionWaits) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ferry_audit_spooled_total",
+			Help: "Audit records written to the node's local spool because the audit database refused them after their retries."},
+			func() float64 { return float64(auditStats().Spooled) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ferry_audit_shipped_total",
+			Help: "Audit records shipped from the node's local spool to the audit database."}, func() float64 { return float64(auditStats().Shipped) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_audit_spool_depth",
+			Help: "Audit records in the node's local spool waiting to be shipped to the audit database."}, func() float64 { return float64(auditStats().SpoolDepth) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"ok", "error"} {
 		m.tokens.WithLabelValues(r)

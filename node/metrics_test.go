@@ -70,6 +70,9 @@ func TestAuditFailureMetrics(t *testing.T) {
 		`ferry_audit_write_failures_total{record="query"} `,
 		"ferry_audit_write_retries_total ",
 		"ferry_audit_session_waits_total 0\n",
+		"ferry_audit_spooled_total 0\n",
+		"ferry_audit_shipped_total 0\n",
+		"ferry_audit_spool_depth 0\n",
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q", want)

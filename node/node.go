@@ -286,7 +286,8 @@ func (n *Node) start(ctx context.Context) error {
 	} else if n.db, err = audit.OpenDB(filepath.Join(n.dir, dbFile)); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
-	if n.audit, err = audit.Open(ctx, n.db); err != nil {
+	// The spool keeps audit records while the audit database refuses them (node/audit, spool.go).
+	if n.audit, err = audit.OpenWithOptions(ctx, n.db, audit.Options{SpoolPath: filepath.Join(n.dir, "audit-spool.db")}); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
 	n.metrics = newMetrics(n.log, n.audit.Stats)

@@ -1,18 +1,34 @@
-// Package audit keeps the node's connection log and query log in SQLite
-// (modernc.org/sqlite, database/sql driver name "sqlite").
+// Package audit keeps the node's connection log and query log in a store.DB:
+// the node's SQLite file (shared with its catalog, so the tables carry an
+// audit_ prefix) or the fleet's PostgreSQL database, which every node of a
+// deployment writes to. The schema is the store's "audit" migration sequence
+// (schema.go).
 //
-// The database file is shared with the node's catalog, so the tables carry an
-// audit_ prefix and are created with CREATE TABLE IF NOT EXISTS.
+// Every record carries a record ID the node chooses before the first write
+// (a random 64-bit prefix per Log and a sequence number, 32 hex digits),
+// unique in the database, and every insert is INSERT ... ON CONFLICT
+// (record_id) DO NOTHING: a record written twice is stored once. Query records
+// name their connection by its record ID, so they can be recorded while the
+// connection has no row yet.
+//
+// While the database refuses records after their retries (it is unreachable,
+// busy, or refuses writes; not when it refuses the record itself: refused),
+// they go to a local spool (Options.SpoolPath, spool.go) whose writes are as
+// durable as the node's SQLite commits, in order; a shipper goroutine ships
+// them to the database when it takes writes again and removes them from the
+// spool after the database's commit. While the spool holds records, new ones
+// go to the spool too, behind them. Only when the spool cannot be written
+// either does the log fail as described below.
 //
 // The log fails closed: a session that cannot be recorded does not run.
 //
 // Connection records: StartConnection and EndConnection write directly and
-// synchronously, because the caller needs the row ID and because a
-// connection's end must be durable before its session is reported as over;
-// neither runs while a session relays. A failed write is retried
-// (Options.WriteAttempts tries, waits from Options.RetryWait doubling); when
-// it still fails the error wraps ErrUnavailable and is counted
-// (Stats.ConnectionWriteFailures). The proxy refuses a session whose start
+// synchronously (to the database, or to the spool), because a connection's
+// start must be durable before its session runs and its end before its
+// session is reported as over; neither runs while a session relays. A failed
+// write is retried (Options.WriteAttempts tries, waits from Options.RetryWait
+// doubling); when it still fails and cannot be spooled the error wraps
+// ErrUnavailable and is counted (Stats.ConnectionWriteFailures). The proxy refuses a session whose start
 // cannot be recorded, before it logs in upstream.
 //
 // Query records go through a Recorder, one per connection. Each connection
@@ -51,15 +67,25 @@ package audit
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ferryhq/ferry/node/store"
+	"github.com/jackc/pgx/v5/pgconn"
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // Outcomes of a connection as stored in Connection.Outcome.
@@ -113,6 +139,10 @@ type Options struct {
 	// wait after the first failed try, doubled after each further one.
 	WriteAttempts int
 	RetryWait     time.Duration
+	// SpoolPath is the file of the local spool (a SQLite file of its own, in the node's state
+	// directory) that keeps records while the audit database refuses them after their retries, until
+	// they are shipped to it. "" = no spool: such records fail as described in the package comment.
+	SpoolPath string
 
 	// noGather turns the writer's gather window (gatherWait below) off, for the benchmark
 	// that compares the two.
@@ -159,11 +189,18 @@ type Stats struct {
 	QueryWriteFailures, ConnectionWriteFailures int64
 	WriteRetries                                int64 // failed tries of a write that were tried again
 	SessionWaits                                int64 // times a Record waited for its session's allowance (backpressure)
+	// Spooled counts records written to the local spool because the database refused them,
+	// Shipped those shipped from it to the database; SpoolDepth is how many are spooled now.
+	Spooled, Shipped, SpoolDepth int64
 }
 
 // Connection is one client connection through the proxy.
 type Connection struct {
-	ID         int64
+	ID int64
+	// RecordID is the connection's idempotent record ID, chosen by the node before the first write
+	// (32 hex digits: a random 64-bit prefix per Log and a sequence number). "" for connections
+	// recorded before record IDs existed.
+	RecordID   string
 	Start, End time.Time // End is the zero time while the connection is open
 	User       string    // the Ferry user (identified by the tunnel peer)
 	Resource   string    // the resource name
@@ -207,6 +244,7 @@ type ConnectionEnd struct {
 // (PostgreSQL protocol §55.2.2, §55.2.3, §55.2.6).
 type Query struct {
 	ID, ConnectionID int64
+	RecordID         string        // the query record's idempotent record ID (see Connection.RecordID); set when written
 	Time             time.Time     // when the statement started (the later of its message's arrival and the previous statement's end)
 	Duration         time.Duration // until CommandComplete, EmptyQueryResponse, ErrorResponse or the final PortalSuspended/CommandComplete
 	User, Resource   string
@@ -243,9 +281,11 @@ type QueryFilter struct {
 // Log is the audit log. It is safe for concurrent use.
 type Log struct {
 	db     *sql.DB
+	store  *store.DB // nil when opened on a plain *sql.DB (SQLite)
+	pg     bool      // db is PostgreSQL
 	logger *slog.Logger
 	opts   Options
-	insert *sql.Stmt // insertQuerySQL, prepared on db; closed by Close
+	insert *sql.Stmt // insertQuerySQL, prepared on db (SQLite); closed by Close
 
 	mu      sync.Mutex // guards the fields below and every Recorder's counts
 	pending []entry    // queued records the writer has not taken yet
@@ -261,6 +301,23 @@ type Log struct {
 	depth                        atomic.Int64
 	dropped, queryFailures       atomic.Int64
 	connFailures, retries, waits atomic.Int64
+
+	// Record IDs: idPrefix (16 hex digits, random per Log) and a sequence number.
+	idPrefix string
+	seq      atomic.Uint64
+
+	connsMu sync.Mutex
+	conns   map[int64]string // open connections: handle (StartConnection's ID) -> record ID
+	handles int64            // handles given to spooled connections: -1, -2, ...
+
+	spool    *spool      // nil without Options.SpoolPath
+	spooling atomic.Bool // records go to the spool (it holds records not shipped yet)
+	smu      sync.Mutex  // serialises spool writes with the shipper's decision that the spool is empty
+	shipper  bool        // guarded by smu: the shipper runs
+	stopShip chan struct{}
+	shipDone sync.WaitGroup
+
+	spooled, shipped, spoolDepth atomic.Int64
 }
 
 // entry is a queued query record.
@@ -268,6 +325,7 @@ type entry struct {
 	q    Query
 	rec  *Recorder
 	size int
+	seq  uint64 // the record ID's sequence number
 }
 
 // flushWait is a Flush waiting until the first seq records are settled.
@@ -276,94 +334,12 @@ type flushWait struct {
 	ch  chan error
 }
 
-const schema = `
-CREATE TABLE IF NOT EXISTS audit_connections (
-	id          INTEGER PRIMARY KEY AUTOINCREMENT,
-	start_time  TEXT NOT NULL,
-	end_time    TEXT,
-	user_name   TEXT NOT NULL,
-	resource    TEXT NOT NULL,
-	client_addr TEXT NOT NULL,
-	database    TEXT NOT NULL,
-	outcome     TEXT NOT NULL DEFAULT '',
-	error       TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS audit_connections_user ON audit_connections(user_name, id);
-CREATE INDEX IF NOT EXISTS audit_connections_resource ON audit_connections(resource, id);
-CREATE TABLE IF NOT EXISTS audit_queries (
-	id            INTEGER PRIMARY KEY AUTOINCREMENT,
-	connection_id INTEGER NOT NULL REFERENCES audit_connections(id) ON DELETE CASCADE,
-	time          TEXT NOT NULL,
-	user_name     TEXT NOT NULL,
-	resource      TEXT NOT NULL,
-	protocol      TEXT NOT NULL DEFAULT 'simple',
-	sql           TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_queries_connection ON audit_queries(connection_id, id);
-CREATE INDEX IF NOT EXISTS audit_queries_user ON audit_queries(user_name, id);
-CREATE INDEX IF NOT EXISTS audit_queries_resource ON audit_queries(resource, id);
-`
-
-// addedColumns are columns added after the first release; Open adds those a
-// database lacks (ALTER TABLE ... ADD COLUMN).
-var addedColumns = []struct{ table, column, def string }{
-	{"audit_connections", "original_user", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_connections", "original_database", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_connections", "role", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_connections", "sqlstate", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_connections", "upstream_pid", "INTEGER NOT NULL DEFAULT 0"},
-	{"audit_connections", "bytes_from_client", "INTEGER NOT NULL DEFAULT 0"},
-	{"audit_connections", "bytes_from_server", "INTEGER NOT NULL DEFAULT 0"},
-	{"audit_connections", "queries_dropped", "INTEGER NOT NULL DEFAULT 0"},
-	{"audit_queries", "duration_us", "INTEGER NOT NULL DEFAULT 0"},
-	{"audit_queries", "sql_length", "INTEGER NOT NULL DEFAULT 0"},
-	{"audit_queries", "sql_sha256", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_queries", "statement", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_queries", "params", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_queries", "command", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_queries", "rows", "INTEGER NOT NULL DEFAULT -1"},
-	{"audit_queries", "sqlstate", "TEXT NOT NULL DEFAULT ''"},
-	{"audit_queries", "error", "TEXT NOT NULL DEFAULT ''"},
-}
-
-func migrate(ctx context.Context, db *sql.DB) error {
-	have := map[string]bool{}
-	for _, table := range []string{"audit_connections", "audit_queries"} {
-		rows, err := db.QueryContext(ctx, `SELECT name FROM pragma_table_info(?)`, table)
-		if err != nil {
-			return fmt.Errorf("read columns of %s: %w", table, err)
-		}
-		for rows.Next() {
-			var name string
-			if err := rows.Scan(&name); err != nil {
-				rows.Close()
-				return fmt.Errorf("read columns of %s: %w", table, err)
-			}
-			have[table+"."+name] = true
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("read columns of %s: %w", table, err)
-		}
-	}
-	for _, c := range addedColumns {
-		if have[c.table+"."+c.column] {
-			continue
-		}
-		if _, err := db.ExecContext(ctx, `ALTER TABLE `+c.table+` ADD COLUMN `+c.column+` `+c.def); err != nil {
-			return fmt.Errorf("add column %s.%s: %w", c.table, c.column, err)
-		}
-	}
-	return nil
-}
-
 // OpenDB opens (creating if needed) the SQLite file at path with the node's settings; it is
 // store.OpenSQLite, which says what they are.
 func OpenDB(path string) (*sql.DB, error) { return store.OpenSQLite(path) }
 
-// Open creates the audit tables in db if they are missing and starts the
-// query writer, with the default Options. The caller keeps ownership of db;
-// Close does not close it.
+// Open opens the audit log in the node's SQLite database db (OpenDB) with
+// the default Options: see OpenWithOptions.
 func Open(ctx context.Context, db *sql.DB) (*Log, error) {
 	return OpenWithOptions(ctx, db, Options{})
 }
@@ -373,29 +349,121 @@ func OpenWithLogger(ctx context.Context, db *sql.DB, logger *slog.Logger) (*Log,
 	return OpenWithOptions(ctx, db, Options{Logger: logger})
 }
 
-// OpenWithOptions is Open with Options.
+// OpenWithOptions opens the audit log in the SQLite database db, for callers that hold a plain
+// *sql.DB of the node's file (OpenDB): the schema is brought forward through a store.DB opened on
+// the same file for that moment only, then the log runs on db. OpenStore is the same on a store.DB.
 func OpenWithOptions(ctx context.Context, db *sql.DB, opts Options) (*Log, error) {
-	opts = opts.withDefaults()
-	if _, err := db.ExecContext(ctx, schema); err != nil {
-		return nil, fmt.Errorf("create audit tables: %w", err)
+	var path string
+	if err := db.QueryRowContext(ctx, `SELECT file FROM pragma_database_list WHERE name = 'main'`).Scan(&path); err != nil {
+		return nil, fmt.Errorf("open audit log: find the database file: %w", err)
 	}
-	if err := migrate(ctx, db); err != nil {
-		return nil, fmt.Errorf("upgrade audit tables: %w", err)
+	if path == "" {
+		return nil, errors.New("open audit log: the SQLite database has no file")
 	}
-	insert, err := db.PrepareContext(ctx, insertQuerySQL)
+	sdb, err := store.Open(ctx, store.Options{URL: "sqlite:" + path})
 	if err != nil {
-		return nil, fmt.Errorf("prepare query insert: %w", err)
+		return nil, fmt.Errorf("open audit log: %w", err)
 	}
-	l := &Log{db: db, logger: opts.Logger, opts: opts, insert: insert, wake: make(chan struct{}, 1), stopped: make(chan struct{})}
+	err = sdb.Migrate(ctx, migration(store.SQLite))
+	sdb.Close()
+	if err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	return open(ctx, db, nil, opts)
+}
+
+// OpenStore opens the audit log in db (the node's SQLite file or the fleet's PostgreSQL database),
+// bringing its schema forward (store.DB.Migrate, sequence "audit"), and starts the query writer.
+// The caller keeps ownership of db; Close does not close it.
+func OpenStore(ctx context.Context, db *store.DB, opts Options) (*Log, error) {
+	if err := db.Migrate(ctx, migration(db.Dialect())); err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	return open(ctx, db.DB, db, opts)
+}
+
+// open starts the log on db, whose schema is current; sdb is its store.DB when the caller gave one.
+func open(ctx context.Context, db *sql.DB, sdb *store.DB, opts Options) (*Log, error) {
+	opts = opts.withDefaults()
+	pg := sdb != nil && sdb.Dialect() == store.Postgres
+	var insert *sql.Stmt
+	if !pg {
+		var err error
+		if insert, err = db.PrepareContext(ctx, insertQuerySQL); err != nil {
+			return nil, fmt.Errorf("prepare query insert: %w", err)
+		}
+	}
+	var prefix [8]byte
+	if _, err := rand.Read(prefix[:]); err != nil {
+		return nil, fmt.Errorf("open audit log: record ID prefix: %w", err)
+	}
+	l := &Log{db: db, store: sdb, pg: pg, logger: opts.Logger, opts: opts, insert: insert, wake: make(chan struct{}, 1), stopped: make(chan struct{}),
+		idPrefix: hex.EncodeToString(prefix[:]), conns: map[int64]string{}, stopShip: make(chan struct{})}
+	if opts.SpoolPath != "" {
+		var err error
+		if l.spool, err = openSpool(ctx, opts.SpoolPath); err != nil {
+			l.closeInsert()
+			return nil, err
+		}
+		n, err := l.spool.count(ctx)
+		if err != nil {
+			l.closeInsert()
+			l.spool.close()
+			return nil, err
+		}
+		if n > 0 {
+			l.spoolDepth.Store(n)
+			l.logger.Warn("audit: the spool holds records from before; shipping them to the audit database", "count", n, "spool", opts.SpoolPath)
+			l.smu.Lock()
+			l.startSpooling()
+			l.smu.Unlock()
+		}
+	}
 	go l.writer()
 	return l, nil
 }
 
+func (l *Log) closeInsert() {
+	if l.insert != nil {
+		l.insert.Close()
+	}
+}
+
+// rb rewrites a query written with ? placeholders for the database's dialect.
+func (l *Log) rb(q string) string {
+	if l.store == nil {
+		return q
+	}
+	return l.store.Rebind(q)
+}
+
+// txt is s as the database can store it. PostgreSQL's text holds neither NUL nor invalid UTF-8 (a
+// statement cut to the proxy's limit may end inside a character, a client may send another
+// encoding); those become U+FFFD there rather than failing the record. SQLite stores s as it is.
+func (l *Log) txt(s string) string {
+	if !l.pg || (utf8.ValidString(s) && strings.IndexByte(s, 0) < 0) {
+		return s
+	}
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+}
+
+// recordID is the record ID of sequence number seq.
+func (l *Log) recordID(seq uint64) string {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[8:], seq)
+	return l.idPrefix + hex.EncodeToString(b[8:])
+}
+
 // insertQuerySQL writes one query record. The writer prepares it once (Log.insert) and runs it in
 // each batch's transaction: SQLite compiles it again by itself should the schema change.
+// The connection is named by its record ID (a spooled connection has no row ID yet when its queries
+// are recorded): a record ID with no connection row gives connection_id NULL, which the NOT NULL
+// constraint refuses. A record already written (shipped twice) is left as it is.
 const insertQuerySQL = `INSERT INTO audit_queries
-		(connection_id, time, user_name, resource, protocol, sql, duration_us, sql_length, sql_sha256,
-		 statement, params, command, rows, sqlstate, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+		(record_id, connection_id, "time", user_name, resource, protocol, sql, duration_us, sql_length, sql_sha256,
+		 statement, params, command, rows, sqlstate, error)
+		SELECT ?, (SELECT id FROM audit_connections WHERE record_id = ?), ?, ?, ?, ?, ?, CAST(? AS BIGINT), CAST(? AS BIGINT), ?, ?, ?, ?, CAST(? AS BIGINT), ?, ?
+		WHERE true ON CONFLICT (record_id) DO NOTHING`
 
 // retry runs write until it succeeds, up to Options.WriteAttempts times,
 // waiting between tries (Options.RetryWait, doubled each time) unless ctx
@@ -433,60 +501,119 @@ func parseTime(s sql.NullString) time.Time {
 	return t
 }
 
-// StartConnection records the start of a connection and returns its ID. A
-// write that fails after its retries returns an error wrapping ErrUnavailable.
+// StartConnection records the start of a connection and returns its ID: the
+// row ID in the database, or, when the connection was spooled, a negative
+// handle this Log knows it by until EndConnection (Recorder and EndConnection
+// take either). A write that fails after its retries goes to the spool; when
+// there is none, or the spool cannot be written either, StartConnection
+// returns an error wrapping ErrUnavailable.
 func (l *Log) StartConnection(ctx context.Context, c Connection) (int64, error) {
 	if c.Start.IsZero() {
 		c.Start = time.Now()
 	}
+	c.RecordID = l.recordID(l.seq.Add(1))
+	var err error
+	if !l.spooling.Load() {
+		var id int64
+		err = l.retry(ctx, "connection start", func(ctx context.Context) error {
+			var err error
+			id, err = l.insertConnection(ctx, c)
+			return err
+		})
+		if err == nil {
+			l.connsMu.Lock()
+			l.conns[id] = c.RecordID
+			l.connsMu.Unlock()
+			return id, nil
+		}
+	}
+	if l.spool != nil && !refused(err) {
+		serr := l.toSpool(ctx, []spoolRecord{{Kind: spoolStart, RecordID: c.RecordID, Conn: &c}}, err)
+		if serr == nil {
+			l.connsMu.Lock()
+			l.handles--
+			h := l.handles
+			l.conns[h] = c.RecordID
+			l.connsMu.Unlock()
+			return h, nil
+		}
+		err = errors.Join(err, serr)
+	}
+	l.connFailures.Add(1)
+	return 0, fmt.Errorf("record connection start of %s to %s: %w (%w)", c.User, c.Resource, ErrUnavailable, err)
+}
+
+// insertConnection writes c (its RecordID set) and returns its row ID. A
+// connection already written (shipped twice) is left as it is.
+func (l *Log) insertConnection(ctx context.Context, c Connection) (int64, error) {
 	var end any
 	if !c.End.IsZero() {
 		end = formatTime(c.End)
 	}
 	var id int64
-	err := l.retry(ctx, "connection start", func(ctx context.Context) error {
-		res, err := l.db.ExecContext(ctx, `INSERT INTO audit_connections
-		(start_time, end_time, user_name, resource, client_addr, database, outcome, error,
+	err := l.db.QueryRowContext(ctx, l.rb(`INSERT INTO audit_connections
+		(record_id, start_time, end_time, user_name, resource, client_addr, database, outcome, error,
 		 original_user, original_database, role, sqlstate, upstream_pid, bytes_from_client, bytes_from_server, queries_dropped)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			formatTime(c.Start), end, c.User, c.Resource, c.ClientAddr, c.Database, c.Outcome, c.Error,
-			c.OriginalUser, c.OriginalDatabase, c.Role, c.SQLState, int64(c.UpstreamPID), c.BytesFromClient, c.BytesFromServer, c.QueriesDropped)
-		if err != nil {
-			return err
-		}
-		id, err = res.LastInsertId()
-		return err
-	})
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (record_id) DO NOTHING RETURNING id`),
+		c.RecordID, formatTime(c.Start), end, l.txt(c.User), l.txt(c.Resource), c.ClientAddr, l.txt(c.Database), c.Outcome, l.txt(c.Error),
+		l.txt(c.OriginalUser), l.txt(c.OriginalDatabase), l.txt(c.Role), c.SQLState, int64(c.UpstreamPID), c.BytesFromClient, c.BytesFromServer, c.QueriesDropped).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		err = l.db.QueryRowContext(ctx, l.rb(`SELECT id FROM audit_connections WHERE record_id = ?`), c.RecordID).Scan(&id)
+	}
 	if err != nil {
-		l.connFailures.Add(1)
-		return 0, fmt.Errorf("record connection start of %s to %s: %w (%w)", c.User, c.Resource, ErrUnavailable, err)
+		return 0, fmt.Errorf("insert connection %s: %w", c.RecordID, err)
 	}
 	return id, nil
 }
 
-// EndConnection records the end of connection id at time end. It does not
-// wait for the connection's queries: close its Recorder first. A write that
-// fails after its retries returns an error wrapping ErrUnavailable.
-func (l *Log) EndConnection(ctx context.Context, id int64, end time.Time, e ConnectionEnd) error {
-	var n int64
-	err := l.retry(ctx, "connection end", func(ctx context.Context) error {
-		res, err := l.db.ExecContext(ctx, `UPDATE audit_connections SET end_time = ?, outcome = ?, error = ?,
-		sqlstate = ?, upstream_pid = ?, bytes_from_client = ?, bytes_from_server = ?, queries_dropped = ? WHERE id = ?`,
-			formatTime(end), e.Outcome, e.Error, e.SQLState, int64(e.UpstreamPID), e.BytesFromClient, e.BytesFromServer, e.QueriesDropped, id)
-		if err != nil {
-			return err
-		}
-		n, err = res.RowsAffected()
-		return err
-	})
+// updateEnd writes the end of the connection with record ID rec; false when there is no such row.
+func (l *Log) updateEnd(ctx context.Context, rec string, end time.Time, e ConnectionEnd) (bool, error) {
+	res, err := l.db.ExecContext(ctx, l.rb(`UPDATE audit_connections SET end_time = ?, outcome = ?, error = ?,
+		sqlstate = ?, upstream_pid = ?, bytes_from_client = ?, bytes_from_server = ?, queries_dropped = ? WHERE record_id = ?`),
+		formatTime(end), e.Outcome, l.txt(e.Error), e.SQLState, int64(e.UpstreamPID), e.BytesFromClient, e.BytesFromServer, e.QueriesDropped, rec)
 	if err != nil {
-		l.connFailures.Add(1)
-		return fmt.Errorf("record end of connection %d: %w (%w)", id, ErrUnavailable, err)
+		return false, err
 	}
-	if n == 0 {
+	n, err := res.RowsAffected()
+	return n > 0, err
+}
+
+// EndConnection records the end of connection id (StartConnection's ID) at
+// time end. It does not wait for the connection's queries: close its Recorder
+// first. A write that fails after its retries goes to the spool; without one,
+// or when the spool fails too, it returns an error wrapping ErrUnavailable.
+func (l *Log) EndConnection(ctx context.Context, id int64, end time.Time, e ConnectionEnd) error {
+	l.connsMu.Lock()
+	rec, ok := l.conns[id]
+	delete(l.conns, id)
+	l.connsMu.Unlock()
+	if !ok {
 		return fmt.Errorf("record end of connection %d: no such connection", id)
 	}
-	return nil
+	var err error
+	if !l.spooling.Load() {
+		found := false
+		err = l.retry(ctx, "connection end", func(ctx context.Context) error {
+			var err error
+			found, err = l.updateEnd(ctx, rec, end, e)
+			return err
+		})
+		if err == nil {
+			if !found {
+				return fmt.Errorf("record end of connection %d: no such connection", id)
+			}
+			return nil
+		}
+	}
+	if l.spool != nil && !refused(err) {
+		serr := l.toSpool(ctx, []spoolRecord{{Kind: spoolEnd, RecordID: rec, ConnRec: rec, End: &endRecord{Time: end, End: e}}}, err)
+		if serr == nil {
+			return nil
+		}
+		err = errors.Join(err, serr)
+	}
+	l.connFailures.Add(1)
+	return fmt.Errorf("record end of connection %d: %w (%w)", id, ErrUnavailable, err)
 }
 
 // Recorder queues the query records of one connection. Record and Close may
@@ -494,6 +621,7 @@ func (l *Log) EndConnection(ctx context.Context, id int64, end time.Time, e Conn
 type Recorder struct {
 	l      *Log
 	id     int64
+	conn   string // the connection's record ID
 	onFail func(error)
 
 	// Guarded by l.mu.
@@ -509,7 +637,10 @@ type Recorder struct {
 // of the connection could not be written: the caller should end the session,
 // which now runs unaudited.
 func (l *Log) Recorder(id int64, onFail func(error)) *Recorder {
-	return &Recorder{l: l, id: id, onFail: onFail}
+	l.connsMu.Lock()
+	conn := l.conns[id]
+	l.connsMu.Unlock()
+	return &Recorder{l: l, id: id, conn: conn, onFail: onFail}
 }
 
 // Record queues q (its ConnectionID set to the recorder's). While the
@@ -539,7 +670,7 @@ func (r *Recorder) Record(ctx context.Context, q Query) error {
 		case r.err != nil:
 			err = r.err
 		case r.n == 0 || (r.n < l.opts.SessionQueue && r.bytes+size <= l.opts.SessionQueueBytes) || ctx.Err() != nil:
-			l.pending = append(l.pending, entry{q: q, rec: r, size: size})
+			l.pending = append(l.pending, entry{q: q, rec: r, size: size, seq: l.seq.Add(1)})
 			l.queued++
 			r.n++
 			r.bytes += size
@@ -607,6 +738,7 @@ func (l *Log) Stats() Stats {
 		Queued: l.depth.Load(), QueriesDropped: l.dropped.Load(),
 		QueryWriteFailures: l.queryFailures.Load(), ConnectionWriteFailures: l.connFailures.Load(),
 		WriteRetries: l.retries.Load(), SessionWaits: l.waits.Load(),
+		Spooled: l.spooled.Load(), Shipped: l.shipped.Load(), SpoolDepth: l.spoolDepth.Load(),
 	}
 }
 
@@ -658,7 +790,16 @@ func (l *Log) Close() error {
 	default:
 	}
 	<-l.stopped
-	l.insert.Close()
+	l.closeInsert()
+	l.smu.Lock()
+	close(l.stopShip)
+	l.smu.Unlock()
+	l.shipDone.Wait()
+	if l.spool != nil {
+		if err := l.spool.close(); err != nil {
+			l.logger.Error("audit: close the spool", "err", err)
+		}
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.lastErr
@@ -669,7 +810,7 @@ func (l *Log) Close() error {
 func (l *Log) writer() {
 	defer close(l.stopped)
 	var batch []entry
-	var qs []Query
+	var qs []queryRow
 	var failed []bool
 	var lastWrite time.Time
 	for {
@@ -702,7 +843,7 @@ func (l *Log) writer() {
 			chunk := batch[i:min(len(batch), i+BatchSize)]
 			qs = qs[:0]
 			for _, e := range chunk {
-				qs = append(qs, e.q)
+				qs = append(qs, queryRow{q: e.q, id: l.recordID(e.seq), conn: e.rec.conn})
 			}
 			var err error
 			failed, err = l.write(qs, failed[:0])
@@ -726,14 +867,32 @@ const oneByOneBudget = 10 * time.Second
 // each record once on its own (for at most oneByOneBudget; records not tried
 // by then fail). It returns, per record, whether it failed (appended to
 // failed), and the last error; nil, nil when all were written.
-func (l *Log) write(qs []Query, failed []bool) ([]bool, error) {
+//
+// While the log spools (the database refused records and the spool still holds some), qs go to the
+// spool; when the database refuses them after their retries, they go to the spool too. Only when
+// there is no spool, or it fails as well, are records tried one by one and failed.
+func (l *Log) write(qs []queryRow, failed []bool) ([]bool, error) {
 	ctx := context.Background()
+	if l.spooling.Load() {
+		if l.spoolQueries(ctx, qs, nil) == nil {
+			return nil, nil
+		}
+	}
 	err := l.retry(ctx, "query records", func(context.Context) error { return l.insertOnce(qs) })
 	if err == nil {
 		return nil, nil
 	}
+	if l.spool != nil && !refused(err) {
+		serr := l.spoolQueries(ctx, qs, err)
+		if serr == nil {
+			return nil, nil
+		}
+		err = errors.Join(err, serr)
+	}
 	l.logger.Error("audit: write query records failed; writing them one by one", "count", len(qs), "err", err)
 	var last error
+	var spool []queryRow // failed, but not refused: the spool may keep them
+	var spoolAt []int
 	deadline := time.Now().Add(oneByOneBudget)
 	for i := range qs {
 		e := err
@@ -743,12 +902,48 @@ func (l *Log) write(qs []Query, failed []bool) ([]bool, error) {
 		failed = append(failed, e != nil)
 		if e != nil {
 			last = e
+			if l.spool != nil && !refused(e) {
+				spool, spoolAt = append(spool, qs[i]), append(spoolAt, i)
+			}
+		}
+	}
+	if len(spool) > 0 && l.spoolQueries(ctx, spool, last) == nil {
+		for _, i := range spoolAt {
+			failed[i] = false
+		}
+		if !slices.Contains(failed, true) {
+			return nil, nil
 		}
 	}
 	if last == nil {
 		return nil, nil
 	}
 	return failed, last
+}
+
+// refused reports whether err is the database refusing the record itself (its data: a value the
+// column cannot hold, a missing connection, a constraint), which writing it again cannot mend, as
+// opposed to the database being unreachable, busy, full or refusing writes for reasons of its
+// own. Refused records are not spooled (they would hold up every record behind them): they fail
+// as without a spool. PostgreSQL: SQLSTATE classes 22 (data exception) and 23 (integrity
+// constraint violation). SQLite: constraint violations other than a trigger's RAISE, too big,
+// datatype mismatch.
+func refused(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23")
+	}
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() {
+		case sqlite3.SQLITE_CONSTRAINT_TRIGGER:
+			return false
+		case sqlite3.SQLITE_TOOBIG, sqlite3.SQLITE_MISMATCH:
+			return true
+		}
+		return se.Code()&0xff == sqlite3.SQLITE_CONSTRAINT
+	}
+	return false
 }
 
 // settle accounts for written (failed[i] false, or failed nil) and failed
@@ -802,9 +997,203 @@ func (l *Log) settle(es []entry, failed []bool, err error) {
 	}
 }
 
-func (l *Log) insertOnce(batch []Query) error {
+// queryRow is a query record with its record ID and its connection's.
+type queryRow struct {
+	q        Query
+	id, conn string
+}
+
+func (l *Log) spoolQueries(ctx context.Context, qs []queryRow, cause error) error {
+	rs := make([]spoolRecord, len(qs))
+	for i := range qs {
+		rs[i] = spoolRecord{Kind: spoolQuery, RecordID: qs[i].id, ConnRec: qs[i].conn, Query: &qs[i].q}
+	}
+	return l.toSpool(ctx, rs, cause)
+}
+
+// toSpool writes rs to the spool and starts the shipper. cause is why (the database's error), for
+// the log line when spooling starts.
+func (l *Log) toSpool(ctx context.Context, rs []spoolRecord, cause error) error {
+	l.smu.Lock()
+	defer l.smu.Unlock()
+	if err := l.spool.add(ctx, rs); err != nil {
+		l.logger.Error("audit: the spool cannot be written either", "count", len(rs), "err", err)
+		return err
+	}
+	l.spooled.Add(int64(len(rs)))
+	l.spoolDepth.Add(int64(len(rs)))
+	if !l.spooling.Load() {
+		l.logger.Warn("audit: the audit database refuses records; keeping them in the local spool until it takes them again",
+			"spool", l.opts.SpoolPath, "err", cause)
+	}
+	l.startSpooling()
+	return nil
+}
+
+// startSpooling sends records to the spool and starts the shipper if it is not running. l.smu is held.
+func (l *Log) startSpooling() {
+	l.spooling.Store(true)
+	select {
+	case <-l.stopShip:
+		return // closed: the next Open ships
+	default:
+	}
+	if !l.shipper {
+		l.shipper = true
+		l.shipDone.Add(1)
+		go l.ship()
+	}
+}
+
+// maxShipWait caps the shipper's wait between tries while the database is unreachable.
+const maxShipWait = 5 * time.Second
+
+// ship ships spooled records to the database, oldest first, until the spool is empty (then records
+// go to the database again) or the log is closed.
+func (l *Log) ship() {
+	defer l.shipDone.Done()
+	stop := func() {
+		l.smu.Lock()
+		l.shipper = false
+		l.smu.Unlock()
+	}
+	wait := l.opts.RetryWait
+	for {
+		select {
+		case <-l.stopShip:
+			stop()
+			return
+		default:
+		}
+		n, err := l.shipSome()
+		if err != nil {
+			l.logger.Warn("audit: shipping spooled records to the audit database failed; trying again", "wait", wait, "spooled", l.spoolDepth.Load(), "err", err)
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-l.stopShip:
+				t.Stop()
+				stop()
+				return
+			}
+			wait = min(wait*2, maxShipWait)
+			continue
+		}
+		wait = l.opts.RetryWait
+		if n > 0 {
+			continue
+		}
+		l.smu.Lock()
+		left, err := l.spool.count(context.Background())
+		if err == nil && left == 0 {
+			l.spooling.Store(false)
+			l.shipper = false
+			l.spoolDepth.Store(0)
+			l.smu.Unlock()
+			l.logger.Info("audit: the spool is drained; records go to the audit database again", "shipped", l.shipped.Load())
+			return
+		}
+		l.smu.Unlock()
+	}
+}
+
+// shipSome ships up to BatchSize of the oldest spooled records and removes them from the spool. It
+// returns how many it shipped.
+func (l *Log) shipSome() (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	rs, err := l.spool.peek(ctx, BatchSize)
+	if err != nil || len(rs) == 0 {
+		return 0, err
+	}
+	var done int64 = -1 // records up to this seq are in the database
+	n := 0
+	var qs []queryRow
+	var qSeq int64
+	shipQueries := func() error {
+		if len(qs) == 0 {
+			return nil
+		}
+		if err := l.insertOnce(qs); err != nil {
+			if !refused(err) {
+				return err
+			}
+			for i := range qs { // one refused record must not hold up the rest
+				if err := l.insertOnce(qs[i : i+1]); err != nil {
+					if !refused(err) {
+						return err
+					}
+					l.refusedRecord(qs[i].id, true, err)
+				}
+			}
+		}
+		done, n, qs = qSeq, n+len(qs), qs[:0]
+		return nil
+	}
+records:
+	for _, r := range rs {
+		if r.Kind == spoolQuery && r.Query != nil {
+			qs = append(qs, queryRow{q: *r.Query, id: r.RecordID, conn: r.ConnRec})
+			qSeq = r.Seq
+			continue
+		}
+		if err = shipQueries(); err != nil {
+			break
+		}
+		switch {
+		case r.Kind == spoolStart && r.Conn != nil:
+			_, err = l.insertConnection(ctx, *r.Conn)
+		case r.Kind == spoolEnd && r.End != nil:
+			var found bool
+			if found, err = l.updateEnd(ctx, r.ConnRec, r.End.Time, r.End.End); err == nil && !found {
+				l.refusedRecord(r.ConnRec, false, errors.New("no such connection"))
+			}
+		default:
+			err = fmt.Errorf("spooled record %d: unknown kind %q", r.Seq, r.Kind)
+		}
+		if refused(err) {
+			l.refusedRecord(r.RecordID, r.Kind == spoolQuery, err)
+			err = nil
+		}
+		if err != nil {
+			break records
+		}
+		done = r.Seq
+		n++
+	}
+	if err == nil {
+		err = shipQueries()
+	}
+	if done >= 0 {
+		// Shipped but not removed (the remove fails, or the node stops first): shipped again
+		// later, and written once (record IDs).
+		if rerr := l.spool.remove(ctx, done); rerr != nil {
+			return 0, errors.Join(err, rerr)
+		}
+		l.shipped.Add(int64(n))
+		l.spoolDepth.Add(-int64(n))
+	}
+	return n, err
+}
+
+// refusedRecord logs and counts a spooled record the database refuses (refused): it is removed
+// from the spool, lost, rather than holding up every record behind it.
+func (l *Log) refusedRecord(id string, query bool, err error) {
+	if query {
+		l.queryFailures.Add(1)
+		l.dropped.Add(1)
+	} else {
+		l.connFailures.Add(1)
+	}
+	l.logger.Error("audit: the audit database refuses a spooled record; it is lost", "record", id, "err", err)
+}
+
+func (l *Log) insertOnce(batch []queryRow) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if l.pg {
+		return l.insertMany(ctx, batch)
+	}
 	tx, err := l.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin query insert: %w", err)
@@ -813,14 +1202,54 @@ func (l *Log) insertOnce(batch []Query) error {
 	// Prepared once per pooled connection (database/sql keeps it), not once per batch.
 	stmt := tx.StmtContext(ctx, l.insert)
 	defer stmt.Close()
-	for _, q := range batch {
-		if _, err := stmt.ExecContext(ctx, q.ConnectionID, formatTime(q.Time), q.User, q.Resource, q.Protocol, q.SQL,
+	for _, r := range batch {
+		q := &r.q
+		if _, err := stmt.ExecContext(ctx, r.id, r.conn, formatTime(q.Time), q.User, q.Resource, q.Protocol, q.SQL,
 			q.Duration.Microseconds(), q.SQLLength, q.SQLSHA256, q.Statement, q.Params, q.Command, q.Rows, q.SQLState, q.Error); err != nil {
-			return fmt.Errorf("insert query of connection %d: %w", q.ConnectionID, err)
+			return fmt.Errorf("insert query %s of connection %s: %w", r.id, r.conn, err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit query insert: %w", err)
+	}
+	return nil
+}
+
+// insertMany writes batch in one multi-row INSERT (PostgreSQL: one round trip for the batch). Like
+// insertQuerySQL, a connection record ID with no row refuses the whole statement (NOT NULL).
+func (l *Log) insertMany(ctx context.Context, batch []queryRow) error {
+	var b strings.Builder
+	b.WriteString(`INSERT INTO audit_queries
+		(record_id, connection_id, "time", user_name, resource, protocol, sql, duration_us, sql_length, sql_sha256,
+		 statement, params, command, rows, sqlstate, error)
+		SELECT v.column1, (SELECT c.id FROM audit_connections c WHERE c.record_id = v.column2), v.column3, v.column4, v.column5,
+		 v.column6, v.column7, v.column8, v.column9, v.column10, v.column11, v.column12, v.column13, v.column14, v.column15, v.column16
+		FROM (VALUES `)
+	args := make([]any, 0, 16*len(batch))
+	for i, r := range batch {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		n := len(args)
+		b.WriteByte('(')
+		for j := 1; j <= 16; j++ {
+			if j > 1 {
+				b.WriteByte(',')
+			}
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n + j))
+			if j == 8 || j == 9 || j == 14 { // duration_us, sql_length, rows
+				b.WriteString("::bigint")
+			}
+		}
+		b.WriteByte(')')
+		q := &r.q
+		args = append(args, r.id, r.conn, formatTime(q.Time), l.txt(q.User), l.txt(q.Resource), q.Protocol, l.txt(q.SQL),
+			q.Duration.Microseconds(), q.SQLLength, q.SQLSHA256, l.txt(q.Statement), l.txt(q.Params), l.txt(q.Command), q.Rows, q.SQLState, l.txt(q.Error))
+	}
+	b.WriteString(`) AS v ON CONFLICT (record_id) DO NOTHING`)
+	if _, err := l.db.ExecContext(ctx, b.String(), args...); err != nil {
+		return fmt.Errorf("insert %d query records: %w", len(batch), err)
 	}
 	return nil
 }
@@ -834,11 +1263,11 @@ func limitOf(n int) int {
 
 // Connections returns the connections matching filter, newest first.
 func (l *Log) Connections(ctx context.Context, filter ConnectionFilter) ([]Connection, error) {
-	q := `SELECT id, start_time, end_time, user_name, resource, client_addr, database, outcome, error,
+	q := `SELECT id, COALESCE(record_id, ''), start_time, end_time, user_name, resource, client_addr, database, outcome, error,
 		original_user, original_database, role, sqlstate, upstream_pid, bytes_from_client, bytes_from_server, queries_dropped
 		FROM audit_connections WHERE 1=1`
 	q, args := where(q, filter.User, filter.Resource, "start_time", filter.Since, filter.Until)
-	q += ` ORDER BY id DESC LIMIT ?`
+	q = l.rb(q + ` ORDER BY id DESC LIMIT ?`)
 	args = append(args, limitOf(filter.Limit))
 	rows, err := l.db.QueryContext(ctx, q, args...)
 	if err != nil {
@@ -850,7 +1279,7 @@ func (l *Log) Connections(ctx context.Context, filter ConnectionFilter) ([]Conne
 		var c Connection
 		var start, end sql.NullString
 		var pid int64
-		if err := rows.Scan(&c.ID, &start, &end, &c.User, &c.Resource, &c.ClientAddr, &c.Database, &c.Outcome, &c.Error,
+		if err := rows.Scan(&c.ID, &c.RecordID, &start, &end, &c.User, &c.Resource, &c.ClientAddr, &c.Database, &c.Outcome, &c.Error,
 			&c.OriginalUser, &c.OriginalDatabase, &c.Role, &c.SQLState, &pid, &c.BytesFromClient, &c.BytesFromServer, &c.QueriesDropped); err != nil {
 			return nil, fmt.Errorf("list audit connections: %w", err)
 		}
@@ -889,14 +1318,14 @@ func where(q, user, resource, timeCol string, since, until time.Time) (string, [
 // Queries returns the queries matching filter, newest first. Queries still in
 // the write queue are not included; call Flush first to see them.
 func (l *Log) Queries(ctx context.Context, filter QueryFilter) ([]Query, error) {
-	q := `SELECT id, connection_id, time, user_name, resource, protocol, sql, duration_us, sql_length, sql_sha256,
+	q := `SELECT id, COALESCE(record_id, ''), connection_id, "time", user_name, resource, protocol, sql, duration_us, sql_length, sql_sha256,
 		statement, params, command, rows, sqlstate, error FROM audit_queries WHERE 1=1`
-	q, args := where(q, filter.User, filter.Resource, "time", filter.Since, filter.Until)
+	q, args := where(q, filter.User, filter.Resource, `"time"`, filter.Since, filter.Until)
 	if filter.ConnectionID != 0 {
 		q += ` AND connection_id = ?`
 		args = append(args, filter.ConnectionID)
 	}
-	q += ` ORDER BY id DESC LIMIT ?`
+	q = l.rb(q + ` ORDER BY id DESC LIMIT ?`)
 	args = append(args, limitOf(filter.Limit))
 	rows, err := l.db.QueryContext(ctx, q, args...)
 	if err != nil {
@@ -908,7 +1337,7 @@ func (l *Log) Queries(ctx context.Context, filter QueryFilter) ([]Query, error) 
 		var r Query
 		var t sql.NullString
 		var us int64
-		if err := rows.Scan(&r.ID, &r.ConnectionID, &t, &r.User, &r.Resource, &r.Protocol, &r.SQL, &us, &r.SQLLength, &r.SQLSHA256,
+		if err := rows.Scan(&r.ID, &r.RecordID, &r.ConnectionID, &t, &r.User, &r.Resource, &r.Protocol, &r.SQL, &us, &r.SQLLength, &r.SQLSHA256,
 			&r.Statement, &r.Params, &r.Command, &r.Rows, &r.SQLState, &r.Error); err != nil {
 			return nil, fmt.Errorf("list audit queries: %w", err)
 		}

@@ -3,7 +3,6 @@ package audit
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -25,8 +24,12 @@ func openTestLog(t *testing.T, path string) *Log {
 }
 
 func TestConnectionLifecycleAndQueries(t *testing.T) {
+	forEachBackend(t, false, testConnectionLifecycleAndQueries)
+}
+
+func testConnectionLifecycleAndQueries(t *testing.T, d *testDB) {
 	ctx := context.Background()
-	l := openTestLog(t, filepath.Join(t.TempDir(), "ferry.db"))
+	l := d.openLog(t, Options{})
 	start := time.Date(2025, 3, 1, 10, 0, 0, 123, time.UTC)
 	id, err := l.StartConnection(ctx, Connection{Start: start, User: "alice", Resource: "pg-prod", ClientAddr: "100.64.0.5:40000", Database: "app"})
 	if err != nil {
@@ -110,14 +113,12 @@ func TestConnectionLifecycleAndQueries(t *testing.T) {
 
 // TestCloseDrainsAndPersists writes from many goroutines, closes, and reopens
 // the file: no record may be lost.
-func TestCloseDrainsAndPersists(t *testing.T) {
+func TestCloseDrainsAndPersists(t *testing.T) { forEachBackend(t, false, testCloseDrainsAndPersists) }
+
+func testCloseDrainsAndPersists(t *testing.T, d *testDB) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "ferry.db")
-	db, err := OpenDB(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := Open(ctx, db)
+	db := d.open(t)
+	l, err := OpenStore(ctx, db, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +150,7 @@ func TestCloseDrainsAndPersists(t *testing.T) {
 	}
 	db.Close()
 
-	l2 := openTestLog(t, path)
+	l2 := d.openLog(t, Options{})
 	qs, err := l2.Queries(ctx, QueryFilter{ConnectionID: id, Limit: 10000})
 	if err != nil {
 		t.Fatal(err)
@@ -160,8 +161,12 @@ func TestCloseDrainsAndPersists(t *testing.T) {
 }
 
 func TestQueryOfUnknownConnectionReportsError(t *testing.T) {
+	forEachBackend(t, false, testQueryOfUnknownConnectionReportsError)
+}
+
+func testQueryOfUnknownConnectionReportsError(t *testing.T, d *testDB) {
 	ctx := context.Background()
-	l := openTestLog(t, filepath.Join(t.TempDir(), "ferry.db"))
+	l := d.openLog(t, Options{WriteAttempts: 1})
 	if err := l.Recorder(42, nil).Record(ctx, Query{SQL: "SELECT 1"}); err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,8 @@ package audit
 
 import (
 	"context"
+	"github.com/ferryhq/ferry/internal/pgtest"
+	"github.com/ferryhq/ferry/node/store"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -80,4 +82,62 @@ func cpuTime(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkWriterThroughput is how many query records per second the writer sustains when 8
+// sessions record as fast as they can, on SQLite and on PostgreSQL (the shared test server, over
+// its Unix socket): records/s.
+func BenchmarkWriterThroughput(b *testing.B) {
+	for _, backend := range []string{"sqlite", "postgres"} {
+		b.Run(backend, func(b *testing.B) {
+			ctx := context.Background()
+			url := "sqlite:" + filepath.Join(b.TempDir(), "ferry.db")
+			if backend == "postgres" {
+				url = pgtest.Start(b)
+			}
+			db, err := store.Open(ctx, store.Options{URL: url})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer db.Close()
+			l, err := OpenStore(ctx, db, Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			const sessions = 8
+			var recs []*Recorder
+			for range sessions {
+				id, err := l.StartConnection(ctx, Connection{User: "alice", Resource: "pg", ClientAddr: "100.64.0.5:1", Database: "app"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				recs = append(recs, l.Recorder(id, nil))
+			}
+			q := Query{User: "alice", Resource: "pg", SQL: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", Command: "SELECT", Rows: 1}
+			b.ResetTimer()
+			start := time.Now()
+			var wg sync.WaitGroup
+			for i, r := range recs {
+				n := b.N / sessions
+				if i < b.N%sessions {
+					n++
+				}
+				wg.Go(func() {
+					for range n {
+						if err := r.Record(ctx, q); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			if err := l.Flush(ctx); err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "records/s")
+		})
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/ferryhq/ferry/node/store"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,9 +17,11 @@ import (
 
 // TestRecordFieldsRoundTrip stores every field of a connection and a query and reads them back,
 // with the time filters.
-func TestRecordFieldsRoundTrip(t *testing.T) {
+func TestRecordFieldsRoundTrip(t *testing.T) { forEachBackend(t, false, testRecordFieldsRoundTrip) }
+
+func testRecordFieldsRoundTrip(t *testing.T, d *testDB) {
 	ctx := context.Background()
-	l := openTestLog(t, filepath.Join(t.TempDir(), "ferry.db"))
+	l := d.openLog(t, Options{})
 	t0 := time.Date(2025, 5, 1, 12, 0, 0, 0, time.UTC)
 	id, err := l.StartConnection(ctx, Connection{Start: t0, User: "alice", Resource: "pg", ClientAddr: "100.64.0.5:1",
 		OriginalUser: "postgres", OriginalDatabase: "", Role: "mi_user", Database: "app"})
@@ -56,6 +59,10 @@ func TestRecordFieldsRoundTrip(t *testing.T) {
 		t.Fatalf("queries = %+v, %v", qs, err)
 	}
 	q.ID = qs[0].ID
+	if len(qs[0].RecordID) != 32 || qs[0].RecordID == c.RecordID || len(c.RecordID) != 32 {
+		t.Fatalf("record IDs: query %q, connection %q; want two different 32-digit IDs", qs[0].RecordID, c.RecordID)
+	}
+	q.RecordID = qs[0].RecordID
 	q.Time = qs[0].Time // time round-trips through UTC
 	if qs[0] != q || !qs[0].Time.Equal(t0.Add(time.Second)) {
 		t.Fatalf("query = %+v\nwant    %+v", qs[0], q)
@@ -92,13 +99,16 @@ func TestUpgradeAddsColumns(t *testing.T) {
 // more, and kills it with SIGKILL mid-write: every committed record must be in
 // the file, and the file must open cleanly (WAL recovery).
 func TestSurvivesKill9(t *testing.T) {
-	if p := os.Getenv("FERRY_AUDIT_KILL_CHILD"); p != "" {
-		killChild(p)
+	if u := os.Getenv("FERRY_AUDIT_KILL_CHILD"); u != "" {
+		killChild(u)
 		return
 	}
-	path := filepath.Join(t.TempDir(), "ferry.db")
+	forEachBackend(t, false, testSurvivesKill9)
+}
+
+func testSurvivesKill9(t *testing.T, d *testDB) {
 	cmd := exec.Command(os.Args[0], "-test.run=^TestSurvivesKill9$")
-	cmd.Env = append(os.Environ(), "FERRY_AUDIT_KILL_CHILD="+path)
+	cmd.Env = append(os.Environ(), "FERRY_AUDIT_KILL_CHILD="+d.url)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -120,7 +130,7 @@ func TestSurvivesKill9(t *testing.T) {
 	if n <= 0 {
 		t.Fatal("child did not report its records")
 	}
-	l := openTestLog(t, path)
+	l := d.openLog(t, Options{})
 	qs, err := l.Queries(context.Background(), QueryFilter{Limit: 100000})
 	if err != nil || len(qs) < n {
 		t.Fatalf("%d queries after kill -9, want at least the %d committed (err %v)", len(qs), n, err)
@@ -128,14 +138,15 @@ func TestSurvivesKill9(t *testing.T) {
 	t.Logf("%d records committed before the kill, %d in the file after it", n, len(qs))
 }
 
-// killChild commits queries, reports how many, and keeps writing until killed.
-func killChild(path string) {
+// killChild commits queries to the database at url, reports how many, and keeps writing until
+// killed.
+func killChild(url string) {
 	ctx := context.Background()
-	db, err := OpenDB(path)
+	db, err := store.Open(ctx, store.Options{URL: url})
 	if err != nil {
 		panic(err)
 	}
-	l, err := Open(ctx, db)
+	l, err := OpenStore(ctx, db, Options{})
 	if err != nil {
 		panic(err)
 	}
@@ -159,4 +170,41 @@ func killChild(path string) {
 	for i := 0; ; i++ {
 		rec.Record(ctx, Query{User: "u", Resource: "r", SQL: fmt.Sprint("SELECT more ", i)})
 	}
+}
+
+// TestRecordsTextThePostgreSQLTypeRefuses: a statement cut inside a UTF-8 character, text in
+// another encoding and a NUL byte are recorded, not refused: PostgreSQL's text type holds neither
+// invalid UTF-8 nor NUL, so those bytes become U+FFFD there; SQLite keeps them as they are.
+func TestRecordsTextThePostgreSQLTypeRefuses(t *testing.T) {
+	forEachBackend(t, false, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		l := d.openLog(t, Options{WriteAttempts: 1})
+		id, err := l.StartConnection(ctx, Connection{User: "alice", Resource: "r", Database: "caf\xe9"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sqls := []string{"SELECT 'h\xc3", "SELECT 'caf\xe9'", "SELECT '\x00'"}
+		rec := l.Recorder(id, nil)
+		for _, s := range sqls {
+			if err := rec.Record(ctx, Query{User: "alice", Resource: "r", SQL: s, Params: s}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := rec.Close(ctx); n != 0 {
+			t.Fatalf("%d records not written", n)
+		}
+		qs, err := l.Queries(ctx, QueryFilter{ConnectionID: id})
+		if err != nil || len(qs) != len(sqls) {
+			t.Fatalf("queries = %d, %v; want %d", len(qs), err, len(sqls))
+		}
+		for i, q := range qs {
+			want := sqls[len(sqls)-1-i]
+			if d.path == "" {
+				want = strings.ReplaceAll(strings.ToValidUTF8(want, "\uFFFD"), "\x00", "\uFFFD")
+			}
+			if q.SQL != want || q.Params != want {
+				t.Errorf("recorded %q (params %q), want %q", q.SQL, q.Params, want)
+			}
+		}
+	})
 }

@@ -4,32 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"path/filepath"
 	"testing"
 	"time"
 )
-
-// openFastLog opens a log whose failed writes are retried quickly, and returns it with its file.
-func openFastLog(t *testing.T, opts Options) (*Log, string) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "ferry.db")
-	db, err := OpenDB(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	opts.Logger = slog.New(slog.DiscardHandler)
-	if opts.RetryWait == 0 {
-		opts.RetryWait = time.Millisecond
-	}
-	l, err := OpenWithOptions(context.Background(), db, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	return l, path
-}
 
 // failWrites makes the real SQLite file refuse writes to table (event INSERT or UPDATE) whose
 // user_name is user, through a second connection, until the returned func is called.
@@ -55,9 +32,13 @@ func failWrites(t *testing.T, path, table, event, user string) (restore func()) 
 // TestConnectionWriteFailsClosed: a connection start that cannot be written is retried, then
 // reported as ErrUnavailable and counted; once the store works again, so does the log.
 func TestConnectionWriteFailsClosed(t *testing.T) {
+	forEachBackend(t, false, testConnectionWriteFailsClosed)
+}
+
+func testConnectionWriteFailsClosed(t *testing.T, d *testDB) {
 	ctx := context.Background()
-	l, path := openFastLog(t, Options{WriteAttempts: 3})
-	restore := failWrites(t, path, "audit_connections", "INSERT", "mallory")
+	l := d.openLog(t, Options{WriteAttempts: 3})
+	restore := d.failWrites(t, "audit_connections", "INSERT", "mallory")
 	_, err := l.StartConnection(ctx, Connection{User: "mallory", Resource: "r"})
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("StartConnection on a failing store = %v, want ErrUnavailable", err)
@@ -75,8 +56,12 @@ func TestConnectionWriteFailsClosed(t *testing.T) {
 // its own recorder (onFail called once, later records refused and counted) and is counted
 // node-wide; records of another session in the same batches are still written.
 func TestQueryWriteFailureFailsOnlyItsSession(t *testing.T) {
+	forEachBackend(t, false, testQueryWriteFailureFailsOnlyItsSession)
+}
+
+func testQueryWriteFailureFailsOnlyItsSession(t *testing.T, d *testDB) {
 	ctx := context.Background()
-	l, path := openFastLog(t, Options{})
+	l := d.openLog(t, Options{})
 	badID, err := l.StartConnection(ctx, Connection{User: "mallory", Resource: "r"})
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +70,7 @@ func TestQueryWriteFailureFailsOnlyItsSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	failWrites(t, path, "audit_queries", "INSERT", "mallory")
+	d.failWrites(t, "audit_queries", "INSERT", "mallory")
 	failed := make(chan error, 2)
 	bad := l.Recorder(badID, func(err error) { failed <- err })
 	good := l.Recorder(goodID, nil)
@@ -131,8 +116,12 @@ func TestQueryWriteFailureFailsOnlyItsSession(t *testing.T) {
 // lock): a recorder over its allowance waits, another recorder is not held up, nothing is dropped,
 // and every record is written once the writer can go on.
 func TestFloodingRecorderWaitsOthersDoNot(t *testing.T) {
+	forEachBackend(t, false, testFloodingRecorderWaitsOthersDoNot)
+}
+
+func testFloodingRecorderWaitsOthersDoNot(t *testing.T, d *testDB) {
 	ctx := context.Background()
-	l, path := openFastLog(t, Options{SessionQueue: 8})
+	l := d.openLog(t, Options{SessionQueue: 8})
 	floodID, err := l.StartConnection(ctx, Connection{User: "flood", Resource: "r"})
 	if err != nil {
 		t.Fatal(err)
@@ -141,19 +130,7 @@ func TestFloodingRecorderWaitsOthersDoNot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lockDB, err := OpenDB(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lockDB.Close()
-	lock, err := lockDB.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Close()
-	if _, err := lock.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-		t.Fatal(err)
-	}
+	release := d.stallWrites(t)
 	const flood = 200
 	floodRec := l.Recorder(floodID, nil)
 	flooded := make(chan error, 1)
@@ -197,9 +174,7 @@ func TestFloodingRecorderWaitsOthersDoNot(t *testing.T) {
 		t.Fatalf("the flood finished (%v) while the writer was stalled", err)
 	default:
 	}
-	if _, err := lock.ExecContext(ctx, "COMMIT"); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	if err := <-flooded; err != nil {
 		t.Fatal(err)
 	}

@@ -75,8 +75,8 @@ func openPostgres(ctx context.Context, opts Options) (*DB, error) {
 			}
 		}
 	}
-	if opts.Dial != nil {
-		cfg.ConnConfig.DialFunc = opts.Dial
+	if opts.Lookup != nil {
+		cfg.ConnConfig.LookupFunc = opts.Lookup
 	}
 	if opts.MaxConns > 0 {
 		cfg.MaxConns = opts.MaxConns

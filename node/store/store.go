@@ -57,9 +57,9 @@ type Options struct {
 	// AllowHost, when set, is asked about every host of a token login before any connection is
 	// made; an error refuses the URL (the node checks its allowed_server_hosts list).
 	AllowHost func(host string) error
-	// Dial, when set, makes PostgreSQL's TCP connections (the node's host overrides and resolver);
-	// TLS still verifies the URL's host name.
-	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Lookup, when set, resolves a PostgreSQL host name to addresses ("ip", or "ip:port" to dial
+	// another port): the node's host overrides and resolver. TLS still verifies the URL's host name.
+	Lookup func(ctx context.Context, host string) ([]string, error)
 	// MaxConns caps the PostgreSQL pool (0: pgxpool's default).
 	MaxConns int32
 	// Logger receives the change feed's reconnects (nil: slog.Default()).
