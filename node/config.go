@@ -103,6 +103,9 @@ type Config struct {
 	// SessionTestHook is for tests only (never read from the file) and nil in production: it is
 	// pgproxy.Config.TestHook, through which a test makes one session panic.
 	SessionTestHook func(net.Conn) net.Conn `json:"-"`
+	// HeartbeatTestInterval is for tests only (never read from the file): when set, the node writes
+	// its heartbeat this often instead of every catalog.NodeHeartbeatInterval.
+	HeartbeatTestInterval time.Duration `json:"-"`
 }
 
 // Duration is a time.Duration that reads and writes as a Go duration string in JSON.

@@ -122,7 +122,11 @@ func (n *Node) register(ctx context.Context) error {
 // closes; a record deleted meanwhile (the node was offline long enough) is registered again.
 func (n *Node) heartbeatLoop() {
 	defer n.wg.Done()
-	t := time.NewTicker(catalog.NodeHeartbeatInterval)
+	every := catalog.NodeHeartbeatInterval
+	if n.cfg.HeartbeatTestInterval > 0 {
+		every = n.cfg.HeartbeatTestInterval
+	}
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
@@ -130,7 +134,7 @@ func (n *Node) heartbeatLoop() {
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(n.ctx, catalog.NodeHeartbeatInterval)
+		ctx, cancel := context.WithTimeout(n.ctx, every)
 		err := n.cat.Heartbeat(ctx, n.id, time.Now())
 		if errors.Is(err, catalog.ErrNotFound) {
 			err = n.register(ctx)

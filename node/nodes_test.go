@@ -277,6 +277,42 @@ func TestInitJoin(t *testing.T) {
 	}
 }
 
+// TestNodeHeartbeat: a running node's heartbeat brings its record back online after it aged, and
+// re-registers the node when its record was deleted while it looked offline.
+func TestNodeHeartbeat(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	b := &bareNode{dir: filepath.Join(t.TempDir(), "node"), log: &syncBuffer{}, cfg: node.Config{
+		PublicHost: "127.0.0.1", EnrollListen: "127.0.0.1:0", IMDSEndpoint: "http://127.0.0.1:9", DNSServer: "127.0.0.1:9",
+		Name: "gw-beat", HeartbeatTestInterval: 50 * time.Millisecond,
+	}}
+	if _, err := node.Init(ctx, b.dir, b.cfg, node.DefaultAdmin); err != nil {
+		t.Fatal(err)
+	}
+	b.start(t)
+	cat := b.Catalog()
+	old := time.Now().Add(-catalog.NodeOfflineAfter - time.Minute)
+	if err := cat.Heartbeat(ctx, b.ID(), old); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the heartbeat to bring the node back online", func() bool {
+		x, err := cat.Node(ctx, b.ID())
+		return err == nil && x.Online(time.Now())
+	})
+	// Deleted while it looked offline (the heartbeat may win the race: then try again).
+	waitFor(t, "the node's record to be deleted while it looks offline", func() bool {
+		if err := cat.Heartbeat(ctx, b.ID(), old); err != nil {
+			return false
+		}
+		_, err := cat.DeleteNode(ctx, b.ID())
+		return err == nil
+	})
+	waitFor(t, "the node to register again", func() bool {
+		x, err := cat.Node(ctx, b.ID())
+		return err == nil && x.Online(time.Now()) && x.Name == "gw-beat"
+	})
+}
+
 // cfgName is the running node's name as registered.
 func (b *bareNode) cfgName(t *testing.T) string {
 	t.Helper()
