@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -21,6 +22,9 @@ type catalogLogin struct {
 	roots   *x509.CertPool
 	allowed *serverhost.List
 	log     *slog.Logger
+	// mustExist refuses a SQLite catalog file that is not there yet (joining a deployment, or
+	// issuing a token, never creates one).
+	mustExist bool
 }
 
 // openCatalogDB opens the node's catalog database: the SQLite file in dir when cfg.CatalogURL is
@@ -32,14 +36,26 @@ func openCatalogDB(ctx context.Context, dir string, cfg Config, l catalogLogin) 
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.CatalogURL == "" {
-		db, err := store.Open(ctx, store.Options{URL: "sqlite:" + filepath.Join(dir, dbFile), Logger: l.log})
+	loc, err := parseCatalogURL(cfg.CatalogURL)
+	if err != nil {
+		return nil, err
+	}
+	if loc.PostgresURL == "" {
+		path := loc.SQLitePath
+		if path == "" {
+			path = filepath.Join(dir, dbFile)
+		}
+		if l.mustExist {
+			if _, err := os.Stat(path); err != nil {
+				return nil, fmt.Errorf("open catalog %s: %w (is it the catalog of the deployment's first node?)", path, err)
+			}
+		}
+		db, err := store.Open(ctx, store.Options{URL: "sqlite:" + path, Logger: l.log})
 		if err != nil {
 			return nil, fmt.Errorf("open catalog: %w", err)
 		}
 		return db, nil
 	}
-	var err error
 	if l.roots == nil {
 		if l.roots, err = upstream.RootPool(cfg.CAFiles); err != nil {
 			return nil, fmt.Errorf("open catalog: %w", err)

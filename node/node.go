@@ -58,6 +58,22 @@ const DefaultAdmin = "admin"
 // refuses a config that does not validate and a dir that already holds a node; a failed Init leaves
 // no files behind.
 func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok string, err error) {
+	return initNode(ctx, dir, cfg, false, adminName)
+}
+
+// Join creates the state of a new node of an existing deployment in dir: its WireGuard key, its
+// enrollment certificate, its ID and cfg as dir/config.json. cfg.CatalogURL names the deployment's
+// catalog, which must already hold a deployment (made by Init); no user is created. The node
+// registers itself when it starts. A failed Join leaves no files behind.
+func Join(ctx context.Context, dir string, cfg Config) error {
+	if cfg.CatalogURL == "" {
+		return errors.New("join a deployment: give the catalog's URL (--join sqlite:/path/to/ferry.db or postgres://HOST/DATABASE)")
+	}
+	_, err := initNode(ctx, dir, cfg, true, "")
+	return err
+}
+
+func initNode(ctx context.Context, dir string, cfg Config, join bool, adminName string) (tok string, err error) {
 	cfg.applyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
@@ -83,7 +99,7 @@ func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok st
 	// A failed init leaves nothing behind, so that it can simply be run again.
 	defer func() {
 		if err != nil {
-			for _, f := range []string{keyFile, certFile, certKeyFile, ConfigFile, dbFile, dbFile + "-wal", dbFile + "-shm"} {
+			for _, f := range []string{keyFile, certFile, certKeyFile, ConfigFile, nodeFile, dbFile, dbFile + "-wal", dbFile + "-shm"} {
 				_ = os.Remove(filepath.Join(dir, f))
 			}
 			_ = os.Remove(dir) // only if empty
@@ -102,7 +118,10 @@ func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok st
 	if err := SaveConfig(filepath.Join(dir, ConfigFile), cfg); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
 	}
-	db, err := openCatalogDB(ctx, dir, cfg, catalogLogin{})
+	if _, err := writeNodeIdentity(dir); err != nil {
+		return "", fmt.Errorf("init node: %w", err)
+	}
+	db, err := openCatalogDB(ctx, dir, cfg, catalogLogin{mustExist: join})
 	if err != nil {
 		return "", fmt.Errorf("init node: %w", err)
 	}
@@ -110,6 +129,18 @@ func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok st
 	cat, err := catalog.Open(ctx, db)
 	if err != nil {
 		return "", fmt.Errorf("init node: %w", err)
+	}
+	users, err := cat.Users(ctx)
+	if err != nil {
+		return "", fmt.Errorf("init node: %w", err)
+	}
+	switch {
+	case join && len(users) == 0:
+		return "", fmt.Errorf("init node: the catalog at %s holds no deployment yet; create it with `ferry-node init` (without --join) on the first node", cfg.CatalogURL)
+	case join:
+		return "", nil
+	case len(users) > 0:
+		return "", fmt.Errorf("init node: the catalog at %s already holds a deployment; add this node to it with `ferry-node init --join %s`", cfg.CatalogURL, cfg.CatalogURL)
 	}
 	if err := cat.AddUser(ctx, adminName, true); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
@@ -123,7 +154,7 @@ func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok st
 // EnrollToken issues a new single-use enrollment token for an existing user of the node in dir.
 func EnrollToken(ctx context.Context, dir string, cfg Config, user string) (string, error) {
 	cfg.applyDefaults()
-	db, err := openCatalogDB(ctx, dir, cfg, catalogLogin{})
+	db, err := openCatalogDB(ctx, dir, cfg, catalogLogin{mustExist: true})
 	if err != nil {
 		return "", fmt.Errorf("issue enrollment token: %w", err)
 	}
@@ -200,6 +231,7 @@ func writeSelfSignedCert(dir, host string) error {
 
 // Node is a running ferry-node.
 type Node struct {
+	id     string // the node's ID in the catalog (node.json)
 	dir    string
 	cfg    Config
 	log    *slog.Logger
@@ -220,11 +252,13 @@ type Node struct {
 	metrics   *metrics
 	metricsLn net.Listener
 
-	enrollLn net.Listener
-	servers  []*http.Server
-	wg       sync.WaitGroup
-	ctx      context.Context // ends when the node closes; sessions run under it
-	cancel   context.CancelFunc
+	enrollLn   net.Listener
+	enrollCert tls.Certificate
+	registered bool // the node's record is in the catalog: Close marks it stopped
+	servers    []*http.Server
+	wg         sync.WaitGroup
+	ctx        context.Context // ends when the node closes; sessions run under it
+	cancel     context.CancelFunc
 	// sessions admits tunnelled flows, keeps the open sessions and ends those the catalog no
 	// longer allows, and keeps the tunnel's peers in line with the catalog's devices.
 	sessions *session.Manager
@@ -271,6 +305,9 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
+	if n.id, err = nodeID(n.dir); err != nil {
+		return fmt.Errorf("start node: %w", err)
+	}
 	if n.tokens, err = tokensource.New(tokensource.Config{IMDSEndpoint: n.cfg.IMDSEndpoint, Timeout: time.Duration(n.cfg.TokenTimeout), Logger: n.log}); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
@@ -280,14 +317,10 @@ func (n *Node) start(ctx context.Context) error {
 	if n.cat, err = catalog.Open(ctx, n.store); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
-	// The audit log stays in the state dir's SQLite file (with a SQLite catalog: the same handle).
-	if n.store.Dialect() == store.SQLite {
-		n.db = n.store.DB
-	} else if n.db, err = audit.OpenDB(filepath.Join(n.dir, dbFile)); err != nil {
-		return fmt.Errorf("start node: %w", err)
-	}
-	// The spool keeps audit records while the audit database refuses them (node/audit, spool.go).
-	if n.audit, err = audit.OpenWithOptions(ctx, n.db, audit.Options{SpoolPath: filepath.Join(n.dir, "audit-spool.db")}); err != nil {
+	// The audit log lives with the catalog (a fleet's shared PostgreSQL: one audit trail); the spool
+	// in the state dir keeps records while that database refuses them (node/audit, spool.go).
+	n.db = n.store.DB
+	if n.audit, err = audit.OpenStore(ctx, n.store, audit.Options{SpoolPath: filepath.Join(n.dir, "audit-spool.db"), Logger: n.log}); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
 	n.metrics = newMetrics(n.log, n.audit.Stats)
@@ -356,7 +389,13 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start node: enrollment endpoint: %w", err)
 	}
-	n.enrollLn = ln
+	n.enrollLn, n.enrollCert = ln, cert
+	if err := n.register(ctx); err != nil {
+		return fmt.Errorf("start node: %w", err)
+	}
+	n.registered = true
+	n.wg.Add(1)
+	go n.heartbeatLoop()
 	n.serve(n.api.EnrollServer(),
 		tls.NewListener(n.api.LimitConns(ln, "enrollment"), &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
 	n.wg.Add(1)
@@ -367,7 +406,7 @@ func (n *Node) start(ctx context.Context) error {
 	if err := n.startHealth(ctx); err != nil {
 		return err
 	}
-	n.log.Info("node started", "wireguard_port", n.tun.Port(), "enroll", ln.Addr().String(), "public_key", n.pub.String(), "devices", peers)
+	n.log.Info("node started", "id", n.id, "name", n.cfg.Name, "wireguard_port", n.tun.Port(), "enroll", ln.Addr().String(), "public_key", n.pub.String(), "devices", peers)
 	return nil
 }
 
@@ -453,6 +492,8 @@ func (n *Node) Close() error {
 		_ = n.tun.Close()
 		n.tun = nil
 	}
+	n.markStopped()
+	n.registered = false
 	if n.audit != nil {
 		_ = n.audit.Close()
 		n.audit = nil

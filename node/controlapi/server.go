@@ -356,6 +356,7 @@ func (sv *Server) apiRouter() *router {
 	sv.registerCatalogRoutes(mux)
 	sv.registerSecretStoreRoutes(mux)
 	sv.registerHealthRoutes(mux)
+	sv.registerNodeRoutes(mux)
 	return mux
 }
 
