@@ -64,11 +64,11 @@ type Daemon struct {
 	vnLast   time.Time    // the last attempt, guarded by vnUp
 	vnTrying atomic.Bool  // a background attempt runs (retryVNet)
 
-	link    nodeLink // the node's reachability, as the watchdog sees it (reconnect.go)
-	fleet   fleet    // which node is in use, failover and the node list (failover.go, fleet.go)
+	link  nodeLink // the node's reachability, as the watchdog sees it (reconnect.go)
+	fleet fleet    // which node is in use, failover and the node list (failover.go, fleet.go)
 	// nodesHTTP reads the node list through the tunnel (fleet.go).
 	nodesHTTP *http.Client
-	account account  // this device's status when the node does not answer (account.go)
+	account   account // this device's status when the node does not answer (account.go)
 
 	splices *splice.Pool // the copy buffers of proxied connections, lent while data flows
 }
