@@ -162,8 +162,9 @@ func (d *Daemon) start(ctx context.Context) error {
 	}()
 	d.wg.Add(1)
 	go d.followCatalog()
-	d.wg.Add(1)
+	d.wg.Add(2)
 	go d.watchNodes()
+	go d.followNodes()
 	for _, name := range d.state.Connected {
 		if _, err := d.Connect(ctx, name); err != nil {
 			d.log.Warn("could not restore connection", "resource", name, "err", err)
@@ -432,18 +433,17 @@ func (d *Daemon) acceptLoop(l *listener) {
 // 08001) instead of a dropped connection.
 func (d *Daemon) carry(c net.Conn, r api.Resource) {
 	defer c.Close()
-	timeout := d.link.dialTimeout()
-	if timeout < dialTimeout {
-		d.kickLink() // the node was unreachable: try a new handshake for this connection now
-	}
-	ctx, cancel := context.WithTimeout(d.ctx, timeout)
-	// A dial that has not completed by slowDial meets a node that may have restarted and lost the
-	// session keys: start a new handshake before the SYN's first retransmission (1 s).
-	slow := time.AfterFunc(slowDial, d.kickLink)
 	via := d.currentNode()
-	up, err := d.tun.Stack().DialContext(ctx, "tcp", r.VNAddress)
-	slow.Stop()
-	cancel()
+	up, err := d.dialNode(r.VNAddress)
+	if now := d.currentNode(); now != via {
+		// The client moved to another node during the dial: nothing has passed yet, so this
+		// connection goes through the node now in use instead of failing or being ended at once.
+		if err == nil {
+			_ = up.Close()
+		}
+		via = now
+		up, err = d.dialNode(r.VNAddress)
+	}
 	if err != nil {
 		d.noteProbe(err)
 		d.log.Warn("could not reach the node", "resource", r.Name, "err", err)
@@ -456,6 +456,21 @@ func (d *Daemon) carry(c net.Conn, r api.Resource) {
 	defer d.untrack(rl)
 	// Once one side has finished, the other gets a moment to drain, then both are closed.
 	d.splices.Splice(d.ctx, relayConn{Conn: c, r: rl}, up, 5*time.Second)
+}
+
+// dialNode dials addr through the tunnel to the node in use, bounded by dialTimeout.
+func (d *Daemon) dialNode(addr string) (net.Conn, error) {
+	timeout := d.link.dialTimeout()
+	if timeout < dialTimeout {
+		d.kickLink() // the node was unreachable: try a new handshake for this connection now
+	}
+	ctx, cancel := context.WithTimeout(d.nodeContext(), timeout)
+	defer cancel()
+	// A dial that has not completed by slowDial meets a node that may have restarted and lost the
+	// session keys: start a new handshake before the SYN's first retransmission (1 s).
+	slow := time.AfterFunc(slowDial, d.kickLink)
+	defer slow.Stop()
+	return d.tun.Stack().DialContext(ctx, "tcp", addr)
 }
 
 func closeWrite(c net.Conn) {

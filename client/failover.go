@@ -61,6 +61,9 @@ type fleet struct {
 	alone     bool   // the node in use is silent and no other node is known: logged once
 	note      string // the last change of node, for status
 	sessions  map[*relay]struct{}
+	// nodeCtx ends when the node in use changes: dials through the node left stop waiting on it.
+	nodeCtx    context.Context
+	nodeCancel context.CancelFunc
 }
 
 // nodeByKey returns the listed node with key k.
@@ -115,6 +118,7 @@ func (d *Daemon) startFleet(preferred tunnel.Key, now time.Time) {
 	f.lastRxAt = now
 	f.failed = map[tunnel.Key]time.Time{}
 	f.sessions = map[*relay]struct{}{}
+	f.nodeCtx, f.nodeCancel = context.WithCancel(d.ctx)
 	if n, ok := f.nodeByKey(preferred); ok {
 		f.curNode = n
 	} else {
@@ -122,24 +126,35 @@ func (d *Daemon) startFleet(preferred tunnel.Key, now time.Time) {
 	}
 }
 
-// watchNodes checks the node in use and the preferred node every livenessTick, and reads the node
-// list every nodesInterval, until the daemon closes.
+// watchNodes checks the node in use and the preferred node every livenessTick until the daemon
+// closes.
 func (d *Daemon) watchNodes() {
 	defer d.wg.Done()
 	tick := time.NewTicker(livenessTick)
 	defer tick.Stop()
-	nextList := time.Now().Add(time.Second)
 	for {
 		select {
 		case <-d.ctx.Done():
 			return
 		case now := <-tick.C:
 			d.checkLiveness(now)
-			if !now.Before(nextList) {
-				nextList = now.Add(nodesInterval)
-				d.refreshNodes()
-			}
 		}
+	}
+}
+
+// followNodes reads the node list soon after start and every nodesInterval until the daemon
+// closes, apart from watchNodes: a read that waits on a dying node must not delay the failover.
+func (d *Daemon) followNodes() {
+	defer d.wg.Done()
+	wait := time.Second
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = nodesInterval
+		d.refreshNodes()
 	}
 }
 
@@ -361,6 +376,8 @@ func (d *Daemon) switchTo(next KnownNode, now time.Time, lost, why string) {
 		f.leftAt, f.probeAt = now, now
 	}
 	f.cur, f.curNode = key, next
+	f.nodeCancel()
+	f.nodeCtx, f.nodeCancel = context.WithCancel(d.ctx)
 	f.lastRxAt, f.kickAt, f.backAt, f.alone = now, now, time.Time{}, false
 	f.note = fmt.Sprintf("%s at %s: %s; using node %s", why, now.UTC().Format(time.TimeOnly), from, next.label())
 	var ending []*relay
@@ -422,6 +439,13 @@ func (d *Daemon) untrack(r *relay) {
 	d.fleet.mu.Lock()
 	delete(d.fleet.sessions, r)
 	d.fleet.mu.Unlock()
+}
+
+// nodeContext ends when the node in use changes (or the daemon closes).
+func (d *Daemon) nodeContext() context.Context {
+	d.fleet.mu.Lock()
+	defer d.fleet.mu.Unlock()
+	return d.fleet.nodeCtx
 }
 
 // currentNode is the key of the node in use.
