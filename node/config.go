@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/node/serverhost"
 	"github.com/ferryhq/ferry/resource"
 )
@@ -25,6 +26,16 @@ import (
 type Config struct {
 	// PublicHost is the name or IP clients use to reach this node (enrollment and WireGuard).
 	PublicHost string `json:"public_host"`
+	// Name is the node's name in the catalog: a DNS label, unique in the deployment (default: the
+	// host name's first label, written by `ferry-node init`).
+	Name string `json:"name,omitempty"`
+	// Tags are the node's tags when it first registers ("region": "westeurope"); afterwards the
+	// catalog's tags (`ferry admin nodes update NAME --tags ...`) win.
+	Tags map[string]string `json:"tags,omitempty"`
+	// CatalogURL is where the catalog lives: empty means the node's own SQLite file (ferry.db in
+	// the state directory); "sqlite:PATH" another SQLite file (nodes on one machine);
+	// postgres://… a shared PostgreSQL catalog.
+	CatalogURL string `json:"catalog_url,omitempty"`
 	// EnrollListen is the TCP address of the HTTPS enrollment endpoint, e.g. ":8443".
 	EnrollListen string `json:"enroll_listen"`
 	// WireGuardPort is the UDP port of the WireGuard endpoint; 0 picks a free port at each start
@@ -92,6 +103,9 @@ type Config struct {
 	// SessionTestHook is for tests only (never read from the file) and nil in production: it is
 	// pgproxy.Config.TestHook, through which a test makes one session panic.
 	SessionTestHook func(net.Conn) net.Conn `json:"-"`
+	// HeartbeatTestInterval is for tests only (never read from the file): when set, the node writes
+	// its heartbeat this often instead of every catalog.NodeHeartbeatInterval.
+	HeartbeatTestInterval time.Duration `json:"-"`
 }
 
 // Duration is a time.Duration that reads and writes as a Go duration string in JSON.
@@ -147,6 +161,10 @@ func (c *Config) applyDefaults() {
 	}
 	if c.PublicHost == "" {
 		c.PublicHost, _ = os.Hostname()
+	}
+	if c.Name == "" {
+		h, _ := os.Hostname()
+		c.Name = defaultNodeName(h)
 	}
 	if c.HTTPReadTimeout == 0 {
 		c.HTTPReadTimeout = Duration(10 * time.Second)
@@ -242,6 +260,15 @@ func (c *Config) Validate() error {
 		bad("enroll listen address %q: use HOST:PORT or :PORT", c.EnrollListen)
 	} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
 		bad("enroll listen address %q: the port must be 0-65535", c.EnrollListen)
+	}
+	if err := api.ValidateNodeName(c.Name); err != nil {
+		bad("name: %v", err)
+	}
+	if err := api.ValidateNodeTags(c.Tags); err != nil {
+		bad("%v", err)
+	}
+	if _, err := parseCatalogURL(c.CatalogURL); err != nil {
+		errs = append(errs, err)
 	}
 	if c.WireGuardPort < 0 || c.WireGuardPort > 65535 {
 		bad("WireGuard port %d is out of range 0-65535", c.WireGuardPort)

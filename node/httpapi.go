@@ -298,6 +298,7 @@ func (n *Node) apiRouter() *router {
 	n.registerCatalogRoutes(mux)
 	n.registerSecretStoreRoutes(mux)
 	n.registerHealthRoutes(mux)
+	n.registerNodeRoutes(mux)
 	return mux
 }
 

@@ -57,6 +57,22 @@ const DefaultAdmin = "admin"
 // refuses a config that does not validate and a dir that already holds a node; a failed Init leaves
 // no files behind.
 func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok string, err error) {
+	return initNode(ctx, dir, cfg, false, adminName)
+}
+
+// Join creates the state of a new node of an existing deployment in dir: its WireGuard key, its
+// enrollment certificate, its ID and cfg as dir/config.json. cfg.CatalogURL names the deployment's
+// catalog, which must already hold a deployment (made by Init); no user is created. The node
+// registers itself when it starts. A failed Join leaves no files behind.
+func Join(ctx context.Context, dir string, cfg Config) error {
+	if cfg.CatalogURL == "" {
+		return errors.New("join a deployment: give the catalog's URL (--join sqlite:/path/to/ferry.db or postgres://HOST/DATABASE)")
+	}
+	_, err := initNode(ctx, dir, cfg, true, "")
+	return err
+}
+
+func initNode(ctx context.Context, dir string, cfg Config, join bool, adminName string) (tok string, err error) {
 	cfg.applyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
@@ -82,7 +98,7 @@ func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok st
 	// A failed init leaves nothing behind, so that it can simply be run again.
 	defer func() {
 		if err != nil {
-			for _, f := range []string{keyFile, certFile, certKeyFile, ConfigFile, dbFile, dbFile + "-wal", dbFile + "-shm"} {
+			for _, f := range []string{keyFile, certFile, certKeyFile, ConfigFile, nodeFile, dbFile, dbFile + "-wal", dbFile + "-shm"} {
 				_ = os.Remove(filepath.Join(dir, f))
 			}
 			_ = os.Remove(dir) // only if empty
@@ -101,7 +117,10 @@ func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok st
 	if err := SaveConfig(filepath.Join(dir, ConfigFile), cfg); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
 	}
-	db, err := audit.OpenDB(filepath.Join(dir, dbFile))
+	if _, err := writeNodeIdentity(dir); err != nil {
+		return "", fmt.Errorf("init node: %w", err)
+	}
+	db, err := openCatalogDB(dir, cfg, join)
 	if err != nil {
 		return "", fmt.Errorf("init node: %w", err)
 	}
@@ -109,6 +128,18 @@ func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok st
 	cat, err := catalog.Open(ctx, db)
 	if err != nil {
 		return "", fmt.Errorf("init node: %w", err)
+	}
+	users, err := cat.Users(ctx)
+	if err != nil {
+		return "", fmt.Errorf("init node: %w", err)
+	}
+	switch {
+	case join && len(users) == 0:
+		return "", fmt.Errorf("init node: the catalog at %s holds no deployment yet; create it with `ferry-node init` (without --join) on the first node", cfg.CatalogURL)
+	case join:
+		return "", nil
+	case len(users) > 0:
+		return "", fmt.Errorf("init node: the catalog at %s already holds a deployment; add this node to it with `ferry-node init --join %s`", cfg.CatalogURL, cfg.CatalogURL)
 	}
 	if err := cat.AddUser(ctx, adminName, true); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
@@ -122,7 +153,7 @@ func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok st
 // EnrollToken issues a new single-use enrollment token for an existing user of the node in dir.
 func EnrollToken(ctx context.Context, dir string, cfg Config, user string) (string, error) {
 	cfg.applyDefaults()
-	db, err := audit.OpenDB(filepath.Join(dir, dbFile))
+	db, err := openCatalogDB(dir, cfg, true)
 	if err != nil {
 		return "", fmt.Errorf("issue enrollment token: %w", err)
 	}
@@ -199,6 +230,7 @@ func writeSelfSignedCert(dir, host string) error {
 
 // Node is a running ferry-node.
 type Node struct {
+	id     string // the node's ID in the catalog (node.json)
 	dir    string
 	cfg    Config
 	log    *slog.Logger
@@ -220,13 +252,15 @@ type Node struct {
 	metrics   *metrics
 	metricsLn net.Listener
 
-	enrollLn net.Listener
-	servers  []*http.Server
-	wg       sync.WaitGroup
-	ctx      context.Context // ends when the node closes; sessions run under it
-	cancel   context.CancelFunc
-	sessions sessions
-	kickc    chan struct{}
+	enrollLn   net.Listener
+	enrollCert tls.Certificate
+	registered bool // the node's record is in the catalog: Close marks it stopped
+	servers    []*http.Server
+	wg         sync.WaitGroup
+	ctx        context.Context // ends when the node closes; sessions run under it
+	cancel     context.CancelFunc
+	sessions   sessions
+	kickc      chan struct{}
 
 	// peerMu orders changes of WireGuard peers: the reconcile loop's peer step and enrollment (which
 	// adds a peer inside its catalog transaction), so that reconcile never removes a peer whose
@@ -285,7 +319,10 @@ func (n *Node) start(ctx context.Context) error {
 			return fmt.Errorf("start node: CA file %s holds no PEM certificate", f)
 		}
 	}
-	if n.db, err = audit.OpenDB(filepath.Join(n.dir, dbFile)); err != nil {
+	if n.id, err = nodeID(n.dir); err != nil {
+		return fmt.Errorf("start node: %w", err)
+	}
+	if n.db, err = openCatalogDB(n.dir, n.cfg, false); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
 	if n.cat, err = catalog.Open(ctx, n.db); err != nil {
@@ -346,7 +383,13 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start node: enrollment endpoint: %w", err)
 	}
-	n.enrollLn = ln
+	n.enrollLn, n.enrollCert = ln, cert
+	if err := n.register(ctx); err != nil {
+		return fmt.Errorf("start node: %w", err)
+	}
+	n.registered = true
+	n.wg.Add(1)
+	go n.heartbeatLoop()
 	n.serve(n.enrollServer(),
 		tls.NewListener(n.limitConns(ln, "enrollment"), &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
 	n.wg.Add(1)
@@ -354,7 +397,7 @@ func (n *Node) start(ctx context.Context) error {
 	if err := n.startHealth(ctx); err != nil {
 		return err
 	}
-	n.log.Info("node started", "wireguard_port", n.tun.Port(), "enroll", ln.Addr().String(), "public_key", n.pub.String(), "devices", peers)
+	n.log.Info("node started", "id", n.id, "name", n.cfg.Name, "wireguard_port", n.tun.Port(), "enroll", ln.Addr().String(), "public_key", n.pub.String(), "devices", peers)
 	return nil
 }
 
@@ -466,6 +509,8 @@ func (n *Node) Close() error {
 		_ = n.tun.Close()
 		n.tun = nil
 	}
+	n.markStopped()
+	n.registered = false
 	if n.audit != nil {
 		_ = n.audit.Close()
 		n.audit = nil

@@ -20,7 +20,7 @@ const (
 
 // privateStateFiles are the files in the state directory that only the node's user may read. The
 // enrollment certificate (enroll.crt) is public: every token pins it.
-var privateStateFiles = []string{keyFile, certKeyFile, ConfigFile, dbFile, dbFile + "-wal", dbFile + "-shm", dbFile + "-journal"}
+var privateStateFiles = []string{keyFile, certKeyFile, ConfigFile, nodeFile, dbFile, dbFile + "-wal", dbFile + "-shm", dbFile + "-journal"}
 
 // secureStateDir makes dir 0700 and its private files 0600, logging what was
 // looser. Files that do not exist yet are skipped (the database's -wal and -shm are created by SQLite

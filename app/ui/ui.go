@@ -78,6 +78,11 @@ type UI struct {
 	rows     map[string]*Row
 	tabs     *container.AppTabs
 	adminTab *container.TabItem
+	// Nodes lists the deployment's nodes (name, state, heartbeat age, tags) in the Settings tab,
+	// shown to admins only.
+	Nodes    *widget.Label
+	nodesBox *fyne.Container
+	nodesAt  time.Time // when loadNodes last started (UI goroutine only): at most one per nodesEvery
 	main     fyne.CanvasObject
 	login    fyne.CanvasObject
 	showing  fyne.CanvasObject
@@ -162,9 +167,14 @@ func New(opt Options) *UI {
 	u.LogoutBtn = widget.NewButtonWithIcon("Log out", theme.LogoutIcon(), u.logout)
 	settingsNote := widget.NewLabel(SettingsNote)
 	settingsNote.Wrapping = fyne.TextWrapWord
+	// The deployment's nodes, for admins only (filled by loadNodes).
+	u.Nodes = widget.NewLabel("—")
+	u.Nodes.Wrapping = fyne.TextWrapWord
+	u.nodesBox = container.NewVBox(widget.NewSeparator(), bold("Nodes"), u.Nodes)
+	u.nodesBox.Hide()
 	settings := container.NewVBox(
 		container.New(layout.NewFormLayout(), widget.NewLabel("Connectivity mode"), u.ModePref),
-		settingsNote, u.Autostart, widget.NewSeparator(), u.LogoutBtn)
+		settingsNote, u.Autostart, widget.NewSeparator(), u.LogoutBtn, u.nodesBox)
 
 	u.Form = adminform.New(func(ctx context.Context, r resource.Resource) (resource.Resource, error) {
 		out, err := opt.Core.API().AddDatasource(ctx, r)
@@ -447,6 +457,30 @@ func (u *UI) setAdmin(admin bool) {
 	case !admin && has:
 		u.tabs.Remove(u.adminTab)
 	}
+	if admin {
+		u.nodesBox.Show()
+		if time.Since(u.nodesAt) >= nodesEvery {
+			u.nodesAt = time.Now()
+			go u.loadNodes()
+		}
+	} else {
+		u.nodesBox.Hide()
+	}
+}
+
+// nodesEvery is how often an admin's window reads the node list: the nodes' heartbeat interval.
+const nodesEvery = 10 * time.Second
+
+// loadNodes fills the Settings tab's node list from the node (admins only).
+func (u *UI) loadNodes() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ns, err := u.opt.Core.API().Nodes(ctx)
+	text := NodesText(ns)
+	if err != nil {
+		text = "could not read the nodes: " + err.Error()
+	}
+	fyne.Do(func() { u.Nodes.SetText(text) })
 }
 
 // loadStores fills the admin form's secret store drop-down from the node.

@@ -154,6 +154,14 @@ func TestDesktopAgainstDemo(t *testing.T) {
 	if !read(u.AdminFormShown) {
 		t.Fatal("the admin sees no Add resource form")
 	}
+	// The admin's Settings tab lists the deployment's nodes: this one, online.
+	self, err := env.Node.Catalog().Node(ctx, env.Node.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "the node list in Settings to show "+self.Name+" online", func() bool {
+		return strings.HasPrefix(read(func() string { return u.Nodes.Text }), self.Name+" · online · heartbeat ")
+	}, func() string { return ": " + read(func() string { return u.Nodes.Text }) })
 
 	const dev = "azure-pg-mi-dev"
 	devIP := demo.RandomLoopbackIP()

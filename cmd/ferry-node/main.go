@@ -17,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/internal/fdlimit"
 	"github.com/ferryhq/ferry/internal/version"
 	"github.com/ferryhq/ferry/node"
@@ -59,15 +60,20 @@ func configPath(state, config string) string {
 }
 
 func initCmd() *cobra.Command {
-	var state, admin, enrollListen, imds string
+	var state, admin, enrollListen, imds, join, tags string
 	var cfg node.Config
 	var caFiles, overrides, allowHosts []string
 	c := &cobra.Command{
-		Use:   "init --state DIR",
+		Use:   "init --state DIR [--join CATALOG_URL] [--name NAME] [--tags k=v,...]",
 		Short: "Create a node: its WireGuard key, its catalog and a first admin's enrollment token",
 		Long: `Create a node's state in DIR: its WireGuard key, the TLS certificate of its enrollment endpoint,
-the catalog (SQLite) with a first admin user, and DIR/config.json. Prints a single-use enrollment
-token for that admin: give it to ` + "`ferry login`" + ` on the admin's machine.`,
+its node ID (DIR/node.json), the catalog (SQLite) with a first admin user, and DIR/config.json.
+Prints a single-use enrollment token for that admin: give it to ` + "`ferry login`" + ` on the admin's
+machine.
+
+With --join CATALOG_URL the node joins an existing deployment instead: the catalog named is the
+deployment's (made by the first node's init); no catalog and no user are created, and the node
+registers itself when it runs.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if state == "" {
@@ -89,6 +95,26 @@ token for that admin: give it to ` + "`ferry login`" + ` on the admin's machine.
 			if len(allowHosts) > 0 {
 				cfg.AllowedServerHosts = append(slices.Clone(serverhost.Defaults), allowHosts...)
 			}
+			if cmd.Flags().Changed("tags") {
+				t, err := api.ParseNodeTags(tags)
+				if err != nil {
+					return fmt.Errorf("--%w", err) // "--tags: …"
+				}
+				if len(t) > 0 {
+					cfg.Tags = t
+				}
+			}
+			if join != "" {
+				if cmd.Flags().Changed("admin") {
+					return fmt.Errorf("--admin is for the deployment's first node: a joining node creates no user (its admins are the deployment's)")
+				}
+				cfg.CatalogURL = join
+				if err := node.Join(cmd.Context(), state, cfg); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.ErrOrStderr(), "Node created in", state, "as part of the deployment whose catalog is", join+"; run it with `ferry-node run --state", state+"`.")
+				return nil
+			}
 			tok, err := node.Init(cmd.Context(), state, cfg, admin)
 			if err != nil {
 				return err
@@ -101,6 +127,9 @@ token for that admin: give it to ` + "`ferry login`" + ` on the admin's machine.
 	f := c.Flags()
 	f.StringVar(&state, "state", "", "directory for the node's state (required)")
 	f.StringVar(&admin, "admin", node.DefaultAdmin, "name of the first admin user")
+	f.StringVar(&join, "join", "", "join the existing deployment whose catalog this is (sqlite:/path/to/ferry.db or postgres://HOST/DATABASE) instead of creating one")
+	f.StringVar(&cfg.Name, "name", "", "the node's name in the deployment, a DNS label such as gw-westeurope-1 (default: the host name's first label)")
+	f.StringVar(&tags, "tags", "", "the node's tags, e.g. region=westeurope,env=prod")
 	f.StringVar(&cfg.PublicHost, "public-host", "", "name or IP clients reach this node at (default: the hostname)")
 	f.StringVar(&enrollListen, "enroll-listen", fmt.Sprintf(":%d", node.DefaultEnrollPort), "TCP address of the HTTPS enrollment endpoint")
 	f.IntVar(&cfg.WireGuardPort, "wireguard-port", node.DefaultWireGuardPort, "UDP port of the WireGuard endpoint")

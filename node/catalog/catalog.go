@@ -89,7 +89,7 @@ CREATE TABLE IF NOT EXISTS enroll_tokens (
 
 // migrations bring the catalog's schema forward: step i takes it from version i to i+1. Append new
 // steps; never edit a released one.
-func migrations() []string { return []string{schema, secretStoresSchema} }
+func migrations() []string { return []string{schema, secretStoresSchema, nodesSchema} }
 
 // Open migrates the catalog's schema forward (its version is kept in a table of its own) and
 // returns the catalog.

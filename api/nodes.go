@@ -1,0 +1,194 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Node kinds. Every node is a gateway for now; proxy clusters come with routing.
+const NodeKindGateway = "gateway"
+
+// Node states, derived from the last heartbeat.
+const (
+	NodeOnline  = "online"
+	NodeOffline = "offline"
+)
+
+// Node is one ferry-node of the deployment as the admin routes show it.
+type Node struct {
+	ID   string            `json:"id"`
+	Name string            `json:"name"`
+	Kind string            `json:"kind"`
+	Tags map[string]string `json:"tags"`
+	// WireGuardPublicKey and WireGuardEndpoint (host:port) are how clients reach the node.
+	WireGuardPublicKey string `json:"wireguard_public_key"`
+	WireGuardEndpoint  string `json:"wireguard_endpoint"`
+	// EnrollURL is the node's HTTPS enrollment endpoint, EnrollCertSHA256 its certificate's
+	// SHA-256 fingerprint (hex).
+	EnrollURL        string    `json:"enroll_url"`
+	EnrollCertSHA256 string    `json:"enroll_cert_sha256"`
+	Version          string    `json:"version"`
+	StartedAt        time.Time `json:"started_at"`
+	LastHeartbeat    time.Time `json:"last_heartbeat"`
+	// HeartbeatAgeSeconds is how long ago the last heartbeat was, when the node answered.
+	HeartbeatAgeSeconds int64 `json:"heartbeat_age_seconds"`
+	// State is NodeOnline or NodeOffline: online while heartbeats are younger than the offline
+	// threshold and the node has not stopped.
+	State string `json:"state"`
+}
+
+// NodeList is the answer of GET /v1/admin/nodes.
+type NodeList struct {
+	Nodes []Node `json:"nodes"`
+}
+
+// GatewayNode is what every enrolled device learns of a node: how to reach it and whether it is up.
+type GatewayNode struct {
+	ID                 string            `json:"id"`
+	Name               string            `json:"name"`
+	WireGuardEndpoint  string            `json:"wireguard_endpoint"`
+	WireGuardPublicKey string            `json:"wireguard_public_key"`
+	Tags               map[string]string `json:"tags"`
+	State              string            `json:"state"`
+}
+
+// GatewayNodeList is the answer of GET /v1/nodes.
+type GatewayNodeList struct {
+	Nodes []GatewayNode `json:"nodes"`
+}
+
+// NodeTags is the body of PUT /v1/admin/nodes/{id}/tags: the node's new tags (they replace the old).
+type NodeTags struct {
+	Tags map[string]string `json:"tags"`
+}
+
+// Nodes lists the deployment's nodes with their details (admin only).
+func (c *Client) Nodes(ctx context.Context) ([]Node, error) {
+	var out NodeList
+	return out.Nodes, c.do(ctx, http.MethodGet, "/v1/admin/nodes", nil, &out)
+}
+
+// Node returns one node by ID or name (admin only).
+func (c *Client) Node(ctx context.Context, idOrName string) (Node, error) {
+	var out Node
+	return out, c.do(ctx, http.MethodGet, "/v1/admin/nodes/"+url.PathEscape(idOrName), nil, &out)
+}
+
+// UpdateNodeTags replaces a node's tags (admin only) and returns the node.
+func (c *Client) UpdateNodeTags(ctx context.Context, idOrName string, tags map[string]string) (Node, error) {
+	var out Node
+	if tags == nil {
+		tags = map[string]string{}
+	}
+	return out, c.do(ctx, http.MethodPut, "/v1/admin/nodes/"+url.PathEscape(idOrName)+"/tags", NodeTags{Tags: tags}, &out)
+}
+
+// DeleteNode deletes a stopped node's record (admin only); a running node is refused (409).
+func (c *Client) DeleteNode(ctx context.Context, idOrName string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/admin/nodes/"+url.PathEscape(idOrName), nil, nil)
+}
+
+// GatewayNodes lists the nodes a client may connect through (any enrolled device).
+func (c *Client) GatewayNodes(ctx context.Context) ([]GatewayNode, error) {
+	var out GatewayNodeList
+	return out.Nodes, c.do(ctx, http.MethodGet, "/v1/nodes", nil, &out)
+}
+
+var (
+	nodeNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	nodeIDRE   = regexp.MustCompile(`^n-[0-9a-f]{16}$`)
+	tagKeyRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$`)
+	tagValueRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._:/-]{0,61}[A-Za-z0-9])?$`)
+)
+
+// MaxNodeTags bounds the tags of one node.
+const MaxNodeTags = 32
+
+// ValidNodeID reports whether id has the form of a node ID: "n-" and 16 lower-case hex digits.
+func ValidNodeID(id string) bool { return nodeIDRE.MatchString(id) }
+
+// ValidateNodeName checks a node name: a DNS label (1-63 lower-case letters, digits and dashes, no
+// dash at either end) that does not look like a node ID, so that a name never hides another node.
+func ValidateNodeName(name string) error {
+	if !nodeNameRE.MatchString(name) {
+		return fmt.Errorf("node name %q is invalid: use 1-63 lower-case letters, digits and dashes, starting and ending with a letter or digit (a DNS label, such as gw-westeurope-1)", name)
+	}
+	if ValidNodeID(name) {
+		return fmt.Errorf("node name %q has the form of a node ID (n- and 16 hex digits); choose another name", name)
+	}
+	return nil
+}
+
+// ValidateNodeTags checks tags: at most MaxNodeTags; keys 1-63 letters, digits and . _ / -
+// starting and ending with a letter or digit; values the same, also allowing ':', and not empty.
+func ValidateNodeTags(tags map[string]string) error {
+	if len(tags) > MaxNodeTags {
+		return fmt.Errorf("tags: %d tags, at most %d", len(tags), MaxNodeTags)
+	}
+	keys := make([]string, 0, len(tags))
+	for k := range tags {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if !tagKeyRE.MatchString(k) {
+			return fmt.Errorf("tags: key %q is invalid: use 1-63 letters, digits and . _ / -, starting and ending with a letter or digit", k)
+		}
+		if v := tags[k]; !tagValueRE.MatchString(v) {
+			if v == "" {
+				return fmt.Errorf("tags: %s has no value: write %s=VALUE", k, k)
+			}
+			return fmt.Errorf("tags: value %q of %s is invalid: use 1-63 letters, digits and . _ : / -, starting and ending with a letter or digit", v, k)
+		}
+	}
+	return nil
+}
+
+// ParseNodeTags parses "key=value,key2=value2" (the --tags form, e.g. region=westeurope,env=prod)
+// and validates it. Spaces around an item are dropped; an empty or blank string gives no tags (an
+// empty map). An item without '=', an empty item, a key given twice or an invalid key or value is
+// an error that says which.
+func ParseNodeTags(s string) (map[string]string, error) {
+	tags := map[string]string{}
+	if strings.TrimSpace(s) == "" {
+		return tags, nil
+	}
+	for i, item := range strings.Split(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			return nil, fmt.Errorf("tags: item %d is empty (a stray comma?): write key=value,key2=value2", i+1)
+		}
+		k, v, ok := strings.Cut(item, "=")
+		if !ok {
+			return nil, fmt.Errorf("tags: %q is not key=value", item)
+		}
+		if _, dup := tags[k]; dup {
+			return nil, fmt.Errorf("tags: key %q is given twice", k)
+		}
+		tags[k] = v
+	}
+	if err := ValidateNodeTags(tags); err != nil {
+		return nil, err
+	}
+	return tags, nil
+}
+
+// FormatNodeTags renders tags as "key=value,key2=value2", sorted by key ("" for none).
+func FormatNodeTags(tags map[string]string) string {
+	keys := make([]string, 0, len(tags))
+	for k := range tags {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + tags[k]
+	}
+	return strings.Join(parts, ",")
+}

@@ -1,0 +1,337 @@
+package catalog
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/tunnel"
+)
+
+// nodesSchema is migration step 3: the deployment's nodes. Portable SQL (SQLite and PostgreSQL):
+// times are Unix seconds, tags a JSON object; stopped_at is 0 while the node runs.
+const nodesSchema = `
+CREATE TABLE IF NOT EXISTS nodes (
+	id TEXT PRIMARY KEY,
+	name TEXT NOT NULL UNIQUE,
+	kind TEXT NOT NULL,
+	tags TEXT NOT NULL,
+	wireguard_public_key TEXT NOT NULL UNIQUE,
+	wireguard_endpoint TEXT NOT NULL,
+	enroll_url TEXT NOT NULL,
+	enroll_cert_sha256 TEXT NOT NULL,
+	version TEXT NOT NULL,
+	started_at BIGINT NOT NULL,
+	last_heartbeat BIGINT NOT NULL,
+	stopped_at BIGINT NOT NULL
+);
+`
+
+// NodeHeartbeatInterval is how often a running node writes its heartbeat; NodeOfflineAfter is the
+// age of the last heartbeat from which the node shows as offline (three missed heartbeats).
+const (
+	NodeHeartbeatInterval = 10 * time.Second
+	NodeOfflineAfter      = 3 * NodeHeartbeatInterval
+)
+
+// Node is one ferry-node of the deployment.
+type Node struct {
+	ID                 string
+	Name               string
+	Kind               string
+	Tags               map[string]string
+	WireGuardPublicKey string
+	WireGuardEndpoint  string // host:port, as clients reach it
+	EnrollURL          string // https://host:port
+	EnrollCertSHA256   string // hex SHA-256 of the enrollment endpoint's certificate
+	Version            string
+	StartedAt          time.Time
+	LastHeartbeat      time.Time
+	StoppedAt          time.Time // zero while the node runs
+}
+
+// Online reports whether the node runs as of now: it has not stopped and its last heartbeat is
+// younger than NodeOfflineAfter.
+func (n Node) Online(now time.Time) bool {
+	return n.StoppedAt.IsZero() && now.Sub(n.LastHeartbeat) < NodeOfflineAfter
+}
+
+// State is api.NodeOnline or api.NodeOffline as of now.
+func (n Node) State(now time.Time) string {
+	if n.Online(now) {
+		return api.NodeOnline
+	}
+	return api.NodeOffline
+}
+
+var certSHA256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// NewNodeID returns a new node ID: "n-" and 16 hex digits.
+func NewNodeID() string { return "n-" + randomHex(8) }
+
+// Validate checks every field a node registers with.
+func (n Node) Validate() error {
+	var errs []error
+	if !api.ValidNodeID(n.ID) {
+		errs = append(errs, fmt.Errorf("node ID %q is not n- and 16 lower-case hex digits", n.ID))
+	}
+	if err := api.ValidateNodeName(n.Name); err != nil {
+		errs = append(errs, err)
+	}
+	if n.Kind != api.NodeKindGateway {
+		errs = append(errs, fmt.Errorf("node kind %q is not %s", n.Kind, api.NodeKindGateway))
+	}
+	if err := api.ValidateNodeTags(n.Tags); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := tunnel.ParseKey(n.WireGuardPublicKey); err != nil {
+		errs = append(errs, fmt.Errorf("WireGuard public key: %w", err))
+	}
+	if host, port, err := net.SplitHostPort(n.WireGuardEndpoint); err != nil || host == "" || port == "" || port == "0" {
+		errs = append(errs, fmt.Errorf("WireGuard endpoint %q is not host:port", n.WireGuardEndpoint))
+	}
+	if u, err := url.Parse(n.EnrollURL); err != nil || u.Scheme != "https" || u.Host == "" || u.Port() == "" || u.Port() == "0" || (u.Path != "" && u.Path != "/") {
+		errs = append(errs, fmt.Errorf("enrollment URL %q is not https://host:port", n.EnrollURL))
+	}
+	if !certSHA256RE.MatchString(n.EnrollCertSHA256) {
+		errs = append(errs, fmt.Errorf("enrollment certificate fingerprint %q is not 64 lower-case hex digits", n.EnrollCertSHA256))
+	}
+	if n.Version == "" || len(n.Version) > 200 {
+		errs = append(errs, fmt.Errorf("node version %q must be 1-200 characters", n.Version))
+	}
+	if n.StartedAt.IsZero() || n.LastHeartbeat.IsZero() {
+		errs = append(errs, errors.New("node start and heartbeat times must be set"))
+	}
+	return errors.Join(errs...)
+}
+
+// isUniqueViolation recognises a unique-constraint error of SQLite or PostgreSQL (SQLSTATE 23505).
+func isUniqueViolation(err error) bool {
+	if err == nil {
+		return false
+	}
+	s := err.Error()
+	return strings.Contains(s, "UNIQUE") || strings.Contains(s, "23505") || strings.Contains(s, "duplicate key")
+}
+
+// RegisterNode stores n (upsert by ID): a new node is added, a known one gets its current name,
+// key, endpoints, version, start and heartbeat times and runs again (not stopped). Its tags are
+// those given only when the node is new: afterwards the catalog's tags (UpdateNodeTags) win. A
+// name or WireGuard key that another node holds wraps ErrConflict.
+func (c *Catalog) RegisterNode(ctx context.Context, n Node) (Node, error) {
+	if n.Kind == "" {
+		n.Kind = api.NodeKindGateway
+	}
+	if n.Tags == nil {
+		n.Tags = map[string]string{}
+	}
+	n.StartedAt, n.LastHeartbeat = n.StartedAt.Truncate(time.Second), n.LastHeartbeat.Truncate(time.Second)
+	n.StoppedAt = time.Time{}
+	if err := n.Validate(); err != nil {
+		return n, fmt.Errorf("register node: %w", err)
+	}
+	tags, err := json.Marshal(n.Tags)
+	if err != nil {
+		return n, fmt.Errorf("register node: encode tags: %w", err)
+	}
+	tx, err := c.db.BeginTx(ctx, nil)
+	if err != nil {
+		return n, fmt.Errorf("register node %s: %w", n.Name, err)
+	}
+	defer tx.Rollback()
+	for _, u := range []struct{ col, val, what string }{{"name", n.Name, "name"}, {"wireguard_public_key", n.WireGuardPublicKey, "WireGuard public key"}} {
+		var other string
+		err := tx.QueryRowContext(ctx, `SELECT id FROM nodes WHERE `+u.col+` = ? AND id != ?`, u.val, n.ID).Scan(&other)
+		if err == nil {
+			return n, fmt.Errorf("register node %s: the %s %q is held by node %s: %w; give this node another name (config \"name\") or delete the other node's record with `ferry admin nodes delete %s` once it is stopped",
+				n.ID, u.what, u.val, other, ErrConflict, other)
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return n, fmt.Errorf("register node %s: %w", n.Name, err)
+		}
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO nodes(id, name, kind, tags, wireguard_public_key, wireguard_endpoint, enroll_url, enroll_cert_sha256, version, started_at, last_heartbeat, stopped_at)
+		VALUES(?,?,?,?,?,?,?,?,?,?,?,0)
+		ON CONFLICT(id) DO UPDATE SET name = excluded.name, kind = excluded.kind, wireguard_public_key = excluded.wireguard_public_key,
+			wireguard_endpoint = excluded.wireguard_endpoint, enroll_url = excluded.enroll_url, enroll_cert_sha256 = excluded.enroll_cert_sha256,
+			version = excluded.version, started_at = excluded.started_at, last_heartbeat = excluded.last_heartbeat, stopped_at = 0`,
+		n.ID, n.Name, n.Kind, string(tags), n.WireGuardPublicKey, n.WireGuardEndpoint, n.EnrollURL, n.EnrollCertSHA256, n.Version,
+		n.StartedAt.Unix(), n.LastHeartbeat.Unix())
+	if isUniqueViolation(err) {
+		return n, fmt.Errorf("register node %s: its name %q or WireGuard key is held by another node: %w", n.ID, n.Name, ErrConflict)
+	}
+	if err != nil {
+		return n, fmt.Errorf("register node %s: %w", n.Name, err)
+	}
+	out, err := nodeBy(ctx, tx, n.ID)
+	if err != nil {
+		return n, fmt.Errorf("register node %s: %w", n.Name, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return n, fmt.Errorf("register node %s: commit: %w", n.Name, err)
+	}
+	return out, nil
+}
+
+// Heartbeat records that node id runs at time at. A node whose record is gone (deleted while it
+// was offline) wraps ErrNotFound: it registers again.
+func (c *Catalog) Heartbeat(ctx context.Context, id string, at time.Time) error {
+	res, err := c.db.ExecContext(ctx, `UPDATE nodes SET last_heartbeat = ?, stopped_at = 0 WHERE id = ?`, at.Unix(), id)
+	if err != nil {
+		return fmt.Errorf("node heartbeat %s: %w", id, err)
+	}
+	if n, err := res.RowsAffected(); err == nil && n == 0 {
+		return fmt.Errorf("node heartbeat %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// NodeStopped records that node id stopped at time at (a clean shutdown): it shows offline at
+// once and may be deleted.
+func (c *Catalog) NodeStopped(ctx context.Context, id string, at time.Time) error {
+	if _, err := c.db.ExecContext(ctx, `UPDATE nodes SET stopped_at = ? WHERE id = ?`, at.Unix(), id); err != nil {
+		return fmt.Errorf("record node %s stopped: %w", id, err)
+	}
+	return nil
+}
+
+const nodeColumns = `id, name, kind, tags, wireguard_public_key, wireguard_endpoint, enroll_url, enroll_cert_sha256, version, started_at, last_heartbeat, stopped_at`
+
+type rowScanner interface{ Scan(dest ...any) error }
+
+func scanNode(r rowScanner) (Node, error) {
+	var n Node
+	var tags string
+	var started, beat, stopped int64
+	if err := r.Scan(&n.ID, &n.Name, &n.Kind, &tags, &n.WireGuardPublicKey, &n.WireGuardEndpoint, &n.EnrollURL, &n.EnrollCertSHA256, &n.Version, &started, &beat, &stopped); err != nil {
+		return n, err
+	}
+	if err := json.Unmarshal([]byte(tags), &n.Tags); err != nil {
+		return n, fmt.Errorf("decode tags of node %s: %w", n.ID, err)
+	}
+	if n.Tags == nil {
+		n.Tags = map[string]string{}
+	}
+	n.StartedAt, n.LastHeartbeat = time.Unix(started, 0).UTC(), time.Unix(beat, 0).UTC()
+	if stopped != 0 {
+		n.StoppedAt = time.Unix(stopped, 0).UTC()
+	}
+	return n, nil
+}
+
+type queryer interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// nodeBy finds a node by ID or name; it wraps ErrNotFound. An ID wins over a name (names never
+// have the form of an ID, see api.ValidateNodeName).
+func nodeBy(ctx context.Context, q queryer, idOrName string) (Node, error) {
+	n, err := scanNode(q.QueryRowContext(ctx, `SELECT `+nodeColumns+` FROM nodes WHERE id = ? OR name = ? ORDER BY CASE WHEN id = ? THEN 0 ELSE 1 END LIMIT 1`, idOrName, idOrName, idOrName))
+	if errors.Is(err, sql.ErrNoRows) {
+		return n, fmt.Errorf("node %q: %w (list them with `ferry admin nodes list`)", idOrName, ErrNotFound)
+	}
+	if err != nil {
+		return n, fmt.Errorf("node %q: %w", idOrName, err)
+	}
+	return n, nil
+}
+
+// Nodes returns every node, sorted by name.
+func (c *Catalog) Nodes(ctx context.Context) ([]Node, error) {
+	rows, err := c.db.QueryContext(ctx, `SELECT `+nodeColumns+` FROM nodes ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	defer rows.Close()
+	out := []Node{}
+	for rows.Next() {
+		n, err := scanNode(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list nodes: %w", err)
+		}
+		out = append(out, n)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	return out, nil
+}
+
+// Node returns the node with that ID or name; it wraps ErrNotFound.
+func (c *Catalog) Node(ctx context.Context, idOrName string) (Node, error) {
+	return nodeBy(ctx, c.db, idOrName)
+}
+
+// UpdateNodeTags replaces the tags of the node with that ID or name and returns the node.
+func (c *Catalog) UpdateNodeTags(ctx context.Context, idOrName string, tags map[string]string) (Node, error) {
+	if tags == nil {
+		tags = map[string]string{}
+	}
+	if err := api.ValidateNodeTags(tags); err != nil {
+		return Node{}, fmt.Errorf("update node %s: %w", idOrName, err)
+	}
+	b, err := json.Marshal(tags)
+	if err != nil {
+		return Node{}, fmt.Errorf("update node %s: encode tags: %w", idOrName, err)
+	}
+	tx, err := c.db.BeginTx(ctx, nil)
+	if err != nil {
+		return Node{}, fmt.Errorf("update node %s: %w", idOrName, err)
+	}
+	defer tx.Rollback()
+	n, err := nodeBy(ctx, tx, idOrName)
+	if err != nil {
+		return n, fmt.Errorf("update node: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE nodes SET tags = ? WHERE id = ?`, string(b), n.ID); err != nil {
+		return n, fmt.Errorf("update node %s: %w", n.Name, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return n, fmt.Errorf("update node %s: commit: %w", n.Name, err)
+	}
+	n.Tags = tags
+	return n, nil
+}
+
+// ErrNodeOnline is returned (wrapped) when a running node's record is deleted.
+var ErrNodeOnline = errors.New("node is online")
+
+// nodeOnlineError says which node runs and since when; it is ErrNodeOnline.
+type nodeOnlineError struct{ msg string }
+
+func (e *nodeOnlineError) Error() string        { return e.msg }
+func (e *nodeOnlineError) Is(target error) bool { return target == ErrNodeOnline }
+
+// DeleteNode deletes the record of the node with that ID or name and returns it. A node that runs
+// (Online as of now) is refused with an error wrapping ErrNodeOnline; the check and the delete are
+// one statement, so a heartbeat cannot slip in between.
+func (c *Catalog) DeleteNode(ctx context.Context, idOrName string) (Node, error) {
+	n, err := nodeBy(ctx, c.db, idOrName)
+	if err != nil {
+		return n, fmt.Errorf("delete node: %w", err)
+	}
+	now := time.Now()
+	res, err := c.db.ExecContext(ctx, `DELETE FROM nodes WHERE id = ? AND (stopped_at != 0 OR last_heartbeat <= ?)`, n.ID, now.Add(-NodeOfflineAfter).Unix())
+	if err != nil {
+		return n, fmt.Errorf("delete node %s: %w", n.Name, err)
+	}
+	if k, err := res.RowsAffected(); err != nil {
+		return n, fmt.Errorf("delete node %s: %w", n.Name, err)
+	} else if k == 0 {
+		cur, err := nodeBy(ctx, c.db, n.ID)
+		if err != nil {
+			return n, fmt.Errorf("delete node: %w", err)
+		}
+		return cur, &nodeOnlineError{fmt.Sprintf("delete node: node %s is online (last heartbeat %ds ago); stop it first",
+			cur.Name, int64(max(0, now.Sub(cur.LastHeartbeat).Seconds())))}
+	}
+	return n, nil
+}

@@ -1,0 +1,205 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/tunnel"
+)
+
+func testNode(t *testing.T, name string) Node {
+	t.Helper()
+	k, err := tunnel.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	return Node{
+		ID: NewNodeID(), Name: name, Tags: map[string]string{"region": "westeurope"},
+		WireGuardPublicKey: k.PublicKey().String(), WireGuardEndpoint: "gw.example:51820",
+		EnrollURL: "https://gw.example:8443", EnrollCertSHA256: strings.Repeat("ab", 32), Version: "v1.0.0",
+		StartedAt: now, LastHeartbeat: now,
+	}
+}
+
+// TestNodeRegisterHeartbeatOffline: a registered node is online; one whose last heartbeat is older
+// than NodeOfflineAfter is offline, and a heartbeat brings it back; a clean stop makes it offline
+// at once; registering again (a restart) keeps the ID, takes the new key and endpoint and keeps
+// the catalog's tags; a heartbeat of a node whose record is gone is ErrNotFound.
+func TestNodeRegisterHeartbeatOffline(t *testing.T) {
+	ctx := context.Background()
+	c := openCatalog(t)
+	n := testNode(t, "gw-1")
+	got, err := c.RegisterNode(ctx, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != n.ID || got.Kind != api.NodeKindGateway || !got.Online(time.Now()) || got.State(time.Now()) != api.NodeOnline {
+		t.Fatalf("registered = %+v", got)
+	}
+	for _, ref := range []string{n.ID, "gw-1"} {
+		if x, err := c.Node(ctx, ref); err != nil || x.ID != n.ID || x.Tags["region"] != "westeurope" {
+			t.Fatalf("Node(%s) = %+v, %v", ref, x, err)
+		}
+	}
+	if _, err := c.Node(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Node(nope) = %v, want ErrNotFound", err)
+	}
+	old := time.Now().Add(-NodeOfflineAfter - time.Second)
+	if err := c.Heartbeat(ctx, n.ID, old); err != nil {
+		t.Fatal(err)
+	}
+	x, _ := c.Node(ctx, n.ID)
+	if x.Online(time.Now()) || x.State(time.Now()) != api.NodeOffline {
+		t.Fatalf("node with an old heartbeat shows %s", x.State(time.Now()))
+	}
+	if err := c.Heartbeat(ctx, n.ID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if x, _ = c.Node(ctx, n.ID); !x.Online(time.Now()) {
+		t.Fatal("node with a fresh heartbeat is offline")
+	}
+	if err := c.NodeStopped(ctx, n.ID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if x, _ = c.Node(ctx, n.ID); x.Online(time.Now()) {
+		t.Fatal("stopped node shows online")
+	}
+	// Restart with a new key and endpoint: same record, online again, catalog tags kept.
+	if _, err := c.UpdateNodeTags(ctx, "gw-1", map[string]string{"env": "prod"}); err != nil {
+		t.Fatal(err)
+	}
+	again := testNode(t, "gw-1")
+	again.ID, again.WireGuardEndpoint = n.ID, "gw.example:51821"
+	if x, err = c.RegisterNode(ctx, again); err != nil || !x.Online(time.Now()) || x.WireGuardPublicKey != again.WireGuardPublicKey ||
+		x.WireGuardEndpoint != "gw.example:51821" || api.FormatNodeTags(x.Tags) != "env=prod" {
+		t.Fatalf("re-register = %+v, %v", x, err)
+	}
+	if ns, err := c.Nodes(ctx); err != nil || len(ns) != 1 {
+		t.Fatalf("Nodes = %+v, %v", ns, err)
+	}
+	if err := c.Heartbeat(ctx, NewNodeID(), time.Now()); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("heartbeat of an unknown node = %v, want ErrNotFound", err)
+	}
+}
+
+// TestNodeConflicts: a name or WireGuard key held by another node is ErrConflict, naming the
+// holder; bad fields are refused with a message naming them.
+func TestNodeConflicts(t *testing.T) {
+	ctx := context.Background()
+	c := openCatalog(t)
+	a := testNode(t, "gw-a")
+	if _, err := c.RegisterNode(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	sameName := testNode(t, "gw-a")
+	sameKey := testNode(t, "gw-b")
+	sameKey.WireGuardPublicKey = a.WireGuardPublicKey
+	for _, tc := range []struct {
+		name string
+		n    Node
+		want string
+	}{
+		{"name", sameName, `name "gw-a" is held by node ` + a.ID},
+		{"key", sameKey, "WireGuard public key"},
+	} {
+		_, err := c.RegisterNode(ctx, tc.n)
+		if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want ErrConflict naming %q", tc.name, err, tc.want)
+		}
+	}
+	bad := func(edit func(*Node)) Node { n := testNode(t, "gw-x"); edit(&n); return n }
+	for _, tc := range []struct {
+		name string
+		n    Node
+		want string
+	}{
+		{"id", bad(func(n *Node) { n.ID = "n-XYZ" }), "node ID"},
+		{"name", bad(func(n *Node) { n.Name = "GW_1" }), "node name"},
+		{"name like an id", bad(func(n *Node) { n.Name = a.ID }), "form of a node ID"},
+		{"kind", bad(func(n *Node) { n.Kind = "relay" }), "node kind"},
+		{"tags", bad(func(n *Node) { n.Tags = map[string]string{"a b": "c"} }), "key"},
+		{"key", bad(func(n *Node) { n.WireGuardPublicKey = "nope" }), "WireGuard public key"},
+		{"endpoint", bad(func(n *Node) { n.WireGuardEndpoint = "gw.example" }), "WireGuard endpoint"},
+		{"enroll url", bad(func(n *Node) { n.EnrollURL = "http://gw.example:8443" }), "enrollment URL"},
+		{"fingerprint", bad(func(n *Node) { n.EnrollCertSHA256 = "ab" }), "fingerprint"},
+		{"version", bad(func(n *Node) { n.Version = "" }), "version"},
+	} {
+		if _, err := c.RegisterNode(ctx, tc.n); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error naming %q", tc.name, err, tc.want)
+		}
+	}
+	if ns, _ := c.Nodes(ctx); len(ns) != 1 {
+		t.Fatalf("refused registrations stored nodes: %+v", ns)
+	}
+}
+
+// TestDeleteNodeRefusedWhileOnline: deleting a node with a fresh heartbeat is refused naming it
+// and its heartbeat age; once its heartbeat is old, or it stopped, it is deleted.
+func TestDeleteNodeRefusedWhileOnline(t *testing.T) {
+	ctx := context.Background()
+	c := openCatalog(t)
+	for _, tc := range []struct {
+		name    string
+		offline func(id string) error
+	}{
+		{"heartbeat too old", func(id string) error { return c.Heartbeat(ctx, id, time.Now().Add(-NodeOfflineAfter-2*time.Second)) }},
+		{"stopped", func(id string) error { return c.NodeStopped(ctx, id, time.Now()) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := testNode(t, "gw-del")
+			if _, err := c.RegisterNode(ctx, n); err != nil {
+				t.Fatal(err)
+			}
+			_, err := c.DeleteNode(ctx, "gw-del")
+			if !errors.Is(err, ErrNodeOnline) || !strings.Contains(err.Error(), "node gw-del is online (last heartbeat 0s ago); stop it first") {
+				t.Fatalf("delete online node: %v", err)
+			}
+			if _, err := c.Node(ctx, n.ID); err != nil {
+				t.Fatalf("refused delete removed the node: %v", err)
+			}
+			if err := tc.offline(n.ID); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.DeleteNode(ctx, n.ID); err != nil {
+				t.Fatalf("delete offline node: %v", err)
+			}
+			if _, err := c.Node(ctx, n.ID); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("deleted node still there: %v", err)
+			}
+			if _, err := c.DeleteNode(ctx, n.ID); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("delete again: %v, want ErrNotFound", err)
+			}
+		})
+	}
+}
+
+// TestUpdateNodeTags: tags replace the old ones; invalid tags and unknown nodes are refused.
+func TestUpdateNodeTags(t *testing.T) {
+	ctx := context.Background()
+	c := openCatalog(t)
+	n := testNode(t, "gw-t")
+	if _, err := c.RegisterNode(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.UpdateNodeTags(ctx, "gw-t", map[string]string{"env": "prod", "region": "northeurope"})
+	if err != nil || api.FormatNodeTags(got.Tags) != "env=prod,region=northeurope" {
+		t.Fatalf("update = %+v, %v", got, err)
+	}
+	if _, err := c.UpdateNodeTags(ctx, "gw-t", map[string]string{"env": ""}); err == nil || !strings.Contains(err.Error(), "no value") {
+		t.Fatalf("empty value: %v", err)
+	}
+	if _, err := c.UpdateNodeTags(ctx, "nope", nil); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown node: %v", err)
+	}
+	if got, err = c.UpdateNodeTags(ctx, n.ID, nil); err != nil || len(got.Tags) != 0 {
+		t.Fatalf("clear tags = %+v, %v", got, err)
+	}
+	if x, _ := c.Node(ctx, n.ID); len(x.Tags) != 0 {
+		t.Fatalf("stored tags after clear = %v", x.Tags)
+	}
+}
