@@ -64,11 +64,9 @@ type Daemon struct {
 	vnLast   time.Time    // the last attempt, guarded by vnUp
 	vnTrying atomic.Bool  // a background attempt runs (retryVNet)
 
-	link  nodeLink // the node's reachability, as the watchdog sees it (reconnect.go)
-	fleet fleet    // which node is in use, failover and the node list (failover.go, fleet.go)
-	// nodesHTTP reads the node list through the tunnel (fleet.go).
-	nodesHTTP *http.Client
-	account   account // this device's status when the node does not answer (account.go)
+	link    nodeLink // the node's reachability, as the watchdog sees it (reconnect.go)
+	fleet   fleet    // which node is in use, failover and the node list (failover.go, fleet.go)
+	account account  // this device's status when the node does not answer (account.go)
 
 	splices *splice.Pool // the copy buffers of proxied connections, lent while data flows
 }
@@ -149,7 +147,6 @@ func (d *Daemon) start(ctx context.Context) error {
 		return fmt.Errorf("start daemon: tunnel: %w", err)
 	}
 	d.api = api.NewClient(d.tun.Stack().DialContext, 15*time.Second)
-	d.nodesHTTP = &http.Client{Transport: &http.Transport{DialContext: d.tun.Stack().DialContext}, Timeout: 15 * time.Second}
 	d.startVNet(ctx)
 
 	d.ctl = &http.Server{Handler: d.controlHandler(), ReadHeaderTimeout: 10 * time.Second}

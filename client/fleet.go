@@ -2,12 +2,9 @@ package client
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -25,7 +22,8 @@ const nodesInterval = 30 * time.Second
 const maxNodes = 1024
 
 // KnownNode is one node of the deployment as the client knows it: how to reach it through WireGuard
-// and whether the catalog says it is online. Its JSON is the control API's GET /v1/nodes entry.
+// and whether the catalog says it is online: the control API's api.GatewayNode (GET /v1/nodes), kept
+// in the client's state.
 type KnownNode struct {
 	ID                 string            `json:"id"`
 	Name               string            `json:"name"`
@@ -35,7 +33,7 @@ type KnownNode struct {
 	State              string            `json:"state"` // "online" or "offline"
 }
 
-func (n KnownNode) online() bool { return n.State == "online" }
+func (n KnownNode) online() bool { return n.State == api.NodeOnline }
 
 // label is how logs and status name the node: its name, else its endpoint.
 func (n KnownNode) label() string {
@@ -66,11 +64,14 @@ func checkNodeList(list []KnownNode, servedBy tunnel.Key, checkKey func(tunnel.K
 		bad := func(format string, args ...any) error {
 			return fmt.Errorf("%w: node %d (%q): %s", errBadNodeList, i+1, printable(n.Name), fmt.Sprintf(format, args...))
 		}
-		if n.Name == "" || len(n.Name) > 63 || strings.IndexFunc(n.Name, func(r rune) bool { return !unicode.IsPrint(r) || r == ' ' }) >= 0 {
-			return bad("unusable name")
+		if err := api.ValidateNodeName(n.Name); err != nil {
+			return bad("unusable name: %v", err)
 		}
-		if len(n.ID) > 64 || strings.IndexFunc(n.ID, func(r rune) bool { return !unicode.IsPrint(r) || r == ' ' }) >= 0 {
+		if !api.ValidNodeID(n.ID) {
 			return bad("unusable ID %q", printable(n.ID))
+		}
+		if err := api.ValidateNodeTags(n.Tags); err != nil {
+			return bad("%v", err)
 		}
 		k, err := tunnel.ParseKey(n.WireGuardPublicKey)
 		if err != nil {
@@ -86,7 +87,7 @@ func checkNodeList(list []KnownNode, servedBy tunnel.Key, checkKey func(tunnel.K
 		if err := checkEndpoint(n.WireGuardEndpoint); err != nil {
 			return bad("%v", err)
 		}
-		if n.State != "online" && n.State != "offline" {
+		if n.State != api.NodeOnline && n.State != api.NodeOffline {
 			return bad("unknown state %q", printable(n.State))
 		}
 	}
@@ -149,26 +150,15 @@ func printable(s string) string {
 	}, s)
 }
 
-// fetchNodes reads GET /v1/nodes from the node in use, through the tunnel.
+// fetchNodes reads the node list (GET /v1/nodes) from the node in use, through the tunnel.
 func (d *Daemon) fetchNodes(ctx context.Context) ([]KnownNode, error) {
-	u := "http://" + netip.AddrPortFrom(api.NodeTunnelAddress, api.APIPort).String() + "/v1/nodes"
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	list, err := d.api.GatewayNodes(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
-	resp, err := d.nodesHTTP.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("list nodes: %w", err)
+	out := make([]KnownNode, len(list))
+	for i, n := range list {
+		out[i] = KnownNode(n)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("list nodes: the node answered %s", resp.Status)
-	}
-	var out struct {
-		Nodes []KnownNode `json:"nodes"`
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&out); err != nil {
-		return nil, fmt.Errorf("list nodes: %w", err)
-	}
-	return out.Nodes, nil
+	return out, nil
 }

@@ -3,10 +3,12 @@ package failover_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -40,6 +42,7 @@ func secondNode(t *testing.T, ctx context.Context, env *demo.Env) *node.Node {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "node-b")
 	cfg := demo.NodeConfig(env.Emu)
+	cfg.Name = "node-b"
 	if _, err := node.Init(ctx, dir, cfg, node.DefaultAdmin); err != nil {
 		t.Fatal(err)
 	}
@@ -78,33 +81,48 @@ func secondNode(t *testing.T, ctx context.Context, env *demo.Env) *node.Node {
 	if got, err := b.Catalog().AddResource(ctx, r); err != nil || got.VNAddress != r.VNAddress || got.LoopbackAddress != r.LoopbackAddress {
 		t.Fatalf("seed node B's resource: %v (got %s %s, want %s %s)", err, got.VNAddress, got.LoopbackAddress, r.VNAddress, r.LoopbackAddress)
 	}
+	// A shared catalog would list both nodes to the client whichever node it asks.
+	for _, p := range [][2]*node.Node{{env.Node, b}, {b, env.Node}} {
+		rec, err := p[1].Catalog().Node(ctx, p[1].ID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p[0].Catalog().RegisterNode(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
 	return b
 }
 
 func endpoint(port uint16) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))) }
 
-// restartDaemon stops the demo's daemon, gives its state the node list (as the control API of a
-// fleet would have), and starts it again: the list is what a restarted client knows of the fleet.
-func restartDaemon(t *testing.T, ctx context.Context, env *demo.Env, nodes []client.KnownNode) *client.Daemon {
+// restartDaemon stops the demo's daemon and starts it again on the same state.
+func restartDaemon(t *testing.T, ctx context.Context, env *demo.Env) *client.Daemon {
 	t.Helper()
 	if err := env.Daemon.Close(); err != nil {
 		t.Fatal(err)
 	}
 	env.Daemon = nil
-	st, err := client.LoadState(env.Dirs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.Nodes = nodes
-	if err := client.SaveState(env.Dirs, st); err != nil {
-		t.Fatal(err)
-	}
 	d, err := client.StartDaemon(ctx, env.Dirs, logger(t).With("component", "client"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	env.Daemon = d
 	return d
+}
+
+// knownNodes is the node list the client keeps in its state.
+func knownNodes(t *testing.T, env *demo.Env) []string {
+	t.Helper()
+	st, err := client.LoadState(env.Dirs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, n := range st.Nodes {
+		names = append(names, n.Name)
+	}
+	return names
 }
 
 func waitFor(t *testing.T, what string, within time.Duration, cond func() error) time.Duration {
@@ -143,19 +161,22 @@ func selectOne(ctx context.Context, conn string) error {
 func TestFailover(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP(), Logger: logger(t)})
+	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP(), Logger: logger(t),
+		NodeConfig: func(c *node.Config) { c.Name = "node-a" }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = env.Close() })
-	b := secondNode(t, ctx, env)
+	secondNode(t, ctx, env)
 	a := env.Node
 	aPort := a.WireGuardPort()
-	nodes := []client.KnownNode{
-		{ID: "n-00000000000000a1", Name: "node-a", WireGuardEndpoint: endpoint(aPort), WireGuardPublicKey: a.PublicKey().String(), State: "online"},
-		{ID: "n-00000000000000b2", Name: "node-b", WireGuardEndpoint: endpoint(b.WireGuardPort()), WireGuardPublicKey: b.PublicKey().String(), State: "online"},
-	}
-	d := restartDaemon(t, ctx, env, nodes)
+	d := env.Daemon
+	waitFor(t, "the node list from the control API, kept in the client's state", 20*time.Second, func() error {
+		if got := knownNodes(t, env); !slices.Equal(got, []string{"node-a", "node-b"}) {
+			return fmt.Errorf("the client knows nodes %q", got)
+		}
+		return nil
+	})
 	conn := client.ConnString(env.Resource)
 	waitFor(t, "a connection through node A", 20*time.Second, func() error { return selectOne(ctx, conn) })
 	if st := d.Status(ctx); st.Node != "node-a" || st.PreferredNode != "node-a" {
@@ -245,6 +266,19 @@ func TestFailover(t *testing.T) {
 		return nil
 	})
 	waitFor(t, "a connection through node A again", 20*time.Second, func() error { return selectOne(ctx, conn) })
+
+	// A restarted client knows the fleet from its state: with node A silent from the start, it
+	// moves to node B by itself.
+	if err := a2.Tunnel().Close(); err != nil {
+		t.Fatal(err)
+	}
+	restarted := time.Now()
+	d = restartDaemon(t, ctx, env)
+	waitFor(t, "a connection through node B after a restart with node A down", 30*time.Second, func() error { return selectOne(ctx, conn) })
+	t.Logf("the restarted client carried connections through node B %v after its restart began", time.Since(restarted).Round(100*time.Millisecond))
+	if st := d.Status(ctx); st.Node != "node-b" {
+		t.Fatalf("status after the restart: node %q, want node-b", st.Node)
+	}
 }
 
 // probeWindow is how long it may take the client to see the preferred node answer (a handshake
