@@ -77,8 +77,10 @@ func (f *fleet) nodeByKey(k tunnel.Key) (KnownNode, bool) {
 }
 
 // pick chooses the node to use instead of the one in use: the preferred node first, then the list's
-// order; online nodes before offline ones, nodes that failed within deadFor last and only if
-// nothing else is left. ok is false when there is no other node.
+// order, online nodes before offline ones, never one that failed within deadFor (while every other
+// node failed lately the client stays where it is rather than cycle through dead nodes; it returns
+// to the preferred node when a probe answers, and tries the others again once deadFor has passed).
+// ok is false when there is no node to try.
 func (f *fleet) pick(now time.Time) (KnownNode, bool) {
 	order := slices.Clone(f.nodes)
 	slices.SortStableFunc(order, func(a, b KnownNode) int {
@@ -94,18 +96,15 @@ func (f *fleet) pick(now time.Time) (KnownNode, bool) {
 		}
 		return rank(a) - rank(b)
 	})
-	for _, recent := range []bool{false, true} {
-		for _, n := range order {
-			k, err := tunnel.ParseKey(n.WireGuardPublicKey)
-			if err != nil || k == f.cur {
-				continue
-			}
-			t, failed := f.failed[k]
-			if failed && (now.Sub(t) < deadFor) != recent {
-				continue // the first pass skips nodes that failed lately, the second takes only them
-			}
-			return n, true
+	for _, n := range order {
+		k, err := tunnel.ParseKey(n.WireGuardPublicKey)
+		if err != nil || k == f.cur {
+			continue
 		}
+		if t, failed := f.failed[k]; failed && now.Sub(t) < deadFor {
+			continue
+		}
+		return n, true
 	}
 	return KnownNode{}, false
 }
@@ -320,7 +319,7 @@ func (d *Daemon) failover(from tunnel.Key, now time.Time) {
 		f.alone = true
 		f.mu.Unlock()
 		if logIt {
-			d.log.Warn("the node stopped answering and no other node of the deployment is known: waiting for it", "node", lost)
+			d.log.Warn("the node stopped answering and no other node of the deployment is left to try: waiting for it", "node", lost)
 		}
 		return
 	}

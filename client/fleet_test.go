@@ -71,8 +71,8 @@ func TestNodeListRejected(t *testing.T) {
 	}
 }
 
-// TestPickNode: the preferred node first, online nodes before offline ones, a node that failed lately
-// only when nothing else is left, never the node in use.
+// TestPickNode: the preferred node first, online nodes before offline ones, never a node that failed
+// lately (none at all when every other one did), never the node in use.
 func TestPickNode(t *testing.T) {
 	a, b, c := newKey(t).PublicKey(), newKey(t).PublicKey(), newKey(t).PublicKey()
 	nodes := []KnownNode{
@@ -91,7 +91,7 @@ func TestPickNode(t *testing.T) {
 		{"from a: online before offline", a, nil, "b"},
 		{"from a, b failed lately", a, map[tunnel.Key]time.Time{b: now.Add(-time.Second)}, "c"},
 		{"from a, b failed long ago", a, map[tunnel.Key]time.Time{b: now.Add(-time.Hour)}, "b"},
-		{"from a, all failed lately", a, map[tunnel.Key]time.Time{b: now.Add(-time.Second), c: now.Add(-2 * time.Second)}, "b"},
+		{"from a, all failed lately", a, map[tunnel.Key]time.Time{b: now.Add(-time.Second), c: now.Add(-2 * time.Second)}, ""},
 		{"from c, preferred failed lately", c, map[tunnel.Key]time.Time{a: now.Add(-time.Second)}, "b"},
 	}
 	for _, tc := range tests {

@@ -107,19 +107,20 @@ func (d *Daemon) kickLink() {
 	ctx, cancel := context.WithTimeout(d.ctx, 2*time.Second)
 	ep, err := resolveEndpoint(ctx, named)
 	cancel()
-	l.mu.Lock()
-	moved := l.peer.PublicKey != peer.PublicKey // a failover came in between
-	l.mu.Unlock()
-	if err == nil && ep != peer.Endpoint && !moved {
-		peer.Endpoint = ep
-		if err := d.tun.AddPeer(peer); err != nil {
-			d.log.Warn("could not update the node's endpoint", "endpoint", ep, "err", err)
-		} else {
-			d.log.Info("node endpoint changed", "endpoint", ep)
-			l.mu.Lock()
-			l.peer = peer
-			l.mu.Unlock()
+	if err == nil && ep != peer.Endpoint {
+		// Under l.mu, as switchTo changes the peer: the endpoint of a node left in between is
+		// never written back (it would take the route from the node now in use).
+		l.mu.Lock()
+		if l.peer.PublicKey == peer.PublicKey {
+			peer.Endpoint = ep
+			if err := d.tun.AddPeer(peer); err != nil {
+				d.log.Warn("could not update the node's endpoint", "endpoint", ep, "err", err)
+			} else {
+				d.log.Info("node endpoint changed", "endpoint", ep)
+				l.peer = peer
+			}
 		}
+		l.mu.Unlock()
 	}
 	if err := d.tun.Rehandshake(peer.PublicKey); err != nil {
 		d.log.Debug("could not start a handshake with the node", "err", err)
