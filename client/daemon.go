@@ -147,6 +147,10 @@ func (d *Daemon) start(ctx context.Context) error {
 		return fmt.Errorf("start daemon: tunnel: %w", err)
 	}
 	d.api = api.NewClient(d.tun.Stack().DialContext, 15*time.Second)
+	// Before anything asks the node: a node that is down at start is left for another from here.
+	d.wg.Add(2)
+	go d.watchNodes()
+	go d.followNodes()
 	d.startVNet(ctx)
 
 	d.ctl = &http.Server{Handler: d.controlHandler(), ReadHeaderTimeout: 10 * time.Second}
@@ -159,9 +163,6 @@ func (d *Daemon) start(ctx context.Context) error {
 	}()
 	d.wg.Add(1)
 	go d.followCatalog()
-	d.wg.Add(2)
-	go d.watchNodes()
-	go d.followNodes()
 	for _, name := range d.state.Connected {
 		if _, err := d.Connect(ctx, name); err != nil {
 			d.log.Warn("could not restore connection", "resource", name, "err", err)
