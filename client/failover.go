@@ -390,6 +390,11 @@ func (d *Daemon) switchTo(next KnownNode, now time.Time, lost, why string) {
 		d.log.Debug("could not start a handshake with the new node", "err", err)
 	}
 	d.log.Warn("switched to another node: new connections go there", "from", from, "to", next.label(), "endpoint", ep, "why", why, "sessions_ended", len(ending))
+	d.wg.Add(1)
+	go func() { // the new node's list may be newer
+		defer d.wg.Done()
+		d.refreshNodes()
+	}()
 	msg := fmt.Sprintf("ferry: %s; reconnect to use node %s", lost, next.label())
 	for _, r := range ending {
 		d.wg.Add(1)
