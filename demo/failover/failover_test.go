@@ -241,7 +241,7 @@ func TestFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := demo.NodeConfig(env.Emu)
-	cfg.WireGuardPort = int(aPort)
+	cfg.Name, cfg.WireGuardPort = "node-a", int(aPort)
 	a2, err := node.Start(ctx, env.NodeDir, cfg, logger(t).With("component", "node-a"))
 	if err != nil {
 		t.Fatal(err)
