@@ -179,6 +179,7 @@ func statusCmd() *cobra.Command {
 			if err := tw.Flush(); err != nil {
 				return err
 			}
+			writeNode(out, st)
 			// The table (what the daemon last knew) is still printed; the exit status says that the
 			// node could not be reached, so that scripts do not take it for a working client.
 			switch {
@@ -192,6 +193,22 @@ func statusCmd() *cobra.Command {
 			}
 			return nil
 		},
+	}
+}
+
+// writeNode prints the node in use, and the last change of node when the client left the one it
+// enrolled with.
+func writeNode(w io.Writer, st client.Status) {
+	if st.Node == "" {
+		return
+	}
+	fmt.Fprintf(w, "Node: %s (%s)", st.Node, st.NodeEndpoint)
+	if st.PreferredNode != "" && st.PreferredNode != st.Node {
+		fmt.Fprintf(w, ", preferred node %s", st.PreferredNode)
+	}
+	fmt.Fprintln(w)
+	if st.NodeChange != "" {
+		fmt.Fprintf(w, "Last node change: %s\n", st.NodeChange)
 	}
 }
 

@@ -87,7 +87,7 @@ func TestCommandsAgainstDemo(t *testing.T) {
 		t.Fatalf("status: %v: %s", err, out)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 3 || strings.Join(strings.Fields(lines[0]), " ") != "NAME TYPE ADDRESS STATUS HEALTH MODE TAGS" {
+	if len(lines) != 4 || strings.Join(strings.Fields(lines[0]), " ") != "NAME TYPE ADDRESS STATUS HEALTH MODE TAGS" || !strings.HasPrefix(lines[3], "Node: ") {
 		t.Fatalf("status output:\n%s", out)
 	}
 	if f := strings.Fields(lines[1]); f[0] != "azure-pg-mi-dev" || f[2] != bind+":10001" || f[3] != "connected" || f[len(f)-2] != "loopback" || f[len(f)-1] != "env=dev,team=data" {

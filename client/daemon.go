@@ -65,6 +65,7 @@ type Daemon struct {
 	vnTrying atomic.Bool  // a background attempt runs (retryVNet)
 
 	link    nodeLink // the node's reachability, as the watchdog sees it (reconnect.go)
+	fleet   fleet    // which node is in use, failover and the node list (failover.go, fleet.go)
 	account account  // this device's status when the node does not answer (account.go)
 
 	splices *splice.Pool // the copy buffers of proxied connections, lent while data flows
@@ -134,6 +135,8 @@ func (d *Daemon) start(ctx context.Context) error {
 	// so everything goes to the node: a later change of the org's VN subnet needs no new allowed IPs.
 	allowed := []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
 	d.link.peer = tunnel.Peer{PublicKey: nodeKey, AllowedIPs: allowed, Endpoint: endpoint, PersistentKeepalive: PersistentKeepalive}
+	d.link.endpoint = d.state.WireGuardEndpoint
+	d.startFleet(nodeKey, time.Now())
 	d.tun, err = tunnel.New(ctx, tunnel.Config{
 		PrivateKey: key,
 		Addresses:  []netip.Addr{addr},
@@ -144,6 +147,10 @@ func (d *Daemon) start(ctx context.Context) error {
 		return fmt.Errorf("start daemon: tunnel: %w", err)
 	}
 	d.api = api.NewClient(d.tun.Stack().DialContext, 15*time.Second)
+	// Before anything asks the node: a node that is down at start is left for another from here.
+	d.wg.Add(2)
+	go d.watchNodes()
+	go d.followNodes()
 	d.startVNet(ctx)
 
 	d.ctl = &http.Server{Handler: d.controlHandler(), ReadHeaderTimeout: 10 * time.Second}
@@ -269,7 +276,17 @@ type Status struct {
 	DeviceRemoved bool `json:"device_removed,omitempty"`
 	// VNUnavailable: virtual networking could not be brought up, so virtual-networking resources are
 	// served on loopback addresses; the text says why and the command that fixes it.
-	VNUnavailable string           `json:"vn_unavailable,omitempty"`
+	VNUnavailable string `json:"vn_unavailable,omitempty"`
+	// Node is the name of the node in use (its WireGuard endpoint when the node list does not name
+	// it), NodeEndpoint where it is reached; PreferredNode the node this device enrolled with, to
+	// which the client returns when it answers again.
+	Node          string `json:"node"`
+	NodeEndpoint  string `json:"node_endpoint"`
+	PreferredNode string `json:"preferred_node,omitempty"`
+	// NodeChange is the last change of node and why ("" when the preferred node was never left).
+	NodeChange string `json:"node_change,omitempty"`
+	// NodeListError says why the node list the node in use gave was refused.
+	NodeListError string           `json:"node_list_error,omitempty"`
 	Resources     []ResourceStatus `json:"resources"`
 }
 
@@ -278,6 +295,15 @@ func (d *Daemon) Status(ctx context.Context) Status {
 	d.mu.Lock()
 	st := Status{User: d.state.User, Admin: d.state.Admin, Device: d.state.DeviceAddress, VNUnavailable: d.vnWhy, Resources: []ResourceStatus{}}
 	d.mu.Unlock()
+	d.fleet.mu.Lock()
+	st.Node, st.NodeEndpoint = d.fleet.curNode.label(), d.fleet.curNode.WireGuardEndpoint
+	if n, ok := d.fleet.nodeByKey(d.fleet.preferred); ok {
+		st.PreferredNode = n.label()
+	} else {
+		st.PreferredNode = d.state.WireGuardEndpoint
+	}
+	st.NodeChange, st.NodeListError = d.fleet.note, d.fleet.listErr
+	d.fleet.mu.Unlock()
 	sctx, cancel := context.WithTimeout(ctx, d.link.probeTimeout())
 	rs, err := d.api.Resources(sctx)
 	cancel()
@@ -405,17 +431,17 @@ func (d *Daemon) acceptLoop(l *listener) {
 // 08001) instead of a dropped connection.
 func (d *Daemon) carry(c net.Conn, r api.Resource) {
 	defer c.Close()
-	timeout := d.link.dialTimeout()
-	if timeout < dialTimeout {
-		d.kickLink() // the node was unreachable: try a new handshake for this connection now
+	via := d.currentNode()
+	up, err := d.dialNode(r.VNAddress)
+	if now := d.currentNode(); now != via {
+		// The client moved to another node during the dial: nothing has passed yet, so this
+		// connection goes through the node now in use instead of failing or being ended at once.
+		if err == nil {
+			_ = up.Close()
+		}
+		via = now
+		up, err = d.dialNode(r.VNAddress)
 	}
-	ctx, cancel := context.WithTimeout(d.ctx, timeout)
-	// A dial that has not completed by slowDial meets a node that may have restarted and lost the
-	// session keys: start a new handshake before the SYN's first retransmission (1 s).
-	slow := time.AfterFunc(slowDial, d.kickLink)
-	up, err := d.tun.Stack().DialContext(ctx, "tcp", r.VNAddress)
-	slow.Stop()
-	cancel()
 	if err != nil {
 		d.noteProbe(err)
 		d.log.Warn("could not reach the node", "resource", r.Name, "err", err)
@@ -424,8 +450,25 @@ func (d *Daemon) carry(c net.Conn, r api.Resource) {
 		return
 	}
 	defer up.Close()
+	rl := d.track(c, up, via)
+	defer d.untrack(rl)
 	// Once one side has finished, the other gets a moment to drain, then both are closed.
-	d.splices.Splice(d.ctx, c, up, 5*time.Second)
+	d.splices.Splice(d.ctx, relayConn{Conn: c, r: rl}, up, 5*time.Second)
+}
+
+// dialNode dials addr through the tunnel to the node in use, bounded by dialTimeout.
+func (d *Daemon) dialNode(addr string) (net.Conn, error) {
+	timeout := d.link.dialTimeout()
+	if timeout < dialTimeout {
+		d.kickLink() // the node was unreachable: try a new handshake for this connection now
+	}
+	ctx, cancel := context.WithTimeout(d.nodeContext(), timeout)
+	defer cancel()
+	// A dial that has not completed by slowDial meets a node that may have restarted and lost the
+	// session keys: start a new handshake before the SYN's first retransmission (1 s).
+	slow := time.AfterFunc(slowDial, d.kickLink)
+	defer slow.Stop()
+	return d.tun.Stack().DialContext(ctx, "tcp", addr)
 }
 
 func closeWrite(c net.Conn) {

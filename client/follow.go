@@ -26,11 +26,15 @@ func (d *Daemon) followCatalog() {
 			return
 		case <-t.C:
 		}
+		via := d.currentNode()
 		ctx, cancel := context.WithTimeout(d.ctx, d.link.probeTimeout())
 		rs, err := d.api.Resources(ctx)
 		cancel()
 		if d.ctx.Err() != nil {
 			return
+		}
+		if err != nil && d.currentNode() != via {
+			continue // asked of a node left since: says nothing of the node in use
 		}
 		d.noteProbe(err)
 		if err == nil {

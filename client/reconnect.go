@@ -32,7 +32,8 @@ const (
 // for up to 15 s before it tries a handshake. Forced handshakes follow the probes (about every
 // followInterval) and the local connections that arrive, at most one per minKickInterval.
 type nodeLink struct {
-	peer tunnel.Peer // the node as configured at start; Endpoint follows re-resolution
+	peer     tunnel.Peer // the node in use; Endpoint follows re-resolution
+	endpoint string      // the node in use's WireGuard endpoint as named (host:port), re-resolved
 
 	mu       sync.Mutex
 	down     bool
@@ -74,7 +75,7 @@ func (d *Daemon) noteProbe(err error) {
 		down := time.Since(l.since)
 		l.mu.Unlock()
 		if was {
-			d.log.Info("node reachable again", "node", d.state.WireGuardEndpoint, "unreachable_for", down.Round(time.Millisecond))
+			d.log.Info("node reachable again", "node", d.nodeLabel(), "unreachable_for", down.Round(time.Millisecond))
 		}
 		return
 	}
@@ -84,7 +85,7 @@ func (d *Daemon) noteProbe(err error) {
 	}
 	l.mu.Unlock()
 	if !was {
-		d.log.Warn("node unreachable: reconnecting", "node", d.state.WireGuardEndpoint, "err", err)
+		d.log.Warn("node unreachable: reconnecting", "node", d.nodeLabel(), "err", err)
 	}
 	d.kickLink()
 }
@@ -100,22 +101,26 @@ func (d *Daemon) kickLink() {
 		return
 	}
 	l.lastKick = time.Now()
-	peer := l.peer
+	peer, named := l.peer, l.endpoint
 	l.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(d.ctx, 2*time.Second)
-	ep, err := resolveEndpoint(ctx, d.state.WireGuardEndpoint)
+	ep, err := resolveEndpoint(ctx, named)
 	cancel()
 	if err == nil && ep != peer.Endpoint {
-		peer.Endpoint = ep
-		if err := d.tun.AddPeer(peer); err != nil {
-			d.log.Warn("could not update the node's endpoint", "endpoint", ep, "err", err)
-		} else {
-			d.log.Info("node endpoint changed", "endpoint", ep)
-			l.mu.Lock()
-			l.peer = peer
-			l.mu.Unlock()
+		// Under l.mu, as switchTo changes the peer: the endpoint of a node left in between is
+		// never written back (it would take the route from the node now in use).
+		l.mu.Lock()
+		if l.peer.PublicKey == peer.PublicKey {
+			peer.Endpoint = ep
+			if err := d.tun.AddPeer(peer); err != nil {
+				d.log.Warn("could not update the node's endpoint", "endpoint", ep, "err", err)
+			} else {
+				d.log.Info("node endpoint changed", "endpoint", ep)
+				l.peer = peer
+			}
 		}
+		l.mu.Unlock()
 	}
 	if err := d.tun.Rehandshake(peer.PublicKey); err != nil {
 		d.log.Debug("could not start a handshake with the node", "err", err)

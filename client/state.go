@@ -81,6 +81,10 @@ type State struct {
 	VNSubnet       string `json:"vn_subnet"`
 	// Connected lists the resources connected when the daemon last ran, restored at start.
 	Connected []string `json:"connected,omitempty"`
+	// Nodes is the deployment's node list as the control API last gave it (fleet.go), kept so that
+	// a restarted daemon can fail over even when the node it enrolled with (NodePublicKey, the
+	// preferred node) is down.
+	Nodes []KnownNode `json:"nodes,omitempty"`
 }
 
 // ErrNotLoggedIn is returned when no state exists yet.

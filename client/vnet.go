@@ -311,6 +311,7 @@ func (v *vnet) forward(ctx context.Context, f netstack.Flow) (func(net.Conn), er
 	if !ok {
 		return nil, errNotConnected
 	}
+	via := v.d.currentNode()
 	up, err := v.d.tun.Stack().DialContext(ctx, "tcp", r.VNAddress)
 	if err != nil {
 		v.log.Warn("could not reach the node", "resource", r.Name, "client", f.Remote, "err", err)
@@ -339,8 +340,10 @@ func (v *vnet) forward(ctx context.Context, f netstack.Flow) (func(net.Conn), er
 		defer v.d.wg.Done()
 		defer c.Close()
 		defer up.Close()
+		rl := v.d.track(c, up, via)
+		defer v.d.untrack(rl)
 		// Both ways until both directions end (half-close passed on), or the daemon stops.
-		v.d.splices.Splice(v.d.ctx, c, up, 5*time.Second)
+		v.d.splices.Splice(v.d.ctx, relayConn{Conn: c, r: rl}, up, 5*time.Second)
 	}, nil
 }
 

@@ -250,3 +250,15 @@ func LoginErrorText(err error) string {
 	}
 	return err.Error()
 }
+
+// NodeText names the node the client uses in the status line, and the preferred node when the
+// client moved away from it (client.Status.Node, PreferredNode).
+func NodeText(st client.Status) string {
+	switch {
+	case st.Node == "":
+		return "ferry-node reachable"
+	case st.PreferredNode != "" && st.PreferredNode != st.Node:
+		return fmt.Sprintf("node %s reachable, in place of %s", st.Node, st.PreferredNode)
+	}
+	return fmt.Sprintf("node %s reachable", st.Node)
+}

@@ -354,7 +354,7 @@ func (u *UI) redraw(st client.Status, err error, loggedIn bool) {
 			role = " (administrator)"
 		}
 		u.StatusLine.Importance = widget.MediumImportance
-		u.StatusLine.SetText(fmt.Sprintf("Signed in as %s%s on device %s · ferry-node reachable · %s", st.User, role, st.Device, Count(len(st.Resources), "resource")))
+		u.StatusLine.SetText(fmt.Sprintf("Signed in as %s%s on device %s · %s · %s", st.User, role, st.Device, NodeText(st), Count(len(st.Resources), "resource")))
 	}
 	if err != nil {
 		return // keep the last rows rather than blanking the window on a hiccup

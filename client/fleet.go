@@ -1,0 +1,164 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/tunnel"
+)
+
+// nodesInterval is how often the daemon reads the deployment's node list from the control API.
+const nodesInterval = 30 * time.Second
+
+// maxNodes bounds the node list the client accepts.
+const maxNodes = 1024
+
+// KnownNode is one node of the deployment as the client knows it: how to reach it through WireGuard
+// and whether the catalog says it is online: the control API's api.GatewayNode (GET /v1/nodes), kept
+// in the client's state.
+type KnownNode struct {
+	ID                 string            `json:"id"`
+	Name               string            `json:"name"`
+	WireGuardEndpoint  string            `json:"wireguard_endpoint"`
+	WireGuardPublicKey string            `json:"wireguard_public_key"`
+	Tags               map[string]string `json:"tags,omitempty"`
+	State              string            `json:"state"` // "online" or "offline"
+}
+
+func (n KnownNode) online() bool { return n.State == api.NodeOnline }
+
+// label is how logs and status name the node: its name, else its endpoint.
+func (n KnownNode) label() string {
+	if n.Name != "" {
+		return n.Name
+	}
+	return n.WireGuardEndpoint
+}
+
+// errBadNodeList is wrapped by every refusal of a node list.
+var errBadNodeList = errors.New("node list refused")
+
+// checkNodeList validates a node list from the control API before the client trusts any of it: a
+// node in it becomes a WireGuard peer that the client's connections may be routed to. The list must
+// name the node that served it (servedBy: the key the tunnel authenticated), every key must be a
+// usable WireGuard peer key (checkKey: not the device's own, not a low-order point) named once, and
+// every endpoint a host (IP address or DNS name) and port. One bad entry refuses the whole list: a
+// node that serves a mangled list is not trusted with the rest of it.
+func checkNodeList(list []KnownNode, servedBy tunnel.Key, checkKey func(tunnel.Key) error) error {
+	if len(list) == 0 {
+		return fmt.Errorf("%w: it is empty", errBadNodeList)
+	}
+	if len(list) > maxNodes {
+		return fmt.Errorf("%w: %d nodes, at most %d", errBadNodeList, len(list), maxNodes)
+	}
+	seen := map[tunnel.Key]bool{}
+	for i, n := range list {
+		bad := func(format string, args ...any) error {
+			return fmt.Errorf("%w: node %d (%q): %s", errBadNodeList, i+1, printable(n.Name), fmt.Sprintf(format, args...))
+		}
+		if err := api.ValidateNodeName(n.Name); err != nil {
+			return bad("unusable name: %v", err)
+		}
+		if !api.ValidNodeID(n.ID) {
+			return bad("unusable ID %q", printable(n.ID))
+		}
+		if err := api.ValidateNodeTags(n.Tags); err != nil {
+			return bad("%v", err)
+		}
+		k, err := tunnel.ParseKey(n.WireGuardPublicKey)
+		if err != nil {
+			return bad("WireGuard public key: %v", err)
+		}
+		if err := checkKey(k); err != nil {
+			return bad("WireGuard public key: %v", err)
+		}
+		if seen[k] {
+			return bad("WireGuard public key %s is named twice", k)
+		}
+		seen[k] = true
+		if err := checkEndpoint(n.WireGuardEndpoint); err != nil {
+			return bad("%v", err)
+		}
+		if n.State != api.NodeOnline && n.State != api.NodeOffline {
+			return bad("unknown state %q", printable(n.State))
+		}
+	}
+	if !seen[servedBy] {
+		return fmt.Errorf("%w: it does not name the node that served it (key %s)", errBadNodeList, servedBy)
+	}
+	return nil
+}
+
+// checkEndpoint accepts "host:port" where host is an IP address (not unspecified or multicast) or a
+// DNS name, and port 1-65535.
+func checkEndpoint(ep string) error {
+	host, port, err := net.SplitHostPort(ep)
+	if err != nil {
+		return fmt.Errorf("WireGuard endpoint %q is not host:port", printable(ep))
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return fmt.Errorf("WireGuard endpoint %q: bad port", printable(ep))
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		if a.IsUnspecified() || a.IsMulticast() || a.Zone() != "" {
+			return fmt.Errorf("WireGuard endpoint %q: address %s cannot be a node", printable(ep), a)
+		}
+		return nil
+	}
+	if !dnsName(host) {
+		return fmt.Errorf("WireGuard endpoint %q: host is neither an IP address nor a DNS name", printable(ep))
+	}
+	return nil
+}
+
+func dnsName(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// printable makes s safe to put in a log line or an error shown in a terminal.
+func printable(s string) string {
+	if len(s) > 80 {
+		s = s[:80] + "…"
+	}
+	return strings.Map(func(r rune) rune {
+		if !unicode.IsPrint(r) {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+// fetchNodes reads the node list (GET /v1/nodes) from the node in use, through the tunnel.
+func (d *Daemon) fetchNodes(ctx context.Context) ([]KnownNode, error) {
+	list, err := d.api.GatewayNodes(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	out := make([]KnownNode, len(list))
+	for i, n := range list {
+		out[i] = KnownNode(n)
+	}
+	return out, nil
+}
