@@ -94,6 +94,10 @@ func TestCatalogOnAzurePostgresWithManagedIdentity(t *testing.T) {
 	if got := superuserQuery(t, ctx, emu, `SELECT name FROM users ORDER BY name`); strings.Join(got, ",") != "admin,bob" {
 		t.Fatalf("users in the PostgreSQL catalog after a write through the node: %q", got)
 	}
+	// The audit log lives in the same database: one audit trail for the fleet.
+	if got := superuserQuery(t, ctx, emu, `SELECT name || '=' || version FROM schema_versions WHERE name = 'audit'`); strings.Join(got, ",") != "audit=2" {
+		t.Fatalf("audit schema in the PostgreSQL catalog: %q, want audit=2", got)
+	}
 }
 
 // superuserQuery runs a one-column query on the emulator's ferrycatalog database as the superuser.

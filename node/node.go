@@ -296,14 +296,15 @@ func (n *Node) start(ctx context.Context) error {
 	if n.cat, err = catalog.Open(ctx, n.store); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
-	// The audit log stays in the state dir's SQLite file (with a SQLite catalog: the same handle).
+	// n.db: the state dir's SQLite file (with a SQLite catalog: the same handle).
 	if n.store.Dialect() == store.SQLite {
 		n.db = n.store.DB
 	} else if n.db, err = audit.OpenDB(filepath.Join(n.dir, dbFile)); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
-	// The spool keeps audit records while the audit database refuses them (node/audit, spool.go).
-	if n.audit, err = audit.OpenWithOptions(ctx, n.db, audit.Options{SpoolPath: filepath.Join(n.dir, "audit-spool.db")}); err != nil {
+	// The audit log lives with the catalog (the node's SQLite file, or the fleet's PostgreSQL: one
+	// audit trail); the spool keeps its records while that database refuses them (node/audit, spool.go).
+	if n.audit, err = audit.OpenStore(ctx, n.store, audit.Options{SpoolPath: filepath.Join(n.dir, "audit-spool.db")}); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
 	n.secrets = n.newSecretReader()
