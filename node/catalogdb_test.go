@@ -1,6 +1,7 @@
 package node_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -93,6 +94,13 @@ func TestCatalogOnAzurePostgresWithManagedIdentity(t *testing.T) {
 	}
 	if got := superuserQuery(t, ctx, emu, `SELECT name FROM users ORDER BY name`); strings.Join(got, ",") != "admin,bob" {
 		t.Fatalf("users in the PostgreSQL catalog after a write through the node: %q", got)
+	}
+	var out bytes.Buffer
+	if _, err := node.Doctor(ctx, &out, dir, base, node.DoctorOptions{StepTimeout: 10 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "writable (PostgreSQL on "+emu.Hostname()+")") {
+		t.Fatalf("doctor does not name the PostgreSQL catalog:\n%s", out.String())
 	}
 }
 
