@@ -403,6 +403,7 @@ func (n *Node) start(ctx context.Context) error {
 		defer n.wg.Done()
 		n.sessions.Run(n.ctx)
 	}()
+	n.watchCatalog()
 	if err := n.startHealth(ctx); err != nil {
 		return err
 	}
@@ -510,4 +511,25 @@ func (n *Node) Close() error {
 		n.store = nil
 	}
 	return err
+}
+
+// watchCatalog runs the reconcile loop at once when another node changes a shared catalog (its
+// change feed), besides the loop's own ticks; on SQLite this node's own admin changes kick it
+// already. When the feed cannot start, the ticks remain.
+func (n *Node) watchCatalog() {
+	if n.store.Dialect() != store.Postgres {
+		return
+	}
+	ch, err := n.cat.Watch(n.ctx)
+	if err != nil {
+		n.log.Warn("catalog change feed unavailable; other nodes' changes apply at the next reconcile tick", "err", err)
+		return
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		for range ch {
+			n.sessions.Kick()
+		}
+	}()
 }

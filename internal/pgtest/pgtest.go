@@ -42,6 +42,8 @@ type Server struct {
 	dir, dataDir, sockDir, logFile, binDir string
 	acct                                   *account
 
+	version int // server_version_num
+
 	mu      sync.Mutex
 	cmd     *exec.Cmd
 	done    chan struct{}
@@ -142,7 +144,27 @@ func StartServer(ctx context.Context) (*Server, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
+	if err := s.readVersion(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("start PostgreSQL: %w", err)
+	}
 	return s, nil
+}
+
+func (s *Server) readVersion(ctx context.Context) error {
+	c, err := pgconn.Connect(ctx, s.URL("postgres"))
+	if err != nil {
+		return err
+	}
+	defer c.Close(context.Background())
+	res, err := c.Exec(ctx, "SHOW server_version_num").ReadAll()
+	if err != nil {
+		return err
+	}
+	if len(res) == 1 && len(res[0].Rows) == 1 {
+		s.version, _ = strconv.Atoi(string(res[0].Rows[0][0]))
+	}
+	return nil
 }
 
 func (s *Server) init(ctx context.Context) error {
@@ -293,7 +315,11 @@ func (s *Server) Exec(ctx context.Context, sql string) error {
 // NewDatabase creates an empty database and returns its name.
 func (s *Server) NewDatabase(ctx context.Context) (string, error) {
 	name := fmt.Sprintf("test_%d_%d", os.Getpid(), s.dbs.Add(1))
-	if err := s.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+	sql := "CREATE DATABASE " + pgx.Identifier{name}.Sanitize()
+	if s.version >= 150000 {
+		sql += " STRATEGY FILE_COPY" // faster than WAL_LOG for an empty template
+	}
+	if err := s.Exec(ctx, sql); err != nil {
 		return "", fmt.Errorf("create database: %w", err)
 	}
 	return name, nil

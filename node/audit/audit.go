@@ -113,6 +113,7 @@ const (
 	DefaultSessionQueueBytes = 4 << 20 // bytes of text (SQL, parameters, error) of them
 	DefaultWriteAttempts     = 5       // tries of one write before it counts as failed
 	DefaultRetryWait         = 100 * time.Millisecond
+	DefaultAttemptTimeout    = 10 * time.Second
 )
 
 // recordOverhead is what a queued record is counted for besides its text, in bytes.
@@ -139,6 +140,10 @@ type Options struct {
 	// wait after the first failed try, doubled after each further one.
 	WriteAttempts int
 	RetryWait     time.Duration
+	// AttemptTimeout bounds one try of a write, so that a database that does not answer (a
+	// network that drops its packets) counts as failing rather than holding sessions for as long
+	// as their context lasts; then the record can go to the spool.
+	AttemptTimeout time.Duration
 	// SpoolPath is the file of the local spool (a SQLite file of its own, in the node's state
 	// directory) that keeps records while the audit database refuses them after their retries, until
 	// they are shipped to it. "" = no spool: such records fail as described in the package comment.
@@ -176,6 +181,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.RetryWait <= 0 {
 		o.RetryWait = DefaultRetryWait
+	}
+	if o.AttemptTimeout <= 0 {
+		o.AttemptTimeout = DefaultAttemptTimeout
 	}
 	return o
 }
@@ -471,7 +479,9 @@ const insertQuerySQL = `INSERT INTO audit_queries
 func (l *Log) retry(ctx context.Context, what string, write func(context.Context) error) error {
 	wait := l.opts.RetryWait
 	for attempt := 1; ; attempt++ {
-		err := write(ctx)
+		actx, cancel := context.WithTimeout(ctx, l.opts.AttemptTimeout)
+		err := write(actx)
+		cancel()
 		if err == nil || attempt >= l.opts.WriteAttempts || ctx.Err() != nil {
 			return err
 		}
@@ -878,7 +888,7 @@ func (l *Log) write(qs []queryRow, failed []bool) ([]bool, error) {
 			return nil, nil
 		}
 	}
-	err := l.retry(ctx, "query records", func(context.Context) error { return l.insertOnce(qs) })
+	err := l.retry(ctx, "query records", func(ctx context.Context) error { return l.insertOnce(ctx, qs) })
 	if err == nil {
 		return nil, nil
 	}
@@ -897,7 +907,9 @@ func (l *Log) write(qs []queryRow, failed []bool) ([]bool, error) {
 	for i := range qs {
 		e := err
 		if time.Now().Before(deadline) {
-			e = l.insertOnce(qs[i : i+1])
+			actx, cancel := context.WithTimeout(ctx, l.opts.AttemptTimeout)
+			e = l.insertOnce(actx, qs[i:i+1])
+			cancel()
 		}
 		failed = append(failed, e != nil)
 		if e != nil {
@@ -1014,6 +1026,9 @@ func (l *Log) spoolQueries(ctx context.Context, qs []queryRow, cause error) erro
 // toSpool writes rs to the spool and starts the shipper. cause is why (the database's error), for
 // the log line when spooling starts.
 func (l *Log) toSpool(ctx context.Context, rs []spoolRecord, cause error) error {
+	// The caller's context may have run out waiting for the database; the spool is local.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.opts.AttemptTimeout)
+	defer cancel()
 	l.smu.Lock()
 	defer l.smu.Unlock()
 	if err := l.spool.add(ctx, rs); err != nil {
@@ -1100,7 +1115,7 @@ func (l *Log) ship() {
 // shipSome ships up to BatchSize of the oldest spooled records and removes them from the spool. It
 // returns how many it shipped.
 func (l *Log) shipSome() (int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), l.opts.AttemptTimeout)
 	defer cancel()
 	rs, err := l.spool.peek(ctx, BatchSize)
 	if err != nil || len(rs) == 0 {
@@ -1114,12 +1129,12 @@ func (l *Log) shipSome() (int, error) {
 		if len(qs) == 0 {
 			return nil
 		}
-		if err := l.insertOnce(qs); err != nil {
+		if err := l.insertOnce(ctx, qs); err != nil {
 			if !refused(err) {
 				return err
 			}
 			for i := range qs { // one refused record must not hold up the rest
-				if err := l.insertOnce(qs[i : i+1]); err != nil {
+				if err := l.insertOnce(ctx, qs[i:i+1]); err != nil {
 					if !refused(err) {
 						return err
 					}
@@ -1188,9 +1203,7 @@ func (l *Log) refusedRecord(id string, query bool, err error) {
 	l.logger.Error("audit: the audit database refuses a spooled record; it is lost", "record", id, "err", err)
 }
 
-func (l *Log) insertOnce(batch []queryRow) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+func (l *Log) insertOnce(ctx context.Context, batch []queryRow) error {
 	if l.pg {
 		return l.insertMany(ctx, batch)
 	}

@@ -323,3 +323,36 @@ func TestSQLiteFileIsPrivate(t *testing.T) {
 		}
 	}
 }
+
+// TestIsUnavailable tells a database that went away from one that refused a statement.
+func TestIsUnavailable(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv := pgtest.NewServer(t)
+	name, err := srv.NewDatabase(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := open(t, srv.URL(name))
+	_, err = db.ExecContext(ctx, `SELECT * FROM no_such_table`)
+	if err == nil || store.IsUnavailable(err) {
+		t.Fatalf("a refused statement: %v, IsUnavailable %v", err, store.IsUnavailable(err))
+	}
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = db.ExecContext(ctx, `SELECT 1`)
+	if err == nil || !store.IsUnavailable(err) {
+		t.Fatalf("a stopped server: %v, IsUnavailable false", err)
+	}
+	_, err = db.ExecContext(ctx, `SELECT 1`)
+	if !store.IsUnavailable(err) {
+		t.Fatalf("a stopped server, next try: %v, IsUnavailable false", err)
+	}
+	if err := srv.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `SELECT 1`); err != nil {
+		t.Fatalf("after the server returned: %v", err)
+	}
+}
