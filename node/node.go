@@ -58,6 +58,9 @@ const DefaultAdmin = "admin"
 // refuses a config that does not validate and a dir that already holds a node; a failed Init leaves
 // no files behind.
 func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok string, err error) {
+	if cfg.CatalogURL == "" && cfg.CatalogClientID == "" {
+		cfg.applyEnv() // flags first
+	}
 	cfg.applyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
