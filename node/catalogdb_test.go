@@ -177,3 +177,22 @@ func superuserQuery(t *testing.T, ctx context.Context, emu *azureemu.Emulator, q
 	}
 	return out
 }
+
+// TestCatalogSettingsFromEnv: FERRY_NODE_CATALOG_URL and FERRY_NODE_CATALOG_CLIENT_ID override
+// config.json's catalog_url and catalog_client_id.
+func TestCatalogSettingsFromEnv(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.json")
+	if err := node.SaveConfig(path, node.Config{CatalogURL: "postgres://file@db.example.com/c", CatalogClientID: "file-id"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := node.LoadConfig(path)
+	if err != nil || cfg.CatalogURL != "postgres://file@db.example.com/c" || cfg.CatalogClientID != "file-id" {
+		t.Fatalf("from the file: %q %q %v", cfg.CatalogURL, cfg.CatalogClientID, err)
+	}
+	t.Setenv("FERRY_NODE_CATALOG_URL", "postgres://env@db.example.com/c")
+	t.Setenv("FERRY_NODE_CATALOG_CLIENT_ID", "env-id")
+	cfg, err = node.LoadConfig(path)
+	if err != nil || cfg.CatalogURL != "postgres://env@db.example.com/c" || cfg.CatalogClientID != "env-id" {
+		t.Fatalf("with the environment: %q %q %v", cfg.CatalogURL, cfg.CatalogClientID, err)
+	}
+}

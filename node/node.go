@@ -74,6 +74,9 @@ func Join(ctx context.Context, dir string, cfg Config) error {
 }
 
 func initNode(ctx context.Context, dir string, cfg Config, join bool, adminName string) (tok string, err error) {
+	if cfg.CatalogURL == "" && cfg.CatalogClientID == "" {
+		cfg.applyEnv() // flags first
+	}
 	cfg.applyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
