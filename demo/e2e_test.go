@@ -20,6 +20,7 @@ import (
 	"github.com/ferryhq/ferry/azureemu"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/resource"
 	"github.com/ferryhq/ferry/tunnel"
@@ -28,21 +29,8 @@ import (
 // startDemo starts the whole installation for one test and stops it at cleanup.
 func startDemo(t *testing.T) *demo.Env {
 	t.Helper()
-	if _, err := exec.LookPath("psql"); err != nil {
-		t.Skip("psql is not installed (apt-get install postgresql-client)")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
-	if err != nil {
-		t.Fatalf("start demo: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := env.Close(); err != nil {
-			t.Errorf("stop demo: %v", err)
-		}
-	})
-	return env
+	testenv.NeedBins(t, "psql")
+	return testenv.Start(t, demo.Options{LoopbackIP: demo.RandomLoopbackIP()})
 }
 
 func psql(t *testing.T, conn string, args ...string) (string, error) {

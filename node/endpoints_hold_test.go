@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
-	"log/slog"
 	"net/http"
 	"path/filepath"
 	"sync"
@@ -60,19 +59,11 @@ func TestEnrollmentSlotsNotHeldByKeepAlive(t *testing.T) {
 	const perSource, total = 2, 4
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	dir := filepath.Join(t.TempDir(), "node")
-	cfg := loopbackNodeConfig()
-	cfg.HTTPReadTimeout = node.Duration(10 * time.Minute)
-	cfg.HTTPIdleTimeout = node.Duration(10 * time.Minute)
-	cfg.HTTPMaxConnsPerSource, cfg.HTTPMaxConns = perSource, total
-	if _, err := node.Init(ctx, dir, cfg, ""); err != nil {
-		t.Fatal(err)
-	}
-	n, err := node.Start(ctx, dir, cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
+	n := startLoopbackNode(t, ctx, func(c *node.Config) {
+		c.HTTPReadTimeout = node.Duration(10 * time.Minute)
+		c.HTTPIdleTimeout = node.Duration(10 * time.Minute)
+		c.HTTPMaxConnsPerSource, c.HTTPMaxConns = perSource, total
+	})
 	addr := n.EnrollAddr().String()
 
 	// total/perSource sources, each at its cap: together they hold every slot.

@@ -136,6 +136,24 @@ func insecureHTTPS(src string) *http.Client {
 }
 
 // otherLoopbackIP returns a loopback address other than 127.0.0.1 and every address in not.
+// startLoopbackNode inits and starts a node on loopback (loopbackNodeConfig) with set applied to its
+// config, and closes it at cleanup.
+func startLoopbackNode(t *testing.T, ctx context.Context, set func(*node.Config)) *node.Node {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "node")
+	cfg := loopbackNodeConfig()
+	set(&cfg)
+	if _, err := node.Init(ctx, dir, cfg, ""); err != nil {
+		t.Fatal(err)
+	}
+	n, err := node.Start(ctx, dir, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
 func otherLoopbackIP(not ...string) string {
 	for {
 		ip := demo.RandomLoopbackIP()
@@ -153,18 +171,10 @@ func TestEndpointConnectionCaps(t *testing.T) {
 	const perSource, total = 8, 24
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	dir := filepath.Join(t.TempDir(), "node")
-	cfg := loopbackNodeConfig()
-	cfg.HTTPReadTimeout = node.Duration(10 * time.Minute)
-	cfg.HTTPMaxConnsPerSource, cfg.HTTPMaxConns = perSource, total
-	if _, err := node.Init(ctx, dir, cfg, ""); err != nil {
-		t.Fatal(err)
-	}
-	n, err := node.Start(ctx, dir, cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
+	n := startLoopbackNode(t, ctx, func(c *node.Config) {
+		c.HTTPReadTimeout = node.Duration(10 * time.Minute)
+		c.HTTPMaxConnsPerSource, c.HTTPMaxConns = perSource, total
+	})
 	addr := n.EnrollAddr().String()
 	tlsHello := []byte{0x16} // the first byte of a TLS record: the node waits for the rest
 

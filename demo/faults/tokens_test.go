@@ -15,6 +15,7 @@ import (
 	"github.com/ferryhq/ferry/azureemu"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node"
 )
 
@@ -23,20 +24,13 @@ const tokenLifetime = 20 * time.Second
 
 func needBins(t *testing.T, bins ...string) {
 	t.Helper()
-	for _, b := range bins {
-		if _, err := exec.LookPath(b); err != nil {
-			t.Skipf("%s is not installed (apt-get install postgresql-client-15)", b)
-		}
-	}
+	testenv.NeedBins(t, bins...)
 }
 
 // startEnv starts a demo installation for one test and stops it at cleanup. Health checks run
 // only at resource creation, so they do not add token requests to the counts.
 func startEnv(t *testing.T, opt demo.Options) *demo.Env {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	opt.Dir = t.TempDir()
 	opt.LoopbackIP = demo.RandomLoopbackIP()
 	prev := opt.NodeConfig
 	opt.NodeConfig = func(c *node.Config) {
@@ -45,16 +39,7 @@ func startEnv(t *testing.T, opt demo.Options) *demo.Env {
 			prev(c)
 		}
 	}
-	env, err := demo.Start(ctx, opt)
-	if err != nil {
-		t.Fatalf("start demo: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := env.Close(); err != nil {
-			t.Errorf("stop demo: %v", err)
-		}
-	})
-	return env
+	return testenv.StartParallel(t, opt) // the fault tests run in parallel: no leak check
 }
 
 // query connects to the resource's loopback address with pgx's pgconn, runs sql and closes.

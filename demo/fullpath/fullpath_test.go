@@ -20,6 +20,7 @@ import (
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node/audit"
 )
 
@@ -32,28 +33,14 @@ type env struct {
 
 // TestFullPath runs every client through one installation.
 func TestFullPath(t *testing.T) {
-	for _, bin := range []string{"psql", "pgbench"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s is not installed (apt-get install postgresql-client-15)", bin)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	testenv.NeedBins(t, "psql", "pgbench")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	d, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackPort: port})
-	if err != nil {
-		t.Fatalf("start demo: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := d.Close(); err != nil {
-			t.Errorf("stop demo: %v", err)
-		}
-	})
+	d := testenv.Start(t, demo.Options{LoopbackPort: port})
 	e := &env{Env: d, conn: client.ConnString(d.Resource), start: time.Now()}
 	for _, tc := range []struct {
 		name string

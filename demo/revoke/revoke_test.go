@@ -23,6 +23,7 @@ import (
 	"github.com/ferryhq/ferry/cli"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/resource"
 	"github.com/ferryhq/ferry/tunnel"
@@ -40,20 +41,10 @@ type env struct {
 
 func startEnv(t *testing.T) *env {
 	t.Helper()
-	if _, err := exec.LookPath("psql"); err != nil {
-		t.Skip("psql is not installed (apt-get install postgresql-client)")
-	}
+	testenv.NeedBins(t, "psql")
+	d := testenv.Start(t, demo.Options{LoopbackIP: demo.RandomLoopbackIP()})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	d, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
-	if err != nil {
-		t.Fatalf("start demo: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := d.Close(); err != nil {
-			t.Errorf("stop demo: %v", err)
-		}
-	})
 	e := &env{Env: d, admin: d.Daemon.API()}
 	must := func(err error) {
 		t.Helper()
@@ -68,6 +59,7 @@ func startEnv(t *testing.T) *env {
 	r.ManagedIdentityClientID = demo.ClientID
 	r.BindInterface = demo.RandomLoopbackIP()
 	r.Tags = map[string]string{"env": "dev"}
+	var err error
 	e.dev, err = e.admin.AddDatasource(ctx, r)
 	must(err)
 	all, err := e.admin.Datasources(ctx)

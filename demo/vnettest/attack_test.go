@@ -47,11 +47,7 @@ func TestVNAbandonedConnects(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
-	if err != nil {
-		t.Fatalf("start demo: %v", err)
-	}
-	t.Cleanup(func() { env.Close() })
+	env := startDemo(t)
 	addVNResource(t, ctx, env, resource.ModeVirtualNetworking)
 	n := newNetns(t)
 	dirs := client.Dirs{Config: filepath.Join(t.TempDir(), "cfg"), Runtime: filepath.Join(t.TempDir(), "run")}
@@ -94,11 +90,7 @@ func TestRevokeEndsBothModes(t *testing.T) {
 	need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
-	if err != nil {
-		t.Fatalf("start demo: %v", err)
-	}
-	t.Cleanup(func() { env.Close() })
+	env := startDemo(t)
 	admin := env.Daemon.API()
 	var names []string
 	for _, mode := range []string{resource.ModeLoopback, resource.ModeVirtualNetworking} {
@@ -222,11 +214,7 @@ func TestModeFlipMovesConnectedResource(t *testing.T) {
 	need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
-	if err != nil {
-		t.Fatalf("start demo: %v", err)
-	}
-	t.Cleanup(func() { env.Close() })
+	env := startDemo(t)
 	admin := env.Daemon.API()
 	n := newNetns(t)
 	dirs := client.Dirs{Config: filepath.Join(t.TempDir(), "cfg"), Runtime: filepath.Join(t.TempDir(), "run")}
@@ -318,43 +306,10 @@ func TestModeFlipMovesConnectedResource(t *testing.T) {
 // systemd-resolved), the address that connect and status give (and the app copies) is the one
 // that works, the VN IP, not an alias that nothing on the machine resolves.
 func TestStatusAddressWithoutSystemDNS(t *testing.T) {
-	need(t)
-	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Skip("needs setpriv (util-linux) to run the client as an ordinary user")
-	}
-	const nobody = 65534
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
-	if err != nil {
-		t.Fatalf("start demo: %v", err)
-	}
-	t.Cleanup(func() { env.Close() })
-	addVNResource(t, ctx, env, resource.ModeVirtualNetworking)
-	settings, err := env.Daemon.API().Settings(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := newNetns(t)
-	shared, err := os.MkdirTemp("", "ferry-nodns-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(shared) })
-	if err := os.Chmod(shared, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(shared, "ferry")
-	sh(t, "cp", os.Args[0], bin)
-	dirs := client.Dirs{Config: filepath.Join(shared, "cfg"), Runtime: filepath.Join(shared, "run")}
-	if _, err := n.Login(ctx, env.Node, dirs, node.DefaultAdmin, "netns-nodns"); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(dirs.Runtime, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	sh(t, "chown", "-R", fmt.Sprint(nobody), dirs.Config, dirs.Runtime)
-	sock := filepath.Join(shared, "helper", "vnet.sock")
+	u := setUpUser(t, ctx, "ferry-nodns-", "netns-nodns")
+	settings, n, shared, bin, dirs, sock := u.settings, u.n, u.shared, u.bin, u.dirs, u.sock
 	// No --allow-resolv-conf, and the namespace has no systemd-resolved: DNS is refused.
 	helper := startProcess(t, n, dirs, nil, []string{bin, "vnet-helper", "--user", fmt.Sprint(nobody),
 		"--subnet", settings.VNSubnet, "--domain", settings.DNSDomain, "--socket", sock, "--state", filepath.Join(shared, "helper-state")}, false)
@@ -372,6 +327,7 @@ func TestStatusAddressWithoutSystemDNS(t *testing.T) {
 	t.Setenv(client.EnvRuntimeDir, dirs.Runtime)
 	t.Setenv(vnet.EnvRunCLI, "1")
 	var out []byte
+	var err error
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(300 * time.Millisecond) {
 		if out, err = n.Command(ctx, append(asNobody, "connect", vnResource)...).CombinedOutput(); err == nil {
 			break
@@ -408,11 +364,7 @@ func TestRootClientRefusesOverlappingSubnet(t *testing.T) {
 	need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
-	if err != nil {
-		t.Fatalf("start demo: %v", err)
-	}
-	t.Cleanup(func() { env.Close() })
+	env := startDemo(t)
 	n := newNetns(t)
 	if !strings.HasPrefix(n.NSIP, "10.") {
 		t.Fatalf("the namespace's address %s is not in 10.0.0.0/8", n.NSIP)
@@ -456,43 +408,10 @@ func TestRootClientRefusesOverlappingSubnet(t *testing.T) {
 // an alias that leads nowhere: it serves it on loopback as a fallback and says why, and once the
 // helper runs again it moves it back to its alias by itself.
 func TestHelperStoppedThenBack(t *testing.T) {
-	need(t)
-	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Skip("needs setpriv (util-linux) to run the client as an ordinary user")
-	}
-	const nobody = 65534
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
-	if err != nil {
-		t.Fatalf("start demo: %v", err)
-	}
-	t.Cleanup(func() { env.Close() })
-	addVNResource(t, ctx, env, resource.ModeVirtualNetworking)
-	settings, err := env.Daemon.API().Settings(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := newNetns(t)
-	shared, err := os.MkdirTemp("", "ferry-helper-gone-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(shared) })
-	if err := os.Chmod(shared, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(shared, "ferry")
-	sh(t, "cp", os.Args[0], bin)
-	dirs := client.Dirs{Config: filepath.Join(shared, "cfg"), Runtime: filepath.Join(shared, "run")}
-	if _, err := n.Login(ctx, env.Node, dirs, node.DefaultAdmin, "netns-helper-gone"); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(dirs.Runtime, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	sh(t, "chown", "-R", fmt.Sprint(nobody), dirs.Config, dirs.Runtime)
-	sock := filepath.Join(shared, "helper", "vnet.sock")
+	u := setUpUser(t, ctx, "ferry-helper-gone-", "netns-helper-gone")
+	settings, n, shared, bin, dirs, sock := u.settings, u.n, u.shared, u.bin, u.dirs, u.sock
 	startHelper := func() *daemon {
 		h := startProcess(t, n, dirs, nil, []string{bin, "vnet-helper", "--user", fmt.Sprint(nobody),
 			"--subnet", settings.VNSubnet, "--domain", settings.DNSDomain, "--allow-resolv-conf", "--socket", sock, "--state", filepath.Join(shared, "helper-state")}, false)

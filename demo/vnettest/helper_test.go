@@ -131,19 +131,8 @@ func TestVNetHelperRefusesALocalUser(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	const nobody = 65534
 	n := newNetns(t)
-	shared, err := os.MkdirTemp("", "ferry-vnet-helper-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(shared) })
-	if err := os.Chmod(shared, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(shared, "ferry")
-	sh(t, "cp", os.Args[0], bin)
-	dirs := client.Dirs{Config: filepath.Join(shared, "cfg"), Runtime: filepath.Join(shared, "run")}
+	shared, bin, dirs := sharedDir(t, "ferry-vnet-helper-")
 
 	// /etc/passwd's stand-in: the test never touches the real /etc.
 	passwd := filepath.Join(shared, "passwd")

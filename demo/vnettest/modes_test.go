@@ -76,11 +76,7 @@ func TestPerResourceModes(t *testing.T) {
 	need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
-	if err != nil {
-		t.Fatalf("start demo: %v", err)
-	}
-	t.Cleanup(func() { env.Close() })
+	env := startDemo(t)
 	addVNResource(t, ctx, env, resource.ModeVirtualNetworking)
 	settings, err := env.Daemon.API().Settings(ctx)
 	if err != nil {
@@ -172,16 +168,11 @@ func TestVNFallbackWithoutTUN(t *testing.T) {
 		if _, err := exec.LookPath("setpriv"); err != nil {
 			t.Skipf("fallback test skipped: running as root, it needs setpriv (util-linux) to run the client as an ordinary user")
 		}
-		const nobody = 65534
 		asUser = []string{"setpriv", "--reuid", fmt.Sprint(nobody), "--regid", fmt.Sprint(nobody), "--clear-groups"}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
-	if err != nil {
-		t.Fatalf("start demo: %v", err)
-	}
-	t.Cleanup(func() { env.Close() })
+	env := startDemo(t)
 	if _, err := env.Daemon.API().UpdateSettings(ctx, apiSettings(resource.ModeVirtualNetworking)); err != nil {
 		t.Fatal(err)
 	}
@@ -334,43 +325,10 @@ func runJDBC(t *testing.T, ctx context.Context, n *vnet.Netns, url string) strin
 // resource on loopback; once root starts the helper, connecting the resource again (what the
 // message says to do) moves it to its alias through the TUN.
 func TestFallbackThenHelper(t *testing.T) {
-	need(t)
-	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Skip("needs setpriv (util-linux) to run the client as an ordinary user")
-	}
-	const nobody = 65534
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
-	if err != nil {
-		t.Fatalf("start demo: %v", err)
-	}
-	t.Cleanup(func() { env.Close() })
-	addVNResource(t, ctx, env, resource.ModeVirtualNetworking)
-	settings, err := env.Daemon.API().Settings(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := newNetns(t)
-	shared, err := os.MkdirTemp("", "ferry-fallback-helper-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(shared) })
-	if err := os.Chmod(shared, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(shared, "ferry")
-	sh(t, "cp", os.Args[0], bin)
-	dirs := client.Dirs{Config: filepath.Join(shared, "cfg"), Runtime: filepath.Join(shared, "run")}
-	if _, err := n.Login(ctx, env.Node, dirs, node.DefaultAdmin, "netns-fallback"); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(dirs.Runtime, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	sh(t, "chown", "-R", fmt.Sprint(nobody), dirs.Config, dirs.Runtime)
-	sock := filepath.Join(shared, "helper", "vnet.sock")
+	u := setUpUser(t, ctx, "ferry-fallback-helper-", "netns-fallback")
+	settings, n, shared, bin, dirs, sock := u.settings, u.n, u.shared, u.bin, u.dirs, u.sock
 	asNobody := []string{"setpriv", "--reuid", fmt.Sprint(nobody), "--regid", fmt.Sprint(nobody), "--clear-groups", bin}
 	d := startProcess(t, n, dirs, []string{client.EnvVNetHelper + "=" + sock}, append(asNobody, "daemon"), false)
 	cli := func(args ...string) (string, error) {
@@ -383,6 +341,7 @@ func TestFallbackThenHelper(t *testing.T) {
 	t.Setenv(vnet.EnvRunCLI, "1")
 
 	var out string
+	var err error
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(300 * time.Millisecond) {
 		if out, err = cli("connect", vnResource); err == nil {
 			break

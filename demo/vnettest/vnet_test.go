@@ -19,6 +19,7 @@ import (
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
 	"github.com/ferryhq/ferry/demo/vnet"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node"
 	"github.com/ferryhq/ferry/resource"
 )
@@ -118,13 +119,9 @@ func TestVirtualNetworking(t *testing.T) {
 	need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP(), NodeConfig: func(c *node.Config) {
+	env := testenv.Start(t, demo.Options{LoopbackIP: demo.RandomLoopbackIP(), NodeConfig: func(c *node.Config) {
 		c.AllowedServerHosts = append(c.AllowedServerHosts, "127.0.0.1") // dead-pg and idle-pg below
 	}})
-	if err != nil {
-		t.Fatalf("start demo: %v", err)
-	}
-	t.Cleanup(func() { env.Close() })
 
 	// A resource whose server never answers (a listener nobody accepts from), and one that stays
 	// disconnected.
@@ -323,19 +320,8 @@ func TestVirtualNetworking(t *testing.T) {
 	})
 
 	t.Run("unprivileged client through vnet-helper", func(t *testing.T) {
-		const nobody = 65534
 		// Everything the unprivileged daemon touches must be reachable by its user.
-		shared, err := os.MkdirTemp("", "ferry-vnet-helper-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(shared) })
-		if err := os.Chmod(shared, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		bin := filepath.Join(shared, "ferry")
-		sh(t, "cp", os.Args[0], bin)
-		udirs := client.Dirs{Config: filepath.Join(shared, "cfg"), Runtime: filepath.Join(shared, "run")}
+		shared, bin, udirs := sharedDir(t, "ferry-vnet-helper-")
 		ust, err := n.Login(ctx, env.Node, udirs, node.DefaultAdmin, "netns-user")
 		if err != nil {
 			t.Fatal(err)

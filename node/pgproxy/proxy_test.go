@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,15 +51,7 @@ type testProxy struct {
 
 func startProxy(tb testing.TB, cfg Config, target Target) *testProxy {
 	tb.Helper()
-	dbPath := filepath.Join(tb.TempDir(), "ferry.db")
-	db, err := audit.OpenDB(dbPath)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	log, err := audit.Open(context.Background(), db)
-	if err != nil {
-		tb.Fatal(err)
-	}
+	log, db, dbPath := openTestAudit(tb)
 	cfg.Audit = testAudit{log}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -93,8 +84,6 @@ func startProxy(tb testing.TB, cfg Config, target Target) *testProxy {
 		l.Close()
 		cancel()
 		tp.wg.Wait()
-		log.Close()
-		db.Close()
 	})
 	return tp
 }

@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,20 +35,11 @@ type sessionProxy struct {
 
 func startSessionProxy(t *testing.T, target Target, tokens TokenSource) *sessionProxy {
 	t.Helper()
-	db, err := audit.OpenDB(filepath.Join(t.TempDir(), "ferry.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	log, err := audit.Open(context.Background(), db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	log, _, _ := openTestAudit(t)
 	sp := &sessionProxy{p: New(Config{Tokens: tokens, Audit: testAudit{log}, Logger: slog.New(slog.DiscardHandler)}), audit: log, t: target}
 	t.Cleanup(func() {
 		sp.endAll(nil)
 		sp.wg.Wait()
-		log.Close()
-		db.Close()
 	})
 	return sp
 }
