@@ -1,0 +1,170 @@
+package netlab
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+func newLab(t *testing.T, ctx context.Context) *Lab {
+	t.Helper()
+	if err := Check(); err != nil {
+		t.Skip(err)
+	}
+	l, err := New(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return l
+}
+
+// TestLabHostsReachEachOtherOnly: two hosts talk over the bridge by their lab addresses; this
+// machine's namespace neither sees the lab's links nor reaches its addresses, and is the same
+// before and after.
+func TestLabHostsReachEachOtherOnly(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l := newLab(t, ctx)
+	a, err := l.AddHost(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := l.AddHost(ctx, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !l.Subnet().Contains(a.Addr()) || !l.Subnet().Contains(b.Addr()) || a.Addr().Equal(b.Addr()) {
+		t.Fatalf("addresses %v and %v on %v", a.Addr(), b.Addr(), l.Subnet())
+	}
+	if _, err := l.AddHost(ctx, "a"); err == nil {
+		t.Error("a second host named a was made")
+	}
+
+	ln, err := a.Listen("tcp", a.HostPort(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		fmt.Fprint(c, "hello from a")
+	}()
+	c, err := b.DialContext(ctx, "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("b dials a: %v", err)
+	}
+	got, err := io.ReadAll(c)
+	c.Close()
+	if err != nil || string(got) != "hello from a" {
+		t.Fatalf("b read %q, %v", got, err)
+	}
+
+	// A process in b sees eth0 with b's address, and loopback up.
+	out, err := b.Exec(ctx, "ip", "-o", "-4", "addr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "eth0") || !strings.Contains(out, b.Addr().String()+"/24") || !strings.Contains(out, "127.0.0.1/8") {
+		t.Errorf("b's addresses:\n%s", out)
+	}
+
+	// None of the lab's links is in this machine's namespace, nor peers with one there (ip shows
+	// a veth whose peer is in a named namespace with "link-netns NAME").
+	for _, args := range [][]string{{"ip", "-o", "link"}, {"ip", "-o", "addr"}} {
+		out, err := run(ctx, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(out, l.Name()) || strings.Contains(out, a.Addr().String()) {
+			t.Errorf("%s shows the lab:\n%s", strings.Join(args, " "), out)
+		}
+	}
+	// This machine has no route to the lab.
+	dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer dcancel()
+	var d net.Dialer
+	if c, err := d.DialContext(dctx, "tcp", ln.Addr().String()); err == nil {
+		c.Close()
+		t.Error("this machine's namespace reached a host of the lab")
+	}
+}
+
+// TestLabCloseRemovesEverything: Close leaves none of the lab's namespaces.
+func TestLabCloseRemovesEverything(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l := newLab(t, ctx)
+	if _, err := l.AddHost(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if n := countNS(t, ctx, l.Name()); n != 2 {
+		t.Fatalf("%d namespaces of the lab, want 2 (bridge and x)", n)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := countNS(t, ctx, l.Name()); n != 0 {
+		t.Fatalf("%d namespaces of the lab are left after Close", n)
+	}
+	if _, err := l.AddHost(ctx, "y"); err == nil {
+		t.Error("AddHost after Close made a host")
+	}
+}
+
+// TestSweepRemovesLabsOfExitedProcesses: what a killed run left is removed by the next New; the
+// labs of live processes stay.
+func TestSweepRemovesLabsOfExitedProcesses(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l := newLab(t, ctx)
+	// A process that has exited: its PID names the stale lab.
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	stale := fmt.Sprintf("%s%d-beef-bridge", Prefix, dead.Process.Pid)
+	if _, err := run(ctx, "ip", "netns", "add", stale); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = removeNS(stale) })
+	l2, err := New(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	if countNS(t, ctx, stale) != 0 {
+		t.Errorf("the stale namespace %s is still there", stale)
+	}
+	if countNS(t, ctx, l.Name()) != 1 {
+		t.Errorf("the live lab %s was swept", l.Name())
+	}
+}
+
+func countNS(t *testing.T, ctx context.Context, prefix string) int {
+	t.Helper()
+	out, err := run(ctx, "ip", "netns", "list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, prefix) {
+			n++
+		}
+	}
+	return n
+}
