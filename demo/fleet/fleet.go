@@ -1,0 +1,332 @@
+// Package fleet runs Ferry as separate processes on the hosts of a netlab lab, as a fleet runs on
+// separate machines: the Azure emulator (IMDS, the PostgreSQL front and Key Vault, bound to the
+// catalog host's lab address) on a catalog host, each ferry-node process on a host of its own, and
+// ferry client processes (the daemon, the CLI, psql) on client hosts. The multi-host tests
+// (demo/fleettest) use it. It needs what netlab needs (Linux, root, ip) and the Go toolchain to
+// build the binaries (Build).
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ferryhq/ferry/azureemu"
+	"github.com/ferryhq/ferry/client"
+	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/netlab"
+	"github.com/ferryhq/ferry/node"
+)
+
+// Ports every node listens on inside its own host (each host has its own ports, so the defaults
+// never collide).
+const (
+	EnrollPort    = node.DefaultEnrollPort
+	WireGuardPort = node.DefaultWireGuardPort
+)
+
+// Binaries are the paths of the built ferry-node and ferry (CLI, no desktop app) binaries.
+type Binaries struct {
+	Node, Client string
+}
+
+// Build builds ferry-node and the ferry CLI (both CGO_ENABLED=0, as shipped for the node and as
+// the README's quick CLI build) into dir, from the module that holds the current directory.
+func Build(ctx context.Context, dir string) (Binaries, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return Binaries{}, fmt.Errorf("fleet: find the module: %w", err)
+	}
+	root := filepath.Dir(strings.TrimSpace(string(out)))
+	if root == "." || root == "" {
+		return Binaries{}, errors.New("fleet: find the module: not inside a Go module")
+	}
+	b := Binaries{Node: filepath.Join(dir, "ferry-node"), Client: filepath.Join(dir, "ferry")}
+	for _, c := range []struct{ out, pkg string }{{b.Node, "./cmd/ferry-node"}, {b.Client, "."}} {
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", c.out, c.pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return Binaries{}, fmt.Errorf("fleet: go build %s: %w: %s", c.pkg, err, out)
+		}
+	}
+	return b, nil
+}
+
+// Catalog is the catalog host: the Azure emulator listening on the host's lab address, with the
+// demo's identity, role and database made (demo.ClientID, demo.Role, demo.Database).
+type Catalog struct {
+	Host *netlab.Host
+	Emu  *azureemu.Emulator
+}
+
+// StartCatalog starts the emulator inside h (its listeners bind h's lab address, so only the
+// lab's hosts reach them) and makes the demo's principal and database. Close stops it.
+func StartCatalog(ctx context.Context, h *netlab.Host, log *slog.Logger) (*Catalog, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Catalog{Host: h}
+	err := h.Do(func() error {
+		var err error
+		c.Emu, err = azureemu.Start(ctx, azureemu.Config{
+			ListenIP: h.Addr().String(),
+			Users:    []azureemu.Identity{{ClientID: demo.ClientID, ObjectID: demo.ObjectID, DisplayName: demo.IdentityName}},
+			Logger:   log.With("component", "azureemu"),
+		})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("fleet: start the Azure emulator on %s: %w", h.Name, err)
+	}
+	if err := c.Emu.CreatePrincipal(ctx, demo.Role, demo.ObjectID); err != nil {
+		_ = c.Emu.Close()
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	if err := c.Emu.CreateDatabase(ctx, demo.Database, demo.Role); err != nil {
+		_ = c.Emu.Close()
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	return c, nil
+}
+
+// Close stops the emulator.
+func (c *Catalog) Close() error { return c.Emu.Close() }
+
+// NodeConfig is the config of a node on host h using the catalog host's emulator: reached at h's
+// lab address, IMDS, server and vault all the emulator's at the catalog host's address, the access
+// token for the emulator's server only, and no DNS (every other name fails at once).
+func (c *Catalog) NodeConfig(h *netlab.Host) node.Config {
+	return node.Config{
+		PublicHost:    h.Addr().String(),
+		EnrollListen:  h.HostPort(EnrollPort),
+		WireGuardPort: WireGuardPort,
+		IMDSEndpoint:  c.Emu.IMDSEndpoint(),
+		CAFiles:       []string{c.Emu.CACertFile()},
+		HostOverrides: map[string]string{
+			strings.ToLower(c.Emu.Hostname()):  c.Emu.Addr(),
+			azureemu.VaultHost(demo.VaultName): c.Emu.VaultAddr(),
+		},
+		AllowedServerHosts: []string{strings.ToLower(c.Emu.Hostname())},
+		DNSServer:          "127.0.0.1:9",
+		MetricsListen:      "127.0.0.1:9108",
+	}
+}
+
+// Node is a ferry-node process on a host of its own.
+type Node struct {
+	Host *netlab.Host
+	// Dir is the node's state directory; AdminToken the first admin's enrollment token from init.
+	Dir, AdminToken string
+	bins            Binaries
+	proc            *netlab.Proc
+}
+
+// InitNode runs `ferry-node init` for a node on h with state in dir and cfg's addresses, IMDS
+// endpoint, CA files, host overrides and metrics address given as flags, as an operator would;
+// cfg's allowed_server_hosts and dns_server (no flag sets exactly these) are then written into the
+// config.json init made.
+func InitNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cfg node.Config) (*Node, error) {
+	n := &Node{Host: h, Dir: dir, bins: bins}
+	args := []string{bins.Node, "init", "--state", dir, "--public-host", cfg.PublicHost,
+		"--enroll-listen", cfg.EnrollListen, "--wireguard-port", strconv.Itoa(cfg.WireGuardPort),
+		"--imds-endpoint", cfg.IMDSEndpoint, "--metrics-listen", cfg.MetricsListen}
+	for _, f := range cfg.CAFiles {
+		args = append(args, "--ca-file", f)
+	}
+	for host, addr := range cfg.HostOverrides {
+		args = append(args, "--host-override", host+"="+addr)
+	}
+	cmd := h.Command(ctx, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("fleet: ferry-node init on %s: %w: %s", h.Name, err, stderr.String())
+	}
+	n.AdminToken = strings.TrimSpace(string(out))
+	if err := patchConfig(filepath.Join(dir, node.ConfigFile), map[string]any{
+		"allowed_server_hosts": cfg.AllowedServerHosts,
+		"dns_server":           cfg.DNSServer,
+	}); err != nil {
+		return nil, fmt.Errorf("fleet: node on %s: %w", h.Name, err)
+	}
+	return n, nil
+}
+
+// patchConfig sets keys of the JSON object in path, keeping the rest and the file's mode.
+func patchConfig(path string, set map[string]any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("read config %s: %w", path, err)
+	}
+	for k, v := range set {
+		m[k] = v
+	}
+	if b, err = json.MarshalIndent(m, "", "  "); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	return nil
+}
+
+// Start runs `ferry-node run` inside the node's host and waits until its enrollment endpoint
+// accepts connections from the host from (another host of the lab: the check crosses the bridge).
+func (n *Node) Start(ctx context.Context, from *netlab.Host) error {
+	if n.proc != nil && !isDone(n.proc) {
+		return fmt.Errorf("fleet: node on %s is running", n.Host.Name)
+	}
+	cmd := n.Host.Command(context.Background(), n.bins.Node, "run", "--state", n.Dir)
+	// Killed with the test binary, whatever ends it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p, err := netlab.Start(cmd)
+	if err != nil {
+		return fmt.Errorf("fleet: %w", err)
+	}
+	n.proc = p
+	if err := p.WaitDial(ctx, from, n.Host.HostPort(EnrollPort)); err != nil {
+		p.Kill()
+		return fmt.Errorf("fleet: node on %s not ready: %w\n%s", n.Host.Name, err, p.Output())
+	}
+	return nil
+}
+
+// Stop stops the node with SIGTERM (SIGKILL after 10 s; the error says so).
+func (n *Node) Stop() error {
+	if n.proc == nil {
+		return nil
+	}
+	return n.proc.Stop(syscall.SIGTERM, 10*time.Second)
+}
+
+// Kill kills the node at once (kill -9), as a crashed VM.
+func (n *Node) Kill() {
+	if n.proc != nil {
+		n.proc.Kill()
+	}
+}
+
+// Log is what the node's current (or last) process has logged.
+func (n *Node) Log() string {
+	if n.proc == nil {
+		return ""
+	}
+	return n.proc.Output()
+}
+
+// EnrollToken issues an enrollment token for user with `ferry-node enroll-token`.
+func (n *Node) EnrollToken(ctx context.Context, user string) (string, error) {
+	out, err := n.Host.Exec(ctx, n.bins.Node, "enroll-token", user, "--state", n.Dir)
+	if err != nil {
+		return "", fmt.Errorf("fleet: enroll token for %s: %w", user, err)
+	}
+	return strings.TrimSpace(out), nil
+}
+
+func isDone(p *netlab.Proc) bool {
+	select {
+	case <-p.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// Client is a device: ferry CLI processes and psql inside a host, with the client's config and
+// runtime directories.
+type Client struct {
+	Host   *netlab.Host
+	Dirs   client.Dirs
+	bins   Binaries
+	daemon *netlab.Proc
+}
+
+// NewClient is a client on h keeping its state under dir.
+func NewClient(bins Binaries, h *netlab.Host, dir string) *Client {
+	return &Client{Host: h, Dirs: client.Dirs{Config: filepath.Join(dir, "config"), Runtime: filepath.Join(dir, "run")}, bins: bins}
+}
+
+func (c *Client) command(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := c.Host.Command(ctx, append([]string{c.bins.Client}, args...)...)
+	cmd.Env = append(os.Environ(), client.EnvConfigDir+"="+c.Dirs.Config, client.EnvRuntimeDir+"="+c.Dirs.Runtime)
+	return cmd
+}
+
+// Ferry runs the ferry CLI with args inside the client's host and returns its standard output;
+// the error carries its standard error.
+func (c *Client) Ferry(ctx context.Context, args ...string) (string, error) {
+	cmd := c.command(ctx, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("fleet: ferry %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return string(out), nil
+}
+
+// StartDaemon runs `ferry daemon` inside the client's host and waits until `ferry status` says
+// the node is reachable.
+func (c *Client) StartDaemon(ctx context.Context) error {
+	cmd := c.command(context.Background(), "daemon")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p, err := netlab.Start(cmd)
+	if err != nil {
+		return fmt.Errorf("fleet: %w", err)
+	}
+	c.daemon = p
+	for {
+		_, err := c.Ferry(ctx, "status")
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-p.Done():
+			return fmt.Errorf("fleet: client daemon on %s exited: %v\n%s", c.Host.Name, p.Err(), p.Output())
+		case <-ctx.Done():
+			p.Kill()
+			return fmt.Errorf("fleet: client daemon on %s not ready: %w (last: %v)\n%s", c.Host.Name, ctx.Err(), err, p.Output())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// StopDaemon stops the daemon with SIGTERM (SIGKILL after 10 s; the error says so).
+func (c *Client) StopDaemon() error {
+	if c.daemon == nil {
+		return nil
+	}
+	return c.daemon.Stop(syscall.SIGTERM, 10*time.Second)
+}
+
+// DaemonLog is what the daemon has logged.
+func (c *Client) DaemonLog() string {
+	if c.daemon == nil {
+		return ""
+	}
+	return c.daemon.Output()
+}
+
+// Psql runs psql with the connection string conn and one query inside the client's host and
+// returns its trimmed output (unaligned, tuples only; psql's error text on failure).
+func (c *Client) Psql(ctx context.Context, conn, query string) (string, error) {
+	cmd := c.Host.Command(ctx, "psql", conn, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", query)
+	cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=10")
+	out, err := cmd.CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
