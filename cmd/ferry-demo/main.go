@@ -9,6 +9,9 @@
 //
 // Paste the export line into another shell as is to use `ferry status`, `ferry connect` and
 // `ferry admin` as the demo's admin; give the ready line to psql. Ctrl-C tears everything down.
+//
+// -nodes N asks for a fleet of N nodes sharing one PostgreSQL catalog; it needs the shared catalog
+// (the node's catalog_url), and until the nodes have it ferry-demo refuses N > 1 and says so.
 package main
 
 import (
@@ -30,7 +33,12 @@ func main() {
 	verbose := flag.Bool("verbose", false, "log what every part does")
 	ip := flag.String("ip", "127.0.0.1", "loopback IP azure-pg-mi-prod listens on")
 	port := flag.Int("port", 0, "loopback port for azure-pg-mi-prod (1024-64999; default: the first free one from 10001)")
+	nodes := flag.Int("nodes", 1, "number of nodes sharing one PostgreSQL catalog (1: the single-node demo with the SQLite catalog)")
 	flag.Parse()
+	if err := checkNodes(*nodes); err != nil {
+		fmt.Fprintln(os.Stderr, "ferry-demo:", err)
+		os.Exit(2)
+	}
 	// SIGHUP too: closing the terminal must tear the demo down as Ctrl-C does.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
@@ -64,4 +72,18 @@ func main() {
 		fmt.Fprintln(os.Stderr, "ferry-demo: stop:", err)
 		os.Exit(1)
 	}
+}
+
+// checkNodes says why ferry-demo cannot start n nodes, or nil when it can (n == 1 today).
+func checkNodes(n int) error {
+	switch {
+	case n < 1:
+		return fmt.Errorf("-nodes %d: give 1 or more nodes (1, the default, is the single-node demo)", n)
+	case n > 1:
+		// The fleet needs every node pointed at one PostgreSQL catalog (config catalog_url); the
+		// nodes keep their catalog in their own SQLite file until then, so N of them would be N
+		// separate deployments, not a fleet.
+		return fmt.Errorf("-nodes %d needs the shared PostgreSQL catalog (the node's catalog_url), which this build of ferry-node does not have yet; run without -nodes for the single-node demo", n)
+	}
+	return nil
 }
