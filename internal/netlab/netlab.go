@@ -4,6 +4,10 @@
 // machine the lab runs on: every link and address lives in the lab's namespaces, and the lab has no
 // route out of them.
 //
+// Hosts know each other by name: every host's /etc/hosts (bind-mounted by ip netns exec from
+// /etc/netns/<namespace>/hosts) lists localhost, each host of the lab by its name, and the names
+// given to Lab.AddName (e.g. a server's DNS name pointing at the host that serves it).
+//
 // Processes run inside a host with Host.Command (ip netns exec); listeners and connections of the
 // calling process are made inside a host with Host.Do, Host.Listen and Host.DialContext (setns on a
 // locked OS thread: a socket stays in the namespace it was made in). Start and Proc (proc.go) run a
@@ -22,6 +26,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,6 +61,7 @@ type Lab struct {
 
 	mu     sync.Mutex
 	hosts  []*Host
+	names  [][2]string // extra /etc/hosts entries: name, address
 	closed bool
 }
 
@@ -133,7 +139,11 @@ func (l *Lab) AddHost(ctx context.Context, name string) (*Host, error) {
 	ip[3] = byte(10 + i)
 	h := &Host{Name: name, NS: l.nsName(name), addr: ip}
 	l.hosts = append(l.hosts, h) // Close removes it even when the setup below fails half-way
+	err := l.writeHostsLocked()
 	l.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("netlab: add host %s: %w", name, err)
+	}
 
 	br, port := l.nsName(bridgeHost), "p"+strconv.Itoa(i)
 	if err := runAll(ctx, [][]string{
@@ -151,6 +161,49 @@ func (l *Lab) AddHost(ctx context.Context, name string) (*Host, error) {
 	}
 	return h, nil
 }
+
+// AddName makes name (a DNS name, e.g. a server's) resolve to h's address on every host of the
+// lab, through their /etc/hosts; processes started afterwards see it.
+func (l *Lab) AddName(name string, h *Host) error {
+	if name == "" || strings.ContainsAny(name, " \t\n#") {
+		return fmt.Errorf("netlab: add name %q: not a host name", name)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return errors.New("netlab: add name: the lab is closed")
+	}
+	l.names = append(l.names, [2]string{name, h.addr.String()})
+	if err := l.writeHostsLocked(); err != nil {
+		return fmt.Errorf("netlab: add name %s: %w", name, err)
+	}
+	return nil
+}
+
+// writeHostsLocked writes every host's /etc/netns/<NS>/hosts.
+func (l *Lab) writeHostsLocked() error {
+	var b strings.Builder
+	b.WriteString("# written by netlab for the lab " + l.name + "\n127.0.0.1\tlocalhost\n::1\tlocalhost\n")
+	for _, h := range l.hosts {
+		fmt.Fprintf(&b, "%s\t%s\n", h.addr, h.Name)
+	}
+	for _, n := range l.names {
+		fmt.Fprintf(&b, "%s\t%s\n", n[1], n[0])
+	}
+	for _, h := range l.hosts {
+		dir := etcDir(h.NS)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, "hosts"), []byte(b.String()), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// etcDir is the directory whose files ip netns exec bind-mounts over /etc for namespace ns.
+func etcDir(ns string) string { return filepath.Join("/etc/netns", ns) }
 
 // Hosts are the lab's hosts in the order they were added.
 func (l *Lab) Hosts() []*Host {
@@ -215,6 +268,13 @@ func Sweep(ctx context.Context) error {
 		}
 		errs = append(errs, removeNS(f[0]))
 	}
+	// /etc/netns directories whose namespace is already gone.
+	dirs, _ := filepath.Glob(filepath.Join("/etc/netns", Prefix+"*"))
+	for _, d := range dirs {
+		if pid, ok := labPID(filepath.Base(d)); ok && !processAlive(pid) {
+			errs = append(errs, os.RemoveAll(d))
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -233,10 +293,14 @@ func processAlive(pid int) bool {
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
+// removeNS removes the namespace ns and its /etc/netns directory.
 func removeNS(ns string) error {
 	out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput()
 	if err != nil && !strings.Contains(string(out), "No such file") {
 		return fmt.Errorf("netlab: remove namespace %s: %w: %s", ns, err, strings.TrimSpace(string(out)))
+	}
+	if err := os.RemoveAll(etcDir(ns)); err != nil {
+		return fmt.Errorf("netlab: remove namespace %s: %w", ns, err)
 	}
 	return nil
 }

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -73,6 +75,17 @@ func TestLabHostsReachEachOtherOnly(t *testing.T) {
 		t.Fatalf("b read %q, %v", got, err)
 	}
 
+	// Hosts know each other by name, and by the names AddName gives.
+	if err := l.AddName("mypg.postgres.database.azure.com", a); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"a", "mypg.postgres.database.azure.com"} {
+		out, err := b.Exec(ctx, "getent", "hosts", name)
+		if err != nil || !strings.HasPrefix(out, a.Addr().String()+" ") {
+			t.Errorf("b resolves %s to %q, %v; want %s", name, out, err, a.Addr())
+		}
+	}
+
 	// A process in b sees eth0 with b's address, and loopback up.
 	out, err := b.Exec(ctx, "ip", "-o", "-4", "addr")
 	if err != nil {
@@ -133,6 +146,9 @@ func TestLabCloseRemovesEverything(t *testing.T) {
 	if n := countNS(t, ctx, l.Name()); n != 0 {
 		t.Fatalf("%d namespaces of the lab are left after Close", n)
 	}
+	if left, _ := filepath.Glob(filepath.Join("/etc/netns", l.Name()+"*")); len(left) != 0 {
+		t.Fatalf("left after Close: %v", left)
+	}
 	if _, err := l.AddHost(ctx, "y"); err == nil {
 		t.Error("AddHost after Close made a host")
 	}
@@ -154,6 +170,11 @@ func TestSweepRemovesLabsOfExitedProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = removeNS(stale) })
+	staleEtc := etcDir(fmt.Sprintf("%s%d-beef-gone", Prefix, dead.Process.Pid))
+	if err := os.MkdirAll(staleEtc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(staleEtc) })
 	l2, err := New(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -161,6 +182,9 @@ func TestSweepRemovesLabsOfExitedProcesses(t *testing.T) {
 	defer l2.Close()
 	if countNS(t, ctx, stale) != 0 {
 		t.Errorf("the stale namespace %s is still there", stale)
+	}
+	if _, err := os.Stat(staleEtc); err == nil {
+		t.Errorf("the stale %s is still there", staleEtc)
 	}
 	if countNS(t, ctx, l.Name()) != 1 {
 		t.Errorf("the live lab %s was swept", l.Name())
