@@ -1,6 +1,6 @@
 // Package netlab builds a private network lab out of Linux network namespaces for multi-host tests
 // and the demo: one bridge inside a namespace of its own, and hosts (one namespace each) joined to
-// it by veth pairs, each with its own address on a private /24. Nothing touches the network of the
+// it by veth pairs, each with its own address on a private /24 of 10.100.0.0-10.199.255.255. Nothing touches the network of the
 // machine the lab runs on: every link and address lives in the lab's namespaces, and the lab has no
 // route out of them.
 //
@@ -72,8 +72,8 @@ type Host struct {
 	addr     net.IP
 }
 
-// New makes a lab: the bridge namespace with the bridge up, on a /24 of the benchmark range
-// 198.18.0.0/15 that no route of this machine covers. It first removes what labs of exited
+// New makes a lab: the bridge namespace with the bridge up, on a /24 of 10.100.0.0-10.199.255.255
+// that no route or address of this machine covers. It first removes what labs of exited
 // processes left behind. On error nothing of the new lab is left.
 func New(ctx context.Context) (l *Lab, err error) {
 	if err := Check(); err != nil {
@@ -233,7 +233,7 @@ func (l *Lab) Close() error {
 // Addr is the host's address on the lab's bridge.
 func (h *Host) Addr() net.IP { return append(net.IP(nil), h.addr...) }
 
-// HostPort is the host's address joined with port, e.g. "198.18.7.10:8443".
+// HostPort is the host's address joined with port, e.g. "10.123.7.10:8443".
 func (h *Host) HostPort(port int) string {
 	return net.JoinHostPort(h.addr.String(), strconv.Itoa(port))
 }
@@ -305,22 +305,25 @@ func removeNS(ns string) error {
 	return nil
 }
 
-// pickSubnet picks a random /24 of 198.18.0.0/15 that no IPv4 route or address of this machine's
-// namespace overlaps, so that an address of the lab never reads like one of the machine's.
+// pickSubnet picks a random /24 of 10.100.0.0-10.199.255.255 that no IPv4 route or address of
+// this machine's namespace overlaps, so that an address of the lab never reads like one of the
+// machine's. (Not 198.18.0.0/15: Ferry's tunnel addresses live there, and a lab address must never
+// pass for one. Not 10.200.0.0/13 and up: demo/vnet's pairs live there.)
 func pickSubnet(ctx context.Context) (*net.IPNet, error) {
 	used, err := hostNets(ctx)
 	if err != nil {
 		return nil, err
 	}
-	start := rand.IntN(512)
-	for i := range 512 {
-		k := (start + i) % 512
-		n := &net.IPNet{IP: net.IPv4(198, byte(18+k/256), byte(k%256), 0).To4(), Mask: net.CIDRMask(24, 32)}
-		if !overlapsAny(n, used) {
-			return n, nil
+	const n = 100 * 256
+	start := rand.IntN(n)
+	for i := range n {
+		k := (start + i) % n
+		sub := &net.IPNet{IP: net.IPv4(10, byte(100+k/256), byte(k%256), 0).To4(), Mask: net.CIDRMask(24, 32)}
+		if !overlapsAny(sub, used) {
+			return sub, nil
 		}
 	}
-	return nil, errors.New("netlab: every /24 of 198.18.0.0/15 is in use on this machine")
+	return nil, errors.New("netlab: every /24 of 10.100.0.0-10.199.255.255 is in use on this machine")
 }
 
 // hostNets are the IPv4 routes' destinations and the addresses' networks of this namespace.

@@ -205,3 +205,28 @@ func countNS(t *testing.T, ctx context.Context, prefix string) int {
 	}
 	return n
 }
+
+// TestLabSubnetAvoidsTunnelAndHost: the lab's /24 is never in Ferry's tunnel subnet
+// (198.18.0.0/15: a lab address must not pass for a device's) and overlaps none of this
+// machine's routes.
+func TestLabSubnetAvoidsTunnelAndHost(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := Check(); err != nil {
+		t.Skip(err)
+	}
+	used, err := hostNets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tunnel := &net.IPNet{IP: net.IPv4(198, 18, 0, 0).To4(), Mask: net.CIDRMask(15, 32)}
+	for range 50 {
+		sub, err := pickSubnet(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if overlapsAny(sub, []*net.IPNet{tunnel}) || overlapsAny(sub, used) {
+			t.Fatalf("picked %v: overlaps the tunnel subnet or one of %v", sub, used)
+		}
+	}
+}
