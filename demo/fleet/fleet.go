@@ -8,10 +8,13 @@ package fleet
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -63,50 +66,136 @@ func Build(ctx context.Context, dir string) (Binaries, error) {
 }
 
 // Catalog is the catalog host: the Azure emulator listening on the host's lab address, with the
-// demo's identity, role and database made (demo.ClientID, demo.Role, demo.Database).
+// demo's identity, role and database made (demo.ClientID, demo.Role, demo.Database), and, after
+// StartDB, a second Azure Database for PostgreSQL server (DBHostname) holding the fleet's shared
+// catalog database.
 type Catalog struct {
 	Host *netlab.Host
 	Emu  *azureemu.Emulator
+	// DB is the catalog database's server (nil until StartDB).
+	DB *azureemu.Emulator
+
+	lab *netlab.Lab
+	key *rsa.PrivateKey
+	log *slog.Logger
+}
+
+// The shared catalog database and the user-assigned identity every node logs in to it with (one
+// identity attached to every node's VM, as a platform team would give it).
+const (
+	CatalogServer   = "ferrycatalog"
+	CatalogDatabase = "ferry"
+)
+
+// CatalogIdentity is the nodes' identity for the catalog database; its display name is its role.
+var CatalogIdentity = azureemu.Identity{
+	ClientID:    "22222222-3333-4444-5555-666666666666",
+	ObjectID:    "bbbbbbbb-cccc-4ddd-8eee-ffffffffffff",
+	DisplayName: "ferry-fleet",
 }
 
 // StartCatalog starts the emulator inside h (its listeners bind h's lab address, so only the
-// lab's hosts reach them) and makes the demo's principal and database. Close stops it.
-func StartCatalog(ctx context.Context, h *netlab.Host, log *slog.Logger) (*Catalog, error) {
+// lab's hosts reach them), makes the demo's principal and database, and names the server
+// (Emu.Hostname) in every host's /etc/hosts. Close stops it.
+func StartCatalog(ctx context.Context, l *netlab.Lab, h *netlab.Host, log *slog.Logger) (*Catalog, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Catalog{Host: h}
-	err := h.Do(func() error {
-		var err error
-		c.Emu, err = azureemu.Start(ctx, azureemu.Config{
-			ListenIP: h.Addr().String(),
-			Users:    []azureemu.Identity{{ClientID: demo.ClientID, ObjectID: demo.ObjectID, DisplayName: demo.IdentityName}},
-			Logger:   log.With("component", "azureemu"),
-		})
-		return err
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: token signing key: %w", err)
+	}
+	c := &Catalog{Host: h, lab: l, key: key, log: log}
+	c.Emu, err = c.startEmulator(ctx, azureemu.Config{
+		Users: []azureemu.Identity{{ClientID: demo.ClientID, ObjectID: demo.ObjectID, DisplayName: demo.IdentityName}, CatalogIdentity},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("fleet: start the Azure emulator on %s: %w", h.Name, err)
+		return nil, err
 	}
 	if err := c.Emu.CreatePrincipal(ctx, demo.Role, demo.ObjectID); err != nil {
-		_ = c.Emu.Close()
+		_ = c.Close()
 		return nil, fmt.Errorf("fleet: %w", err)
 	}
 	if err := c.Emu.CreateDatabase(ctx, demo.Database, demo.Role); err != nil {
-		_ = c.Emu.Close()
+		_ = c.Close()
 		return nil, fmt.Errorf("fleet: %w", err)
 	}
 	return c, nil
 }
 
-// Close stops the emulator.
-func (c *Catalog) Close() error { return c.Emu.Close() }
+// startEmulator starts an emulator inside the host, signing with the catalog host's key (so that
+// every emulator of the host accepts the tokens any of their IMDS issues) and named in the lab.
+func (c *Catalog) startEmulator(ctx context.Context, cfg azureemu.Config) (*azureemu.Emulator, error) {
+	cfg.ListenIP = c.Host.Addr().String()
+	cfg.SigningKey = c.key
+	cfg.Logger = c.log.With("component", "azureemu", "server", cfg.ServerName)
+	if c.Emu != nil {
+		cfg.TenantID, cfg.System = c.Emu.TenantID(), c.Emu.System()
+	}
+	var emu *azureemu.Emulator
+	err := c.Host.Do(func() error {
+		var err error
+		emu, err = azureemu.Start(ctx, cfg)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("fleet: start the Azure emulator on %s: %w", c.Host.Name, err)
+	}
+	if err := c.lab.AddName(emu.Hostname(), c.Host); err != nil {
+		_ = emu.Close()
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	return emu, nil
+}
+
+// StartDB starts the catalog database's server on the catalog host: an Azure Database for
+// PostgreSQL of its own (CatalogServer), whose database CatalogDatabase belongs to
+// CatalogIdentity's role. It accepts the tokens of Emu's IMDS.
+func (c *Catalog) StartDB(ctx context.Context) error {
+	if c.DB != nil {
+		return nil
+	}
+	db, err := c.startEmulator(ctx, azureemu.Config{ServerName: CatalogServer})
+	if err != nil {
+		return err
+	}
+	if err := db.CreatePrincipal(ctx, CatalogIdentity.DisplayName, CatalogIdentity.ObjectID); err != nil {
+		_ = db.Close()
+		return fmt.Errorf("fleet: %w", err)
+	}
+	if err := db.CreateDatabase(ctx, CatalogDatabase, CatalogIdentity.DisplayName); err != nil {
+		_ = db.Close()
+		return fmt.Errorf("fleet: %w", err)
+	}
+	c.DB = db
+	return nil
+}
+
+// CatalogURL is the URL of the shared catalog database for a node's catalog_url: no password (the
+// node logs in with CatalogIdentity's token), TLS verified for the server's name.
+func (c *Catalog) CatalogURL() string {
+	_, port, _ := net.SplitHostPort(c.DB.Addr())
+	return "postgres://" + CatalogIdentity.DisplayName + "@" + net.JoinHostPort(c.DB.Hostname(), port) + "/" + CatalogDatabase + "?sslmode=verify-full"
+}
+
+// Close stops the emulators.
+func (c *Catalog) Close() error {
+	var errs []error
+	if c.DB != nil {
+		errs = append(errs, c.DB.Close())
+	}
+	if c.Emu != nil {
+		errs = append(errs, c.Emu.Close())
+	}
+	return errors.Join(errs...)
+}
 
 // NodeConfig is the config of a node on host h using the catalog host's emulator: reached at h's
 // lab address, IMDS, server and vault all the emulator's at the catalog host's address, the access
-// token for the emulator's server only, and no DNS (every other name fails at once).
+// token for the emulator's server (and the catalog database's, after StartDB) only, and no DNS
+// (every other name fails at once).
 func (c *Catalog) NodeConfig(h *netlab.Host) node.Config {
-	return node.Config{
+	cfg := node.Config{
 		PublicHost:    h.Addr().String(),
 		EnrollListen:  h.HostPort(EnrollPort),
 		WireGuardPort: WireGuardPort,
@@ -120,6 +209,12 @@ func (c *Catalog) NodeConfig(h *netlab.Host) node.Config {
 		DNSServer:          "127.0.0.1:9",
 		MetricsListen:      "127.0.0.1:9108",
 	}
+	if c.DB != nil {
+		cfg.CAFiles = append(cfg.CAFiles, c.DB.CACertFile())
+		cfg.HostOverrides[strings.ToLower(c.DB.Hostname())] = c.DB.Addr()
+		cfg.AllowedServerHosts = append(cfg.AllowedServerHosts, strings.ToLower(c.DB.Hostname()))
+	}
+	return cfg
 }
 
 // Node is a ferry-node process on a host of its own.

@@ -19,7 +19,7 @@ import (
 )
 
 // lab is a lab with the named hosts, closed at t's cleanup.
-func lab(t *testing.T, ctx context.Context, names ...string) map[string]*netlab.Host {
+func lab(t *testing.T, ctx context.Context, names ...string) (*netlab.Lab, map[string]*netlab.Host) {
 	t.Helper()
 	l, err := netlab.New(ctx)
 	if err != nil {
@@ -36,12 +36,12 @@ func lab(t *testing.T, ctx context.Context, names ...string) map[string]*netlab.
 			t.Fatal(err)
 		}
 	}
-	return hosts
+	return l, hosts
 }
 
-func startCatalog(t *testing.T, ctx context.Context, h *netlab.Host) *fleet.Catalog {
+func startCatalog(t *testing.T, ctx context.Context, l *netlab.Lab, h *netlab.Host) *fleet.Catalog {
 	t.Helper()
-	c, err := fleet.StartCatalog(ctx, h, nil)
+	c, err := fleet.StartCatalog(ctx, l, h, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,8 +140,8 @@ func TestOneNodeAcrossHosts(t *testing.T) {
 	needLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	hosts := lab(t, ctx, "catalog", "node-a", "client")
-	cat := startCatalog(t, ctx, hosts["catalog"])
+	l, hosts := lab(t, ctx, "catalog", "node-a", "client")
+	cat := startCatalog(t, ctx, l, hosts["catalog"])
 	n := startNode(t, ctx, cat, hosts["node-a"], hosts["client"])
 	c := startClient(t, ctx, hosts["client"], n.AdminToken, "laptop")
 	conn := addDemoResource(t, ctx, c, cat)
