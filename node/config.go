@@ -46,6 +46,16 @@ type Config struct {
 	// clouds; a list replaces them, so keep those entries when adding a private endpoint's custom DNS
 	// name. The control API cannot change it.
 	AllowedServerHosts []string `json:"allowed_server_hosts,omitempty"`
+	// CatalogURL is where the catalog (resources, users, roles, devices, settings) lives: empty means
+	// the SQLite file in the state dir; a postgres:// URL (or libpq key=value string) a PostgreSQL
+	// database shared by the nodes of a fleet. Without a password in it, the node logs in with its
+	// managed identity's token (CatalogClientID), only over TLS verified against its CA files
+	// (sslmode=verify-full) to a host allowed_server_hosts allows. FERRY_NODE_CATALOG_URL overrides it.
+	CatalogURL string `json:"catalog_url,omitempty"`
+	// CatalogClientID is the client ID of the user-assigned managed identity the node logs in to a
+	// PostgreSQL catalog with; empty means the system-assigned identity.
+	// FERRY_NODE_CATALOG_CLIENT_ID overrides it.
+	CatalogClientID string `json:"catalog_client_id,omitempty"`
 	// DNSServer, when set ("ip:port"), is the only DNS server the node asks for servers' hostnames
 	// (proxy and health checks); empty means the system's resolver. Tests point it at a closed
 	// loopback port so that no lookup leaves the machine.
@@ -199,6 +209,12 @@ func LoadConfig(path string) (Config, error) {
 		if err := json.Unmarshal(b, &c); err != nil {
 			return c, fmt.Errorf("read node config %s: %w", path, err)
 		}
+	}
+	if v, ok := os.LookupEnv("FERRY_NODE_CATALOG_URL"); ok {
+		c.CatalogURL = v
+	}
+	if v, ok := os.LookupEnv("FERRY_NODE_CATALOG_CLIENT_ID"); ok {
+		c.CatalogClientID = v
 	}
 	c.applyDefaults()
 	return c, nil

@@ -18,9 +18,9 @@ import (
 	"time"
 
 	"github.com/ferryhq/ferry/api"
-	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/node/catalog"
 	"github.com/ferryhq/ferry/node/health"
+	"github.com/ferryhq/ferry/node/store"
 	"github.com/ferryhq/ferry/node/tokensource"
 	"github.com/ferryhq/ferry/resource"
 )
@@ -52,10 +52,14 @@ func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt Doctor
 		opt.StepTimeout = time.Duration(cfg.HealthStepTimeout)
 	}
 	dbPath := filepath.Join(dir, dbFile)
-	if _, err := os.Stat(dbPath); err != nil {
+	state := dbPath
+	if cfg.CatalogURL != "" {
+		state = filepath.Join(dir, keyFile) // the catalog is elsewhere; the audit file may not exist yet
+	}
+	if _, err := os.Stat(state); err != nil {
 		return false, fmt.Errorf("doctor: no node state in %s (run `ferry-node init --state %s` first): %w", dir, dir, err)
 	}
-	db, err := audit.OpenDB(dbPath)
+	db, err := openCatalogDB(ctx, dir, cfg, catalogLogin{})
 	if err != nil {
 		return false, fmt.Errorf("doctor: %w", err)
 	}
@@ -104,7 +108,11 @@ func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt Doctor
 		if len(clientIDs) == 0 {
 			clientIDs = []string{""} // the system-assigned identity
 		}
-		ok = doctorNode(ctx, w, cat, cfg, tokens, clientIDs, opt.StepTimeout, dbPath)
+		where := dbPath
+		if db.Dialect() == store.Postgres {
+			where = "PostgreSQL on " + db.Pool().Config().ConnConfig.Host
+		}
+		ok = doctorNode(ctx, w, cat, cfg, tokens, clientIDs, opt.StepTimeout, where)
 	}
 	allowed, err := cfg.allowList()
 	if err != nil {
@@ -167,7 +175,7 @@ func printLine(w io.Writer, mark, name, text string, ms float64) {
 var errNotRun = errors.New("not run")
 
 // doctorNode checks the node itself and prints the steps.
-func doctorNode(ctx context.Context, w io.Writer, cat *catalog.Catalog, cfg Config, tokens *tokensource.Source, clientIDs []string, timeout time.Duration, dbPath string) bool {
+func doctorNode(ctx context.Context, w io.Writer, cat *catalog.Catalog, cfg Config, tokens *tokensource.Source, clientIDs []string, timeout time.Duration, catalogWhere string) bool {
 	fmt.Fprintln(w, "node")
 	ok := true
 	step := func(name string, f func(ctx context.Context) (detail, hint string, err error)) {
@@ -188,9 +196,13 @@ func doctorNode(ctx context.Context, w io.Writer, cat *catalog.Catalog, cfg Conf
 	}
 	step("catalog", func(ctx context.Context) (string, string, error) {
 		if err := cat.SetSetting(ctx, "doctor_last_run", time.Now().UTC().Format(time.RFC3339)); err != nil {
-			return "", "the node cannot write its catalog: check the state directory's owner, permissions and free space", err
+			hint := "the node cannot write its catalog: check the state directory's owner, permissions and free space"
+			if cfg.CatalogURL != "" {
+				hint = "the node cannot write its catalog database (catalog_url): check that the server is up and that the node's identity may write the database"
+			}
+			return "", hint, err
 		}
-		return "writable (" + dbPath + ")", "", nil
+		return "writable (" + catalogWhere + ")", "", nil
 	})
 	step("wireguard", func(context.Context) (string, string, error) {
 		if cfg.WireGuardPort == 0 {

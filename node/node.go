@@ -35,6 +35,7 @@ import (
 	"github.com/ferryhq/ferry/node/pgproxy"
 	"github.com/ferryhq/ferry/node/secretstore"
 	"github.com/ferryhq/ferry/node/serverhost"
+	"github.com/ferryhq/ferry/node/store"
 	"github.com/ferryhq/ferry/node/tokensource"
 	"github.com/ferryhq/ferry/resource"
 	"github.com/ferryhq/ferry/tunnel"
@@ -101,7 +102,7 @@ func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok st
 	if err := SaveConfig(filepath.Join(dir, ConfigFile), cfg); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
 	}
-	db, err := audit.OpenDB(filepath.Join(dir, dbFile))
+	db, err := openCatalogDB(ctx, dir, cfg, catalogLogin{})
 	if err != nil {
 		return "", fmt.Errorf("init node: %w", err)
 	}
@@ -122,7 +123,7 @@ func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok st
 // EnrollToken issues a new single-use enrollment token for an existing user of the node in dir.
 func EnrollToken(ctx context.Context, dir string, cfg Config, user string) (string, error) {
 	cfg.applyDefaults()
-	db, err := audit.OpenDB(filepath.Join(dir, dbFile))
+	db, err := openCatalogDB(ctx, dir, cfg, catalogLogin{})
 	if err != nil {
 		return "", fmt.Errorf("issue enrollment token: %w", err)
 	}
@@ -202,7 +203,8 @@ type Node struct {
 	dir    string
 	cfg    Config
 	log    *slog.Logger
-	db     *sql.DB
+	db     *sql.DB   // the audit log's database (the SQLite file)
+	store  *store.DB // the catalog's database
 	cat    *catalog.Catalog
 	audit  *audit.Log
 	tokens *tokensource.Source
@@ -285,16 +287,22 @@ func (n *Node) start(ctx context.Context) error {
 			return fmt.Errorf("start node: CA file %s holds no PEM certificate", f)
 		}
 	}
-	if n.db, err = audit.OpenDB(filepath.Join(n.dir, dbFile)); err != nil {
+	if n.tokens, err = tokensource.New(tokensource.Config{IMDSEndpoint: n.cfg.IMDSEndpoint, Timeout: time.Duration(n.cfg.TokenTimeout), Logger: n.log}); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
-	if n.cat, err = catalog.Open(ctx, n.db); err != nil {
+	if n.store, err = openCatalogDB(ctx, n.dir, n.cfg, catalogLogin{tokens: n.tokens, roots: n.roots, allowed: n.allowed, log: n.log}); err != nil {
+		return fmt.Errorf("start node: %w", err)
+	}
+	if n.cat, err = catalog.Open(ctx, n.store); err != nil {
+		return fmt.Errorf("start node: %w", err)
+	}
+	// The audit log stays in the state dir's SQLite file (with a SQLite catalog: the same handle).
+	if n.store.Dialect() == store.SQLite {
+		n.db = n.store.DB
+	} else if n.db, err = audit.OpenDB(filepath.Join(n.dir, dbFile)); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
 	if n.audit, err = audit.Open(ctx, n.db); err != nil {
-		return fmt.Errorf("start node: %w", err)
-	}
-	if n.tokens, err = tokensource.New(tokensource.Config{IMDSEndpoint: n.cfg.IMDSEndpoint, Timeout: time.Duration(n.cfg.TokenTimeout), Logger: n.log}); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
 	n.secrets = n.newSecretReader()
@@ -470,10 +478,16 @@ func (n *Node) Close() error {
 		_ = n.audit.Close()
 		n.audit = nil
 	}
-	if n.db != nil {
-		err := n.db.Close()
-		n.db = nil
-		return err
+	var err error
+	if n.db != nil && (n.store == nil || n.db != n.store.DB) {
+		err = n.db.Close()
 	}
-	return nil
+	n.db = nil
+	if n.store != nil {
+		if cerr := n.store.Close(); err == nil {
+			err = cerr
+		}
+		n.store = nil
+	}
+	return err
 }

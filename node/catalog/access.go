@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferryhq/ferry/node/store"
 	"github.com/ferryhq/ferry/resource"
 )
 
@@ -26,10 +27,10 @@ func (c *Catalog) Users(ctx context.Context) ([]UserInfo, error) {
 
 // queryUsers lists users (table alias u) with an optional WHERE clause and its arguments, by name.
 func (c *Catalog) queryUsers(ctx context.Context, where string, args ...any) ([]UserInfo, error) {
-	rows, err := c.db.QueryContext(ctx, `SELECT u.name, u.admin, u.suspended, u.created_at,
+	rows, err := c.db.QueryContext(ctx, c.db.Rebind(`SELECT u.name, u.admin, u.suspended, u.created_at,
 		(SELECT count(*) FROM devices d WHERE d.user_name = u.name),
-		COALESCE((SELECT group_concat(role, ',') FROM (SELECT role FROM user_roles r WHERE r.user_name = u.name ORDER BY role)), '')
-		FROM users u `+where+` ORDER BY u.name`, args...)
+		COALESCE((SELECT string_agg(r.role, ',' ORDER BY r.role) FROM user_roles r WHERE r.user_name = u.name), '')
+		FROM users u `+where+` ORDER BY u.name`), args...)
 	if err != nil {
 		return nil, fmt.Errorf("list users: %w", err)
 	}
@@ -63,21 +64,30 @@ func (c *Catalog) UserInfo(ctx context.Context, name string) (UserInfo, error) {
 	return us[0], nil
 }
 
+// execOne runs one write (query with ? placeholders) that must change a row, in a transaction that
+// announces the change (Catalog.write). A unique violation wraps ErrConflict; a missing row, or one
+// a foreign key names, ErrNotFound.
 func (c *Catalog) execOne(ctx context.Context, what string, query string, args ...any) error {
-	res, err := c.db.ExecContext(ctx, query, args...)
-	if err != nil {
-		if strings.Contains(err.Error(), "UNIQUE") || strings.Contains(err.Error(), "PRIMARY KEY") {
-			return fmt.Errorf("%s: %w", what, ErrConflict)
+	errNone := errors.New("no row changed")
+	err := c.write(ctx, func(tx *store.Tx) error {
+		res, err := tx.ExecContext(ctx, c.db.Rebind(query), args...)
+		if err != nil {
+			return err
 		}
-		if strings.Contains(err.Error(), "FOREIGN KEY") {
-			return fmt.Errorf("%s: %w", what, ErrNotFound)
+		if n, _ := res.RowsAffected(); n == 0 {
+			return errNone
 		}
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
+		return nil
+	})
+	switch {
+	case err == nil:
+		return nil
+	case store.IsConflict(err):
+		return fmt.Errorf("%s: %w", what, ErrConflict)
+	case store.IsForeignKeyViolation(err), errors.Is(err, errNone):
 		return fmt.Errorf("%s: %w", what, ErrNotFound)
 	}
-	return nil
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 // SetSuspended suspends or reinstates a user; it wraps ErrNotFound.
@@ -166,8 +176,11 @@ func (c *Catalog) AddRole(ctx context.Context, name string) error {
 	if strings.TrimSpace(name) == "" || strings.ContainsAny(name, "\"<>,") {
 		return fmt.Errorf("add role: %q is not a valid role name", name)
 	}
-	_, err := c.db.ExecContext(ctx, `INSERT INTO roles(name, created_at) VALUES(?, ?)`, name, time.Now().Unix())
-	if err != nil && strings.Contains(err.Error(), "UNIQUE") {
+	err := c.write(ctx, func(tx *store.Tx) error {
+		_, err := tx.ExecContext(ctx, c.db.Rebind(`INSERT INTO roles(name, created_at) VALUES(?, ?)`), name, time.Now().Unix())
+		return err
+	})
+	if store.IsConflict(err) {
 		return fmt.Errorf("add role: a role named %q %w", name, ErrConflict)
 	}
 	if err != nil {
@@ -258,7 +271,7 @@ func (c *Catalog) UnassignRole(ctx context.Context, role, user string) error {
 
 // grantsOf returns the grants of every role the user holds.
 func (c *Catalog) grantsOf(ctx context.Context, user string) ([]Grant, error) {
-	rows, err := c.db.QueryContext(ctx, `SELECT g.grant_expr FROM role_grants g JOIN user_roles u ON u.role = g.role WHERE u.user_name = ?`, user)
+	rows, err := c.db.QueryContext(ctx, c.db.Rebind(`SELECT g.grant_expr FROM role_grants g JOIN user_roles u ON u.role = g.role WHERE u.user_name = ?`), user)
 	if err != nil {
 		return nil, fmt.Errorf("read grants of %s: %w", user, err)
 	}
@@ -321,7 +334,7 @@ func (c *Catalog) RecordActivity(ctx context.Context, a Activity) error {
 	if a.Time.IsZero() {
 		a.Time = time.Now()
 	}
-	_, err := c.db.ExecContext(ctx, `INSERT INTO admin_activity(time, actor, action, target, detail) VALUES(?,?,?,?,?)`,
+	_, err := c.db.ExecContext(ctx, c.db.Rebind(`INSERT INTO admin_activity(time, actor, action, target, detail) VALUES(?,?,?,?,?)`),
 		a.Time.UnixMilli(), a.Actor, a.Action, a.Target, a.Detail)
 	if err != nil {
 		return fmt.Errorf("record admin activity: %w", err)
@@ -334,7 +347,7 @@ func (c *Catalog) Activities(ctx context.Context, limit int) ([]Activity, error)
 	if limit <= 0 {
 		limit = 100
 	}
-	rows, err := c.db.QueryContext(ctx, `SELECT id, time, actor, action, target, detail FROM admin_activity ORDER BY id DESC LIMIT ?`, limit)
+	rows, err := c.db.QueryContext(ctx, c.db.Rebind(`SELECT id, time, actor, action, target, detail FROM admin_activity ORDER BY id DESC LIMIT ?`), limit)
 	if err != nil {
 		return nil, fmt.Errorf("read admin activity: %w", err)
 	}
@@ -354,5 +367,5 @@ func (c *Catalog) Activities(ctx context.Context, limit int) ([]Activity, error)
 
 // ActiveDevices returns the devices whose users are not suspended: the node's WireGuard peers.
 func (c *Catalog) ActiveDevices(ctx context.Context) ([]Device, error) {
-	return c.queryDevices(ctx, `JOIN users u ON u.name = d.user_name WHERE u.suspended = 0`)
+	return c.queryDevices(ctx, `JOIN users u ON u.name = d.user_name WHERE NOT u.suspended`)
 }

@@ -54,8 +54,8 @@ func TokenID(secret string) string { return sha256Hex(secret)[:tokenIDLen] }
 // PendingEnrollTokens lists the enrollment tokens not used yet (expired ones included), of user or
 // of every user when user is "", soonest expiry first.
 func (c *Catalog) PendingEnrollTokens(ctx context.Context, user string) ([]EnrollTokenInfo, error) {
-	rows, err := c.db.QueryContext(ctx, `SELECT substr(secret_sha256, 1, ?), user_name, expires_at FROM enroll_tokens
-		WHERE used_at IS NULL AND (? = '' OR user_name = ?) ORDER BY expires_at, secret_sha256`, tokenIDLen, user, user)
+	rows, err := c.db.QueryContext(ctx, c.db.Rebind(`SELECT substr(secret_sha256, 1, ?), user_name, expires_at FROM enroll_tokens
+		WHERE used_at IS NULL AND (? = '' OR user_name = ?) ORDER BY expires_at, secret_sha256`), tokenIDLen, user, user)
 	if err != nil {
 		return nil, fmt.Errorf("list enrollment tokens: %w", err)
 	}
@@ -83,8 +83,8 @@ func (c *Catalog) CancelEnrollToken(ctx context.Context, id string) (EnrollToken
 		return t, fmt.Errorf("cancel enrollment token: %q is not a token ID (%d hex digits, as `ferry admin users enroll --list` shows): %w", id, tokenIDLen, ErrNotFound)
 	}
 	var at int64
-	err := c.db.QueryRowContext(ctx, `DELETE FROM enroll_tokens WHERE substr(secret_sha256, 1, ?) = ? AND used_at IS NULL
-		RETURNING substr(secret_sha256, 1, ?), user_name, expires_at`, tokenIDLen, id, tokenIDLen).Scan(&t.ID, &t.User, &at)
+	err := c.db.QueryRowContext(ctx, c.db.Rebind(`DELETE FROM enroll_tokens WHERE substr(secret_sha256, 1, ?) = ? AND used_at IS NULL
+		RETURNING substr(secret_sha256, 1, ?), user_name, expires_at`), tokenIDLen, id, tokenIDLen).Scan(&t.ID, &t.User, &at)
 	if err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return t, fmt.Errorf("cancel enrollment token %s: no unused token has this ID: %w", id, ErrNotFound)

@@ -2,26 +2,18 @@ package catalog
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"net/netip"
-	"path/filepath"
 	"testing"
+
+	"github.com/ferryhq/ferry/node/store/storetest"
 )
 
 // BenchmarkResourceByVNAddress measures the node's per-connection lookup of the resource behind a
 // virtual networking address in a catalog of 100 resources (SQLite on disk, unique column).
 func BenchmarkResourceByVNAddress(b *testing.B) {
 	ctx := context.Background()
-	db, err := sql.Open("sqlite", "file:"+filepath.Join(b.TempDir(), "c.db")+"?_pragma=foreign_keys(1)&_pragma=busy_timeout(5000)")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { db.Close() })
-	c, err := Open(ctx, db)
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := openCatalogOn(b, storetest.SQLite(b))
 	var addrs []netip.AddrPort
 	for i := range 100 {
 		r, err := c.AddResource(ctx, res(fmt.Sprintf("r%03d", i)))

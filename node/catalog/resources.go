@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/ferryhq/ferry/node/store"
 	"github.com/ferryhq/ferry/resource"
 )
 
@@ -116,6 +117,16 @@ func checkGivenAddresses(r resource.Resource, subnet netip.Prefix) error {
 	return nil
 }
 
+// givenAddressFree refuses an address given with a resource that another resource has (read under
+// the catalog's resource lock, so the answer holds until the write commits).
+func givenAddressFree(field, addr string, taken resource.Taken) error {
+	ap, err := netip.ParseAddrPort(addr)
+	if addr == "" || err != nil || !taken.AddrPorts[ap] {
+		return nil
+	}
+	return fmt.Errorf("%s: %q %w on another resource; leave it out to have one assigned", field, addr, ErrConflict)
+}
+
 func cloneTags(t map[string]string) map[string]string {
 	if t == nil {
 		return nil
@@ -127,8 +138,11 @@ func cloneTags(t map[string]string) map[string]string {
 	return out
 }
 
-// store validates r and inserts it (insert) or replaces the row with r.ID, in one transaction, so that
-// concurrent admins never get the same name, alias or address. Empty addresses are assigned.
+// store validates r and inserts it (insert) or replaces the row with r.ID, in one transaction that
+// holds the catalog's address lock (store.Tx.Lock), so that concurrent admins on any node never get
+// the same name, alias or address: the taken addresses are read and the new ones written with no
+// other writer in between, and the table's unique columns refuse what slips past anyway. Empty
+// addresses are assigned.
 func (c *Catalog) store(ctx context.Context, r resource.Resource, insert bool) (resource.Resource, error) {
 	if err := r.Validate(); err != nil {
 		return r, err
@@ -140,23 +154,26 @@ func (c *Catalog) store(ctx context.Context, r resource.Resource, insert bool) (
 	if r.ConnectivityMode == "" {
 		r.ConnectivityMode = org.mode
 	}
-	tx, err := c.db.BeginTx(ctx, nil)
+	tx, err := c.db.Begin(ctx)
 	if err != nil {
 		return r, err
 	}
 	defer tx.Rollback()
-	if err := checkStore(ctx, tx, r); err != nil {
+	if err := tx.Lock(ctx, "catalog.resources"); err != nil {
+		return r, err
+	}
+	if err := c.checkStore(ctx, tx, r); err != nil {
 		return r, err
 	}
 	var n int
-	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM resources WHERE name = ? AND id != ?`, r.Name, r.ID).Scan(&n); err != nil {
+	if err := tx.QueryRowContext(ctx, c.db.Rebind(`SELECT count(*) FROM resources WHERE name = ? AND id != ?`), r.Name, r.ID).Scan(&n); err != nil {
 		return r, err
 	}
 	if n > 0 {
 		return r, fmt.Errorf("a resource named %q %w", r.Name, ErrConflict)
 	}
 	if r.Subdomain != "" {
-		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM resources WHERE subdomain = ? AND id != ?`, r.Subdomain, r.ID).Scan(&n); err != nil {
+		if err := tx.QueryRowContext(ctx, c.db.Rebind(`SELECT count(*) FROM resources WHERE subdomain = ? AND id != ?`), r.Subdomain, r.ID).Scan(&n); err != nil {
 			return r, err
 		}
 		if n > 0 {
@@ -164,7 +181,7 @@ func (c *Catalog) store(ctx context.Context, r resource.Resource, insert bool) (
 		}
 	}
 	vnTaken, lbTaken := resource.NewTaken(), resource.NewTaken()
-	rows, err := tx.QueryContext(ctx, `SELECT vn_address, loopback_address FROM resources WHERE id != ?`, r.ID)
+	rows, err := tx.QueryContext(ctx, c.db.Rebind(`SELECT vn_address, loopback_address FROM resources WHERE id != ?`), r.ID)
 	if err != nil {
 		return r, err
 	}
@@ -179,6 +196,12 @@ func (c *Catalog) store(ctx context.Context, r resource.Resource, insert bool) (
 	}
 	rows.Close()
 	if err := checkGivenAddresses(r, org.subnet); err != nil {
+		return r, err
+	}
+	if err := givenAddressFree("loopback_address", r.LoopbackAddress, lbTaken); err != nil {
+		return r, err
+	}
+	if err := givenAddressFree("vn_address", r.VNAddress, vnTaken); err != nil {
 		return r, err
 	}
 	if r.VNAddress == "" {
@@ -199,14 +222,20 @@ func (c *Catalog) store(ctx context.Context, r resource.Resource, insert bool) (
 		return r, fmt.Errorf("encode: %w", err)
 	}
 	if insert {
-		_, err = tx.ExecContext(ctx, `INSERT INTO resources(name, id, vn_address, loopback_address, subdomain, data, created_at) VALUES(?,?,?,?,?,?,?)`,
+		_, err = tx.ExecContext(ctx, c.db.Rebind(`INSERT INTO resources(name, id, vn_address, loopback_address, subdomain, data, created_at) VALUES(?,?,?,?,?,?,?)`),
 			r.Name, r.ID, r.VNAddress, r.LoopbackAddress, r.Subdomain, string(data), time.Now().Unix())
 	} else {
-		_, err = tx.ExecContext(ctx, `UPDATE resources SET name = ?, vn_address = ?, loopback_address = ?, subdomain = ?, data = ? WHERE id = ?`,
+		_, err = tx.ExecContext(ctx, c.db.Rebind(`UPDATE resources SET name = ?, vn_address = ?, loopback_address = ?, subdomain = ?, data = ? WHERE id = ?`),
 			r.Name, r.VNAddress, r.LoopbackAddress, r.Subdomain, string(data), r.ID)
+	}
+	if store.IsConflict(err) {
+		return r, fmt.Errorf("store: its name, DNS name or an address %w on another resource", ErrConflict)
 	}
 	if err != nil {
 		return r, fmt.Errorf("store: %w", err)
+	}
+	if err := tx.Notify(ctx); err != nil {
+		return r, err
 	}
 	if err := tx.Commit(); err != nil {
 		return r, fmt.Errorf("commit: %w", err)
@@ -244,7 +273,7 @@ func (c *Catalog) Resources(ctx context.Context) ([]resource.Resource, error) {
 func (c *Catalog) resourceWhere(ctx context.Context, what, clause string, arg any) (resource.Resource, error) {
 	var r resource.Resource
 	var data string
-	err := c.db.QueryRowContext(ctx, `SELECT data FROM resources WHERE `+clause, arg).Scan(&data)
+	err := c.db.QueryRowContext(ctx, c.db.Rebind(`SELECT data FROM resources WHERE `+clause), arg).Scan(&data)
 	if errors.Is(err, sql.ErrNoRows) {
 		return r, fmt.Errorf("%s: %w", what, ErrNotFound)
 	}

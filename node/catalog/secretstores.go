@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferryhq/ferry/node/store"
 	"github.com/ferryhq/ferry/resource"
 )
 
@@ -40,19 +41,23 @@ func (c *Catalog) storeSecretStore(ctx context.Context, s *resource.SecretStore,
 	if err != nil {
 		return fmt.Errorf("encode: %w", err)
 	}
-	var n int
-	if err := c.db.QueryRowContext(ctx, `SELECT count(*) FROM secret_stores WHERE name = ? AND id != ?`, s.Name, s.ID).Scan(&n); err != nil {
+	err = c.write(ctx, func(tx *store.Tx) error {
+		var n int
+		if err := tx.QueryRowContext(ctx, c.db.Rebind(`SELECT count(*) FROM secret_stores WHERE name = ? AND id != ?`), s.Name, s.ID).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			return fmt.Errorf("a secret store named %q %w", s.Name, ErrConflict)
+		}
+		var err error
+		if insert {
+			_, err = tx.ExecContext(ctx, c.db.Rebind(`INSERT INTO secret_stores(id, name, data, created_at) VALUES(?,?,?,?)`), s.ID, s.Name, string(data), time.Now().Unix())
+		} else {
+			_, err = tx.ExecContext(ctx, c.db.Rebind(`UPDATE secret_stores SET name = ?, data = ? WHERE id = ?`), s.Name, string(data), s.ID)
+		}
 		return err
-	}
-	if n > 0 {
-		return fmt.Errorf("a secret store named %q %w", s.Name, ErrConflict)
-	}
-	if insert {
-		_, err = c.db.ExecContext(ctx, `INSERT INTO secret_stores(id, name, data, created_at) VALUES(?,?,?,?)`, s.ID, s.Name, string(data), time.Now().Unix())
-	} else {
-		_, err = c.db.ExecContext(ctx, `UPDATE secret_stores SET name = ?, data = ? WHERE id = ?`, s.Name, string(data), s.ID)
-	}
-	if err != nil && strings.Contains(err.Error(), "UNIQUE") {
+	})
+	if store.IsConflict(err) {
 		return fmt.Errorf("a secret store named %q %w", s.Name, ErrConflict)
 	}
 	return err
@@ -84,7 +89,7 @@ func (c *Catalog) SecretStores(ctx context.Context) ([]resource.SecretStore, err
 func (c *Catalog) SecretStore(ctx context.Context, idOrName string) (resource.SecretStore, error) {
 	var s resource.SecretStore
 	var data string
-	err := c.db.QueryRowContext(ctx, `SELECT data FROM secret_stores WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1`, idOrName, idOrName, idOrName).Scan(&data)
+	err := c.db.QueryRowContext(ctx, c.db.Rebind(`SELECT data FROM secret_stores WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1`), idOrName, idOrName, idOrName).Scan(&data)
 	if errors.Is(err, sql.ErrNoRows) {
 		return s, fmt.Errorf("secret store %q: %w (list them with `ferry admin secretstores list`)", idOrName, ErrNotFound)
 	}
@@ -124,11 +129,15 @@ func (c *Catalog) DeleteSecretStore(ctx context.Context, idOrName string) (resou
 	if err != nil {
 		return s, fmt.Errorf("delete secret store: %w", err)
 	}
-	tx, err := c.db.BeginTx(ctx, nil)
+	tx, err := c.db.Begin(ctx)
 	if err != nil {
 		return s, fmt.Errorf("delete secret store %s: %w", s.Name, err)
 	}
 	defer tx.Rollback()
+	// The resources' lock: a resource being stored with this store waits, or this delete does.
+	if err := tx.Lock(ctx, "catalog.resources"); err != nil {
+		return s, fmt.Errorf("delete secret store %s: %w", s.Name, err)
+	}
 	users, err := resourcesUsingStore(ctx, tx, s.ID)
 	if err != nil {
 		return s, fmt.Errorf("delete secret store %s: %w", s.Name, err)
@@ -137,12 +146,15 @@ func (c *Catalog) DeleteSecretStore(ctx context.Context, idOrName string) (resou
 		return s, fmt.Errorf("delete secret store %s (%s): it %w by resources %s: move them to another store first (ferry admin datasources update NAME --secret-store-id ...)",
 			s.Name, s.ID, ErrInUse, strings.Join(users, ", "))
 	}
-	res, err := tx.ExecContext(ctx, `DELETE FROM secret_stores WHERE id = ?`, s.ID)
+	res, err := tx.ExecContext(ctx, c.db.Rebind(`DELETE FROM secret_stores WHERE id = ?`), s.ID)
 	if err != nil {
 		return s, fmt.Errorf("delete secret store %s: %w", s.Name, err)
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return s, fmt.Errorf("delete secret store %s: %w", s.Name, ErrNotFound)
+	}
+	if err := tx.Notify(ctx); err != nil {
+		return s, fmt.Errorf("delete secret store %s: %w", s.Name, err)
 	}
 	if err := tx.Commit(); err != nil {
 		return s, fmt.Errorf("delete secret store %s: commit: %w", s.Name, err)
@@ -150,7 +162,7 @@ func (c *Catalog) DeleteSecretStore(ctx context.Context, idOrName string) (resou
 	return s, nil
 }
 
-func resourcesUsingStore(ctx context.Context, tx *sql.Tx, id string) ([]string, error) {
+func resourcesUsingStore(ctx context.Context, tx *store.Tx, id string) ([]string, error) {
 	rows, err := tx.QueryContext(ctx, `SELECT name, data FROM resources ORDER BY name`)
 	if err != nil {
 		return nil, err
@@ -174,12 +186,12 @@ func resourcesUsingStore(ctx context.Context, tx *sql.Tx, id string) ([]string, 
 }
 
 // checkStore refuses a resource that names a secret store the catalog does not have.
-func checkStore(ctx context.Context, tx *sql.Tx, r resource.Resource) error {
+func (c *Catalog) checkStore(ctx context.Context, tx *store.Tx, r resource.Resource) error {
 	if r.SecretStoreID == "" {
 		return nil
 	}
 	var n int
-	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM secret_stores WHERE id = ?`, r.SecretStoreID).Scan(&n); err != nil {
+	if err := tx.QueryRowContext(ctx, c.db.Rebind(`SELECT count(*) FROM secret_stores WHERE id = ?`), r.SecretStoreID).Scan(&n); err != nil {
 		return err
 	}
 	if n == 0 {

@@ -1,0 +1,17 @@
+//go:build !linux
+
+package pgtest
+
+import (
+	"errors"
+	"os"
+	"syscall"
+)
+
+var errUnsupported = errors.New("throwaway PostgreSQL servers for tests run on Linux only")
+
+func supported() error { return errUnsupported }
+
+var interrupt = os.Interrupt
+
+func sysProcAttr(*account) *syscall.SysProcAttr { return nil }

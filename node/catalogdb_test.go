@@ -1,0 +1,124 @@
+package node_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/ferryhq/ferry/azureemu"
+	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/pgtest"
+	"github.com/ferryhq/ferry/node"
+)
+
+// TestCatalogOnAzurePostgresWithManagedIdentity: with catalog_url naming a database on the
+// (emulated) Azure Database for PostgreSQL server and no password, init and start keep the catalog
+// there, logging in with the catalog_client_id identity's token, which the server validates. The
+// token only goes over TLS verified against the node's CA files to an allowed host: a weaker
+// sslmode, an unknown CA or a host outside allowed_server_hosts is refused.
+func TestCatalogOnAzurePostgresWithManagedIdentity(t *testing.T) {
+	if _, err := pgtest.FindBinDir(); errors.Is(err, pgtest.ErrNoBinaries) {
+		t.Skip(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	emu, err := azureemu.Start(ctx, azureemu.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { emu.Close() })
+	id := azureemu.Identity{ClientID: uuid.NewString(), ObjectID: uuid.NewString(), DisplayName: "ferry-catalog-mi"}
+	emu.AddUserIdentity(id)
+	if err := emu.CreatePrincipal(ctx, "ferry-catalog-mi", id.ObjectID); err != nil {
+		t.Fatal(err)
+	}
+	if err := emu.CreateDatabase(ctx, "ferrycatalog", "ferry-catalog-mi"); err != nil {
+		t.Fatal(err)
+	}
+	base := demo.NodeConfig(emu)
+	base.CatalogURL = "postgres://ferry-catalog-mi@" + emu.Hostname() + ":5432/ferrycatalog"
+	base.CatalogClientID = id.ClientID
+
+	refusals := []struct {
+		name string
+		edit func(*node.Config)
+		want string
+	}{
+		{"sslmode=require", func(c *node.Config) { c.CatalogURL += "?sslmode=require" }, "verify-full"},
+		{"unknown CA", func(c *node.Config) { c.CAFiles = nil }, "certificate"},
+		{"host not allowed", func(c *node.Config) { c.AllowedServerHosts = []string{"other.postgres.database.azure.com"} }, "other.postgres.database.azure.com"},
+	}
+	for _, r := range refusals {
+		t.Run(r.name, func(t *testing.T) {
+			cfg := base
+			r.edit(&cfg)
+			_, err := node.Init(ctx, filepath.Join(t.TempDir(), "node"), cfg, "admin")
+			if err == nil || !strings.Contains(err.Error(), r.want) {
+				t.Fatalf("init: %v, want a refusal naming %q", err, r.want)
+			}
+		})
+	}
+	if n := len(superuserQuery(t, ctx, emu, `SELECT tablename::text FROM pg_tables WHERE tablename = 'users'`)); n != 0 {
+		t.Fatal("a refused init created the catalog")
+	}
+
+	dir := filepath.Join(t.TempDir(), "node")
+	if _, err := node.Init(ctx, dir, base, "admin"); err != nil {
+		t.Fatal(err)
+	}
+	if got := superuserQuery(t, ctx, emu, `SELECT name FROM users WHERE admin`); len(got) != 1 || got[0] != "admin" {
+		t.Fatalf("admins in the PostgreSQL catalog: %q", got)
+	}
+	asked := false
+	for _, r := range emu.IMDSRequests() {
+		asked = asked || (strings.EqualFold(r.ClientID, id.ClientID) && r.Status == 200)
+	}
+	if !asked {
+		t.Fatalf("no token was issued for the catalog identity: %+v", emu.IMDSRequests())
+	}
+	n, err := node.Start(ctx, dir, base, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if err := n.Catalog().AddUser(ctx, "bob", false); err != nil {
+		t.Fatal(err)
+	}
+	if got := superuserQuery(t, ctx, emu, `SELECT name FROM users ORDER BY name`); strings.Join(got, ",") != "admin,bob" {
+		t.Fatalf("users in the PostgreSQL catalog after a write through the node: %q", got)
+	}
+	var out bytes.Buffer
+	if _, err := node.Doctor(ctx, &out, dir, base, node.DoctorOptions{StepTimeout: 10 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "writable (PostgreSQL on "+emu.Hostname()+")") {
+		t.Fatalf("doctor does not name the PostgreSQL catalog:\n%s", out.String())
+	}
+}
+
+// superuserQuery runs a one-column query on the emulator's ferrycatalog database as the superuser.
+func superuserQuery(t *testing.T, ctx context.Context, emu *azureemu.Emulator, q string) []string {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, strings.Replace(emu.SuperuserConnString(), "dbname=postgres", "dbname=ferrycatalog", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
