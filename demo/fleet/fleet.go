@@ -10,7 +10,9 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,11 +25,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/azureemu"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
 	"github.com/ferryhq/ferry/internal/netlab"
 	"github.com/ferryhq/ferry/node"
+	"github.com/ferryhq/ferry/tunnel"
 )
 
 // Ports every node listens on inside its own host (each host has its own ports, so the defaults
@@ -193,7 +197,8 @@ func (c *Catalog) Close() error {
 // NodeConfig is the config of a node on host h using the catalog host's emulator: reached at h's
 // lab address, IMDS, server and vault all the emulator's at the catalog host's address, the access
 // token for the emulator's server (and the catalog database's, after StartDB) only, and no DNS
-// (every other name fails at once).
+// (every other name fails at once). After StartDB the node keeps its catalog in the shared catalog
+// database (CatalogURL), logging in as CatalogIdentity.
 func (c *Catalog) NodeConfig(h *netlab.Host) node.Config {
 	cfg := node.Config{
 		PublicHost:    h.Addr().String(),
@@ -210,6 +215,7 @@ func (c *Catalog) NodeConfig(h *netlab.Host) node.Config {
 		MetricsListen:      "127.0.0.1:9108",
 	}
 	if c.DB != nil {
+		cfg.CatalogURL, cfg.CatalogClientID = c.CatalogURL(), CatalogIdentity.ClientID
 		cfg.CAFiles = append(cfg.CAFiles, c.DB.CACertFile())
 		cfg.HostOverrides[strings.ToLower(c.DB.Hostname())] = c.DB.Addr()
 		cfg.AllowedServerHosts = append(cfg.AllowedServerHosts, strings.ToLower(c.DB.Hostname()))
@@ -228,8 +234,10 @@ type Node struct {
 
 // InitNode runs `ferry-node init` for a node on h with state in dir and cfg's addresses, IMDS
 // endpoint, CA files, host overrides and metrics address given as flags, as an operator would;
-// cfg's allowed_server_hosts and dns_server (no flag sets exactly these) are then written into the
-// config.json init made.
+// cfg's allowed_server_hosts, dns_server and catalog settings (no flag of init sets exactly these)
+// are then written into the config.json init made. With cfg.CatalogURL set, the node joins that
+// catalog's deployment: the SQLite catalog and admin token init made stay unused (AdminToken is
+// empty); the deployment's first node comes from InitFirstNode.
 func InitNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cfg node.Config) (*Node, error) {
 	n := &Node{Host: h, Dir: dir, bins: bins}
 	args := []string{bins.Node, "init", "--state", dir, "--public-host", cfg.PublicHost,
@@ -248,14 +256,105 @@ func InitNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cf
 	if err != nil {
 		return nil, fmt.Errorf("fleet: ferry-node init on %s: %w: %s", h.Name, err, stderr.String())
 	}
-	n.AdminToken = strings.TrimSpace(string(out))
+	if cfg.CatalogURL == "" {
+		n.AdminToken = strings.TrimSpace(string(out))
+	}
 	if err := patchConfig(filepath.Join(dir, node.ConfigFile), map[string]any{
 		"allowed_server_hosts": cfg.AllowedServerHosts,
 		"dns_server":           cfg.DNSServer,
+		"catalog_url":          cfg.CatalogURL,
+		"catalog_client_id":    cfg.CatalogClientID,
 	}); err != nil {
 		return nil, fmt.Errorf("fleet: node on %s: %w", h.Name, err)
 	}
 	return n, nil
+}
+
+// envInitNode, set to a JSON initRequest, makes a binary that calls RunInitIfAsked run node.Init.
+const envInitNode = "FERRY_FLEET_INIT_NODE"
+
+type initRequest struct {
+	Dir    string      `json:"dir"`
+	Config node.Config `json:"config"`
+	Admin  string      `json:"admin"`
+}
+
+// RunInitIfAsked, called first thing in TestMain (or main), runs node.Init and exits when this
+// process was started by InitFirstNode; otherwise it returns.
+func RunInitIfAsked() {
+	v := os.Getenv(envInitNode)
+	if v == "" {
+		return
+	}
+	var req initRequest
+	if err := json.Unmarshal([]byte(v), &req); err != nil {
+		fmt.Fprintln(os.Stderr, "fleet: init request:", err)
+		os.Exit(2)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	tok, err := node.Init(ctx, req.Dir, req.Config, req.Admin)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Println(tok)
+	os.Exit(0)
+}
+
+// InitFirstNode creates the first node of a deployment whose catalog is cfg.CatalogURL: node.Init
+// (the deployment's catalog schema and its first admin, whose token is AdminToken) run inside h by
+// this executable, which must call RunInitIfAsked. (ferry-node init has no flag for the first
+// node's catalog URL yet; nodes that join use InitNode.)
+func InitFirstNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cfg node.Config) (*Node, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("fleet: init the first node: %w", err)
+	}
+	req, err := json.Marshal(initRequest{Dir: dir, Config: cfg, Admin: node.DefaultAdmin})
+	if err != nil {
+		return nil, fmt.Errorf("fleet: init the first node: %w", err)
+	}
+	cmd := h.Command(ctx, exe)
+	cmd.Env = append(os.Environ(), envInitNode+"="+string(req))
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("fleet: init the first node on %s: %w: %s", h.Name, err, stderr.String())
+	}
+	return &Node{Host: h, Dir: dir, bins: bins, AdminToken: strings.TrimSpace(string(out))}, nil
+}
+
+// Endpoint is how a client reaches the node: its WireGuard public key and endpoint, its enrollment
+// URL and the SHA-256 of that endpoint's certificate (read from the node's state directory).
+func (n *Node) Endpoint() (client.State, error) {
+	b, err := os.ReadFile(filepath.Join(n.Dir, "wireguard.key"))
+	if err != nil {
+		return client.State{}, fmt.Errorf("fleet: node key: %w", err)
+	}
+	key, err := tunnel.ParseKey(strings.TrimSpace(string(b)))
+	if err != nil {
+		return client.State{}, fmt.Errorf("fleet: node key: %w", err)
+	}
+	pemBytes, err := os.ReadFile(filepath.Join(n.Dir, "enroll.crt"))
+	if err != nil {
+		return client.State{}, fmt.Errorf("fleet: node certificate: %w", err)
+	}
+	block, _ := pem.Decode(pemBytes)
+	if block == nil {
+		return client.State{}, errors.New("fleet: node certificate: no PEM block")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return client.State{}, fmt.Errorf("fleet: node certificate: %w", err)
+	}
+	return client.State{
+		NodePublicKey:     key.PublicKey().String(),
+		WireGuardEndpoint: n.Host.HostPort(WireGuardPort),
+		NodeURL:           "https://" + n.Host.HostPort(EnrollPort),
+		NodeCertSHA256:    api.CertSHA256(cert),
+	}, nil
 }
 
 // patchConfig sets keys of the JSON object in path, keeping the rest and the file's mode.
@@ -360,6 +459,27 @@ func (c *Client) command(ctx context.Context, args ...string) *exec.Cmd {
 	cmd := c.Host.Command(ctx, append([]string{c.bins.Client}, args...)...)
 	cmd.Env = append(os.Environ(), client.EnvConfigDir+"="+c.Dirs.Config, client.EnvRuntimeDir+"="+c.Dirs.Runtime)
 	return cmd
+}
+
+// Via is a second client of the same device on host h (state under dir) that uses node n instead:
+// the device's key, address and user, with n's key, endpoints and certificate. (Until the client
+// learns the fleet's nodes itself, this is how a test reaches another node with one enrollment.)
+func (c *Client) Via(n *Node, h *netlab.Host, dir string) (*Client, error) {
+	st, err := client.LoadState(c.Dirs)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	ep, err := n.Endpoint()
+	if err != nil {
+		return nil, err
+	}
+	st.NodePublicKey, st.WireGuardEndpoint, st.NodeURL, st.NodeCertSHA256 = ep.NodePublicKey, ep.WireGuardEndpoint, ep.NodeURL, ep.NodeCertSHA256
+	st.Connected = nil
+	c2 := NewClient(c.bins, h, dir)
+	if err := client.SaveState(c2.Dirs, st); err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	return c2, nil
 }
 
 // Ferry runs the ferry CLI with args inside the client's host and returns its standard output;

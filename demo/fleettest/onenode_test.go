@@ -61,40 +61,53 @@ func startNode(t *testing.T, ctx context.Context, cat *fleet.Catalog, h, from *n
 	if err != nil {
 		t.Fatal(err)
 	}
+	runNode(t, ctx, n, from)
+	return n
+}
+
+// runNode runs the node n, ready when from reaches its enrollment endpoint; at cleanup it is
+// stopped and, if t failed, its log is in the test log.
+func runNode(t *testing.T, ctx context.Context, n *fleet.Node, from *netlab.Host) {
+	t.Helper()
 	t.Cleanup(func() {
 		if err := n.Stop(); err != nil {
 			t.Error(err)
 		}
 		if t.Failed() {
-			t.Logf("log of the node on %s:\n%s", h.Name, n.Log())
+			t.Logf("log of the node on %s:\n%s", n.Host.Name, n.Log())
 		}
 	})
 	if err := n.Start(ctx, from); err != nil {
 		t.Fatal(err)
 	}
-	return n
 }
 
-// startClient enrolls a device on h with token and runs its daemon; at cleanup the daemon is
-// stopped and, if t failed, its log is in the test log.
+// startClient enrolls a device on h with token and runs its daemon (startDaemon).
 func startClient(t *testing.T, ctx context.Context, h *netlab.Host, token, device string) *fleet.Client {
 	t.Helper()
 	c := fleet.NewClient(bins, h, filepath.Join(t.TempDir(), h.Name))
 	if _, err := c.Ferry(ctx, "login", token, "--device-name", device); err != nil {
 		t.Fatal(err)
 	}
+	startDaemon(t, ctx, c)
+	return c
+}
+
+// startDaemon runs c's daemon; at cleanup it is stopped and, if t failed, its log is in the test
+// log.
+func startDaemon(t *testing.T, ctx context.Context, c *fleet.Client) {
+	t.Helper()
 	t.Cleanup(func() {
 		if err := c.StopDaemon(); err != nil {
 			t.Error(err)
 		}
 		if t.Failed() {
-			t.Logf("log of the client daemon on %s:\n%s", h.Name, c.DaemonLog())
+			t.Logf("log of the client daemon on %s:\n%s", c.Host.Name, c.DaemonLog())
 		}
 	})
 	if err := c.StartDaemon(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return c
 }
 
 // addDemoResource adds azure-pg-mi-prod (the emulator's server) as the client's admin, connects it
@@ -106,6 +119,13 @@ func addDemoResource(t *testing.T, ctx context.Context, c *fleet.Client, cat *fl
 		"--managed-identity-client-id="+demo.ClientID, "--tls-required"); err != nil {
 		t.Fatal(err)
 	}
+	return connectDemoResource(t, ctx, c)
+}
+
+// connectDemoResource connects azure-pg-mi-prod and returns the psql connection string of its
+// local address inside the client's host.
+func connectDemoResource(t *testing.T, ctx context.Context, c *fleet.Client) string {
+	t.Helper()
 	out, err := c.Ferry(ctx, "connect", demo.ResourceName)
 	if err != nil {
 		t.Fatal(err)
