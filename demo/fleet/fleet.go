@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -84,20 +83,6 @@ type Catalog struct {
 	log *slog.Logger
 }
 
-// The shared catalog database and the user-assigned identity every node logs in to it with (one
-// identity attached to every node's VM, as a platform team would give it).
-const (
-	CatalogServer   = "ferrycatalog"
-	CatalogDatabase = "ferry"
-)
-
-// CatalogIdentity is the nodes' identity for the catalog database; its display name is its role.
-var CatalogIdentity = azureemu.Identity{
-	ClientID:    "22222222-3333-4444-5555-666666666666",
-	ObjectID:    "bbbbbbbb-cccc-4ddd-8eee-ffffffffffff",
-	DisplayName: "ferry-fleet",
-}
-
 // StartCatalog starts the emulator inside h (its listeners bind h's lab address, so only the
 // lab's hosts reach them), makes the demo's principal and database, and names the server
 // (Emu.Hostname) in every host's /etc/hosts. Close stops it.
@@ -111,8 +96,8 @@ func StartCatalog(ctx context.Context, l *netlab.Lab, h *netlab.Host, log *slog.
 	}
 	c := &Catalog{Host: h, lab: l, key: key, log: log}
 	c.Emu, err = c.startEmulator(ctx, azureemu.Config{
-		Users: []azureemu.Identity{{ClientID: demo.ClientID, ObjectID: demo.ObjectID, DisplayName: demo.IdentityName}, CatalogIdentity},
-	})
+		Users: []azureemu.Identity{{ClientID: demo.ClientID, ObjectID: demo.ObjectID, DisplayName: demo.IdentityName}, demo.CatalogIdentity},
+	}, azureemu.Start)
 	if err != nil {
 		return nil, err
 	}
@@ -127,19 +112,20 @@ func StartCatalog(ctx context.Context, l *netlab.Lab, h *netlab.Host, log *slog.
 	return c, nil
 }
 
-// startEmulator starts an emulator inside the host, signing with the catalog host's key (so that
-// every emulator of the host accepts the tokens any of their IMDS issues) and named in the lab.
-func (c *Catalog) startEmulator(ctx context.Context, cfg azureemu.Config) (*azureemu.Emulator, error) {
+// startEmulator starts an emulator inside the host with start (azureemu.Start or
+// demo.StartCatalogDB), signing with the catalog host's key (so that every emulator of the host
+// accepts the tokens any of their IMDS issues), and names it in the lab.
+func (c *Catalog) startEmulator(ctx context.Context, cfg azureemu.Config, start func(context.Context, azureemu.Config) (*azureemu.Emulator, error)) (*azureemu.Emulator, error) {
 	cfg.ListenIP = c.Host.Addr().String()
 	cfg.SigningKey = c.key
-	cfg.Logger = c.log.With("component", "azureemu", "server", cfg.ServerName)
+	cfg.Logger = c.log.With("component", "azureemu")
 	if c.Emu != nil {
 		cfg.TenantID, cfg.System = c.Emu.TenantID(), c.Emu.System()
 	}
 	var emu *azureemu.Emulator
 	err := c.Host.Do(func() error {
 		var err error
-		emu, err = azureemu.Start(ctx, cfg)
+		emu, err = start(ctx, cfg)
 		return err
 	})
 	if err != nil {
@@ -152,35 +138,22 @@ func (c *Catalog) startEmulator(ctx context.Context, cfg azureemu.Config) (*azur
 	return emu, nil
 }
 
-// StartDB starts the catalog database's server on the catalog host: an Azure Database for
-// PostgreSQL of its own (CatalogServer), whose database CatalogDatabase belongs to
-// CatalogIdentity's role. It accepts the tokens of Emu's IMDS.
+// StartDB starts the catalog database's server on the catalog host (demo.StartCatalogDB): it
+// accepts the tokens of Emu's IMDS.
 func (c *Catalog) StartDB(ctx context.Context) error {
 	if c.DB != nil {
 		return nil
 	}
-	db, err := c.startEmulator(ctx, azureemu.Config{ServerName: CatalogServer})
+	db, err := c.startEmulator(ctx, azureemu.Config{}, demo.StartCatalogDB)
 	if err != nil {
 		return err
-	}
-	if err := db.CreatePrincipal(ctx, CatalogIdentity.DisplayName, CatalogIdentity.ObjectID); err != nil {
-		_ = db.Close()
-		return fmt.Errorf("fleet: %w", err)
-	}
-	if err := db.CreateDatabase(ctx, CatalogDatabase, CatalogIdentity.DisplayName); err != nil {
-		_ = db.Close()
-		return fmt.Errorf("fleet: %w", err)
 	}
 	c.DB = db
 	return nil
 }
 
-// CatalogURL is the URL of the shared catalog database for a node's catalog_url: no password (the
-// node logs in with CatalogIdentity's token), TLS verified for the server's name.
-func (c *Catalog) CatalogURL() string {
-	_, port, _ := net.SplitHostPort(c.DB.Addr())
-	return "postgres://" + CatalogIdentity.DisplayName + "@" + net.JoinHostPort(c.DB.Hostname(), port) + "/" + CatalogDatabase + "?sslmode=verify-full"
-}
+// CatalogURL is the shared catalog's URL for a node's catalog_url (demo.CatalogURL).
+func (c *Catalog) CatalogURL() string { return demo.CatalogURL(c.DB) }
 
 // Close stops the emulators.
 func (c *Catalog) Close() error {
@@ -215,10 +188,7 @@ func (c *Catalog) NodeConfig(h *netlab.Host) node.Config {
 		MetricsListen:      "127.0.0.1:9108",
 	}
 	if c.DB != nil {
-		cfg.CatalogURL, cfg.CatalogClientID = c.CatalogURL(), CatalogIdentity.ClientID
-		cfg.CAFiles = append(cfg.CAFiles, c.DB.CACertFile())
-		cfg.HostOverrides[strings.ToLower(c.DB.Hostname())] = c.DB.Addr()
-		cfg.AllowedServerHosts = append(cfg.AllowedServerHosts, strings.ToLower(c.DB.Hostname()))
+		demo.WithCatalog(&cfg, c.DB)
 	}
 	return cfg
 }

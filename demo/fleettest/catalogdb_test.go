@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/ferryhq/ferry/azureemu"
-	"github.com/ferryhq/ferry/demo/fleet"
+	"github.com/ferryhq/ferry/demo"
 	"github.com/ferryhq/ferry/internal/netlab"
 )
 
@@ -31,7 +31,7 @@ func TestCatalogDBSharedByNodeHosts(t *testing.T) {
 		t.Fatal(err)
 	}
 	u, err := url.Parse(cat.CatalogURL())
-	if err != nil || u.User.Username() != fleet.CatalogIdentity.DisplayName || u.Hostname() != cat.DB.Hostname() {
+	if err != nil || u.User.Username() != demo.CatalogIdentity.DisplayName || u.Hostname() != cat.DB.Hostname() {
 		t.Fatalf("catalog URL %s: %v", cat.CatalogURL(), err)
 	}
 	if _, ok := u.User.Password(); ok {
@@ -40,12 +40,12 @@ func TestCatalogDBSharedByNodeHosts(t *testing.T) {
 	for i, name := range []string{"node-a", "node-b"} {
 		h := hosts[name]
 		cfg := cat.NodeConfig(h)
-		tok, err := hostIMDSToken(ctx, h, cfg.IMDSEndpoint, fleet.CatalogIdentity.ClientID)
+		tok, err := hostIMDSToken(ctx, h, cfg.IMDSEndpoint, demo.CatalogIdentity.ClientID)
 		if err != nil {
 			t.Fatalf("%s: token from %s: %v", name, cfg.IMDSEndpoint, err)
 		}
 		conn := fmt.Sprintf("host=%s port=%s dbname=%s user=%s sslmode=verify-full sslrootcert=%s",
-			u.Hostname(), u.Port(), fleet.CatalogDatabase, u.User.Username(), cat.DB.CACertFile())
+			u.Hostname(), u.Port(), demo.CatalogDatabase, u.User.Username(), cat.DB.CACertFile())
 		sql := fmt.Sprintf("SET client_min_messages = warning; CREATE TABLE IF NOT EXISTS seen (host text); INSERT INTO seen VALUES ('%s'); SELECT count(*) FROM seen", name)
 		cmd := h.Command(ctx, "psql", conn, "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql)
 		cmd.Env = append(os.Environ(), "PGPASSWORD="+tok, "PGCONNECT_TIMEOUT=10")
