@@ -10,8 +10,9 @@
 // Paste the export line into another shell as is to use `ferry status`, `ferry connect` and
 // `ferry admin` as the demo's admin; give the ready line to psql. Ctrl-C tears everything down.
 //
-// -nodes N asks for a fleet of N nodes sharing one PostgreSQL catalog; it needs the shared catalog
-// (the node's catalog_url), and until the nodes have it ferry-demo refuses N > 1 and says so.
+// -nodes N starts N nodes sharing one PostgreSQL catalog (an Azure Database for PostgreSQL server
+// of the emulator's, which the nodes log in to with their managed identity) and prints each node's
+// state directory and an enrollment command for a device through it.
 package main
 
 import (
@@ -27,6 +28,7 @@ import (
 
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/node"
 )
 
 func main() {
@@ -47,9 +49,13 @@ func main() {
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	fmt.Fprintln(os.Stderr, "starting PostgreSQL, the Azure emulator, ferry-node and a client daemon…")
+	if *nodes > 1 {
+		fmt.Fprintf(os.Stderr, "starting PostgreSQL, the Azure emulator, the catalog database, %d ferry-nodes and a client daemon…\n", *nodes)
+	} else {
+		fmt.Fprintln(os.Stderr, "starting PostgreSQL, the Azure emulator, ferry-node and a client daemon…")
+	}
 	startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	env, err := demo.Start(startCtx, demo.Options{Logger: logger, LoopbackIP: *ip, LoopbackPort: *port, KeyVault: true})
+	env, err := demo.Start(startCtx, demo.Options{Logger: logger, LoopbackIP: *ip, LoopbackPort: *port, KeyVault: true, Nodes: *nodes})
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -65,7 +71,13 @@ func main() {
 	fmt.Println(env.EnvLine())
 	fmt.Println("ready: " + client.ConnString(env.Resource))
 	fmt.Println("ready-kv: " + client.ConnString(env.KVResource))
-	fmt.Println("node: --state " + env.NodeDir)
+	if *nodes > 1 {
+		if err := printNodes(ctx, env); err != nil {
+			fmt.Fprintln(os.Stderr, "ferry-demo:", err)
+		}
+	} else {
+		fmt.Println("node: --state " + env.NodeDir)
+	}
 	<-ctx.Done()
 	fmt.Fprintln(os.Stderr, "stopping…")
 	if err := env.Close(); err != nil {
@@ -74,16 +86,25 @@ func main() {
 	}
 }
 
-// checkNodes says why ferry-demo cannot start n nodes, or nil when it can (n == 1 today).
+// checkNodes says why ferry-demo cannot start n nodes, or nil when it can.
 func checkNodes(n int) error {
-	switch {
-	case n < 1:
+	if n < 1 {
 		return fmt.Errorf("-nodes %d: give 1 or more nodes (1, the default, is the single-node demo)", n)
-	case n > 1:
-		// The fleet needs every node pointed at one PostgreSQL catalog (config catalog_url); the
-		// nodes keep their catalog in their own SQLite file until then, so N of them would be N
-		// separate deployments, not a fleet.
-		return fmt.Errorf("-nodes %d needs the shared PostgreSQL catalog (the node's catalog_url), which this build of ferry-node does not have yet; run without -nodes for the single-node demo", n)
+	}
+	return nil
+}
+
+// printNodes prints, for each node of a fleet, its state directory, endpoints and the command that
+// enrolls another device of the admin through it (a single-use token).
+func printNodes(ctx context.Context, env *demo.Env) error {
+	fmt.Println("catalog: " + demo.CatalogURL(env.CatalogDB))
+	for i, n := range env.Nodes {
+		tok, err := n.EnrollToken(ctx, node.DefaultAdmin)
+		if err != nil {
+			return fmt.Errorf("node-%d: %w", i+1, err)
+		}
+		fmt.Printf("node-%d: --state %s (enroll https://%s, wireguard udp %d)\n", i+1, env.NodeDirs[i], n.EnrollAddr(), n.WireGuardPort())
+		fmt.Printf("node-%d-enroll: ferry login %s\n", i+1, tok)
 	}
 	return nil
 }
