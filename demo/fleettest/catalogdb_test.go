@@ -23,6 +23,7 @@ import (
 // server's CA, reaches the same database: what one host writes the other reads.
 func TestCatalogDBSharedByNodeHosts(t *testing.T) {
 	needLab(t)
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	l, hosts := lab(t, ctx, "catalog", "node-a", "node-b")

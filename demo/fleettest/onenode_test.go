@@ -158,6 +158,7 @@ func queries(t *testing.T, ctx context.Context, c *fleet.Client) []api.Query {
 // none of it.
 func TestOneNodeAcrossHosts(t *testing.T) {
 	needLab(t)
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	l, hosts := lab(t, ctx, "catalog", "node-a", "client")

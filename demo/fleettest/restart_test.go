@@ -11,6 +11,7 @@ import (
 // was recorded before the kill is still in the audit, once.
 func TestNodeKilledAndRestarted(t *testing.T) {
 	needLab(t)
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	l, hosts := lab(t, ctx, "catalog", "node-a", "client")

@@ -16,6 +16,7 @@ import (
 // (a second client configuration pointed at B) connects through B and runs a query there.
 func TestTwoNodesOneCatalog(t *testing.T) {
 	needLab(t)
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	l, hosts := lab(t, ctx, "catalog", "node-a", "node-b", "client", "client-b")
