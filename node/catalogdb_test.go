@@ -17,13 +17,15 @@ import (
 	"github.com/ferryhq/ferry/demo"
 	"github.com/ferryhq/ferry/internal/pgtest"
 	"github.com/ferryhq/ferry/node"
+	"github.com/ferryhq/ferry/tunnel"
 )
 
 // TestCatalogOnAzurePostgresWithManagedIdentity: with catalog_url naming a database on the
 // (emulated) Azure Database for PostgreSQL server and no password, init and start keep the catalog
 // there, logging in with the catalog_client_id identity's token, which the server validates. The
 // token only goes over TLS verified against the node's CA files to an allowed host: a weaker
-// sslmode, an unknown CA or a host outside allowed_server_hosts is refused.
+// sslmode, an unknown CA or a host outside allowed_server_hosts is refused. A second node on the
+// same catalog follows changes made through the first (a device enrolled, its user suspended).
 func TestCatalogOnAzurePostgresWithManagedIdentity(t *testing.T) {
 	if _, err := pgtest.FindBinDir(); errors.Is(err, pgtest.ErrNoBinaries) {
 		t.Skip(err)
@@ -95,6 +97,55 @@ func TestCatalogOnAzurePostgresWithManagedIdentity(t *testing.T) {
 	if got := superuserQuery(t, ctx, emu, `SELECT name FROM users ORDER BY name`); strings.Join(got, ",") != "admin,bob" {
 		t.Fatalf("users in the PostgreSQL catalog after a write through the node: %q", got)
 	}
+	// A second node on the same catalog admits a device enrolled through the first, and drops it
+	// when its user is suspended through the first, within 5 s.
+	dirB := filepath.Join(t.TempDir(), "node-b")
+	if _, err := node.Init(ctx, dirB, base, "admin-b"); err != nil {
+		t.Fatal(err)
+	}
+	nb, err := node.Start(ctx, dirB, base, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nb.Close()
+	key, err := tunnel.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, err := n.Catalog().CreateEnrollToken(ctx, "bob", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := n.Catalog().Enroll(ctx, secret, key.PublicKey().String(), "laptop", nil); err != nil {
+		t.Fatal(err)
+	}
+	waitPeer := func(want bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			ps, err := nb.Tunnel().Peers()
+			if err != nil {
+				t.Fatal(err)
+			}
+			has := false
+			for _, p := range ps {
+				has = has || p.PublicKey == key.PublicKey()
+			}
+			if has == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node B: peer present %v 5 s after the change on node A, want %v", has, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitPeer(true)
+	if err := n.Catalog().SetSuspended(ctx, "bob", true); err != nil {
+		t.Fatal(err)
+	}
+	waitPeer(false)
+
 	var out bytes.Buffer
 	if _, err := node.Doctor(ctx, &out, dir, base, node.DoctorOptions{StepTimeout: 10 * time.Second}); err != nil {
 		t.Fatal(err)
@@ -121,4 +172,23 @@ func superuserQuery(t *testing.T, ctx context.Context, emu *azureemu.Emulator, q
 		t.Fatal(err)
 	}
 	return out
+}
+
+// TestCatalogSettingsFromEnv: FERRY_NODE_CATALOG_URL and FERRY_NODE_CATALOG_CLIENT_ID override
+// config.json's catalog_url and catalog_client_id.
+func TestCatalogSettingsFromEnv(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.json")
+	if err := node.SaveConfig(path, node.Config{CatalogURL: "postgres://file@db.example.com/c", CatalogClientID: "file-id"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := node.LoadConfig(path)
+	if err != nil || cfg.CatalogURL != "postgres://file@db.example.com/c" || cfg.CatalogClientID != "file-id" {
+		t.Fatalf("from the file: %q %q %v", cfg.CatalogURL, cfg.CatalogClientID, err)
+	}
+	t.Setenv("FERRY_NODE_CATALOG_URL", "postgres://env@db.example.com/c")
+	t.Setenv("FERRY_NODE_CATALOG_CLIENT_ID", "env-id")
+	cfg, err = node.LoadConfig(path)
+	if err != nil || cfg.CatalogURL != "postgres://env@db.example.com/c" || cfg.CatalogClientID != "env-id" {
+		t.Fatalf("with the environment: %q %q %v", cfg.CatalogURL, cfg.CatalogClientID, err)
+	}
 }

@@ -210,14 +210,20 @@ func LoadConfig(path string) (Config, error) {
 			return c, fmt.Errorf("read node config %s: %w", path, err)
 		}
 	}
-	if v, ok := os.LookupEnv("FERRY_NODE_CATALOG_URL"); ok {
-		c.CatalogURL = v
-	}
-	if v, ok := os.LookupEnv("FERRY_NODE_CATALOG_CLIENT_ID"); ok {
-		c.CatalogClientID = v
-	}
+	c.applyEnv()
 	c.applyDefaults()
 	return c, nil
+}
+
+// applyEnv takes the settings the environment overrides: FERRY_NODE_CATALOG_URL and
+// FERRY_NODE_CATALOG_CLIENT_ID (set and non-empty).
+func (c *Config) applyEnv() {
+	if v := os.Getenv("FERRY_NODE_CATALOG_URL"); v != "" {
+		c.CatalogURL = v
+	}
+	if v := os.Getenv("FERRY_NODE_CATALOG_CLIENT_ID"); v != "" {
+		c.CatalogClientID = v
+	}
 }
 
 // SaveConfig writes c to path (mode 0600).

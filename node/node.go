@@ -58,6 +58,9 @@ const DefaultAdmin = "admin"
 // refuses a config that does not validate and a dir that already holds a node; a failed Init leaves
 // no files behind.
 func Init(ctx context.Context, dir string, cfg Config, adminName string) (tok string, err error) {
+	if cfg.CatalogURL == "" && cfg.CatalogClientID == "" {
+		cfg.applyEnv() // flags first
+	}
 	cfg.applyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
@@ -359,6 +362,7 @@ func (n *Node) start(ctx context.Context) error {
 		tls.NewListener(n.limitConns(ln, "enrollment"), &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
 	n.wg.Add(1)
 	go n.reconcileLoop()
+	n.watchCatalog()
 	if err := n.startHealth(ctx); err != nil {
 		return err
 	}
@@ -490,4 +494,25 @@ func (n *Node) Close() error {
 		n.store = nil
 	}
 	return err
+}
+
+// watchCatalog runs the reconcile loop at once when another node changes a shared catalog (its
+// change feed), besides the loop's own ticks; on SQLite this node's own admin changes kick it
+// already. When the feed cannot start, the ticks remain.
+func (n *Node) watchCatalog() {
+	if n.store.Dialect() != store.Postgres {
+		return
+	}
+	ch, err := n.cat.Watch(n.ctx)
+	if err != nil {
+		n.log.Warn("catalog change feed unavailable; other nodes' changes apply at the next reconcile tick", "err", err)
+		return
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		for range ch {
+			n.kick()
+		}
+	}()
 }

@@ -66,7 +66,8 @@ func initCmd() *cobra.Command {
 		Use:   "init --state DIR",
 		Short: "Create a node: its WireGuard key, its catalog and a first admin's enrollment token",
 		Long: `Create a node's state in DIR: its WireGuard key, the TLS certificate of its enrollment endpoint,
-the catalog (SQLite) with a first admin user, and DIR/config.json. Prints a single-use enrollment
+the catalog (SQLite in DIR, or the PostgreSQL database of --catalog-url) with a first admin user, and
+DIR/config.json. Prints a single-use enrollment
 token for that admin: give it to ` + "`ferry login`" + ` on the admin's machine.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -109,6 +110,8 @@ token for that admin: give it to ` + "`ferry login`" + ` on the admin's machine.
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "127.0.0.1:9108", "TCP address of the Prometheus metrics endpoint (/metrics, /livez, /readyz); empty = off")
 	f.StringSliceVar(&allowHosts, "allow-server-host", nil, "also send access tokens to this server: a DNS name, *.DOMAIN or an IP address, e.g. a private endpoint's custom DNS name (repeatable; added to the Azure Database for PostgreSQL domains in the config's "+serverhost.ConfigKey+")")
 	f.StringSliceVar(&overrides, "host-override", nil, "dial IP[:PORT] for HOSTNAME (HOSTNAME=IP[:PORT], repeatable); TLS still verifies HOSTNAME")
+	f.StringVar(&cfg.CatalogURL, "catalog-url", "", "keep the catalog in this PostgreSQL database (postgres://ROLE@HOST/DB; without a password the node logs in with its managed identity over verified TLS) instead of the state dir's SQLite file; env FERRY_NODE_CATALOG_URL")
+	f.StringVar(&cfg.CatalogClientID, "catalog-client-id", "", "client ID of the user-assigned managed identity that logs in to the catalog database (default: the system-assigned identity); env FERRY_NODE_CATALOG_CLIENT_ID")
 	return c
 }
 

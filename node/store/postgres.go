@@ -45,19 +45,19 @@ func openPostgres(ctx context.Context, opts Options) (*DB, error) {
 	connString := opts.URL
 	cfg, err := pgxpool.ParseConfig(connString)
 	if err != nil {
-		return nil, fmt.Errorf("open postgres catalog: parse URL: %w", err)
+		return nil, fmt.Errorf("open postgres database: parse URL: %w", err)
 	}
 	token := opts.Password != nil && cfg.ConnConfig.Password == "" && !isSocket(cfg.ConnConfig.Host)
 	if token && !hasSSLMode(connString) {
 		connString = withSSLMode(connString)
 		if cfg, err = pgxpool.ParseConfig(connString); err != nil {
-			return nil, fmt.Errorf("open postgres catalog: parse URL: %w", err)
+			return nil, fmt.Errorf("open postgres database: parse URL: %w", err)
 		}
 	}
 	host := cfg.ConnConfig.Host
 	if token {
 		if err := checkTokenTLS(cfg, opts); err != nil {
-			return nil, fmt.Errorf("open postgres catalog on %s: %w", host, err)
+			return nil, fmt.Errorf("open postgres database on %s: %w", host, err)
 		}
 		password := opts.Password
 		cfg.BeforeConnect = func(ctx context.Context, cc *pgx.ConnConfig) error {
@@ -83,11 +83,11 @@ func openPostgres(ctx context.Context, opts Options) (*DB, error) {
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("open postgres catalog on %s: %w", host, err)
+		return nil, fmt.Errorf("open postgres database on %s: %w", host, err)
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("open postgres catalog on %s: %w", host, err)
+		return nil, fmt.Errorf("open postgres database on %s: %w", host, err)
 	}
 	return &DB{DB: stdlib.OpenDBFromPool(pool), dialect: Postgres, pool: pool}, nil
 }
