@@ -203,12 +203,26 @@ type Node struct {
 }
 
 // InitNode runs `ferry-node init` for a node on h with state in dir and cfg's addresses, IMDS
-// endpoint, CA files, host overrides and metrics address given as flags, as an operator would;
-// cfg's allowed_server_hosts, dns_server and catalog settings (no flag of init sets exactly these)
-// are then written into the config.json init made. With cfg.CatalogURL set, the node joins that
-// catalog's deployment: the SQLite catalog and admin token init made stay unused (AdminToken is
-// empty); the deployment's first node comes from InitFirstNode.
+// endpoint, CA files, host overrides, metrics address and catalog (--catalog-url: the deployment's
+// first node, which makes the catalog's first admin, whose token is AdminToken) given as flags, as
+// an operator would; cfg's allowed_server_hosts and dns_server (no flag of init sets exactly these)
+// are then written into the config.json init made. Nodes that join an existing catalog come from
+// JoinNode.
 func InitNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cfg node.Config) (*Node, error) {
+	return initNode(ctx, bins, h, dir, cfg, true)
+}
+
+// JoinNode makes a node on h that joins the deployment whose catalog is cfg.CatalogURL: as
+// InitNode, but init makes it as a single node (its own SQLite catalog and admin, left unused) and
+// its config.json then points at cfg's catalog, since ferry-node init has no way to join yet.
+func JoinNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cfg node.Config) (*Node, error) {
+	if cfg.CatalogURL == "" {
+		return nil, errors.New("fleet: join: the config names no catalog_url")
+	}
+	return initNode(ctx, bins, h, dir, cfg, false)
+}
+
+func initNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cfg node.Config, first bool) (*Node, error) {
 	n := &Node{Host: h, Dir: dir, bins: bins}
 	args := []string{bins.Node, "init", "--state", dir, "--public-host", cfg.PublicHost,
 		"--enroll-listen", cfg.EnrollListen, "--wireguard-port", strconv.Itoa(cfg.WireGuardPort),
@@ -219,81 +233,33 @@ func InitNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cf
 	for host, addr := range cfg.HostOverrides {
 		args = append(args, "--host-override", host+"="+addr)
 	}
+	patch := map[string]any{"allowed_server_hosts": cfg.AllowedServerHosts, "dns_server": cfg.DNSServer}
+	switch {
+	case first && cfg.CatalogURL != "":
+		// init logs in to the catalog: its token goes to a host on the allowed list only.
+		for _, host := range cfg.AllowedServerHosts {
+			args = append(args, "--allow-server-host", host)
+		}
+		args = append(args, "--catalog-url", cfg.CatalogURL, "--catalog-client-id", cfg.CatalogClientID)
+	case !first:
+		patch["catalog_url"], patch["catalog_client_id"] = cfg.CatalogURL, cfg.CatalogClientID
+	}
 	cmd := h.Command(ctx, args...)
+	// The catalog is the flags' (or none), whatever this process's environment says.
+	cmd.Env = append(os.Environ(), "FERRY_NODE_CATALOG_URL=", "FERRY_NODE_CATALOG_CLIENT_ID=")
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
 		return nil, fmt.Errorf("fleet: ferry-node init on %s: %w: %s", h.Name, err, stderr.String())
 	}
-	if cfg.CatalogURL == "" {
+	if first {
 		n.AdminToken = strings.TrimSpace(string(out))
 	}
-	if err := patchConfig(filepath.Join(dir, node.ConfigFile), map[string]any{
-		"allowed_server_hosts": cfg.AllowedServerHosts,
-		"dns_server":           cfg.DNSServer,
-		"catalog_url":          cfg.CatalogURL,
-		"catalog_client_id":    cfg.CatalogClientID,
-	}); err != nil {
+	if err := patchConfig(filepath.Join(dir, node.ConfigFile), patch); err != nil {
 		return nil, fmt.Errorf("fleet: node on %s: %w", h.Name, err)
 	}
 	return n, nil
-}
-
-// envInitNode, set to a JSON initRequest, makes a binary that calls RunInitIfAsked run node.Init.
-const envInitNode = "FERRY_FLEET_INIT_NODE"
-
-type initRequest struct {
-	Dir    string      `json:"dir"`
-	Config node.Config `json:"config"`
-	Admin  string      `json:"admin"`
-}
-
-// RunInitIfAsked, called first thing in TestMain (or main), runs node.Init and exits when this
-// process was started by InitFirstNode; otherwise it returns.
-func RunInitIfAsked() {
-	v := os.Getenv(envInitNode)
-	if v == "" {
-		return
-	}
-	var req initRequest
-	if err := json.Unmarshal([]byte(v), &req); err != nil {
-		fmt.Fprintln(os.Stderr, "fleet: init request:", err)
-		os.Exit(2)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	tok, err := node.Init(ctx, req.Dir, req.Config, req.Admin)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	fmt.Println(tok)
-	os.Exit(0)
-}
-
-// InitFirstNode creates the first node of a deployment whose catalog is cfg.CatalogURL: node.Init
-// (the deployment's catalog schema and its first admin, whose token is AdminToken) run inside h by
-// this executable, which must call RunInitIfAsked. (ferry-node init has no flag for the first
-// node's catalog URL yet; nodes that join use InitNode.)
-func InitFirstNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cfg node.Config) (*Node, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("fleet: init the first node: %w", err)
-	}
-	req, err := json.Marshal(initRequest{Dir: dir, Config: cfg, Admin: node.DefaultAdmin})
-	if err != nil {
-		return nil, fmt.Errorf("fleet: init the first node: %w", err)
-	}
-	cmd := h.Command(ctx, exe)
-	cmd.Env = append(os.Environ(), envInitNode+"="+string(req))
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("fleet: init the first node on %s: %w: %s", h.Name, err, stderr.String())
-	}
-	return &Node{Host: h, Dir: dir, bins: bins, AdminToken: strings.TrimSpace(string(out))}, nil
 }
 
 // Endpoint is how a client reaches the node: its WireGuard public key and endpoint, its enrollment

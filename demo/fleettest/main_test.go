@@ -18,7 +18,6 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	fleet.RunInitIfAsked() // this binary inits the first node of a fleet inside its host
 	os.Exit(run(m))
 }
 

@@ -25,13 +25,13 @@ func TestTwoNodesOneCatalog(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	a, err := fleet.InitFirstNode(ctx, bins, hosts["node-a"], filepath.Join(t.TempDir(), "node-a"), cat.NodeConfig(hosts["node-a"]))
+	a, err := fleet.InitNode(ctx, bins, hosts["node-a"], filepath.Join(t.TempDir(), "node-a"), cat.NodeConfig(hosts["node-a"]))
 	if err != nil {
 		t.Fatal(err)
 	}
 	runNode(t, ctx, a, hosts["client"])
 	t.Log("node A runs")
-	b, err := fleet.InitNode(ctx, bins, hosts["node-b"], filepath.Join(t.TempDir(), "node-b"), cat.NodeConfig(hosts["node-b"]))
+	b, err := fleet.JoinNode(ctx, bins, hosts["node-b"], filepath.Join(t.TempDir(), "node-b"), cat.NodeConfig(hosts["node-b"]))
 	if err != nil {
 		t.Fatal(err)
 	}
