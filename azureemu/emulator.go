@@ -72,6 +72,10 @@ type Config struct {
 	// front need more (each front session is one backend).
 	MaxConnections int
 	Logger         *slog.Logger // default: discard
+	// ListenIP is the address the IMDS endpoint, the PostgreSQL front and the Key Vault listen on;
+	// default 127.0.0.1. A multi-host test starts the emulator inside a network namespace of its
+	// lab and gives the namespace's address here, so that the other hosts reach it.
+	ListenIP string
 
 	// SigningKey signs issued tokens; default: a fresh 2048-bit RSA key.
 	// Emulators in one process that share a key, TenantID and System identity
@@ -115,9 +119,9 @@ type Emulator struct {
 	closeErr  error
 }
 
-// Start starts the emulator: the IMDS endpoint on 127.0.0.1, a fresh
+// Start starts the emulator: the IMDS endpoint on 127.0.0.1 (Config.ListenIP), a fresh
 // PostgreSQL cluster (initdb into a temp dir; as an unprivileged user when
-// running as root) and the TLS front on 127.0.0.1. ctx bounds the startup only.
+// running as root) and the TLS front on 127.0.0.1 (Config.ListenIP). ctx bounds the startup only.
 func Start(ctx context.Context, cfg Config) (*Emulator, error) {
 	e, err := newEmulator(cfg)
 	if err != nil {
@@ -145,6 +149,12 @@ func newEmulator(cfg Config) (*Emulator, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ListenIP == "" {
+		cfg.ListenIP = "127.0.0.1"
+	}
+	if net.ParseIP(cfg.ListenIP) == nil {
+		return nil, fmt.Errorf("start azure emulator: listen IP %q is not an IP address", cfg.ListenIP)
 	}
 	sys := cfg.System
 	if sys.ClientID == "" {
@@ -245,7 +255,7 @@ func (e *Emulator) Close() error {
 }
 
 // IMDSEndpoint is the scheme and host of the IMDS endpoint, e.g.
-// "http://127.0.0.1:41234" (no path); the token path is
+// "http://127.0.0.1:41234" (Config.ListenIP; no path); the token path is
 // /metadata/identity/oauth2/token as on 169.254.169.254.
 func (e *Emulator) IMDSEndpoint() string { return "http://" + e.imdsLn.Addr().String() }
 
@@ -253,7 +263,7 @@ func (e *Emulator) IMDSEndpoint() string { return "http://" + e.imdsLn.Addr().St
 // which the front's certificate names. It does not resolve: dial Addr.
 func (e *Emulator) Hostname() string { return e.hostname }
 
-// Addr is "127.0.0.1:PORT" of the TLS PostgreSQL front.
+// Addr is "127.0.0.1:PORT" (Config.ListenIP) of the TLS PostgreSQL front.
 func (e *Emulator) Addr() string { return e.front.ln.Addr().String() }
 
 // ServerName is the first label of Hostname (the Single Server user suffix).

@@ -3,7 +3,9 @@ package azureemu
 import (
 	"context"
 	"log/slog"
+	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -99,5 +101,20 @@ func testSuperuser(t *testing.T, e *Emulator) {
 	}
 	if err := e.Exec(ctx, "SELECT 1/0"); err == nil {
 		t.Fatal("Exec of a failing statement returned no error")
+	}
+}
+
+// TestEmulatorListenIP: every listener takes Config.ListenIP (here another loopback address), and
+// an address that is no IP is refused before anything starts.
+func TestEmulatorListenIP(t *testing.T) {
+	t.Parallel()
+	e := startTestEmulator(t, Config{ListenIP: "127.0.0.3"})
+	for what, addr := range map[string]string{"front": e.Addr(), "vault": e.VaultAddr(), "imds": strings.TrimPrefix(e.IMDSEndpoint(), "http://")} {
+		if host, _, err := net.SplitHostPort(addr); err != nil || host != "127.0.0.3" {
+			t.Errorf("%s listens on %s, want 127.0.0.3", what, addr)
+		}
+	}
+	if _, err := Start(context.Background(), Config{ListenIP: "node-a"}); err == nil || !strings.Contains(err.Error(), "not an IP address") {
+		t.Errorf("ListenIP node-a: %v", err)
 	}
 }

@@ -51,7 +51,7 @@ type front struct {
 }
 
 func startFront(e *Emulator) (*front, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", net.JoinHostPort(e.cfg.ListenIP, "0"))
 	if err != nil {
 		return nil, fmt.Errorf("listen for PostgreSQL front: %w", err)
 	}

@@ -39,7 +39,7 @@ type imdsError struct {
 }
 
 func (e *Emulator) startIMDS() error {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", net.JoinHostPort(e.cfg.ListenIP, "0"))
 	if err != nil {
 		return fmt.Errorf("listen for IMDS: %w", err)
 	}

@@ -73,7 +73,7 @@ func (e *Emulator) startVault() error {
 	if err != nil {
 		return fmt.Errorf("start key vault: %w", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", net.JoinHostPort(e.cfg.ListenIP, "0"))
 	if err != nil {
 		return fmt.Errorf("listen for key vault: %w", err)
 	}
@@ -94,7 +94,7 @@ func (e *Emulator) startVault() error {
 	return nil
 }
 
-// VaultAddr is "127.0.0.1:PORT" of the Key Vault's HTTPS listener, which answers for every
+// VaultAddr is "127.0.0.1:PORT" (Config.ListenIP) of the Key Vault's HTTPS listener, which answers for every
 // <name>.vault.azure.net by the request's Host; dial it for those names (a host override).
 func (e *Emulator) VaultAddr() string { return e.vault.ln.Addr().String() }
 

@@ -5,11 +5,13 @@ package demo
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
+	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -60,6 +62,11 @@ type Options struct {
 	TokenLifetime time.Duration
 	// MaxConnections is the emulator's PostgreSQL max_connections; 0 keeps its default (100).
 	MaxConnections int
+	// Nodes, when above 1, starts that many nodes (in this process, on loopback ports the system
+	// picks) sharing one catalog: the catalog database's server (StartCatalogDB) next to the
+	// emulator, each node logging in to it with CatalogIdentity. The client enrolls with the first.
+	// 0 or 1: the single node with its SQLite catalog.
+	Nodes int
 	// KeyVault also adds the secret store demo-kv (the emulator's Key Vault ferry-demo-kv, read with
 	// the VM's system-assigned identity) and the resource azure-pg-mi-kv, whose username and client
 	// ID come from its secret pg-login ({"user": …, "client": …}), and connects it.
@@ -91,7 +98,7 @@ func NodeConfig(emu *azureemu.Emulator) node.Config {
 // RandomLoopbackIP returns a random address of 127.0.0.0/8 other than 127.0.0.1 (Linux routes the
 // whole range to the loopback interface).
 func RandomLoopbackIP() string {
-	return fmt.Sprintf("127.%d.%d.%d", 1+rand.IntN(254), rand.IntN(256), 1+rand.IntN(254))
+	return fmt.Sprintf("127.%d.%d.%d", 1+mrand.IntN(254), mrand.IntN(256), 1+mrand.IntN(254))
 }
 
 // Env is a running demo installation.
@@ -102,6 +109,12 @@ type Env struct {
 	Dirs   client.Dirs
 	// NodeDir is the node's state directory.
 	NodeDir string
+	// Nodes and NodeDirs are every node and its state directory (Node and NodeDir first); more
+	// than one with Options.Nodes.
+	Nodes    []*node.Node
+	NodeDirs []string
+	// CatalogDB is the shared catalog database's server (Options.Nodes above 1).
+	CatalogDB *azureemu.Emulator
 	// Resource is azure-pg-mi-prod as connected (unless Options.NoResource).
 	Resource client.ResourceStatus
 	// KVResource is azure-pg-mi-kv as connected (with Options.KeyVault).
@@ -129,13 +142,21 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 			e.Close()
 		}
 	}()
-	e.Emu, err = azureemu.Start(ctx, azureemu.Config{
+	emuCfg := azureemu.Config{
 		Users:          []azureemu.Identity{{ClientID: ClientID, ObjectID: ObjectID, DisplayName: IdentityName}},
 		SingleServer:   opt.SingleServer,
 		TokenLifetime:  opt.TokenLifetime,
 		MaxConnections: opt.MaxConnections,
 		Logger:         log.With("component", "azureemu"),
-	})
+	}
+	if opt.Nodes > 1 {
+		// The catalog database's server accepts the tokens of this emulator's IMDS.
+		if emuCfg.SigningKey, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+			return nil, fmt.Errorf("demo: %w", err)
+		}
+		emuCfg.Users = append(emuCfg.Users, CatalogIdentity)
+	}
+	e.Emu, err = azureemu.Start(ctx, emuCfg)
 	if err != nil {
 		return nil, fmt.Errorf("demo: start Azure emulator: %w", err)
 	}
@@ -145,17 +166,39 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 	if err := e.Emu.CreateDatabase(ctx, Database, Role); err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
-	e.NodeDir = filepath.Join(e.dir, "node")
 	cfg := NodeConfig(e.Emu)
+	if opt.Nodes > 1 {
+		e.CatalogDB, err = StartCatalogDB(ctx, azureemu.Config{
+			SigningKey: emuCfg.SigningKey, TenantID: e.Emu.TenantID(), System: e.Emu.System(),
+			Logger: log.With("component", "azureemu", "server", CatalogServer),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("demo: %w", err)
+		}
+		WithCatalog(&cfg, e.CatalogDB)
+	}
 	if opt.NodeConfig != nil {
 		opt.NodeConfig(&cfg)
 	}
-	if _, err := node.Init(ctx, e.NodeDir, cfg, node.DefaultAdmin); err != nil {
-		return nil, fmt.Errorf("demo: %w", err)
+	for i := range max(opt.Nodes, 1) {
+		dir := filepath.Join(e.dir, "node")
+		if i > 0 {
+			dir = filepath.Join(e.dir, fmt.Sprintf("node-%d", i+1))
+		}
+		if err := initNode(ctx, dir, cfg, i == 0); err != nil {
+			return nil, fmt.Errorf("demo: %w", err)
+		}
+		nlog := log.With("component", "node")
+		if opt.Nodes > 1 {
+			nlog = nlog.With("node", filepath.Base(dir))
+		}
+		n, err := node.Start(ctx, dir, cfg, nlog)
+		if err != nil {
+			return nil, fmt.Errorf("demo: %w", err)
+		}
+		e.Nodes, e.NodeDirs = append(e.Nodes, n), append(e.NodeDirs, dir)
 	}
-	if e.Node, err = node.Start(ctx, e.NodeDir, cfg, log.With("component", "node")); err != nil {
-		return nil, fmt.Errorf("demo: %w", err)
-	}
+	e.Node, e.NodeDir = e.Nodes[0], e.NodeDirs[0]
 	tok, err := e.Node.EnrollToken(ctx, node.DefaultAdmin)
 	if err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
@@ -192,6 +235,22 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 		}
 	}
 	return e, nil
+}
+
+// initNode makes a node's state in dir. The first node of a shared catalog (or the single node)
+// makes the catalog and its first admin; the others join it: they are made as single nodes, then
+// their config points at the shared catalog (ferry-node has no init for a joining node yet).
+func initNode(ctx context.Context, dir string, cfg node.Config, first bool) error {
+	if first || cfg.CatalogURL == "" {
+		_, err := node.Init(ctx, dir, cfg, node.DefaultAdmin)
+		return err
+	}
+	single := cfg
+	single.CatalogURL, single.CatalogClientID = "", ""
+	if _, err := node.Init(ctx, dir, single, node.DefaultAdmin); err != nil {
+		return err
+	}
+	return node.SaveConfig(filepath.Join(dir, node.ConfigFile), cfg)
 }
 
 // addKeyVault puts the login of azure-pg-mi-prod's identity into the emulator's Key Vault, lets the
@@ -247,8 +306,11 @@ func (e *Env) Close() error {
 	if e.Daemon != nil {
 		errs = append(errs, e.Daemon.Close())
 	}
-	if e.Node != nil {
-		errs = append(errs, e.Node.Close())
+	for _, n := range e.Nodes {
+		errs = append(errs, n.Close())
+	}
+	if e.CatalogDB != nil {
+		errs = append(errs, e.CatalogDB.Close())
 	}
 	if e.Emu != nil {
 		errs = append(errs, e.Emu.Close())

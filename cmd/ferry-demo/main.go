@@ -9,6 +9,10 @@
 //
 // Paste the export line into another shell as is to use `ferry status`, `ferry connect` and
 // `ferry admin` as the demo's admin; give the ready line to psql. Ctrl-C tears everything down.
+//
+// -nodes N starts N nodes sharing one PostgreSQL catalog (an Azure Database for PostgreSQL server
+// of the emulator's, which the nodes log in to with their managed identity) and prints each node's
+// state directory and an enrollment command for a device through it.
 package main
 
 import (
@@ -24,13 +28,19 @@ import (
 
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/node"
 )
 
 func main() {
 	verbose := flag.Bool("verbose", false, "log what every part does")
 	ip := flag.String("ip", "127.0.0.1", "loopback IP azure-pg-mi-prod listens on")
 	port := flag.Int("port", 0, "loopback port for azure-pg-mi-prod (1024-64999; default: the first free one from 10001)")
+	nodes := flag.Int("nodes", 1, "number of nodes sharing one PostgreSQL catalog (1: the single-node demo with the SQLite catalog)")
 	flag.Parse()
+	if err := checkNodes(*nodes); err != nil {
+		fmt.Fprintln(os.Stderr, "ferry-demo:", err)
+		os.Exit(2)
+	}
 	// SIGHUP too: closing the terminal must tear the demo down as Ctrl-C does.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
@@ -39,9 +49,13 @@ func main() {
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	fmt.Fprintln(os.Stderr, "starting PostgreSQL, the Azure emulator, ferry-node and a client daemon…")
+	if *nodes > 1 {
+		fmt.Fprintf(os.Stderr, "starting PostgreSQL, the Azure emulator, the catalog database, %d ferry-nodes and a client daemon…\n", *nodes)
+	} else {
+		fmt.Fprintln(os.Stderr, "starting PostgreSQL, the Azure emulator, ferry-node and a client daemon…")
+	}
 	startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	env, err := demo.Start(startCtx, demo.Options{Logger: logger, LoopbackIP: *ip, LoopbackPort: *port, KeyVault: true})
+	env, err := demo.Start(startCtx, demo.Options{Logger: logger, LoopbackIP: *ip, LoopbackPort: *port, KeyVault: true, Nodes: *nodes})
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -57,11 +71,40 @@ func main() {
 	fmt.Println(env.EnvLine())
 	fmt.Println("ready: " + client.ConnString(env.Resource))
 	fmt.Println("ready-kv: " + client.ConnString(env.KVResource))
-	fmt.Println("node: --state " + env.NodeDir)
+	if *nodes > 1 {
+		if err := printNodes(ctx, env); err != nil {
+			fmt.Fprintln(os.Stderr, "ferry-demo:", err)
+		}
+	} else {
+		fmt.Println("node: --state " + env.NodeDir)
+	}
 	<-ctx.Done()
 	fmt.Fprintln(os.Stderr, "stopping…")
 	if err := env.Close(); err != nil {
 		fmt.Fprintln(os.Stderr, "ferry-demo: stop:", err)
 		os.Exit(1)
 	}
+}
+
+// checkNodes says why ferry-demo cannot start n nodes, or nil when it can.
+func checkNodes(n int) error {
+	if n < 1 {
+		return fmt.Errorf("-nodes %d: give 1 or more nodes (1, the default, is the single-node demo)", n)
+	}
+	return nil
+}
+
+// printNodes prints, for each node of a fleet, its state directory, endpoints and the command that
+// enrolls another device of the admin through it (a single-use token).
+func printNodes(ctx context.Context, env *demo.Env) error {
+	fmt.Println("catalog: " + demo.CatalogURL(env.CatalogDB))
+	for i, n := range env.Nodes {
+		tok, err := n.EnrollToken(ctx, node.DefaultAdmin)
+		if err != nil {
+			return fmt.Errorf("node-%d: %w", i+1, err)
+		}
+		fmt.Printf("node-%d: --state %s (enroll https://%s, wireguard udp %d)\n", i+1, env.NodeDirs[i], n.EnrollAddr(), n.WireGuardPort())
+		fmt.Printf("node-%d-enroll: ferry login %s\n", i+1, tok)
+	}
+	return nil
 }

@@ -9,9 +9,7 @@
 package vnet
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -19,12 +17,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/ferryhq/ferry/cli"
 	"github.com/ferryhq/ferry/client"
+	"github.com/ferryhq/ferry/internal/netlab"
 	"github.com/ferryhq/ferry/node"
 )
 
@@ -41,13 +39,8 @@ func RunCLIIfAsked() {
 // Check reports why the namespace setup cannot run here (not root, no ip, no TUN devices, one of
 // tools missing), or nil when it can.
 func Check(tools ...string) error {
-	if os.Geteuid() != 0 {
-		return errors.New("needs root (network namespace, veth pair, TUN device)")
-	}
-	for _, bin := range append([]string{"ip"}, tools...) {
-		if _, err := exec.LookPath(bin); err != nil {
-			return fmt.Errorf("needs %s on PATH: %w", bin, err)
-		}
+	if err := netlab.Check(tools...); err != nil {
+		return err
 	}
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		return fmt.Errorf("no /dev/net/tun, the kernel offers no TUN devices here: %w", err)
@@ -180,10 +173,7 @@ func (n *Netns) Login(ctx context.Context, nd *node.Node, dirs client.Dirs, user
 
 // Process is a ferry CLI process (a daemon or the helper) running inside a namespace.
 type Process struct {
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan struct{}
-	err  error // cmd.Wait's result, set before done is closed
+	*netlab.Proc
 }
 
 // Start runs argv inside the namespace with EnvRunCLI=1, the client directories dirs and env
@@ -191,13 +181,11 @@ type Process struct {
 func (n *Netns) Start(dirs client.Dirs, env, argv []string) (*Process, error) {
 	cmd := exec.Command("ip", append([]string{"netns", "exec", n.Name}, argv...)...)
 	cmd.Env = append(append(os.Environ(), EnvRunCLI+"=1", client.EnvConfigDir+"="+dirs.Config, client.EnvRuntimeDir+"="+dirs.Runtime), env...)
-	p := &Process{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.out, p.out
-	if err := cmd.Start(); err != nil {
+	p, err := netlab.Start(cmd)
+	if err != nil {
 		return nil, fmt.Errorf("vnet: start %s: %w", strings.Join(argv, " "), err)
 	}
-	go func() { p.err = cmd.Wait(); close(p.done) }()
-	return p, nil
+	return &Process{p}, nil
 }
 
 // StartDaemon runs `ferry daemon --mode virtual-networking` (this executable as the CLI) inside
@@ -232,8 +220,8 @@ func (p *Process) WaitReady(ctx context.Context, dirs client.Dirs, limit time.Du
 			return nil
 		}
 		select {
-		case <-p.done:
-			return fmt.Errorf("vnet: daemon exited: %v: %s", p.err, p.Output())
+		case <-p.Done():
+			return fmt.Errorf("vnet: daemon exited: %v: %s", p.Err(), p.Output())
 		case <-ctx.Done():
 			return fmt.Errorf("vnet: daemon not ready: %w", ctx.Err())
 		default:
@@ -243,49 +231,6 @@ func (p *Process) WaitReady(ctx context.Context, dirs client.Dirs, limit time.Du
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-}
-
-// Stop sends sig and waits up to limit for the process to exit, then kills it; the error says
-// when it had to be killed. Stopping a process that has exited does nothing.
-func (p *Process) Stop(sig syscall.Signal, limit time.Duration) error {
-	select {
-	case <-p.done:
-		return nil
-	default:
-	}
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-		return nil
-	case <-time.After(limit):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		return fmt.Errorf("vnet: process did not stop within %v of %v", limit, sig)
-	}
-}
-
-// Done is closed when the process has exited.
-func (p *Process) Done() <-chan struct{} { return p.done }
-
-// Output is what the process has written to stdout and stderr so far.
-func (p *Process) Output() string { return p.out.String() }
-
-// syncBuffer is a bytes.Buffer safe for the process's two output streams and readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // run runs args and returns the combined output; the error carries it.

@@ -1,0 +1,483 @@
+// Package fleet runs Ferry as separate processes on the hosts of a netlab lab, as a fleet runs on
+// separate machines: the Azure emulator (IMDS, the PostgreSQL front and Key Vault, bound to the
+// catalog host's lab address) on a catalog host, each ferry-node process on a host of its own, and
+// ferry client processes (the daemon, the CLI, psql) on client hosts. The multi-host tests
+// (demo/fleettest) use it. It needs what netlab needs (Linux, root, ip) and the Go toolchain to
+// build the binaries (Build).
+package fleet
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/azureemu"
+	"github.com/ferryhq/ferry/client"
+	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/netlab"
+	"github.com/ferryhq/ferry/node"
+	"github.com/ferryhq/ferry/tunnel"
+)
+
+// Ports every node listens on inside its own host (each host has its own ports, so the defaults
+// never collide).
+const (
+	EnrollPort    = node.DefaultEnrollPort
+	WireGuardPort = node.DefaultWireGuardPort
+)
+
+// Binaries are the paths of the built ferry-node and ferry (CLI, no desktop app) binaries.
+type Binaries struct {
+	Node, Client string
+}
+
+// Build builds ferry-node and the ferry CLI (both CGO_ENABLED=0, as shipped for the node and as
+// the README's quick CLI build) into dir, from the module that holds the current directory.
+func Build(ctx context.Context, dir string) (Binaries, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return Binaries{}, fmt.Errorf("fleet: find the module: %w", err)
+	}
+	root := filepath.Dir(strings.TrimSpace(string(out)))
+	if root == "." || root == "" {
+		return Binaries{}, errors.New("fleet: find the module: not inside a Go module")
+	}
+	b := Binaries{Node: filepath.Join(dir, "ferry-node"), Client: filepath.Join(dir, "ferry")}
+	for _, c := range []struct{ out, pkg string }{{b.Node, "./cmd/ferry-node"}, {b.Client, "."}} {
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", c.out, c.pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return Binaries{}, fmt.Errorf("fleet: go build %s: %w: %s", c.pkg, err, out)
+		}
+	}
+	return b, nil
+}
+
+// Catalog is the catalog host: the Azure emulator listening on the host's lab address, with the
+// demo's identity, role and database made (demo.ClientID, demo.Role, demo.Database), and, after
+// StartDB, a second Azure Database for PostgreSQL server (DBHostname) holding the fleet's shared
+// catalog database.
+type Catalog struct {
+	Host *netlab.Host
+	Emu  *azureemu.Emulator
+	// DB is the catalog database's server (nil until StartDB).
+	DB *azureemu.Emulator
+
+	lab *netlab.Lab
+	key *rsa.PrivateKey
+	log *slog.Logger
+}
+
+// StartCatalog starts the emulator inside h (its listeners bind h's lab address, so only the
+// lab's hosts reach them), makes the demo's principal and database, and names the server
+// (Emu.Hostname) in every host's /etc/hosts. Close stops it.
+func StartCatalog(ctx context.Context, l *netlab.Lab, h *netlab.Host, log *slog.Logger) (*Catalog, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: token signing key: %w", err)
+	}
+	c := &Catalog{Host: h, lab: l, key: key, log: log}
+	c.Emu, err = c.startEmulator(ctx, azureemu.Config{
+		Users: []azureemu.Identity{{ClientID: demo.ClientID, ObjectID: demo.ObjectID, DisplayName: demo.IdentityName}, demo.CatalogIdentity},
+	}, azureemu.Start)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Emu.CreatePrincipal(ctx, demo.Role, demo.ObjectID); err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	if err := c.Emu.CreateDatabase(ctx, demo.Database, demo.Role); err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	return c, nil
+}
+
+// startEmulator starts an emulator inside the host with start (azureemu.Start or
+// demo.StartCatalogDB), signing with the catalog host's key (so that every emulator of the host
+// accepts the tokens any of their IMDS issues), and names it in the lab.
+func (c *Catalog) startEmulator(ctx context.Context, cfg azureemu.Config, start func(context.Context, azureemu.Config) (*azureemu.Emulator, error)) (*azureemu.Emulator, error) {
+	cfg.ListenIP = c.Host.Addr().String()
+	cfg.SigningKey = c.key
+	cfg.Logger = c.log.With("component", "azureemu")
+	if c.Emu != nil {
+		cfg.TenantID, cfg.System = c.Emu.TenantID(), c.Emu.System()
+	}
+	var emu *azureemu.Emulator
+	err := c.Host.Do(func() error {
+		var err error
+		emu, err = start(ctx, cfg)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("fleet: start the Azure emulator on %s: %w", c.Host.Name, err)
+	}
+	if err := c.lab.AddName(emu.Hostname(), c.Host); err != nil {
+		_ = emu.Close()
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	return emu, nil
+}
+
+// StartDB starts the catalog database's server on the catalog host (demo.StartCatalogDB): it
+// accepts the tokens of Emu's IMDS.
+func (c *Catalog) StartDB(ctx context.Context) error {
+	if c.DB != nil {
+		return nil
+	}
+	db, err := c.startEmulator(ctx, azureemu.Config{}, demo.StartCatalogDB)
+	if err != nil {
+		return err
+	}
+	c.DB = db
+	return nil
+}
+
+// CatalogURL is the shared catalog's URL for a node's catalog_url (demo.CatalogURL).
+func (c *Catalog) CatalogURL() string { return demo.CatalogURL(c.DB) }
+
+// Close stops the emulators.
+func (c *Catalog) Close() error {
+	var errs []error
+	if c.DB != nil {
+		errs = append(errs, c.DB.Close())
+	}
+	if c.Emu != nil {
+		errs = append(errs, c.Emu.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// NodeConfig is the config of a node on host h using the catalog host's emulator: reached at h's
+// lab address, IMDS, server and vault all the emulator's at the catalog host's address, the access
+// token for the emulator's server (and the catalog database's, after StartDB) only, and no DNS
+// (every other name fails at once). After StartDB the node keeps its catalog in the shared catalog
+// database (CatalogURL), logging in as CatalogIdentity.
+func (c *Catalog) NodeConfig(h *netlab.Host) node.Config {
+	cfg := node.Config{
+		PublicHost:    h.Addr().String(),
+		EnrollListen:  h.HostPort(EnrollPort),
+		WireGuardPort: WireGuardPort,
+		IMDSEndpoint:  c.Emu.IMDSEndpoint(),
+		CAFiles:       []string{c.Emu.CACertFile()},
+		HostOverrides: map[string]string{
+			strings.ToLower(c.Emu.Hostname()):  c.Emu.Addr(),
+			azureemu.VaultHost(demo.VaultName): c.Emu.VaultAddr(),
+		},
+		AllowedServerHosts: []string{strings.ToLower(c.Emu.Hostname())},
+		DNSServer:          "127.0.0.1:9",
+		MetricsListen:      "127.0.0.1:9108",
+	}
+	if c.DB != nil {
+		demo.WithCatalog(&cfg, c.DB)
+	}
+	return cfg
+}
+
+// Node is a ferry-node process on a host of its own.
+type Node struct {
+	Host *netlab.Host
+	// Dir is the node's state directory; AdminToken the first admin's enrollment token from init.
+	Dir, AdminToken string
+	bins            Binaries
+	proc            *netlab.Proc
+}
+
+// InitNode runs `ferry-node init` for a node on h with state in dir and cfg's addresses, IMDS
+// endpoint, CA files, host overrides, metrics address and catalog (--catalog-url: the deployment's
+// first node, which makes the catalog's first admin, whose token is AdminToken) given as flags, as
+// an operator would; cfg's allowed_server_hosts and dns_server (no flag of init sets exactly these)
+// are then written into the config.json init made. Nodes that join an existing catalog come from
+// JoinNode.
+func InitNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cfg node.Config) (*Node, error) {
+	return initNode(ctx, bins, h, dir, cfg, true)
+}
+
+// JoinNode makes a node on h that joins the deployment whose catalog is cfg.CatalogURL: as
+// InitNode, but init makes it as a single node (its own SQLite catalog and admin, left unused) and
+// its config.json then points at cfg's catalog, since ferry-node init has no way to join yet.
+func JoinNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cfg node.Config) (*Node, error) {
+	if cfg.CatalogURL == "" {
+		return nil, errors.New("fleet: join: the config names no catalog_url")
+	}
+	return initNode(ctx, bins, h, dir, cfg, false)
+}
+
+func initNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cfg node.Config, first bool) (*Node, error) {
+	n := &Node{Host: h, Dir: dir, bins: bins}
+	args := []string{bins.Node, "init", "--state", dir, "--public-host", cfg.PublicHost,
+		"--enroll-listen", cfg.EnrollListen, "--wireguard-port", strconv.Itoa(cfg.WireGuardPort),
+		"--imds-endpoint", cfg.IMDSEndpoint, "--metrics-listen", cfg.MetricsListen}
+	for _, f := range cfg.CAFiles {
+		args = append(args, "--ca-file", f)
+	}
+	for host, addr := range cfg.HostOverrides {
+		args = append(args, "--host-override", host+"="+addr)
+	}
+	patch := map[string]any{"allowed_server_hosts": cfg.AllowedServerHosts, "dns_server": cfg.DNSServer}
+	switch {
+	case first && cfg.CatalogURL != "":
+		// init logs in to the catalog: its token goes to a host on the allowed list only.
+		for _, host := range cfg.AllowedServerHosts {
+			args = append(args, "--allow-server-host", host)
+		}
+		args = append(args, "--catalog-url", cfg.CatalogURL, "--catalog-client-id", cfg.CatalogClientID)
+	case !first:
+		patch["catalog_url"], patch["catalog_client_id"] = cfg.CatalogURL, cfg.CatalogClientID
+	}
+	cmd := h.Command(ctx, args...)
+	// The catalog is the flags' (or none), whatever this process's environment says.
+	cmd.Env = append(os.Environ(), "FERRY_NODE_CATALOG_URL=", "FERRY_NODE_CATALOG_CLIENT_ID=")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("fleet: ferry-node init on %s: %w: %s", h.Name, err, stderr.String())
+	}
+	if first {
+		n.AdminToken = strings.TrimSpace(string(out))
+	}
+	if err := patchConfig(filepath.Join(dir, node.ConfigFile), patch); err != nil {
+		return nil, fmt.Errorf("fleet: node on %s: %w", h.Name, err)
+	}
+	return n, nil
+}
+
+// Endpoint is how a client reaches the node: its WireGuard public key and endpoint, its enrollment
+// URL and the SHA-256 of that endpoint's certificate (read from the node's state directory).
+func (n *Node) Endpoint() (client.State, error) {
+	b, err := os.ReadFile(filepath.Join(n.Dir, "wireguard.key"))
+	if err != nil {
+		return client.State{}, fmt.Errorf("fleet: node key: %w", err)
+	}
+	key, err := tunnel.ParseKey(strings.TrimSpace(string(b)))
+	if err != nil {
+		return client.State{}, fmt.Errorf("fleet: node key: %w", err)
+	}
+	pemBytes, err := os.ReadFile(filepath.Join(n.Dir, "enroll.crt"))
+	if err != nil {
+		return client.State{}, fmt.Errorf("fleet: node certificate: %w", err)
+	}
+	block, _ := pem.Decode(pemBytes)
+	if block == nil {
+		return client.State{}, errors.New("fleet: node certificate: no PEM block")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return client.State{}, fmt.Errorf("fleet: node certificate: %w", err)
+	}
+	return client.State{
+		NodePublicKey:     key.PublicKey().String(),
+		WireGuardEndpoint: n.Host.HostPort(WireGuardPort),
+		NodeURL:           "https://" + n.Host.HostPort(EnrollPort),
+		NodeCertSHA256:    api.CertSHA256(cert),
+	}, nil
+}
+
+// patchConfig sets keys of the JSON object in path, keeping the rest and the file's mode.
+func patchConfig(path string, set map[string]any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("read config %s: %w", path, err)
+	}
+	for k, v := range set {
+		m[k] = v
+	}
+	if b, err = json.MarshalIndent(m, "", "  "); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	return nil
+}
+
+// Start runs `ferry-node run` inside the node's host and waits until its enrollment endpoint
+// accepts connections from the host from (another host of the lab: the check crosses the bridge).
+func (n *Node) Start(ctx context.Context, from *netlab.Host) error {
+	if n.proc != nil && !isDone(n.proc) {
+		return fmt.Errorf("fleet: node on %s is running", n.Host.Name)
+	}
+	cmd := n.Host.Command(context.Background(), n.bins.Node, "run", "--state", n.Dir)
+	// Killed with the test binary, whatever ends it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p, err := netlab.Start(cmd)
+	if err != nil {
+		return fmt.Errorf("fleet: %w", err)
+	}
+	n.proc = p
+	if err := p.WaitDial(ctx, from, n.Host.HostPort(EnrollPort)); err != nil {
+		p.Kill()
+		return fmt.Errorf("fleet: node on %s not ready: %w\n%s", n.Host.Name, err, p.Output())
+	}
+	return nil
+}
+
+// Stop stops the node with SIGTERM (SIGKILL after 10 s; the error says so).
+func (n *Node) Stop() error {
+	if n.proc == nil {
+		return nil
+	}
+	return n.proc.Stop(syscall.SIGTERM, 10*time.Second)
+}
+
+// Kill kills the node at once (kill -9), as a crashed VM.
+func (n *Node) Kill() {
+	if n.proc != nil {
+		n.proc.Kill()
+	}
+}
+
+// Log is what the node's current (or last) process has logged.
+func (n *Node) Log() string {
+	if n.proc == nil {
+		return ""
+	}
+	return n.proc.Output()
+}
+
+// EnrollToken issues an enrollment token for user with `ferry-node enroll-token`.
+func (n *Node) EnrollToken(ctx context.Context, user string) (string, error) {
+	out, err := n.Host.Exec(ctx, n.bins.Node, "enroll-token", user, "--state", n.Dir)
+	if err != nil {
+		return "", fmt.Errorf("fleet: enroll token for %s: %w", user, err)
+	}
+	return strings.TrimSpace(out), nil
+}
+
+func isDone(p *netlab.Proc) bool {
+	select {
+	case <-p.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// Client is a device: ferry CLI processes and psql inside a host, with the client's config and
+// runtime directories.
+type Client struct {
+	Host   *netlab.Host
+	Dirs   client.Dirs
+	bins   Binaries
+	daemon *netlab.Proc
+}
+
+// NewClient is a client on h keeping its state under dir.
+func NewClient(bins Binaries, h *netlab.Host, dir string) *Client {
+	return &Client{Host: h, Dirs: client.Dirs{Config: filepath.Join(dir, "config"), Runtime: filepath.Join(dir, "run")}, bins: bins}
+}
+
+func (c *Client) command(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := c.Host.Command(ctx, append([]string{c.bins.Client}, args...)...)
+	cmd.Env = append(os.Environ(), client.EnvConfigDir+"="+c.Dirs.Config, client.EnvRuntimeDir+"="+c.Dirs.Runtime)
+	return cmd
+}
+
+// Via is a second client of the same device on host h (state under dir) that uses node n instead:
+// the device's key, address and user, with n's key, endpoints and certificate. (Until the client
+// learns the fleet's nodes itself, this is how a test reaches another node with one enrollment.)
+func (c *Client) Via(n *Node, h *netlab.Host, dir string) (*Client, error) {
+	st, err := client.LoadState(c.Dirs)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	ep, err := n.Endpoint()
+	if err != nil {
+		return nil, err
+	}
+	st.NodePublicKey, st.WireGuardEndpoint, st.NodeURL, st.NodeCertSHA256 = ep.NodePublicKey, ep.WireGuardEndpoint, ep.NodeURL, ep.NodeCertSHA256
+	st.Connected = nil
+	c2 := NewClient(c.bins, h, dir)
+	if err := client.SaveState(c2.Dirs, st); err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	return c2, nil
+}
+
+// Ferry runs the ferry CLI with args inside the client's host and returns its standard output;
+// the error carries its standard error.
+func (c *Client) Ferry(ctx context.Context, args ...string) (string, error) {
+	cmd := c.command(ctx, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("fleet: ferry %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return string(out), nil
+}
+
+// StartDaemon runs `ferry daemon` inside the client's host and waits until `ferry status` says
+// the node is reachable.
+func (c *Client) StartDaemon(ctx context.Context) error {
+	cmd := c.command(context.Background(), "daemon")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p, err := netlab.Start(cmd)
+	if err != nil {
+		return fmt.Errorf("fleet: %w", err)
+	}
+	c.daemon = p
+	for {
+		_, err := c.Ferry(ctx, "status")
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-p.Done():
+			return fmt.Errorf("fleet: client daemon on %s exited: %v\n%s", c.Host.Name, p.Err(), p.Output())
+		case <-ctx.Done():
+			p.Kill()
+			return fmt.Errorf("fleet: client daemon on %s not ready: %w (last: %v)\n%s", c.Host.Name, ctx.Err(), err, p.Output())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// StopDaemon stops the daemon with SIGTERM (SIGKILL after 10 s; the error says so).
+func (c *Client) StopDaemon() error {
+	if c.daemon == nil {
+		return nil
+	}
+	return c.daemon.Stop(syscall.SIGTERM, 10*time.Second)
+}
+
+// DaemonLog is what the daemon has logged.
+func (c *Client) DaemonLog() string {
+	if c.daemon == nil {
+		return ""
+	}
+	return c.daemon.Output()
+}
+
+// Psql runs psql with the connection string conn and one query inside the client's host and
+// returns its trimmed output (unaligned, tuples only; psql's error text on failure).
+func (c *Client) Psql(ctx context.Context, conn, query string) (string, error) {
+	cmd := c.Host.Command(ctx, "psql", conn, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", query)
+	cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=10")
+	out, err := cmd.CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
