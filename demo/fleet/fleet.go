@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package fleet runs Ferry as separate processes on the hosts of a netlab lab, as a fleet runs on
 // separate machines: the Azure emulator (IMDS, the PostgreSQL front and Key Vault, bound to the
 // catalog host's lab address) on a catalog host, each ferry-node process on a host of its own, and

@@ -30,7 +30,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 )
 
 // Prefix starts the name of every namespace a lab makes: Prefix + PID + "-" + tag + "-" + host.
@@ -286,11 +285,6 @@ func labPID(ns string) (int, bool) {
 	}
 	pid, err := strconv.Atoi(digits)
 	return pid, err == nil && pid > 0
-}
-
-func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // removeNS removes the namespace ns and its /etc/netns directory.

@@ -1,10 +1,10 @@
 package netlab
 
 import (
-	"context"
+	"errors"
 	"fmt"
-	"net"
 	"runtime"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -50,21 +50,8 @@ func enter(path string) error {
 	return unix.Setns(f, unix.CLONE_NEWNET)
 }
 
-// Listen listens on network and address inside the host (e.g. "tcp", h.HostPort(0)).
-func (h *Host) Listen(network, address string) (ln net.Listener, err error) {
-	err = h.Do(func() error {
-		ln, err = net.Listen(network, address)
-		return err
-	})
-	return ln, err
-}
-
-// DialContext connects from inside the host to address.
-func (h *Host) DialContext(ctx context.Context, network, address string) (c net.Conn, err error) {
-	err = h.Do(func() error {
-		var d net.Dialer
-		c, err = d.DialContext(ctx, network, address)
-		return err
-	})
-	return c, err
+// processAlive reports whether a process with this ID exists (signal 0).
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
