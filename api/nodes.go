@@ -7,8 +7,9 @@ import (
 	"net/url"
 	"regexp"
 	"sort"
-	"strings"
 	"time"
+
+	"github.com/ferryhq/ferry/resource"
 )
 
 // Node kinds. Every node is a gateway for now; proxy clusters come with routing.
@@ -150,28 +151,17 @@ func ValidateNodeTags(tags map[string]string) error {
 	return nil
 }
 
-// ParseNodeTags parses "key=value,key2=value2" (the --tags form, e.g. region=westeurope,env=prod)
-// and validates it. Spaces around an item are dropped; an empty or blank string gives no tags (an
-// empty map). An item without '=', an empty item, a key given twice or an invalid key or value is
-// an error that says which.
+// ParseNodeTags parses "key=value,key2=value2" (the --tags form, e.g. region=westeurope,env=prod;
+// resource.ParseTags) and validates it with ValidateNodeTags. An empty or blank string gives no
+// tags (an empty map). An empty item, an item without '=', a key given twice or an invalid key or
+// value is an error that says which.
 func ParseNodeTags(s string) (map[string]string, error) {
-	tags := map[string]string{}
-	if strings.TrimSpace(s) == "" {
-		return tags, nil
+	tags, err := resource.ParseTags(s)
+	if err != nil {
+		return nil, err
 	}
-	for i, item := range strings.Split(s, ",") {
-		item = strings.TrimSpace(item)
-		if item == "" {
-			return nil, fmt.Errorf("tags: item %d is empty (a stray comma?): write key=value,key2=value2", i+1)
-		}
-		k, v, ok := strings.Cut(item, "=")
-		if !ok {
-			return nil, fmt.Errorf("tags: %q is not key=value", item)
-		}
-		if _, dup := tags[k]; dup {
-			return nil, fmt.Errorf("tags: key %q is given twice", k)
-		}
-		tags[k] = v
+	if tags == nil {
+		tags = map[string]string{}
 	}
 	if err := ValidateNodeTags(tags); err != nil {
 		return nil, err
@@ -180,15 +170,4 @@ func ParseNodeTags(s string) (map[string]string, error) {
 }
 
 // FormatNodeTags renders tags as "key=value,key2=value2", sorted by key ("" for none).
-func FormatNodeTags(tags map[string]string) string {
-	keys := make([]string, 0, len(tags))
-	for k := range tags {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = k + "=" + tags[k]
-	}
-	return strings.Join(parts, ",")
-}
+func FormatNodeTags(tags map[string]string) string { return resource.FormatTags(tags) }

@@ -284,27 +284,33 @@ func (r *Resource) Mode(orgDefault string) string {
 	return orgDefault
 }
 
-// ParseTags parses "key=value,key2=value2" (the CLI's --tags form). An empty string gives nil.
+// ParseTags parses "key=value,key2=value2" (the --tags form of resources and nodes). Spaces around
+// keys and values are dropped. An empty string gives nil; an empty item, an item without '=' or
+// with an empty key, and a key given twice are errors that say which. Callers validate the keys
+// and values they allow (resource.Validate, api.ValidateNodeTags).
 func ParseTags(s string) (map[string]string, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, nil
 	}
 	tags := map[string]string{}
-	for _, kv := range strings.Split(s, ",") {
+	for i, kv := range strings.Split(s, ",") {
+		if strings.TrimSpace(kv) == "" {
+			return nil, fmt.Errorf("parse tags: item %d is empty (a stray comma?): write key=value,key2=value2", i+1)
+		}
 		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
 		if !ok || strings.TrimSpace(k) == "" {
 			return nil, fmt.Errorf("parse tags: %q is not key=value", kv)
 		}
 		k = strings.TrimSpace(k)
 		if _, dup := tags[k]; dup {
-			return nil, fmt.Errorf("parse tags: the key %q appears twice", k)
+			return nil, fmt.Errorf("parse tags: the key %q is given twice", k)
 		}
 		tags[k] = strings.TrimSpace(v)
 	}
 	return tags, nil
 }
 
-// FormatTags renders tags as "key=value,key2=value2", sorted by key.
+// FormatTags renders tags as "key=value,key2=value2", sorted by key ("" for none).
 func FormatTags(tags map[string]string) string {
 	keys := make([]string, 0, len(tags))
 	for k := range tags {

@@ -126,8 +126,16 @@ func TestTags(t *testing.T) {
 	if got := FormatTags(tags); got != "env=production,team=data" {
 		t.Fatalf("FormatTags = %q", got)
 	}
-	if _, err := ParseTags("env"); err == nil {
-		t.Fatal("ParseTags(env) succeeded, want error")
+	for _, tc := range []struct{ in, want string }{
+		{"env", `"env" is not key=value`},
+		{"=prod", `"=prod" is not key=value`},
+		{"env=a,,team=b", "item 2 is empty"},
+		{"env=a,", "item 2 is empty"},
+		{"env=a,env=b", `key "env" is given twice`},
+	} {
+		if _, err := ParseTags(tc.in); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("ParseTags(%q) = %v, want an error naming %q", tc.in, err, tc.want)
+		}
 	}
 	f, err := ParseTagFilter("tag:env=production")
 	if err != nil || !f.Match(tags) || f.Match(map[string]string{"env": "dev"}) {
