@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -102,4 +103,60 @@ func (c Config) catalogLookup() func(ctx context.Context, host string) ([]string
 		}
 		return upstream.Resolver(c.DNSServer).LookupHost(ctx, host)
 	}
+}
+
+// catalogLocation is where a node's catalog lives, from the config's catalog_url.
+type catalogLocation struct {
+	// SQLitePath is the SQLite file ("" for PostgreSQL, and for the state directory's ferry.db).
+	SQLitePath string
+	// PostgresURL is a postgres:// URL or a libpq key=value string.
+	PostgresURL string
+}
+
+// parseCatalogURL reads catalog_url: "" (the state directory's ferry.db), "sqlite:PATH" (an
+// absolute path), a postgres:// / postgresql:// URL, or a libpq key=value string.
+func parseCatalogURL(s string) (catalogLocation, error) {
+	switch {
+	case s == "":
+		return catalogLocation{}, nil
+	case strings.HasPrefix(s, "sqlite:"):
+		p := strings.TrimPrefix(s, "sqlite:")
+		if !filepath.IsAbs(p) {
+			return catalogLocation{}, fmt.Errorf("catalog_url %q: give an absolute path, sqlite:/path/to/ferry.db", s)
+		}
+		return catalogLocation{SQLitePath: filepath.Clean(p)}, nil
+	case strings.HasPrefix(s, "postgres://"), strings.HasPrefix(s, "postgresql://"):
+		u, err := url.Parse(s)
+		if err != nil || u.Host == "" && u.Query().Get("host") == "" {
+			return catalogLocation{}, fmt.Errorf("catalog_url: not a postgres://HOST/DATABASE URL")
+		}
+		return catalogLocation{PostgresURL: s}, nil
+	case strings.Contains(s, "="): // a libpq key=value connection string
+		return catalogLocation{PostgresURL: s}, nil
+	}
+	return catalogLocation{}, fmt.Errorf("catalog_url %q: use sqlite:/path/to/ferry.db or postgres://HOST/DATABASE (empty: the state directory's ferry.db)", s)
+}
+
+// catalogWhere names the catalog of cfg for messages, without its password: the SQLite file, the
+// postgres:// URL with the password replaced by xxxxx, or "the PostgreSQL catalog (catalog_url)"
+// for a key=value string.
+func catalogWhere(dir string, cfg Config) string {
+	loc, err := parseCatalogURL(cfg.CatalogURL)
+	switch {
+	case err != nil:
+		return "catalog_url"
+	case loc.PostgresURL == "" && loc.SQLitePath == "":
+		return filepath.Join(dir, dbFile)
+	case loc.PostgresURL == "":
+		return "sqlite:" + loc.SQLitePath
+	}
+	if u, err := url.Parse(loc.PostgresURL); err == nil && u.Scheme != "" {
+		q := u.Query()
+		if q.Has("password") {
+			q.Set("password", "xxxxx")
+			u.RawQuery = q.Encode()
+		}
+		return u.Redacted()
+	}
+	return "the PostgreSQL catalog (catalog_url)"
 }

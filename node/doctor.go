@@ -108,7 +108,7 @@ func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt Doctor
 		if len(clientIDs) == 0 {
 			clientIDs = []string{""} // the system-assigned identity
 		}
-		where := dbPath
+		where := catalogWhere(dir, cfg)
 		if db.Dialect() == store.Postgres {
 			where = "PostgreSQL on " + db.Pool().Config().ConnConfig.Host
 		}
