@@ -8,9 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +16,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/ferryhq/ferry/internal/pgbin"
 )
 
 // superuser is the name of the real server's bootstrap superuser; Azure
@@ -36,7 +36,7 @@ type postgres struct {
 	sockDir string
 	logFile string
 	binDir  string
-	acct    *runAs
+	acct    *pgbin.Account
 	maxConn int
 	dir     string
 
@@ -44,34 +44,6 @@ type postgres struct {
 	cmd     *exec.Cmd
 	done    chan struct{} // closed when the server process has exited
 	waitErr error
-}
-
-// runAs is the unprivileged account PostgreSQL runs under when we are root:
-// PostgreSQL refuses to run as root.
-type runAs struct {
-	name     string
-	uid, gid uint32
-}
-
-// pgAccount returns the account to run initdb and postgres as: nil when not
-// root (run as ourselves), else "postgres" if it exists, else "nobody".
-func pgAccount() (*runAs, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	for _, name := range []string{"postgres", "nobody"} {
-		u, err := user.Lookup(name)
-		if err != nil {
-			continue
-		}
-		uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
-		gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
-		if err1 != nil || err2 != nil || uid == 0 {
-			continue
-		}
-		return &runAs{name: name, uid: uint32(uid), gid: uint32(gid)}, nil
-	}
-	return nil, errors.New("running as root and found no unprivileged account (postgres or nobody) to run PostgreSQL as")
 }
 
 // makeTempDir makes the emulator's temp dir. As root it picks a base that an
@@ -111,9 +83,8 @@ func worldTraversable(dir string) bool {
 	}
 }
 
-// findPGBinDir returns the directory holding initdb and postgres: dir if
-// given, else the newest /usr/lib/postgresql/<major>/bin (Debian layout), else
-// the directory of postgres on PATH.
+// findPGBinDir returns the directory holding initdb and postgres: dir if given, else
+// pgbin.FindBinDir's.
 func findPGBinDir(dir string) (string, error) {
 	if dir != "" {
 		if _, err := os.Stat(filepath.Join(dir, "postgres")); err != nil {
@@ -121,23 +92,11 @@ func findPGBinDir(dir string) (string, error) {
 		}
 		return dir, nil
 	}
-	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres")
-	sort.Slice(matches, func(i, j int) bool { return pgMajor(matches[i]) > pgMajor(matches[j]) })
-	for _, m := range matches {
-		if _, err := os.Stat(filepath.Join(filepath.Dir(m), "initdb")); err == nil {
-			return filepath.Dir(m), nil
-		}
+	d, err := pgbin.FindBinDir()
+	if err != nil {
+		return "", fmt.Errorf("%w, or set Config.PGBinDir", err)
 	}
-	if p, err := exec.LookPath("postgres"); err == nil {
-		return filepath.Dir(p), nil
-	}
-	return "", errors.New("find PostgreSQL binaries: none under /usr/lib/postgresql/*/bin or on PATH; install the PostgreSQL server or set Config.PGBinDir")
-}
-
-func pgMajor(postgresPath string) float64 {
-	v := filepath.Base(filepath.Dir(filepath.Dir(postgresPath)))
-	f, _ := strconv.ParseFloat(v, 64)
-	return f
+	return d, nil
 }
 
 func startPostgres(ctx context.Context, log *slog.Logger, binDir, dir string, maxConn int) (*postgres, error) {
@@ -145,7 +104,7 @@ func startPostgres(ctx context.Context, log *slog.Logger, binDir, dir string, ma
 	if err != nil {
 		return nil, err
 	}
-	acct, err := pgAccount()
+	acct, err := pgbin.RunAs()
 	if err != nil {
 		return nil, fmt.Errorf("start PostgreSQL: %w", err)
 	}
@@ -170,8 +129,8 @@ func startPostgres(ctx context.Context, log *slog.Logger, binDir, dir string, ma
 			return nil, fmt.Errorf("start PostgreSQL: %w", err)
 		}
 		if acct != nil {
-			if err := os.Chown(d.path, int(acct.uid), int(acct.gid)); err != nil {
-				return nil, fmt.Errorf("start PostgreSQL: chown %s to %s: %w", d.path, acct.name, err)
+			if err := os.Chown(d.path, int(acct.UID), int(acct.GID)); err != nil {
+				return nil, fmt.Errorf("start PostgreSQL: chown %s to %s: %w", d.path, acct.Name, err)
 			}
 		}
 	}
@@ -184,7 +143,7 @@ func startPostgres(ctx context.Context, log *slog.Logger, binDir, dir string, ma
 		"--no-sync", "--no-instructions")
 	initdb.Dir = dir
 	initdb.Env = pgEnv()
-	initdb.SysProcAttr = sysProcAttr(acct)
+	initdb.SysProcAttr = pgbin.SysProcAttr(acct)
 	var out bytes.Buffer
 	initdb.Stdout, initdb.Stderr = &out, &out
 	t0 := time.Now()
@@ -222,7 +181,7 @@ func (pg *postgres) launch(ctx context.Context) error {
 	)
 	cmd.Dir = pg.dir
 	cmd.Env = pgEnv()
-	cmd.SysProcAttr = sysProcAttr(pg.acct)
+	cmd.SysProcAttr = pgbin.SysProcAttr(pg.acct)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return err

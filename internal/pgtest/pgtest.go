@@ -14,9 +14,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +24,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/ferryhq/ferry/internal/pgbin"
 )
 
 // Superuser is the bootstrap superuser of the servers.
@@ -35,12 +35,12 @@ const Superuser = "ferry"
 const port = 5432
 
 // ErrNoBinaries is returned (wrapped) when no PostgreSQL server binaries are installed.
-var ErrNoBinaries = errors.New("no PostgreSQL server binaries (initdb, postgres) under /usr/lib/postgresql/*/bin or on PATH; install the PostgreSQL server (apt-get install postgresql) to run these tests")
+var ErrNoBinaries = pgbin.ErrNoBinaries
 
 // Server is a running PostgreSQL server.
 type Server struct {
 	dir, dataDir, sockDir, logFile, binDir string
-	acct                                   *account
+	acct                                   *pgbin.Account
 
 	version int // server_version_num
 
@@ -51,54 +51,9 @@ type Server struct {
 	dbs     atomic.Int64
 }
 
-// account is who PostgreSQL runs as when we are root.
-type account struct {
-	name     string
-	uid, gid uint32
-}
-
-func pgAccount() (*account, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	for _, name := range []string{"postgres", "nobody"} {
-		u, err := user.Lookup(name)
-		if err != nil {
-			continue
-		}
-		uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
-		gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
-		if err1 != nil || err2 != nil || uid == 0 {
-			continue
-		}
-		return &account{name: name, uid: uint32(uid), gid: uint32(gid)}, nil
-	}
-	return nil, errors.New("running as root and found no unprivileged account (postgres or nobody) to run PostgreSQL as")
-}
-
-// FindBinDir returns the directory holding initdb and postgres: the newest
-// /usr/lib/postgresql/<major>/bin (Debian layout), else the directory of postgres on PATH. The
-// error wraps ErrNoBinaries.
-func FindBinDir() (string, error) {
-	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres")
-	sort.Slice(matches, func(i, j int) bool { return major(matches[i]) > major(matches[j]) })
-	for _, m := range matches {
-		if _, err := os.Stat(filepath.Join(filepath.Dir(m), "initdb")); err == nil {
-			return filepath.Dir(m), nil
-		}
-	}
-	if p, err := exec.LookPath("postgres"); err == nil {
-		if _, err := os.Stat(filepath.Join(filepath.Dir(p), "initdb")); err == nil {
-			return filepath.Dir(p), nil
-		}
-	}
-	return "", fmt.Errorf("find PostgreSQL: %w", ErrNoBinaries)
-}
-
-func major(postgresPath string) float64 {
-	f, _ := strconv.ParseFloat(filepath.Base(filepath.Dir(filepath.Dir(postgresPath))), 64)
-	return f
-}
+// FindBinDir returns the directory holding initdb and postgres (pgbin.FindBinDir). The error wraps
+// ErrNoBinaries.
+func FindBinDir() (string, error) { return pgbin.FindBinDir() }
 
 // makeDir makes the server's temp dir; as root under a base the PostgreSQL account can traverse.
 func makeDir() (string, error) {
@@ -126,7 +81,7 @@ func StartServer(ctx context.Context) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	acct, err := pgAccount()
+	acct, err := pgbin.RunAs()
 	if err != nil {
 		return nil, fmt.Errorf("start PostgreSQL: %w", err)
 	}
@@ -176,8 +131,8 @@ func (s *Server) init(ctx context.Context) error {
 			return err
 		}
 		if s.acct != nil {
-			if err := os.Chown(d.path, int(s.acct.uid), int(s.acct.gid)); err != nil {
-				return fmt.Errorf("chown %s to %s: %w", d.path, s.acct.name, err)
+			if err := os.Chown(d.path, int(s.acct.UID), int(s.acct.GID)); err != nil {
+				return fmt.Errorf("chown %s to %s: %w", d.path, s.acct.Name, err)
 			}
 		}
 	}
@@ -185,7 +140,7 @@ func (s *Server) init(ctx context.Context) error {
 	defer cancel()
 	initdb := exec.CommandContext(ctx, filepath.Join(s.binDir, "initdb"), "-D", s.dataDir, "-U", Superuser,
 		"-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions")
-	initdb.Dir, initdb.Env, initdb.SysProcAttr = s.dir, env(), sysProcAttr(s.acct)
+	initdb.Dir, initdb.Env, initdb.SysProcAttr = s.dir, env(), pgbin.SysProcAttr(s.acct)
 	var out bytes.Buffer
 	initdb.Stdout, initdb.Stderr = &out, &out
 	if err := initdb.Run(); err != nil {
@@ -205,7 +160,7 @@ func (s *Server) Start(ctx context.Context) error {
 		"-c", "listen_addresses=", "-c", "unix_socket_permissions=0777", "-c", "fsync=off",
 		"-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "shared_buffers=16MB",
 		"-c", "max_connections=200", "-c", "dynamic_shared_memory_type=mmap")
-	cmd.Dir, cmd.Env, cmd.SysProcAttr = s.dir, env(), sysProcAttr(s.acct)
+	cmd.Dir, cmd.Env, cmd.SysProcAttr = s.dir, env(), pgbin.SysProcAttr(s.acct)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start PostgreSQL: %w", err)

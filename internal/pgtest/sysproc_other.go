@@ -5,7 +5,6 @@ package pgtest
 import (
 	"errors"
 	"os"
-	"syscall"
 )
 
 var errUnsupported = errors.New("throwaway PostgreSQL servers for tests run on Linux only")
@@ -13,5 +12,3 @@ var errUnsupported = errors.New("throwaway PostgreSQL servers for tests run on L
 func supported() error { return errUnsupported }
 
 var interrupt = os.Interrupt
-
-func sysProcAttr(*account) *syscall.SysProcAttr { return nil }
