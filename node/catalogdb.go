@@ -81,28 +81,13 @@ func openCatalogDB(ctx context.Context, dir string, cfg Config, l catalogLogin) 
 		},
 		RootCAs:   l.roots,
 		AllowHost: l.allowed.Check,
-		Lookup:    cfg.catalogLookup(),
+		Lookup:    upstream.Lookup(cfg.HostOverrides, cfg.DNSServer),
 		Logger:    l.log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open catalog: %w", err)
 	}
 	return db, nil
-}
-
-// catalogLookup resolves the catalog server's host as the node resolves resources': a host
-// override's address instead of a lookup, else the configured DNS server's answer (nil: pgx's own
-// lookup).
-func (c Config) catalogLookup() func(ctx context.Context, host string) ([]string, error) {
-	if len(c.HostOverrides) == 0 && c.DNSServer == "" {
-		return nil
-	}
-	return func(ctx context.Context, host string) ([]string, error) {
-		if over, ok := c.HostOverrides[strings.ToLower(strings.TrimSuffix(host, "."))]; ok {
-			return []string{over}, nil
-		}
-		return upstream.Resolver(c.DNSServer).LookupHost(ctx, host)
-	}
 }
 
 // catalogLocation is where a node's catalog lives, from the config's catalog_url.

@@ -50,3 +50,22 @@ func TestTargetHostOverrideAnyCaseTrailingDot(t *testing.T) {
 		c.Close()
 	}
 }
+
+// TestLookupHostOverride: the lookup handed to pgx (the catalog database) finds a host override in
+// any letter case and with a trailing dot, as Target does, and is nil when there is nothing to
+// apply, so that pgx's own lookup runs.
+func TestLookupHostOverride(t *testing.T) {
+	if Lookup(nil, "") != nil {
+		t.Fatal("a lookup without overrides or DNS server; want nil")
+	}
+	lookup := Lookup(map[string]string{"cat.postgres.database.azure.com": "127.0.0.1:6432"}, "")
+	for _, host := range []string{"cat.postgres.database.azure.com", "CAT.Postgres.Database.Azure.com."} {
+		got, err := lookup(context.Background(), host)
+		if err != nil || len(got) != 1 || got[0] != "127.0.0.1:6432" {
+			t.Errorf("lookup(%q) = %v, %v; want the override", host, got, err)
+		}
+	}
+	if got, err := lookup(context.Background(), "localhost"); err != nil || len(got) == 0 {
+		t.Errorf("lookup(localhost) = %v, %v; want the system's answer", got, err)
+	}
+}

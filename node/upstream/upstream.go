@@ -108,6 +108,22 @@ func Resolver(dnsServer string) *net.Resolver {
 	}}
 }
 
+// Lookup resolves a server's hostname as the proxy reaches servers: a host override's "ip[:port]"
+// instead of a lookup, else dnsServer's answer (the system's when empty). It is nil when there is
+// neither, so that the caller's own lookup applies. It serves clients that take a lookup function
+// rather than a dialer (pgx: the catalog database).
+func Lookup(overrides map[string]string, dnsServer string) func(ctx context.Context, host string) ([]string, error) {
+	if len(overrides) == 0 && dnsServer == "" {
+		return nil
+	}
+	return func(ctx context.Context, host string) ([]string, error) {
+		if over, ok := overrides[overrideKey(host)]; ok {
+			return []string{over}, nil
+		}
+		return Resolver(dnsServer).LookupHost(ctx, host)
+	}
+}
+
 // overrideKey is how a hostname is looked up in HostOverrides: lower case, no trailing dot (the
 // same key as the health check's and the allow-list's).
 func overrideKey(host string) string { return strings.ToLower(strings.TrimSuffix(host, ".")) }
