@@ -112,8 +112,14 @@ func (n *Node) register(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("register node: %w", err)
 	}
-	if _, err := n.cat.RegisterNode(ctx, rec); err != nil {
+	stored, err := n.cat.RegisterNode(ctx, rec)
+	if err != nil {
 		return err
+	}
+	// config.json's tags are the first ones only: say so when they no longer are the node's.
+	if len(n.cfg.Tags) > 0 && api.FormatNodeTags(n.cfg.Tags) != api.FormatNodeTags(stored.Tags) {
+		n.log.Warn("config.json's tags are not this node's tags in the catalog, which apply: they only set a new node's first tags; change them with `ferry admin nodes update "+stored.Name+" --tags ...`",
+			"config_tags", api.FormatNodeTags(n.cfg.Tags), "catalog_tags", api.FormatNodeTags(stored.Tags))
 	}
 	return nil
 }

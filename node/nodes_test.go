@@ -322,3 +322,33 @@ func (b *bareNode) cfgName(t *testing.T) string {
 	}
 	return x.Name
 }
+
+// TestConfigTagsOnlyFirst: config.json's tags are a new node's first tags; after an admin changed
+// them in the catalog, a restart keeps the catalog's and logs that config.json's do not apply.
+func TestConfigTagsOnlyFirst(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	b := &bareNode{dir: filepath.Join(t.TempDir(), "node"), log: &syncBuffer{}, cfg: node.Config{
+		PublicHost: "127.0.0.1", EnrollListen: "127.0.0.1:0", IMDSEndpoint: "http://127.0.0.1:9", DNSServer: "127.0.0.1:9",
+		Name: "gw-tags", Tags: map[string]string{"region": "westeurope"},
+	}}
+	if _, err := node.Init(ctx, b.dir, b.cfg, node.DefaultAdmin); err != nil {
+		t.Fatal(err)
+	}
+	b.start(t)
+	if strings.Contains(b.log.String(), "tags are not this node's tags") {
+		t.Fatalf("first start warned about its own tags:\n%s", b.log.String())
+	}
+	if _, err := b.Catalog().UpdateNodeTags(ctx, "gw-tags", map[string]string{"region": "northeurope"}); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	b.start(t)
+	x, err := b.Catalog().Node(ctx, "gw-tags")
+	if err != nil || api.FormatNodeTags(x.Tags) != "region=northeurope" {
+		t.Fatalf("tags after restart %v, %v; want the catalog's", x.Tags, err)
+	}
+	if log := b.log.String(); !strings.Contains(log, "tags are not this node's tags") || !strings.Contains(log, "ferry admin nodes update gw-tags") {
+		t.Errorf("no warning that config.json's tags do not apply:\n%s", log)
+	}
+}
