@@ -4,6 +4,7 @@
 package demo
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -185,14 +186,19 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 		if i > 0 {
 			dir = filepath.Join(e.dir, fmt.Sprintf("node-%d", i+1))
 		}
-		if err := initNode(ctx, dir, cfg, i == 0); err != nil {
+		ncfg := cfg
+		if opt.Nodes > 1 {
+			// Names are unique in a deployment: the nodes of one host would all take its name.
+			ncfg.Name = fmt.Sprintf("%s-%d", cmp.Or(cfg.Name, "node"), i+1)
+		}
+		if err := initNode(ctx, dir, ncfg, i == 0); err != nil {
 			return nil, fmt.Errorf("demo: %w", err)
 		}
 		nlog := log.With("component", "node")
 		if opt.Nodes > 1 {
-			nlog = nlog.With("node", filepath.Base(dir))
+			nlog = nlog.With("node", ncfg.Name)
 		}
-		n, err := node.Start(ctx, dir, cfg, nlog)
+		n, err := node.Start(ctx, dir, ncfg, nlog)
 		if err != nil {
 			return nil, fmt.Errorf("demo: %w", err)
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 )
 
 // TestStartNodesShareOneCatalog: with Options.Nodes 3 the demo runs three nodes on one catalog
@@ -16,15 +17,7 @@ import (
 func TestStartNodesShareOneCatalog(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{LoopbackIP: demo.RandomLoopbackIP(), Nodes: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := env.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	env := testenv.Start(t, demo.Options{LoopbackIP: demo.RandomLoopbackIP(), Nodes: 3})
 	if len(env.Nodes) != 3 || len(env.NodeDirs) != 3 || env.Node != env.Nodes[0] || env.CatalogDB == nil {
 		t.Fatalf("nodes %d, dirs %v, catalog server %v", len(env.Nodes), env.NodeDirs, env.CatalogDB)
 	}
@@ -35,6 +28,20 @@ func TestStartNodesShareOneCatalog(t *testing.T) {
 		devs, err := n.Catalog().Devices(ctx)
 		if err != nil || len(devs) != 1 {
 			t.Errorf("node %d: devices %+v, %v; want the client's one", i+1, devs, err)
+		}
+	}
+	// Each node registered itself under a name of its own (one host's name would be taken thrice).
+	ns, err := env.Node.Catalog().Nodes(ctx)
+	if err != nil || len(ns) != 3 {
+		t.Fatalf("registered nodes %+v, %v; want 3", ns, err)
+	}
+	names := map[string]bool{}
+	for _, x := range ns {
+		names[x.Name] = x.Online(time.Now())
+	}
+	for _, want := range []string{"node-1", "node-2", "node-3"} {
+		if !names[want] {
+			t.Errorf("node %s not registered online: %v", want, names)
 		}
 	}
 	out, err := psql(t, client.ConnString(env.Resource), "-c", "SELECT 'fleet'")
