@@ -175,20 +175,9 @@ func (c *Catalog) Close() error {
 // (every other name fails at once). After StartDB the node keeps its catalog in the shared catalog
 // database (CatalogURL), logging in as CatalogIdentity.
 func (c *Catalog) NodeConfig(h *netlab.Host) node.Config {
-	cfg := node.Config{
-		PublicHost:    h.Addr().String(),
-		EnrollListen:  h.HostPort(EnrollPort),
-		WireGuardPort: WireGuardPort,
-		IMDSEndpoint:  c.Emu.IMDSEndpoint(),
-		CAFiles:       []string{c.Emu.CACertFile()},
-		HostOverrides: map[string]string{
-			strings.ToLower(c.Emu.Hostname()):  c.Emu.Addr(),
-			azureemu.VaultHost(demo.VaultName): c.Emu.VaultAddr(),
-		},
-		AllowedServerHosts: []string{strings.ToLower(c.Emu.Hostname())},
-		DNSServer:          "127.0.0.1:9",
-		MetricsListen:      "127.0.0.1:9108",
-	}
+	cfg := demo.NodeConfig(c.Emu) // the emulator's IMDS, CA, server and vault, and no DNS
+	cfg.PublicHost, cfg.EnrollListen, cfg.WireGuardPort = h.Addr().String(), h.HostPort(EnrollPort), WireGuardPort
+	cfg.MetricsListen = "127.0.0.1:9108"
 	if c.DB != nil {
 		demo.WithCatalog(&cfg, c.DB)
 	}
