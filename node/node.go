@@ -5,6 +5,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -74,9 +75,11 @@ func Join(ctx context.Context, dir string, cfg Config) error {
 }
 
 func initNode(ctx context.Context, dir string, cfg Config, join bool, adminName string) (tok string, err error) {
-	if cfg.CatalogURL == "" && cfg.CatalogClientID == "" {
-		cfg.applyEnv() // flags first
-	}
+	// Flags first: the environment fills in each catalog setting the flags left empty.
+	var env Config
+	env.applyEnv()
+	cfg.CatalogURL = cmp.Or(cfg.CatalogURL, env.CatalogURL)
+	cfg.CatalogClientID = cmp.Or(cfg.CatalogClientID, env.CatalogClientID)
 	cfg.applyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return "", fmt.Errorf("init node: %w", err)

@@ -352,3 +352,19 @@ func TestConfigTagsOnlyFirst(t *testing.T) {
 		t.Errorf("no warning that config.json's tags do not apply:\n%s", log)
 	}
 }
+
+// TestInitTakesCatalogURLFromEnvWithClientIDFlag: FERRY_NODE_CATALOG_URL applies to init when the
+// flags set only the catalog's client ID, so init on a catalog that holds a deployment is refused
+// (pointing at --join) rather than making a deployment of its own in the state directory.
+func TestInitTakesCatalogURLFromEnvWithClientIDFlag(t *testing.T) {
+	a := startBareNode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	t.Setenv("FERRY_NODE_CATALOG_URL", "sqlite:"+filepath.Join(a.dir, "ferry.db"))
+	c := a.cfg
+	c.Name, c.CatalogClientID = "gw-env", "11111111-2222-3333-4444-555555555555"
+	dir := filepath.Join(t.TempDir(), "c")
+	if _, err := node.Init(ctx, dir, c, node.DefaultAdmin); err == nil || !strings.Contains(err.Error(), "already holds a deployment") {
+		t.Fatalf("init with the catalog URL in the environment: %v; want it refused as the catalog holds a deployment", err)
+	}
+}
