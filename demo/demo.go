@@ -185,14 +185,18 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 		if i > 0 {
 			dir = filepath.Join(e.dir, fmt.Sprintf("node-%d", i+1))
 		}
-		if err := initNode(ctx, dir, cfg, i == 0); err != nil {
+		ncfg := cfg
+		if opt.Nodes > 1 {
+			ncfg.Name = fmt.Sprintf("node-%d", i+1) // node names are unique in a deployment
+		}
+		if err := initNode(ctx, dir, ncfg, i == 0); err != nil {
 			return nil, fmt.Errorf("demo: %w", err)
 		}
 		nlog := log.With("component", "node")
 		if opt.Nodes > 1 {
 			nlog = nlog.With("node", filepath.Base(dir))
 		}
-		n, err := node.Start(ctx, dir, cfg, nlog)
+		n, err := node.Start(ctx, dir, ncfg, nlog)
 		if err != nil {
 			return nil, fmt.Errorf("demo: %w", err)
 		}
@@ -238,19 +242,13 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 }
 
 // initNode makes a node's state in dir. The first node of a shared catalog (or the single node)
-// makes the catalog and its first admin; the others join it: they are made as single nodes, then
-// their config points at the shared catalog (ferry-node has no init for a joining node yet).
+// makes the catalog and its first admin; the others join it (ferry-node init --join).
 func initNode(ctx context.Context, dir string, cfg node.Config, first bool) error {
 	if first || cfg.CatalogURL == "" {
 		_, err := node.Init(ctx, dir, cfg, node.DefaultAdmin)
 		return err
 	}
-	single := cfg
-	single.CatalogURL, single.CatalogClientID = "", ""
-	if _, err := node.Init(ctx, dir, single, node.DefaultAdmin); err != nil {
-		return err
-	}
-	return node.SaveConfig(filepath.Join(dir, node.ConfigFile), cfg)
+	return node.Join(ctx, dir, cfg)
 }
 
 // addKeyVault puts the login of azure-pg-mi-prod's identity into the emulator's Key Vault, lets the
