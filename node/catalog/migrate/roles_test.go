@@ -26,20 +26,20 @@ func asRole(t *testing.T, u, role string) string {
 }
 
 // TestOneRolePerNode is the README's fleet setup ("Run a fleet in Azure"): one login role per
-// node, each a member of the NOLOGIN role ferry_catalog that owns the catalog database and is each
+// node, each a member of the NOLOGIN role ferry_fleet that owns the catalog database and is each
 // node role's default role (ALTER ROLE … SET role). The migration, run as node-1, leaves tables
-// owned by ferry_catalog; node-2 then brings the schema forward, changes a table's shape as a later
+// owned by ferry_fleet; node-2 then brings the schema forward, changes a table's shape as a later
 // release's migration step would, and reads and writes the catalog and the audit log.
 func TestOneRolePerNode(t *testing.T) {
 	srv := pgtest.NewServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for _, q := range []string{
-		`CREATE ROLE ferry_catalog NOLOGIN`,
+		`CREATE ROLE ferry_fleet NOLOGIN`,
 		`CREATE ROLE "node-1" LOGIN`, `CREATE ROLE "node-2" LOGIN`,
-		`GRANT ferry_catalog TO "node-1"`, `GRANT ferry_catalog TO "node-2"`,
-		`ALTER ROLE "node-1" SET role = 'ferry_catalog'`, `ALTER ROLE "node-2" SET role = 'ferry_catalog'`,
-		`CREATE DATABASE ferrycatalog OWNER ferry_catalog`,
+		`GRANT ferry_fleet TO "node-1"`, `GRANT ferry_fleet TO "node-2"`,
+		`ALTER ROLE "node-1" SET role = 'ferry_fleet'`, `ALTER ROLE "node-2" SET role = 'ferry_fleet'`,
+		`CREATE DATABASE ferrycatalog OWNER ferry_fleet`,
 	} {
 		if err := srv.Exec(ctx, q); err != nil {
 			t.Fatal(err)
@@ -68,8 +68,8 @@ func TestOneRolePerNode(t *testing.T) {
 		t.Fatalf("migrate as node-1: %v", err)
 	}
 	var owner string
-	if err := n1.QueryRowContext(ctx, `SELECT tableowner FROM pg_tables WHERE tablename = 'users'`).Scan(&owner); err != nil || owner != "ferry_catalog" {
-		t.Fatalf("owner of users: %q, %v; want ferry_catalog", owner, err)
+	if err := n1.QueryRowContext(ctx, `SELECT tableowner FROM pg_tables WHERE tablename = 'users'`).Scan(&owner); err != nil || owner != "ferry_fleet" {
+		t.Fatalf("owner of users: %q, %v; want ferry_fleet", owner, err)
 	}
 
 	n2, err := store.Open(ctx, store.Options{URL: asRole(t, base, "node-2")})
