@@ -3,8 +3,10 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"text/tabwriter"
 
@@ -63,7 +65,7 @@ FERRY_NODE_CATALOG_URL, and start it; other nodes join with ferry-node init --jo
 				return fmt.Errorf("--to is required: the PostgreSQL catalog to move into (postgres://ROLE@HOST/DATABASE)")
 			}
 			if !strings.HasPrefix(to, "postgres://") && !strings.HasPrefix(to, "postgresql://") && !strings.Contains(to, "=") {
-				return fmt.Errorf("--to %q: give a PostgreSQL URL, postgres://ROLE@HOST/DATABASE", to)
+				return fmt.Errorf("--to %q: give a PostgreSQL URL, postgres://ROLE@HOST/DATABASE", redacted(to))
 			}
 			var cfg node.Config
 			if state != "" || config != "" {
@@ -127,10 +129,11 @@ FERRY_NODE_CATALOG_URL, and start it; other nodes join with ferry-node init --jo
 			if err != nil {
 				return err
 			}
+			shown := redacted(to)
 			fmt.Fprintf(out, "\nMoved %s into the PostgreSQL catalog. Next:\n", abs)
-			fmt.Fprintf(out, "  - this node: set \"catalog_url\": %q (and \"catalog_client_id\" for a user-assigned identity) in its config.json, then start it;\n", to)
+			fmt.Fprintf(out, "  - this node: set \"catalog_url\": %q (and \"catalog_client_id\" for a user-assigned identity) in its config.json, then start it;\n", shown)
 			fmt.Fprintf(out, "    keep %s as a backup; the node no longer uses it\n", abs)
-			fmt.Fprintf(out, "  - other nodes: ferry-node init --state DIR --join %q --name NAME --tags region=…\n", to)
+			fmt.Fprintf(out, "  - other nodes: ferry-node init --state DIR --join %q --name NAME --tags region=…\n", shown)
 			return nil
 		},
 	}
@@ -145,3 +148,14 @@ FERRY_NODE_CATALOG_URL, and start it; other nodes join with ferry-node init --jo
 	f.BoolVar(&intoExisting, "into-existing", false, "merge into a target that holds rows: skip rows it holds, refuse (naming them) rows that clash")
 	return c
 }
+
+// redacted is a catalog URL fit to print: a postgres:// URL's password as xxxxx, a key=value
+// string's password=… likewise.
+func redacted(u string) string {
+	if p, err := url.Parse(u); err == nil && p.Scheme != "" && p.User != nil {
+		return p.Redacted()
+	}
+	return kvPassword.ReplaceAllString(u, "${1}xxxxx")
+}
+
+var kvPassword = regexp.MustCompile(`((?:^|\s)password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\S+)`)
