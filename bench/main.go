@@ -84,7 +84,7 @@ func main() {
 	flag.BoolVar(&o.install, "install", true, "when root, apt-get install the peers that are missing (openssh-server, pgbouncer)")
 	flag.BoolVar(&o.smoke, "smoke", false, "quick run: -T 2s, -copy-mb 32, -idle 100, -sessions 10, nothing written unless -out is given")
 	flag.StringVar(&o.cpuProf, "cpuprofile", "", "write a CPU profile of the bench process (node, client and emulator front run in it) to this file")
-	flag.StringVar(&o.only, "paths", "", "measure only these paths (comma-separated: direct,ferry,ferry proc,ferry VN,ssh -L,pgbouncer,socket), e.g. to profile one")
+	flag.StringVar(&o.only, "paths", "", "measure only these paths (comma-separated: direct,ferry,ferry proc,ferry proc pg,ferry VN,ssh -L,pgbouncer,socket), e.g. to profile one")
 	flag.BoolVar(&o.nodeProc, "node-process", true, "also measure Ferry with the node as its own process (builds cmd/ferry-node; path \""+procPathName+"\")")
 	flag.BoolVar(&o.catalogPG, "catalog-pg", true, "also measure the node process with its catalog and audit log on PostgreSQL, as a fleet's nodes keep them (path \""+procPGPathName+"\", next to \""+procPathName+"\" on SQLite; needs -node-process)")
 	flag.BoolVar(&o.verbose, "verbose", false, "log what the node, client and emulator do")
