@@ -111,6 +111,17 @@ func Run(ctx context.Context, src, dst *store.DB, opts Options) (Result, error) 
 	if opts.Now.IsZero() {
 		opts.Now = time.Now()
 	}
+	// Before the source's schema is brought forward (a running node of another release would not
+	// expect that), and again after, when the file had no nodes table yet.
+	var has int
+	if err := src.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'nodes'`).Scan(&has); err != nil {
+		return Result{}, fmt.Errorf("migrate: source: %w", err)
+	}
+	if has > 0 {
+		if err := checkNotRunning(ctx, src, opts.Now); err != nil {
+			return Result{}, err
+		}
+	}
 	if err := prepare(ctx, src, "source"); err != nil {
 		return Result{}, err
 	}
