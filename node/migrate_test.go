@@ -397,6 +397,10 @@ func TestCatalogMigrateIntoExistingRefusesClashes(t *testing.T) {
 		if err := cat.AddUser(ctx, "carol", i == 0); err != nil {
 			t.Fatal(err)
 		}
+		// The same role on both sides, made at other times: no clash.
+		if _, err := db.ExecContext(ctx, db.Rebind(`INSERT INTO roles(name, created_at) VALUES('ops', ?)`), 1000+i); err != nil {
+			t.Fatal(err)
+		}
 		if err := cat.AddUser(ctx, "only-"+string(rune('a'+i)), false); err != nil {
 			t.Fatal(err)
 		}
@@ -404,6 +408,9 @@ func TestCatalogMigrateIntoExistingRefusesClashes(t *testing.T) {
 	_, err = migrate.Run(ctx, src, dst, migrate.Options{IntoExisting: true})
 	if !errors.Is(err, migrate.ErrConflict) || !strings.Contains(err.Error(), `resources "pg-prod"`) || !strings.Contains(err.Error(), `users "carol": the target's differs in admin`) {
 		t.Fatalf("merge with clashes: %v; want it refused naming the resource and the user", err)
+	}
+	if strings.Contains(err.Error(), `roles "ops"`) {
+		t.Errorf("a role made at another time on each side is named as a clash: %v", err)
 	}
 	var n int
 	if err := dst.QueryRowContext(ctx, `SELECT count(*) FROM users WHERE name = 'only-a'`).Scan(&n); err != nil || n != 0 {

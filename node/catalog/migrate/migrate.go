@@ -378,6 +378,9 @@ func copyRow(ctx context.Context, tx *store.Tx, dst *store.DB, t table, row []an
 				return false, "", nil // the target's record of a node is its newest (a node on it heartbeats)
 			}
 			for i := range row {
+				if t.cols[i] == "created_at" || t.cols[i] == "enrolled_at" {
+					continue // when each side made it is no clash: the target's stays
+				}
 				if !same(row[i], have[i]) {
 					return false, fmt.Sprintf("%s %s: the target's differs in %s", t.name, describe(t, row), t.cols[i]), nil
 				}
