@@ -103,3 +103,13 @@ func (c Config) catalogLookup() func(ctx context.Context, host string) ([]string
 		return upstream.Resolver(c.DNSServer).LookupHost(ctx, host)
 	}
 }
+
+// OpenCatalogURL opens the catalog database url as a node with config cfg would (`ferry-node
+// catalog migrate`): a SQLite file (sqlite:/ABSOLUTE/PATH) only when it exists already, a
+// PostgreSQL URL without a password with the managed identity of cfg.CatalogClientID over TLS
+// verified against cfg's CA files, to a host allowed_server_hosts allows. The caller closes it.
+func OpenCatalogURL(ctx context.Context, url string, cfg Config, logger *slog.Logger) (*store.DB, error) {
+	cfg.CatalogURL = url
+	cfg.applyDefaults()
+	return openCatalogDB(ctx, "", cfg, catalogLogin{log: logger, mustExist: true})
+}
