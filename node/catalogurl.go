@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+
+	"github.com/ferryhq/ferry/node/store"
 )
 
 // catalogLocation is where a node's catalog lives, from the config's catalog_url.
@@ -38,5 +40,5 @@ func parseCatalogURL(s string) (catalogLocation, error) {
 	case strings.Contains(s, "="): // a libpq key=value connection string
 		return catalogLocation{PostgresURL: s, Shared: true}, nil
 	}
-	return catalogLocation{}, fmt.Errorf("catalog_url %q: use sqlite:/path/to/ferry.db or postgres://HOST/DATABASE (empty: the state directory's ferry.db)", s)
+	return catalogLocation{}, fmt.Errorf("catalog_url %q: use sqlite:/path/to/ferry.db or postgres://HOST/DATABASE (empty: the state directory's ferry.db)", store.Redact(s))
 }

@@ -23,6 +23,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
+	"regexp"
 	"strings"
 	"sync"
 
@@ -247,4 +249,32 @@ func IsUnavailable(err error) bool {
 	}
 	var ne net.Error
 	return errors.Is(err, sql.ErrConnDone) || errors.Is(err, driver.ErrBadConn) || errors.As(err, &ne)
+}
+
+var (
+	kvPassword  = regexp.MustCompile(`((?:^|\s)(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)`)
+	urlUserinfo = regexp.MustCompile(`^(\s*[A-Za-z][A-Za-z0-9+.-]*://[^:@/?]*:).*@`)
+	urlPassword = regexp.MustCompile(`([?&](?:ssl)?password=)[^&]*`)
+)
+
+// Redact returns the connection string u (a URL, a libpq key=value string or a SQLite path) with
+// every password masked (a URL's user password, password= and sslpassword= values), for messages
+// that name the database.
+func Redact(u string) string {
+	if !strings.Contains(u, "://") {
+		return kvPassword.ReplaceAllString(u, "${1}xxxxx")
+	}
+	p, err := url.Parse(strings.TrimSpace(u))
+	if err != nil { // pgx also takes URLs Go's parser refuses (host1:5432,host2:5432)
+		return urlPassword.ReplaceAllString(urlUserinfo.ReplaceAllString(u, "${1}xxxxx@"), "${1}xxxxx")
+	}
+	if q := p.Query(); q.Has("password") || q.Has("sslpassword") {
+		for _, k := range []string{"password", "sslpassword"} {
+			if q.Has(k) {
+				q.Set(k, "xxxxx")
+			}
+		}
+		p.RawQuery = q.Encode()
+	}
+	return p.Redacted()
 }
