@@ -1118,9 +1118,25 @@ func (l *Log) ship() {
 func (l *Log) shipSome() (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), l.opts.AttemptTimeout)
 	defer cancel()
-	rs, err := l.spool.peek(ctx, BatchSize)
-	if err != nil || len(rs) == 0 {
+	rs, bad, err := l.spool.peek(ctx, BatchSize)
+	if err != nil {
 		return 0, err
+	}
+	for _, b := range bad {
+		if err := l.spool.hold(ctx, b.seq); err != nil {
+			return 0, err
+		}
+		if b.kind == spoolQuery {
+			l.queryFailures.Add(1)
+		} else {
+			l.connFailures.Add(1)
+		}
+		l.spoolDepth.Add(-1)
+		l.logger.Error("audit: a spooled record cannot be read; it stays in the spool file, held, and the records behind it are shipped",
+			"seq", b.seq, "kind", b.kind, "spool", l.opts.SpoolPath, "err", b.err)
+	}
+	if len(rs) == 0 {
+		return len(bad), nil
 	}
 	var done int64 = -1 // records up to this seq are in the database
 	n := 0
