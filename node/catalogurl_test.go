@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -78,4 +79,24 @@ func portOf(t *testing.T, raw string) string {
 		t.Fatal(err)
 	}
 	return u.Query().Get("port")
+}
+
+// TestCatalogURLKeyValueIsPostgresOrRefused: a key=value catalog_url the database layer would not
+// take for PostgreSQL (keys it does not recognise, such as HOST= in capitals) is refused, rather
+// than opened as a new SQLite file of that name in the working directory, which would leave the
+// node on a catalog of its own while it believes it shares the fleet's.
+func TestCatalogURLKeyValueIsPostgresOrRefused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	t.Chdir(t.TempDir())
+	for _, u := range []string{"HOST=db.example.com DBNAME=ferry", "application_name=ferry"} {
+		c := node.Config{PublicHost: "127.0.0.1", EnrollListen: "127.0.0.1:0", IMDSEndpoint: "http://127.0.0.1:9", DNSServer: "127.0.0.1:9", CatalogURL: u}
+		_, err := node.Init(ctx, filepath.Join(t.TempDir(), "n"), c, node.DefaultAdmin)
+		if err == nil || !strings.Contains(err.Error(), "catalog_url") {
+			t.Errorf("init with catalog_url %q: %v; want it refused", u, err)
+		}
+		if entries, _ := os.ReadDir("."); len(entries) != 0 {
+			t.Fatalf("init with catalog_url %q made %d files in the working directory", u, len(entries))
+		}
+	}
 }

@@ -127,11 +127,20 @@ func parseURL(u string) (Dialect, string) {
 	return SQLite, u
 }
 
+// IsPostgres reports whether Open takes url for a PostgreSQL database (a postgres:// or
+// postgresql:// URL, or a libpq key=value string with a key it recognises), not a SQLite file.
+func IsPostgres(url string) bool {
+	kind, _ := parseURL(url)
+	return kind == Postgres
+}
+
 // isKeyValueDSN reports whether s looks like a libpq key=value string ("host=... dbname=...").
 func isKeyValueDSN(s string) bool {
-	for _, k := range []string{"host=", "hostaddr=", "dbname=", "user=", "port=", "service="} {
-		if strings.HasPrefix(strings.TrimSpace(s), k) || strings.Contains(s, " "+k) {
-			return true
+	for _, f := range strings.Fields(s) {
+		for _, k := range []string{"host=", "hostaddr=", "dbname=", "user=", "port=", "service="} {
+			if strings.HasPrefix(f, k) {
+				return true
+			}
 		}
 	}
 	return false
