@@ -27,6 +27,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -66,6 +67,10 @@ type Options struct {
 	MaxConns int32
 	// Logger receives the change feed's reconnects (nil: slog.Default()).
 	Logger *slog.Logger
+	// FeedProbe is how long the change feed's connection may stay quiet before it is pinged, and
+	// how long the ping may take: a connection that died without a word (a dropped route, a
+	// peer that stopped answering) is noticed and replaced within twice this (0: 30 s).
+	FeedProbe time.Duration
 }
 
 // DB is an open catalog/audit database: a *sql.DB for the queries (written with ? placeholders and
@@ -75,6 +80,7 @@ type DB struct {
 	dialect Dialect
 	pool    *pgxpool.Pool // PostgreSQL only
 	logger  *slog.Logger
+	probe   time.Duration // Options.FeedProbe
 
 	closing context.Context // ends Watch loops on Close
 	close   context.CancelFunc
@@ -108,6 +114,10 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 		return nil, err
 	}
 	db.logger = opts.Logger
+	db.probe = opts.FeedProbe
+	if db.probe <= 0 {
+		db.probe = defaultFeedProbe
+	}
 	db.subs = map[chan struct{}]struct{}{}
 	db.closing, db.close = context.WithCancel(context.Background())
 	return db, nil
