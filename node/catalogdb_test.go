@@ -100,10 +100,12 @@ func TestCatalogOnAzurePostgresWithManagedIdentity(t *testing.T) {
 	// A second node on the same catalog admits a device enrolled through the first, and drops it
 	// when its user is suspended through the first, within 5 s.
 	dirB := filepath.Join(t.TempDir(), "node-b")
-	if _, err := node.Init(ctx, dirB, base, "admin-b"); err != nil {
+	baseB := base
+	baseB.Name = "node-b"
+	if err := node.Join(ctx, dirB, baseB); err != nil {
 		t.Fatal(err)
 	}
-	nb, err := node.Start(ctx, dirB, base, slog.New(slog.DiscardHandler))
+	nb, err := node.Start(ctx, dirB, baseB, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

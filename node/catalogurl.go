@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+
+	"github.com/ferryhq/ferry/node/store"
 )
 
 // catalogLocation is where a node's catalog lives, from the config's catalog_url.
@@ -36,7 +38,10 @@ func parseCatalogURL(s string) (catalogLocation, error) {
 		}
 		return catalogLocation{PostgresURL: s, Shared: true}, nil
 	case strings.Contains(s, "="): // a libpq key=value connection string
+		if !store.IsPostgres(s) { // the store would open a SQLite file of that name
+			return catalogLocation{}, fmt.Errorf("catalog_url %q: a key=value connection string needs host=, dbname=, user=, port= or service= (keys in lower case)", store.Redact(s))
+		}
 		return catalogLocation{PostgresURL: s, Shared: true}, nil
 	}
-	return catalogLocation{}, fmt.Errorf("catalog_url %q: use sqlite:/path/to/ferry.db or postgres://HOST/DATABASE (empty: the state directory's ferry.db)", s)
+	return catalogLocation{}, fmt.Errorf("catalog_url %q: use sqlite:/path/to/ferry.db or postgres://HOST/DATABASE (empty: the state directory's ferry.db)", store.Redact(s))
 }

@@ -139,11 +139,11 @@ func initNode(ctx context.Context, dir string, cfg Config, join bool, adminName 
 	}
 	switch {
 	case join && len(users) == 0:
-		return "", fmt.Errorf("init node: the catalog at %s holds no deployment yet; create it with `ferry-node init` (without --join) on the first node", cfg.CatalogURL)
+		return "", fmt.Errorf("init node: the catalog at %s holds no deployment yet; create it with `ferry-node init` (without --join) on the first node", store.Redact(cfg.CatalogURL))
 	case join:
 		return "", nil
 	case len(users) > 0:
-		return "", fmt.Errorf("init node: the catalog at %s already holds a deployment; add this node to it with `ferry-node init --join %s`", cfg.CatalogURL, cfg.CatalogURL)
+		return "", fmt.Errorf("init node: the catalog at %s already holds a deployment; add this node to it with `ferry-node init --join %s`", store.Redact(cfg.CatalogURL), store.Redact(cfg.CatalogURL))
 	}
 	if err := cat.AddUser(ctx, adminName, true); err != nil {
 		return "", fmt.Errorf("init node: %w", err)

@@ -173,7 +173,8 @@ func (c *Catalog) store(ctx context.Context, r resource.Resource, insert bool) (
 		return r, fmt.Errorf("a resource named %q %w", r.Name, ErrConflict)
 	}
 	if r.Subdomain != "" {
-		if err := tx.QueryRowContext(ctx, c.db.Rebind(`SELECT count(*) FROM resources WHERE subdomain = ? AND id != ?`), r.Subdomain, r.ID).Scan(&n); err != nil {
+		// DNS names are case-insensitive (clients resolve them in lower case): taken in any case.
+		if err := tx.QueryRowContext(ctx, c.db.Rebind(`SELECT count(*) FROM resources WHERE lower(subdomain) = lower(?) AND id != ?`), r.Subdomain, r.ID).Scan(&n); err != nil {
 			return r, err
 		}
 		if n > 0 {
