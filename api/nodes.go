@@ -3,10 +3,13 @@ package api
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -191,4 +194,50 @@ func FormatNodeTags(tags map[string]string) string {
 		parts[i] = k + "=" + tags[k]
 	}
 	return strings.Join(parts, ",")
+}
+
+// ValidateNodeEndpoint checks a node's WireGuard endpoint as clients dial it: "host:port" where host
+// is an IP address (not unspecified, multicast or with an IPv6 zone, also when written as an
+// IPv4-mapped IPv6 address) or a DNS name, and port 1-65535. A node registers only an endpoint that
+// passes, so that one node's bad endpoint cannot make every client refuse the deployment's list.
+func ValidateNodeEndpoint(ep string) error {
+	show := ep
+	if len(show) > 80 {
+		show = show[:80] + "…"
+	}
+	host, port, err := net.SplitHostPort(ep)
+	if err != nil {
+		return fmt.Errorf("WireGuard endpoint %q is not host:port", show)
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return fmt.Errorf("WireGuard endpoint %q: bad port (use 1-65535)", show)
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		if u := a.Unmap(); u.IsUnspecified() || u.IsMulticast() || a.Zone() != "" {
+			return fmt.Errorf("WireGuard endpoint %q: address %s cannot be a node", show, a)
+		}
+		return nil
+	}
+	if !dnsName(host) {
+		return fmt.Errorf("WireGuard endpoint %q: host is neither an IP address nor a DNS name", show)
+	}
+	return nil
+}
+
+func dnsName(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }

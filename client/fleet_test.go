@@ -57,6 +57,16 @@ func TestNodeListRejected(t *testing.T) {
 		{"name with escape", func(l []KnownNode) []KnownNode { l[1].Name = "gw\x1b[31m"; return l }, "unusable name"},
 		{"no name", func(l []KnownNode) []KnownNode { l[1].Name = ""; return l }, "unusable name"},
 		{"unknown state", func(l []KnownNode) []KnownNode { l[1].State = "maybe"; return l }, `unknown state "maybe"`},
+		{"ID twice, other key", func(l []KnownNode) []KnownNode { l[1].ID = l[0].ID; return l }, "ID n-0000000000000001 is named twice"},
+		{"name twice, other key", func(l []KnownNode) []KnownNode { l[1].Name = l[0].Name; return l }, "name gw-1 is named twice"},
+		{"endpoint port 65536", func(l []KnownNode) []KnownNode { l[1].WireGuardEndpoint = "203.0.113.8:65536"; return l }, "bad port"},
+		{"endpoint IPv6 zone", func(l []KnownNode) []KnownNode { l[1].WireGuardEndpoint = "[fe80::1%eth0]:51820"; return l }, "cannot be a node"},
+		{"endpoint mapped unspecified", func(l []KnownNode) []KnownNode { l[1].WireGuardEndpoint = "[::ffff:0.0.0.0]:51820"; return l }, "cannot be a node"},
+		{"endpoint mapped multicast", func(l []KnownNode) []KnownNode { l[1].WireGuardEndpoint = "[::ffff:224.0.0.1]:51820"; return l }, "cannot be a node"},
+		{"endpoint with escape", func(l []KnownNode) []KnownNode { l[1].WireGuardEndpoint = "gw\x1b[2J:51820"; return l }, "is not host:port"},
+		{"endpoint IPv6", func(l []KnownNode) []KnownNode { l[1].WireGuardEndpoint = "[2001:db8::7]:51820"; return l }, ""},
+		{"tag with = and ,", func(l []KnownNode) []KnownNode { l[1].Tags = map[string]string{"region": "a=b,c=d"}; return l }, "tags: value"},
+		{"name with bidi override", func(l []KnownNode) []KnownNode { l[1].Name = "gw\u202e1"; return l }, "unusable name"},
 	}
 	for _, tc := range tests {
 		err := checkNodeList(tc.edit(good()), served, tun.CheckPeerKey)

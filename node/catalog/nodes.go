@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"regexp"
 	"time"
@@ -95,8 +94,8 @@ func (n Node) Validate() error {
 	if _, err := tunnel.ParseKey(n.WireGuardPublicKey); err != nil {
 		errs = append(errs, fmt.Errorf("WireGuard public key: %w", err))
 	}
-	if host, port, err := net.SplitHostPort(n.WireGuardEndpoint); err != nil || host == "" || port == "" || port == "0" {
-		errs = append(errs, fmt.Errorf("WireGuard endpoint %q is not host:port", n.WireGuardEndpoint))
+	if err := api.ValidateNodeEndpoint(n.WireGuardEndpoint); err != nil {
+		errs = append(errs, err)
 	}
 	if u, err := url.Parse(n.EnrollURL); err != nil || u.Scheme != "https" || u.Host == "" || u.Port() == "" || u.Port() == "0" || (u.Path != "" && u.Path != "/") {
 		errs = append(errs, fmt.Errorf("enrollment URL %q is not https://host:port", n.EnrollURL))

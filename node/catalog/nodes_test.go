@@ -131,6 +131,13 @@ func TestNodeConflicts(t *testing.T) {
 			{"tags", bad(func(n *Node) { n.Tags = map[string]string{"a b": "c"} }), "key"},
 			{"key", bad(func(n *Node) { n.WireGuardPublicKey = "nope" }), "WireGuard public key"},
 			{"endpoint", bad(func(n *Node) { n.WireGuardEndpoint = "gw.example" }), "WireGuard endpoint"},
+			// Every client refuses a list with an endpoint it cannot dial (client.checkNodeList):
+			// such a node must not get into the list at all.
+			{"endpoint port 65536", bad(func(n *Node) { n.WireGuardEndpoint = "gw.example:65536" }), "bad port"},
+			{"endpoint named port", bad(func(n *Node) { n.WireGuardEndpoint = "gw.example:wireguard" }), "bad port"},
+			{"endpoint IPv6 zone", bad(func(n *Node) { n.WireGuardEndpoint = "[fe80::1%eth0]:51820" }), "cannot be a node"},
+			{"endpoint unspecified", bad(func(n *Node) { n.WireGuardEndpoint = "0.0.0.0:51820" }), "cannot be a node"},
+			{"endpoint control char", bad(func(n *Node) { n.WireGuardEndpoint = "gw\x1b\u202e.example:51820" }), "neither an IP address nor a DNS name"},
 			{"enroll url", bad(func(n *Node) { n.EnrollURL = "http://gw.example:8443" }), "enrollment URL"},
 			{"fingerprint", bad(func(n *Node) { n.EnrollCertSHA256 = "ab" }), "fingerprint"},
 			{"version", bad(func(n *Node) { n.Version = "" }), "version"},
