@@ -16,7 +16,7 @@ import (
 const nodesInterval = 30 * time.Second
 
 // maxNodes bounds the node list the client accepts.
-const maxNodes = 1024
+const maxNodes = api.MaxGatewayNodes
 
 // KnownNode is one node of the deployment as the client knows it: how to reach it through WireGuard
 // and whether the catalog says it is online: the control API's api.GatewayNode (GET /v1/nodes), kept
