@@ -129,6 +129,15 @@ func initNode(ctx context.Context, dir string, cfg Config, join bool, adminName 
 		return "", fmt.Errorf("init node: %w", err)
 	}
 	defer db.Close()
+	if join {
+		ok, err := catalog.Exists(ctx, db)
+		if err != nil {
+			return "", fmt.Errorf("init node: %w", err)
+		}
+		if !ok {
+			return "", fmt.Errorf("init node: the catalog at %s holds no deployment yet (it is not a Ferry catalog; nothing was written to it); check the URL, or create the deployment with `ferry-node init` (without --join) on the first node", cfg.CatalogURL)
+		}
+	}
 	cat, err := catalog.Open(ctx, db)
 	if err != nil {
 		return "", fmt.Errorf("init node: %w", err)

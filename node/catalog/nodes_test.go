@@ -221,3 +221,27 @@ func TestUpdateNodeTags(t *testing.T) {
 		}
 	})
 }
+
+// TestExists: a database without Ferry's tables (a fresh one, or another application's) is no
+// catalog, and looking does not change it; after Open it is one.
+func TestExists(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		if _, err := db.ExecContext(ctx, `CREATE TABLE users (name TEXT)`); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := Exists(ctx, db); err != nil || ok {
+			t.Fatalf("Exists on another application's database = %v, %v; want false", ok, err)
+		}
+		if ok, err := Exists(ctx, db); err != nil || ok {
+			t.Fatalf("Exists twice = %v, %v; want false", ok, err)
+		}
+		if _, err := db.ExecContext(ctx, `DROP TABLE users`); err != nil {
+			t.Fatal(err)
+		}
+		openCatalogOn(t, db)
+		if ok, err := Exists(ctx, db); err != nil || !ok {
+			t.Fatalf("Exists on a catalog = %v, %v; want true", ok, err)
+		}
+	})
+}
