@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferryhq/ferry/api"
@@ -266,7 +267,8 @@ type Node struct {
 
 	enrollLn   net.Listener
 	enrollCert tls.Certificate
-	registered bool // the node's record is in the catalog: Close marks it stopped
+	registered bool         // the node's record is in the catalog: Close marks it stopped
+	startedAt  atomic.Int64 // Unix seconds this process registered the node's record at
 	servers    []*http.Server
 	wg         sync.WaitGroup
 	ctx        context.Context // ends when the node closes; sessions run under it

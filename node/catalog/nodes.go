@@ -184,6 +184,32 @@ func (c *Catalog) Heartbeat(ctx context.Context, id string, at time.Time) error 
 	return nil
 }
 
+// ErrNodeReplaced is returned (wrapped) by InstanceHeartbeat when the node's record was registered
+// again by another process with the same node ID: two ferry-nodes run from one state directory (or
+// copies of it, with the same ID and WireGuard key).
+var ErrNodeReplaced = errors.New("another ferry-node registered with this node's ID")
+
+// InstanceHeartbeat is Heartbeat for the one process that registered node id at startedAt (as
+// RegisterNode returned it). When the record has been registered since by another process with
+// the same ID, nothing is written and the error wraps ErrNodeReplaced, saying when that one
+// started, so that the two do not take the record from each other unnoticed. A record that is
+// gone wraps ErrNotFound.
+func (c *Catalog) InstanceHeartbeat(ctx context.Context, id string, startedAt, at time.Time) error {
+	res, err := c.db.ExecContext(ctx, c.db.Rebind(`UPDATE nodes SET last_heartbeat = ?, stopped_at = 0 WHERE id = ? AND started_at = ?`), at.Unix(), id, startedAt.Unix())
+	if err != nil {
+		return fmt.Errorf("node heartbeat %s: %w", id, err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n > 0 {
+		return nil
+	}
+	cur, err := c.nodeBy(ctx, c.db, id)
+	if err != nil {
+		return fmt.Errorf("node heartbeat %s: %w", id, err)
+	}
+	return fmt.Errorf("node heartbeat %s: %w: a ferry-node started at %s (endpoint %s) registered as this node, which started at %s; two nodes run from one state directory or a copy of it: stop one, and give each node its own (`ferry-node init --join`)",
+		id, ErrNodeReplaced, cur.StartedAt.Format(time.RFC3339), cur.WireGuardEndpoint, startedAt.UTC().Format(time.RFC3339))
+}
+
 // NodeStopped records that node id stopped at time at (a clean shutdown): it shows offline at
 // once and may be deleted.
 func (c *Catalog) NodeStopped(ctx context.Context, id string, at time.Time) error {

@@ -245,3 +245,43 @@ func TestExists(t *testing.T) {
 		}
 	})
 }
+
+// TestInstanceHeartbeat: two processes registering one node ID (a copied state directory: same
+// ID, same WireGuard key) do not take the record from each other unnoticed: the one registered
+// first gets ErrNodeReplaced naming the other's start and endpoint, and writes nothing; the one
+// registered last keeps heartbeating.
+func TestInstanceHeartbeat(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		c := openCatalogOn(t, db)
+		first := testNode(t, "gw-a")
+		first.StartedAt = time.Now().Add(-time.Minute)
+		a, err := c.RegisterNode(ctx, first)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.InstanceHeartbeat(ctx, a.ID, a.StartedAt, time.Now()); err != nil {
+			t.Fatalf("heartbeat of the only process: %v", err)
+		}
+		copied := first
+		copied.StartedAt, copied.WireGuardEndpoint = time.Now(), "gw-copy.example:51820"
+		b, err := c.RegisterNode(ctx, copied)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stale := time.Now().Add(-NodeOfflineAfter - time.Minute)
+		err = c.InstanceHeartbeat(ctx, a.ID, a.StartedAt, stale)
+		if !errors.Is(err, ErrNodeReplaced) || !strings.Contains(err.Error(), "gw-copy.example:51820") || !strings.Contains(err.Error(), "state directory") {
+			t.Fatalf("heartbeat of the replaced process: %v, want ErrNodeReplaced naming the other's endpoint", err)
+		}
+		if x, err := c.Node(ctx, a.ID); err != nil || !x.Online(time.Now()) || x.WireGuardEndpoint != "gw-copy.example:51820" {
+			t.Fatalf("the replaced process wrote the record: %+v, %v", x, err)
+		}
+		if err := c.InstanceHeartbeat(ctx, b.ID, b.StartedAt, time.Now()); err != nil {
+			t.Fatalf("heartbeat of the last registered process: %v", err)
+		}
+		if err := c.InstanceHeartbeat(ctx, NewNodeID(), b.StartedAt, time.Now()); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("heartbeat of an unknown node: %v, want ErrNotFound", err)
+		}
+	})
+}
