@@ -148,6 +148,23 @@ func (c *Catalog) RegisterNode(ctx context.Context, n Node) (Node, error) {
 			return n, fmt.Errorf("register node %s: %w", n.Name, err)
 		}
 	}
+	// A node that clients will trust for the first time (a new node, or a known ID with a new
+	// WireGuard key) is recorded in the admin activity log, in the same transaction.
+	var oldKey string
+	err = tx.QueryRowContext(ctx, c.db.Rebind(`SELECT wireguard_public_key FROM nodes WHERE id = ?`), n.ID).Scan(&oldKey)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return n, fmt.Errorf("register node %s: %w", n.Name, err)
+	}
+	if oldKey != n.WireGuardPublicKey {
+		detail := fmt.Sprintf("%s wireguard_public_key=%s wireguard_endpoint=%s version=%s", n.ID, n.WireGuardPublicKey, n.WireGuardEndpoint, n.Version)
+		if oldKey != "" {
+			detail += " (the node's key changed; it was " + oldKey + ")"
+		}
+		if _, err := tx.ExecContext(ctx, c.db.Rebind(`INSERT INTO admin_activity(time, actor, action, target, detail) VALUES(?,?,?,?,?)`),
+			n.StartedAt.UnixMilli(), "ferry-node", "node.register", n.Name, detail); err != nil {
+			return n, fmt.Errorf("register node %s: record it in the activity log: %w", n.Name, err)
+		}
+	}
 	_, err = tx.ExecContext(ctx, c.db.Rebind(`INSERT INTO nodes(id, name, kind, tags, wireguard_public_key, wireguard_endpoint, enroll_url, enroll_cert_sha256, version, started_at, last_heartbeat, stopped_at)
 		VALUES(?,?,?,?,?,?,?,?,?,?,?,0)
 		ON CONFLICT(id) DO UPDATE SET name = excluded.name, kind = excluded.kind, wireguard_public_key = excluded.wireguard_public_key,

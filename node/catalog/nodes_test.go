@@ -285,3 +285,47 @@ func TestInstanceHeartbeat(t *testing.T) {
 		}
 	})
 }
+
+// TestRegisterNodeRecorded: a node that clients will trust for the first time (new, or a known ID
+// with a new WireGuard key) is in the admin activity log; a restart with the same key is not.
+func TestRegisterNodeRecorded(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		c := openCatalogOn(t, db)
+		n := testNode(t, "gw-a")
+		for _, step := range []struct {
+			name string
+			edit func(*Node)
+			want []string // in the detail of a new node.register entry; nil = no entry
+		}{
+			{"new", func(*Node) {}, []string{n.ID, "wireguard_public_key=" + n.WireGuardPublicKey}},
+			{"restart", func(x *Node) { x.StartedAt = time.Now().Add(time.Second) }, nil},
+			{"new key", func(x *Node) { x.WireGuardPublicKey = testNode(t, "x").WireGuardPublicKey }, []string{"the node's key changed; it was " + n.WireGuardPublicKey}},
+		} {
+			before, err := c.Activities(ctx, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			step.edit(&n)
+			if _, err := c.RegisterNode(ctx, n); err != nil {
+				t.Fatalf("%s: %v", step.name, err)
+			}
+			after, err := c.Activities(ctx, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case step.want == nil && len(after) != len(before):
+				t.Errorf("%s: recorded %+v", step.name, after[0])
+			case step.want != nil && (len(after) != len(before)+1 || after[0].Action != "node.register" || after[0].Target != "gw-a"):
+				t.Errorf("%s: activities %+v, want one node.register of gw-a", step.name, after)
+			case step.want != nil:
+				for _, w := range step.want {
+					if !strings.Contains(after[0].Detail, w) {
+						t.Errorf("%s: detail %q lacks %q", step.name, after[0].Detail, w)
+					}
+				}
+			}
+		}
+	})
+}
