@@ -116,3 +116,30 @@ func TestPickNode(t *testing.T) {
 		t.Errorf("only the node in use is known: picked %q", n.Name)
 	}
 }
+
+// TestReturnTarget: the node in use serves the list, so it could leave the preferred node out of
+// it or give it another endpoint; the client still returns to the preferred node, at the endpoint
+// where it answered the probe.
+func TestReturnTarget(t *testing.T) {
+	pref, other := newKey(t).PublicKey(), newKey(t).PublicKey()
+	enrolled := KnownNode{WireGuardEndpoint: "198.51.100.1:51820", WireGuardPublicKey: pref.String(), State: "online"}
+	listed := KnownNode{ID: "n-0000000000000001", Name: "gw-a", WireGuardEndpoint: "192.0.2.66:51820", WireGuardPublicKey: pref.String(), State: "offline"}
+	b := KnownNode{ID: "n-0000000000000002", Name: "gw-b", WireGuardEndpoint: "203.0.113.2:51820", WireGuardPublicKey: other.String(), State: "online"}
+	tests := []struct {
+		name       string
+		nodes      []KnownNode
+		answeredAt string
+		want       KnownNode
+	}{
+		{"listed, answered where listed", []KnownNode{listed, b}, "192.0.2.66:51820", listed},
+		{"listed elsewhere", []KnownNode{listed, b}, "198.51.100.1:51820", KnownNode{ID: listed.ID, Name: "gw-a", WireGuardEndpoint: "198.51.100.1:51820", WireGuardPublicKey: pref.String(), State: "offline"}},
+		{"left out of the list", []KnownNode{b}, "198.51.100.1:51820", enrolled},
+		{"left out, endpoint unknown", []KnownNode{b}, "", enrolled},
+	}
+	for _, tc := range tests {
+		f := fleet{nodes: tc.nodes, preferred: pref, enrolled: enrolled, cur: other}
+		if got := f.returnTarget(tc.answeredAt); !sameNode(got, tc.want) {
+			t.Errorf("%s: %+v, want %+v", tc.name, got, tc.want)
+		}
+	}
+}
