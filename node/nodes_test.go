@@ -179,6 +179,27 @@ func TestNodesAPI(t *testing.T) {
 	if !seen["node.delete gw-old"] || !seen["node.update "+self.Name] {
 		t.Errorf("activities lack the node changes: %+v", acts)
 	}
+
+	// A suspended user's device, and then a deleted user's, learn nothing of the nodes: the node
+	// drops them as WireGuard peers (and the API would answer 403).
+	for _, step := range []struct {
+		what   string
+		change func() error
+	}{
+		{"a suspended user's device", func() error { return admin.SuspendUser(ctx, "engineer", true) }},
+		{"a deleted user's device", func() error { return admin.DeleteUser(ctx, "engineer") }},
+	} {
+		what := step.what
+		if err := step.change(); err != nil {
+			t.Fatal(err)
+		}
+		short, cancel := context.WithTimeout(ctx, 2*time.Second)
+		gw, err := eng.GatewayNodes(short)
+		cancel()
+		if err == nil {
+			t.Errorf("%s read the node list: %+v", what, gw)
+		}
+	}
 }
 
 // TestInitJoin: `init --join` makes a node of an existing deployment: keys, certificate, ID and
