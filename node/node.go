@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferryhq/ferry/api"
@@ -129,6 +130,15 @@ func initNode(ctx context.Context, dir string, cfg Config, join bool, adminName 
 		return "", fmt.Errorf("init node: %w", err)
 	}
 	defer db.Close()
+	if join {
+		ok, err := catalog.Exists(ctx, db)
+		if err != nil {
+			return "", fmt.Errorf("init node: %w", err)
+		}
+		if !ok {
+			return "", fmt.Errorf("init node: the catalog at %s holds no deployment yet (it is not a Ferry catalog; nothing was written to it); check the URL, or create the deployment with `ferry-node init` (without --join) on the first node", cfg.CatalogURL)
+		}
+	}
 	cat, err := catalog.Open(ctx, db)
 	if err != nil {
 		return "", fmt.Errorf("init node: %w", err)
@@ -257,7 +267,8 @@ type Node struct {
 
 	enrollLn   net.Listener
 	enrollCert tls.Certificate
-	registered bool // the node's record is in the catalog: Close marks it stopped
+	registered bool         // the node's record is in the catalog: Close marks it stopped
+	startedAt  atomic.Int64 // Unix seconds this process registered the node's record at
 	servers    []*http.Server
 	wg         sync.WaitGroup
 	ctx        context.Context // ends when the node closes; sessions run under it

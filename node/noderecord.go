@@ -112,9 +112,11 @@ func (n *Node) register(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("register node: %w", err)
 	}
-	if _, err := n.cat.RegisterNode(ctx, rec); err != nil {
+	out, err := n.cat.RegisterNode(ctx, rec)
+	if err != nil {
 		return err
 	}
+	n.startedAt.Store(out.StartedAt.Unix())
 	return nil
 }
 
@@ -135,11 +137,13 @@ func (n *Node) heartbeatLoop() {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(n.ctx, every)
-		err := n.cat.Heartbeat(ctx, n.id, time.Now())
+		err := n.cat.InstanceHeartbeat(ctx, n.id, time.Unix(n.startedAt.Load(), 0), time.Now())
 		if errors.Is(err, catalog.ErrNotFound) {
 			err = n.register(ctx)
 		}
 		cancel()
+		// A record another process holds (a copied state directory) is left to it: taking it back
+		// would make the two swap the node's endpoint every heartbeat. The error says what to do.
 		if err != nil && n.ctx.Err() == nil {
 			n.log.Error("node heartbeat", "err", err)
 		}
