@@ -30,6 +30,7 @@ import (
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/node/catalog"
+	"github.com/ferryhq/ferry/node/catcache"
 	"github.com/ferryhq/ferry/node/controlapi"
 	"github.com/ferryhq/ferry/node/health"
 	"github.com/ferryhq/ferry/node/pgproxy"
@@ -234,13 +235,17 @@ func writeSelfSignedCert(dir, host string) error {
 
 // Node is a running ferry-node.
 type Node struct {
-	id     string // the node's ID in the catalog (node.json)
-	dir    string
-	cfg    Config
-	log    *slog.Logger
-	db     *sql.DB   // the audit log's database (the SQLite file)
-	store  *store.DB // the catalog's database
-	cat    *catalog.Catalog
+	id    string // the node's ID in the catalog (node.json)
+	dir   string
+	cfg   Config
+	log   *slog.Logger
+	db    *sql.DB   // the audit log's database (the SQLite file)
+	store *store.DB // the catalog's database
+	cat   *catalog.Catalog
+	// authz is the read cache of what the node authorises with (node/catcache): admission,
+	// reconcile and the control API's caller lookup read through it, so that a catalog outage does
+	// not end sessions or lock known devices out.
+	authz  *catcache.Cache
 	audit  *audit.Log
 	tokens *tokensource.Source
 	// up is how the node reaches servers: allow-list, CA pool, host overrides, credentials.
@@ -320,6 +325,11 @@ func (n *Node) start(ctx context.Context) error {
 	if n.cat, err = catalog.Open(ctx, n.store); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
+	// A node starts only with a snapshot of the catalog: without one it could authorise nothing.
+	n.authz = catcache.New(n.cat, n.log)
+	if err := n.authz.Refresh(ctx); err != nil {
+		return fmt.Errorf("start node: read the catalog (a node does not start while its catalog is unreachable; start it again when the catalog answers): %w", err)
+	}
 	// The audit log lives with the catalog (a fleet's shared PostgreSQL: one audit trail); the spool
 	// in the state dir keeps records while that database refuses them (node/audit, spool.go).
 	n.db = n.store.DB
@@ -327,6 +337,7 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("start node: %w", err)
 	}
 	n.metrics = newMetrics(n.log, n.audit.Stats)
+	n.metrics.reg.MustRegister(catalogMetrics(n.authz.Status)...)
 	n.up = upstream.New(n.upstreamConfig(allowed, roots, n.cat, n.tokens, countingTokens{TokenSource: n.tokens, m: n.metrics}))
 	n.proxy = pgproxy.New(pgproxy.Config{Tokens: countingTokens{TokenSource: n.tokens, m: n.metrics}, Audit: proxyAudit{n.audit}, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout),
 		OnPanic: n.metrics.panics.Inc, TestHook: n.cfg.SessionTestHook})
@@ -343,7 +354,7 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("start node: WireGuard: %w", err)
 	}
 	n.sessions = session.New(n.ctx, session.Config{
-		Catalog: n.cat,
+		Catalog: n.authz,
 		Peers:   n.tun,
 		Target:  n.up.Target,
 		Serve: func(ctx context.Context, c net.Conn, t pgproxy.Target, s pgproxy.Session) {
@@ -364,6 +375,7 @@ func (n *Node) start(ctx context.Context) error {
 	n.health = n.newHealth()
 	n.api = controlapi.New(controlapi.Config{
 		Catalog:        n.cat,
+		Authz:          n.authz,
 		Audit:          n.audit,
 		Health:         n.health,
 		Sessions:       n.sessions,
@@ -405,6 +417,11 @@ func (n *Node) start(ctx context.Context) error {
 	go func() {
 		defer n.wg.Done()
 		n.sessions.Run(n.ctx)
+	}()
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.authz.Run(n.ctx, catcache.Interval)
 	}()
 	n.watchCatalog()
 	if err := n.startHealth(ctx); err != nil {
