@@ -488,6 +488,10 @@ func (n *Node) EnrollAddr() net.Addr { return n.enrollLn.Addr() }
 // Audit returns the node's audit log.
 func (n *Node) Audit() *audit.Log { return n.audit }
 
+// CatalogStatus is the node's view of its catalog: whether it answers, since when it does not,
+// and the age of the snapshot the node authorises from meanwhile (node/catcache).
+func (n *Node) CatalogStatus() catcache.Status { return n.authz.Status() }
+
 // Catalog returns the node's catalog.
 func (n *Node) Catalog() *catalog.Catalog { return n.cat }
 
