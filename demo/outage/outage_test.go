@@ -26,8 +26,8 @@ import (
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
-	"github.com/ferryhq/ferry/node"
 	"github.com/ferryhq/ferry/internal/testenv"
+	"github.com/ferryhq/ferry/node"
 )
 
 // outageSeconds is how long the catalog database is down (the 30 s).
