@@ -354,7 +354,8 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("start node: WireGuard: %w", err)
 	}
 	n.sessions = session.New(n.ctx, session.Config{
-		Catalog: n.authz,
+		Catalog: n.cat,
+		Lookup:  n.authz,
 		Peers:   n.tun,
 		Target:  n.up.Target,
 		Serve: func(ctx context.Context, c net.Conn, t pgproxy.Target, s pgproxy.Session) {
@@ -554,6 +555,7 @@ func (n *Node) watchCatalog() {
 		defer n.wg.Done()
 		for range ch {
 			n.sessions.Kick()
+			n.authz.Kick()
 		}
 	}()
 }

@@ -190,7 +190,7 @@ func TestCatalogOutage(t *testing.T) {
 // catalog again.
 func TestRevokeDuringPartitionAppliesAfter(t *testing.T) {
 	var cut *cutter
-	env := testenv.StartParallel(t, demo.Options{LoopbackIP: demo.RandomLoopbackIP(), Nodes: 2,
+	env := testenv.StartParallel(t, demo.Options{LoopbackIP: demo.RandomLoopbackIP(), Nodes: 2, Logger: testLogger(),
 		NodeConfig: func(c *node.Config) {
 			// The nodes reach the catalog through a link the test can cut.
 			u, err := url.Parse(c.CatalogURL)
@@ -215,6 +215,9 @@ func TestRevokeDuringPartitionAppliesAfter(t *testing.T) {
 		}
 	}
 	eng := loginTo(t, ctx, env.Node, "eng")
+	enrolled := time.Now()
+	// A known device is one in the node's snapshot of the catalog (read every second).
+	waitFor(t, "a snapshot of the catalog with the engineer's device", func() bool { return env.Node.CatalogStatus().SnapshotAt.After(enrolled) })
 	addr := bridge(t, eng, env.Resource.VNAddress)
 	c, err := pgconn.Connect(ctx, connString(addr))
 	if err != nil {
@@ -278,7 +281,11 @@ func loginTo(t *testing.T, ctx context.Context, n *node.Node, user string) *clie
 	if _, err := client.Login(ctx, dirs, tok, user+"-device"); err != nil {
 		t.Fatal(err)
 	}
-	d, err := client.StartDaemon(ctx, dirs, slog.New(slog.DiscardHandler))
+	lg := testLogger()
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	d, err := client.StartDaemon(ctx, dirs, lg.With("component", "client-"+user))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -482,4 +489,12 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// testLogger is the installation's logger: discarded unless FERRY_TEST_LOG is set.
+func testLogger() *slog.Logger {
+	if os.Getenv("FERRY_TEST_LOG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }

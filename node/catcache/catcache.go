@@ -14,8 +14,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -60,15 +63,15 @@ type snapshot struct {
 	byVN      map[netip.AddrPort]resource.Resource
 	owners    map[netip.Addr]catalog.User // device tunnel address → its user
 	access    map[string]catalog.Access   // user name → access
-	active    []catalog.Device            // devices of users not suspended
 }
 
 // Cache answers the node's authorisation reads from the catalog, or from its last good snapshot
 // while the catalog cannot be reached.
 type Cache struct {
-	cat *catalog.Catalog
-	log *slog.Logger
-	now func() time.Time
+	cat   *catalog.Catalog
+	log   *slog.Logger
+	now   func() time.Time
+	kickc chan struct{}
 
 	mu        sync.Mutex
 	snap      *snapshot
@@ -81,7 +84,15 @@ func New(cat *catalog.Catalog, log *slog.Logger) *Cache {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Cache{cat: cat, log: log, now: time.Now}
+	return &Cache{cat: cat, log: log, now: time.Now, kickc: make(chan struct{}, 1)}
+}
+
+// Kick asks Run to read a new snapshot now (after a change of the catalog).
+func (c *Cache) Kick() {
+	select {
+	case c.kickc <- struct{}{}:
+	default:
+	}
 }
 
 // Refresh reads a new snapshot. A failure to reach the catalog marks it unreachable (reads are then
@@ -103,7 +114,8 @@ func (c *Cache) Refresh(ctx context.Context) error {
 	return nil
 }
 
-// Run refreshes the snapshot (or probes an unreachable catalog) every Interval until ctx ends.
+// Run refreshes the snapshot (or probes an unreachable catalog) every Interval, and after each
+// Kick, until ctx ends.
 func (c *Cache) Run(ctx context.Context, interval time.Duration) {
 	if interval <= 0 {
 		interval = Interval
@@ -115,11 +127,12 @@ func (c *Cache) Run(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-c.kickc:
 		}
 		rctx, cancel := context.WithTimeout(ctx, max(interval*5, 5*time.Second))
 		err := c.Refresh(rctx)
 		cancel()
-		if err != nil && ctx.Err() == nil && !store.IsUnavailable(err) {
+		if err != nil && ctx.Err() == nil && !IsUnreachable(err) {
 			c.log.Error("read the catalog's snapshot", "err", err)
 		}
 	}
@@ -167,16 +180,13 @@ func (c *Cache) read(ctx context.Context) (*snapshot, error) {
 			continue // the user was deleted between the two reads: the device goes with it
 		}
 		s.owners[d.Address] = u
-		if !u.Suspended {
-			s.active = append(s.active, d)
-		}
 	}
 	return s, nil
 }
 
 // failed notes a catalog error: one that says the catalog cannot be reached marks it unreachable.
 func (c *Cache) failed(err error) {
-	if !store.IsUnavailable(err) {
+	if !IsUnreachable(err) {
 		return
 	}
 	c.mu.Lock()
@@ -227,7 +237,7 @@ func (c *Cache) Unreachable() error {
 func answer[T any](c *Cache, read func() (T, error)) (v T, s *snapshot, down *UnreachableError, err error) {
 	if s, down = c.fallback(); down == nil {
 		v, err = read()
-		if err == nil || !store.IsUnavailable(err) {
+		if err == nil || !IsUnreachable(err) {
 			return v, nil, nil, err
 		}
 		c.failed(err)
@@ -292,33 +302,14 @@ func (c *Cache) Resources(ctx context.Context) ([]resource.Resource, error) {
 	return nil, fmt.Errorf("list resources: %w", down)
 }
 
-// ActiveDevices is catalog.Catalog's, or the snapshot's while the catalog is unreachable.
-func (c *Cache) ActiveDevices(ctx context.Context) ([]catalog.Device, error) {
-	ds, s, down, err := answer(c, func() ([]catalog.Device, error) { return c.cat.ActiveDevices(ctx) })
-	if down == nil {
-		return ds, err
-	}
-	if s != nil {
-		return s.active, nil
-	}
-	return nil, fmt.Errorf("list devices: %w", down)
-}
-
-// Enroll is catalog.Catalog's: a write, which fails at once while the catalog is unreachable.
-func (c *Cache) Enroll(ctx context.Context, secret, publicKey, deviceName string, apply func(catalog.Device) error) (catalog.Device, catalog.User, error) {
-	if err := c.Unreachable(); err != nil {
-		return catalog.Device{}, catalog.User{}, fmt.Errorf("enroll: %w", err)
-	}
-	d, u, err := c.cat.Enroll(ctx, secret, publicKey, deviceName, apply)
-	if err != nil {
-		c.failed(err)
-	}
-	return d, u, err
-}
-
-// IsUnreachable reports whether err says the catalog could not be reached (an *UnreachableError
-// or an error store.IsUnavailable knows).
+// IsUnreachable reports whether err says the catalog could not be reached: an *UnreachableError,
+// an error store.IsUnavailable knows, or a connection that broke in the middle of a statement
+// (unexpected EOF, a closed connection), which pgx reports without a network error.
 func IsUnreachable(err error) bool {
+	if err == nil {
+		return false
+	}
 	var ue *UnreachableError
-	return errors.As(err, &ue) || store.IsUnavailable(err)
+	return errors.As(err, &ue) || store.IsUnavailable(err) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || strings.HasSuffix(err.Error(), "conn closed")
 }
