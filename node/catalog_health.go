@@ -139,3 +139,12 @@ func spoolDepth(ctx context.Context, path string) (int64, error) {
 	}
 	return n, nil
 }
+
+// catalogStartError is the error of a start that could not open or read the catalog: one that
+// cannot reach it says that the node does not start without it.
+func catalogStartError(err error) error {
+	if catcache.IsUnreachable(err) {
+		return fmt.Errorf("start node: the catalog is unreachable; a node does not start without it (it could authorise nothing): start it again when the catalog answers: %w", err)
+	}
+	return fmt.Errorf("start node: %w", err)
+}

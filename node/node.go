@@ -319,16 +319,16 @@ func (n *Node) start(ctx context.Context) error {
 	if n.tokens, err = tokensource.New(tokensource.Config{IMDSEndpoint: n.cfg.IMDSEndpoint, Timeout: time.Duration(n.cfg.TokenTimeout), Logger: n.log}); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
+	// A node starts only with a snapshot of the catalog: without one it could authorise nothing.
 	if n.store, err = openCatalogDB(ctx, n.dir, n.cfg, catalogLogin{tokens: n.tokens, roots: roots, allowed: allowed, log: n.log}); err != nil {
-		return fmt.Errorf("start node: %w", err)
+		return catalogStartError(err)
 	}
 	if n.cat, err = catalog.Open(ctx, n.store); err != nil {
-		return fmt.Errorf("start node: %w", err)
+		return catalogStartError(err)
 	}
-	// A node starts only with a snapshot of the catalog: without one it could authorise nothing.
 	n.authz = catcache.New(n.cat, n.log)
 	if err := n.authz.Refresh(ctx); err != nil {
-		return fmt.Errorf("start node: read the catalog (a node does not start while its catalog is unreachable; start it again when the catalog answers): %w", err)
+		return catalogStartError(fmt.Errorf("read the catalog: %w", err))
 	}
 	// The audit log lives with the catalog (a fleet's shared PostgreSQL: one audit trail); the spool
 	// in the state dir keeps records while that database refuses them (node/audit, spool.go).

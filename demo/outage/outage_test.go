@@ -76,6 +76,10 @@ func TestCatalogOutage(t *testing.T) {
 		})
 	}
 
+	tok, err := n2.EnrollToken(ctx, node.DefaultAdmin) // redeemed during the outage
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := env.CatalogDB.StopPostgres(); err != nil {
 		t.Fatal(err)
 	}
@@ -105,6 +109,11 @@ func TestCatalogOutage(t *testing.T) {
 			!strings.HasPrefix(se.Message, "the catalog is unreachable") || !strings.HasSuffix(se.Message, "; try again when it is back") {
 			t.Errorf("add a user during the outage: %#v (%v); want 503 the catalog is unreachable: …; try again when it is back", se, err)
 		}
+		dir := t.TempDir()
+		_, err = client.Login(ctx, client.Dirs{Config: filepath.Join(dir, "c"), Runtime: filepath.Join(dir, "r")}, tok, "during-outage")
+		if err == nil || !strings.Contains(err.Error(), "the catalog is unreachable") || !strings.Contains(err.Error(), "try again when it is back") {
+			t.Errorf("enroll during the outage: %v; want the catalog is unreachable: …; try again when it is back", err)
+		}
 		rs, err := d2.API().Resources(ctx)
 		if err != nil || len(rs) != 1 || rs[0].Name != demo.ResourceName {
 			t.Errorf("resources through node 2 during the outage: %+v, %v", rs, err)
@@ -132,6 +141,39 @@ func TestCatalogOutage(t *testing.T) {
 			!regexp.MustCompile(`catalog: unreachable for \d+s`).MatchString(out.String()) ||
 			!regexp.MustCompile(`audit spool: [1-9]\d* records waiting`).MatchString(out.String()) {
 			t.Errorf("doctor during the outage: ok=%v err=%v\n%s", ok, err, out.String())
+		}
+	})
+
+	t.Run("a node does not start", func(t *testing.T) {
+		// A copy of node 2's state (keys, certificate, config), started while the catalog is down.
+		dir := t.TempDir()
+		ents, err := os.ReadDir(env.NodeDirs[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			if !e.Type().IsRegular() || strings.HasPrefix(e.Name(), "audit-spool") {
+				continue
+			}
+			b, err := os.ReadFile(filepath.Join(env.NodeDirs[1], e.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, e.Name()), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cfg, err := node.LoadConfig(filepath.Join(dir, node.ConfigFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.MetricsListen = ""
+		n, err := node.Start(ctx, dir, cfg, testLogger())
+		if err == nil {
+			n.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), "the catalog is unreachable; a node does not start without it") {
+			t.Errorf("start a node during the outage: %v", err)
 		}
 	})
 
@@ -182,6 +224,11 @@ func TestCatalogOutage(t *testing.T) {
 		t.Fatalf("audit holds %d pgbench statements (%d distinct record IDs); pgbench ran %d", total, distinct, processed)
 	}
 	t.Logf("audit: %d pgbench statements, each once", total)
+	var devices, unused int
+	catalogQuery(t, ctx, env, `SELECT (SELECT count(*) FROM devices WHERE name = 'during-outage'), 0`, &devices, &unused)
+	if devices != 0 {
+		t.Errorf("the enrollment refused during the outage stored %d devices", devices)
+	}
 }
 
 // TestRevokeDuringPartitionAppliesAfter: a node cut off from its catalog keeps an engineer's open

@@ -212,8 +212,9 @@ func (sv *Server) EnrollHandler() http.Handler {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		case catcache.IsUnreachable(err):
+			// The public endpoint names no database host: the detail stays in the node's log.
 			sv.log.Warn("enrollment refused: the catalog is unreachable", "remote", r.RemoteAddr, "err", err)
-			writeError(w, http.StatusServiceUnavailable, err)
+			writeError(w, http.StatusServiceUnavailable, errors.New("enrollment: the catalog is unreachable; try again when it is back"))
 			return
 		case err != nil:
 			sv.log.Error("enrollment failed", "err", err)
