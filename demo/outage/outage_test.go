@@ -207,6 +207,11 @@ func TestCatalogOutage(t *testing.T) {
 	}
 
 	for i, n := range env.Nodes {
+		// Every record pgbench's statements made is written (to the database or the spool) ...
+		fctx, fcancel := context.WithTimeout(ctx, time.Minute)
+		_ = n.Audit().Flush(fctx) // returns an error of the outage, if any
+		fcancel()
+		// ... and the spool shipped.
 		waitFor(t, fmt.Sprintf("node %d to see the catalog again and ship its spool", i+1), func() bool {
 			return n.CatalogStatus().Reachable && n.Audit().Stats().SpoolDepth == 0
 		})
