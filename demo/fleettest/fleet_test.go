@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,6 +93,14 @@ func (f *fleetLab) waitNodeList(t *testing.T, ctx context.Context, c *fleet.Clie
 	}
 }
 
+// status is c's daemon's status, asked for with a bound of 3 s: while the node in use does not
+// answer, the daemon's status waits for it (its resources, then the account check) that long.
+func status(ctx context.Context, c *fleet.Client) (client.Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	return c.Control().Status(ctx)
+}
+
 // waitUsing waits up to within until c's daemon uses the node named name (client.Status.Node)
 // and returns its status.
 func waitUsing(t *testing.T, ctx context.Context, c *fleet.Client, name string, within time.Duration) client.Status {
@@ -101,7 +110,7 @@ func waitUsing(t *testing.T, ctx context.Context, c *fleet.Client, name string, 
 	var st client.Status
 	var err error
 	for {
-		st, err = c.Control().Status(ctx)
+		st, err = status(ctx, c)
 		if err == nil && st.Node == name {
 			return st
 		}
@@ -120,7 +129,7 @@ func waitLeaves(t *testing.T, ctx context.Context, c *fleet.Client, name string,
 	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
 	for {
-		st, err := c.Control().Status(ctx)
+		st, err := status(ctx, c)
 		if err == nil && st.Node != "" && st.Node != name {
 			return st
 		}
@@ -142,13 +151,34 @@ func allQueries(t *testing.T, ctx context.Context, c *fleet.Client) []api.Query 
 	return qs
 }
 
-// countSQL counts the query log's records by SQL text.
+// countSQL counts the query log's records by SQL text (without the semicolon psql and pgbench
+// send).
 func countSQL(qs []api.Query) map[string]int {
 	n := map[string]int{}
 	for _, q := range qs {
-		n[q.SQL]++
+		n[strings.TrimSuffix(strings.TrimSpace(q.SQL), ";")]++
 	}
 	return n
+}
+
+// waitAudit reads the shared query log through c until ok accepts its counts (countSQL) or 15 s
+// have passed (a record reaches the catalog shortly after its statement's result: a node ships
+// its spool in the background), and returns the last counts and whether ok accepted them.
+func waitAudit(t *testing.T, ctx context.Context, c *fleet.Client, ok func(map[string]int) bool) (map[string]int, bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	for {
+		n := countSQL(allQueries(t, ctx, c))
+		if ok(n) {
+			return n, true
+		}
+		select {
+		case <-ctx.Done():
+			return n, false
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // TestThreeNodesOneCatalog: three ferry-node processes, each on a host of its own, keep one
@@ -189,7 +219,7 @@ func TestThreeNodesOneCatalog(t *testing.T) {
 	if out, err := c.Psql(ctx, conn, sql); err != nil || out != "through "+st.Node {
 		t.Fatalf("psql through %s: %q, %v", st.Node, out, err)
 	}
-	if n := countSQL(allQueries(t, ctx, c)); n[sql] != 1 || n["SELECT 'through node-1'"] != 1 {
+	if n, ok := waitAudit(t, ctx, c, func(n map[string]int) bool { return n[sql] == 1 && n["SELECT 'through node-1'"] == 1 }); !ok {
 		t.Errorf("the shared audit counts %v; want each statement once", n)
 	}
 }
