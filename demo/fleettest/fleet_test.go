@@ -141,16 +141,6 @@ func waitLeaves(t *testing.T, ctx context.Context, c *fleet.Client, name string,
 	}
 }
 
-// allQueries is the whole query log of the shared catalog, read through c's node in use.
-func allQueries(t *testing.T, ctx context.Context, c *fleet.Client) []api.Query {
-	t.Helper()
-	qs, err := c.Control().API().Queries(ctx, 1_000_000)
-	if err != nil {
-		t.Fatalf("read the query log through the client on %s: %v", c.Host.Name, err)
-	}
-	return qs
-}
-
 // countSQL counts the query log's records by SQL text (without the semicolon psql and pgbench
 // send).
 func countSQL(qs []api.Query) map[string]int {
@@ -161,16 +151,21 @@ func countSQL(qs []api.Query) map[string]int {
 	return n
 }
 
-// waitAudit reads the shared query log through c until ok accepts its counts (countSQL) or 15 s
+// waitAudit reads the shared query log through c until ok accepts its counts (countSQL) or 60 s
 // have passed (a record reaches the catalog shortly after its statement's result: a node ships
-// its spool in the background), and returns the last counts and whether ok accepted them.
+// its spool in the background; and a read of thousands of records on a loaded machine is slow),
+// and returns the last counts and whether ok accepted them. A read that fails is tried again.
 func waitAudit(t *testing.T, ctx context.Context, c *fleet.Client, ok func(map[string]int) bool) (map[string]int, bool) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
+	var n map[string]int
 	for {
-		n := countSQL(allQueries(t, ctx, c))
-		if ok(n) {
+		start := time.Now()
+		qs, err := c.Control().API().Queries(ctx, 1_000_000)
+		if err != nil {
+			t.Logf("read the query log through the client on %s (%v): %v", c.Host.Name, time.Since(start).Round(time.Millisecond), err)
+		} else if n = countSQL(qs); ok(n) {
 			return n, true
 		}
 		select {
