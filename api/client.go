@@ -58,17 +58,28 @@ func (e *StatusError) Error() string {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.send(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return decode(resp, method+" "+path, out)
+}
+
+// send makes one request and returns the node's answer, whatever its status; the caller closes
+// its body.
+func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return fmt.Errorf("%s %s: encode request: %w", method, path, err)
+			return nil, fmt.Errorf("%s %s: encode request: %w", method, path, err)
 		}
 		body = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.http.Do(req)
@@ -77,10 +88,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		if errors.As(err, &ue) {
 			err = ue.Err // the URL inside the tunnel means nothing to a person
 		}
-		return fmt.Errorf("could not reach ferry-node: %w", err)
+		return nil, fmt.Errorf("could not reach ferry-node: %w", err)
 	}
-	defer resp.Body.Close()
-	return decode(resp, method+" "+path, out)
+	return resp, nil
 }
 
 func decode(resp *http.Response, what string, out any) error {

@@ -2,11 +2,17 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ferryhq/ferry/resource"
@@ -95,10 +101,99 @@ func (c *Client) DeleteNode(ctx context.Context, idOrName string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/admin/nodes/"+url.PathEscape(idOrName), nil, nil)
 }
 
-// GatewayNodes lists the nodes a client may connect through (any enrolled device).
+// MaxGatewayNodes bounds the node list a client accepts (GET /v1/nodes).
+const MaxGatewayNodes = 1024
+
+// Bounds on the node list as a client reads it: the whole answer, and one node in it (a node with
+// the longest name, endpoint and MaxNodeTags tags of the longest keys and values takes about 4.7 kB).
+const (
+	maxGatewayNodeBytes     = 8 << 10
+	maxGatewayNodeListBytes = MaxGatewayNodes * maxGatewayNodeBytes
+)
+
+// GatewayNodes lists the nodes a client may connect through (any enrolled device). The answer is
+// read one node at a time and refused as soon as it has more than MaxGatewayNodes nodes, a node
+// longer than a valid one can be or with more than MaxNodeTags tags, so that a hostile node cannot
+// make the client build a list of millions of entries (a 64 MiB answer of tiny tags would take over
+// a gigabyte once decoded).
 func (c *Client) GatewayNodes(ctx context.Context) ([]GatewayNode, error) {
-	var out GatewayNodeList
-	return out.Nodes, c.do(ctx, http.MethodGet, "/v1/nodes", nil, &out)
+	const what = "GET /v1/nodes"
+	resp, err := c.send(ctx, http.MethodGet, "/v1/nodes", nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return nil, decode(resp, what, nil)
+	}
+	dec := json.NewDecoder(io.LimitReader(resp.Body, maxGatewayNodeListBytes))
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%s: the node list is unusable: %s", what, fmt.Sprintf(format, args...))
+	}
+	expect := func(want json.Delim) error {
+		tok, err := dec.Token()
+		if err != nil {
+			return bad("%v", err)
+		}
+		if d, ok := tok.(json.Delim); !ok || d != want {
+			return bad("expected %v", want)
+		}
+		return nil
+	}
+	if err := expect('{'); err != nil {
+		return nil, err
+	}
+	var out []GatewayNode
+	seenNodes := false
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, bad("%v", err)
+		}
+		if tok != "nodes" || seenNodes {
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil || len(skip) > maxGatewayNodeBytes {
+				return nil, bad("unexpected field")
+			}
+			continue
+		}
+		seenNodes = true
+		if err := expect('['); err != nil {
+			return nil, err
+		}
+		out = []GatewayNode{}
+		var raw json.RawMessage
+		for dec.More() {
+			if len(out) == MaxGatewayNodes {
+				return nil, bad("more than %d nodes", MaxGatewayNodes)
+			}
+			raw = raw[:0]
+			if err := dec.Decode(&raw); err != nil {
+				return nil, bad("node %d: %v", len(out)+1, err)
+			}
+			if len(raw) > maxGatewayNodeBytes {
+				return nil, bad("node %d takes %d bytes, more than a node can (%d)", len(out)+1, len(raw), maxGatewayNodeBytes)
+			}
+			var n GatewayNode
+			if err := json.Unmarshal(raw, &n); err != nil {
+				return nil, bad("node %d: %v", len(out)+1, err)
+			}
+			if len(n.Tags) > MaxNodeTags {
+				return nil, bad("node %d has %d tags, at most %d", len(out)+1, len(n.Tags), MaxNodeTags)
+			}
+			out = append(out, n)
+		}
+		if err := expect(']'); err != nil {
+			return nil, err
+		}
+	}
+	if err := expect('}'); err != nil {
+		return nil, err
+	}
+	if !seenNodes {
+		return nil, bad("no nodes field")
+	}
+	return out, nil
 }
 
 var (
@@ -171,3 +266,49 @@ func ParseNodeTags(s string) (map[string]string, error) {
 
 // FormatNodeTags renders tags as "key=value,key2=value2", sorted by key ("" for none).
 func FormatNodeTags(tags map[string]string) string { return resource.FormatTags(tags) }
+
+// ValidateNodeEndpoint checks a node's WireGuard endpoint as clients dial it: "host:port" where host
+// is an IP address (not unspecified, multicast or with an IPv6 zone, also when written as an
+// IPv4-mapped IPv6 address) or a DNS name, and port 1-65535. A node registers only an endpoint that
+// passes, so that one node's bad endpoint cannot make every client refuse the deployment's list.
+func ValidateNodeEndpoint(ep string) error {
+	show := ep
+	if len(show) > 80 {
+		show = show[:80] + "…"
+	}
+	host, port, err := net.SplitHostPort(ep)
+	if err != nil {
+		return fmt.Errorf("WireGuard endpoint %q is not host:port", show)
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return fmt.Errorf("WireGuard endpoint %q: bad port (use 1-65535)", show)
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		if u := a.Unmap(); u.IsUnspecified() || u.IsMulticast() || a.Zone() != "" {
+			return fmt.Errorf("WireGuard endpoint %q: address %s cannot be a node", show, a)
+		}
+		return nil
+	}
+	if !dnsName(host) {
+		return fmt.Errorf("WireGuard endpoint %q: host is neither an IP address nor a DNS name", show)
+	}
+	return nil
+}
+
+func dnsName(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}

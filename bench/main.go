@@ -14,7 +14,11 @@
 // held by idle proxied connections. Ferry is measured twice: "ferry" with the node in this process
 // (demo.Start) and "ferry proc" with the node as its own process, as deployed (cmd/ferry-node built
 // and run with a state of its own against the same emulator, a second client daemon enrolled
-// with it; -node-process=false skips it).
+// with it; -node-process=false skips it), and "ferry proc pg" is that node process with its catalog
+// and audit log on PostgreSQL (a database on the emulator's server, logged in to with the node's
+// managed identity), as a fleet's nodes keep them (-catalog-pg=false skips it): the two side by
+// side compare the SQLite and the PostgreSQL catalog in the same run. pgbench runs through paths
+// whose node's audit the bench can read also report the query records written per second.
 //
 // pgbench -C: every path, the server's own unix socket included, pays PostgreSQL's start of a
 // backend (fork, then catalog caches and shared memory mapped in): about 800 page faults per
@@ -64,6 +68,7 @@ type options struct {
 	cpuProf   string // write a CPU profile of this process (node, client, front) here
 	only      string // comma-separated path names to measure; "" = all
 	nodeProc  bool   // also measure with the node as its own process
+	catalogPG bool   // and with that node's catalog and audit log on PostgreSQL
 }
 
 func main() {
@@ -79,8 +84,9 @@ func main() {
 	flag.BoolVar(&o.install, "install", true, "when root, apt-get install the peers that are missing (openssh-server, pgbouncer)")
 	flag.BoolVar(&o.smoke, "smoke", false, "quick run: -T 2s, -copy-mb 32, -idle 100, -sessions 10, nothing written unless -out is given")
 	flag.StringVar(&o.cpuProf, "cpuprofile", "", "write a CPU profile of the bench process (node, client and emulator front run in it) to this file")
-	flag.StringVar(&o.only, "paths", "", "measure only these paths (comma-separated: direct,ferry,ferry proc,ferry VN,ssh -L,pgbouncer,socket), e.g. to profile one")
+	flag.StringVar(&o.only, "paths", "", "measure only these paths (comma-separated: direct,ferry,ferry proc,ferry proc pg,ferry VN,ssh -L,pgbouncer,socket), e.g. to profile one")
 	flag.BoolVar(&o.nodeProc, "node-process", true, "also measure Ferry with the node as its own process (builds cmd/ferry-node; path \""+procPathName+"\")")
+	flag.BoolVar(&o.catalogPG, "catalog-pg", true, "also measure the node process with its catalog and audit log on PostgreSQL, as a fleet's nodes keep them (path \""+procPGPathName+"\", next to \""+procPathName+"\" on SQLite; needs -node-process)")
 	flag.BoolVar(&o.verbose, "verbose", false, "log what the node, client and emulator do")
 	flag.Parse()
 	if o.smoke {
@@ -190,10 +196,21 @@ func run(ctx context.Context, o options) error {
 	}
 	if o.nodeProc {
 		step("the node as its own process: building and running cmd/ferry-node, enrolling a second client")
-		np, err := inst.startNodeProc(ctx, dir, log)
+		np, err := inst.startNodeProc(ctx, dir, log, false)
 		if err != nil {
 			rep.notMeasured(procPathName+" (node as its own process)", err.Error())
 			step("  " + procPathName + ": not measured: " + err.Error())
+		} else {
+			defer np.Close()
+			paths = append(paths, np.path)
+		}
+	}
+	if o.nodeProc && o.catalogPG {
+		step("the node as its own process with its catalog and audit log on PostgreSQL, enrolling a third client")
+		np, err := inst.startNodeProc(ctx, dir, log, true)
+		if err != nil {
+			rep.notMeasured(procPGPathName+" (catalog and audit log on PostgreSQL)", err.Error())
+			step("  " + procPGPathName + ": not measured: " + err.Error())
 		} else {
 			defer np.Close()
 			paths = append(paths, np.path)

@@ -42,8 +42,13 @@ type sample struct {
 	// where the node is a process of its own (path "ferry proc"): a node's cost per query,
 	// which unlike TPS hardly depends on what else the machine runs.
 	NodeCPUus float64 `json:"node_cpu_us_per_tx,omitempty"`
-	Queries   int64   `json:"queries,omitempty"` // DNS queries answered (dnsperf "completed")
-	Lost      int64   `json:"lost,omitempty"`    // DNS queries unanswered within dnsperf's timeout
+	// AuditPerSec is how many query records the node wrote to its audit log per second while
+	// pgbench ran (paths whose node's audit the bench can read); AuditBehind how many of the run's
+	// statements were not written yet when it ended (queued in the node).
+	AuditPerSec float64 `json:"audit_records_per_s,omitempty"`
+	AuditBehind int64   `json:"audit_behind,omitempty"`
+	Queries     int64   `json:"queries,omitempty"` // DNS queries answered (dnsperf "completed")
+	Lost        int64   `json:"lost,omitempty"`    // DNS queries unanswered within dnsperf's timeout
 }
 
 func (s sample) String() string {
@@ -59,6 +64,9 @@ func (s sample) String() string {
 	}
 	if s.NodeCPUus > 0 {
 		out += fmt.Sprintf(", node CPU %.0f µs/tx", s.NodeCPUus)
+	}
+	if s.AuditPerSec > 0 {
+		out += fmt.Sprintf(", audit %.0f records/s (%d behind at the end)", s.AuditPerSec, s.AuditBehind)
 	}
 	if s.Bytes > 0 {
 		out += fmt.Sprintf(", %d bytes in %.2f s", s.Bytes, s.Seconds)
@@ -85,11 +93,19 @@ func runPgbench(ctx context.Context, p *path, secs int, args ...string) (sample,
 	cmd := p.command(ctx, "pgbench", append([]string{"-n", "-T", strconv.Itoa(secs)}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	var aud0, aud1 int64
+	var audErr error
+	if p.audited != nil {
+		aud0, audErr = p.audited(ctx)
+	}
 	cpu0, cpuErr := processCPU(p.cpuPid)
 	t0 := time.Now()
 	err := cmd.Run()
 	elapsed := time.Since(t0).Seconds()
 	cpu1, cpuErr1 := processCPU(p.cpuPid)
+	if p.audited != nil && audErr == nil {
+		aud1, audErr = p.audited(ctx)
+	}
 	out := stdout.String()
 	if err != nil {
 		return sample{}, fmt.Errorf("pgbench %s: %w: %s", strings.Join(args, " "), err, lastLines(stderr.String()+out, 3))
@@ -110,6 +126,17 @@ func runPgbench(ctx context.Context, p *path, secs int, args ...string) (sample,
 	}
 	if p.cpuPid != 0 && cpuErr == nil && cpuErr1 == nil && s.Txns > 0 {
 		s.NodeCPUus = float64((cpu1 - cpu0).Microseconds()) / float64(s.Txns)
+	}
+	if p.audited != nil && audErr == nil && aud1 > aud0 {
+		// Per second of pgbench's own run (its transactions over its TPS), as TPS is: not of the
+		// connection set-up before it, when no statement runs.
+		run := elapsed
+		if s.Value > 0 && s.Txns > 0 {
+			run = float64(s.Txns) / s.Value
+		}
+		s.AuditPerSec = float64(aud1-aud0) / run
+		// -S runs one statement per transaction; -C's connections add none of their own.
+		s.AuditBehind = max(0, s.Txns-(aud1-aud0))
 	}
 	return s, nil
 }

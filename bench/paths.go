@@ -98,6 +98,9 @@ type path struct {
 	env         map[string]string // PGHOST, PGPORT, ...
 	wrap        []string          // command prefix, e.g. ip netns exec NAME; nil runs tools directly
 	cpuPid      int               // a process whose CPU time per transaction pgbench runs report (the node's), 0 = none
+	// audited, when set, reads how many query records the path's node has written to its audit
+	// log so far (a count that only grows), for the audit throughput during pgbench runs.
+	audited func(ctx context.Context) (int64, error)
 }
 
 // command returns name with args as run on this path: with its environment, behind wrap.
@@ -187,6 +190,7 @@ func (i *installation) ferryPath() *path {
 			"PGHOST": host, "PGPORT": port, "PGUSER": demo.Role, "PGDATABASE": demo.Database,
 			"PGSSLMODE": "disable", "PGAPPNAME": "bench-ferry",
 		},
+		audited: func(ctx context.Context) (int64, error) { return maxAuditID(ctx, i.env.Node.Catalog().DB()) },
 	}
 }
 

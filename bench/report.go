@@ -251,7 +251,7 @@ func (r *report) json() ([]byte, error) {
 
 // columns orders the paths: direct first (the baseline), then Ferry, then the peers, socket last.
 func (r *report) columns() []string {
-	rank := map[string]int{"direct": 0, "ferry": 1, procPathName: 2, vnPathName: 3, "ssh -L": 4, "pgbouncer": 5, "socket": 6}
+	rank := map[string]int{"direct": 0, "ferry": 1, procPathName: 2, procPGPathName: 3, vnPathName: 4, "ssh -L": 5, "pgbouncer": 6, "socket": 7}
 	var names []string
 	for _, p := range r.Paths {
 		names = append(names, p.Name)
@@ -345,6 +345,12 @@ func (r *report) markdown() string {
 			if _, ok := f.meanOf(procPathName, func(s sample) float64 { return s.NodeCPUus }); ok && f.Key == "pgbench_select_tps" {
 				sub(f, strings.Replace(f.Title, ": TPS", ": node process CPU per transaction, µs", 1), func(s sample) float64 { return s.NodeCPUus }, "%.0f")
 			}
+			if f.Key == "pgbench_select_tps" && slices.ContainsFunc(cols, func(c string) bool {
+				v, _ := f.meanOf(c, func(s sample) float64 { return s.AuditPerSec })
+				return v > 0
+			}) {
+				sub(f, strings.Replace(f.Title, ": TPS", ": audit records written/s", 1), func(s sample) float64 { return s.AuditPerSec }, "%.0f")
+			}
 			if f.Key == "pgbench_connect_tps" {
 				sub(f, strings.Replace(f.Title, ": TPS", ": connection time avg, ms", 1), func(s sample) float64 { return s.ConnMs }, "%.3f")
 			}
@@ -388,6 +394,18 @@ func (r *report) markdown() string {
 				"(fork and PostgreSQL's start-up: about 800 page faults, each costly on a virtual machine; see bench/main.go). "+
 				"Each path's own connection cost, its connection time minus the socket's: %s.\n", sock, strings.Join(parts, ", "))
 		}
+	}
+	if v, ok := r.ratio("pgbench_select_tps", procPGPathName, procPathName); ok {
+		w("\nWith its catalog and audit log on PostgreSQL the node process reached %.2f× its pgbench -S TPS with them in SQLite (%s vs %s, same run)", v, procPGPathName, procPathName)
+		if f := r.find("pgbench_select_tps"); f != nil {
+			pick := func(s sample) float64 { return s.AuditPerSec }
+			a, aok := f.meanOf(procPGPathName, pick)
+			b, bok := f.meanOf(procPathName, pick)
+			if aok && bok && a > 0 && b > 0 {
+				w("; its audit log took %.0f query records/s on PostgreSQL and %.0f on SQLite", a, b)
+			}
+		}
+		w(".\n")
 	}
 	if vs, ok := r.ratio("pgbench_select_tps", vnPathName, "ferry"); ok {
 		w("\nIn virtual networking mode Ferry reached %.2f× its loopback-mode pgbench -S TPS", vs)

@@ -610,7 +610,10 @@ func (d *Daemon) controlHandler() http.Handler {
 	})
 	nodeURL := &url.URL{Scheme: "http", Host: netip.AddrPortFrom(api.NodeTunnelAddress, api.APIPort).String()}
 	relay := httputil.NewSingleHostReverseProxy(nodeURL)
-	relay.Transport = &http.Transport{DialContext: d.tun.Stack().DialContext, ResponseHeaderTimeout: 30 * time.Second}
+	// No keep-alive (as api.NewClient): every node answers at the same in-tunnel address, so after a
+	// change of node a pooled connection, made through the node left, would carry the next admin
+	// call to a node that knows nothing of it (reset: a write failed with a 502).
+	relay.Transport = &http.Transport{DialContext: d.tun.Stack().DialContext, ResponseHeaderTimeout: 30 * time.Second, DisableKeepAlives: true}
 	relay.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
 		writeJSON(w, http.StatusBadGateway, api.Error{Error: "could not reach ferry-node through the tunnel: " + err.Error()})
 	}

@@ -48,6 +48,7 @@ type fleet struct {
 	nodes     []KnownNode // the accepted node list (State.Nodes)
 	listErr   string      // why the last node list was refused; "" when it was accepted
 	preferred tunnel.Key
+	enrolled  KnownNode // the preferred node as the enrollment described it
 	cur       tunnel.Key
 	curNode   KnownNode
 	rxKey     tunnel.Key
@@ -118,11 +119,28 @@ func (d *Daemon) startFleet(preferred tunnel.Key, now time.Time) {
 	f.failed = map[tunnel.Key]time.Time{}
 	f.sessions = map[*relay]struct{}{}
 	f.nodeCtx, f.nodeCancel = context.WithCancel(d.ctx)
+	f.enrolled = KnownNode{WireGuardEndpoint: d.state.WireGuardEndpoint, WireGuardPublicKey: d.state.NodePublicKey, State: "online"}
 	if n, ok := f.nodeByKey(preferred); ok {
 		f.curNode = n
 	} else {
-		f.curNode = KnownNode{WireGuardEndpoint: d.state.WireGuardEndpoint, WireGuardPublicKey: d.state.NodePublicKey, State: "online"}
+		f.curNode = f.enrolled
 	}
+}
+
+// returnTarget is the preferred node to return to once it answered a probe at answeredAt (the
+// tunnel's endpoint for it): its entry in the list, or what the enrollment said when the list does
+// not name it, dialled at the endpoint where it just answered. The list comes from the node in use,
+// which may be stale or hostile: leaving the preferred node out, or giving it another endpoint,
+// must not keep the client away from it.
+func (f *fleet) returnTarget(answeredAt string) KnownNode {
+	n, ok := f.nodeByKey(f.preferred)
+	if !ok {
+		n = f.enrolled
+	}
+	if answeredAt != "" {
+		n.WireGuardEndpoint = answeredAt
+	}
+	return n
 }
 
 // watchNodes checks the node in use and the preferred node every livenessTick until the daemon
@@ -264,8 +282,8 @@ func (d *Daemon) checkLiveness(now time.Time) {
 			if now.Sub(f.probeAt) >= probeEvery {
 				f.probeAt, probe = now, true
 			}
-			if n, ok := f.nodeByKey(f.preferred); ok && answered && (f.countOn(f.cur) == 0 || now.Sub(f.backAt) > returnDeferMax) {
-				back = n
+			if answered && (f.countOn(f.cur) == 0 || now.Sub(f.backAt) > returnDeferMax) {
+				back = f.returnTarget(pref.Endpoint)
 			}
 		}
 	}

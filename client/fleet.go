@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -19,7 +16,7 @@ import (
 const nodesInterval = 30 * time.Second
 
 // maxNodes bounds the node list the client accepts.
-const maxNodes = 1024
+const maxNodes = api.MaxGatewayNodes
 
 // KnownNode is one node of the deployment as the client knows it: how to reach it through WireGuard
 // and whether the catalog says it is online: the control API's api.GatewayNode (GET /v1/nodes), kept
@@ -60,6 +57,7 @@ func checkNodeList(list []KnownNode, servedBy tunnel.Key, checkKey func(tunnel.K
 		return fmt.Errorf("%w: %d nodes, at most %d", errBadNodeList, len(list), maxNodes)
 	}
 	seen := map[tunnel.Key]bool{}
+	ids, names := map[string]bool{}, map[string]bool{}
 	for i, n := range list {
 		bad := func(format string, args ...any) error {
 			return fmt.Errorf("%w: node %d (%q): %s", errBadNodeList, i+1, printable(n.Name), fmt.Sprintf(format, args...))
@@ -70,6 +68,15 @@ func checkNodeList(list []KnownNode, servedBy tunnel.Key, checkKey func(tunnel.K
 		if !api.ValidNodeID(n.ID) {
 			return bad("unusable ID %q", printable(n.ID))
 		}
+		// The catalog holds one node per ID and per name: a list naming one twice (two keys under
+		// one name) would let status and logs call a node by another's name.
+		if ids[n.ID] {
+			return bad("ID %s is named twice", n.ID)
+		}
+		if names[n.Name] {
+			return bad("name %s is named twice", n.Name)
+		}
+		ids[n.ID], names[n.Name] = true, true
 		if err := api.ValidateNodeTags(n.Tags); err != nil {
 			return bad("%v", err)
 		}
@@ -84,7 +91,7 @@ func checkNodeList(list []KnownNode, servedBy tunnel.Key, checkKey func(tunnel.K
 			return bad("WireGuard public key %s is named twice", k)
 		}
 		seen[k] = true
-		if err := checkEndpoint(n.WireGuardEndpoint); err != nil {
+		if err := api.ValidateNodeEndpoint(n.WireGuardEndpoint); err != nil {
 			return bad("%v", err)
 		}
 		if n.State != api.NodeOnline && n.State != api.NodeOffline {
@@ -95,46 +102,6 @@ func checkNodeList(list []KnownNode, servedBy tunnel.Key, checkKey func(tunnel.K
 		return fmt.Errorf("%w: it does not name the node that served it (key %s)", errBadNodeList, servedBy)
 	}
 	return nil
-}
-
-// checkEndpoint accepts "host:port" where host is an IP address (not unspecified or multicast) or a
-// DNS name, and port 1-65535.
-func checkEndpoint(ep string) error {
-	host, port, err := net.SplitHostPort(ep)
-	if err != nil {
-		return fmt.Errorf("WireGuard endpoint %q is not host:port", printable(ep))
-	}
-	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
-		return fmt.Errorf("WireGuard endpoint %q: bad port", printable(ep))
-	}
-	if a, err := netip.ParseAddr(host); err == nil {
-		if a.IsUnspecified() || a.IsMulticast() || a.Zone() != "" {
-			return fmt.Errorf("WireGuard endpoint %q: address %s cannot be a node", printable(ep), a)
-		}
-		return nil
-	}
-	if !dnsName(host) {
-		return fmt.Errorf("WireGuard endpoint %q: host is neither an IP address nor a DNS name", printable(ep))
-	}
-	return nil
-}
-
-func dnsName(h string) bool {
-	h = strings.TrimSuffix(h, ".")
-	if h == "" || len(h) > 253 {
-		return false
-	}
-	for _, label := range strings.Split(h, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for _, c := range label {
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 // printable makes s safe to put in a log line or an error shown in a terminal.

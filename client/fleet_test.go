@@ -57,6 +57,16 @@ func TestNodeListRejected(t *testing.T) {
 		{"name with escape", func(l []KnownNode) []KnownNode { l[1].Name = "gw\x1b[31m"; return l }, "unusable name"},
 		{"no name", func(l []KnownNode) []KnownNode { l[1].Name = ""; return l }, "unusable name"},
 		{"unknown state", func(l []KnownNode) []KnownNode { l[1].State = "maybe"; return l }, `unknown state "maybe"`},
+		{"ID twice, other key", func(l []KnownNode) []KnownNode { l[1].ID = l[0].ID; return l }, "ID n-0000000000000001 is named twice"},
+		{"name twice, other key", func(l []KnownNode) []KnownNode { l[1].Name = l[0].Name; return l }, "name gw-1 is named twice"},
+		{"endpoint port 65536", func(l []KnownNode) []KnownNode { l[1].WireGuardEndpoint = "203.0.113.8:65536"; return l }, "bad port"},
+		{"endpoint IPv6 zone", func(l []KnownNode) []KnownNode { l[1].WireGuardEndpoint = "[fe80::1%eth0]:51820"; return l }, "cannot be a node"},
+		{"endpoint mapped unspecified", func(l []KnownNode) []KnownNode { l[1].WireGuardEndpoint = "[::ffff:0.0.0.0]:51820"; return l }, "cannot be a node"},
+		{"endpoint mapped multicast", func(l []KnownNode) []KnownNode { l[1].WireGuardEndpoint = "[::ffff:224.0.0.1]:51820"; return l }, "cannot be a node"},
+		{"endpoint with escape", func(l []KnownNode) []KnownNode { l[1].WireGuardEndpoint = "gw\x1b[2J:51820"; return l }, "is not host:port"},
+		{"endpoint IPv6", func(l []KnownNode) []KnownNode { l[1].WireGuardEndpoint = "[2001:db8::7]:51820"; return l }, ""},
+		{"tag with = and ,", func(l []KnownNode) []KnownNode { l[1].Tags = map[string]string{"region": "a=b,c=d"}; return l }, "tags: value"},
+		{"name with bidi override", func(l []KnownNode) []KnownNode { l[1].Name = "gw\u202e1"; return l }, "unusable name"},
 	}
 	for _, tc := range tests {
 		err := checkNodeList(tc.edit(good()), served, tun.CheckPeerKey)
@@ -104,5 +114,32 @@ func TestPickNode(t *testing.T) {
 	f := fleet{nodes: nodes[2:], preferred: a, cur: a}
 	if n, ok := f.pick(now); ok {
 		t.Errorf("only the node in use is known: picked %q", n.Name)
+	}
+}
+
+// TestReturnTarget: the node in use serves the list, so it could leave the preferred node out of
+// it or give it another endpoint; the client still returns to the preferred node, at the endpoint
+// where it answered the probe.
+func TestReturnTarget(t *testing.T) {
+	pref, other := newKey(t).PublicKey(), newKey(t).PublicKey()
+	enrolled := KnownNode{WireGuardEndpoint: "198.51.100.1:51820", WireGuardPublicKey: pref.String(), State: "online"}
+	listed := KnownNode{ID: "n-0000000000000001", Name: "gw-a", WireGuardEndpoint: "192.0.2.66:51820", WireGuardPublicKey: pref.String(), State: "offline"}
+	b := KnownNode{ID: "n-0000000000000002", Name: "gw-b", WireGuardEndpoint: "203.0.113.2:51820", WireGuardPublicKey: other.String(), State: "online"}
+	tests := []struct {
+		name       string
+		nodes      []KnownNode
+		answeredAt string
+		want       KnownNode
+	}{
+		{"listed, answered where listed", []KnownNode{listed, b}, "192.0.2.66:51820", listed},
+		{"listed elsewhere", []KnownNode{listed, b}, "198.51.100.1:51820", KnownNode{ID: listed.ID, Name: "gw-a", WireGuardEndpoint: "198.51.100.1:51820", WireGuardPublicKey: pref.String(), State: "offline"}},
+		{"left out of the list", []KnownNode{b}, "198.51.100.1:51820", enrolled},
+		{"left out, endpoint unknown", []KnownNode{b}, "", enrolled},
+	}
+	for _, tc := range tests {
+		f := fleet{nodes: tc.nodes, preferred: pref, enrolled: enrolled, cur: other}
+		if got := f.returnTarget(tc.answeredAt); !sameNode(got, tc.want) {
+			t.Errorf("%s: %+v, want %+v", tc.name, got, tc.want)
+		}
 	}
 }

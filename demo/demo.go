@@ -4,7 +4,6 @@
 package demo
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -188,8 +187,7 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 		}
 		ncfg := cfg
 		if opt.Nodes > 1 {
-			// Names are unique in a deployment: the nodes of one host would all take its name.
-			ncfg.Name = fmt.Sprintf("%s-%d", cmp.Or(cfg.Name, "node"), i+1)
+			ncfg.Name = fmt.Sprintf("node-%d", i+1) // node names are unique in a deployment
 		}
 		if err := initNode(ctx, dir, ncfg, i == 0); err != nil {
 			return nil, fmt.Errorf("demo: %w", err)
@@ -244,19 +242,13 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 }
 
 // initNode makes a node's state in dir. The first node of a shared catalog (or the single node)
-// makes the catalog and its first admin; the others join it: they are made as single nodes, then
-// their config points at the shared catalog (ferry-node has no init for a joining node yet).
+// makes the catalog and its first admin; the others join it (ferry-node init --join).
 func initNode(ctx context.Context, dir string, cfg node.Config, first bool) error {
 	if first || cfg.CatalogURL == "" {
 		_, err := node.Init(ctx, dir, cfg, node.DefaultAdmin)
 		return err
 	}
-	single := cfg
-	single.CatalogURL, single.CatalogClientID = "", ""
-	if _, err := node.Init(ctx, dir, single, node.DefaultAdmin); err != nil {
-		return err
-	}
-	return node.SaveConfig(filepath.Join(dir, node.ConfigFile), cfg)
+	return node.Join(ctx, dir, cfg)
 }
 
 // addKeyVault puts the login of azure-pg-mi-prod's identity into the emulator's Key Vault, lets the

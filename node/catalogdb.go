@@ -117,14 +117,16 @@ func parseCatalogURL(s string) (catalogLocation, error) {
 		}
 		return catalogLocation{PostgresURL: s}, nil
 	case strings.Contains(s, "="): // a libpq key=value connection string
+		if !store.IsPostgres(s) { // the store would open a SQLite file of that name
+			return catalogLocation{}, fmt.Errorf("catalog_url %q: a key=value connection string needs host=, dbname=, user=, port= or service= (keys in lower case)", store.Redact(s))
+		}
 		return catalogLocation{PostgresURL: s}, nil
 	}
-	return catalogLocation{}, fmt.Errorf("catalog_url %q: use sqlite:/path/to/ferry.db or postgres://HOST/DATABASE (empty: the state directory's ferry.db)", s)
+	return catalogLocation{}, fmt.Errorf("catalog_url %q: use sqlite:/path/to/ferry.db or postgres://HOST/DATABASE (empty: the state directory's ferry.db)", store.Redact(s))
 }
 
-// catalogWhere names the catalog of cfg for messages, without its password: the SQLite file, the
-// postgres:// URL with the password replaced by xxxxx, or "the PostgreSQL catalog (catalog_url)"
-// for a key=value string.
+// catalogWhere names the catalog of cfg for messages, without its password: the SQLite file, or
+// the PostgreSQL connection string with its passwords masked (store.Redact).
 func catalogWhere(dir string, cfg Config) string {
 	loc, err := parseCatalogURL(cfg.CatalogURL)
 	switch {
@@ -135,13 +137,15 @@ func catalogWhere(dir string, cfg Config) string {
 	case loc.PostgresURL == "":
 		return "sqlite:" + loc.SQLitePath
 	}
-	if u, err := url.Parse(loc.PostgresURL); err == nil && u.Scheme != "" {
-		q := u.Query()
-		if q.Has("password") {
-			q.Set("password", "xxxxx")
-			u.RawQuery = q.Encode()
-		}
-		return u.Redacted()
-	}
-	return "the PostgreSQL catalog (catalog_url)"
+	return store.Redact(loc.PostgresURL)
+}
+
+// OpenCatalogURL opens the catalog database url as a node with config cfg would (`ferry-node
+// catalog migrate`): a SQLite file (sqlite:/ABSOLUTE/PATH) only when it exists already, a
+// PostgreSQL URL without a password with the managed identity of cfg.CatalogClientID over TLS
+// verified against cfg's CA files, to a host allowed_server_hosts allows. The caller closes it.
+func OpenCatalogURL(ctx context.Context, url string, cfg Config, logger *slog.Logger) (*store.DB, error) {
+	cfg.CatalogURL = url
+	cfg.applyDefaults()
+	return openCatalogDB(ctx, "", cfg, catalogLogin{log: logger, mustExist: true})
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/node/catalog"
+	"github.com/ferryhq/ferry/node/catcache"
 	"github.com/ferryhq/ferry/node/health"
 	"github.com/ferryhq/ferry/node/store"
 	"github.com/ferryhq/ferry/node/tokensource"
@@ -60,15 +61,24 @@ func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt Doctor
 		return false, fmt.Errorf("doctor: no node state in %s (run `ferry-node init --state %s` first): %w", dir, dir, err)
 	}
 	db, err := openCatalogDB(ctx, dir, cfg, catalogLogin{})
+	if catcache.IsUnreachable(err) {
+		return doctorCatalogDown(ctx, w, dir, cfg, err), nil
+	}
 	if err != nil {
 		return false, fmt.Errorf("doctor: %w", err)
 	}
 	defer db.Close()
 	cat, err := catalog.Open(ctx, db)
+	if catcache.IsUnreachable(err) {
+		return doctorCatalogDown(ctx, w, dir, cfg, err), nil
+	}
 	if err != nil {
 		return false, fmt.Errorf("doctor: %w", err)
 	}
 	rs, err := cat.Resources(ctx)
+	if catcache.IsUnreachable(err) {
+		return doctorCatalogDown(ctx, w, dir, cfg, err), nil
+	}
 	if err != nil {
 		return false, fmt.Errorf("doctor: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -193,11 +194,18 @@ func (n *Node) metricsHandler() http.Handler {
 			http.Error(w, "not ready: the WireGuard tunnel is not up", http.StatusServiceUnavailable)
 			return
 		}
-		if err := n.db.PingContext(ctx); err != nil {
-			http.Error(w, "not ready: catalog: "+err.Error(), http.StatusServiceUnavailable)
+		// The cache's view first: it knows since when the catalog has not answered.
+		ok, report := catalogReport(n.authz.Status(), n.audit.Stats(), time.Now())
+		if ok {
+			if err := n.db.PingContext(ctx); err != nil {
+				ok, report = false, "catalog: unreachable: "+err.Error()+"\n"+report[strings.Index(report, "\n")+1:]
+			}
+		}
+		if !ok {
+			http.Error(w, "not ready: "+report, http.StatusServiceUnavailable)
 			return
 		}
-		w.Write([]byte("ok\n"))
+		w.Write([]byte("ok\n" + report))
 	})
 	return mux
 }

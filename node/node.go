@@ -26,11 +26,13 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/node/catalog"
+	"github.com/ferryhq/ferry/node/catcache"
 	"github.com/ferryhq/ferry/node/controlapi"
 	"github.com/ferryhq/ferry/node/health"
 	"github.com/ferryhq/ferry/node/pgproxy"
@@ -132,6 +134,15 @@ func initNode(ctx context.Context, dir string, cfg Config, join bool, adminName 
 		return "", fmt.Errorf("init node: %w", err)
 	}
 	defer db.Close()
+	if join {
+		ok, err := catalog.Exists(ctx, db)
+		if err != nil {
+			return "", fmt.Errorf("init node: %w", err)
+		}
+		if !ok {
+			return "", fmt.Errorf("init node: the catalog at %s holds no deployment yet (it is not a Ferry catalog; nothing was written to it); check the URL, or create the deployment with `ferry-node init` (without --join) on the first node", store.Redact(cfg.CatalogURL))
+		}
+	}
 	cat, err := catalog.Open(ctx, db)
 	if err != nil {
 		return "", fmt.Errorf("init node: %w", err)
@@ -142,11 +153,11 @@ func initNode(ctx context.Context, dir string, cfg Config, join bool, adminName 
 	}
 	switch {
 	case join && len(users) == 0:
-		return "", fmt.Errorf("init node: the catalog at %s holds no deployment yet; create it with `ferry-node init` (without --join) on the first node", catalogWhere(dir, cfg))
+		return "", fmt.Errorf("init node: the catalog at %s holds no deployment yet; create it with `ferry-node init` (without --join) on the first node", store.Redact(cfg.CatalogURL))
 	case join:
 		return "", nil
 	case len(users) > 0:
-		return "", fmt.Errorf("init node: the catalog at %s already holds a deployment; add this node to it with `ferry-node init --join %s`", catalogWhere(dir, cfg), catalogWhere(dir, cfg))
+		return "", fmt.Errorf("init node: the catalog at %s already holds a deployment; add this node to it with `ferry-node init --join %s`", store.Redact(cfg.CatalogURL), store.Redact(cfg.CatalogURL))
 	}
 	if err := cat.AddUser(ctx, adminName, true); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
@@ -237,13 +248,17 @@ func writeSelfSignedCert(dir, host string) error {
 
 // Node is a running ferry-node.
 type Node struct {
-	id     string // the node's ID in the catalog (node.json)
-	dir    string
-	cfg    Config
-	log    *slog.Logger
-	db     *sql.DB   // the audit log's database (the SQLite file)
-	store  *store.DB // the catalog's database
-	cat    *catalog.Catalog
+	id    string // the node's ID in the catalog (node.json)
+	dir   string
+	cfg   Config
+	log   *slog.Logger
+	db    *sql.DB   // the audit log's database (the SQLite file)
+	store *store.DB // the catalog's database
+	cat   *catalog.Catalog
+	// authz is the read cache of what the node authorises with (node/catcache): admission,
+	// reconcile and the control API's caller lookup read through it, so that a catalog outage does
+	// not end sessions or lock known devices out.
+	authz  *catcache.Cache
 	audit  *audit.Log
 	tokens *tokensource.Source
 	// up is how the node reaches servers: allow-list, CA pool, host overrides, credentials.
@@ -260,7 +275,8 @@ type Node struct {
 
 	enrollLn   net.Listener
 	enrollCert tls.Certificate
-	registered bool // the node's record is in the catalog: Close marks it stopped
+	registered bool         // the node's record is in the catalog: Close marks it stopped
+	startedAt  atomic.Int64 // Unix seconds this process registered the node's record at
 	servers    []*http.Server
 	wg         sync.WaitGroup
 	ctx        context.Context // ends when the node closes; sessions run under it
@@ -317,11 +333,16 @@ func (n *Node) start(ctx context.Context) error {
 	if n.tokens, err = tokensource.New(tokensource.Config{IMDSEndpoint: n.cfg.IMDSEndpoint, Timeout: time.Duration(n.cfg.TokenTimeout), Logger: n.log}); err != nil {
 		return fmt.Errorf("start node: %w", err)
 	}
+	// A node starts only with a snapshot of the catalog: without one it could authorise nothing.
 	if n.store, err = openCatalogDB(ctx, n.dir, n.cfg, catalogLogin{tokens: n.tokens, roots: roots, allowed: allowed, log: n.log}); err != nil {
-		return fmt.Errorf("start node: %w", err)
+		return catalogStartError(err)
 	}
 	if n.cat, err = catalog.Open(ctx, n.store); err != nil {
-		return fmt.Errorf("start node: %w", err)
+		return catalogStartError(err)
+	}
+	n.authz = catcache.New(n.cat, n.log)
+	if err := n.authz.Refresh(ctx); err != nil {
+		return catalogStartError(fmt.Errorf("read the catalog: %w", err))
 	}
 	// The audit log lives with the catalog (a fleet's shared PostgreSQL: one audit trail); the spool
 	// in the state dir keeps records while that database refuses them (node/audit, spool.go).
@@ -330,6 +351,7 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("start node: %w", err)
 	}
 	n.metrics = newMetrics(n.log, n.audit.Stats)
+	n.metrics.reg.MustRegister(catalogMetrics(n.authz.Status)...)
 	n.up = upstream.New(n.upstreamConfig(allowed, roots, n.cat, n.tokens, countingTokens{TokenSource: n.tokens, m: n.metrics}))
 	n.proxy = pgproxy.New(pgproxy.Config{Tokens: countingTokens{TokenSource: n.tokens, m: n.metrics}, Audit: proxyAudit{n.audit}, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout),
 		OnPanic: n.metrics.panics.Inc, TestHook: n.cfg.SessionTestHook})
@@ -347,6 +369,7 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	n.sessions = session.New(n.ctx, session.Config{
 		Catalog: n.cat,
+		Lookup:  n.authz,
 		Peers:   n.tun,
 		Target:  n.up.Target,
 		Serve: func(ctx context.Context, c net.Conn, t pgproxy.Target, s pgproxy.Session) {
@@ -367,6 +390,7 @@ func (n *Node) start(ctx context.Context) error {
 	n.health = n.newHealth()
 	n.api = controlapi.New(controlapi.Config{
 		Catalog:        n.cat,
+		Authz:          n.authz,
 		Audit:          n.audit,
 		Health:         n.health,
 		Sessions:       n.sessions,
@@ -408,6 +432,11 @@ func (n *Node) start(ctx context.Context) error {
 	go func() {
 		defer n.wg.Done()
 		n.sessions.Run(n.ctx)
+	}()
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.authz.Run(n.ctx, catcache.Interval)
 	}()
 	n.watchCatalog()
 	if err := n.startHealth(ctx); err != nil {
@@ -474,6 +503,10 @@ func (n *Node) EnrollAddr() net.Addr { return n.enrollLn.Addr() }
 // Audit returns the node's audit log.
 func (n *Node) Audit() *audit.Log { return n.audit }
 
+// CatalogStatus is the node's view of its catalog: whether it answers, since when it does not,
+// and the age of the snapshot the node authorises from meanwhile (node/catcache).
+func (n *Node) CatalogStatus() catcache.Status { return n.authz.Status() }
+
 // Catalog returns the node's catalog.
 func (n *Node) Catalog() *catalog.Catalog { return n.cat }
 
@@ -536,6 +569,7 @@ func (n *Node) watchCatalog() {
 		defer n.wg.Done()
 		for range ch {
 			n.sessions.Kick()
+			n.authz.Kick()
 		}
 	}()
 }

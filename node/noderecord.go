@@ -116,6 +116,7 @@ func (n *Node) register(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	n.startedAt.Store(stored.StartedAt.Unix())
 	// config.json's tags are the first ones only: say so when they no longer are the node's.
 	if len(n.cfg.Tags) > 0 && api.FormatNodeTags(n.cfg.Tags) != api.FormatNodeTags(stored.Tags) {
 		n.log.Warn("config.json's tags are not this node's tags in the catalog, which apply: they only set a new node's first tags; change them with `ferry admin nodes update "+stored.Name+" --tags ...`",
@@ -141,11 +142,13 @@ func (n *Node) heartbeatLoop() {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(n.ctx, every)
-		err := n.cat.Heartbeat(ctx, n.id, time.Now())
+		err := n.cat.InstanceHeartbeat(ctx, n.id, time.Unix(n.startedAt.Load(), 0), time.Now())
 		if errors.Is(err, catalog.ErrNotFound) {
 			err = n.register(ctx)
 		}
 		cancel()
+		// A record another process holds (a copied state directory) is left to it: taking it back
+		// would make the two swap the node's endpoint every heartbeat. The error says what to do.
 		if err != nil && n.ctx.Err() == nil {
 			n.log.Error("node heartbeat", "err", err)
 		}

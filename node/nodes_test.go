@@ -179,6 +179,27 @@ func TestNodesAPI(t *testing.T) {
 	if !seen["node.delete gw-old"] || !seen["node.update "+self.Name] {
 		t.Errorf("activities lack the node changes: %+v", acts)
 	}
+
+	// A suspended user's device, and then a deleted user's, learn nothing of the nodes: the node
+	// drops them as WireGuard peers (and the API would answer 403).
+	for _, step := range []struct {
+		what   string
+		change func() error
+	}{
+		{"a suspended user's device", func() error { return admin.SuspendUser(ctx, "engineer", true) }},
+		{"a deleted user's device", func() error { return admin.DeleteUser(ctx, "engineer") }},
+	} {
+		what := step.what
+		if err := step.change(); err != nil {
+			t.Fatal(err)
+		}
+		short, cancel := context.WithTimeout(ctx, 2*time.Second)
+		gw, err := eng.GatewayNodes(short)
+		cancel()
+		if err == nil {
+			t.Errorf("%s read the node list: %+v", what, gw)
+		}
+	}
 }
 
 // TestInitJoin: `init --join` makes a node of an existing deployment: keys, certificate, ID and
@@ -231,12 +252,23 @@ func TestInitJoin(t *testing.T) {
 	if err := os.WriteFile(empty, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Another application's database: joining it must not write Ferry's schema into it.
+	foreign := filepath.Join(t.TempDir(), "orders.db")
+	fdb, err := store.Open(ctx, store.Options{URL: "sqlite:" + foreign})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fdb.ExecContext(ctx, `CREATE TABLE orders (id INTEGER PRIMARY KEY, users TEXT)`); err != nil {
+		t.Fatal(err)
+	}
+	fdb.Close()
 	for _, tc := range []struct {
 		name, url string
 		join      bool
 		want      string
 	}{
 		{"join an empty catalog", "sqlite:" + empty, true, "holds no deployment yet"},
+		{"join another application's database", "sqlite:" + foreign, true, "it is not a Ferry catalog; nothing was written to it"},
 		{"join a missing catalog", "sqlite:" + filepath.Join(t.TempDir(), "none.db"), true, "no such file"},
 		{"join without a URL", "", true, "give the catalog's URL"},
 		{"join a relative path", "sqlite:ferry.db", true, "absolute path"},
@@ -258,6 +290,23 @@ func TestInitJoin(t *testing.T) {
 			}
 			if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 				t.Errorf("a failed init left %d files", len(entries))
+			}
+			for _, f := range []string{empty, foreign} {
+				if path := strings.TrimPrefix(tc.url, "sqlite:"); path != f {
+					continue
+				}
+				db, err := store.Open(ctx, store.Options{URL: tc.url})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer db.Close()
+				var tables string
+				if err := db.QueryRowContext(ctx, `SELECT coalesce(group_concat(name), '') FROM sqlite_master WHERE type = 'table'`).Scan(&tables); err != nil {
+					t.Fatal(err)
+				}
+				if want := map[string]string{empty: "", foreign: "orders"}[f]; tables != want {
+					t.Errorf("the failed join changed the database: tables %q, want %q", tables, want)
+				}
 			}
 		})
 	}

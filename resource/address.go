@@ -1,6 +1,7 @@
 package resource
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 )
@@ -50,6 +51,11 @@ func UsableVNAddr(subnet netip.Prefix, ip netip.Addr) bool {
 	return subnet.Contains(ip) && ip != subnet.Addr() && ip != TUNAddress(subnet) && ip != ResolverAddress(subnet) && ip != lastAddr(subnet)
 }
 
+// ErrAddressTaken is wrapped by AssignVN's and AssignLoopback's refusal of an address the resource
+// asks for (its IP address or port override) that another resource holds: a conflict with that
+// resource, not a bad request.
+var ErrAddressTaken = errors.New("is already used by another resource")
+
 // AssignVN returns the resource's virtual networking address "ip:port". The IP is the resource's IP
 // Address property when set (it must lie in subnet and not be a reserved address), else the first
 // address of the subnet that no other resource holds, skipping the network address, the TUN
@@ -72,7 +78,7 @@ func AssignVN(r *Resource, subnet netip.Prefix, taken Taken) (string, error) {
 		}
 		ap := netip.AddrPortFrom(ip, uint16(port))
 		if taken.AddrPorts[ap] {
-			return "", fmt.Errorf("assign virtual networking address: %s is already used by another resource", ap)
+			return "", fmt.Errorf("assign virtual networking address: %s %w", ap, ErrAddressTaken)
 		}
 		return ap.String(), nil
 	}
@@ -172,7 +178,7 @@ func AssignLoopback(r *Resource, loopRange netip.Prefix, taken Taken) (string, e
 	if r.Mode("") == ModeLoopback && r.PortOverride > 0 {
 		ap := netip.AddrPortFrom(ip, uint16(r.PortOverride))
 		if taken.AddrPorts[ap] {
-			return "", fmt.Errorf("assign loopback address: port override %d is already used by another resource on %s", r.PortOverride, ip)
+			return "", fmt.Errorf("assign loopback address: port override %d on %s %w", r.PortOverride, ip, ErrAddressTaken)
 		}
 		return ap.String(), nil
 	}

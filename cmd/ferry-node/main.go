@@ -48,7 +48,7 @@ First: ferry-node init --state DIR --public-host HOST. Then: ferry-node run --st
 		Version:       version.Read().String(),
 	}
 	root.SetVersionTemplate("ferry-node {{.Version}}\n")
-	root.AddCommand(initCmd(), runCmd(), tokenCmd(), doctorCmd(), versionCmd())
+	root.AddCommand(initCmd(), runCmd(), tokenCmd(), doctorCmd(), catalogCmd(), versionCmd())
 	return root
 }
 

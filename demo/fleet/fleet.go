@@ -17,6 +17,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -187,14 +188,16 @@ func (c *Catalog) NodeConfig(h *netlab.Host) node.Config {
 // Node is a ferry-node process on a host of its own.
 type Node struct {
 	Host *netlab.Host
+	// Name is the node's name in the deployment (its lab host's name unless the config gave one).
+	Name string
 	// Dir is the node's state directory; AdminToken the first admin's enrollment token from init.
 	Dir, AdminToken string
 	bins            Binaries
 	proc            *netlab.Proc
 }
 
-// InitNode runs `ferry-node init` for a node on h with state in dir and cfg's addresses, IMDS
-// endpoint, CA files, host overrides, metrics address and catalog (--catalog-url: the deployment's
+// InitNode runs `ferry-node init` for a node on h with state in dir and cfg's name (h's name when
+// cfg names none), tags, addresses, IMDS endpoint, CA files, host overrides, metrics address and catalog (--catalog-url: the deployment's
 // first node, which makes the catalog's first admin, whose token is AdminToken) given as flags, as
 // an operator would; cfg's allowed_server_hosts and dns_server (no flag of init sets exactly these)
 // are then written into the config.json init made. Nodes that join an existing catalog come from
@@ -203,9 +206,9 @@ func InitNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cf
 	return initNode(ctx, bins, h, dir, cfg, true)
 }
 
-// JoinNode makes a node on h that joins the deployment whose catalog is cfg.CatalogURL: as
-// InitNode, but init makes it as a single node (its own SQLite catalog and admin, left unused) and
-// its config.json then points at cfg's catalog, since ferry-node init has no way to join yet.
+// JoinNode makes a node on h that joins the deployment whose catalog is cfg.CatalogURL with
+// `ferry-node init --join`, as an operator adds a node: no catalog and no user are made (AdminToken
+// is empty), and the node registers itself in the catalog when it runs.
 func JoinNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cfg node.Config) (*Node, error) {
 	if cfg.CatalogURL == "" {
 		return nil, errors.New("fleet: join: the config names no catalog_url")
@@ -215,25 +218,34 @@ func JoinNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cf
 
 func initNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cfg node.Config, first bool) (*Node, error) {
 	n := &Node{Host: h, Dir: dir, bins: bins}
-	args := []string{bins.Node, "init", "--state", dir, "--public-host", cfg.PublicHost,
+	name := cfg.Name
+	if name == "" {
+		name = h.Name // every host of a lab shares the machine's host name: name the node after its lab host
+	}
+	n.Name = name
+	args := []string{bins.Node, "init", "--state", dir, "--name", name, "--public-host", cfg.PublicHost,
 		"--enroll-listen", cfg.EnrollListen, "--wireguard-port", strconv.Itoa(cfg.WireGuardPort),
 		"--imds-endpoint", cfg.IMDSEndpoint, "--metrics-listen", cfg.MetricsListen}
+	if len(cfg.Tags) > 0 {
+		args = append(args, "--tags", api.FormatNodeTags(cfg.Tags))
+	}
 	for _, f := range cfg.CAFiles {
 		args = append(args, "--ca-file", f)
 	}
 	for host, addr := range cfg.HostOverrides {
 		args = append(args, "--host-override", host+"="+addr)
 	}
-	patch := map[string]any{"allowed_server_hosts": cfg.AllowedServerHosts, "dns_server": cfg.DNSServer}
-	switch {
-	case first && cfg.CatalogURL != "":
+	if cfg.CatalogURL != "" {
 		// init logs in to the catalog: its token goes to a host on the allowed list only.
 		for _, host := range cfg.AllowedServerHosts {
 			args = append(args, "--allow-server-host", host)
 		}
-		args = append(args, "--catalog-url", cfg.CatalogURL, "--catalog-client-id", cfg.CatalogClientID)
-	case !first:
-		patch["catalog_url"], patch["catalog_client_id"] = cfg.CatalogURL, cfg.CatalogClientID
+		args = append(args, "--catalog-client-id", cfg.CatalogClientID)
+		if first {
+			args = append(args, "--catalog-url", cfg.CatalogURL)
+		} else {
+			args = append(args, "--join", cfg.CatalogURL)
+		}
 	}
 	cmd := h.Command(ctx, args...)
 	// The catalog is the flags' (or none), whatever this process's environment says.
@@ -247,6 +259,8 @@ func initNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cf
 	if first {
 		n.AdminToken = strings.TrimSpace(string(out))
 	}
+	// No flag of init sets exactly these.
+	patch := map[string]any{"allowed_server_hosts": cfg.AllowedServerHosts, "dns_server": cfg.DNSServer}
 	if err := patchConfig(filepath.Join(dir, node.ConfigFile), patch); err != nil {
 		return nil, fmt.Errorf("fleet: node on %s: %w", h.Name, err)
 	}
@@ -388,27 +402,6 @@ func (c *Client) command(ctx context.Context, args ...string) *exec.Cmd {
 	return cmd
 }
 
-// Via is a second client of the same device on host h (state under dir) that uses node n instead:
-// the device's key, address and user, with n's key, endpoints and certificate. (Until the client
-// learns the fleet's nodes itself, this is how a test reaches another node with one enrollment.)
-func (c *Client) Via(n *Node, h *netlab.Host, dir string) (*Client, error) {
-	st, err := client.LoadState(c.Dirs)
-	if err != nil {
-		return nil, fmt.Errorf("fleet: %w", err)
-	}
-	ep, err := n.Endpoint()
-	if err != nil {
-		return nil, err
-	}
-	st.NodePublicKey, st.WireGuardEndpoint, st.NodeURL, st.NodeCertSHA256 = ep.NodePublicKey, ep.WireGuardEndpoint, ep.NodeURL, ep.NodeCertSHA256
-	st.Connected = nil
-	c2 := NewClient(c.bins, h, dir)
-	if err := client.SaveState(c2.Dirs, st); err != nil {
-		return nil, fmt.Errorf("fleet: %w", err)
-	}
-	return c2, nil
-}
-
 // Ferry runs the ferry CLI with args inside the client's host and returns its standard output;
 // the error carries its standard error.
 func (c *Client) Ferry(ctx context.Context, args ...string) (string, error) {
@@ -471,4 +464,81 @@ func (c *Client) Psql(ctx context.Context, conn, query string) (string, error) {
 	cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=10")
 	out, err := cmd.CombinedOutput()
 	return strings.TrimSpace(string(out)), err
+}
+
+// Control is the client's daemon control (client.Control: status, connect, and the node API
+// through the node in use), reached through the daemon's socket in the client's runtime directory.
+func (c *Client) Control() *client.Control { return client.NewControl(c.Dirs) }
+
+// Session is a psql process that holds one session open inside a client's host, reading its
+// statements from a pipe (Send) with verbose errors (SQLSTATE shown).
+type Session struct {
+	proc  *netlab.Proc
+	stdin io.WriteCloser
+}
+
+// StartSession starts psql with the connection string conn inside the client's host. Close ends it.
+func (c *Client) StartSession(conn string) (*Session, error) {
+	cmd := c.Host.Command(context.Background(), "psql", conn, "-X", "-A", "-t", "-v", "VERBOSITY=verbose")
+	cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=10")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, fmt.Errorf("fleet: psql session: %w", err)
+	}
+	p, err := netlab.Start(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: psql session: %w", err)
+	}
+	return &Session{proc: p, stdin: stdin}, nil
+}
+
+// Send writes one statement (or psql meta-command) line to the session's psql.
+func (s *Session) Send(line string) error {
+	if _, err := io.WriteString(s.stdin, line+"\n"); err != nil {
+		return fmt.Errorf("fleet: psql session: %w", err)
+	}
+	return nil
+}
+
+// WaitOutput waits until psql has printed want (or has exited, or ctx ends) and reports whether it
+// has.
+func (s *Session) WaitOutput(ctx context.Context, want string) bool {
+	for {
+		if strings.Contains(s.proc.Output(), want) {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return strings.Contains(s.proc.Output(), want)
+		case <-s.proc.Done():
+			return strings.Contains(s.proc.Output(), want)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Output is what psql has printed so far (standard output and error).
+func (s *Session) Output() string { return s.proc.Output() }
+
+// Done is closed when psql has exited.
+func (s *Session) Done() <-chan struct{} { return s.proc.Done() }
+
+// Close ends psql (end of input, then SIGKILL after 5 s).
+func (s *Session) Close() {
+	_ = s.stdin.Close()
+	select {
+	case <-s.proc.Done():
+	case <-time.After(5 * time.Second):
+		s.proc.Kill()
+	}
+}
+
+// Pgbench runs pgbench with args and the connection string conn inside the client's host and
+// returns its output (standard output and error) when it exits.
+func (c *Client) Pgbench(ctx context.Context, conn string, args ...string) (string, error) {
+	cmd := c.Host.Command(ctx, append(append([]string{"pgbench"}, args...), conn)...)
+	cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=10")
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }

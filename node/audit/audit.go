@@ -447,7 +447,8 @@ func (l *Log) rb(q string) string {
 
 // txt is s as the database can store it. PostgreSQL's text holds neither NUL nor invalid UTF-8 (a
 // statement cut to the proxy's limit may end inside a character, a client may send another
-// encoding); those become U+FFFD there rather than failing the record. SQLite stores s as it is.
+// encoding, the server sends the SQLSTATE it likes); those become U+FFFD there rather than failing
+// the record. SQLite stores s as it is.
 func (l *Log) txt(s string) string {
 	if !l.pg || (utf8.ValidString(s) && strings.IndexByte(s, 0) < 0) {
 		return s
@@ -566,7 +567,7 @@ func (l *Log) insertConnection(ctx context.Context, c Connection) (int64, error)
 		 original_user, original_database, role, sqlstate, upstream_pid, bytes_from_client, bytes_from_server, queries_dropped)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (record_id) DO NOTHING RETURNING id`),
 		c.RecordID, formatTime(c.Start), end, l.txt(c.User), l.txt(c.Resource), c.ClientAddr, l.txt(c.Database), c.Outcome, l.txt(c.Error),
-		l.txt(c.OriginalUser), l.txt(c.OriginalDatabase), l.txt(c.Role), c.SQLState, int64(c.UpstreamPID), c.BytesFromClient, c.BytesFromServer, c.QueriesDropped).Scan(&id)
+		l.txt(c.OriginalUser), l.txt(c.OriginalDatabase), l.txt(c.Role), l.txt(c.SQLState), int64(c.UpstreamPID), c.BytesFromClient, c.BytesFromServer, c.QueriesDropped).Scan(&id)
 	if errors.Is(err, sql.ErrNoRows) {
 		err = l.db.QueryRowContext(ctx, l.rb(`SELECT id FROM audit_connections WHERE record_id = ?`), c.RecordID).Scan(&id)
 	}
@@ -580,7 +581,7 @@ func (l *Log) insertConnection(ctx context.Context, c Connection) (int64, error)
 func (l *Log) updateEnd(ctx context.Context, rec string, end time.Time, e ConnectionEnd) (bool, error) {
 	res, err := l.db.ExecContext(ctx, l.rb(`UPDATE audit_connections SET end_time = ?, outcome = ?, error = ?,
 		sqlstate = ?, upstream_pid = ?, bytes_from_client = ?, bytes_from_server = ?, queries_dropped = ? WHERE record_id = ?`),
-		formatTime(end), e.Outcome, l.txt(e.Error), e.SQLState, int64(e.UpstreamPID), e.BytesFromClient, e.BytesFromServer, e.QueriesDropped, rec)
+		formatTime(end), e.Outcome, l.txt(e.Error), l.txt(e.SQLState), int64(e.UpstreamPID), e.BytesFromClient, e.BytesFromServer, e.QueriesDropped, rec)
 	if err != nil {
 		return false, err
 	}
@@ -1117,9 +1118,25 @@ func (l *Log) ship() {
 func (l *Log) shipSome() (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), l.opts.AttemptTimeout)
 	defer cancel()
-	rs, err := l.spool.peek(ctx, BatchSize)
-	if err != nil || len(rs) == 0 {
+	rs, bad, err := l.spool.peek(ctx, BatchSize)
+	if err != nil {
 		return 0, err
+	}
+	for _, b := range bad {
+		if err := l.spool.hold(ctx, b.seq); err != nil {
+			return 0, err
+		}
+		if b.kind == spoolQuery {
+			l.queryFailures.Add(1)
+		} else {
+			l.connFailures.Add(1)
+		}
+		l.spoolDepth.Add(-1)
+		l.logger.Error("audit: a spooled record cannot be read; it stays in the spool file, held, and the records behind it are shipped",
+			"seq", b.seq, "kind", b.kind, "spool", l.opts.SpoolPath, "err", b.err)
+	}
+	if len(rs) == 0 {
+		return len(bad), nil
 	}
 	var done int64 = -1 // records up to this seq are in the database
 	n := 0
@@ -1258,7 +1275,7 @@ func (l *Log) insertMany(ctx context.Context, batch []queryRow) error {
 		b.WriteByte(')')
 		q := &r.q
 		args = append(args, r.id, r.conn, formatTime(q.Time), l.txt(q.User), l.txt(q.Resource), q.Protocol, l.txt(q.SQL),
-			q.Duration.Microseconds(), q.SQLLength, q.SQLSHA256, l.txt(q.Statement), l.txt(q.Params), l.txt(q.Command), q.Rows, q.SQLState, l.txt(q.Error))
+			q.Duration.Microseconds(), q.SQLLength, q.SQLSHA256, l.txt(q.Statement), l.txt(q.Params), l.txt(q.Command), q.Rows, l.txt(q.SQLState), l.txt(q.Error))
 	}
 	b.WriteString(`) AS v ON CONFLICT (record_id) DO NOTHING`)
 	if _, err := l.db.ExecContext(ctx, b.String(), args...); err != nil {

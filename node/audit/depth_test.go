@@ -208,3 +208,41 @@ func TestRecordsTextThePostgreSQLTypeRefuses(t *testing.T) {
 		}
 	})
 }
+
+// TestRecordsServerCodesThePostgreSQLTypeRefuses: the SQLSTATE of an ErrorResponse comes from the
+// server the resource names, which need not be PostgreSQL and may send any bytes; a code with
+// invalid UTF-8 (or a NUL) is recorded with the query and the connection's end, not refused by
+// PostgreSQL's text type (and so lost). SQLite keeps the bytes as they are.
+func TestRecordsServerCodesThePostgreSQLTypeRefuses(t *testing.T) {
+	forEachBackend(t, false, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		l := d.openLog(t, Options{WriteAttempts: 1})
+		const code = "4\xff\x00\xfe1"
+		want := code
+		if d.path == "" {
+			want = strings.ReplaceAll(strings.ToValidUTF8(code, "\uFFFD"), "\x00", "\uFFFD")
+		}
+		id, err := l.StartConnection(ctx, Connection{User: "alice", Resource: "r", ClientAddr: "198.51.100.7:5432"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := l.Recorder(id, nil)
+		if err := rec.Record(ctx, Query{User: "alice", Resource: "r", SQL: "SELECT 1", SQLState: code, Error: "boom"}); err != nil {
+			t.Fatal(err)
+		}
+		if n := rec.Close(ctx); n != 0 {
+			t.Fatalf("%d records not written", n)
+		}
+		if err := l.EndConnection(ctx, id, time.Now(), ConnectionEnd{Outcome: OutcomeFailed, Error: "server FATAL", SQLState: code}); err != nil {
+			t.Fatalf("end: %v", err)
+		}
+		qs, err := l.Queries(ctx, QueryFilter{ConnectionID: id})
+		if err != nil || len(qs) != 1 || qs[0].SQLState != want {
+			t.Fatalf("queries %+v, %v; want one with SQLSTATE %q", qs, err, want)
+		}
+		cs, err := l.Connections(ctx, ConnectionFilter{User: "alice"})
+		if err != nil || len(cs) != 1 || cs[0].SQLState != want || cs[0].Outcome != OutcomeFailed {
+			t.Fatalf("connections %+v, %v; want one ended with SQLSTATE %q", cs, err, want)
+		}
+	})
+}

@@ -87,45 +87,85 @@ func (s *spool) add(ctx context.Context, rs []spoolRecord) error {
 	return nil
 }
 
-// peek returns the oldest n records, in order.
-func (s *spool) peek(ctx context.Context, n int) ([]spoolRecord, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT seq, kind, record FROM audit_spool ORDER BY seq LIMIT ?`, n)
+// heldKind prefixes the kind of a spooled record this binary cannot ship (it does not decode, or its
+// kind is unknown: written by a newer ferry-node, or damaged): it stays in the file for the operator
+// (sqlite3 audit-spool.db "SELECT * FROM audit_spool WHERE kind LIKE 'held:%'") instead of holding
+// up every record behind it.
+const heldKind = "held:"
+
+// unreadable is a spooled record peek could not use.
+type unreadable struct {
+	seq  int64
+	kind string
+	err  error
+}
+
+// peek returns the oldest n records not held, in order, and those among them it cannot ship.
+func (s *spool) peek(ctx context.Context, n int) ([]spoolRecord, []unreadable, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, kind, record FROM audit_spool WHERE substr(kind, 1, 5) != ? ORDER BY seq LIMIT ?`, heldKind, n)
 	if err != nil {
-		return nil, fmt.Errorf("read audit spool: %w", err)
+		return nil, nil, fmt.Errorf("read audit spool: %w", err)
 	}
 	defer rows.Close()
 	var out []spoolRecord
+	var bad []unreadable
 	for rows.Next() {
 		var r spoolRecord
 		var kind, b string
 		var seq int64
 		if err := rows.Scan(&seq, &kind, &b); err != nil {
-			return nil, fmt.Errorf("read audit spool: %w", err)
+			return nil, nil, fmt.Errorf("read audit spool: %w", err)
 		}
 		if err := json.Unmarshal([]byte(b), &r); err != nil {
-			return nil, fmt.Errorf("read audit spool record %d: %w", seq, err)
+			bad = append(bad, unreadable{seq, kind, err})
+			continue
 		}
 		r.Kind, r.Seq = kind, seq
+		if !r.complete() {
+			bad = append(bad, unreadable{seq, kind, fmt.Errorf("a record of kind %q this ferry-node does not know, or without its content", kind)})
+			continue
+		}
 		out = append(out, r)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read audit spool: %w", err)
+		return nil, nil, fmt.Errorf("read audit spool: %w", err)
 	}
-	return out, nil
+	return out, bad, nil
 }
 
-// remove deletes the records up to and including seq.
+// complete reports whether r is of a known kind and carries that kind's content.
+func (r spoolRecord) complete() bool {
+	switch r.Kind {
+	case spoolStart:
+		return r.Conn != nil
+	case spoolEnd:
+		return r.End != nil && r.ConnRec != ""
+	case spoolQuery:
+		return r.Query != nil
+	}
+	return false
+}
+
+// hold marks the record seq as held: it stays in the file and is no longer shipped or counted.
+func (s *spool) hold(ctx context.Context, seq int64) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE audit_spool SET kind = ? || kind WHERE seq = ?`, heldKind, seq); err != nil {
+		return fmt.Errorf("hold unreadable audit spool record %d: %w", seq, err)
+	}
+	return nil
+}
+
+// remove deletes the records up to and including seq (held ones stay).
 func (s *spool) remove(ctx context.Context, seq int64) error {
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM audit_spool WHERE seq <= ?`, seq); err != nil {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM audit_spool WHERE seq <= ? AND substr(kind, 1, 5) != ?`, seq, heldKind); err != nil {
 		return fmt.Errorf("remove shipped records from the audit spool: %w", err)
 	}
 	return nil
 }
 
-// count is how many records are spooled.
+// count is how many records are spooled (held ones aside).
 func (s *spool) count(ctx context.Context) (int64, error) {
 	var n int64
-	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM audit_spool`).Scan(&n); err != nil {
+	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM audit_spool WHERE substr(kind, 1, 5) != ?`, heldKind).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count audit spool: %w", err)
 	}
 	return n, nil

@@ -437,3 +437,56 @@ func TestRefusedRecordIsNotSpooled(t *testing.T) {
 		}
 	})
 }
+
+// TestSpoolUnreadableRecordDoesNotHoldUpOthers: a spooled record this binary cannot ship (a kind it
+// does not know, written by a newer ferry-node before a downgrade, or a damaged one) is held in the
+// spool file and logged; the records behind it reach the database and the log leaves spooling,
+// instead of every record of the node waiting behind it for good.
+func TestSpoolUnreadableRecordDoesNotHoldUpOthers(t *testing.T) {
+	forEachBackend(t, false, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		spoolPath := filepath.Join(t.TempDir(), "audit-spool.db")
+		sp, err := openSpool(ctx, spoolPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sp.db.ExecContext(ctx, `INSERT INTO audit_spool (seq, kind, record) VALUES
+			(1, 'route', '{"record_id":"ffffffffffffffff0000000000000001"}'),
+			(2, 'query', '{not json'),
+			(3, 'end', '{"record_id":"ffffffffffffffff0000000000000002"}')`); err != nil {
+			t.Fatal(err)
+		}
+		c := Connection{RecordID: "ffffffffffffffff0000000000000003", Start: time.Now(), User: "bob", Resource: "r", ClientAddr: "100.64.0.2:1"}
+		q := Query{Time: time.Now(), User: "bob", Resource: "r", SQL: "SELECT 'behind'"}
+		if err := sp.add(ctx, []spoolRecord{
+			{Kind: spoolStart, RecordID: c.RecordID, Conn: &c},
+			{Kind: spoolQuery, RecordID: "ffffffffffffffff0000000000000004", ConnRec: c.RecordID, Query: &q},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		sp.close()
+
+		logs := &syncBuffer{}
+		l := d.openSpoolLog(t, spoolPath, logs)
+		deadline := time.Now().Add(20 * time.Second)
+		for l.Stats().SpoolDepth != 0 || l.spooling.Load() {
+			if time.Now().After(deadline) {
+				t.Fatalf("the spool did not drain within 20s: %+v\n%s", l.Stats(), logs.String())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := countRecords(t, l); got["SELECT 'behind'"] != 1 {
+			t.Fatalf("query records %v; want the one behind the unreadable ones", got)
+		}
+		var held int
+		if err := l.spool.db.QueryRowContext(ctx, `SELECT count(*) FROM audit_spool WHERE kind LIKE 'held:%'`).Scan(&held); err != nil || held != 3 {
+			t.Fatalf("held records in the spool file: %d, %v; want 3", held, err)
+		}
+		if s := l.Stats(); s.ConnectionWriteFailures != 2 || s.QueryWriteFailures != 1 {
+			t.Errorf("stats %+v; want the held records counted as failures", s)
+		}
+		if !strings.Contains(logs.String(), "cannot be read") {
+			t.Errorf("no log line names the held records:\n%s", logs.String())
+		}
+	})
+}

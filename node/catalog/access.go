@@ -293,6 +293,15 @@ type Access struct {
 	grants []Grant
 }
 
+// NewAccess is the access of user u holding grants (the grants of u's roles), for a copy of the
+// catalog kept elsewhere (the node's read cache, node/catcache).
+func NewAccess(u User, grants []Grant) Access {
+	if u.Admin || u.Suspended {
+		return Access{user: u}
+	}
+	return Access{user: u, grants: grants}
+}
+
 // AccessOf returns the access of user u (as returned by UserByDevice).
 func (c *Catalog) AccessOf(ctx context.Context, u User) (Access, error) {
 	if u.Admin || u.Suspended {

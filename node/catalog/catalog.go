@@ -194,6 +194,22 @@ func Open(ctx context.Context, db *store.DB) (*Catalog, error) {
 	return &Catalog{db: db}, nil
 }
 
+// Exists reports whether db already holds a Ferry catalog (tables users, devices and resources, as
+// every schema version has them), reading only: a node joining a deployment checks it before Open
+// migrates, so that a URL naming another application's database, or an empty one, is refused
+// without Ferry's tables being written into it.
+func Exists(ctx context.Context, db *store.DB) (bool, error) {
+	q := `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('users', 'devices', 'resources')`
+	if db.Dialect() == store.Postgres {
+		q = `SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name IN ('users', 'devices', 'resources')`
+	}
+	var n int
+	if err := db.QueryRowContext(ctx, q).Scan(&n); err != nil {
+		return false, fmt.Errorf("look for a Ferry catalog: %w", err)
+	}
+	return n == 3, nil
+}
+
 // DB returns the catalog's database.
 func (c *Catalog) DB() *store.DB { return c.db }
 

@@ -74,6 +74,22 @@ func TestAddResourceAssignsStableUniqueAddresses(t *testing.T) {
 		if _, err := c.AddResource(ctx, e); !errors.Is(err, ErrConflict) {
 			t.Fatalf("duplicate DNS name: %v", err)
 		}
+		// An address asked for that another resource holds is a conflict too.
+		p := res("p")
+		p.PortOverride = 15000
+		if _, err := c.AddResource(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		q := res("q")
+		q.PortOverride = 15000
+		if _, err := c.AddResource(ctx, q); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "15000") {
+			t.Fatalf("taken loopback port override: %v, want ErrConflict naming the port", err)
+		}
+		v := res("v")
+		v.ConnectivityMode, v.IPAddress = resource.ModeVirtualNetworking, strings.Split(a.VNAddress, ":")[0]
+		if _, err := c.AddResource(ctx, v); !errors.Is(err, ErrConflict) {
+			t.Fatalf("taken virtual networking address: %v, want ErrConflict", err)
+		}
 		got, err := c.ResourceByVNAddress(ctx, mustAP(t, a.VNAddress))
 		if err != nil || got.Name != "a" {
 			t.Fatalf("ResourceByVNAddress = %+v, %v", got, err)

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"regexp"
 	"time"
@@ -95,8 +94,8 @@ func (n Node) Validate() error {
 	if _, err := tunnel.ParseKey(n.WireGuardPublicKey); err != nil {
 		errs = append(errs, fmt.Errorf("WireGuard public key: %w", err))
 	}
-	if host, port, err := net.SplitHostPort(n.WireGuardEndpoint); err != nil || host == "" || port == "" || port == "0" {
-		errs = append(errs, fmt.Errorf("WireGuard endpoint %q is not host:port", n.WireGuardEndpoint))
+	if err := api.ValidateNodeEndpoint(n.WireGuardEndpoint); err != nil {
+		errs = append(errs, err)
 	}
 	if u, err := url.Parse(n.EnrollURL); err != nil || u.Scheme != "https" || u.Host == "" || u.Port() == "" || u.Port() == "0" || (u.Path != "" && u.Path != "/") {
 		errs = append(errs, fmt.Errorf("enrollment URL %q is not https://host:port", n.EnrollURL))
@@ -149,6 +148,23 @@ func (c *Catalog) RegisterNode(ctx context.Context, n Node) (Node, error) {
 			return n, fmt.Errorf("register node %s: %w", n.Name, err)
 		}
 	}
+	// A node that clients will trust for the first time (a new node, or a known ID with a new
+	// WireGuard key) is recorded in the admin activity log, in the same transaction.
+	var oldKey string
+	err = tx.QueryRowContext(ctx, c.db.Rebind(`SELECT wireguard_public_key FROM nodes WHERE id = ?`), n.ID).Scan(&oldKey)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return n, fmt.Errorf("register node %s: %w", n.Name, err)
+	}
+	if oldKey != n.WireGuardPublicKey {
+		detail := fmt.Sprintf("%s wireguard_public_key=%s wireguard_endpoint=%s version=%s", n.ID, n.WireGuardPublicKey, n.WireGuardEndpoint, n.Version)
+		if oldKey != "" {
+			detail += " (the node's key changed; it was " + oldKey + ")"
+		}
+		if _, err := tx.ExecContext(ctx, c.db.Rebind(`INSERT INTO admin_activity(time, actor, action, target, detail) VALUES(?,?,?,?,?)`),
+			n.StartedAt.UnixMilli(), "ferry-node", "node.register", n.Name, detail); err != nil {
+			return n, fmt.Errorf("register node %s: record it in the activity log: %w", n.Name, err)
+		}
+	}
 	_, err = tx.ExecContext(ctx, c.db.Rebind(`INSERT INTO nodes(id, name, kind, tags, wireguard_public_key, wireguard_endpoint, enroll_url, enroll_cert_sha256, version, started_at, last_heartbeat, stopped_at)
 		VALUES(?,?,?,?,?,?,?,?,?,?,?,0)
 		ON CONFLICT(id) DO UPDATE SET name = excluded.name, kind = excluded.kind, wireguard_public_key = excluded.wireguard_public_key,
@@ -183,6 +199,32 @@ func (c *Catalog) Heartbeat(ctx context.Context, id string, at time.Time) error 
 		return fmt.Errorf("node heartbeat %s: %w", id, ErrNotFound)
 	}
 	return nil
+}
+
+// ErrNodeReplaced is returned (wrapped) by InstanceHeartbeat when the node's record was registered
+// again by another process with the same node ID: two ferry-nodes run from one state directory (or
+// copies of it, with the same ID and WireGuard key).
+var ErrNodeReplaced = errors.New("another ferry-node registered with this node's ID")
+
+// InstanceHeartbeat is Heartbeat for the one process that registered node id at startedAt (as
+// RegisterNode returned it). When the record has been registered since by another process with
+// the same ID, nothing is written and the error wraps ErrNodeReplaced, saying when that one
+// started, so that the two do not take the record from each other unnoticed. A record that is
+// gone wraps ErrNotFound.
+func (c *Catalog) InstanceHeartbeat(ctx context.Context, id string, startedAt, at time.Time) error {
+	res, err := c.db.ExecContext(ctx, c.db.Rebind(`UPDATE nodes SET last_heartbeat = ?, stopped_at = 0 WHERE id = ? AND started_at = ?`), at.Unix(), id, startedAt.Unix())
+	if err != nil {
+		return fmt.Errorf("node heartbeat %s: %w", id, err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n > 0 {
+		return nil
+	}
+	cur, err := c.nodeBy(ctx, c.db, id)
+	if err != nil {
+		return fmt.Errorf("node heartbeat %s: %w", id, err)
+	}
+	return fmt.Errorf("node heartbeat %s: %w: a ferry-node started at %s (endpoint %s) registered as this node, which started at %s; two nodes run from one state directory or a copy of it: stop one, and give each node its own (`ferry-node init --join`)",
+		id, ErrNodeReplaced, cur.StartedAt.Format(time.RFC3339), cur.WireGuardEndpoint, startedAt.UTC().Format(time.RFC3339))
 }
 
 // NodeStopped records that node id stopped at time at (a clean shutdown): it shows offline at

@@ -131,6 +131,13 @@ func TestNodeConflicts(t *testing.T) {
 			{"tags", bad(func(n *Node) { n.Tags = map[string]string{"a b": "c"} }), "key"},
 			{"key", bad(func(n *Node) { n.WireGuardPublicKey = "nope" }), "WireGuard public key"},
 			{"endpoint", bad(func(n *Node) { n.WireGuardEndpoint = "gw.example" }), "WireGuard endpoint"},
+			// Every client refuses a list with an endpoint it cannot dial (client.checkNodeList):
+			// such a node must not get into the list at all.
+			{"endpoint port 65536", bad(func(n *Node) { n.WireGuardEndpoint = "gw.example:65536" }), "bad port"},
+			{"endpoint named port", bad(func(n *Node) { n.WireGuardEndpoint = "gw.example:wireguard" }), "bad port"},
+			{"endpoint IPv6 zone", bad(func(n *Node) { n.WireGuardEndpoint = "[fe80::1%eth0]:51820" }), "cannot be a node"},
+			{"endpoint unspecified", bad(func(n *Node) { n.WireGuardEndpoint = "0.0.0.0:51820" }), "cannot be a node"},
+			{"endpoint control char", bad(func(n *Node) { n.WireGuardEndpoint = "gw\x1b\u202e.example:51820" }), "neither an IP address nor a DNS name"},
 			{"enroll url", bad(func(n *Node) { n.EnrollURL = "http://gw.example:8443" }), "enrollment URL"},
 			{"fingerprint", bad(func(n *Node) { n.EnrollCertSHA256 = "ab" }), "fingerprint"},
 			{"version", bad(func(n *Node) { n.Version = "" }), "version"},
@@ -211,6 +218,114 @@ func TestUpdateNodeTags(t *testing.T) {
 		}
 		if x, _ := c.Node(ctx, n.ID); len(x.Tags) != 0 {
 			t.Fatalf("stored tags after clear = %v", x.Tags)
+		}
+	})
+}
+
+// TestExists: a database without Ferry's tables (a fresh one, or another application's) is no
+// catalog, and looking does not change it; after Open it is one.
+func TestExists(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		if _, err := db.ExecContext(ctx, `CREATE TABLE users (name TEXT)`); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := Exists(ctx, db); err != nil || ok {
+			t.Fatalf("Exists on another application's database = %v, %v; want false", ok, err)
+		}
+		if ok, err := Exists(ctx, db); err != nil || ok {
+			t.Fatalf("Exists twice = %v, %v; want false", ok, err)
+		}
+		if _, err := db.ExecContext(ctx, `DROP TABLE users`); err != nil {
+			t.Fatal(err)
+		}
+		openCatalogOn(t, db)
+		if ok, err := Exists(ctx, db); err != nil || !ok {
+			t.Fatalf("Exists on a catalog = %v, %v; want true", ok, err)
+		}
+	})
+}
+
+// TestInstanceHeartbeat: two processes registering one node ID (a copied state directory: same
+// ID, same WireGuard key) do not take the record from each other unnoticed: the one registered
+// first gets ErrNodeReplaced naming the other's start and endpoint, and writes nothing; the one
+// registered last keeps heartbeating.
+func TestInstanceHeartbeat(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		c := openCatalogOn(t, db)
+		first := testNode(t, "gw-a")
+		first.StartedAt = time.Now().Add(-time.Minute)
+		a, err := c.RegisterNode(ctx, first)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.InstanceHeartbeat(ctx, a.ID, a.StartedAt, time.Now()); err != nil {
+			t.Fatalf("heartbeat of the only process: %v", err)
+		}
+		copied := first
+		copied.StartedAt, copied.WireGuardEndpoint = time.Now(), "gw-copy.example:51820"
+		b, err := c.RegisterNode(ctx, copied)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stale := time.Now().Add(-NodeOfflineAfter - time.Minute)
+		err = c.InstanceHeartbeat(ctx, a.ID, a.StartedAt, stale)
+		if !errors.Is(err, ErrNodeReplaced) || !strings.Contains(err.Error(), "gw-copy.example:51820") || !strings.Contains(err.Error(), "state directory") {
+			t.Fatalf("heartbeat of the replaced process: %v, want ErrNodeReplaced naming the other's endpoint", err)
+		}
+		if x, err := c.Node(ctx, a.ID); err != nil || !x.Online(time.Now()) || x.WireGuardEndpoint != "gw-copy.example:51820" {
+			t.Fatalf("the replaced process wrote the record: %+v, %v", x, err)
+		}
+		if err := c.InstanceHeartbeat(ctx, b.ID, b.StartedAt, time.Now()); err != nil {
+			t.Fatalf("heartbeat of the last registered process: %v", err)
+		}
+		if err := c.InstanceHeartbeat(ctx, NewNodeID(), b.StartedAt, time.Now()); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("heartbeat of an unknown node: %v, want ErrNotFound", err)
+		}
+	})
+}
+
+// TestRegisterNodeRecorded: a node that clients will trust for the first time (new, or a known ID
+// with a new WireGuard key) is in the admin activity log; a restart with the same key is not.
+func TestRegisterNodeRecorded(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		c := openCatalogOn(t, db)
+		n := testNode(t, "gw-a")
+		for _, step := range []struct {
+			name string
+			edit func(*Node)
+			want []string // in the detail of a new node.register entry; nil = no entry
+		}{
+			{"new", func(*Node) {}, []string{n.ID, "wireguard_public_key=" + n.WireGuardPublicKey}},
+			{"restart", func(x *Node) { x.StartedAt = time.Now().Add(time.Second) }, nil},
+			{"new key", func(x *Node) { x.WireGuardPublicKey = testNode(t, "x").WireGuardPublicKey }, []string{"the node's key changed; it was " + n.WireGuardPublicKey}},
+		} {
+			before, err := c.Activities(ctx, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			step.edit(&n)
+			if _, err := c.RegisterNode(ctx, n); err != nil {
+				t.Fatalf("%s: %v", step.name, err)
+			}
+			after, err := c.Activities(ctx, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case step.want == nil && len(after) != len(before):
+				t.Errorf("%s: recorded %+v", step.name, after[0])
+			case step.want != nil && (len(after) != len(before)+1 || after[0].Action != "node.register" || after[0].Target != "gw-a"):
+				t.Errorf("%s: activities %+v, want one node.register of gw-a", step.name, after)
+			case step.want != nil:
+				for _, w := range step.want {
+					if !strings.Contains(after[0].Detail, w) {
+						t.Errorf("%s: detail %q lacks %q", step.name, after[0].Detail, w)
+					}
+				}
+			}
 		}
 	})
 }

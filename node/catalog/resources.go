@@ -119,6 +119,15 @@ func checkGivenAddresses(r resource.Resource, subnet netip.Prefix) error {
 
 // givenAddressFree refuses an address given with a resource that another resource has (read under
 // the catalog's resource lock, so the answer holds until the write commits).
+// asConflict makes an address the resource asks for that another resource holds
+// (resource.ErrAddressTaken) wrap ErrConflict too, as a taken name or DNS name does.
+func asConflict(err error) error {
+	if errors.Is(err, resource.ErrAddressTaken) {
+		return fmt.Errorf("%w (%w)", err, ErrConflict)
+	}
+	return err
+}
+
 func givenAddressFree(field, addr string, taken resource.Taken) error {
 	ap, err := netip.ParseAddrPort(addr)
 	if addr == "" || err != nil || !taken.AddrPorts[ap] {
@@ -173,7 +182,8 @@ func (c *Catalog) store(ctx context.Context, r resource.Resource, insert bool) (
 		return r, fmt.Errorf("a resource named %q %w", r.Name, ErrConflict)
 	}
 	if r.Subdomain != "" {
-		if err := tx.QueryRowContext(ctx, c.db.Rebind(`SELECT count(*) FROM resources WHERE subdomain = ? AND id != ?`), r.Subdomain, r.ID).Scan(&n); err != nil {
+		// DNS names are case-insensitive (clients resolve them in lower case): taken in any case.
+		if err := tx.QueryRowContext(ctx, c.db.Rebind(`SELECT count(*) FROM resources WHERE lower(subdomain) = lower(?) AND id != ?`), r.Subdomain, r.ID).Scan(&n); err != nil {
 			return r, err
 		}
 		if n > 0 {
@@ -206,12 +216,12 @@ func (c *Catalog) store(ctx context.Context, r resource.Resource, insert bool) (
 	}
 	if r.VNAddress == "" {
 		if r.VNAddress, err = resource.AssignVN(&r, org.subnet, vnTaken); err != nil {
-			return r, err
+			return r, asConflict(err)
 		}
 	}
 	if r.LoopbackAddress == "" {
 		if r.LoopbackAddress, err = resource.AssignLoopback(&r, org.loopback, lbTaken); err != nil {
-			return r, err
+			return r, asConflict(err)
 		}
 	}
 	if r.PortOverride == resource.PortOverrideAuto {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/node/catalog"
+	"github.com/ferryhq/ferry/node/catcache"
 	"github.com/ferryhq/ferry/tunnel"
 )
 
@@ -46,6 +47,11 @@ func (sv *Server) deviceStatus(w http.ResponseWriter, r *http.Request) {
 				out.Status = api.DeviceSuspended
 			}
 		}
+	}
+	if catcache.IsUnreachable(err) {
+		sv.log.Warn("device status query: the catalog is unreachable", "err", err)
+		writeError(w, http.StatusServiceUnavailable, errors.New("device status: the catalog is unreachable; try again when it is back"))
+		return
 	}
 	if err != nil && !errors.Is(err, catalog.ErrNotFound) {
 		sv.log.Error("device status query", "err", err)

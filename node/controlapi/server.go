@@ -15,11 +15,13 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/node/catalog"
+	"github.com/ferryhq/ferry/node/catcache"
 	"github.com/ferryhq/ferry/resource"
 	"github.com/ferryhq/ferry/tunnel"
 )
@@ -48,6 +50,17 @@ type Sessions interface {
 	Enroll(ctx context.Context, secret string, key tunnel.Key, name string) (catalog.Device, catalog.User, error)
 }
 
+// Authz is the node's read cache of the catalog (*catcache.Cache is one): the caller lookup and
+// the caller's resource list are answered from it, so that they keep working while the catalog
+// database is unreachable; Unreachable says when it is (admin writes then fail at once with 503).
+type Authz interface {
+	UserByDevice(ctx context.Context, addr netip.Addr) (catalog.User, error)
+	Resources(ctx context.Context) ([]resource.Resource, error)
+	AccessOf(ctx context.Context, u catalog.User) (catalog.Access, error)
+	// Unreachable is an error while the catalog is known to be unreachable, else nil.
+	Unreachable() error
+}
+
 // Tunnel is what the endpoints need of the node's WireGuard tunnel (*tunnel.Tunnel is one).
 type Tunnel interface {
 	Peers() ([]tunnel.PeerStatus, error)
@@ -57,7 +70,9 @@ type Tunnel interface {
 
 // Config is a Server's dependencies.
 type Config struct {
-	Catalog  *catalog.Catalog
+	Catalog *catalog.Catalog
+	// Authz answers the caller lookup and the caller's resources; nil = Catalog (no cache).
+	Authz    Authz
 	Audit    AuditLog
 	Health   Health
 	Sessions Sessions
@@ -79,6 +94,7 @@ type Config struct {
 // Server serves the control API and the enrollment endpoint.
 type Server struct {
 	cat            *catalog.Catalog
+	authz          Authz
 	audit          AuditLog
 	health         Health
 	sessions       Sessions
@@ -97,7 +113,10 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Server{cat: cfg.Catalog, audit: cfg.Audit, health: cfg.Health, sessions: cfg.Sessions, tun: cfg.Tunnel,
+	if cfg.Authz == nil && cfg.Catalog != nil {
+		cfg.Authz = uncached{cfg.Catalog}
+	}
+	return &Server{cat: cfg.Catalog, authz: cfg.Authz, audit: cfg.Audit, health: cfg.Health, sessions: cfg.Sessions, tun: cfg.Tunnel,
 		checkHost: cfg.CheckHost, enrollToken: cfg.EnrollToken, enrollTokenTTL: cfg.EnrollTokenTTL, publicHost: cfg.PublicHost,
 		key: cfg.Key, pub: cfg.Key.PublicKey(), limits: cfg.Limits, log: cfg.Logger}
 }
@@ -118,9 +137,30 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_, _ = w.Write(b)
 }
 
+// writeError answers err with status; an error that says the catalog database could not be reached
+// is answered 503 with what to do, whatever status the handler chose.
 func writeError(w http.ResponseWriter, status int, err error) {
+	if catcache.IsUnreachable(err) {
+		status, err = http.StatusServiceUnavailable, unreachable(err)
+	}
 	writeJSON(w, status, api.Error{Error: err.Error()})
 }
+
+// unreachable is the answer to a request that needs the catalog while it cannot be reached.
+func unreachable(err error) error {
+	msg := err.Error()
+	if !strings.Contains(msg, "the catalog is unreachable") {
+		msg = "the catalog is unreachable: " + msg
+	} else if i := strings.Index(msg, "the catalog is unreachable"); i > 0 {
+		msg = msg[i:] // say the catalog first, then what failed
+	}
+	return errors.New(msg + "; try again when it is back")
+}
+
+// uncached is a catalog read directly, for a Server without a cache.
+type uncached struct{ *catalog.Catalog }
+
+func (uncached) Unreachable() error { return nil }
 
 func readJSON(r *http.Request, v any) error {
 	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
@@ -170,6 +210,11 @@ func (sv *Server) EnrollHandler() http.Handler {
 			return
 		case errors.Is(err, catalog.ErrBadDeviceName), errors.Is(err, tunnel.ErrBadPeerKey):
 			writeError(w, http.StatusBadRequest, err)
+			return
+		case catcache.IsUnreachable(err):
+			// The public endpoint names no database host: the detail stays in the node's log.
+			sv.log.Warn("enrollment refused: the catalog is unreachable", "remote", r.RemoteAddr, "err", err)
+			writeError(w, http.StatusServiceUnavailable, errors.New("enrollment: the catalog is unreachable; try again when it is back"))
 			return
 		case err != nil:
 			sv.log.Error("enrollment failed", "err", err)
@@ -226,7 +271,11 @@ func (sv *Server) APIHandler() http.Handler {
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 		defer cancel()
-		u, err := sv.cat.UserByDevice(ctx, ap.Addr())
+		u, err := sv.authz.UserByDevice(ctx, ap.Addr())
+		if catcache.IsUnreachable(err) {
+			writeError(w, http.StatusServiceUnavailable, err)
+			return
+		}
 		if err != nil {
 			writeError(w, http.StatusForbidden, errors.New("this device is not enrolled; run `ferry login TOKEN`"))
 			return
@@ -234,6 +283,14 @@ func (sv *Server) APIHandler() http.Handler {
 		if u.Suspended {
 			writeError(w, http.StatusForbidden, fmt.Errorf("user %s is suspended; ask a Ferry administrator", u.Name))
 			return
+		}
+		// A write needs the catalog: while it is known to be unreachable, say so at once rather
+		// than after the database's connect timeout. Reads try (those the cache answers succeed).
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			if err := sv.authz.Unreachable(); err != nil {
+				writeError(w, http.StatusServiceUnavailable, err)
+				return
+			}
 		}
 		mux.ServeHTTP(w, r.WithContext(context.WithValue(ctx, ctxKey{}, u)))
 	})
@@ -255,12 +312,12 @@ func (sv *Server) apiRouter() *router {
 		writeJSON(w, http.StatusOK, s)
 	})
 	mux.HandleFunc("GET /v1/resources", func(w http.ResponseWriter, r *http.Request) {
-		rs, err := sv.cat.Resources(r.Context())
+		rs, err := sv.authz.Resources(r.Context())
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
-		acc, err := sv.cat.AccessOf(r.Context(), caller(r))
+		acc, err := sv.authz.AccessOf(r.Context(), caller(r))
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return

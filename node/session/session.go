@@ -32,6 +32,14 @@ type Catalog interface {
 	Enroll(ctx context.Context, secret, publicKey, deviceName string, apply func(catalog.Device) error) (catalog.Device, catalog.User, error)
 }
 
+// Lookup is what admission reads for each new flow: the catalog itself, or a read cache of it
+// (node/catcache) that answers from its last snapshot while the catalog database is unreachable.
+type Lookup interface {
+	ResourceByVNAddress(ctx context.Context, ap netip.AddrPort) (resource.Resource, error)
+	UserByDevice(ctx context.Context, addr netip.Addr) (catalog.User, error)
+	AccessOf(ctx context.Context, u catalog.User) (catalog.Access, error)
+}
+
 // Peers is the tunnel's set of WireGuard peers (*tunnel.Tunnel is one).
 type Peers interface {
 	Peers() ([]tunnel.PeerStatus, error)
@@ -45,8 +53,13 @@ const ReconcileInterval = time.Second
 
 // Config configures a Manager.
 type Config struct {
+	// Catalog is read by reconcile, AddPeers and Enroll: always the catalog itself, never a cache,
+	// so that reconcile acts only on what the catalog says now. When a read fails (the catalog is
+	// unreachable) reconcile ends no session and removes no WireGuard peer.
 	Catalog Catalog
-	Peers   Peers
+	// Lookup is what admission reads; nil = Catalog.
+	Lookup Lookup
+	Peers  Peers
 	// Target describes how the proxy reaches and logs in to a resource (node/upstream).
 	Target func(r resource.Resource) pgproxy.Target
 	// Serve serves one admitted session until it ends; ctx ends it (its cause is a *pgproxy.Refusal
@@ -81,6 +94,9 @@ func New(ctx context.Context, cfg Config) *Manager {
 	}
 	if cfg.Interval == 0 {
 		cfg.Interval = ReconcileInterval
+	}
+	if cfg.Lookup == nil {
+		cfg.Lookup = cfg.Catalog
 	}
 	return &Manager{cfg: cfg, log: cfg.Logger, ctx: ctx, kickc: make(chan struct{}, 1), badPeers: map[string]bool{}}
 }
@@ -132,15 +148,15 @@ func (ss *registry) snapshot() []*session {
 // FATAL 28000 when the user is not granted the resource; anything else is answered with RST. ctx only
 // bounds the decision; the session runs under the Manager's context.
 func (m *Manager) Admit(ctx context.Context, f netstack.Flow) (func(net.Conn), error) {
-	r, err := m.cfg.Catalog.ResourceByVNAddress(ctx, f.Local)
+	r, err := m.cfg.Lookup.ResourceByVNAddress(ctx, f.Local)
 	if err != nil {
 		return nil, err
 	}
-	u, err := m.cfg.Catalog.UserByDevice(ctx, f.Remote.Addr())
+	u, err := m.cfg.Lookup.UserByDevice(ctx, f.Remote.Addr())
 	if err != nil {
 		return nil, err
 	}
-	acc, err := m.cfg.Catalog.AccessOf(ctx, u)
+	acc, err := m.cfg.Lookup.AccessOf(ctx, u)
 	if err != nil {
 		return nil, err
 	}

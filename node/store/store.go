@@ -23,8 +23,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
+	"regexp"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -64,6 +67,10 @@ type Options struct {
 	MaxConns int32
 	// Logger receives the change feed's reconnects (nil: slog.Default()).
 	Logger *slog.Logger
+	// FeedProbe is how long the change feed's connection may stay quiet before it is pinged, and
+	// how long the ping may take: a connection that died without a word (a dropped route, a
+	// peer that stopped answering) is noticed and replaced within twice this (0: 30 s).
+	FeedProbe time.Duration
 }
 
 // DB is an open catalog/audit database: a *sql.DB for the queries (written with ? placeholders and
@@ -73,6 +80,7 @@ type DB struct {
 	dialect Dialect
 	pool    *pgxpool.Pool // PostgreSQL only
 	logger  *slog.Logger
+	probe   time.Duration // Options.FeedProbe
 
 	closing context.Context // ends Watch loops on Close
 	close   context.CancelFunc
@@ -106,6 +114,10 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 		return nil, err
 	}
 	db.logger = opts.Logger
+	db.probe = opts.FeedProbe
+	if db.probe <= 0 {
+		db.probe = defaultFeedProbe
+	}
 	db.subs = map[chan struct{}]struct{}{}
 	db.closing, db.close = context.WithCancel(context.Background())
 	return db, nil
@@ -125,11 +137,20 @@ func parseURL(u string) (Dialect, string) {
 	return SQLite, u
 }
 
+// IsPostgres reports whether Open takes url for a PostgreSQL database (a postgres:// or
+// postgresql:// URL, or a libpq key=value string with a key it recognises), not a SQLite file.
+func IsPostgres(url string) bool {
+	kind, _ := parseURL(url)
+	return kind == Postgres
+}
+
 // isKeyValueDSN reports whether s looks like a libpq key=value string ("host=... dbname=...").
 func isKeyValueDSN(s string) bool {
-	for _, k := range []string{"host=", "hostaddr=", "dbname=", "user=", "port=", "service="} {
-		if strings.HasPrefix(strings.TrimSpace(s), k) || strings.Contains(s, " "+k) {
-			return true
+	for _, f := range strings.Fields(s) {
+		for _, k := range []string{"host=", "hostaddr=", "dbname=", "user=", "port=", "service="} {
+			if strings.HasPrefix(f, k) {
+				return true
+			}
 		}
 	}
 	return false
@@ -247,4 +268,32 @@ func IsUnavailable(err error) bool {
 	}
 	var ne net.Error
 	return errors.Is(err, sql.ErrConnDone) || errors.Is(err, driver.ErrBadConn) || errors.As(err, &ne)
+}
+
+var (
+	kvPassword  = regexp.MustCompile(`((?:^|\s)(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)`)
+	urlUserinfo = regexp.MustCompile(`^(\s*[A-Za-z][A-Za-z0-9+.-]*://[^:@/?]*:).*@`)
+	urlPassword = regexp.MustCompile(`([?&](?:ssl)?password=)[^&]*`)
+)
+
+// Redact returns the connection string u (a URL, a libpq key=value string or a SQLite path) with
+// every password masked (a URL's user password, password= and sslpassword= values), for messages
+// that name the database.
+func Redact(u string) string {
+	if !strings.Contains(u, "://") {
+		return kvPassword.ReplaceAllString(u, "${1}xxxxx")
+	}
+	p, err := url.Parse(strings.TrimSpace(u))
+	if err != nil { // pgx also takes URLs Go's parser refuses (host1:5432,host2:5432)
+		return urlPassword.ReplaceAllString(urlUserinfo.ReplaceAllString(u, "${1}xxxxx@"), "${1}xxxxx")
+	}
+	if q := p.Query(); q.Has("password") || q.Has("sslpassword") {
+		for _, k := range []string{"password", "sslpassword"} {
+			if q.Has(k) {
+				q.Set(k, "xxxxx")
+			}
+		}
+		p.RawQuery = q.Encode()
+	}
+	return p.Redacted()
 }

@@ -3,11 +3,13 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Channel is the PostgreSQL notification channel of catalog changes.
@@ -121,7 +123,7 @@ func (db *DB) watchLoop(ctx context.Context, conn *pgx.Conn, out chan struct{}) 
 		}
 	}
 	for {
-		_, err := conn.WaitForNotification(ctx)
+		err := db.waitOrProbe(ctx, conn)
 		if err == nil {
 			signal()
 			continue
@@ -153,6 +155,30 @@ func (db *DB) watchLoop(ctx context.Context, conn *pgx.Conn, out chan struct{}) 
 		}
 		db.logger.Info("catalog change feed: reconnected")
 		signal() // changes may have been missed while disconnected
+	}
+}
+
+// defaultFeedProbe is Options.FeedProbe's default.
+const defaultFeedProbe = 30 * time.Second
+
+// waitOrProbe waits for a notification on conn. Quiet for db.probe, the connection is pinged (within
+// db.probe): TCP alone would notice a connection that died without a FIN or RST only after its
+// keepalives (pgx: about 50 minutes), and the feed would stay silent meanwhile. It returns nil on a
+// notification and an error when the connection is lost or ctx ends.
+func (db *DB) waitOrProbe(ctx context.Context, conn *pgx.Conn) error {
+	for {
+		wctx, cancel := context.WithTimeout(ctx, db.probe)
+		_, err := conn.WaitForNotification(wctx)
+		cancel()
+		if err == nil || ctx.Err() != nil || !(pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded)) {
+			return err
+		}
+		pctx, cancel := context.WithTimeout(ctx, db.probe)
+		err = conn.Ping(pctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("the connection did not answer a ping within %s: %w", db.probe, err)
+		}
 	}
 }
 
