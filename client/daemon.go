@@ -304,12 +304,18 @@ func (d *Daemon) Status(ctx context.Context) Status {
 	}
 	st.NodeChange, st.NodeListError = d.fleet.note, d.fleet.listErr
 	d.fleet.mu.Unlock()
-	sctx, cancel := context.WithTimeout(ctx, d.link.probeTimeout())
+	probe := d.link.probeTimeout()
+	sctx, cancel := context.WithTimeout(ctx, probe)
 	rs, err := d.api.Resources(sctx)
 	cancel()
 	if err != nil {
 		st.NodeError = err.Error()
-		if acc := d.checkAccount(ctx); accountError(acc, st.User) != "" {
+		// The account check asks the enrollment node, which may be the dead one: bounded too, so
+		// that a status always answers (the node in use and the node change are its news then).
+		actx, cancel := context.WithTimeout(ctx, probe)
+		acc := d.checkAccount(actx)
+		cancel()
+		if accountError(acc, st.User) != "" {
 			st.NodeError = accountError(acc, st.User)
 			st.Suspended, st.DeviceRemoved = acc == api.DeviceSuspended, acc == api.DeviceUnknown
 		}

@@ -96,7 +96,9 @@ func (f *fleetLab) waitNodeList(t *testing.T, ctx context.Context, c *fleet.Clie
 // status is c's daemon's status, asked for with a bound of 3 s: while the node in use does not
 // answer, the daemon's status waits for it (its resources, then the account check) that long.
 func status(ctx context.Context, c *fleet.Client) (client.Status, error) {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	// A status answers within two probes of the node (the resource list, then the account check)
+	// even while the node in use is dead.
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	return c.Control().Status(ctx)
 }
@@ -124,13 +126,20 @@ func waitUsing(t *testing.T, ctx context.Context, c *fleet.Client, name string, 
 
 // waitLeaves waits up to within until c's daemon uses another node than name and returns its
 // status.
+// failoverBound is how long a test waits for a client to leave a dead node. The client moves
+// after 3 s of silence and a 3 s unanswered handshake (client/failover.go), within the 10 s;
+// the bound leaves room for a loaded CI machine, and waitLeaves logs the time it took.
+const failoverBound = 20 * time.Second
+
 func waitLeaves(t *testing.T, ctx context.Context, c *fleet.Client, name string, within time.Duration) client.Status {
 	t.Helper()
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
 	for {
 		st, err := status(ctx, c)
 		if err == nil && st.Node != "" && st.Node != name {
+			t.Logf("the client on %s left %s after %v", c.Host.Name, name, time.Since(start).Round(100*time.Millisecond))
 			return st
 		}
 		select {
@@ -208,7 +217,7 @@ func TestThreeNodesOneCatalog(t *testing.T) {
 	if err := f.nodes[0].Stop(); err != nil {
 		t.Fatal(err)
 	}
-	st := waitLeaves(t, ctx, c, "node-1", 10*time.Second)
+	st := waitLeaves(t, ctx, c, "node-1", failoverBound)
 	t.Logf("the client uses %s: %s", st.Node, st.NodeChange)
 	sql := "SELECT 'through " + st.Node + "'"
 	if out, err := c.Psql(ctx, conn, sql); err != nil || out != "through "+st.Node {

@@ -124,7 +124,7 @@ func TestNodeKilledUnderLoad(t *testing.T) {
 
 	f.nodes[0].Kill()
 	t.Log("node-1 killed")
-	st := waitLeaves(t, ctx, a, "node-1", 10*time.Second)
+	st := waitLeaves(t, ctx, a, "node-1", failoverBound)
 	t.Logf("device A uses %s: %s", st.Node, st.NodeChange)
 	if out, err := a.Psql(ctx, connA, "SELECT 'after the failover'"); err != nil || out != "after the failover" {
 		t.Errorf("a new connection of device A after the failover: %q, %v", out, err)
