@@ -17,7 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/ferryhq/ferry/internal/pgbin"
+	"github.com/ferryhq/ferry/internal/pgserver"
 )
 
 // superuser is the name of the real server's bootstrap superuser; Azure
@@ -36,7 +36,7 @@ type postgres struct {
 	sockDir string
 	logFile string
 	binDir  string
-	acct    *pgbin.Account
+	acct    *pgserver.Account
 	maxConn int
 	dir     string
 
@@ -84,7 +84,7 @@ func worldTraversable(dir string) bool {
 }
 
 // findPGBinDir returns the directory holding initdb and postgres: dir if given, else
-// pgbin.FindBinDir's.
+// pgserver.FindBinDir's.
 func findPGBinDir(dir string) (string, error) {
 	if dir != "" {
 		if _, err := os.Stat(filepath.Join(dir, "postgres")); err != nil {
@@ -92,7 +92,7 @@ func findPGBinDir(dir string) (string, error) {
 		}
 		return dir, nil
 	}
-	d, err := pgbin.FindBinDir()
+	d, err := pgserver.FindBinDir()
 	if err != nil {
 		return "", fmt.Errorf("%w, or set Config.PGBinDir", err)
 	}
@@ -104,7 +104,7 @@ func startPostgres(ctx context.Context, log *slog.Logger, binDir, dir string, ma
 	if err != nil {
 		return nil, err
 	}
-	acct, err := pgbin.RunAs()
+	acct, err := pgserver.RunAs()
 	if err != nil {
 		return nil, fmt.Errorf("start PostgreSQL: %w", err)
 	}
@@ -143,7 +143,7 @@ func startPostgres(ctx context.Context, log *slog.Logger, binDir, dir string, ma
 		"--no-sync", "--no-instructions")
 	initdb.Dir = dir
 	initdb.Env = pgEnv()
-	initdb.SysProcAttr = pgbin.SysProcAttr(acct)
+	initdb.SysProcAttr = pgserver.SysProcAttr(acct)
 	var out bytes.Buffer
 	initdb.Stdout, initdb.Stderr = &out, &out
 	t0 := time.Now()
@@ -181,7 +181,7 @@ func (pg *postgres) launch(ctx context.Context) error {
 	)
 	cmd.Dir = pg.dir
 	cmd.Env = pgEnv()
-	cmd.SysProcAttr = pgbin.SysProcAttr(pg.acct)
+	cmd.SysProcAttr = pgserver.SysProcAttr(pg.acct)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return err

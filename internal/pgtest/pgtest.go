@@ -25,7 +25,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/ferryhq/ferry/internal/pgbin"
+	"github.com/ferryhq/ferry/internal/pgserver"
 )
 
 // Superuser is the bootstrap superuser of the servers.
@@ -35,12 +35,12 @@ const Superuser = "ferry"
 const port = 5432
 
 // ErrNoBinaries is returned (wrapped) when no PostgreSQL server binaries are installed.
-var ErrNoBinaries = pgbin.ErrNoBinaries
+var ErrNoBinaries = pgserver.ErrNoBinaries
 
 // Server is a running PostgreSQL server.
 type Server struct {
 	dir, dataDir, sockDir, logFile, binDir string
-	acct                                   *pgbin.Account
+	acct                                   *pgserver.Account
 
 	version int // server_version_num
 
@@ -51,9 +51,9 @@ type Server struct {
 	dbs     atomic.Int64
 }
 
-// FindBinDir returns the directory holding initdb and postgres (pgbin.FindBinDir). The error wraps
+// FindBinDir returns the directory holding initdb and postgres (pgserver.FindBinDir). The error wraps
 // ErrNoBinaries.
-func FindBinDir() (string, error) { return pgbin.FindBinDir() }
+func FindBinDir() (string, error) { return pgserver.FindBinDir() }
 
 // makeDir makes the server's temp dir; as root under a base the PostgreSQL account can traverse.
 func makeDir() (string, error) {
@@ -81,7 +81,7 @@ func StartServer(ctx context.Context) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	acct, err := pgbin.RunAs()
+	acct, err := pgserver.RunAs()
 	if err != nil {
 		return nil, fmt.Errorf("start PostgreSQL: %w", err)
 	}
@@ -140,7 +140,7 @@ func (s *Server) init(ctx context.Context) error {
 	defer cancel()
 	initdb := exec.CommandContext(ctx, filepath.Join(s.binDir, "initdb"), "-D", s.dataDir, "-U", Superuser,
 		"-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions")
-	initdb.Dir, initdb.Env, initdb.SysProcAttr = s.dir, env(), pgbin.SysProcAttr(s.acct)
+	initdb.Dir, initdb.Env, initdb.SysProcAttr = s.dir, env(), pgserver.SysProcAttr(s.acct)
 	var out bytes.Buffer
 	initdb.Stdout, initdb.Stderr = &out, &out
 	if err := initdb.Run(); err != nil {
@@ -160,7 +160,7 @@ func (s *Server) Start(ctx context.Context) error {
 		"-c", "listen_addresses=", "-c", "unix_socket_permissions=0777", "-c", "fsync=off",
 		"-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "shared_buffers=16MB",
 		"-c", "max_connections=200", "-c", "dynamic_shared_memory_type=mmap")
-	cmd.Dir, cmd.Env, cmd.SysProcAttr = s.dir, env(), pgbin.SysProcAttr(s.acct)
+	cmd.Dir, cmd.Env, cmd.SysProcAttr = s.dir, env(), pgserver.SysProcAttr(s.acct)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start PostgreSQL: %w", err)
