@@ -29,8 +29,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ferryhq/ferry/internal/pgserver"
 	"github.com/google/uuid"
+
+	"github.com/ferryhq/ferry/internal/pgserver"
 )
 
 // Resource is the resource URI (and JWT audience) of Azure Database for
