@@ -314,7 +314,8 @@ func (s *Server) ConnString(database string) string {
 		s.sockDir, s.cfg.Port, s.cfg.Superuser, database)
 }
 
-// Exec runs sql as the superuser in the postgres database.
+// Exec runs sql as the superuser in the postgres database. The error does not quote sql (it may
+// hold a password).
 func (s *Server) Exec(ctx context.Context, sql string) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -324,7 +325,7 @@ func (s *Server) Exec(ctx context.Context, sql string) error {
 	}
 	defer c.Close(context.Background())
 	if _, err := c.Exec(ctx, sql).ReadAll(); err != nil {
-		return fmt.Errorf("run %q: %w", sql, err)
+		return fmt.Errorf("exec as superuser: %w", err)
 	}
 	return nil
 }

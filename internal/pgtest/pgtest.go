@@ -102,6 +102,14 @@ func (s *Server) URL(database string) string {
 	return (&url.URL{Scheme: "postgres", User: url.User(Superuser), Path: "/" + database, RawQuery: q.Encode()}).String()
 }
 
+// Exec runs sql as the superuser in the postgres database; the error quotes sql.
+func (s *Server) Exec(ctx context.Context, sql string) error {
+	if err := s.Server.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("run %q: %w", sql, err)
+	}
+	return nil
+}
+
 // NewDatabase creates an empty database and returns its name.
 func (s *Server) NewDatabase(ctx context.Context) (string, error) {
 	name := fmt.Sprintf("test_%d_%d", os.Getpid(), s.dbs.Add(1))
