@@ -15,6 +15,7 @@ import (
 // client daemon; a program of your own would bring up package tunnel with its enrolled key).
 func Example() {
 	ctx := context.Background()
+	// demo.Start, not testenv.Start: an example has no testing.T (and shows the plain API).
 	env, err := demo.Start(ctx, demo.Options{NoResource: true})
 	if err != nil {
 		fmt.Println("start a node:", err)
@@ -73,6 +74,7 @@ func Example() {
 // ID the node reads from it with its managed identity; a store in use cannot be deleted.
 func Example_secretStore() {
 	ctx := context.Background()
+	// demo.Start, not testenv.Start: an example has no testing.T (and shows the plain API).
 	env, err := demo.Start(ctx, demo.Options{NoResource: true})
 	if err != nil {
 		fmt.Println("start a node:", err)

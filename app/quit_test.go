@@ -18,6 +18,7 @@ import (
 
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node"
 )
 
@@ -122,11 +123,7 @@ func TestQuitsCleanly(t *testing.T) {
 	bin := buildFerry(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), NoResource: true})
-	if err != nil {
-		t.Fatalf("start demo: %v", err)
-	}
-	t.Cleanup(func() { env.Close() })
+	env := testenv.Start(t, demo.Options{Dir: t.TempDir(), NoResource: true})
 	enrolled := client.Dirs{Config: filepath.Join(t.TempDir(), "cfg"), Runtime: filepath.Join(t.TempDir(), "run")}
 	tok, err := env.Node.EnrollToken(ctx, node.DefaultAdmin)
 	if err != nil {

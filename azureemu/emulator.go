@@ -30,6 +30,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/ferryhq/ferry/internal/pgserver"
 )
 
 // Resource is the resource URI (and JWT audience) of Azure Database for
@@ -98,7 +100,7 @@ type Emulator struct {
 	imdsLn  net.Listener
 	imdsSrv *http.Server
 
-	pg *postgres
+	pg *pgserver.Server
 
 	ca    *authority
 	front *front
@@ -238,7 +240,7 @@ func (e *Emulator) Close() error {
 			cancel()
 		}
 		if e.pg != nil {
-			if err := e.pg.stop(); err != nil {
+			if err := e.pg.Stop(); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -358,13 +360,13 @@ func (e *Emulator) CreateDatabase(ctx context.Context, name, owner string) error
 // Exec runs sql (one or more statements, simple query protocol) as the
 // superuser on the real server.
 func (e *Emulator) Exec(ctx context.Context, sql string) error {
-	return e.pg.exec(ctx, sql)
+	return e.pg.Exec(ctx, sql)
 }
 
 // SuperuserConnString is a libpq/pgx keyword/value connection string that
 // reaches the real server as its superuser over the unix socket (no TLS,
 // trust auth), bypassing the front.
-func (e *Emulator) SuperuserConnString() string { return e.pg.connString("postgres") }
+func (e *Emulator) SuperuserConnString() string { return e.pg.ConnString("postgres") }
 
 // IMDSRequests returns a copy of the requests IMDS has answered, oldest first.
 func (e *Emulator) IMDSRequests() []IMDSRequest {

@@ -66,7 +66,7 @@ func TestEmulatorLifecycle(t *testing.T) {
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatalf("temp dir %s still exists after Close (stat err %v)", dir, err)
 	}
-	if _, err := os.Stat(e.pg.socketPath()); !os.IsNotExist(err) {
+	if _, err := os.Stat(e.pg.SocketPath()); !os.IsNotExist(err) {
 		t.Fatalf("socket still exists after Close")
 	}
 	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)

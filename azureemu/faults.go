@@ -3,7 +3,6 @@ package azureemu
 import (
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -115,21 +114,11 @@ func (e *Emulator) isRevoked(token string) bool {
 // 57P01 ("terminating connection due to administrator command"), and until StartPostgres the front
 // answers logins with FATAL 08006.
 func (e *Emulator) StopPostgres() error {
-	return e.pg.stop()
+	return e.pg.Stop()
 }
 
 // StartPostgres starts the real PostgreSQL server again on its data dir after StopPostgres and
 // waits until it accepts connections.
 func (e *Emulator) StartPostgres(ctx context.Context) error {
-	if cmd, done := e.pg.process(); cmd != nil {
-		select {
-		case <-done:
-		default:
-			return errors.New("start PostgreSQL: it is running")
-		}
-	}
-	if err := e.pg.launch(ctx); err != nil {
-		return fmt.Errorf("start PostgreSQL: %w", err)
-	}
-	return nil
+	return e.pg.Start(ctx)
 }

@@ -185,7 +185,7 @@ func (f *front) handle(raw net.Conn) {
 		return
 	}
 
-	server, err := net.DialTimeout("unix", f.e.pg.socketPath(), dialTimeout)
+	server, err := net.DialTimeout("unix", f.e.pg.SocketPath(), dialTimeout)
 	if err != nil {
 		log.Warn("PostgreSQL front: dial real server failed", "err", err)
 		_ = sendFatal(tlsConn, "08006", "could not connect to the database server", err.Error(), "")
@@ -338,7 +338,7 @@ func relay(client net.Conn, tr *bufio.Reader, server net.Conn) {
 // server takes one in plaintext or after SSLRequest (protocol §55.2.8). The
 // key is the real server's: the front relays its BackendKeyData unchanged.
 func (f *front) forwardCancel(cr *pgproto3.CancelRequest, log *slog.Logger) {
-	c, err := net.DialTimeout("unix", f.e.pg.socketPath(), dialTimeout)
+	c, err := net.DialTimeout("unix", f.e.pg.SocketPath(), dialTimeout)
 	if err != nil {
 		log.Warn("PostgreSQL front: CancelRequest not forwarded", "err", err)
 		return

@@ -1,16 +1,15 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
 	"os/exec"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 )
 
 // TestEnrollTokenCommands: `ferry admin users enroll` prints the token's ID; --list (table and
@@ -20,13 +19,7 @@ func TestEnrollTokenCommands(t *testing.T) {
 	if _, err := exec.LookPath("psql"); err != nil {
 		t.Skip("psql is not installed")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), NoResource: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { env.Close() })
+	env := testenv.Start(t, demo.Options{Dir: t.TempDir(), NoResource: true})
 	t.Setenv(client.EnvConfigDir, env.Dirs.Config)
 	t.Setenv(client.EnvRuntimeDir, env.Dirs.Runtime)
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node"
 )
 
@@ -31,18 +32,12 @@ func TestCommandsAgainstDemo(t *testing.T) {
 	if _, err := exec.LookPath("psql"); err != nil {
 		t.Skip("psql is not installed")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	// Single Server mode, so that the reference page's example (username mi_user@mypg) logs in as is.
 	// The hostnames of the catalog-only resources below join the emulator's on the node's allow-list.
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP(), SingleServer: true,
+	env := testenv.Start(t, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP(), SingleServer: true,
 		NodeConfig: func(c *node.Config) {
 			c.AllowedServerHosts = append(c.AllowedServerHosts, "a.example", "b.example", "bulk.example")
 		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { env.Close() })
 	t.Setenv(client.EnvConfigDir, env.Dirs.Config)
 	t.Setenv(client.EnvRuntimeDir, env.Dirs.Runtime)
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 )
 
 // syncBuffer is a log sink safe for the daemon's goroutines.
@@ -43,12 +44,8 @@ func TestRefusedDaemonLeavesRunningTunnel(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var logs syncBuffer
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP(),
+	env := testenv.Start(t, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP(),
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { env.Close() })
 	t.Setenv(client.EnvConfigDir, env.Dirs.Config)
 	t.Setenv(client.EnvRuntimeDir, env.Dirs.Runtime)
 
@@ -97,11 +94,7 @@ func TestRefusedDaemonLeavesRunningTunnel(t *testing.T) {
 func TestSimultaneousDaemonsOneStarts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { env.Close() })
+	env := testenv.Start(t, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
 	st, err := client.NewControl(env.Dirs).Status(ctx)
 	if err != nil {
 		t.Fatal(err)

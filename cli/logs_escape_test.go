@@ -11,6 +11,7 @@ import (
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 )
 
 // TestLogsTablesEscapeControlCharacters: an enrolled user's SQL (and the server's errors it
@@ -20,11 +21,7 @@ import (
 func TestLogsTablesEscapeControlCharacters(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { env.Close() })
+	env := testenv.Start(t, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
 	t.Setenv(client.EnvConfigDir, env.Dirs.Config)
 	t.Setenv(client.EnvRuntimeDir, env.Dirs.Runtime)
 

@@ -1,14 +1,13 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/resource"
 )
 
@@ -18,13 +17,7 @@ import (
 // its path both set, paths without a store, bad secret names and paths, and deleting a store that
 // resources use (the refusal lists them).
 func TestSecretStoreCommands(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), NoResource: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { env.Close() })
+	env := testenv.Start(t, demo.Options{Dir: t.TempDir(), NoResource: true})
 	t.Setenv(client.EnvConfigDir, env.Dirs.Config)
 	t.Setenv(client.EnvRuntimeDir, env.Dirs.Runtime)
 	const clientID = "11111111-2222-3333-4444-555555555555"

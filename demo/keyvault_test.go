@@ -1,14 +1,13 @@
 package demo_test
 
 import (
-	"context"
 	"os/exec"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 )
 
 // TestKeyVaultDemo: the demo's azure-pg-mi-kv, whose username and client ID the node reads from the
@@ -18,13 +17,7 @@ func TestKeyVaultDemo(t *testing.T) {
 	if _, err := exec.LookPath("psql"); err != nil {
 		t.Skip("psql is not installed (apt-get install postgresql-client)")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP(), KeyVault: true})
-	if err != nil {
-		t.Fatalf("start demo: %v", err)
-	}
-	t.Cleanup(func() { env.Close() })
+	env := testenv.Start(t, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP(), KeyVault: true})
 	out, err := psql(t, client.ConnString(env.KVResource), "-c", "SELECT current_user")
 	if err != nil || strings.TrimSpace(out) != demo.Role {
 		t.Fatalf("psql on %s: %v: %q, want %s", demo.KVResourceName, err, out, demo.Role)

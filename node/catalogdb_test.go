@@ -3,19 +3,14 @@ package node_test
 import (
 	"bytes"
 	"context"
-	"errors"
 	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
-
-	"github.com/ferryhq/ferry/azureemu"
 	"github.com/ferryhq/ferry/demo"
-	"github.com/ferryhq/ferry/internal/pgtest"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node"
 	"github.com/ferryhq/ferry/tunnel"
 )
@@ -27,27 +22,12 @@ import (
 // sslmode, an unknown CA or a host outside allowed_server_hosts is refused. A second node on the
 // same catalog follows changes made through the first (a device enrolled, its user suspended).
 func TestCatalogOnAzurePostgresWithManagedIdentity(t *testing.T) {
-	if _, err := pgtest.FindBinDir(); errors.Is(err, pgtest.ErrNoBinaries) {
-		t.Skip(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	emu, err := azureemu.Start(ctx, azureemu.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emu.Close() })
-	id := azureemu.Identity{ClientID: uuid.NewString(), ObjectID: uuid.NewString(), DisplayName: "ferry-catalog-mi"}
-	emu.AddUserIdentity(id)
-	if err := emu.CreatePrincipal(ctx, "ferry-catalog-mi", id.ObjectID); err != nil {
-		t.Fatal(err)
-	}
-	if err := emu.CreateDatabase(ctx, "ferrycatalog", "ferry-catalog-mi"); err != nil {
-		t.Fatal(err)
-	}
+	emu := testenv.StartCatalogDB(t)
 	base := demo.NodeConfig(emu)
-	base.CatalogURL = "postgres://ferry-catalog-mi@" + emu.Hostname() + ":5432/ferrycatalog"
-	base.CatalogClientID = id.ClientID
+	base.CatalogURL = testenv.CatalogURL(emu)
+	base.CatalogClientID = demo.CatalogIdentity.ClientID
 
 	refusals := []struct {
 		name string
@@ -68,7 +48,7 @@ func TestCatalogOnAzurePostgresWithManagedIdentity(t *testing.T) {
 			}
 		})
 	}
-	if n := len(superuserQuery(t, ctx, emu, `SELECT tablename::text FROM pg_tables WHERE tablename = 'users'`)); n != 0 {
+	if n := len(testenv.CatalogQuery(t, ctx, emu, `SELECT tablename::text FROM pg_tables WHERE tablename = 'users'`)); n != 0 {
 		t.Fatal("a refused init created the catalog")
 	}
 
@@ -76,14 +56,10 @@ func TestCatalogOnAzurePostgresWithManagedIdentity(t *testing.T) {
 	if _, err := node.Init(ctx, dir, base, "admin"); err != nil {
 		t.Fatal(err)
 	}
-	if got := superuserQuery(t, ctx, emu, `SELECT name FROM users WHERE admin`); len(got) != 1 || got[0] != "admin" {
+	if got := testenv.CatalogQuery(t, ctx, emu, `SELECT name FROM users WHERE admin`); len(got) != 1 || got[0] != "admin" {
 		t.Fatalf("admins in the PostgreSQL catalog: %q", got)
 	}
-	asked := false
-	for _, r := range emu.IMDSRequests() {
-		asked = asked || (strings.EqualFold(r.ClientID, id.ClientID) && r.Status == 200)
-	}
-	if !asked {
+	if !testenv.TokenIssued(emu, demo.CatalogIdentity.ClientID) {
 		t.Fatalf("no token was issued for the catalog identity: %+v", emu.IMDSRequests())
 	}
 	n, err := node.Start(ctx, dir, base, slog.New(slog.DiscardHandler))
@@ -94,7 +70,7 @@ func TestCatalogOnAzurePostgresWithManagedIdentity(t *testing.T) {
 	if err := n.Catalog().AddUser(ctx, "bob", false); err != nil {
 		t.Fatal(err)
 	}
-	if got := superuserQuery(t, ctx, emu, `SELECT name FROM users ORDER BY name`); strings.Join(got, ",") != "admin,bob" {
+	if got := testenv.CatalogQuery(t, ctx, emu, `SELECT name FROM users ORDER BY name`); strings.Join(got, ",") != "admin,bob" {
 		t.Fatalf("users in the PostgreSQL catalog after a write through the node: %q", got)
 	}
 	// A second node on the same catalog admits a device enrolled through the first, and drops it
@@ -156,28 +132,9 @@ func TestCatalogOnAzurePostgresWithManagedIdentity(t *testing.T) {
 		t.Fatalf("doctor does not name the PostgreSQL catalog:\n%s", out.String())
 	}
 	// The audit log lives in the same database: one audit trail for the fleet.
-	if got := superuserQuery(t, ctx, emu, `SELECT name || '=' || version FROM schema_versions WHERE name = 'audit'`); strings.Join(got, ",") != "audit=2" {
+	if got := testenv.CatalogQuery(t, ctx, emu, `SELECT name || '=' || version FROM schema_versions WHERE name = 'audit'`); strings.Join(got, ",") != "audit=2" {
 		t.Fatalf("audit schema in the PostgreSQL catalog: %q, want audit=2", got)
 	}
-}
-
-// superuserQuery runs a one-column query on the emulator's ferrycatalog database as the superuser.
-func superuserQuery(t *testing.T, ctx context.Context, emu *azureemu.Emulator, q string) []string {
-	t.Helper()
-	conn, err := pgx.Connect(ctx, strings.Replace(emu.SuperuserConnString(), "dbname=postgres", "dbname=ferrycatalog", 1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
 
 // TestCatalogSettingsFromEnv: FERRY_NODE_CATALOG_URL and FERRY_NODE_CATALOG_CLIENT_ID override

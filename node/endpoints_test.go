@@ -25,6 +25,7 @@ import (
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node"
 )
 
@@ -243,16 +244,12 @@ func TestEndpointsSlowClients(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP(), NodeConfig: func(c *node.Config) {
+	env := testenv.Start(t, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP(), NodeConfig: func(c *node.Config) {
 		c.HTTPReadTimeout = node.Duration(2 * time.Second)
 		c.HTTPIdleTimeout = node.Duration(2 * time.Second)
 		c.HTTPMaxConnsPerSource = 16
 		c.HTTPMaxConns = 64
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { env.Close() })
 	addr := env.Node.EnrollAddr().String()
 
 	// A second device: its daemon plays the slow clients inside the tunnel.

@@ -23,6 +23,7 @@ import (
 	"github.com/ferryhq/ferry/azureemu"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node"
 	"github.com/ferryhq/ferry/resource"
 )
@@ -33,15 +34,11 @@ import (
 func TestHealth(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), NoResource: true, NodeConfig: func(c *node.Config) {
+	env := testenv.Start(t, demo.Options{Dir: t.TempDir(), NoResource: true, NodeConfig: func(c *node.Config) {
 		c.MetricsListen = "127.0.0.1:0"
 		c.HealthInterval = node.Duration(time.Hour) // only creation, change and on-demand checks here
 		c.HealthStepTimeout = node.Duration(5 * time.Second)
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { env.Close() })
 	id := azureemu.Identity{ClientID: uuid.NewString(), ObjectID: uuid.NewString(), DisplayName: "ferry-mi-health"}
 	env.Emu.AddUserIdentity(id)
 	if err := env.Emu.CreatePrincipal(ctx, "ferry-mi-health", id.ObjectID); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node"
 	"github.com/ferryhq/ferry/resource"
 )
@@ -21,13 +22,9 @@ import (
 func TestEnrollmentAndPermissions(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), NoResource: true, NodeConfig: func(c *node.Config) {
+	env := testenv.Start(t, demo.Options{Dir: t.TempDir(), NoResource: true, NodeConfig: func(c *node.Config) {
 		c.AllowedServerHosts = append(c.AllowedServerHosts, "h.example") // catalog-only resources below
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { env.Close() })
 
 	if err := env.Node.Catalog().AddUser(ctx, "engineer", false); err != nil {
 		t.Fatal(err)

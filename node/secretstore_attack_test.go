@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferryhq/ferry/azureemu"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node"
 	"github.com/ferryhq/ferry/resource"
 )
@@ -23,16 +24,12 @@ func TestSecretStoreHostileValues(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	logs := &syncBuffer{}
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), NoResource: true,
+	env := testenv.Start(t, demo.Options{Dir: t.TempDir(), NoResource: true,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		NodeConfig: func(c *node.Config) {
 			c.HealthInterval = node.Duration(time.Hour)
 			c.HealthStepTimeout = node.Duration(10 * time.Second)
 		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { env.Close() })
 	emu := env.Emu
 	role := "kv-" + uuid.NewString()[:13]
 	id := azureemu.Identity{ClientID: uuid.NewString(), ObjectID: uuid.NewString(), DisplayName: role}

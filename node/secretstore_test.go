@@ -20,6 +20,7 @@ import (
 	"github.com/ferryhq/ferry/azureemu"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node"
 	"github.com/ferryhq/ferry/resource"
 )
@@ -80,7 +81,7 @@ func TestSecretStoreKeyVault(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	logs := &syncBuffer{}
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), NoResource: true,
+	env := testenv.Start(t, demo.Options{Dir: t.TempDir(), NoResource: true,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		NodeConfig: func(c *node.Config) {
 			c.HealthInterval = node.Duration(time.Hour)
@@ -89,10 +90,6 @@ func TestSecretStoreKeyVault(t *testing.T) {
 			c.SecretMaxStaleness = node.Duration(15 * time.Second)
 			c.MetricsListen = "127.0.0.1:0"
 		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { env.Close() })
 	emu := env.Emu
 
 	// The role names are the secret values: random, so that a hit in the logs is a leak.

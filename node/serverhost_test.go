@@ -22,6 +22,7 @@ import (
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
 	"github.com/ferryhq/ferry/internal/pgtrap"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node"
 	"github.com/ferryhq/ferry/node/serverhost"
 	"github.com/ferryhq/ferry/resource"
@@ -38,7 +39,7 @@ func TestTokenOnlyToAllowedHostsOverTLS(t *testing.T) {
 	trap, attacker := pgtrap.Start(t), pgtrap.Start(t)
 	const trapHost = "trap.postgres.database.azure.com"
 	var cfg node.Config
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), NoResource: true, NodeConfig: func(c *node.Config) {
+	env := testenv.Start(t, demo.Options{Dir: t.TempDir(), NoResource: true, NodeConfig: func(c *node.Config) {
 		c.HealthInterval = node.Duration(time.Hour) // only creation, change and on-demand checks here
 		c.HealthStepTimeout = node.Duration(5 * time.Second)
 		c.AllowedServerHosts = append(c.AllowedServerHosts, trapHost)
@@ -46,10 +47,6 @@ func TestTokenOnlyToAllowedHostsOverTLS(t *testing.T) {
 		c.HostOverrides["attacker.example"] = attacker.Addr()
 		cfg = *c
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { env.Close() })
 	if want := []string{strings.ToLower(env.Emu.Hostname()), trapHost}; strings.Join(cfg.AllowedServerHosts, ",") != strings.Join(want, ",") {
 		t.Fatalf("the demo's allow-list is %v, want exactly the emulator's name (and the test's %s)", cfg.AllowedServerHosts, trapHost)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node"
 	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/node/pgproxy"
@@ -47,14 +48,10 @@ func TestSessionPanicKeepsNodeRunning(t *testing.T) {
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
 	marker := []byte("ferry_node_panic_marker")
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackPort: port, NodeConfig: func(c *node.Config) {
+	env := testenv.Start(t, demo.Options{Dir: t.TempDir(), LoopbackPort: port, NodeConfig: func(c *node.Config) {
 		c.MetricsListen = "127.0.0.1:0"
 		c.SessionTestHook = func(conn net.Conn) net.Conn { return &panicOnRead{Conn: conn, marker: marker} }
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { env.Close() })
 	conn := client.ConnString(env.Resource)
 	metricsURL := "http://" + env.Node.MetricsAddr().String()
 	if got := scrape(t, metricsURL)["ferry_node_session_panics_total"]; got != 0 {

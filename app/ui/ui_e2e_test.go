@@ -24,6 +24,7 @@ import (
 	"github.com/ferryhq/ferry/cli"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node"
 )
 
@@ -121,11 +122,7 @@ func TestDesktopAgainstDemo(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
-	if err != nil {
-		t.Fatalf("start demo: %v", err)
-	}
-	t.Cleanup(func() { env.Close() })
+	env := testenv.Start(t, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
 	t.Setenv(client.EnvConfigDir, env.Dirs.Config) // for the CLI commands below
 	t.Setenv(client.EnvRuntimeDir, env.Dirs.Runtime)
 

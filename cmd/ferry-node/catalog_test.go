@@ -3,18 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
-
-	"github.com/ferryhq/ferry/azureemu"
 	"github.com/ferryhq/ferry/demo"
 	"github.com/ferryhq/ferry/internal/pgtest"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node"
 	"github.com/ferryhq/ferry/node/catalog"
 	"github.com/ferryhq/ferry/node/store"
@@ -114,47 +110,21 @@ func TestCatalogMigrateCommand(t *testing.T) {
 // (emulated) Azure Database for PostgreSQL server with the --catalog-client-id identity's token,
 // which the server validates: the node's first admin arrives there.
 func TestCatalogMigrateWithManagedIdentity(t *testing.T) {
-	if _, err := pgtest.FindBinDir(); errors.Is(err, pgtest.ErrNoBinaries) {
-		t.Skip(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	emu, err := azureemu.Start(ctx, azureemu.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emu.Close() })
-	id := azureemu.Identity{ClientID: uuid.NewString(), ObjectID: uuid.NewString(), DisplayName: "ferry-node-1"}
-	emu.AddUserIdentity(id)
-	if err := emu.CreatePrincipal(ctx, id.DisplayName, id.ObjectID); err != nil {
-		t.Fatal(err)
-	}
-	if err := emu.CreateDatabase(ctx, "ferrycatalog", id.DisplayName); err != nil {
-		t.Fatal(err)
-	}
+	emu := testenv.StartCatalogDB(t)
 	state := filepath.Join(t.TempDir(), "node")
 	if _, err := node.Init(ctx, state, demo.NodeConfig(emu), "admin"); err != nil {
 		t.Fatal(err)
 	}
-	to := "postgres://" + id.DisplayName + "@" + emu.Hostname() + ":5432/ferrycatalog"
-	out, err := runNode(t, "catalog", "migrate", "--state", state, "--to", to, "--catalog-client-id", id.ClientID)
+	out, err := runNode(t, "catalog", "migrate", "--state", state, "--to", testenv.CatalogURL(emu), "--catalog-client-id", demo.CatalogIdentity.ClientID)
 	if err != nil {
 		t.Fatalf("migrate: %v\n%s", err, out)
 	}
-	asked := false
-	for _, r := range emu.IMDSRequests() {
-		asked = asked || r.ClientID == id.ClientID && r.Status == 200
-	}
-	if !asked {
+	if !testenv.TokenIssued(emu, demo.CatalogIdentity.ClientID) {
 		t.Error("no token was asked for the catalog identity")
 	}
-	conn, err := pgx.Connect(ctx, strings.Replace(emu.SuperuserConnString(), "dbname=postgres", "dbname=ferrycatalog", 1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	var admins int
-	if err := conn.QueryRow(ctx, `SELECT count(*) FROM users WHERE admin AND name = 'admin'`).Scan(&admins); err != nil || admins != 1 {
-		t.Fatalf("the node's admin in the target: %d, %v", admins, err)
+	if got := testenv.CatalogQuery(t, ctx, emu, `SELECT name FROM users WHERE admin`); len(got) != 1 || got[0] != "admin" {
+		t.Fatalf("the node's admins in the target: %q", got)
 	}
 }

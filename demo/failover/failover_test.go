@@ -161,6 +161,7 @@ func selectOne(ctx context.Context, conn string) error {
 func TestFailover(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
+	// demo.Start, not testenv.Start: not yet run under the leak check (node A is closed and restarted outside env).
 	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP(), Logger: logger(t),
 		NodeConfig: func(c *node.Config) { c.Name = "node-a" }})
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/ferryhq/ferry/azureemu"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 )
 
 // sessions is how many idle sessions each side of the measurement holds (the emulator's server
@@ -50,15 +51,7 @@ func TestIdleSessionMemory(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	env, err := demo.Start(ctx, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
-	if err != nil {
-		t.Fatalf("start demo: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := env.Close(); err != nil {
-			t.Errorf("stop demo: %v", err)
-		}
-	})
+	env := testenv.Start(t, demo.Options{Dir: t.TempDir(), LoopbackIP: demo.RandomLoopbackIP()})
 
 	now := time.Now()
 	token, err := env.Emu.IssueToken(azureemu.Identity{ClientID: demo.ClientID, ObjectID: demo.ObjectID, DisplayName: demo.IdentityName},

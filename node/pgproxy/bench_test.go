@@ -16,26 +16,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
-// tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(b *testing.B) (net.Conn, net.Conn) {
-	b.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := l.Accept()
-		accepted <- c
-	}()
-	c, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	return c, <-accepted
-}
-
 // BenchmarkRelay measures the client-to-server path of the relay (framing,
 // size check, buffering) with a COPY FROM STDIN stream of CopyData messages
 // over loopback TCP: client -> relay -> sink. Bytes/s is of the stream.
@@ -47,8 +27,8 @@ func BenchmarkRelay(b *testing.B) {
 			for len(stream) < 4<<20 {
 				stream, _ = msg.Encode(stream)
 			}
-			client, proxyClient := tcpPair(b)
-			proxyServer, sink := tcpPair(b)
+			client, proxyClient := loopbackPair(b)
+			proxyServer, sink := loopbackPair(b)
 			p := New(Config{Logger: slog.New(slog.DiscardHandler)})
 			relayed := make(chan string, 1)
 			go func() {

@@ -9,22 +9,19 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
-)
 
-// pgBin is where the PostgreSQL 15 server binaries are installed (Debian).
-const pgBin = "/usr/lib/postgresql/15/bin"
+	"github.com/ferryhq/ferry/internal/pgserver"
+)
 
 // testHost is the server's host name: it only exists in its certificate and
 // in the Dial override that maps it to loopback.
@@ -80,131 +77,49 @@ func fakeToken() string {
 	return b.String()
 }
 
-// pgCredential is who runs initdb and postgres: PostgreSQL refuses to run as
-// root, so under root it is the "postgres" user if present, else "nobody".
-func pgCredential(tb testing.TB) *syscall.Credential {
-	if os.Geteuid() != 0 {
-		return nil
-	}
-	for _, name := range []string{"postgres", "nobody"} {
-		u, err := user.Lookup(name)
-		if err != nil {
-			continue
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-	}
-	tb.Skip("running as root and neither a postgres nor a nobody user exists to run PostgreSQL")
-	return nil
-}
-
-func chownAll(tb testing.TB, dir string, cred *syscall.Credential) {
-	tb.Helper()
-	if cred == nil {
-		return
-	}
-	err := filepath.Walk(dir, func(path string, _ os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		return os.Lchown(path, int(cred.Uid), int(cred.Gid))
-	})
-	if err != nil {
-		tb.Fatalf("chown %s: %v", dir, err)
-	}
-}
-
-// startPostgres starts a PostgreSQL 15 server on a free loopback port with
-// ssl=on, pg_hba "hostssl all all 127.0.0.1/32 password" (and "reject" for
-// database rejectdb), databases appdb and rejectdb, and role mi_user whose
-// password is a fake token. It is stopped by tb.Cleanup.
+// startPostgres starts a PostgreSQL server (internal/pgserver) on a free loopback port with
+// ssl=on, pg_hba "hostssl all all 127.0.0.1/32 password" (and "reject" for database rejectdb),
+// databases appdb, otherdb and rejectdb, and role mi_user whose password is a fake token. It is
+// stopped by tb.Cleanup.
 func startPostgres(tb testing.TB) *testPG {
 	tb.Helper()
-	if _, err := os.Stat(filepath.Join(pgBin, "postgres")); err != nil {
-		tb.Skipf("PostgreSQL 15 server binaries not installed in %s: %v", pgBin, err)
-	}
-	cred := pgCredential(tb)
-	dir, err := os.MkdirTemp("", "ferry-pgproxy-")
+	ctx := context.Background()
+	dir, err := pgserver.MakeTempDir("ferry-pgproxy-")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { os.RemoveAll(dir) })
-	data := filepath.Join(dir, "data")
-	sock := filepath.Join(dir, "sock")
-	if err := os.Mkdir(sock, 0o700); err != nil {
+	srv, err := pgserver.New(pgserver.Config{
+		Dir: dir, Superuser: "postgres", Port: freePort(tb), ListenAddresses: "127.0.0.1", MaxConnections: 40,
+		Settings: []string{"ssl=on", "ssl_cert_file=server.crt", "ssl_key_file=server.key"},
+	})
+	if errors.Is(err, pgserver.ErrNoBinaries) {
+		tb.Skipf("PostgreSQL tests skipped: %v", err)
+	}
+	if err != nil {
 		tb.Fatal(err)
 	}
-	chownAll(tb, dir, cred)
-
-	run := func(name string, args ...string) {
-		cmd := exec.Command(filepath.Join(pgBin, name), args...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			tb.Fatalf("%s: %v\n%s", name, err, out)
-		}
+	if err := srv.Init(ctx); err != nil {
+		tb.Fatal(err)
 	}
-	run("initdb", "-D", data, "-U", "postgres", "--auth-local=trust", "--auth-host=reject", "--no-sync", "-E", "UTF8", "--locale=C")
-
 	roots, certPEM, keyPEM := makeServerCert(tb, testHost)
 	hba := "local all all trust\n" +
 		"hostssl rejectdb all 127.0.0.1/32 reject\n" +
 		"hostssl all all 127.0.0.1/32 password\n"
 	for name, content := range map[string][]byte{"pg_hba.conf": []byte(hba), "server.crt": certPEM, "server.key": keyPEM} {
-		if err := os.WriteFile(filepath.Join(data, name), content, 0o600); err != nil {
+		if err := srv.WriteDataFile(name, content); err != nil {
 			tb.Fatal(err)
 		}
 	}
-	chownAll(tb, dir, cred)
-
-	port := freePort(tb)
-	logFile := filepath.Join(dir, "postgres.log")
-	logf, err := os.Create(logFile)
-	if err != nil {
+	if err := srv.Start(ctx); err != nil {
 		tb.Fatal(err)
 	}
-	defer logf.Close()
-	cmd := exec.Command(filepath.Join(pgBin, "postgres"), "-D", data, "-p", strconv.Itoa(port), "-k", sock,
-		"-c", "listen_addresses=127.0.0.1", "-c", "ssl=on", "-c", "ssl_cert_file=server.crt", "-c", "ssl_key_file=server.key",
-		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=40",
-		"-c", "shared_buffers=16MB", "-c", "dynamic_shared_memory_type=mmap")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		tb.Fatalf("start postgres: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
 	tb.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGINT) // fast shutdown
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-exited
+		if err := srv.Stop(); err != nil {
+			tb.Errorf("stop PostgreSQL: %v", err)
 		}
 	})
-
-	pg := &testPG{port: port, sockDir: sock, roots: roots, token: fakeToken()}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := exec.Command(filepath.Join(pgBin, "pg_isready"), "-q", "-h", sock, "-p", strconv.Itoa(port), "-U", "postgres").Run()
-		if err == nil {
-			break
-		}
-		select {
-		case <-exited:
-			out, _ := os.ReadFile(logFile)
-			tb.Fatalf("postgres exited at start:\n%s", out)
-		default:
-		}
-		if time.Now().After(deadline) {
-			out, _ := os.ReadFile(logFile)
-			tb.Fatalf("postgres not ready after 30s:\n%s", out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	pg := &testPG{port: srv.Port(), sockDir: srv.SocketDir(), roots: roots, token: fakeToken()}
 	pg.psqlAdmin(tb, "CREATE ROLE mi_user LOGIN PASSWORD '"+pg.token+"'")
 	pg.psqlAdmin(tb, "CREATE DATABASE appdb OWNER mi_user")
 	pg.psqlAdmin(tb, "CREATE DATABASE otherdb OWNER mi_user")

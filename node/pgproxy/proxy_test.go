@@ -63,23 +63,13 @@ func startProxy(tb testing.TB, cfg Config, target Target) *testProxy {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	tp := &testProxy{addr: l.Addr().String(), port: l.Addr().(*net.TCPAddr).Port, audit: log, db: db, dbPath: dbPath, stop: cancel}
-	tp.wg.Add(1)
-	go func() {
-		defer tp.wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			tp.active.Add(1)
-			tp.wg.Add(1)
-			go func() {
-				defer tp.wg.Done()
-				defer tp.active.Add(-1)
-				p.Serve(ctx, c, target, Session{User: "alice", ClientAddr: c.RemoteAddr().String()})
-			}()
+	acceptLoop(l, &tp.wg, func(c net.Conn) func() {
+		tp.active.Add(1)
+		return func() {
+			defer tp.active.Add(-1)
+			p.Serve(ctx, c, target, Session{User: "alice", ClientAddr: c.RemoteAddr().String()})
 		}
-	}()
+	})
 	tb.Cleanup(func() {
 		l.Close()
 		cancel()

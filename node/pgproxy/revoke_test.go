@@ -52,30 +52,20 @@ func (sp *sessionProxy) listen(t *testing.T, s Session) int {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	sp.wg.Add(1)
-	go func() {
-		defer sp.wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			ctx, end := context.WithCancelCause(context.Background())
-			sp.mu.Lock()
-			sp.ends = append(sp.ends, end)
-			sp.mu.Unlock()
-			sp.wg.Add(1)
-			sp.running.Add(1)
-			go func() {
-				defer sp.wg.Done()
-				defer sp.running.Add(-1)
-				defer end(nil)
-				s := s
-				s.ClientAddr = c.RemoteAddr().String()
-				sp.p.Serve(ctx, c, sp.t, s)
-			}()
+	acceptLoop(l, &sp.wg, func(c net.Conn) func() {
+		ctx, end := context.WithCancelCause(context.Background())
+		sp.mu.Lock()
+		sp.ends = append(sp.ends, end)
+		sp.mu.Unlock()
+		sp.running.Add(1)
+		return func() {
+			defer sp.running.Add(-1)
+			defer end(nil)
+			s := s
+			s.ClientAddr = c.RemoteAddr().String()
+			sp.p.Serve(ctx, c, sp.t, s)
 		}
-	}()
+	})
 	return l.Addr().(*net.TCPAddr).Port
 }
 

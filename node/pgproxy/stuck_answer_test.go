@@ -3,35 +3,12 @@ package pgproxy
 import (
 	"context"
 	"encoding/binary"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/ferryhq/ferry/node/audit"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
-
-// loopbackPair returns both ends of a loopback TCP connection, closed at cleanup.
-func loopbackPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() { c, _ := l.Accept(); accepted <- c }()
-	c, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := <-accepted
-	if s == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c, s
-}
 
 // TestEndedSessionWhileServerAnswersUnfinishedRequest: a hostile server answers a request the
 // client is still sending (and the client stalls). Ending the session must still end the relay:

@@ -1,8 +1,4 @@
-// Package pgbin finds the installed PostgreSQL server binaries and the account to run them as: the
-// part shared by the Azure emulator's PostgreSQL (azureemu) and the tests' throwaway servers
-// (internal/pgtest). PostgreSQL refuses to run as root, so under root it runs as the postgres (or
-// nobody) account.
-package pgbin
+package pgserver
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package pgbin
+package pgserver
 
 import "syscall"
 

@@ -1,12 +1,7 @@
 package pgtest
 
-import (
-	"errors"
-	"syscall"
-)
+import "errors"
 
 var errUnsupported = errors.New("unsupported platform")
 
 func supported() error { return nil }
-
-const interrupt = syscall.SIGINT

@@ -2,13 +2,8 @@
 
 package pgtest
 
-import (
-	"errors"
-	"os"
-)
+import "errors"
 
 var errUnsupported = errors.New("throwaway PostgreSQL servers for tests run on Linux only")
 
 func supported() error { return errUnsupported }
-
-var interrupt = os.Interrupt

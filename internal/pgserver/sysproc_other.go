@@ -1,6 +1,6 @@
 //go:build !linux && !windows
 
-package pgbin
+package pgserver
 
 import "syscall"
 
