@@ -48,7 +48,7 @@ func runFleet(ctx context.Context, o fleetOptions) int {
 			fmt.Fprintln(os.Stderr, "ferry-demo: interrupted while starting; everything started is stopped")
 			return 130
 		}
-		fmt.Fprintln(os.Stderr, "ferry-demo:", err)
+		startFailed(err)
 		return 1
 	}
 	code := 0

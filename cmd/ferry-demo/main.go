@@ -92,10 +92,7 @@ func runInProcess(ctx context.Context, o fleetOptions) int {
 			fmt.Fprintln(os.Stderr, "ferry-demo: interrupted while starting; everything started is stopped")
 			return 130
 		}
-		fmt.Fprintln(os.Stderr, "ferry-demo:", err)
-		if strings.Contains(err.Error(), "address already in use") {
-			fmt.Fprintln(os.Stderr, "ferry-demo: another program holds that address; choose another with -port 10101 or -ip 127.0.0.2")
-		}
+		startFailed(err)
 		return 1
 	}
 	fmt.Println(env.EnvLine())
@@ -115,6 +112,14 @@ func runInProcess(ctx context.Context, o fleetOptions) int {
 		return 1
 	}
 	return 0
+}
+
+// startFailed says why the demo could not start, and what to do when an address was taken.
+func startFailed(err error) {
+	fmt.Fprintln(os.Stderr, "ferry-demo:", err)
+	if strings.Contains(err.Error(), "address already in use") {
+		fmt.Fprintln(os.Stderr, "ferry-demo: another program holds that address; choose another with -port 10101 or -ip 127.0.0.2")
+	}
 }
 
 // checkNodes says why ferry-demo cannot start n nodes, or nil when it can.
