@@ -24,7 +24,10 @@ import (
 func runFleet(ctx context.Context, o fleetOptions) int {
 	netns := o.netns
 	if netns {
-		if err := netlab.Check(); err != nil {
+		if os.Geteuid() != 0 {
+			fmt.Fprintf(os.Stderr, "ferry-demo: not root, so no network namespaces: the %d nodes run as ferry-node processes on loopback ports of their own (as root each gets a namespace and an address)\n", o.nodes)
+			netns = false
+		} else if err := netlab.Check(); err != nil {
 			fmt.Fprintf(os.Stderr, "ferry-demo: no network namespaces (%v): the %d nodes run as ferry-node processes on loopback ports of their own\n", strings.TrimPrefix(err.Error(), "netlab: "), o.nodes)
 			netns = false
 		}
@@ -73,7 +76,11 @@ func printFleet(ctx context.Context, w io.Writer, f *fleetdemo.Fleet) error {
 	fmt.Fprintln(w, demo.EnvLine(f.Client.Dirs))
 	fmt.Fprintln(w, "ready: "+client.ConnString(f.Client.Resource))
 	fmt.Fprintln(w, "ready-kv: "+client.ConnString(f.Client.KVResource))
-	fmt.Fprintf(w, "catalog: %s (server at %s on host %s)\n", f.Catalog.CatalogURL(), f.Catalog.DB.Addr(), f.Catalog.Host.Name)
+	if f.Lab != nil {
+		fmt.Fprintf(w, "catalog: %s (server at %s, namespace %s)\n", f.Catalog.CatalogURL(), f.Catalog.DB.Addr(), f.Catalog.Host.NS)
+	} else {
+		fmt.Fprintf(w, "catalog: %s (server at %s)\n", f.Catalog.CatalogURL(), f.Catalog.DB.Addr())
+	}
 	fmt.Fprintln(w, "ferry-node: "+f.NodeBinary)
 	for _, n := range f.Nodes {
 		tok, err := n.EnrollToken(ctx, node.DefaultAdmin)

@@ -272,8 +272,10 @@ func stopDemo(t *testing.T, r *demoRun) {
 	if err := r.cmd.Process.Signal(os.Interrupt); err != nil {
 		t.Fatal(err)
 	}
+	start := time.Now()
 	select {
 	case <-r.done:
+		t.Logf("ferry-demo stopped %v after SIGINT", time.Since(start).Round(100*time.Millisecond))
 	case <-time.After(60 * time.Second):
 		t.Fatalf("ferry-demo did not stop within 60 s of SIGINT\n%s", r.errText())
 	}
@@ -379,7 +381,7 @@ func TestFleetDemoLoopback(t *testing.T) {
 		}
 		ports[n.enroll] = true
 	}
-	if os.Geteuid() != 0 && !strings.Contains(r.errText(), "no network namespaces") {
+	if os.Geteuid() != 0 && !strings.Contains(r.errText(), "not root, so no network namespaces") {
 		t.Errorf("without root ferry-demo does not say why the nodes run on loopback:\n%s", r.errText())
 	}
 	enrollAndQuery(t, ctx, r.nodes[2].token, "node-3")

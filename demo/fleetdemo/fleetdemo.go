@@ -119,29 +119,31 @@ func Start(ctx context.Context, opt Options) (f *Fleet, err error) {
 		return nil, fmt.Errorf("fleetdemo: %w", err)
 	}
 	bins := fleet.Binaries{Node: f.NodeBinary}
+	cfgs := make([]node.Config, opt.Nodes)
 	for i, h := range hosts {
-		cfg, err := f.nodeConfig(h, i, opt.Netns)
-		if err != nil {
+		if cfgs[i], err = f.nodeConfig(h, i, opt.Netns); err != nil {
 			return nil, err
 		}
 		if opt.Node != nil {
-			opt.Node(i, &cfg)
+			opt.Node(i, &cfgs[i])
 		}
-		initNode := fleet.JoinNode
-		if i == 0 {
-			initNode = fleet.InitNode
-		}
-		n, err := initNode(ctx, bins, h, filepath.Join(f.dir, nodeName(i)), cfg)
-		if err != nil {
-			return nil, fmt.Errorf("fleetdemo: %w", err)
-		}
-		f.Nodes = append(f.Nodes, n)
 	}
-	for _, n := range f.Nodes {
-		// Ready when this namespace reaches it: where the person running the demo is.
-		if err := n.Start(ctx, netlab.Here()); err != nil {
-			return nil, fmt.Errorf("fleetdemo: %w", err)
-		}
+	// node-1 makes the deployment; the others join it, all at once, and then all start at once.
+	f.Nodes = make([]*fleet.Node, opt.Nodes)
+	if f.Nodes[0], err = fleet.InitNode(ctx, bins, hosts[0], filepath.Join(f.dir, nodeName(0)), cfgs[0]); err != nil {
+		return nil, fmt.Errorf("fleetdemo: %w", err)
+	}
+	err = each(opt.Nodes-1, func(i int) (err error) {
+		i++
+		f.Nodes[i], err = fleet.JoinNode(ctx, bins, hosts[i], filepath.Join(f.dir, nodeName(i)), cfgs[i])
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("fleetdemo: %w", err)
+	}
+	// Each ready when this namespace reaches it: where the person running the demo is.
+	if err := each(opt.Nodes, func(i int) error { return f.Nodes[i].Start(ctx, netlab.Here()) }); err != nil {
+		return nil, fmt.Errorf("fleetdemo: %w", err)
 	}
 	copt := opt.Client
 	copt.Logger = log
@@ -149,6 +151,21 @@ func Start(ctx context.Context, opt Options) (f *Fleet, err error) {
 		return nil, fmt.Errorf("fleetdemo: %w", err)
 	}
 	return f, nil
+}
+
+// each runs fn(0) … fn(n-1) at once and returns their errors joined.
+func each(n int, fn func(i int) error) error {
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fn(i)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // nodeName is the name of node i (0-based): node-1, node-2, ….
@@ -205,20 +222,16 @@ func (f *Fleet) Dir() string { return f.dir }
 // when Start made it, the directory.
 func (f *Fleet) Close() error {
 	errs := []error{f.Client.Close()}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, n := range f.Nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := n.Stop(); err != nil {
-				mu.Lock()
-				errs = append(errs, fmt.Errorf("%s: %w", n.Name, err))
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+	errs = append(errs, each(len(f.Nodes), func(i int) error {
+		n := f.Nodes[i]
+		if n == nil {
+			return nil
+		}
+		if err := n.Stop(); err != nil {
+			return fmt.Errorf("%s: %w", n.Name, err)
+		}
+		return nil
+	}))
 	if f.Catalog != nil {
 		errs = append(errs, f.Catalog.Close())
 	}
