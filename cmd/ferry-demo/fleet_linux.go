@@ -59,6 +59,17 @@ func runFleet(ctx context.Context, o fleetOptions) int {
 		fmt.Fprintln(os.Stderr, "ferry-demo:", err)
 		code = 1
 	} else {
+		for _, n := range f.Nodes {
+			go func() {
+				select {
+				case <-n.Done():
+					if ctx.Err() == nil {
+						fmt.Fprintf(os.Stderr, "ferry-demo: %s (ferry-node) exited; the others keep running. Its log:\n%s", n.Name, n.Log())
+					}
+				case <-ctx.Done():
+				}
+			}()
+		}
 		<-ctx.Done()
 	}
 	fmt.Fprintln(os.Stderr, "stopping…")

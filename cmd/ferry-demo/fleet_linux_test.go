@@ -90,9 +90,10 @@ func (r *demoRun) errText() string {
 	return r.stderr.String()
 }
 
-// startDemo runs ferry-demo with args and waits (up to 80 s) for its "nodes:" line; at cleanup it
-// is killed if it still runs.
-func startDemo(t *testing.T, args ...string) *demoRun {
+// startDemo runs ferry-demo with args (as the user cred when not nil, with HOME set to home when
+// not empty) and waits (up to 80 s) for its "nodes:" line; at cleanup it is killed if it still
+// runs.
+func startDemo(t *testing.T, cred *syscall.Credential, home string, args ...string) *demoRun {
 	t.Helper()
 	demoPath, nodePath := buildBinaries(t)
 	start := time.Now()
@@ -101,7 +102,10 @@ func startDemo(t *testing.T, args ...string) *demoRun {
 	}()
 	r := &demoRun{lines: map[string]string{}, done: make(chan struct{}), nodeBin: nodePath}
 	r.cmd = exec.Command(demoPath, append([]string{"-ferry-node", nodePath}, args...)...)
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Credential: cred}
+	if home != "" {
+		r.cmd.Env = append(os.Environ(), "HOME="+home)
+	}
 	stdout, err := r.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -295,7 +299,7 @@ func TestFleetDemoNamespaces(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	r := startDemo(t, "-nodes", "3", "-ip", demo.RandomLoopbackIP())
+	r := startDemo(t, nil, "", "-nodes", "3", "-ip", demo.RandomLoopbackIP())
 	if len(r.nodes) != 3 {
 		t.Fatalf("ferry-demo printed %d nodes: %v", len(r.nodes), r.lines)
 	}
@@ -354,10 +358,11 @@ func TestFleetDemoNamespaces(t *testing.T) {
 	}
 }
 
-// TestFleetDemoLoopback: `ferry-demo -nodes 3 -netns=false` (what runs without root) runs three
-// ferry-node processes in this machine's namespace on loopback ports of their own; a device
-// enrolled with node-3's token runs psql through node-3; after SIGINT nothing is left: no process,
-// no listener on the nodes' ports, no directory.
+// TestFleetDemoLoopback: `ferry-demo -nodes 3` without root (as root, the test runs it as the user
+// nobody) says in one line why there are no namespaces and runs three ferry-node processes in this
+// machine's namespace on loopback ports of their own; a device enrolled with node-3's token runs
+// psql through node-3; after SIGINT nothing is left: no process, no listener on the nodes' ports,
+// no directory, and nothing was written to the user's home.
 func TestFleetDemoLoopback(t *testing.T) {
 	if _, err := exec.LookPath("psql"); err != nil {
 		t.Skip("needs psql")
@@ -365,9 +370,28 @@ func TestFleetDemoLoopback(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	r := startDemo(t, "-nodes", "3", "-netns=false", "-ip", demo.RandomLoopbackIP())
+	var cred *syscall.Credential
+	if os.Geteuid() == 0 {
+		cred = &syscall.Credential{Uid: 65534, Gid: 65534} // nobody
+		buildBinaries(t)
+		if err := os.Chmod(binDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	home, err := os.MkdirTemp("", "ferry-demo-test-home-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(home) })
+	if err := os.Chmod(home, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	r := startDemo(t, cred, home, "-nodes", "3", "-ip", demo.RandomLoopbackIP())
 	if len(r.nodes) != 3 {
 		t.Fatalf("ferry-demo printed %d nodes: %v", len(r.nodes), r.lines)
+	}
+	if n := strings.Count(r.errText(), "not root, so no network namespaces"); n != 1 {
+		t.Errorf("without root ferry-demo does not say once why the nodes run on loopback:\n%s", r.errText())
 	}
 	self := netNS(t, "self")
 	ports := map[string]bool{}
@@ -381,12 +405,12 @@ func TestFleetDemoLoopback(t *testing.T) {
 		}
 		ports[n.enroll] = true
 	}
-	if os.Geteuid() != 0 && !strings.Contains(r.errText(), "not root, so no network namespaces") {
-		t.Errorf("without root ferry-demo does not say why the nodes run on loopback:\n%s", r.errText())
-	}
 	enrollAndQuery(t, ctx, r.nodes[2].token, "node-3")
 	stopDemo(t, r)
 	checkGone(t, ctx, r)
+	if ents, err := os.ReadDir(home); err != nil || len(ents) > 0 {
+		t.Errorf("ferry-demo left %v in its HOME (%v)", ents, err)
+	}
 	for _, n := range r.nodes {
 		if c, err := net.DialTimeout("tcp", n.enroll, 2*time.Second); err == nil {
 			c.Close()

@@ -409,6 +409,14 @@ func (n *Node) PublicHost() string {
 // WireGuardPort is the node's WireGuard UDP port.
 func (n *Node) WireGuardPort() int { return n.wgPort }
 
+// Done is closed when the node's current process has exited (nil before Start).
+func (n *Node) Done() <-chan struct{} {
+	if n.proc == nil {
+		return nil
+	}
+	return n.proc.Done()
+}
+
 // Log is what the node's current (or last) process has logged.
 func (n *Node) Log() string {
 	if n.proc == nil {

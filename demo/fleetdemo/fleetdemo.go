@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -119,15 +120,21 @@ func Start(ctx context.Context, opt Options) (f *Fleet, err error) {
 		return nil, fmt.Errorf("fleetdemo: %w", err)
 	}
 	bins := fleet.Binaries{Node: f.NodeBinary}
+	var ports *portPicker
+	if !opt.Netns {
+		ports = &portPicker{}
+		defer ports.release()
+	}
 	cfgs := make([]node.Config, opt.Nodes)
 	for i, h := range hosts {
-		if cfgs[i], err = f.nodeConfig(h, i, opt.Netns); err != nil {
+		if cfgs[i], err = f.nodeConfig(h, i, ports); err != nil {
 			return nil, err
 		}
 		if opt.Node != nil {
 			opt.Node(i, &cfgs[i])
 		}
 	}
+	ports.release() // the nodes take them now
 	// node-1 makes the deployment; the others join it, all at once, and then all start at once.
 	f.Nodes = make([]*fleet.Node, opt.Nodes)
 	if f.Nodes[0], err = fleet.InitNode(ctx, bins, hosts[0], filepath.Join(f.dir, nodeName(0)), cfgs[0]); err != nil {
@@ -171,23 +178,23 @@ func each(n int, fn func(i int) error) error {
 // nodeName is the name of node i (0-based): node-1, node-2, ….
 func nodeName(i int) string { return "node-" + strconv.Itoa(i+1) }
 
-// nodeConfig is node i's config on host h: in a lab, the defaults' ports at the host's address; on
-// loopback, ports of its own (free when picked) and its metrics endpoint on one of its own.
-func (f *Fleet) nodeConfig(h *netlab.Host, i int, netns bool) (node.Config, error) {
+// nodeConfig is node i's config on host h: in a lab (ports nil), the defaults' ports at the
+// host's address; on loopback, ports of its own from ports, and its metrics endpoint on one too.
+func (f *Fleet) nodeConfig(h *netlab.Host, i int, ports *portPicker) (node.Config, error) {
 	cfg := f.Catalog.NodeConfig(h)
 	cfg.Name = nodeName(i)
-	if netns {
+	if ports == nil {
 		return cfg, nil
 	}
-	enroll, err := freePort("tcp")
+	enroll, err := ports.pick("tcp")
 	if err != nil {
 		return cfg, err
 	}
-	wg, err := freePort("udp")
+	wg, err := ports.pick("udp")
 	if err != nil {
 		return cfg, err
 	}
-	metrics, err := freePort("tcp")
+	metrics, err := ports.pick("tcp")
 	if err != nil {
 		return cfg, err
 	}
@@ -196,22 +203,37 @@ func (f *Fleet) nodeConfig(h *netlab.Host, i int, netns bool) (node.Config, erro
 	return cfg, nil
 }
 
-// freePort is a port of 127.0.0.1 that nothing listens on (network "tcp" or "udp") when asked.
-func freePort(network string) (int, error) {
+// portPicker picks free ports of 127.0.0.1 and holds them until release, so that no two picks are
+// the same port.
+type portPicker struct{ held []io.Closer }
+
+// pick is a port of 127.0.0.1 that nothing else listens on (network "tcp" or "udp").
+func (p *portPicker) pick(network string) (int, error) {
 	if network == "udp" {
 		c, err := net.ListenPacket("udp", "127.0.0.1:0")
 		if err != nil {
 			return 0, fmt.Errorf("fleetdemo: pick a UDP port: %w", err)
 		}
-		defer c.Close()
+		p.held = append(p.held, c)
 		return c.LocalAddr().(*net.UDPAddr).Port, nil
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("fleetdemo: pick a TCP port: %w", err)
 	}
-	defer ln.Close()
+	p.held = append(p.held, ln)
 	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// release lets the picked ports go (nil: nothing).
+func (p *portPicker) release() {
+	if p == nil {
+		return
+	}
+	for _, c := range p.held {
+		_ = c.Close()
+	}
+	p.held = nil
 }
 
 // Dir is the fleet's directory (the nodes' state directories, the client's, the built ferry-node).
