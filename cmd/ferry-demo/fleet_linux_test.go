@@ -91,8 +91,8 @@ func (r *demoRun) errText() string {
 }
 
 // startDemo runs ferry-demo with args (as the user cred when not nil, with HOME set to home when
-// not empty) and waits (up to 80 s) for its "nodes:" line; at cleanup it is killed if it still
-// runs.
+// not empty) and waits (up to 80 s) for its "nodes:" line; at cleanup it is stopped (SIGINT, then
+// SIGKILL after 30 s) if it still runs.
 func startDemo(t *testing.T, cred *syscall.Credential, home string, args ...string) *demoRun {
 	t.Helper()
 	demoPath, nodePath := buildBinaries(t)
@@ -122,8 +122,14 @@ func startDemo(t *testing.T, cred *syscall.Credential, home string, args ...stri
 		select {
 		case <-r.done:
 		default:
-			_ = r.cmd.Process.Kill()
-			<-r.done
+			// As Ctrl-C, so that it removes what it made; killed if it does not stop in time.
+			_ = r.cmd.Process.Signal(os.Interrupt)
+			select {
+			case <-r.done:
+			case <-time.After(30 * time.Second):
+				_ = r.cmd.Process.Kill()
+				<-r.done
+			}
 		}
 		if t.Failed() {
 			t.Logf("ferry-demo's standard error:\n%s", r.errText())
