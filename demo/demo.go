@@ -124,6 +124,17 @@ type Env struct {
 	ownsDir bool
 }
 
+// AdminClient is the demo's client: a device of the first admin with its daemon running in this
+// process, and the demo's resources added and connected through it.
+type AdminClient struct {
+	Daemon *client.Daemon
+	Dirs   client.Dirs
+	// Resource is azure-pg-mi-prod as connected (unless Options.NoResource).
+	Resource client.ResourceStatus
+	// KVResource is azure-pg-mi-kv as connected (with Options.KeyVault).
+	KVResource client.ResourceStatus
+}
+
 // Start builds the installation. On error everything started so far is stopped.
 func Start(ctx context.Context, opt Options) (env *Env, err error) {
 	log := opt.Logger
@@ -207,18 +218,42 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
-	e.Dirs = client.Dirs{Config: filepath.Join(e.dir, "client"), Runtime: filepath.Join(e.dir, "run")}
-	if _, err := client.Login(ctx, e.Dirs, tok, "demo"); err != nil {
-		return nil, fmt.Errorf("demo: %w", err)
+	c, err := StartAdminClient(ctx, e.dir, e.Emu, tok, opt)
+	if err != nil {
+		return nil, err
 	}
-	if e.Daemon, err = client.StartDaemon(ctx, e.Dirs, log.With("component", "client")); err != nil {
-		return nil, fmt.Errorf("demo: %w", err)
+	e.Daemon, e.Dirs, e.Resource, e.KVResource = c.Daemon, c.Dirs, c.Resource, c.KVResource
+	return e, nil
+}
+
+// StartAdminClient enrolls the demo's client with token (the first admin's, issued by a node whose
+// config came from NodeConfig(emu)) keeping its state under dir (client, run), runs its daemon in
+// this process, and, unless opt.NoResource, adds and connects azure-pg-mi-prod (and with
+// opt.KeyVault the secret store demo-kv and azure-pg-mi-kv) on emu's server. On error the daemon
+// is stopped; otherwise Close stops it.
+func StartAdminClient(ctx context.Context, dir string, emu *azureemu.Emulator, token string, opt Options) (c AdminClient, err error) {
+	log := opt.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
+	c.Dirs = client.Dirs{Config: filepath.Join(dir, "client"), Runtime: filepath.Join(dir, "run")}
+	if _, err := client.Login(ctx, c.Dirs, token, "demo"); err != nil {
+		return c, fmt.Errorf("demo: %w", err)
+	}
+	if c.Daemon, err = client.StartDaemon(ctx, c.Dirs, log.With("component", "client")); err != nil {
+		return c, fmt.Errorf("demo: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = c.Daemon.Close()
+			c.Daemon = nil
+		}
+	}()
 	if opt.NoResource {
-		return e, nil
+		return c, nil
 	}
 	r := resource.New(ResourceName)
-	r.Hostname = e.Emu.Hostname()
+	r.Hostname = emu.Hostname()
 	r.Database = Database
 	r.Username = Role
 	r.ManagedIdentityClientID = ClientID
@@ -227,18 +262,26 @@ func Start(ctx context.Context, opt Options) (env *Env, err error) {
 	r.UseAzureSingleServerUsernames = opt.SingleServer
 	r.PortOverride = opt.LoopbackPort
 	r.Tags = map[string]string{"env": "production", "team": "data"}
-	if _, err := e.Daemon.API().AddDatasource(ctx, r); err != nil {
-		return nil, fmt.Errorf("demo: add %s: %w", ResourceName, err)
+	if _, err := c.Daemon.API().AddDatasource(ctx, r); err != nil {
+		return c, fmt.Errorf("demo: add %s: %w", ResourceName, err)
 	}
-	if e.Resource, err = e.Daemon.Connect(ctx, ResourceName); err != nil {
-		return nil, fmt.Errorf("demo: %w", err)
+	if c.Resource, err = c.Daemon.Connect(ctx, ResourceName); err != nil {
+		return c, fmt.Errorf("demo: %w", err)
 	}
 	if opt.KeyVault {
-		if err := e.addKeyVault(ctx, opt); err != nil {
-			return nil, fmt.Errorf("demo: %w", err)
+		if err := c.addKeyVault(ctx, emu, opt); err != nil {
+			return c, fmt.Errorf("demo: %w", err)
 		}
 	}
-	return e, nil
+	return c, nil
+}
+
+// Close stops the client's daemon.
+func (c *AdminClient) Close() error {
+	if c.Daemon == nil {
+		return nil
+	}
+	return c.Daemon.Close()
 }
 
 // initNode makes a node's state in dir. The first node of a shared catalog (or the single node)
@@ -253,40 +296,43 @@ func initNode(ctx context.Context, dir string, cfg node.Config, first bool) erro
 
 // addKeyVault puts the login of azure-pg-mi-prod's identity into the emulator's Key Vault, lets the
 // VM's system-assigned identity read it, and adds the store and azure-pg-mi-kv reading from it.
-func (e *Env) addKeyVault(ctx context.Context, opt Options) error {
+func (c *AdminClient) addKeyVault(ctx context.Context, emu *azureemu.Emulator, opt Options) error {
 	login, err := json.Marshal(map[string]string{"user": Role, "client": ClientID})
 	if err != nil {
 		return err
 	}
-	if _, err := e.Emu.SetSecret(VaultName, "pg-login", string(login)); err != nil {
+	if _, err := emu.SetSecret(VaultName, "pg-login", string(login)); err != nil {
 		return err
 	}
-	e.Emu.GrantSecretsUser(VaultName, e.Emu.System().ObjectID)
-	st, err := e.Daemon.API().AddSecretStore(ctx, resource.SecretStore{Name: KVStoreName, Type: resource.SecretStoreTypeAzureKeyVault, VaultURI: e.Emu.VaultURI(VaultName)})
+	emu.GrantSecretsUser(VaultName, emu.System().ObjectID)
+	st, err := c.Daemon.API().AddSecretStore(ctx, resource.SecretStore{Name: KVStoreName, Type: resource.SecretStoreTypeAzureKeyVault, VaultURI: emu.VaultURI(VaultName)})
 	if err != nil {
 		return fmt.Errorf("add secret store %s: %w", KVStoreName, err)
 	}
 	r := resource.New(KVResourceName)
-	r.Hostname = e.Emu.Hostname()
+	r.Hostname = emu.Hostname()
 	r.Database = Database
 	r.SecretStoreID, r.UsernamePath, r.ManagedIdentityClientIDPath = st.ID, "pg-login?key=user", "pg-login?key=client"
 	r.Subdomain = KVResourceName
 	r.BindInterface = opt.LoopbackIP
 	r.UseAzureSingleServerUsernames = opt.SingleServer
 	r.Tags = map[string]string{"env": "production", "team": "data"}
-	if _, err := e.Daemon.API().AddDatasource(ctx, r); err != nil {
+	if _, err := c.Daemon.API().AddDatasource(ctx, r); err != nil {
 		return fmt.Errorf("add %s: %w", KVResourceName, err)
 	}
-	if e.KVResource, err = e.Daemon.Connect(ctx, KVResourceName); err != nil {
+	if c.KVResource, err = c.Daemon.Connect(ctx, KVResourceName); err != nil {
 		return err
 	}
 	return nil
 }
 
-// EnvLine is the shell command that makes the ferry CLI talk to this demo's daemon: an export of
+// EnvLine is the shell command that makes the ferry CLI talk to this demo's daemon (EnvLine).
+func (e *Env) EnvLine() string { return EnvLine(e.Dirs) }
+
+// EnvLine is the shell command that makes the ferry CLI use the client state in d: an export of
 // FERRY_CONFIG_DIR and FERRY_RUNTIME_DIR, quoted so that it can be pasted into a POSIX shell as is.
-func (e *Env) EnvLine() string {
-	return "export " + client.EnvConfigDir + "=" + shellQuote(e.Dirs.Config) + " " + client.EnvRuntimeDir + "=" + shellQuote(e.Dirs.Runtime)
+func EnvLine(d client.Dirs) string {
+	return "export " + client.EnvConfigDir + "=" + shellQuote(d.Config) + " " + client.EnvRuntimeDir + "=" + shellQuote(d.Runtime)
 }
 
 // shellQuote quotes s for a POSIX shell, leaving it bare when it holds only characters no shell

@@ -10,9 +10,15 @@
 // Paste the export line into another shell as is to use `ferry status`, `ferry connect` and
 // `ferry admin` as the demo's admin; give the ready line to psql. Ctrl-C tears everything down.
 //
-// -nodes N starts N nodes sharing one PostgreSQL catalog (an Azure Database for PostgreSQL server
-// of the emulator's, which the nodes log in to with their managed identity) and prints each node's
-// state directory and an enrollment command for a device through it.
+// -nodes N (2 or more) starts N nodes sharing one PostgreSQL catalog (an Azure Database for
+// PostgreSQL server of the emulator's, which the nodes log in to with their managed identity), each
+// a ferry-node process of its own (built from this source tree with go build, or -ferry-node). As
+// root each runs in a network namespace of its own with its own address, the emulator and the
+// catalog on a host of their own, and this machine's namespace joined to the lab's bridge so that
+// the ferry CLI in any shell of the machine reaches every node; otherwise (or with -netns=false)
+// the nodes listen on loopback ports of their own. It prints, per node, its name, state directory,
+// addresses, a `ferry login` command for another device through it and its doctor command, then a
+// "nodes:" line. On other systems than Linux the nodes run inside the demo's process.
 package main
 
 import (
@@ -35,7 +41,9 @@ func main() {
 	verbose := flag.Bool("verbose", false, "log what every part does")
 	ip := flag.String("ip", "127.0.0.1", "loopback IP azure-pg-mi-prod listens on")
 	port := flag.Int("port", 0, "loopback port for azure-pg-mi-prod (1024-64999; default: the first free one from 10001)")
-	nodes := flag.Int("nodes", 1, "number of nodes sharing one PostgreSQL catalog (1: the single-node demo with the SQLite catalog)")
+	nodes := flag.Int("nodes", 1, "number of nodes sharing one PostgreSQL catalog, each a ferry-node process (1: the single-node demo with the SQLite catalog)")
+	netns := flag.Bool("netns", true, "with -nodes: run each node in a network namespace of its own with its own address when root (false: ferry-node processes on loopback ports)")
+	nodeBinary := flag.String("ferry-node", "", "with -nodes: the ferry-node binary to run (default: build it from this source tree into the demo's temp dir)")
 	flag.Parse()
 	if err := checkNodes(*nodes); err != nil {
 		fmt.Fprintln(os.Stderr, "ferry-demo:", err)
@@ -48,30 +56,49 @@ func main() {
 	if *verbose {
 		level = slog.LevelDebug
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	o := fleetOptions{
+		nodes: *nodes, netns: *netns, nodeBinary: *nodeBinary, ip: *ip, port: *port,
+		logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+	}
 	if *nodes > 1 {
-		fmt.Fprintf(os.Stderr, "starting PostgreSQL, the Azure emulator, the catalog database, %d ferry-nodes and a client daemon…\n", *nodes)
+		os.Exit(runFleet(ctx, o))
+	}
+	os.Exit(runInProcess(ctx, o))
+}
+
+// fleetOptions are ferry-demo's flags.
+type fleetOptions struct {
+	nodes      int
+	netns      bool
+	nodeBinary string
+	ip         string
+	port       int
+	logger     *slog.Logger
+}
+
+// runInProcess runs the demo with its nodes inside this process (the single-node demo) until ctx
+// ends, and returns the exit code.
+func runInProcess(ctx context.Context, o fleetOptions) int {
+	if o.nodes > 1 {
+		fmt.Fprintf(os.Stderr, "starting PostgreSQL, the Azure emulator, the catalog database, %d ferry-nodes and a client daemon…\n", o.nodes)
 	} else {
 		fmt.Fprintln(os.Stderr, "starting PostgreSQL, the Azure emulator, ferry-node and a client daemon…")
 	}
 	startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	env, err := demo.Start(startCtx, demo.Options{Logger: logger, LoopbackIP: *ip, LoopbackPort: *port, KeyVault: true, Nodes: *nodes})
+	env, err := demo.Start(startCtx, demo.Options{Logger: o.logger, LoopbackIP: o.ip, LoopbackPort: o.port, KeyVault: true, Nodes: o.nodes})
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintln(os.Stderr, "ferry-demo: interrupted while starting; everything started is stopped")
-			os.Exit(130)
+			return 130
 		}
-		fmt.Fprintln(os.Stderr, "ferry-demo:", err)
-		if strings.Contains(err.Error(), "address already in use") {
-			fmt.Fprintln(os.Stderr, "ferry-demo: another program holds that address; choose another with -port 10101 or -ip 127.0.0.2")
-		}
-		os.Exit(1)
+		startFailed(err)
+		return 1
 	}
 	fmt.Println(env.EnvLine())
 	fmt.Println("ready: " + client.ConnString(env.Resource))
 	fmt.Println("ready-kv: " + client.ConnString(env.KVResource))
-	if *nodes > 1 {
+	if o.nodes > 1 {
 		if err := printNodes(ctx, env); err != nil {
 			fmt.Fprintln(os.Stderr, "ferry-demo:", err)
 		}
@@ -82,7 +109,16 @@ func main() {
 	fmt.Fprintln(os.Stderr, "stopping…")
 	if err := env.Close(); err != nil {
 		fmt.Fprintln(os.Stderr, "ferry-demo: stop:", err)
-		os.Exit(1)
+		return 1
+	}
+	return 0
+}
+
+// startFailed says why the demo could not start, and what to do when an address was taken.
+func startFailed(err error) {
+	fmt.Fprintln(os.Stderr, "ferry-demo:", err)
+	if strings.Contains(err.Error(), "address already in use") {
+		fmt.Fprintln(os.Stderr, "ferry-demo: another program holds that address; choose another with -port 10101 or -ip 127.0.0.2")
 	}
 }
 

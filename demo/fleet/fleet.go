@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,24 +52,42 @@ type Binaries struct {
 // Build builds ferry-node and the ferry CLI (both CGO_ENABLED=0, as shipped for the node and as
 // the README's quick CLI build) into dir, from the module that holds the current directory.
 func Build(ctx context.Context, dir string) (Binaries, error) {
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil {
-		return Binaries{}, fmt.Errorf("fleet: find the module: %w", err)
-	}
-	root := filepath.Dir(strings.TrimSpace(string(out)))
-	if root == "." || root == "" {
-		return Binaries{}, errors.New("fleet: find the module: not inside a Go module")
-	}
 	b := Binaries{Node: filepath.Join(dir, "ferry-node"), Client: filepath.Join(dir, "ferry")}
-	for _, c := range []struct{ out, pkg string }{{b.Node, "./cmd/ferry-node"}, {b.Client, "."}} {
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", c.out, c.pkg)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return Binaries{}, fmt.Errorf("fleet: go build %s: %w: %s", c.pkg, err, out)
-		}
+	if err := build(ctx, b.Node, "./cmd/ferry-node"); err != nil {
+		return Binaries{}, err
+	}
+	if err := build(ctx, b.Client, "."); err != nil {
+		return Binaries{}, err
 	}
 	return b, nil
+}
+
+// BuildNode builds ferry-node alone (CGO_ENABLED=0, as shipped) into dir and returns its path.
+func BuildNode(ctx context.Context, dir string) (string, error) {
+	out := filepath.Join(dir, "ferry-node")
+	if err := build(ctx, out, "./cmd/ferry-node"); err != nil {
+		return "", err
+	}
+	return out, nil
+}
+
+// build builds the package pkg of the module that holds the current directory into out.
+func build(ctx context.Context, out, pkg string) error {
+	mod, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return fmt.Errorf("fleet: find the module (is the Go toolchain on PATH?): %w", err)
+	}
+	root := filepath.Dir(strings.TrimSpace(string(mod)))
+	if root == "." || root == "" || filepath.Base(strings.TrimSpace(string(mod))) != "go.mod" {
+		return errors.New("fleet: find the module: the current directory is not inside Ferry's source tree")
+	}
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("fleet: go build %s: %w: %s", pkg, err, b)
+	}
+	return nil
 }
 
 // Catalog is the catalog host: the Azure emulator listening on the host's lab address, with the
@@ -88,7 +107,8 @@ type Catalog struct {
 
 // StartCatalog starts the emulator inside h (its listeners bind h's lab address, so only the
 // lab's hosts reach them), makes the demo's principal and database, and names the server
-// (Emu.Hostname) in every host's /etc/hosts. Close stops it.
+// (Emu.Hostname) in every host's /etc/hosts. With l nil and h netlab.Here(), it runs on loopback
+// (nodes reach it through their host overrides). Close stops it.
 func StartCatalog(ctx context.Context, l *netlab.Lab, h *netlab.Host, log *slog.Logger) (*Catalog, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -133,6 +153,9 @@ func (c *Catalog) startEmulator(ctx context.Context, cfg azureemu.Config, start 
 	})
 	if err != nil {
 		return nil, fmt.Errorf("fleet: start the Azure emulator on %s: %w", c.Host.Name, err)
+	}
+	if c.lab == nil {
+		return emu, nil
 	}
 	if err := c.lab.AddName(emu.Hostname(), c.Host); err != nil {
 		_ = emu.Close()
@@ -194,6 +217,10 @@ type Node struct {
 	Dir, AdminToken string
 	bins            Binaries
 	proc            *netlab.Proc
+	// enroll is the enrollment endpoint clients reach (public host and port); wgPort the
+	// WireGuard port.
+	enroll string
+	wgPort int
 }
 
 // InitNode runs `ferry-node init` for a node on h with state in dir and cfg's name (h's name when
@@ -217,7 +244,11 @@ func JoinNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cf
 }
 
 func initNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cfg node.Config, first bool) (*Node, error) {
-	n := &Node{Host: h, Dir: dir, bins: bins}
+	_, port, err := net.SplitHostPort(cfg.EnrollListen)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: node on %s: enroll_listen %q: %w", h.Name, cfg.EnrollListen, err)
+	}
+	n := &Node{Host: h, Dir: dir, bins: bins, enroll: net.JoinHostPort(cfg.PublicHost, port), wgPort: cfg.WireGuardPort}
 	name := cfg.Name
 	if name == "" {
 		name = h.Name // every host of a lab shares the machine's host name: name the node after its lab host
@@ -292,8 +323,8 @@ func (n *Node) Endpoint() (client.State, error) {
 	}
 	return client.State{
 		NodePublicKey:     key.PublicKey().String(),
-		WireGuardEndpoint: n.Host.HostPort(WireGuardPort),
-		NodeURL:           "https://" + n.Host.HostPort(EnrollPort),
+		WireGuardEndpoint: net.JoinHostPort(n.PublicHost(), strconv.Itoa(n.wgPort)),
+		NodeURL:           "https://" + n.enroll,
 		NodeCertSHA256:    api.CertSHA256(cert),
 	}, nil
 }
@@ -321,20 +352,22 @@ func patchConfig(path string, set map[string]any) error {
 }
 
 // Start runs `ferry-node run` inside the node's host and waits until its enrollment endpoint
-// accepts connections from the host from (another host of the lab: the check crosses the bridge).
+// accepts connections from the host from (another host of the lab: the check crosses the bridge;
+// or netlab.Here(), attached to the lab or on loopback).
 func (n *Node) Start(ctx context.Context, from *netlab.Host) error {
 	if n.proc != nil && !isDone(n.proc) {
 		return fmt.Errorf("fleet: node on %s is running", n.Host.Name)
 	}
 	cmd := n.Host.Command(context.Background(), n.bins.Node, "run", "--state", n.Dir)
-	// Killed with the test binary, whatever ends it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// Killed with the process that started it, whatever ends that; in a process group of its own,
+	// so that a terminal's Ctrl-C reaches the process that started it, which stops it in order.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	p, err := netlab.Start(cmd)
 	if err != nil {
 		return fmt.Errorf("fleet: %w", err)
 	}
 	n.proc = p
-	if err := p.WaitDial(ctx, from, n.Host.HostPort(EnrollPort)); err != nil {
+	if err := p.WaitDial(ctx, from, n.enroll); err != nil {
 		p.Kill()
 		return fmt.Errorf("fleet: node on %s not ready: %w\n%s", n.Host.Name, err, p.Output())
 	}
@@ -354,6 +387,34 @@ func (n *Node) Kill() {
 	if n.proc != nil {
 		n.proc.Kill()
 	}
+}
+
+// Pid is the process ID of the node's current (or last) process; 0 before Start.
+func (n *Node) Pid() int {
+	if n.proc == nil {
+		return 0
+	}
+	return n.proc.Pid()
+}
+
+// EnrollAddr is the enrollment endpoint's address as clients reach it (public host and port).
+func (n *Node) EnrollAddr() string { return n.enroll }
+
+// PublicHost is the name or address clients reach the node at.
+func (n *Node) PublicHost() string {
+	host, _, _ := net.SplitHostPort(n.enroll)
+	return host
+}
+
+// WireGuardPort is the node's WireGuard UDP port.
+func (n *Node) WireGuardPort() int { return n.wgPort }
+
+// Done is closed when the node's current process has exited (nil before Start).
+func (n *Node) Done() <-chan struct{} {
+	if n.proc == nil {
+		return nil
+	}
+	return n.proc.Done()
 }
 
 // Log is what the node's current (or last) process has logged.

@@ -58,10 +58,11 @@ type Lab struct {
 	name   string // Prefix + PID + "-" + tag
 	subnet *net.IPNet
 
-	mu     sync.Mutex
-	hosts  []*Host
-	names  [][2]string // extra /etc/hosts entries: name, address
-	closed bool
+	mu       sync.Mutex
+	hosts    []*Host
+	names    [][2]string // extra /etc/hosts entries: name, address
+	attached string      // the link AttachHere made in the namespace of the process ("": none)
+	closed   bool
 }
 
 // Host is a network namespace of a lab with one interface (eth0) on the lab's bridge.
@@ -211,7 +212,8 @@ func (l *Lab) Hosts() []*Host {
 	return append([]*Host(nil), l.hosts...)
 }
 
-// Close removes every namespace of the lab (their links go with them). Closing twice does nothing.
+// Close removes every namespace of the lab (their links go with them) and AttachHere's link.
+// Closing twice does nothing.
 func (l *Lab) Close() error {
 	l.mu.Lock()
 	if l.closed {
@@ -219,9 +221,16 @@ func (l *Lab) Close() error {
 		return nil
 	}
 	l.closed = true
-	hosts := l.hosts
+	hosts, attached := l.hosts, l.attached
 	l.mu.Unlock()
 	var errs []error
+	if attached != "" {
+		// Deleted here at once: the pair would go with the bridge's namespace only when the kernel
+		// gets round to freeing it.
+		if out, err := exec.Command("ip", "link", "del", attached).CombinedOutput(); err != nil && !strings.Contains(string(out), "Cannot find device") {
+			errs = append(errs, fmt.Errorf("netlab: remove %s: %w: %s", attached, err, strings.TrimSpace(string(out))))
+		}
+	}
 	for _, h := range hosts {
 		errs = append(errs, removeNS(h.NS))
 	}
@@ -238,13 +247,20 @@ func (h *Host) HostPort(port int) string {
 }
 
 // Command returns args[0] with args[1:] to be run inside the host (ip netns exec, which also
-// bind-mounts /etc/netns/<NS>/* over /etc when that exists). ctx kills it, as exec.CommandContext.
+// bind-mounts /etc/netns/<NS>/* over /etc when that exists; Here's: directly). ctx kills it, as
+// exec.CommandContext.
 func (h *Host) Command(ctx context.Context, args ...string) *exec.Cmd {
+	if h.here() {
+		return exec.CommandContext(ctx, args[0], args[1:]...)
+	}
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.NS}, args...)...)
 }
 
 // Exec runs args inside the host and returns the combined output; the error carries it.
 func (h *Host) Exec(ctx context.Context, args ...string) (string, error) {
+	if h.here() {
+		return run(ctx, args...)
+	}
 	return run(ctx, append([]string{"ip", "netns", "exec", h.NS}, args...)...)
 }
 

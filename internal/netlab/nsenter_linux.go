@@ -16,6 +16,9 @@ import (
 // handed back and ends with fn's goroutine. (Processes that fn started with Pdeathsig die when
 // their parent thread ends: they survive Do only because the thread goes back.)
 func (h *Host) Do(fn func() error) error {
+	if h.here() {
+		return fn()
+	}
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()

@@ -8,8 +8,13 @@ import "errors"
 // before any host exists, so these are only reached by a caller that ignored New's error).
 var errNotLinux = errors.New("netlab: network namespaces need Linux")
 
-// Do needs Linux; elsewhere it returns an error without running fn.
-func (h *Host) Do(fn func() error) error { return errNotLinux }
+// Do needs Linux; elsewhere it returns an error without running fn (Here's runs fn as is).
+func (h *Host) Do(fn func() error) error {
+	if h.here() {
+		return fn()
+	}
+	return errNotLinux
+}
 
 // processAlive is true off Linux, where no lab is ever made (nothing to sweep).
 func processAlive(pid int) bool { return true }
