@@ -414,6 +414,7 @@ func (sv *Server) apiRouter() *router {
 	sv.registerSecretStoreRoutes(mux)
 	sv.registerHealthRoutes(mux)
 	sv.registerNodeRoutes(mux)
+	sv.registerClusterRoutes(mux)
 	return mux
 }
 
