@@ -158,9 +158,15 @@ type RouteNode struct {
 type Datasource struct {
 	resource.Resource
 	Route *Route `json:"route,omitempty"`
-	// Candidates are the names of every node that may carry it (online or not), in the node
-	// list's order.
-	Candidates []string `json:"candidates,omitempty"`
+	// Candidates are every node that may carry it, online or not, in the node list's order.
+	Candidates []CandidateNode `json:"candidates,omitempty"`
+}
+
+// CandidateNode is a node that may carry a resource, as an admin sees it.
+type CandidateNode struct {
+	NodeID string `json:"node_id"`
+	Name   string `json:"name"`
+	State  string `json:"state"` // NodeOnline or NodeOffline
 }
 
 // ResourceList is the answer to GET /v1/resources.

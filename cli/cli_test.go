@@ -47,7 +47,17 @@ func TestCommandsAgainstDemo(t *testing.T) {
 	t.Setenv(client.EnvRuntimeDir, env.Dirs.Runtime)
 
 	bind := demo.RandomLoopbackIP()
-	out, err := run(t, "admin", "datasources", "add", "azurepostgresmi", "azure-pg-mi-dev",
+	// The proxy cluster the resources below (and the reference page's example) name must exist:
+	// until it does they are refused, naming it.
+	out, err := run(t, "admin", "datasources", "add", "azurepostgresmi", "early", "--hostname=mypg.postgres.database.azure.com",
+		"--database=production", "--username=mi_user", "--managed-identity-client-id="+demo.ClientID, "--proxy-cluster-id=n-1a2b345c67890123")
+	if err == nil || !strings.Contains(err.Error(), `no proxy cluster "n-1a2b345c67890123"`) || !strings.Contains(err.Error(), "ferry admin clusters add") {
+		t.Fatalf("add naming a missing cluster: %v: %s", err, out)
+	}
+	if out, err = run(t, "admin", "clusters", "add", "prod-westeurope", "--id", "n-1a2b345c67890123"); err != nil || strings.TrimSpace(out) != "n-1a2b345c67890123" {
+		t.Fatalf("admin clusters add --id: %v: %s", err, out)
+	}
+	out, err = run(t, "admin", "datasources", "add", "azurepostgresmi", "azure-pg-mi-dev",
 		"--hostname=mypg.postgres.database.azure.com", "--port=5432", "--database=production",
 		"--username=mi_user", "--managed-identity-client-id="+demo.ClientID, "--tls-required",
 		"--bind-interface="+bind, "--egress-filter=tag:env=dev", "--port-override=-1",

@@ -104,7 +104,9 @@ func testReferenceExample(t *testing.T, env *demo.Env) {
 
 	// The reference page's example, verbatim but for --secret-store-id=se-e1b2: a store that does
 	// not exist is refused, and with a store the username is read from --username-path
-	// (TestSecretStoreCommands).
+	// (TestSecretStoreCommands). Its proxy cluster n-1a2b345c67890123 was created by
+	// `ferry admin clusters add prod-westeurope --id n-1a2b345c67890123` (TestCommandsAgainstDemo):
+	// a resource naming a cluster that does not exist is refused.
 	out, err := run(t, "admin", "datasources", "add", "azurepostgresmi", "azure-pg-mi-prod",
 		"--hostname=mypg.postgres.database.azure.com",
 		"--port=5432",
@@ -131,6 +133,14 @@ func testReferenceExample(t *testing.T, env *demo.Env) {
 	var shown map[string]any
 	if err := json.Unmarshal([]byte(out), &shown); err != nil {
 		t.Fatalf("show --json is not JSON: %v: %s", err, out)
+	}
+	// The cluster has no workers (the demo's node is a gateway): the route says so.
+	const noWorkers = "no node can reach it: proxy cluster n-1a2b345c67890123 has no workers"
+	if route, _ := shown["route"].(map[string]any); route == nil || route["reason"] != noWorkers {
+		t.Errorf("show --json route = %v, want the reason %q", shown["route"], noWorkers)
+	}
+	if text, err := run(t, "admin", "datasources", "show", "azure-pg-mi-prod"); err != nil || !hasLine(text, append([]string{"nodes"}, strings.Fields(noWorkers)...)...) {
+		t.Errorf("show: %v: want a nodes line %q:\n%s", err, noWorkers, text)
 	}
 	want := map[string]any{
 		"name": "azure-pg-mi-prod", "type": "azurepostgresmi", "hostname": "mypg.postgres.database.azure.com", "port": 5432.0,
