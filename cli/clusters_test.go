@@ -138,6 +138,12 @@ func TestClusterCommands(t *testing.T) {
 			t.Errorf("datasources show %s: %v: want nodes %q:\n%s", tc.name, err, tc.nodes, out)
 		}
 	}
+	// `ferry status` says why a resource has no node (the admin's device reaches every resource).
+	eventually(t, "status to say why filtered has no node", func() bool {
+		out, _ := run(t, "status")
+		return strings.Contains(out, "\nfiltered: no node can reach it: no gateway matches egress filter tag:env=nothing\n") &&
+			!strings.Contains(out, "on-gateways: ")
+	})
 	var shown api.Datasource
 	if out, err = run(t, "admin", "datasources", "show", "on-gateways", "--json"); err != nil || json.Unmarshal([]byte(out), &shown) != nil ||
 		shown.Route == nil || len(shown.Route.Nodes) != 1 || shown.Route.Nodes[0].NodeID != self.ID || len(shown.Candidates) != 1 {
