@@ -144,6 +144,21 @@ func TestClusterCommands(t *testing.T) {
 		return strings.Contains(out, "\nfiltered: no node can reach it: no gateway matches egress filter tag:env=nothing\n") &&
 			!strings.Contains(out, "on-gateways: ")
 	})
+	// GET /v1/resources (the device's list) carries each resource's route.
+	rs, err := env.Daemon.API().Resources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes := map[string]*api.Route{}
+	for _, r := range rs {
+		routes[r.Name] = r.Route
+	}
+	if r := routes["on-gateways"]; r == nil || len(r.Nodes) != 1 || r.Nodes[0].NodeID != self.ID || r.Reason != "" {
+		t.Errorf("route of on-gateways = %+v, want the running gateway", r)
+	}
+	if r := routes["in-prod"]; r == nil || len(r.Nodes) != 0 || !strings.Contains(r.Reason, id) {
+		t.Errorf("route of in-prod = %+v, want none and the reason naming the cluster", r)
+	}
 	var shown api.Datasource
 	if out, err = run(t, "admin", "datasources", "show", "on-gateways", "--json"); err != nil || json.Unmarshal([]byte(out), &shown) != nil ||
 		shown.Route == nil || len(shown.Route.Nodes) != 1 || shown.Route.Nodes[0].NodeID != self.ID || len(shown.Candidates) != 1 {
