@@ -3,6 +3,8 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/ferryhq/ferry/demo"
 	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node/catalog"
+	"github.com/ferryhq/ferry/resource"
 	"github.com/ferryhq/ferry/tunnel"
 )
 
@@ -165,6 +168,27 @@ func TestClusterCommands(t *testing.T) {
 		t.Errorf("datasources show --json: %v: %s", err, out)
 	}
 
+	// The API's status codes, through the SDK: 400 for a missing cluster, 409 for a used one, 404
+	// for an unknown one.
+	sdk := env.Daemon.API()
+	r := resource.New("sdk-missing")
+	r.Hostname, r.Database, r.Username, r.ProxyClusterID = env.Emu.Hostname(), demo.Database, demo.Role, "n-00000000000000aa"
+	for _, tc := range []struct {
+		name string
+		call func() error
+		want int
+	}{
+		{"add naming a missing cluster", func() error { _, err := sdk.AddDatasource(ctx, r); return err }, http.StatusBadRequest},
+		{"delete a used cluster", func() error { _, err := sdk.DeleteCluster(ctx, id); return err }, http.StatusConflict},
+		{"show an unknown cluster", func() error { _, err := sdk.Cluster(ctx, "nope"); return err }, http.StatusNotFound},
+		{"add a taken name", func() error { _, err := sdk.AddCluster(ctx, api.ClusterAdd{Name: "prod"}); return err }, http.StatusConflict},
+		{"add a bad name", func() error { _, err := sdk.AddCluster(ctx, api.ClusterAdd{Name: "-x"}); return err }, http.StatusBadRequest},
+	} {
+		var se *api.StatusError
+		if err := tc.call(); !errors.As(err, &se) || se.Status != tc.want {
+			t.Errorf("%s: %v, want HTTP %d", tc.name, err, tc.want)
+		}
+	}
 	if out, err = run(t, "admin", "clusters", "delete", "prod"); err == nil || !strings.Contains(err.Error(), "in-prod") {
 		t.Fatalf("delete a cluster a resource names: %v: %s", err, out)
 	}
