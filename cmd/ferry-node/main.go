@@ -131,7 +131,7 @@ resources that name no cluster.`,
 	f.StringVar(&state, "state", "", "directory for the node's state (required)")
 	f.StringVar(&admin, "admin", node.DefaultAdmin, "name of the first admin user")
 	f.StringVar(&join, "join", "", "join the existing deployment whose catalog this is (sqlite:/path/to/ferry.db or postgres://HOST/DATABASE) instead of creating one")
-	f.StringVar(&cfg.ClusterID, "cluster", "", "with --join: make the node a worker of this proxy cluster (its ID, n-…; `ferry admin clusters list`)")
+	f.StringVar(&cfg.ClusterID, "cluster", "", "with --join: make the node a worker of this proxy cluster ID (n-…, as ferry admin clusters list shows it)")
 	f.StringVar(&cfg.Name, "name", "", "the node's name in the deployment, a DNS label such as gw-westeurope-1 (default: the host name's first label)")
 	f.StringVar(&tags, "tags", "", "the node's tags, e.g. region=westeurope,env=prod")
 	f.StringVar(&cfg.PublicHost, "public-host", "", "name or IP clients reach this node at (default: the hostname)")
