@@ -222,6 +222,13 @@ func (c *Client) Datasource(ctx context.Context, name string) (resource.Resource
 	return out, c.do(ctx, http.MethodGet, "/v1/admin/datasources/"+url.PathEscape(name), nil, &out)
 }
 
+// DatasourceDetail returns one catalog entry by name with its route: the nodes that may carry it,
+// or why none can (admin only).
+func (c *Client) DatasourceDetail(ctx context.Context, name string) (Datasource, error) {
+	var out Datasource
+	return out, c.do(ctx, http.MethodGet, "/v1/admin/datasources/"+url.PathEscape(name), nil, &out)
+}
+
 // UpdateDatasource replaces the resource named name with r (admin only). Empty addresses in r keep the
 // current ones unless a property they derive from changed. The answer lists what changed.
 func (c *Client) UpdateDatasource(ctx context.Context, name string, r resource.Resource) (DatasourceUpdate, error) {

@@ -18,8 +18,12 @@ import (
 	"github.com/ferryhq/ferry/resource"
 )
 
-// Node kinds. Every node is a gateway for now; proxy clusters come with routing.
-const NodeKindGateway = "gateway"
+// Node kinds: a gateway is in no proxy cluster and carries the resources that name none; a worker
+// is in one proxy cluster and carries only the resources that name it.
+const (
+	NodeKindGateway = "gateway"
+	NodeKindWorker  = "worker"
+)
 
 // Node states, derived from the last heartbeat.
 const (
@@ -29,10 +33,12 @@ const (
 
 // Node is one ferry-node of the deployment as the admin routes show it.
 type Node struct {
-	ID   string            `json:"id"`
-	Name string            `json:"name"`
-	Kind string            `json:"kind"`
-	Tags map[string]string `json:"tags"`
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	Kind string `json:"kind"` // NodeKindGateway or NodeKindWorker
+	// ClusterID is the proxy cluster a worker is in ("" for a gateway).
+	ClusterID string            `json:"cluster_id,omitempty"`
+	Tags      map[string]string `json:"tags"`
 	// WireGuardPublicKey and WireGuardEndpoint (host:port) are how clients reach the node.
 	WireGuardPublicKey string `json:"wireguard_public_key"`
 	WireGuardEndpoint  string `json:"wireguard_endpoint"`

@@ -134,6 +134,39 @@ type Resource struct {
 	Subdomain        string            `json:"subdomain,omitempty"`
 	Tags             map[string]string `json:"tags,omitempty"`
 	Health           *Health           `json:"health,omitempty"` // the last health check, without its steps
+	// Route is which nodes may carry the resource's connections (its proxy cluster's workers, or
+	// the gateways, matching its egress filter) that are online; nil when the node could not tell.
+	Route *Route `json:"route,omitempty"`
+}
+
+// Route is the nodes that carry a resource's connections now.
+type Route struct {
+	Nodes  []RouteNode `json:"nodes"`            // the ONLINE candidate nodes, in the node list's order
+	Reason string      `json:"reason,omitempty"` // why there is none ("no node can reach it: …")
+}
+
+// RouteNode is one node that may carry a resource's connections, with its last health check of
+// the resource from that node.
+type RouteNode struct {
+	NodeID    string    `json:"node_id"`
+	Health    string    `json:"health,omitempty"`     // "healthy" | "unhealthy" | "" (not checked yet)
+	CheckedAt time.Time `json:"checked_at,omitempty"` // when Health was found
+}
+
+// Datasource is the answer to GET /v1/admin/datasources/{name}: the catalog entry and its route
+// (the candidate nodes by name included, online or not).
+type Datasource struct {
+	resource.Resource
+	Route *Route `json:"route,omitempty"`
+	// Candidates are every node that may carry it, online or not, in the node list's order.
+	Candidates []CandidateNode `json:"candidates,omitempty"`
+}
+
+// CandidateNode is a node that may carry a resource, as an admin sees it.
+type CandidateNode struct {
+	NodeID string `json:"node_id"`
+	Name   string `json:"name"`
+	State  string `json:"state"` // NodeOnline or NodeOffline
 }
 
 // ResourceList is the answer to GET /v1/resources.

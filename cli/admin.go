@@ -14,6 +14,6 @@ func adminCmd() *cobra.Command {
 	ds.AddCommand(datasourceAddCmd(), datasourceListCmd(), datasourceShowCmd(), datasourceUpdateCmd(), datasourceDeleteCmd(), datasourceHealthcheckCmd(), datasourceDiagnosticsCmd())
 	logs := &cobra.Command{Use: "logs", Short: "Read the node's connection and query logs"}
 	logs.AddCommand(logsConnectionsCmd(), logsQueriesCmd())
-	c.AddCommand(ds, logs, usersCmd(), rolesCmd(), activitiesCmd(), settingsCmd(), secretStoresCmd(), nodesCmd())
+	c.AddCommand(ds, logs, usersCmd(), rolesCmd(), activitiesCmd(), settingsCmd(), secretStoresCmd(), nodesCmd(), clustersCmd())
 	return c
 }

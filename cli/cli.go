@@ -179,6 +179,7 @@ func statusCmd() *cobra.Command {
 			if err := tw.Flush(); err != nil {
 				return err
 			}
+			writeUnroutable(out, st.Resources)
 			writeNode(out, st)
 			// The table (what the daemon last knew) is still printed; the exit status says that the
 			// node could not be reached, so that scripts do not take it for a working client.
@@ -193,6 +194,16 @@ func statusCmd() *cobra.Command {
 			}
 			return nil
 		},
+	}
+}
+
+// writeUnroutable prints, for each resource that no node can carry now, why ("NAME: no node can
+// reach it: …", from the node's route of it).
+func writeUnroutable(w io.Writer, rs []client.ResourceStatus) {
+	for _, r := range rs {
+		if r.Route != nil && len(r.Route.Nodes) == 0 && r.Route.Reason != "" {
+			fmt.Fprintf(w, "%s: %s\n", cell(r.Name), cell(r.Route.Reason))
+		}
 	}
 }
 

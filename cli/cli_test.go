@@ -42,7 +42,17 @@ func TestCommandsAgainstDemo(t *testing.T) {
 	t.Setenv(client.EnvRuntimeDir, env.Dirs.Runtime)
 
 	bind := demo.RandomLoopbackIP()
-	out, err := run(t, "admin", "datasources", "add", "azurepostgresmi", "azure-pg-mi-dev",
+	// The proxy cluster the resources below (and the reference page's example) name must exist:
+	// until it does they are refused, naming it.
+	out, err := run(t, "admin", "datasources", "add", "azurepostgresmi", "early", "--hostname=mypg.postgres.database.azure.com",
+		"--database=production", "--username=mi_user", "--managed-identity-client-id="+demo.ClientID, "--proxy-cluster-id=n-1a2b345c67890123")
+	if err == nil || !strings.Contains(err.Error(), `no proxy cluster "n-1a2b345c67890123"`) || !strings.Contains(err.Error(), "ferry admin clusters add") {
+		t.Fatalf("add naming a missing cluster: %v: %s", err, out)
+	}
+	if out, err = run(t, "admin", "clusters", "add", "prod-westeurope", "--id", "n-1a2b345c67890123"); err != nil || strings.TrimSpace(out) != "n-1a2b345c67890123" {
+		t.Fatalf("admin clusters add --id: %v: %s", err, out)
+	}
+	out, err = run(t, "admin", "datasources", "add", "azurepostgresmi", "azure-pg-mi-dev",
 		"--hostname=mypg.postgres.database.azure.com", "--port=5432", "--database=production",
 		"--username=mi_user", "--managed-identity-client-id="+demo.ClientID, "--tls-required",
 		"--bind-interface="+bind, "--egress-filter=tag:env=dev", "--port-override=-1",
@@ -82,7 +92,9 @@ func TestCommandsAgainstDemo(t *testing.T) {
 		t.Fatalf("status: %v: %s", err, out)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 4 || strings.Join(strings.Fields(lines[0]), " ") != "NAME TYPE ADDRESS STATUS HEALTH MODE TAGS" || !strings.HasPrefix(lines[3], "Node: ") {
+	// Under the table: why azure-pg-mi-dev has no node (its cluster has no workers), then the node.
+	if len(lines) != 5 || strings.Join(strings.Fields(lines[0]), " ") != "NAME TYPE ADDRESS STATUS HEALTH MODE TAGS" || !strings.HasPrefix(lines[4], "Node: ") ||
+		lines[3] != "azure-pg-mi-dev: no node can reach it: proxy cluster n-1a2b345c67890123 has no workers" {
 		t.Fatalf("status output:\n%s", out)
 	}
 	if f := strings.Fields(lines[1]); f[0] != "azure-pg-mi-dev" || f[2] != bind+":10001" || f[3] != "connected" || f[len(f)-2] != "loopback" || f[len(f)-1] != "env=dev,team=data" {

@@ -352,13 +352,14 @@ func datasourceShowCmd() *cobra.Command {
 		Short: "Show every property of a datasource",
 		Args:  cobra.ExactArgs(1),
 		RunE: withAPI(func(cmd *cobra.Command, args []string, c *api.Client) error {
-			r, err := c.Datasource(cmd.Context(), args[0])
+			d, err := c.DatasourceDetail(cmd.Context(), args[0])
 			if err != nil {
 				return missing("resource", args[0], err)
 			}
 			if asJSON {
-				return printJSON(cmd.OutOrStdout(), r)
+				return printJSON(cmd.OutOrStdout(), d)
 			}
+			r := d.Resource
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			for _, line := range resource.Diff(resource.Resource{}, r) {
 				k, v, _ := strings.Cut(line, ": ")
@@ -374,6 +375,7 @@ func datasourceShowCmd() *cobra.Command {
 				}
 				fmt.Fprintf(tw, "secret_store\t%s: Azure Key Vault %s, read with %s\n", st.Name, st.VaultURI, id)
 			}
+			fmt.Fprintf(tw, "nodes\t%s\n", cell(routeNodes(d)))
 			return tw.Flush()
 		}),
 	}
@@ -476,4 +478,20 @@ func settingsCmd() *cobra.Command {
 	set.Flags().StringVar(&s.LoopbackRange, "loopback-range", "", "loopback range: 127.0.0.1/32, or e.g. 127.0.0.0/8 for one IP per resource")
 	c.AddCommand(show, set)
 	return c
+}
+
+// routeNodes says which nodes carry a resource: its candidate nodes by name with their state, or
+// why none can ("no node can reach it: …").
+func routeNodes(d api.Datasource) string {
+	if d.Route == nil {
+		return "unknown (the node did not say)"
+	}
+	if len(d.Route.Nodes) == 0 {
+		return d.Route.Reason
+	}
+	var out []string
+	for _, n := range d.Candidates {
+		out = append(out, n.Name+" ("+n.State+")")
+	}
+	return strings.Join(out, ", ")
 }

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -39,9 +40,9 @@ func heartbeatAge(n api.Node) string {
 
 func printNodes(cmd *cobra.Command, ns []api.Node) error {
 	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tSTATE\tHEARTBEAT\tVERSION\tWIREGUARD ENDPOINT\tTAGS")
+	fmt.Fprintln(tw, "ID\tNAME\tSTATE\tHEARTBEAT\tKIND\tCLUSTER\tVERSION\tWIREGUARD ENDPOINT\tTAGS")
 	for _, n := range ns {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cell(n.ID), cell(n.Name), cell(n.State), heartbeatAge(n), cell(n.Version),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cell(n.ID), cell(n.Name), cell(n.State), heartbeatAge(n), cell(n.Kind), cell(cmp.Or(n.ClusterID, "-")), cell(n.Version),
 			cell(n.WireGuardEndpoint), cell(api.FormatNodeTags(n.Tags)))
 	}
 	return tw.Flush()
@@ -49,8 +50,8 @@ func printNodes(cmd *cobra.Command, ns []api.Node) error {
 
 func printNode(cmd *cobra.Command, n api.Node) error {
 	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "id\t%s\nname\t%s\nkind\t%s\nstate\t%s\nlast heartbeat\t%s (%s)\nstarted\t%s\nversion\t%s\ntags\t%s\nwireguard endpoint\t%s\nwireguard public key\t%s\nenrollment URL\t%s\nenrollment certificate sha256\t%s\n",
-		cell(n.ID), cell(n.Name), cell(n.Kind), cell(n.State), stamp(n.LastHeartbeat), heartbeatAge(n), stamp(n.StartedAt), cell(n.Version),
+	fmt.Fprintf(tw, "id\t%s\nname\t%s\nkind\t%s\nproxy cluster\t%s\nstate\t%s\nlast heartbeat\t%s (%s)\nstarted\t%s\nversion\t%s\ntags\t%s\nwireguard endpoint\t%s\nwireguard public key\t%s\nenrollment URL\t%s\nenrollment certificate sha256\t%s\n",
+		cell(n.ID), cell(n.Name), cell(n.Kind), cell(cmp.Or(n.ClusterID, "none (a gateway)")), cell(n.State), stamp(n.LastHeartbeat), heartbeatAge(n), stamp(n.StartedAt), cell(n.Version),
 		cell(api.FormatNodeTags(n.Tags)), cell(n.WireGuardEndpoint), cell(n.WireGuardPublicKey), cell(n.EnrollURL), cell(n.EnrollCertSHA256))
 	return tw.Flush()
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -16,6 +18,7 @@ import (
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/node"
 	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/resource"
 )
@@ -104,7 +107,9 @@ func testReferenceExample(t *testing.T, env *demo.Env) {
 
 	// The reference page's example, verbatim but for --secret-store-id=se-e1b2: a store that does
 	// not exist is refused, and with a store the username is read from --username-path
-	// (TestSecretStoreCommands).
+	// (TestSecretStoreCommands). Its proxy cluster n-1a2b345c67890123 was created by
+	// `ferry admin clusters add prod-westeurope --id n-1a2b345c67890123` (TestCommandsAgainstDemo):
+	// a resource naming a cluster that does not exist is refused.
 	out, err := run(t, "admin", "datasources", "add", "azurepostgresmi", "azure-pg-mi-prod",
 		"--hostname=mypg.postgres.database.azure.com",
 		"--port=5432",
@@ -131,6 +136,30 @@ func testReferenceExample(t *testing.T, env *demo.Env) {
 	var shown map[string]any
 	if err := json.Unmarshal([]byte(out), &shown); err != nil {
 		t.Fatalf("show --json is not JSON: %v: %s", err, out)
+	}
+	// The cluster has no workers yet (the demo's node is a gateway): the route says so. Once a
+	// node tagged env=prod joins it as a worker, the example routes through that worker.
+	const noWorkers = "no node can reach it: proxy cluster n-1a2b345c67890123 has no workers"
+	if route, _ := shown["route"].(map[string]any); route == nil || route["reason"] != noWorkers {
+		t.Errorf("show --json route = %v, want the reason %q", shown["route"], noWorkers)
+	}
+	if text, err := run(t, "admin", "datasources", "show", "azure-pg-mi-prod"); err != nil || !hasLine(text, append([]string{"nodes"}, strings.Fields(noWorkers)...)...) {
+		t.Errorf("show: %v: want a nodes line %q:\n%s", err, noWorkers, text)
+	}
+	worker := startWorker(t, env, "worker-prod", "n-1a2b345c67890123", map[string]string{"env": "prod"})
+	if text, err := run(t, "admin", "datasources", "show", "azure-pg-mi-prod"); err != nil || !hasLine(text, "nodes", "worker-prod", "(online)") {
+		t.Errorf("show after worker-prod joined the cluster: %v:\n%s", err, text)
+	}
+	var routed *api.Route
+	if rs, err := env.Daemon.API().Resources(ctx); err == nil {
+		for _, r := range rs {
+			if r.Name == "azure-pg-mi-prod" {
+				routed = r.Route
+			}
+		}
+	}
+	if routed == nil || len(routed.Nodes) != 1 || routed.Nodes[0].NodeID != worker.ID() {
+		t.Errorf("the device's route of the reference example = %+v, want worker-prod (%s) only", routed, worker.ID())
 	}
 	want := map[string]any{
 		"name": "azure-pg-mi-prod", "type": "azurepostgresmi", "hostname": "mypg.postgres.database.azure.com", "port": 5432.0,
@@ -239,4 +268,25 @@ func testReferenceExample(t *testing.T, env *demo.Env) {
 	if len(errs) > 0 || len(lb) != 20 || len(vn) != 20 {
 		t.Fatalf("20 concurrent adds: %d distinct loopback and %d distinct VN addresses, errors %v", len(lb), len(vn), errs)
 	}
+}
+
+// startWorker starts another node of env's deployment (joining its SQLite catalog) as a worker of
+// proxy cluster clusterID with tags, closed by t.Cleanup.
+func startWorker(t *testing.T, env *demo.Env, name, clusterID string, tags map[string]string) *node.Node {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cfg := demo.NodeConfig(env.Emu)
+	cfg.CatalogURL = "sqlite:" + filepath.Join(env.NodeDir, "ferry.db")
+	cfg.Name, cfg.ClusterID, cfg.Tags = name, clusterID, tags
+	dir := filepath.Join(t.TempDir(), name)
+	if err := node.Join(ctx, dir, cfg); err != nil {
+		t.Fatal(err)
+	}
+	n, err := node.Start(ctx, dir, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
 }

@@ -31,6 +31,9 @@ type Config struct {
 	// Tags are the node's tags when it first registers ("region": "westeurope"); afterwards the
 	// catalog's tags (`ferry admin nodes update NAME --tags ...`) win.
 	Tags map[string]string `json:"tags,omitempty"`
+	// ClusterID makes the node a worker of that proxy cluster (`ferry-node init --join ... --cluster
+	// ID`): it carries only the resources naming the cluster. Empty: a gateway.
+	ClusterID string `json:"cluster_id,omitempty"`
 	// EnrollListen is the TCP address of the HTTPS enrollment endpoint, e.g. ":8443".
 	EnrollListen string `json:"enroll_listen"`
 	// WireGuardPort is the UDP port of the WireGuard endpoint; 0 picks a free port at each start
@@ -268,6 +271,9 @@ func (c *Config) Validate() error {
 	}
 	if err := api.ValidateNodeName(c.Name); err != nil {
 		bad("name: %v", err)
+	}
+	if c.ClusterID != "" && !api.ValidClusterID(c.ClusterID) {
+		bad("cluster_id %q is not a proxy cluster ID (n- and 16 lower-case hex digits; `ferry admin clusters list` lists them)", c.ClusterID)
 	}
 	if err := api.ValidateNodeTags(c.Tags); err != nil {
 		bad("%v", err)

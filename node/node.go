@@ -86,6 +86,9 @@ func initNode(ctx context.Context, dir string, cfg Config, join bool, adminName 
 	if err := cfg.Validate(); err != nil {
 		return "", fmt.Errorf("init node: %w", err)
 	}
+	if !join && cfg.ClusterID != "" {
+		return "", errors.New("init node: --cluster is for a node joining a deployment (--join CATALOG_URL): create the deployment first, then its proxy clusters (`ferry admin clusters add NAME`)")
+	}
 	if adminName == "" {
 		adminName = DefaultAdmin
 	}
@@ -154,6 +157,12 @@ func initNode(ctx context.Context, dir string, cfg Config, join bool, adminName 
 	switch {
 	case join && len(users) == 0:
 		return "", fmt.Errorf("init node: the catalog at %s holds no deployment yet; create it with `ferry-node init` (without --join) on the first node", store.Redact(cfg.CatalogURL))
+	case join && cfg.ClusterID != "":
+		// A worker's cluster must exist; it is refused here rather than at the node's first start.
+		if _, err := cat.Cluster(ctx, cfg.ClusterID); err != nil {
+			return "", fmt.Errorf("init node: --cluster: %w", err)
+		}
+		return "", nil
 	case join:
 		return "", nil
 	case len(users) > 0:

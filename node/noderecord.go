@@ -81,7 +81,7 @@ func (n *Node) selfRecord(cert tls.Certificate) (catalog.Node, error) {
 	return catalog.Node{
 		ID:                 n.id,
 		Name:               n.cfg.Name,
-		Kind:               api.NodeKindGateway,
+		ClusterID:          n.cfg.ClusterID, // a worker of it when set (RegisterNode sets Kind)
 		Tags:               n.cfg.Tags,
 		WireGuardPublicKey: n.pub.String(),
 		WireGuardEndpoint:  net.JoinHostPort(n.cfg.PublicHost, strconv.Itoa(int(n.tun.Port()))),

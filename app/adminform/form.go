@@ -21,6 +21,7 @@ import (
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
 
+	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/resource"
 )
 
@@ -36,12 +37,15 @@ const addTimeout = 30 * time.Second
 
 // Form is the "Add resource" form. Field widgets are exported so tests can type into them.
 type Form struct {
-	Name, ProxyClusterID, Hostname, Port *widget.Entry
-	ConnectivityMode                     *widget.Select
-	IPAddress, PortOverride, Subdomain   *widget.Entry
-	BindInterface, EgressFilter          *widget.Entry
-	Database                             *widget.Entry
-	RestrictDatabase                     *widget.Check
+	Name, Hostname, Port *widget.Entry
+	// ProxyClusterID takes a cluster ID, typed or chosen from the clusters given to SetClusters
+	// ("n-… (name)"; the ID is what is stored).
+	ProxyClusterID                     *widget.SelectEntry
+	ConnectivityMode                   *widget.Select
+	IPAddress, PortOverride, Subdomain *widget.Entry
+	BindInterface, EgressFilter        *widget.Entry
+	Database                           *widget.Entry
+	RestrictDatabase                   *widget.Check
 	// SecretStore offers resource.SecretStoreNone and the stores given to SetStores ("name (se-…)");
 	// the path fields show only when a store is chosen, the username only when none is.
 	SecretStore                           *widget.Select
@@ -54,6 +58,7 @@ type Form struct {
 	fieldErrors                           map[string]*widget.Label
 	rows                                  map[string][]fyne.CanvasObject // a field's label and box
 	stores                                map[string]string              // drop-down text -> store ID
+	clusterOptions                        []string                       // SetClusters' choices
 	add                                   func(context.Context, resource.Resource) (resource.Resource, error)
 	object                                fyne.CanvasObject
 }
@@ -68,7 +73,7 @@ func New(add func(context.Context, resource.Resource) (resource.Resource, error)
 	}
 	f := &Form{
 		Name:                     entry("azure-pg-mi-prod"),
-		ProxyClusterID:           entry("none: route through the gateways"),
+		ProxyClusterID:           widget.NewSelectEntry(nil),
 		Hostname:                 entry("mypg.postgres.database.azure.com"),
 		Port:                     entry(strconv.Itoa(resource.DefaultPort)),
 		ConnectivityMode:         widget.NewSelect([]string{modeOrgDefault, resource.ModeLoopback, resource.ModeVirtualNetworking}, nil),
@@ -93,6 +98,7 @@ func New(add func(context.Context, resource.Resource) (resource.Resource, error)
 		stores:                   map[string]string{},
 		add:                      add,
 	}
+	f.ProxyClusterID.SetPlaceHolder("none: route through the gateways")
 	f.Port.SetText(strconv.Itoa(resource.DefaultPort))
 	f.ConnectivityMode.SetSelected(modeOrgDefault)
 	f.TLSRequired.SetChecked(true)
@@ -165,6 +171,20 @@ func (f *Form) SetStores(stores []resource.SecretStore) {
 	f.showStoreFields()
 }
 
+// SetClusters offers the node's proxy clusters (ferry admin clusters list) in the proxy cluster
+// field, as "ID (name)"; what was typed stays.
+func (f *Form) SetClusters(clusters []api.Cluster) {
+	opts := make([]string, 0, len(clusters))
+	for _, c := range clusters {
+		opts = append(opts, c.ID+" ("+c.Name+")")
+	}
+	f.ProxyClusterID.SetOptions(opts)
+	f.clusterOptions = opts
+}
+
+// ClusterOptions returns the proxy clusters the field offers ("ID (name)").
+func (f *Form) ClusterOptions() []string { return f.clusterOptions }
+
 // FieldShown reports whether the field named by its CLI flag is shown.
 func (f *Form) FieldShown(flag string) bool {
 	r, ok := f.rows[flag]
@@ -215,7 +235,7 @@ func (f *Form) Resource() (resource.Resource, error) {
 	if r.Tags, err = resource.ParseTags(f.Tags.Text); err != nil {
 		return r, &parseError{field: "tags", err: err}
 	}
-	r.ProxyClusterID = strings.TrimSpace(f.ProxyClusterID.Text)
+	r.ProxyClusterID, _, _ = strings.Cut(strings.TrimSpace(f.ProxyClusterID.Text), " ") // an offered "n-... (name)"
 	r.Hostname = strings.TrimSpace(f.Hostname.Text)
 	if m := f.ConnectivityMode.Selected; m != modeOrgDefault {
 		r.ConnectivityMode = m

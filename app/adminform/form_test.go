@@ -12,6 +12,7 @@ import (
 
 	"fyne.io/fyne/v2/test"
 
+	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/cli"
 	"github.com/ferryhq/ferry/resource"
 )
@@ -165,5 +166,43 @@ func TestFormSecretStore(t *testing.T) {
 	f.SecretStore.SetSelected(resource.SecretStoreNone)
 	if f.FieldShown("username-path") || !f.FieldShown("username") {
 		t.Fatal("back to none: the fields did not follow")
+	}
+}
+
+// TestFormProxyClusters: the proxy cluster field offers the clusters given to SetClusters as
+// "ID (name)"; one chosen is stored as its ID, and a typed ID is taken as typed.
+func TestFormProxyClusters(t *testing.T) {
+	test.NewTempApp(t)
+	got := make(chan resource.Resource, 1)
+	f := New(func(_ context.Context, r resource.Resource) (resource.Resource, error) {
+		got <- r
+		return r, nil
+	})
+	test.NewTempWindow(t, f.Object())
+	f.SetClusters([]api.Cluster{{ID: "n-1a2b345c67890123", Name: "prod"}, {ID: "n-00000000000000aa", Name: "dev"}})
+	if opts := f.ClusterOptions(); len(opts) != 2 || opts[0] != "n-1a2b345c67890123 (prod)" || opts[1] != "n-00000000000000aa (dev)" {
+		t.Fatalf("proxy cluster options %q", opts)
+	}
+	for _, tc := range []struct{ name, text, want string }{
+		{"chosen", "n-1a2b345c67890123 (prod)", "n-1a2b345c67890123"},
+		{"typed", "n-00000000000000bb", "n-00000000000000bb"},
+		{"none", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f.Name.SetText("r-" + tc.name)
+			f.Hostname.SetText("mypg.postgres.database.azure.com")
+			f.Database.SetText("production")
+			f.Username.SetText("mi_user")
+			f.ProxyClusterID.SetText(tc.text)
+			test.Tap(f.Submit)
+			select {
+			case r := <-got:
+				if r.ProxyClusterID != tc.want {
+					t.Errorf("proxy_cluster_id %q, want %q", r.ProxyClusterID, tc.want)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("nothing was added; the form says %q", f.Message.Text)
+			}
+		})
 	}
 }

@@ -483,10 +483,13 @@ func (u *UI) loadNodes() {
 	fyne.Do(func() { u.Nodes.SetText(text) })
 }
 
-// loadStores fills the admin form's secret store drop-down from the node.
+// loadStores fills the admin form's secret store drop-down and proxy cluster choices from the node.
 func (u *UI) loadStores() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	if clusters, err := u.opt.Core.API().Clusters(ctx); err == nil {
+		fyne.Do(func() { u.Form.SetClusters(clusters) }) // otherwise the cluster ID is typed
+	}
 	stores, err := u.opt.Core.API().SecretStores(ctx)
 	if err != nil {
 		return // the drop-down keeps "none"; the next time the tab appears it tries again

@@ -64,7 +64,7 @@ func initCmd() *cobra.Command {
 	var cfg node.Config
 	var caFiles, overrides, allowHosts []string
 	c := &cobra.Command{
-		Use:   "init --state DIR [--join CATALOG_URL] [--name NAME] [--tags k=v,...]",
+		Use:   "init --state DIR [--join CATALOG_URL [--cluster ID]] [--name NAME] [--tags k=v,...]",
 		Short: "Create a node: its WireGuard key, its catalog and a first admin's enrollment token",
 		Long: `Create a node's state in DIR: its WireGuard key, the TLS certificate of its enrollment endpoint,
 its node ID (DIR/node.json), the catalog (SQLite in DIR, or the PostgreSQL database of --catalog-url)
@@ -73,7 +73,10 @@ give it to ` + "`ferry login`" + ` on the admin's machine.
 
 With --join CATALOG_URL the node joins an existing deployment instead: the catalog named is the
 deployment's (made by the first node's init); no catalog and no user are created, and the node
-registers itself when it runs.`,
+registers itself when it runs. With --cluster ID (a proxy cluster made with
+` + "`ferry admin clusters add NAME`" + `) the joining node is a worker of that cluster: it carries only
+the resources whose proxy_cluster_id is ID. Without it the node is a gateway and carries the
+resources that name no cluster.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if state == "" {
@@ -128,6 +131,7 @@ registers itself when it runs.`,
 	f.StringVar(&state, "state", "", "directory for the node's state (required)")
 	f.StringVar(&admin, "admin", node.DefaultAdmin, "name of the first admin user")
 	f.StringVar(&join, "join", "", "join the existing deployment whose catalog this is (sqlite:/path/to/ferry.db or postgres://HOST/DATABASE) instead of creating one")
+	f.StringVar(&cfg.ClusterID, "cluster", "", "with --join: make the node a worker of this proxy cluster ID (n-…, as ferry admin clusters list shows it)")
 	f.StringVar(&cfg.Name, "name", "", "the node's name in the deployment, a DNS label such as gw-westeurope-1 (default: the host name's first label)")
 	f.StringVar(&tags, "tags", "", "the node's tags, e.g. region=westeurope,env=prod")
 	f.StringVar(&cfg.PublicHost, "public-host", "", "name or IP clients reach this node at (default: the hostname)")

@@ -161,8 +161,8 @@ CREATE TABLE secret_stores (
 func migration(d store.Dialect) store.Migration {
 	m := store.Migration{
 		Name:     "catalog",
-		SQLite:   []string{schema, secretStoresSchema, nodesSchema},
-		Postgres: []string{postgresSchema, nodesSchema},
+		SQLite:   []string{schema, secretStoresSchema, nodesSchema, clustersSchemaSQLite},
+		Postgres: []string{postgresSchema, nodesSchema, clustersSchemaPostgres},
 	}
 	if d == store.SQLite {
 		m.Adopt = adoptCatalogSchema
@@ -214,7 +214,7 @@ func Exists(ctx context.Context, db *store.DB) (bool, error) {
 func (c *Catalog) DB() *store.DB { return c.db }
 
 // Watch returns the catalog's change feed (store.DB.Watch): it receives after each committed change
-// to devices, users, roles, grants, resources, secret stores or settings, made through any node.
+// to devices, users, roles, grants, resources, secret stores, proxy clusters or settings, made through any node.
 func (c *Catalog) Watch(ctx context.Context) (<-chan struct{}, error) { return c.db.Watch(ctx) }
 
 // write runs fn in a transaction that announces the change to every node's Watch when it commits.

@@ -226,6 +226,8 @@ func TestWatchSeesEveryAuthorisationChange(t *testing.T) {
 				return err
 			}},
 			{"delete secret store", func() error { _, err := a.DeleteSecretStore(ctx, storeID); return err }},
+			{"add proxy cluster", func() error { _, err := a.AddCluster(ctx, "prod", ""); return err }},
+			{"delete proxy cluster", func() error { _, err := a.DeleteCluster(ctx, "prod"); return err }},
 			{"delete role", func() error { return a.DeleteRole(ctx, "dev") }},
 			{"delete user", func() error { return a.DeleteUser(ctx, "alice") }},
 		}

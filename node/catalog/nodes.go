@@ -45,7 +45,8 @@ const (
 type Node struct {
 	ID                 string
 	Name               string
-	Kind               string
+	Kind               string // api.NodeKindGateway, or api.NodeKindWorker with ClusterID
+	ClusterID          string // the proxy cluster it is a worker of; "" for a gateway
 	Tags               map[string]string
 	WireGuardPublicKey string
 	WireGuardEndpoint  string // host:port, as clients reach it
@@ -85,8 +86,13 @@ func (n Node) Validate() error {
 	if err := api.ValidateNodeName(n.Name); err != nil {
 		errs = append(errs, err)
 	}
-	if n.Kind != api.NodeKindGateway {
-		errs = append(errs, fmt.Errorf("node kind %q is not %s", n.Kind, api.NodeKindGateway))
+	switch {
+	case n.Kind == api.NodeKindGateway && n.ClusterID == "":
+	case n.Kind == api.NodeKindWorker && api.ValidClusterID(n.ClusterID):
+	case n.Kind == api.NodeKindWorker:
+		errs = append(errs, fmt.Errorf("proxy cluster ID %q is not n- and 16 lower-case hex digits", n.ClusterID))
+	default:
+		errs = append(errs, fmt.Errorf("node kind %q with proxy cluster %q: a gateway is in no cluster, a worker in one", n.Kind, n.ClusterID))
 	}
 	if err := api.ValidateNodeTags(n.Tags); err != nil {
 		errs = append(errs, err)
@@ -113,12 +119,17 @@ func (n Node) Validate() error {
 }
 
 // RegisterNode stores n (upsert by ID): a new node is added, a known one gets its current name,
-// key, endpoints, version, start and heartbeat times and runs again (not stopped). Its tags are
+// kind and proxy cluster, key, endpoints, version, start and heartbeat times and runs again (not
+// stopped). A node with a ClusterID is a worker of that cluster (its Kind is set so); a cluster
+// the catalog does not have wraps ErrNotFound. Its tags are
 // those given only when the node is new: afterwards the catalog's tags (UpdateNodeTags) win. A
 // name or WireGuard key that another node holds wraps ErrConflict.
 func (c *Catalog) RegisterNode(ctx context.Context, n Node) (Node, error) {
 	if n.Kind == "" {
 		n.Kind = api.NodeKindGateway
+		if n.ClusterID != "" {
+			n.Kind = api.NodeKindWorker
+		}
 	}
 	if n.Tags == nil {
 		n.Tags = map[string]string{}
@@ -148,6 +159,15 @@ func (c *Catalog) RegisterNode(ctx context.Context, n Node) (Node, error) {
 			return n, fmt.Errorf("register node %s: %w", n.Name, err)
 		}
 	}
+	if n.ClusterID != "" {
+		var k int
+		if err := tx.QueryRowContext(ctx, c.db.Rebind(`SELECT count(*) FROM proxy_clusters WHERE id = ?`), n.ClusterID).Scan(&k); err != nil {
+			return n, fmt.Errorf("register node %s: %w", n.Name, err)
+		}
+		if k == 0 {
+			return n, fmt.Errorf("register node %s: proxy cluster %s (config \"cluster_id\") %w: create it with `ferry admin clusters add NAME`, or remove cluster_id from the node's config to run it as a gateway", n.Name, n.ClusterID, ErrNotFound)
+		}
+	}
 	// A node that clients will trust for the first time (a new node, or a known ID with a new
 	// WireGuard key) is recorded in the admin activity log, in the same transaction.
 	var oldKey string
@@ -165,12 +185,12 @@ func (c *Catalog) RegisterNode(ctx context.Context, n Node) (Node, error) {
 			return n, fmt.Errorf("register node %s: record it in the activity log: %w", n.Name, err)
 		}
 	}
-	_, err = tx.ExecContext(ctx, c.db.Rebind(`INSERT INTO nodes(id, name, kind, tags, wireguard_public_key, wireguard_endpoint, enroll_url, enroll_cert_sha256, version, started_at, last_heartbeat, stopped_at)
-		VALUES(?,?,?,?,?,?,?,?,?,?,?,0)
-		ON CONFLICT(id) DO UPDATE SET name = excluded.name, kind = excluded.kind, wireguard_public_key = excluded.wireguard_public_key,
+	_, err = tx.ExecContext(ctx, c.db.Rebind(`INSERT INTO nodes(id, name, kind, cluster_id, tags, wireguard_public_key, wireguard_endpoint, enroll_url, enroll_cert_sha256, version, started_at, last_heartbeat, stopped_at)
+		VALUES(?,?,?,?,?,?,?,?,?,?,?,?,0)
+		ON CONFLICT(id) DO UPDATE SET name = excluded.name, kind = excluded.kind, cluster_id = excluded.cluster_id, wireguard_public_key = excluded.wireguard_public_key,
 			wireguard_endpoint = excluded.wireguard_endpoint, enroll_url = excluded.enroll_url, enroll_cert_sha256 = excluded.enroll_cert_sha256,
 			version = excluded.version, started_at = excluded.started_at, last_heartbeat = excluded.last_heartbeat, stopped_at = 0`),
-		n.ID, n.Name, n.Kind, string(tags), n.WireGuardPublicKey, n.WireGuardEndpoint, n.EnrollURL, n.EnrollCertSHA256, n.Version,
+		n.ID, n.Name, n.Kind, sql.NullString{String: n.ClusterID, Valid: n.ClusterID != ""}, string(tags), n.WireGuardPublicKey, n.WireGuardEndpoint, n.EnrollURL, n.EnrollCertSHA256, n.Version,
 		n.StartedAt.Unix(), n.LastHeartbeat.Unix())
 	if store.IsConflict(err) {
 		return n, fmt.Errorf("register node %s: its name %q or WireGuard key is held by another node: %w", n.ID, n.Name, ErrConflict)
@@ -236,15 +256,16 @@ func (c *Catalog) NodeStopped(ctx context.Context, id string, at time.Time) erro
 	return nil
 }
 
-const nodeColumns = `id, name, kind, tags, wireguard_public_key, wireguard_endpoint, enroll_url, enroll_cert_sha256, version, started_at, last_heartbeat, stopped_at`
+const nodeColumns = `id, name, kind, cluster_id, tags, wireguard_public_key, wireguard_endpoint, enroll_url, enroll_cert_sha256, version, started_at, last_heartbeat, stopped_at`
 
 type rowScanner interface{ Scan(dest ...any) error }
 
 func scanNode(r rowScanner) (Node, error) {
 	var n Node
 	var tags string
+	var cluster sql.NullString
 	var started, beat, stopped int64
-	if err := r.Scan(&n.ID, &n.Name, &n.Kind, &tags, &n.WireGuardPublicKey, &n.WireGuardEndpoint, &n.EnrollURL, &n.EnrollCertSHA256, &n.Version, &started, &beat, &stopped); err != nil {
+	if err := r.Scan(&n.ID, &n.Name, &n.Kind, &cluster, &tags, &n.WireGuardPublicKey, &n.WireGuardEndpoint, &n.EnrollURL, &n.EnrollCertSHA256, &n.Version, &started, &beat, &stopped); err != nil {
 		return n, err
 	}
 	if err := json.Unmarshal([]byte(tags), &n.Tags); err != nil {
@@ -253,6 +274,7 @@ func scanNode(r rowScanner) (Node, error) {
 	if n.Tags == nil {
 		n.Tags = map[string]string{}
 	}
+	n.ClusterID = cluster.String
 	n.StartedAt, n.LastHeartbeat = time.Unix(started, 0).UTC(), time.Unix(beat, 0).UTC()
 	if stopped != 0 {
 		n.StoppedAt = time.Unix(stopped, 0).UTC()

@@ -174,6 +174,9 @@ func (c *Catalog) store(ctx context.Context, r resource.Resource, insert bool) (
 	if err := c.checkStore(ctx, tx, r); err != nil {
 		return r, err
 	}
+	if err := c.checkCluster(ctx, tx, r); err != nil {
+		return r, err
+	}
 	var n int
 	if err := tx.QueryRowContext(ctx, c.db.Rebind(`SELECT count(*) FROM resources WHERE name = ? AND id != ?`), r.Name, r.ID).Scan(&n); err != nil {
 		return r, err

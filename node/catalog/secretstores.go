@@ -138,7 +138,7 @@ func (c *Catalog) DeleteSecretStore(ctx context.Context, idOrName string) (resou
 	if err := tx.Lock(ctx, "catalog.resources"); err != nil {
 		return s, fmt.Errorf("delete secret store %s: %w", s.Name, err)
 	}
-	users, err := resourcesUsingStore(ctx, tx, s.ID)
+	users, err := resourcesUsing(ctx, tx, func(r resource.Resource) bool { return r.SecretStoreID == s.ID })
 	if err != nil {
 		return s, fmt.Errorf("delete secret store %s: %w", s.Name, err)
 	}
@@ -162,7 +162,8 @@ func (c *Catalog) DeleteSecretStore(ctx context.Context, idOrName string) (resou
 	return s, nil
 }
 
-func resourcesUsingStore(ctx context.Context, tx *store.Tx, id string) ([]string, error) {
+// resourcesUsing lists the names of the resources for which uses is true.
+func resourcesUsing(ctx context.Context, tx *store.Tx, uses func(resource.Resource) bool) ([]string, error) {
 	rows, err := tx.QueryContext(ctx, `SELECT name, data FROM resources ORDER BY name`)
 	if err != nil {
 		return nil, err
@@ -178,7 +179,7 @@ func resourcesUsingStore(ctx context.Context, tx *store.Tx, id string) ([]string
 		if err := json.Unmarshal([]byte(data), &r); err != nil {
 			return nil, fmt.Errorf("decode resource %s: %w", name, err)
 		}
-		if r.SecretStoreID == id {
+		if uses(r) {
 			out = append(out, name)
 		}
 	}

@@ -83,7 +83,7 @@ func (sv *Server) registerNodeRoutes(mux *router) {
 
 func apiNode(x catalog.Node, now time.Time) api.Node {
 	return api.Node{
-		ID: x.ID, Name: x.Name, Kind: x.Kind, Tags: x.Tags,
+		ID: x.ID, Name: x.Name, Kind: x.Kind, ClusterID: x.ClusterID, Tags: x.Tags,
 		WireGuardPublicKey: x.WireGuardPublicKey, WireGuardEndpoint: x.WireGuardEndpoint,
 		EnrollURL: x.EnrollURL, EnrollCertSHA256: x.EnrollCertSHA256, Version: x.Version,
 		StartedAt: x.StartedAt, LastHeartbeat: x.LastHeartbeat,

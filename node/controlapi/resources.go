@@ -18,7 +18,14 @@ func (sv *Server) registerCatalogRoutes(mux *router) {
 			writeCatalogError(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, res)
+		rt, err := sv.routes(r.Context())
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		out := api.Datasource{Resource: res}
+		out.Route, out.Candidates = rt.of(res)
+		writeJSON(w, http.StatusOK, out)
 	}))
 	mux.HandleFunc("PUT /v1/admin/datasources/{name}", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		var in resource.Input // a left-out tls_required is true

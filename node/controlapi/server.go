@@ -322,16 +322,26 @@ func (sv *Server) apiRouter() *router {
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
+		// The route is left out when the nodes cannot be read (the catalog is down: the resources
+		// come from the authorisation cache); clients then use any node, as before routing.
+		rt, rtErr := sv.routes(r.Context())
+		if rtErr != nil {
+			sv.log.Warn("resource list without routes", "err", rtErr)
+		}
 		out := api.ResourceList{Resources: []api.Resource{}}
 		for _, x := range rs {
 			if !acc.Allows(x) {
 				continue
 			}
-			out.Resources = append(out.Resources, api.Resource{
+			res := api.Resource{
 				Name: x.Name, Type: x.Type, Database: x.Database, Username: x.Username,
 				ConnectivityMode: x.ConnectivityMode, LoopbackAddress: x.LoopbackAddress, VNAddress: x.VNAddress,
 				Subdomain: x.Subdomain, Tags: x.Tags, Health: sv.healthSummary(x.Name),
-			})
+			}
+			if rtErr == nil {
+				res.Route, _ = rt.of(x)
+			}
+			out.Resources = append(out.Resources, res)
 		}
 		writeJSON(w, http.StatusOK, out)
 	})
@@ -414,6 +424,7 @@ func (sv *Server) apiRouter() *router {
 	sv.registerSecretStoreRoutes(mux)
 	sv.registerHealthRoutes(mux)
 	sv.registerNodeRoutes(mux)
+	sv.registerClusterRoutes(mux)
 	return mux
 }
 

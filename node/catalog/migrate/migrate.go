@@ -87,7 +87,8 @@ var catalogTables = []table{
 	{name: "user_roles", cols: []string{"user_name", "role"}, key: 2},
 	{name: "devices", cols: []string{"public_key", "user_name", "address", "name", "enrolled_at"}, key: 1},
 	{name: "enroll_tokens", cols: []string{"secret_sha256", "user_name", "expires_at", "used_at"}, key: 1},
-	{name: "nodes", cols: []string{"id", "name", "kind", "tags", "wireguard_public_key", "wireguard_endpoint", "enroll_url", "enroll_cert_sha256", "version", "started_at", "last_heartbeat", "stopped_at"}, key: 1},
+	{name: "proxy_clusters", cols: []string{"id", "name", "created_at"}, key: 1},
+	{name: "nodes", cols: []string{"id", "name", "kind", "cluster_id", "tags", "wireguard_public_key", "wireguard_endpoint", "enroll_url", "enroll_cert_sha256", "version", "started_at", "last_heartbeat", "stopped_at"}, key: 1},
 	{name: "admin_activity", cols: []string{"time", "actor", "action", "target", "detail"}},
 }
 
