@@ -353,7 +353,7 @@ func (n *Node) start(ctx context.Context) error {
 	n.metrics = newMetrics(n.log, n.audit.Stats)
 	n.metrics.reg.MustRegister(catalogMetrics(n.authz.Status)...)
 	n.up = upstream.New(n.upstreamConfig(allowed, roots, n.cat, n.tokens, countingTokens{TokenSource: n.tokens, m: n.metrics}))
-	n.proxy = pgproxy.New(pgproxy.Config{Tokens: countingTokens{TokenSource: n.tokens, m: n.metrics}, Audit: proxyAudit{n.audit}, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout),
+	n.proxy = pgproxy.New(pgproxy.Config{Tokens: countingTokens{TokenSource: n.tokens, m: n.metrics}, Audit: proxyAudit{n.audit}, NodeID: n.id, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout),
 		OnPanic: n.metrics.panics.Inc, TestHook: n.cfg.SessionTestHook})
 
 	n.tun, err = tunnel.New(ctx, tunnel.Config{

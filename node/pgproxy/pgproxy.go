@@ -204,6 +204,7 @@ func endNotice(ctx context.Context) *Refusal {
 type Config struct {
 	Tokens         TokenSource
 	Audit          AuditLog      // nil = no audit records (logs only)
+	NodeID         string        // this node's ID, written into every connection record
 	Logger         *slog.Logger  // nil = slog.Default()
 	MaxMessageSize int           // largest client message body in bytes; 0 = DefaultMaxMessageSize
 	LoginTimeout   time.Duration // 0 = DefaultLoginTimeout

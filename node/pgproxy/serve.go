@@ -440,6 +440,7 @@ func (p *Proxy) startRecord(ctx context.Context, log *slog.Logger, c audit.Conne
 	}
 	actx, cancel := auditCtx(ctx)
 	defer cancel()
+	c.NodeID = p.cfg.NodeID
 	id, err := p.cfg.Audit.StartConnection(actx, c)
 	if err != nil {
 		log.Error("pgproxy: audit connection start; the session is refused", "err", err)
