@@ -99,6 +99,9 @@ const (
 	OutcomeSuspended = "suspended" // the user was suspended
 	OutcomeRemoved   = "removed"   // the device or the user was removed
 	OutcomeDeleted   = "deleted"   // the resource was deleted
+	// the resource is no longer carried by this node: its egress filter or proxy cluster, or the
+	// node's tags, changed so that the node is not one of its candidates (node/routing)
+	OutcomeRerouted = "rerouted"
 )
 
 // timeLayout is fixed-width so that the TEXT columns sort in time order.

@@ -49,7 +49,11 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 		err = checkStartup(st)
 	}
 	if err == nil && s.Denied != nil {
-		err = fatal(audit.OutcomeDenied, s.Denied.Code, s.Denied.Message, "", s.Denied.Hint, s.Denied)
+		outcome := audit.OutcomeDenied
+		if s.Denied.Outcome != "" {
+			outcome = s.Denied.Outcome
+		}
+		err = fatal(outcome, s.Denied.Code, s.Denied.Message, "", s.Denied.Hint, s.Denied)
 	}
 	if err == nil && t.Credentials != nil {
 		err = resolveCredentials(loginCtx, &t)
