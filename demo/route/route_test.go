@@ -141,7 +141,10 @@ func testRouteEnforced(t *testing.T, nodes int) {
 	}
 	for _, tc := range refusals {
 		keepOnline()
-		wantFatal(t, tc.r.Name+" through node 1", second(via1.connect(ctx, tc.r)), tc.code, tc.text)
+		pe := wantFatal(t, tc.r.Name+" through node 1", second(via1.connect(ctx, tc.r)), tc.code, tc.text)
+		if tc.code == "28000" && pe != nil && !strings.Contains(pe.Hint, "Connect through one of its nodes ("+other.Name+")") {
+			t.Errorf("the 28000's hint %q does not name the node that carries it (%s)", pe.Hint, other.Name)
+		}
 	}
 	if nodes > 1 {
 		via2 := dev.to(t, env.Nodes[1])
@@ -350,17 +353,19 @@ func (v via) connect(ctx context.Context, r resource.Resource) (*pgconn.PgConn, 
 
 func second[T any](_ T, err error) error { return err }
 
-// wantFatal checks that err is a FATAL ErrorResponse with code whose message contains text.
-func wantFatal(t *testing.T, what string, err error, code, text string) {
+// wantFatal checks that err is a FATAL ErrorResponse with code whose message contains text, and
+// returns it (nil when err is none).
+func wantFatal(t *testing.T, what string, err error, code, text string) *pgconn.PgError {
 	t.Helper()
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) {
 		t.Errorf("%s: %v; want FATAL %s %q", what, err, code, text)
-		return
+		return nil
 	}
 	if pe.Severity != "FATAL" || pe.Code != code || !strings.Contains(pe.Message, text) {
 		t.Errorf("%s: %s %s %q (hint %q); want FATAL %s containing %q", what, pe.Severity, pe.Code, pe.Message, pe.Hint, code, text)
 	}
+	return pe
 }
 
 // ferryCLI runs the ferry CLI as the demo's admin device and returns what it printed.
