@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -14,10 +15,13 @@ type LogFilter struct {
 	User, Resource string
 	Since, Until   time.Time
 	Limit          int // 0 = the node's default (100)
+	// Node is the ID or name of the node that carried the connection: the connection log only
+	// (QueryLog refuses it).
+	Node string
 }
 
 // query encodes f as the URL query of the log endpoints:
-// user, resource, since and until (RFC 3339), limit.
+// user, resource, node, since and until (RFC 3339), limit.
 func (f LogFilter) query() string {
 	v := url.Values{}
 	if f.User != "" {
@@ -25,6 +29,9 @@ func (f LogFilter) query() string {
 	}
 	if f.Resource != "" {
 		v.Set("resource", f.Resource)
+	}
+	if f.Node != "" {
+		v.Set("node", f.Node)
 	}
 	if !f.Since.IsZero() {
 		v.Set("since", f.Since.UTC().Format(time.RFC3339Nano))
@@ -49,6 +56,9 @@ func (c *Client) ConnectionLog(ctx context.Context, f LogFilter) ([]Connection, 
 
 // QueryLog returns the query-log records matching f, newest first (admin only).
 func (c *Client) QueryLog(ctx context.Context, f LogFilter) ([]Query, error) {
+	if f.Node != "" {
+		return nil, errors.New("query log: there is no node filter; filter the connection log by node (ConnectionLog) instead")
+	}
 	var l QueryList
 	return l.Queries, c.do(ctx, http.MethodGet, "/v1/admin/logs/queries"+f.query(), nil, &l)
 }

@@ -203,6 +203,8 @@ type Connection struct {
 	User             string    `json:"user"`
 	Resource         string    `json:"resource"`
 	ClientAddr       string    `json:"client_addr"`
+	NodeID           string    `json:"node_id,omitempty"`           // the node that carried it ("" for records from before node IDs)
+	NodeName         string    `json:"node_name,omitempty"`         // that node's name, while the catalog has its record
 	OriginalUser     string    `json:"original_user,omitempty"`     // the client's StartupMessage "user"
 	OriginalDatabase string    `json:"original_database,omitempty"` // the client's StartupMessage "database"
 	Role             string    `json:"role,omitempty"`              // the role logged in upstream

@@ -80,8 +80,22 @@ func TestCommandsAgainstDemo(t *testing.T) {
 			t.Errorf("connect --env output lacks %q:\n%s", want, out)
 		}
 	}
+	// The node carries only what it is a candidate for: the resource's proxy cluster has no workers
+	// (the demo's node is a gateway), so psql gets FATAL 08001 saying so. Out of the cluster, and
+	// with the node tagged env=dev (its egress filter), the node carries it.
+	env1 := out
+	if got, err := exec.Command("bash", "-c", env1+"psql -X -A -t -c 'select 1'").CombinedOutput(); err == nil ||
+		!strings.Contains(string(got), "FATAL") || !strings.Contains(string(got), "no node can reach it: proxy cluster n-1a2b345c67890123 has no workers") {
+		t.Fatalf("psql to a resource of a cluster without workers: %v: %s", err, got)
+	}
+	if out, err := run(t, "admin", "datasources", "update", "azure-pg-mi-dev", "--proxy-cluster-id="); err != nil {
+		t.Fatalf("leave the cluster: %v: %s", err, out)
+	}
+	if out, err := run(t, "admin", "nodes", "update", env.Node.ID(), "--tags", "env=dev"); err != nil {
+		t.Fatalf("tag the node: %v: %s", err, out)
+	}
 	// The printed environment is what psql needs.
-	cmd := exec.Command("bash", "-c", out+"psql -X -A -t -c 'select current_database()'")
+	cmd := exec.Command("bash", "-c", env1+"psql -X -A -t -c 'select current_database()'")
 	got, err := cmd.CombinedOutput()
 	if err != nil || strings.TrimSpace(string(got)) != "production" {
 		t.Fatalf("psql with the printed environment: %v: %s", err, got)

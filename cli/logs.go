@@ -15,6 +15,7 @@ import (
 // logFlags are the filters shared by `ferry admin logs connections|queries`.
 type logFlags struct {
 	user, resource, since, until string
+	node                         string // connections only
 	limit                        int
 	json                         bool
 }
@@ -55,15 +56,21 @@ func (f *logFlags) filter() (api.LogFilter, error) {
 	if f.limit < 1 {
 		return api.LogFilter{}, fmt.Errorf("--limit %d: give a positive number of records", f.limit)
 	}
-	return api.LogFilter{User: f.user, Resource: f.resource, Since: since, Until: until, Limit: f.limit}, nil
+	return api.LogFilter{User: f.user, Resource: f.resource, Node: f.node, Since: since, Until: until, Limit: f.limit}, nil
 }
 
 func logsConnectionsCmd() *cobra.Command {
 	var f logFlags
 	c := &cobra.Command{
 		Use:   "connections",
-		Short: "List the newest connections through the node",
-		Args:  cobra.NoArgs,
+		Short: "List the newest connections through the deployment's nodes",
+		Long: `List the newest connections, newest first: who connected to which resource, through which
+node (NODE: the node that opened the session to the server), and how it ended (OUTCOME: ok, denied,
+failed, or why the node ended it: revoked, suspended, removed, deleted, rerouted).
+
+--node takes a node's ID or name (` + "`ferry admin nodes list`" + `); an ID also finds the records of a
+node whose record was deleted.`,
+		Args: cobra.NoArgs,
 		RunE: withAPI(func(cmd *cobra.Command, _ []string, ac *api.Client) error {
 			filter, err := f.filter()
 			if err != nil {
@@ -82,6 +89,7 @@ func logsConnectionsCmd() *cobra.Command {
 		}),
 	}
 	f.register(c)
+	c.Flags().StringVar(&f.node, "node", "", "only connections carried by this node (ID or name)")
 	return c
 }
 
@@ -112,7 +120,7 @@ func printConnections(w io.Writer, cs []api.Connection, asJSON bool) error {
 		return printJSON(w, cs)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTART\tDURATION\tUSER\tRESOURCE\tCLIENT\tROLE@DATABASE\tPID\tBYTES IN/OUT\tQUERIES DROPPED\tOUTCOME\tERROR")
+	fmt.Fprintln(tw, "ID\tSTART\tDURATION\tUSER\tRESOURCE\tCLIENT\tROLE@DATABASE\tPID\tBYTES IN/OUT\tQUERIES DROPPED\tNODE\tOUTCOME\tERROR")
 	for _, c := range cs {
 		dur := "open"
 		if !c.End.IsZero() {
@@ -122,10 +130,23 @@ func printConnections(w io.Writer, cs []api.Connection, asJSON bool) error {
 		if c.SQLState != "" {
 			outcome += " " + c.SQLState
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s@%s\t%d\t%d/%d\t%d\t%s\t%s\n", c.ID, stamp(c.Start), dur, cell(c.User), cell(c.Resource),
-			cell(c.ClientAddr), cell(c.Role), cell(c.Database), c.UpstreamPID, c.BytesFromClient, c.BytesFromServer, c.QueriesDropped, cell(outcome), cell(c.Error))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s@%s\t%d\t%d/%d\t%d\t%s\t%s\t%s\n", c.ID, stamp(c.Start), dur, cell(c.User), cell(c.Resource),
+			cell(c.ClientAddr), cell(c.Role), cell(c.Database), c.UpstreamPID, c.BytesFromClient, c.BytesFromServer, c.QueriesDropped,
+			cell(nodeCell(c)), cell(outcome), cell(c.Error))
 	}
 	return tw.Flush()
+}
+
+// nodeCell is a connection's node as the table shows it: its name and ID, its ID when the catalog
+// no longer has its record, "-" for records from before node IDs.
+func nodeCell(c api.Connection) string {
+	switch {
+	case c.NodeID == "":
+		return "-"
+	case c.NodeName == "":
+		return c.NodeID
+	}
+	return c.NodeName + " (" + c.NodeID + ")"
 }
 
 func logsQueriesCmd() *cobra.Command {

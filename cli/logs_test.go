@@ -34,12 +34,12 @@ func TestParseWhen(t *testing.T) {
 }
 
 // TestPrintConnections: the connection log shows each connection's dropped query records, in the
-// table and (also when 0) in the JSON.
+// table and (also when 0) in the JSON, and the node that carried it (name and ID).
 func TestPrintConnections(t *testing.T) {
 	start := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
 	cs := []api.Connection{
 		{ID: 2, Start: start, End: start.Add(time.Second), DurationMS: 1000, User: "mallory", Resource: "pg", ClientAddr: "100.64.0.9:5000",
-			Role: "mi_user", Database: "app", QueriesDropped: 12, Outcome: "ok",
+			Role: "mi_user", Database: "app", QueriesDropped: 12, Outcome: "ok", NodeID: "n-00000000000000aa", NodeName: "gw-1",
 			Error: "terminating connection: the audit log is unavailable: the Ferry node cannot record this session's statements"},
 		{ID: 1, Start: start, End: start.Add(time.Second), DurationMS: 1000, User: "alice", Resource: "pg", ClientAddr: "100.64.0.5:5000",
 			Role: "mi_user", Database: "app", Outcome: "ok"},
@@ -49,8 +49,8 @@ func TestPrintConnections(t *testing.T) {
 		json bool
 		want []string
 	}{
-		{"table", false, []string{"QUERIES DROPPED", "the audit log is unavailable"}},
-		{"json", true, []string{`"queries_dropped": 12`, `"queries_dropped": 0`}},
+		{"table", false, []string{"QUERIES DROPPED", "the audit log is unavailable", "NODE", "gw-1 (n-00000000000000aa)"}},
+		{"json", true, []string{`"queries_dropped": 12`, `"queries_dropped": 0`, `"node_id": "n-00000000000000aa"`, `"node_name": "gw-1"`}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

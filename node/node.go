@@ -286,10 +286,13 @@ type Node struct {
 	enrollCert tls.Certificate
 	registered bool         // the node's record is in the catalog: Close marks it stopped
 	startedAt  atomic.Int64 // Unix seconds this process registered the node's record at
-	servers    []*http.Server
-	wg         sync.WaitGroup
-	ctx        context.Context // ends when the node closes; sessions run under it
-	cancel     context.CancelFunc
+	// self is the node's own record as it last knew it: from its config until it registers, then
+	// as the catalog stored it. Admission uses it when the node list lacks the node (session.Config.Self).
+	self    atomic.Pointer[catalog.Node]
+	servers []*http.Server
+	wg      sync.WaitGroup
+	ctx     context.Context // ends when the node closes; sessions run under it
+	cancel  context.CancelFunc
 	// sessions admits tunnelled flows, keeps the open sessions and ends those the catalog no
 	// longer allows, and keeps the tunnel's peers in line with the catalog's devices.
 	sessions *session.Manager
@@ -362,7 +365,7 @@ func (n *Node) start(ctx context.Context) error {
 	n.metrics = newMetrics(n.log, n.audit.Stats)
 	n.metrics.reg.MustRegister(catalogMetrics(n.authz.Status)...)
 	n.up = upstream.New(n.upstreamConfig(allowed, roots, n.cat, n.tokens, countingTokens{TokenSource: n.tokens, m: n.metrics}))
-	n.proxy = pgproxy.New(pgproxy.Config{Tokens: countingTokens{TokenSource: n.tokens, m: n.metrics}, Audit: proxyAudit{n.audit}, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout),
+	n.proxy = pgproxy.New(pgproxy.Config{Tokens: countingTokens{TokenSource: n.tokens, m: n.metrics}, Audit: proxyAudit{n.audit}, NodeID: n.id, Logger: n.log, LoginTimeout: time.Duration(n.cfg.LoginTimeout),
 		OnPanic: n.metrics.panics.Inc, TestHook: n.cfg.SessionTestHook})
 
 	n.tun, err = tunnel.New(ctx, tunnel.Config{
@@ -376,9 +379,12 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start node: WireGuard: %w", err)
 	}
+	n.self.Store(&catalog.Node{ID: n.id, Name: n.cfg.Name, Kind: api.NodeKindGateway, Tags: n.cfg.Tags})
 	n.sessions = session.New(n.ctx, session.Config{
 		Catalog: n.cat,
 		Lookup:  n.authz,
+		NodeID:  n.id,
+		Self:    func() catalog.Node { return *n.self.Load() },
 		Peers:   n.tun,
 		Target:  n.up.Target,
 		Serve: func(ctx context.Context, c net.Conn, t pgproxy.Target, s pgproxy.Session) {

@@ -117,6 +117,8 @@ func (n *Node) register(ctx context.Context) error {
 		return err
 	}
 	n.startedAt.Store(stored.StartedAt.Unix())
+	n.self.Store(&stored)
+	n.authz.Kick() // the read cache's snapshot gets the node's own record
 	// config.json's tags are the first ones only: say so when they no longer are the node's.
 	if len(n.cfg.Tags) > 0 && api.FormatNodeTags(n.cfg.Tags) != api.FormatNodeTags(stored.Tags) {
 		n.log.Warn("config.json's tags are not this node's tags in the catalog, which apply: they only set a new node's first tags; change them with `ferry admin nodes update "+stored.Name+" --tags ...`",

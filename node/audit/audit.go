@@ -99,6 +99,9 @@ const (
 	OutcomeSuspended = "suspended" // the user was suspended
 	OutcomeRemoved   = "removed"   // the device or the user was removed
 	OutcomeDeleted   = "deleted"   // the resource was deleted
+	// the resource is no longer carried by this node: its egress filter or proxy cluster, or the
+	// node's tags, changed so that the node is not one of its candidates (node/routing)
+	OutcomeRerouted = "rerouted"
 )
 
 // timeLayout is fixed-width so that the TEXT columns sort in time order.
@@ -213,6 +216,9 @@ type Connection struct {
 	User       string    // the Ferry user (identified by the tunnel peer)
 	Resource   string    // the resource name
 	ClientAddr string    // the client's tunnel address, "ip:port"
+	// NodeID is the node that carried the connection ("n-…"), which opened the session to the
+	// server; "" for connections recorded before node IDs were.
+	NodeID string
 	// OriginalUser and OriginalDatabase are the "user" and "database"
 	// parameters of the client's StartupMessage, as sent.
 	OriginalUser, OriginalDatabase string
@@ -274,6 +280,7 @@ type Query struct {
 // ConnectionFilter selects connections; zero fields match everything.
 type ConnectionFilter struct {
 	User, Resource string
+	NodeID         string    // the node that carried the connection
 	Since, Until   time.Time // start time in [Since, Until)
 	Limit          int       // at most this many rows, newest first; 0 = 1000
 }
@@ -564,10 +571,11 @@ func (l *Log) insertConnection(ctx context.Context, c Connection) (int64, error)
 	var id int64
 	err := l.db.QueryRowContext(ctx, l.rb(`INSERT INTO audit_connections
 		(record_id, start_time, end_time, user_name, resource, client_addr, database, outcome, error,
-		 original_user, original_database, role, sqlstate, upstream_pid, bytes_from_client, bytes_from_server, queries_dropped)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (record_id) DO NOTHING RETURNING id`),
+		 original_user, original_database, role, sqlstate, upstream_pid, bytes_from_client, bytes_from_server, queries_dropped, node_id)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (record_id) DO NOTHING RETURNING id`),
 		c.RecordID, formatTime(c.Start), end, l.txt(c.User), l.txt(c.Resource), c.ClientAddr, l.txt(c.Database), c.Outcome, l.txt(c.Error),
-		l.txt(c.OriginalUser), l.txt(c.OriginalDatabase), l.txt(c.Role), l.txt(c.SQLState), int64(c.UpstreamPID), c.BytesFromClient, c.BytesFromServer, c.QueriesDropped).Scan(&id)
+		l.txt(c.OriginalUser), l.txt(c.OriginalDatabase), l.txt(c.Role), l.txt(c.SQLState), int64(c.UpstreamPID), c.BytesFromClient, c.BytesFromServer, c.QueriesDropped,
+		l.txt(c.NodeID)).Scan(&id)
 	if errors.Is(err, sql.ErrNoRows) {
 		err = l.db.QueryRowContext(ctx, l.rb(`SELECT id FROM audit_connections WHERE record_id = ?`), c.RecordID).Scan(&id)
 	}
@@ -1294,9 +1302,13 @@ func limitOf(n int) int {
 // Connections returns the connections matching filter, newest first.
 func (l *Log) Connections(ctx context.Context, filter ConnectionFilter) ([]Connection, error) {
 	q := `SELECT id, COALESCE(record_id, ''), start_time, end_time, user_name, resource, client_addr, database, outcome, error,
-		original_user, original_database, role, sqlstate, upstream_pid, bytes_from_client, bytes_from_server, queries_dropped
+		original_user, original_database, role, sqlstate, upstream_pid, bytes_from_client, bytes_from_server, queries_dropped, node_id
 		FROM audit_connections WHERE 1=1`
 	q, args := where(q, filter.User, filter.Resource, "start_time", filter.Since, filter.Until)
+	if filter.NodeID != "" {
+		q += ` AND node_id = ?`
+		args = append(args, filter.NodeID)
+	}
 	q = l.rb(q + ` ORDER BY id DESC LIMIT ?`)
 	args = append(args, limitOf(filter.Limit))
 	rows, err := l.db.QueryContext(ctx, q, args...)
@@ -1310,7 +1322,7 @@ func (l *Log) Connections(ctx context.Context, filter ConnectionFilter) ([]Conne
 		var start, end sql.NullString
 		var pid int64
 		if err := rows.Scan(&c.ID, &c.RecordID, &start, &end, &c.User, &c.Resource, &c.ClientAddr, &c.Database, &c.Outcome, &c.Error,
-			&c.OriginalUser, &c.OriginalDatabase, &c.Role, &c.SQLState, &pid, &c.BytesFromClient, &c.BytesFromServer, &c.QueriesDropped); err != nil {
+			&c.OriginalUser, &c.OriginalDatabase, &c.Role, &c.SQLState, &pid, &c.BytesFromClient, &c.BytesFromServer, &c.QueriesDropped, &c.NodeID); err != nil {
 			return nil, fmt.Errorf("list audit connections: %w", err)
 		}
 		c.Start, c.End = parseTime(start), parseTime(end)

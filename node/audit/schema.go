@@ -9,7 +9,8 @@ import (
 )
 
 // The audit schema is the store migration sequence "audit" (store.DB.Migrate): version 1 is the
-// tables as the last release without record IDs left them, version 2 adds the record IDs. Times are
+// tables as the last release without record IDs left them, version 2 adds the record IDs, version 3
+// the node ID of each connection. Times are
 // TEXT in timeLayout on both dialects (fixed width, so they sort), so the code and the copy between
 // databases are the same for both.
 //
@@ -133,12 +134,20 @@ CREATE INDEX audit_queries_user ON audit_queries(user_name, id);
 CREATE INDEX audit_queries_resource ON audit_queries(resource, id);
 `
 
+// nodeIDs is version 3 on both dialects: the ID of the node that carried each connection ("n-…";
+// "" for connections recorded before), so that the connection log says which node opened the
+// session to the server and can be filtered by it.
+const nodeIDs = `
+ALTER TABLE audit_connections ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
+CREATE INDEX audit_connections_node ON audit_connections(node_id, id);
+`
+
 // migration is the audit schema's migration sequence for dialect d.
 func migration(d store.Dialect) store.Migration {
 	m := store.Migration{
 		Name:     "audit",
-		SQLite:   []string{sqliteV1(), recordIDs},
-		Postgres: []string{postgresV1, recordIDs},
+		SQLite:   []string{sqliteV1(), recordIDs, nodeIDs},
+		Postgres: []string{postgresV1, recordIDs, nodeIDs},
 	}
 	if d == store.SQLite {
 		m.Adopt = adoptSQLite

@@ -1,5 +1,6 @@
 // Package catcache is the node's read cache of what it needs to authorise: the catalog's devices,
-// users (admin, suspended), roles' grants and resources, kept as a snapshot that is re-read every
+// users (admin, suspended), roles' grants, resources and nodes (which node carries which resource,
+// node/routing), kept as a snapshot that is re-read every
 // Interval while the catalog answers. Reads go to the catalog; when the catalog database cannot be
 // reached (store.IsUnavailable), they are answered from the last good snapshot instead, so that open
 // sessions continue and known devices keep connecting to the resources they were granted, until
@@ -63,6 +64,7 @@ type snapshot struct {
 	byVN      map[netip.AddrPort]resource.Resource
 	owners    map[netip.Addr]catalog.User // device tunnel address → its user
 	access    map[string]catalog.Access   // user name → access
+	nodes     []catalog.Node              // the deployment's nodes, this one included once registered
 }
 
 // Cache answers the node's authorisation reads from the catalog, or from its last good snapshot
@@ -156,7 +158,11 @@ func (c *Cache) read(ctx context.Context) (*snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &snapshot{at: c.now(), resources: rs, byVN: map[netip.AddrPort]resource.Resource{},
+	nodes, err := c.cat.Nodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s := &snapshot{at: c.now(), resources: rs, nodes: nodes, byVN: map[netip.AddrPort]resource.Resource{},
 		owners: map[netip.Addr]catalog.User{}, access: map[string]catalog.Access{}}
 	for _, r := range rs {
 		if ap, err := netip.ParseAddrPort(r.VNAddress); err == nil {
@@ -300,6 +306,21 @@ func (c *Cache) Resources(ctx context.Context) ([]resource.Resource, error) {
 		return s.resources, nil
 	}
 	return nil, fmt.Errorf("list resources: %w", down)
+}
+
+// NodesAsOf is catalog.Catalog's Nodes and the time to judge their heartbeats at (whether each is
+// online, catalog.Node.Online): now when the catalog answers; while it is unreachable, the
+// snapshot's nodes as of the snapshot's time, since no heartbeat can be read meanwhile (a node
+// online then is taken to run still, one offline then to be down still).
+func (c *Cache) NodesAsOf(ctx context.Context) ([]catalog.Node, time.Time, error) {
+	ns, s, down, err := answer(c, func() ([]catalog.Node, error) { return c.cat.Nodes(ctx) })
+	if down == nil {
+		return ns, c.now(), err
+	}
+	if s != nil {
+		return s.nodes, s.at, nil
+	}
+	return nil, time.Time{}, fmt.Errorf("list nodes: %w", down)
 }
 
 // IsUnreachable reports whether err says the catalog could not be reached: an *UnreachableError,

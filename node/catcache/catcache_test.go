@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,7 +22,7 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 // TestAnswersFromSnapshotWhileStopped: with the catalog's PostgreSQL stopped, the cache answers
 // each authorisation read the snapshot holds (device → user, the user's access, resource by VN
-// address, the resource list), refuses the rest with an *UnreachableError (never ErrNotFound: a
+// address, the resource list, the node list as of the snapshot's time), refuses the rest with an *UnreachableError (never ErrNotFound: a
 // device missing from the snapshot is not a deleted one), reports since when; once the server is
 // back, a refresh reads the catalog again, and with it a grant revoked meanwhile.
 func TestAnswersFromSnapshotWhileStopped(t *testing.T) {
@@ -59,6 +60,16 @@ func TestAnswersFromSnapshotWhileStopped(t *testing.T) {
 		}
 	}
 	dev := enroll(t, ctx, cat, "eng")
+	nk, err := tunnel.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	beat := time.Now()
+	if _, err := cat.RegisterNode(ctx, catalog.Node{ID: catalog.NewNodeID(), Name: "gw-1", Tags: map[string]string{"env": "prod"},
+		WireGuardPublicKey: nk.PublicKey().String(), WireGuardEndpoint: "127.0.0.1:9", EnrollURL: "https://127.0.0.1:9",
+		EnrollCertSHA256: strings.Repeat("ab", 32), Version: "test", StartedAt: beat, LastHeartbeat: beat}); err != nil {
+		t.Fatal(err)
+	}
 
 	c := catcache.New(cat, slog.New(slog.DiscardHandler))
 	if err := c.Refresh(ctx); err != nil {
@@ -90,6 +101,11 @@ func TestAnswersFromSnapshotWhileStopped(t *testing.T) {
 	}
 	if rs, err := c.Resources(ctx); err != nil || len(rs) != 1 {
 		t.Fatalf("Resources while stopped: %+v, %v", rs, err)
+	}
+	// The node list, as of the snapshot's time (no heartbeat can be read meanwhile).
+	if ns, at, err := c.NodesAsOf(ctx); err != nil || len(ns) != 1 || ns[0].Name != "gw-1" || ns[0].Tags["env"] != "prod" ||
+		!at.Equal(c.Status().SnapshotAt) || !ns[0].Online(at) {
+		t.Fatalf("NodesAsOf while stopped: %+v as of %v, %v; want gw-1 as of the snapshot (%v)", ns, at, err, c.Status().SnapshotAt)
 	}
 	for what, err := range map[string]error{
 		"an unknown device":   second(c.UserByDevice(ctx, netip.MustParseAddr("198.18.9.9"))),

@@ -1,12 +1,15 @@
 package controlapi
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
 
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/node/audit"
+	"github.com/ferryhq/ferry/node/catalog"
 )
 
 // logFilter reads the log endpoints' filters from the URL query: user,
@@ -26,9 +29,50 @@ func logFilter(r *http.Request) (user, resource string, since, until time.Time, 
 	return q.Get("user"), q.Get("resource"), since, until, nil
 }
 
-func connectionFilter(r *http.Request) (audit.ConnectionFilter, error) {
+// connectionFilter is logFilter's, and node: the ID or name of the node that carried the
+// connection. A name is looked up in the catalog; an ID is taken as it is, so that the records of
+// a node whose record was deleted are still found.
+func (sv *Server) connectionFilter(r *http.Request) (audit.ConnectionFilter, error) {
 	u, res, since, until, err := logFilter(r)
-	return audit.ConnectionFilter{User: u, Resource: res, Since: since, Until: until, Limit: limit(r)}, err
+	f := audit.ConnectionFilter{User: u, Resource: res, Since: since, Until: until, Limit: limit(r)}
+	if err != nil {
+		return f, err
+	}
+	node := r.URL.Query().Get("node")
+	if node == "" || api.ValidNodeID(node) {
+		f.NodeID = node
+		return f, nil
+	}
+	n, err := sv.cat.Node(r.Context(), node)
+	if err != nil {
+		return f, fmt.Errorf("bad node %q: %w", node, err)
+	}
+	f.NodeID = n.ID
+	return f, nil
+}
+
+// nodeNames maps node IDs to names, for the connection log; empty when the catalog cannot say
+// (the log is still served, with the IDs).
+func (sv *Server) nodeNames(ctx context.Context) map[string]string {
+	ns, err := sv.cat.Nodes(ctx)
+	if err != nil {
+		sv.log.Warn("connection log: node names unavailable; showing node IDs only", "err", err)
+		return nil
+	}
+	names := make(map[string]string, len(ns))
+	for _, n := range ns {
+		names[n.ID] = n.Name
+	}
+	return names
+}
+
+// writeFilterError answers a bad filter: 404 for a node that does not exist, 400 otherwise.
+func writeFilterError(w http.ResponseWriter, err error) {
+	if errors.Is(err, catalog.ErrNotFound) {
+		writeError(w, http.StatusNotFound, err)
+		return
+	}
+	writeError(w, http.StatusBadRequest, err)
 }
 
 func queryFilter(r *http.Request) (audit.QueryFilter, error) {
@@ -38,7 +82,7 @@ func queryFilter(r *http.Request) (audit.QueryFilter, error) {
 
 func apiConnection(c audit.Connection) api.Connection {
 	return api.Connection{ID: c.ID, Start: c.Start, End: c.End, DurationMS: c.Duration().Milliseconds(), User: c.User, Resource: c.Resource,
-		ClientAddr: c.ClientAddr, OriginalUser: c.OriginalUser, OriginalDatabase: c.OriginalDatabase, Role: c.Role, Database: c.Database,
+		ClientAddr: c.ClientAddr, NodeID: c.NodeID, OriginalUser: c.OriginalUser, OriginalDatabase: c.OriginalDatabase, Role: c.Role, Database: c.Database,
 		UpstreamPID: c.UpstreamPID, BytesFromClient: c.BytesFromClient, BytesFromServer: c.BytesFromServer, QueriesDropped: c.QueriesDropped,
 		Outcome: c.Outcome, SQLState: c.SQLState, Error: c.Error}
 }

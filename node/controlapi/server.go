@@ -385,9 +385,9 @@ func (sv *Server) apiRouter() *router {
 		writeJSON(w, http.StatusCreated, out)
 	}))
 	mux.HandleFunc("GET /v1/admin/logs/connections", sv.admin(func(w http.ResponseWriter, r *http.Request) {
-		f, err := connectionFilter(r)
+		f, err := sv.connectionFilter(r)
 		if err != nil {
-			writeError(w, http.StatusBadRequest, err)
+			writeFilterError(w, err)
 			return
 		}
 		cs, err := sv.audit.Connections(r.Context(), f)
@@ -395,9 +395,12 @@ func (sv *Server) apiRouter() *router {
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
+		names := sv.nodeNames(r.Context())
 		out := api.ConnectionList{Connections: []api.Connection{}}
 		for _, c := range cs {
-			out.Connections = append(out.Connections, apiConnection(c))
+			ac := apiConnection(c)
+			ac.NodeName = names[c.NodeID]
+			out.Connections = append(out.Connections, ac)
 		}
 		writeJSON(w, http.StatusOK, out)
 	}))

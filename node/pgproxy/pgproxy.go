@@ -163,7 +163,8 @@ type Session struct {
 	User       string // the Ferry user identified by the tunnel peer
 	ClientAddr string // the client's tunnel address, "ip:port"
 	// Denied, when set, refuses the session after its StartupMessage: the client gets this FATAL
-	// ErrorResponse and the connection is recorded with outcome "denied". No upstream login happens.
+	// ErrorResponse and the connection is recorded with its Outcome, "denied" when that is empty.
+	// No upstream login happens.
 	Denied *Refusal
 }
 
@@ -174,7 +175,8 @@ type Refusal struct {
 	Message string
 	Hint    string
 	// Outcome, when set, is the audit outcome of a running session this Refusal ends
-	// (audit.OutcomeRevoked, ...); otherwise the session keeps the outcome it had.
+	// (audit.OutcomeRevoked, ...), or of a session it refuses (Session.Denied); otherwise a running
+	// session keeps the outcome it had, and a refused one is "denied".
 	Outcome string
 }
 
@@ -204,6 +206,7 @@ func endNotice(ctx context.Context) *Refusal {
 type Config struct {
 	Tokens         TokenSource
 	Audit          AuditLog      // nil = no audit records (logs only)
+	NodeID         string        // this node's ID, written into every connection record
 	Logger         *slog.Logger  // nil = slog.Default()
 	MaxMessageSize int           // largest client message body in bytes; 0 = DefaultMaxMessageSize
 	LoginTimeout   time.Duration // 0 = DefaultLoginTimeout

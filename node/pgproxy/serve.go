@@ -49,7 +49,11 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 		err = checkStartup(st)
 	}
 	if err == nil && s.Denied != nil {
-		err = fatal(audit.OutcomeDenied, s.Denied.Code, s.Denied.Message, "", s.Denied.Hint, s.Denied)
+		outcome := audit.OutcomeDenied
+		if s.Denied.Outcome != "" {
+			outcome = s.Denied.Outcome
+		}
+		err = fatal(outcome, s.Denied.Code, s.Denied.Message, "", s.Denied.Hint, s.Denied)
 	}
 	if err == nil && t.Credentials != nil {
 		err = resolveCredentials(loginCtx, &t)
@@ -440,6 +444,7 @@ func (p *Proxy) startRecord(ctx context.Context, log *slog.Logger, c audit.Conne
 	}
 	actx, cancel := auditCtx(ctx)
 	defer cancel()
+	c.NodeID = p.cfg.NodeID
 	id, err := p.cfg.Audit.StartConnection(actx, c)
 	if err != nil {
 		log.Error("pgproxy: audit connection start; the session is refused", "err", err)

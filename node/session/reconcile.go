@@ -11,6 +11,7 @@ import (
 	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/node/catalog"
 	"github.com/ferryhq/ferry/node/pgproxy"
+	"github.com/ferryhq/ferry/node/routing"
 	"github.com/ferryhq/ferry/resource"
 	"github.com/ferryhq/ferry/tunnel"
 )
@@ -185,7 +186,8 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 const sessionFlushWait = 5 * time.Second
 
 // endSessions ends the sessions the catalog no longer allows (grant revoked, user suspended or
-// deleted, device or resource deleted), each with a FATAL that says why; the proxy also cancels what
+// deleted, device or resource deleted, resource no longer carried by this node: route.go), each
+// with a FATAL that says why; the proxy also cancels what
 // the session runs on the server. For a device that is about to lose its WireGuard peer (suspended
 // or deleted user, deleted device) it waits, at most sessionFlushWait, until those sessions have
 // ended, so the client has read the FATAL before the tunnel goes.
@@ -202,6 +204,11 @@ func (m *Manager) endSessions(ctx context.Context) error {
 	for _, r := range rs {
 		byName[r.Name] = r
 	}
+	nodes, err := m.cfg.Catalog.Nodes(ctx)
+	if err != nil {
+		return err
+	}
+	self, routed := m.self(nodes)
 	type userAccess struct {
 		user catalog.User
 		acc  catalog.Access
@@ -236,6 +243,16 @@ func (m *Manager) endSessions(ctx context.Context) error {
 			why, outcome = fmt.Sprintf("terminating connection: resource %q was deleted", s.resource), audit.OutcomeDeleted
 		case !ua.acc.Allows(r):
 			why, outcome = fmt.Sprintf("terminating connection: access of user %q to resource %q was revoked", s.user, s.resource), audit.OutcomeRevoked
+		case routed:
+			served, reason, err := routing.Serves(r.ProxyClusterID, r.EgressFilter, self)
+			if err != nil {
+				reason = "its egress filter does not parse: " + err.Error()
+			}
+			if served {
+				continue
+			}
+			why, outcome = fmt.Sprintf("terminating connection: resource %q is no longer served by node %q: %s", s.resource, self.Name, reason), audit.OutcomeRerouted
+			hint = "Connect again: an up-to-date Ferry client connects through one of the resource's nodes."
 		default:
 			continue
 		}

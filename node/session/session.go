@@ -1,7 +1,8 @@
 // Package session is the node's admission and revocation: it decides each new tunnelled flow
-// (device → user → resource → grant), keeps the registry of open proxied sessions, and reconciles
-// both the sessions and the tunnel's WireGuard peers with the catalog, so that a grant revoked, a
-// user suspended or deleted, or a device or resource deleted ends what it allowed. It depends only on
+// (device → user → resource → grant → route: is this node one of the resource's candidate nodes,
+// route.go), keeps the registry of open proxied sessions, and reconciles both the sessions and the
+// tunnel's WireGuard peers with the catalog, so that a grant revoked, a user suspended or deleted,
+// a device or resource deleted, or a route that no longer includes this node ends what it allowed. It depends only on
 // the catalog's read methods it needs (Catalog), the tunnel's peers (Peers) and how a session is
 // served (Config.Serve); reconcile runs periodically and whenever Kick asks (after a change).
 package session
@@ -28,6 +29,7 @@ type Catalog interface {
 	UserByDevice(ctx context.Context, addr netip.Addr) (catalog.User, error)
 	AccessOf(ctx context.Context, u catalog.User) (catalog.Access, error)
 	Resources(ctx context.Context) ([]resource.Resource, error)
+	Nodes(ctx context.Context) ([]catalog.Node, error)
 	ActiveDevices(ctx context.Context) ([]catalog.Device, error)
 	Enroll(ctx context.Context, secret, publicKey, deviceName string, apply func(catalog.Device) error) (catalog.Device, catalog.User, error)
 }
@@ -38,6 +40,17 @@ type Lookup interface {
 	ResourceByVNAddress(ctx context.Context, ap netip.AddrPort) (resource.Resource, error)
 	UserByDevice(ctx context.Context, addr netip.Addr) (catalog.User, error)
 	AccessOf(ctx context.Context, u catalog.User) (catalog.Access, error)
+	// NodesAsOf is the deployment's nodes and the time to judge whether each is online at
+	// (catalog.Node.Online): now, or a snapshot's time while the catalog is unreachable.
+	NodesAsOf(ctx context.Context) ([]catalog.Node, time.Time, error)
+}
+
+// catalogLookup is the catalog itself as a Lookup (no cache).
+type catalogLookup struct{ Catalog }
+
+func (c catalogLookup) NodesAsOf(ctx context.Context) ([]catalog.Node, time.Time, error) {
+	ns, err := c.Nodes(ctx)
+	return ns, time.Now(), err
 }
 
 // Peers is the tunnel's set of WireGuard peers (*tunnel.Tunnel is one).
@@ -59,7 +72,15 @@ type Config struct {
 	Catalog Catalog
 	// Lookup is what admission reads; nil = Catalog.
 	Lookup Lookup
-	Peers  Peers
+	// NodeID is this node's ID: admission and reconcile find its record (its proxy cluster and
+	// tags) in the node list, and admit only the resources it is a candidate for (route.go). ""
+	// leaves routing unchecked (a Manager without a node, in tests).
+	NodeID string
+	// Self is this node's own record as the node last knew it (its config before it registered,
+	// then what the catalog stored), used when the node list does not have it: the catalog's record
+	// deleted and not yet registered again, or the node list unreadable. nil = none.
+	Self  func() catalog.Node
+	Peers Peers
 	// Target describes how the proxy reaches and logs in to a resource (node/upstream).
 	Target func(r resource.Resource) pgproxy.Target
 	// Serve serves one admitted session until it ends; ctx ends it (its cause is a *pgproxy.Refusal
@@ -96,7 +117,7 @@ func New(ctx context.Context, cfg Config) *Manager {
 		cfg.Interval = ReconcileInterval
 	}
 	if cfg.Lookup == nil {
-		cfg.Lookup = cfg.Catalog
+		cfg.Lookup = catalogLookup{cfg.Catalog}
 	}
 	return &Manager{cfg: cfg, log: cfg.Logger, ctx: ctx, kickc: make(chan struct{}, 1), badPeers: map[string]bool{}}
 }
@@ -145,8 +166,10 @@ func (ss *registry) snapshot() []*session {
 
 // Admit decides each new tunnelled TCP flow (a netstack forwarder): a flow to a resource's virtual
 // networking address from an enrolled device goes to the PostgreSQL proxy, which refuses it with
-// FATAL 28000 when the user is not granted the resource; anything else is answered with RST. ctx only
-// bounds the decision; the session runs under the Manager's context.
+// FATAL 28000 when the user is not granted the resource, and, for a granted user, with FATAL 28000
+// when this node is not one of the resource's candidate nodes while another is, or FATAL 08001 when
+// no online node is (route.go); anything else is answered with RST. ctx only bounds the decision;
+// the session runs under the Manager's context.
 func (m *Manager) Admit(ctx context.Context, f netstack.Flow) (func(net.Conn), error) {
 	r, err := m.cfg.Lookup.ResourceByVNAddress(ctx, f.Local)
 	if err != nil {
@@ -171,6 +194,9 @@ func (m *Manager) Admit(ctx context.Context, f netstack.Flow) (func(net.Conn), e
 			s.Denied.Hint = "Ask a Ferry administrator."
 		}
 		m.log.Warn("access denied", "user", u.Name, "resource", r.Name, "client", f.Remote.String())
+	} else if s.Denied = m.routeRefusal(ctx, r); s.Denied != nil {
+		m.log.Warn("resource not carried by this node; connection refused", "user", u.Name, "resource", r.Name,
+			"client", f.Remote.String(), "sqlstate", s.Denied.Code, "reason", s.Denied.Message)
 	}
 	return func(c net.Conn) {
 		sctx, end := context.WithCancelCause(m.ctx)

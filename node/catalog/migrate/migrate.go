@@ -95,7 +95,7 @@ var catalogTables = []table{
 // The audit's columns after the row ID and record ID.
 var (
 	connectionCols = []string{"start_time", "end_time", "user_name", "resource", "client_addr", "database", "outcome", "error",
-		"original_user", "original_database", "role", "sqlstate", "upstream_pid", "bytes_from_client", "bytes_from_server", "queries_dropped"}
+		"original_user", "original_database", "role", "sqlstate", "upstream_pid", "bytes_from_client", "bytes_from_server", "queries_dropped", "node_id"}
 	queryCols = []string{"time", "user_name", "resource", "protocol", "sql", "duration_us", "sql_length", "sql_sha256",
 		"statement", "params", "command", "rows", "sqlstate", "error"}
 )
