@@ -379,7 +379,11 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start node: WireGuard: %w", err)
 	}
-	n.self.Store(&catalog.Node{ID: n.id, Name: n.cfg.Name, Kind: api.NodeKindGateway, Tags: n.cfg.Tags})
+	kind := api.NodeKindGateway
+	if n.cfg.ClusterID != "" {
+		kind = api.NodeKindWorker
+	}
+	n.self.Store(&catalog.Node{ID: n.id, Name: n.cfg.Name, Kind: kind, ClusterID: n.cfg.ClusterID, Tags: n.cfg.Tags})
 	n.sessions = session.New(n.ctx, session.Config{
 		Catalog: n.cat,
 		Lookup:  n.authz,

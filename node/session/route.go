@@ -32,12 +32,8 @@ import (
 
 // routingNode is n as node/routing takes it, online as of asOf.
 func routingNode(n catalog.Node, asOf time.Time) routing.Node {
-	return routing.Node{ID: n.ID, Name: n.Name, ClusterID: nodeClusterID(n), Tags: n.Tags, Online: n.Online(asOf)}
+	return routing.Node{ID: n.ID, Name: n.Name, ClusterID: n.ClusterID, Tags: n.Tags, Online: n.Online(asOf)}
 }
-
-// nodeClusterID is the proxy cluster node n is a worker of ("" for a gateway).
-// TODO(merge with clusters): return n.ClusterID once catalog.Node has it.
-func nodeClusterID(catalog.Node) string { return "" }
 
 // self returns this node from nodes (its catalog record), else the record it last knew
 // (Config.Self); always online, since it runs. ok is false when the Manager has no NodeID: routing
