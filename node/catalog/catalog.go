@@ -161,8 +161,8 @@ CREATE TABLE secret_stores (
 func migration(d store.Dialect) store.Migration {
 	m := store.Migration{
 		Name:     "catalog",
-		SQLite:   []string{schema, secretStoresSchema, nodesSchema},
-		Postgres: []string{postgresSchema, nodesSchema},
+		SQLite:   []string{schema, secretStoresSchema, nodesSchema, healthSchema},
+		Postgres: []string{postgresSchema, nodesSchema, healthSchema},
 	}
 	if d == store.SQLite {
 		m.Adopt = adoptCatalogSchema
