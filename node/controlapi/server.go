@@ -323,14 +323,18 @@ func (sv *Server) apiRouter() *router {
 			return
 		}
 		out := api.ResourceList{Resources: []api.Resource{}}
+		var allowed []resource.Resource
 		for _, x := range rs {
-			if !acc.Allows(x) {
-				continue
+			if acc.Allows(x) {
+				allowed = append(allowed, x)
 			}
+		}
+		health := sv.healthSummaries(r.Context(), allowed)
+		for _, x := range allowed {
 			out.Resources = append(out.Resources, api.Resource{
 				Name: x.Name, Type: x.Type, Database: x.Database, Username: x.Username,
 				ConnectivityMode: x.ConnectivityMode, LoopbackAddress: x.LoopbackAddress, VNAddress: x.VNAddress,
-				Subdomain: x.Subdomain, Tags: x.Tags, Health: sv.healthSummary(x.Name),
+				Subdomain: x.Subdomain, Tags: x.Tags, Health: health[x.Name],
 			})
 		}
 		writeJSON(w, http.StatusOK, out)
