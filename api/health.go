@@ -68,12 +68,15 @@ type HealthStep struct {
 	Error      string  `json:"error,omitempty"`
 }
 
-// Label is the short form shown in tables: "healthy", "unhealthy (login)" or
-// "unhealthy (not checked yet)".
+// Label is the short form shown in tables: "healthy", "unhealthy (login)",
+// "unhealthy (not checked yet)" or, for a resource without an online candidate node, "no node can
+// reach it".
 func (h Health) Label() string {
 	switch {
 	case h.State == HealthHealthy:
 		return HealthHealthy
+	case h.Reason != "":
+		return "no node can reach it"
 	case !h.Checked:
 		return HealthUnhealthy + " (not checked yet)"
 	case h.FailedStep != "":
