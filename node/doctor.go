@@ -221,7 +221,11 @@ func nodeHealthText(h api.Health) string {
 		s += ", stale: the node is offline"
 	}
 	if h.State != api.HealthHealthy && h.Checked && h.Error != "" {
-		s += ": " + h.Error
+		e := []rune(h.Error)
+		if len(e) > 160 { // the full error is in that node's diagnostics
+			e = append(e[:159], '…')
+		}
+		s += ": " + string(e)
 	}
 	return s
 }
