@@ -46,6 +46,9 @@ latest results (from their own schedules) are listed under "per node", and --jso
 			if err := writeHealth(cmd.OutOrStdout(), h, asJSON); err != nil {
 				return err
 			}
+			if h.Reason != "" {
+				return fmt.Errorf("%s: %s", args[0], h.Reason)
+			}
 			if h.State != api.HealthHealthy {
 				return fmt.Errorf("%s is %s", args[0], h.Label())
 			}

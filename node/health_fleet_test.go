@@ -155,6 +155,10 @@ func TestHealthPerNode(t *testing.T) {
 	if err != nil || !strings.Contains(out, "hp-none: no node can reach it\nno node can reach it: no gateway matches egress filter tag:env=nothing\n") {
 		t.Errorf("ferry admin datasources diagnostics hp-none: %v\n%s", err, out)
 	}
+	out, err = ferryCLI(ctx, "admin", "datasources", "healthcheck", "hp-none")
+	if err == nil || err.Error() != "hp-none: no node can reach it: no gateway matches egress filter tag:env=nothing" {
+		t.Errorf("ferry admin datasources healthcheck hp-none: %v (want the reason as the error)\n%s", err, out)
+	}
 	out, err = ferryCLI(ctx, "admin", "datasources", "diagnostics", "hp-prod", "--json")
 	var js struct {
 		NodeName string `json:"node_name"`

@@ -126,7 +126,9 @@ func (sv *Server) healthSummaries(ctx context.Context, rs []resource.Resource) m
 }
 
 // nodeHealth is resource resourceID's last result from each node, by node ID: what fills
-// api.RouteNode.Health (State) and CheckedAt (Time) of the resource's Route.
+// api.RouteNode.Health (State) and CheckedAt (Time) of the resource's Route where no summary is at
+// hand (one resource's admin show); the resource list uses healthview.RouteHealth on its
+// summaries instead.
 func (sv *Server) nodeHealth(ctx context.Context, resourceID string) (map[string]api.Health, error) {
 	return healthview.ByNode(ctx, sv.cat, resourceID)
 }

@@ -141,3 +141,19 @@ func ByNode(ctx context.Context, cat *catalog.Catalog, resourceID string) (map[s
 	}
 	return out, nil
 }
+
+// RouteHealth is node nodeID's word in summary sum (Summarize) as api.RouteNode carries it: its
+// state ("healthy" or "unhealthy") and when it checked, or "" and the zero time when it has not
+// checked yet (or is no candidate). With sum from the resource list's summaries, filling a Route
+// costs no further catalog read.
+func RouteHealth(sum *api.Health, nodeID string) (state string, checkedAt time.Time) {
+	if sum == nil {
+		return "", time.Time{}
+	}
+	for _, n := range sum.Nodes {
+		if n.NodeID == nodeID && n.Checked {
+			return n.State, n.Time
+		}
+	}
+	return "", time.Time{}
+}

@@ -86,3 +86,30 @@ func TestSummarize(t *testing.T) {
 		})
 	}
 }
+
+// TestRouteHealth: a Route node's health is that node's own result from the summary, "" when it
+// has none (not checked yet, or no candidate).
+func TestRouteHealth(t *testing.T) {
+	at := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	sum := &api.Health{Nodes: []api.Health{
+		{NodeID: "n-a", State: api.HealthUnhealthy, Checked: true, Time: at},
+		{NodeID: "n-b", State: api.HealthHealthy, Checked: true, Time: at.Add(time.Second)},
+		{NodeID: "n-c", State: api.HealthUnhealthy, Error: "not checked yet"},
+	}}
+	for _, tt := range []struct {
+		sum   *api.Health
+		node  string
+		state string
+		at    time.Time
+	}{
+		{sum, "n-a", api.HealthUnhealthy, at},
+		{sum, "n-b", api.HealthHealthy, at.Add(time.Second)},
+		{sum, "n-c", "", time.Time{}},
+		{sum, "n-x", "", time.Time{}},
+		{nil, "n-a", "", time.Time{}},
+	} {
+		if s, a := RouteHealth(tt.sum, tt.node); s != tt.state || !a.Equal(tt.at) {
+			t.Errorf("RouteHealth(%s) = %q %v, want %q %v", tt.node, s, a, tt.state, tt.at)
+		}
+	}
+}
