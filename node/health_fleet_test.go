@@ -201,6 +201,27 @@ func TestHealthPerNode(t *testing.T) {
 		t.Errorf("doctor hp-none on node-1:\n%s", out)
 	}
 
+	// node-1 loses its tag: its result of hp-one is hidden at once (no longer a candidate), and
+	// node-1 deletes it at its next round.
+	if _, err := cat.UpdateNodeTags(ctx, "node-1", nil); err != nil {
+		t.Fatal(err)
+	}
+	h, err = apiC.Diagnostics(ctx, "hp-one")
+	if err != nil || h.Reason != "no node can reach it: no gateway matches egress filter tag:role=one" || len(h.Nodes) != 0 {
+		t.Fatalf("diagnostics of hp-one after node-1 lost its tag: %v %+v", err, h)
+	}
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		rows, err := cat.HealthResults(ctx, one.ID)
+		if err == nil && len(rows) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node-1 kept its result of hp-one for 60 s after it stopped being a candidate: %+v %v", rows, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
 	// node-2 stops: its last result stays, marked stale, and no online node can reach hp-prod.
 	if err := env.Nodes[1].Close(); err != nil {
 		t.Fatal(err)
