@@ -17,8 +17,15 @@ const (
 // TCP, negotiates TLS (certificate verified), gets an access token for the resource's managed
 // identity, logs in and runs SELECT 1. A resource that has not been checked yet is unhealthy with
 // Checked false.
+//
+// Health is kept per node and resource: each node checks the resources it is a candidate for
+// (node/routing) and stores its result in the catalog. NodeID and NodeName say which node's result
+// a Health is. A resource's summary (diagnostics, the resource lists, healthcheck) carries every
+// candidate node's result in Nodes, and Reason when no node can reach it.
 type Health struct {
 	Resource   string       `json:"resource"`
+	NodeID     string       `json:"node_id,omitempty"`     // the node that ran this check
+	NodeName   string       `json:"node_name,omitempty"`   // its name
 	State      string       `json:"state"`                 // HealthHealthy or HealthUnhealthy
 	Checked    bool         `json:"checked"`               // false until the first check has finished
 	Time       time.Time    `json:"time,omitzero"`         // when the last check started
@@ -27,6 +34,16 @@ type Health struct {
 	Error      string       `json:"error,omitempty"`       // what failed, as the node saw it
 	Hint       string       `json:"hint,omitempty"`        // the likely cause and the fix
 	Steps      []HealthStep `json:"steps,omitempty"`       // every step run, in order
+	// Stale marks the result of a node that is offline: its last word, not a current one.
+	Stale bool `json:"stale,omitempty"`
+	// Reason, on a summary, says why no node checks the resource ("no node can reach it: …"):
+	// no node is a candidate for it (its proxy cluster's workers, or the gateways, matching its
+	// egress filter), or none of them is online.
+	Reason string `json:"reason,omitempty"`
+	// Nodes, on a summary, is the last result of every candidate node (NodeID and NodeName set),
+	// in the node list's order (by name); results of nodes that are no longer candidates are left
+	// out, those of candidates that are offline are Stale.
+	Nodes []Health `json:"nodes,omitempty"`
 }
 
 // Health check steps, in the order they run.
@@ -51,12 +68,15 @@ type HealthStep struct {
 	Error      string  `json:"error,omitempty"`
 }
 
-// Label is the short form shown in tables: "healthy", "unhealthy (login)" or
-// "unhealthy (not checked yet)".
+// Label is the short form shown in tables: "healthy", "unhealthy (login)",
+// "unhealthy (not checked yet)" or, for a resource without an online candidate node, "no node can
+// reach it".
 func (h Health) Label() string {
 	switch {
 	case h.State == HealthHealthy:
 		return HealthHealthy
+	case h.Reason != "":
+		return "no node can reach it"
 	case !h.Checked:
 		return HealthUnhealthy + " (not checked yet)"
 	case h.FailedStep != "":

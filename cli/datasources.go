@@ -301,7 +301,7 @@ func cut(s string, n int) string {
 // shortHealth is the narrow table's HEALTH: as healthLabel, with "not checked yet" for a resource
 // whose first check has not finished.
 func shortHealth(h *api.Health) string {
-	if h != nil && !h.Checked {
+	if h != nil && !h.Checked && h.Reason == "" {
 		return "not checked yet"
 	}
 	return healthLabel(h)

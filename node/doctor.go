@@ -20,6 +20,8 @@ import (
 	"github.com/ferryhq/ferry/node/catalog"
 	"github.com/ferryhq/ferry/node/catcache"
 	"github.com/ferryhq/ferry/node/health"
+	"github.com/ferryhq/ferry/node/healthview"
+	"github.com/ferryhq/ferry/node/routing"
 	"github.com/ferryhq/ferry/node/store"
 	"github.com/ferryhq/ferry/node/tokensource"
 	"github.com/ferryhq/ferry/node/upstream"
@@ -131,21 +133,101 @@ func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt Doctor
 	// Servers and Key Vault are reached as the running node reaches them.
 	sn := &Node{cfg: cfg, log: slog.New(slog.DiscardHandler)}
 	checker := health.NewChecker(upstream.New(sn.upstreamConfig(allowed, roots, cat, tokens, tokens)).HealthConfig(opt.StepTimeout))
+	// Which node this is, and what every node last said (health is kept per node and resource).
+	self, known := doctorSelf(ctx, dir, cat)
+	fleet, ferr := healthview.Read(ctx, cat, rs, time.Now())
 	for _, r := range rs {
 		fmt.Fprintf(w, "%s  %s\n", r.Name, describe(r))
+		if known {
+			serves, why, err := routing.Serves(r.ProxyClusterID, r.EgressFilter, self)
+			if err != nil {
+				why = fmt.Sprintf("its egress filter %q does not parse: %v", r.EgressFilter, err)
+			}
+			if !serves {
+				printLine(w, notRunMark, "candidate", "not checked on this node ("+self.Name+"): "+why, 0)
+				if !printFleet(w, fleet[r.Name], ferr) {
+					ok = false
+				}
+				fmt.Fprintf(w, "%s: not checked on node %s (not a candidate)\n", r.Name, self.Name)
+				continue
+			}
+		}
 		h := checker.Check(ctx, r, func(s api.HealthStep) { printStep(w, s) })
+		on := ""
+		if known {
+			on = " on node " + self.Name
+		}
 		if h.State != api.HealthHealthy {
 			ok = false
 			fmt.Fprintf(w, "      error: %s\n      fix:   %s\n", h.Error, h.Hint)
-			fmt.Fprintf(w, "%s: unhealthy (%s)\n", r.Name, h.FailedStep)
+			fmt.Fprintf(w, "%s: unhealthy (%s)%s\n", r.Name, h.FailedStep, on)
 		} else {
-			fmt.Fprintf(w, "%s: healthy\n", r.Name)
+			fmt.Fprintf(w, "%s: healthy%s\n", r.Name, on)
 		}
+		printFleet(w, fleet[r.Name], ferr)
 	}
 	if len(rs) == 0 {
 		fmt.Fprintln(w, "no resources in the catalog")
 	}
 	return ok, nil
+}
+
+// doctorSelf is this node as node/routing sees it (its record in the catalog, found by the ID in
+// the state directory); known is false when the node has no ID or record yet (never started).
+func doctorSelf(ctx context.Context, dir string, cat *catalog.Catalog) (self routing.Node, known bool) {
+	b, err := os.ReadFile(filepath.Join(dir, nodeFile))
+	if err != nil {
+		return self, false
+	}
+	var id nodeIdentity
+	if json.Unmarshal(b, &id) != nil || !api.ValidNodeID(id.ID) {
+		return self, false
+	}
+	rec, err := cat.Node(ctx, id.ID)
+	if err != nil {
+		return self, false
+	}
+	return healthview.RoutingNode(rec, time.Now()), true
+}
+
+// printFleet prints the latest result of each candidate node of a resource, as stored in the
+// catalog (h is the resource's healthview summary; err its read error). It returns false when no
+// node can reach the resource.
+func printFleet(w io.Writer, h api.Health, err error) bool {
+	if err != nil {
+		fmt.Fprintf(w, "      other nodes: cannot read their results: %v\n", err)
+		return true
+	}
+	if h.Reason != "" {
+		fmt.Fprintf(w, "      %s\n", h.Reason)
+	}
+	if len(h.Nodes) > 0 {
+		fmt.Fprintln(w, "      latest result of each candidate node:")
+	}
+	for _, n := range h.Nodes {
+		fmt.Fprintf(w, "        %s: %s\n", n.NodeName, nodeHealthText(n))
+	}
+	return h.Reason == ""
+}
+
+// nodeHealthText is one node's result in a line: its label, when it was checked and how long it
+// took, and "stale (node offline)" for a node that does not run.
+func nodeHealthText(h api.Health) string {
+	s := h.Label()
+	if h.Checked {
+		s += fmt.Sprintf(" (checked %s, %.0f ms)", h.Time.UTC().Format(time.RFC3339), h.DurationMS)
+	}
+	if h.Stale {
+		s += ", stale: the node is offline"
+	}
+	if h.State != api.HealthHealthy && h.Checked && h.Error != "" {
+		e := []rune(h.Error)
+		if len(e) > 160 { // the full error is in that node's diagnostics
+			e = append(e[:159], '…')
+		}
+		s += ": " + string(e)
+	}
+	return s
 }
 
 func describe(r resource.Resource) string {

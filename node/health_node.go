@@ -7,7 +7,11 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/node/health"
+	"github.com/ferryhq/ferry/node/healthview"
+	"github.com/ferryhq/ferry/node/routing"
+	"github.com/ferryhq/ferry/resource"
 )
 
 // newHealth makes the health check scheduler (started by startHealth).
@@ -19,7 +23,24 @@ func (n *Node) newHealth() *health.Scheduler {
 		Concurrency: n.cfg.HealthConcurrency,
 		Observe:     n.metrics.observeHealth,
 		Logger:      n.log,
+		Self:        n.routingSelf,
+		Store: func(ctx context.Context, r resource.Resource, h api.Health) error {
+			return n.cat.PutHealth(ctx, n.id, r.ID, h)
+		},
+		Forget: func(ctx context.Context, r resource.Resource) error {
+			return n.cat.DeleteHealth(ctx, n.id, r.ID)
+		},
 	})
+}
+
+// routingSelf is this node as node/routing sees it, from its catalog record as of now (its tags
+// and cluster are the catalog's: an admin may change them while it runs).
+func (n *Node) routingSelf(ctx context.Context) (routing.Node, error) {
+	rec, err := n.cat.Node(ctx, n.id)
+	if err != nil {
+		return routing.Node{}, err
+	}
+	return healthview.RoutingNode(rec, time.Now()), nil
 }
 
 // startHealth starts the health check scheduler and, when Config.MetricsListen is set, the metrics

@@ -161,8 +161,8 @@ CREATE TABLE secret_stores (
 func migration(d store.Dialect) store.Migration {
 	m := store.Migration{
 		Name:     "catalog",
-		SQLite:   []string{schema, secretStoresSchema, nodesSchema, clustersSchemaSQLite},
-		Postgres: []string{postgresSchema, nodesSchema, clustersSchemaPostgres},
+		SQLite:   []string{schema, secretStoresSchema, nodesSchema, clustersSchemaSQLite, healthSchema},
+		Postgres: []string{postgresSchema, nodesSchema, clustersSchemaPostgres, healthSchema},
 	}
 	if d == store.SQLite {
 		m.Adopt = adoptCatalogSchema

@@ -1,38 +1,83 @@
 package controlapi
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"sort"
+	"time"
 
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/node/health"
+	"github.com/ferryhq/ferry/node/healthview"
+	"github.com/ferryhq/ferry/resource"
 )
 
-// registerHealthRoutes adds the health endpoints of the control API (admin only):
+// registerHealthRoutes adds the health endpoints of the control API (admin only). Health is kept
+// per node and resource (node/healthview): each answer is the fleet's, with every candidate
+// node's last result in api.Health.Nodes.
 //
-//	POST /v1/admin/datasources/{name}/healthcheck  run the check now, answer its api.Health
-//	GET  /v1/admin/datasources/{name}/diagnostics  the last api.Health, step by step
-//	GET  /v1/admin/health                          the last api.Health of every resource (api.HealthList)
+//	POST /v1/admin/datasources/{name}/healthcheck  this node checks the resource now if it is a
+//	                                               candidate for it; the answer's own fields are
+//	                                               that fresh result (else the fleet's summary),
+//	                                               Nodes every candidate's latest
+//	GET  /v1/admin/datasources/{name}/diagnostics  the fleet's summary, step by step, per node
+//	GET  /v1/admin/health                          the summary of every resource (api.HealthList)
 func (sv *Server) registerHealthRoutes(mux *router) {
 	mux.HandleFunc("POST /v1/admin/datasources/{name}/healthcheck", sv.admin(func(w http.ResponseWriter, r *http.Request) {
-		h, err := sv.health.Check(r.Context(), r.PathValue("name"))
+		name := r.PathValue("name")
+		res, err := sv.cat.ResourceByName(r.Context(), name)
+		if err != nil {
+			writeCatalogError(w, err)
+			return
+		}
+		own, err := sv.health.Check(r.Context(), name)
+		candidate := err == nil
 		switch {
 		case errors.Is(err, health.ErrUnknownResource):
 			writeError(w, http.StatusNotFound, err)
+			return
+		case errors.Is(err, health.ErrNotCandidate):
 		case err != nil:
 			writeError(w, http.StatusInternalServerError, err)
-		default:
-			writeJSON(w, http.StatusOK, h)
+			return
 		}
+		sums, err := healthview.Read(r.Context(), sv.cat, []resource.Resource{res}, time.Now())
+		if err != nil {
+			if !candidate {
+				writeError(w, http.StatusInternalServerError, err)
+				return
+			}
+			writeJSON(w, http.StatusOK, own) // the catalog went away after the check: this node's word alone
+			return
+		}
+		out := sums[name]
+		if candidate {
+			nodes := out.Nodes
+			for i := range nodes {
+				if nodes[i].NodeID == own.NodeID {
+					nodes[i] = own // fresh, even if storing it failed
+				}
+			}
+			out = own
+			out.Nodes = nodes
+		}
+		writeJSON(w, http.StatusOK, out)
 	}))
 	mux.HandleFunc("GET /v1/admin/datasources/{name}/diagnostics", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
-		if !sv.resourceExists(r, name) {
-			writeError(w, http.StatusNotFound, errors.New("diagnostics "+name+": "+health.ErrUnknownResource.Error()))
+		res, err := sv.cat.ResourceByName(r.Context(), name)
+		if err != nil {
+			writeCatalogError(w, fmt.Errorf("diagnostics %s: %w", name, err))
 			return
 		}
-		writeJSON(w, http.StatusOK, sv.health.Last(name))
+		sums, err := healthview.Read(r.Context(), sv.cat, []resource.Resource{res}, time.Now())
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, sums[name])
 	}))
 	mux.HandleFunc("GET /v1/admin/health", sv.admin(func(w http.ResponseWriter, r *http.Request) {
 		rs, err := sv.cat.Resources(r.Context())
@@ -40,31 +85,50 @@ func (sv *Server) registerHealthRoutes(mux *router) {
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
+		sums, err := healthview.Read(r.Context(), sv.cat, rs, time.Now())
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
 		out := api.HealthList{Health: []api.Health{}}
 		for _, x := range rs {
-			out.Health = append(out.Health, sv.health.Last(x.Name))
+			out.Health = append(out.Health, sums[x.Name])
 		}
 		sort.Slice(out.Health, func(i, j int) bool { return out.Health[i].Resource < out.Health[j].Resource })
 		writeJSON(w, http.StatusOK, out)
 	}))
 }
 
-func (sv *Server) resourceExists(r *http.Request, name string) bool {
-	rs, err := sv.cat.Resources(r.Context())
-	if err != nil {
-		return false
+// healthSummaries is the fleet's health of each resource in rs, by name, without steps, for
+// resource lists. While the catalog cannot be read (the list then comes from the node's cache),
+// each is this node's own last result.
+func (sv *Server) healthSummaries(ctx context.Context, rs []resource.Resource) map[string]*api.Health {
+	var sums map[string]api.Health
+	err := sv.authz.Unreachable()
+	if err == nil {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		sums, err = healthview.Read(rctx, sv.cat, rs, time.Now())
+		cancel()
 	}
+	out := make(map[string]*api.Health, len(rs))
 	for _, x := range rs {
-		if x.Name == name {
-			return true
+		h, ok := sums[x.Name]
+		if err != nil || !ok {
+			h = sv.health.Last(x.Name)
 		}
+		h.Steps = nil
+		for i := range h.Nodes {
+			h.Nodes[i].Steps = nil
+		}
+		out[x.Name] = &h
 	}
-	return false
+	return out
 }
 
-// healthSummary is a resource's last health result without its steps, for resource lists.
-func (sv *Server) healthSummary(name string) *api.Health {
-	h := sv.health.Last(name)
-	h.Steps = nil
-	return &h
+// nodeHealth is resource resourceID's last result from each node, by node ID: what fills
+// api.RouteNode.Health (State) and CheckedAt (Time) of the resource's Route where no summary is at
+// hand (one resource's admin show); the resource list uses healthview.RouteHealth on its
+// summaries instead.
+func (sv *Server) nodeHealth(ctx context.Context, resourceID string) (map[string]api.Health, error) {
+	return healthview.ByNode(ctx, sv.cat, resourceID)
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/ferryhq/ferry/node/audit"
 	"github.com/ferryhq/ferry/node/catalog"
 	"github.com/ferryhq/ferry/node/catcache"
+	"github.com/ferryhq/ferry/node/healthview"
 	"github.com/ferryhq/ferry/resource"
 	"github.com/ferryhq/ferry/tunnel"
 )
@@ -329,17 +330,24 @@ func (sv *Server) apiRouter() *router {
 			sv.log.Warn("resource list without routes", "err", rtErr)
 		}
 		out := api.ResourceList{Resources: []api.Resource{}}
+		var allowed []resource.Resource
 		for _, x := range rs {
-			if !acc.Allows(x) {
-				continue
+			if acc.Allows(x) {
+				allowed = append(allowed, x)
 			}
+		}
+		health := sv.healthSummaries(r.Context(), allowed)
+		for _, x := range allowed {
 			res := api.Resource{
 				Name: x.Name, Type: x.Type, Database: x.Database, Username: x.Username,
 				ConnectivityMode: x.ConnectivityMode, LoopbackAddress: x.LoopbackAddress, VNAddress: x.VNAddress,
-				Subdomain: x.Subdomain, Tags: x.Tags, Health: sv.healthSummary(x.Name),
+				Subdomain: x.Subdomain, Tags: x.Tags, Health: health[x.Name],
 			}
 			if rtErr == nil {
 				res.Route, _ = rt.of(x)
+				for i := 0; res.Route != nil && i < len(res.Route.Nodes); i++ {
+					res.Route.Nodes[i].Health, res.Route.Nodes[i].CheckedAt = healthview.RouteHealth(health[x.Name], res.Route.Nodes[i].NodeID)
+				}
 			}
 			out.Resources = append(out.Resources, res)
 		}

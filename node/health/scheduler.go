@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/node/routing"
 	"github.com/ferryhq/ferry/resource"
 )
 
@@ -25,6 +26,10 @@ const (
 // ErrUnknownResource is returned for a name the catalog does not hold.
 var ErrUnknownResource = errors.New("no such resource")
 
+// ErrNotCandidate is returned (wrapped, with the reason) by Check for a resource this node is not
+// a candidate for (node/routing): it does not check it; the candidates do.
+var ErrNotCandidate = errors.New("this node is not a candidate for the resource")
+
 // SchedulerConfig configures a Scheduler.
 type SchedulerConfig struct {
 	Checker *Checker
@@ -36,12 +41,25 @@ type SchedulerConfig struct {
 	Concurrency int
 	// Observe, if set, is called after every check (metrics).
 	Observe func(h api.Health)
-	Logger  *slog.Logger
+	// Self, if set, returns this node as node/routing sees it (its ID, name, proxy cluster and tags,
+	// as the catalog has them now); it is asked once per round. The scheduler then checks only the
+	// resources the node is a candidate for (routing.Serves), and results carry the node's ID and
+	// name. nil: every resource is checked (a node without a catalog record, tests).
+	Self func(ctx context.Context) (routing.Node, error)
+	// Store, if set, keeps a result where every node reads it (the catalog: one row per node and
+	// resource). It is called after every check that was not cut short.
+	Store func(ctx context.Context, r resource.Resource, h api.Health) error
+	// Forget, if set, removes this node's stored result of r: the node is no longer a candidate
+	// for it. It is called once per resource that stops being served (and at the first round for
+	// every resource not served, to clear what an earlier run left).
+	Forget func(ctx context.Context, r resource.Resource) error
+	Logger *slog.Logger
 }
 
-// Scheduler checks every resource on creation (Kick, or at the latest 10 s later), on change (a
-// resource whose catalog entry differs from the one last checked), on demand (Check) and every
-// Interval, at most Concurrency at once, and keeps the last result of each in memory.
+// Scheduler checks every resource this node is a candidate for (SchedulerConfig.Self) on creation
+// (Kick, or at the latest 10 s later), on change (a resource whose catalog entry differs from the
+// one last checked), on demand (Check) and every Interval, at most Concurrency at once, keeps the
+// last result of each in memory and hands it to SchedulerConfig.Store.
 type Scheduler struct {
 	cfg  SchedulerConfig
 	log  *slog.Logger
@@ -50,6 +68,9 @@ type Scheduler struct {
 
 	mu      sync.Mutex
 	entries map[string]*entry
+	// notServed holds, by name, the resources this node is not a candidate for, with the reason.
+	notServed map[string]string
+	self      routing.Node // as of the last round or Check
 
 	wg     sync.WaitGroup
 	cancel context.CancelFunc
@@ -73,11 +94,12 @@ func NewScheduler(cfg SchedulerConfig) *Scheduler {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Scheduler{
-		cfg:     cfg,
-		log:     cfg.Logger.With("component", "health"),
-		sem:     make(chan struct{}, cfg.Concurrency),
-		kick:    make(chan struct{}, 1),
-		entries: make(map[string]*entry),
+		cfg:       cfg,
+		log:       cfg.Logger.With("component", "health"),
+		sem:       make(chan struct{}, cfg.Concurrency),
+		kick:      make(chan struct{}, 1),
+		entries:   make(map[string]*entry),
+		notServed: make(map[string]string),
 	}
 }
 
@@ -134,12 +156,35 @@ func (s *Scheduler) round(ctx context.Context) {
 		}
 		return
 	}
+	self, err := s.selfNode(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("health: read this node's record", "err", err)
+		}
+		return
+	}
 	now := time.Now()
 	seen := make(map[string]bool, len(rs))
+	var forget []resource.Resource
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer func() {
+		s.mu.Unlock()
+		s.forget(ctx, forget)
+	}()
+	s.self = self
 	for _, r := range rs {
 		seen[r.Name] = true
+		if why, ok := s.serves(r, self); !ok {
+			if _, known := s.notServed[r.Name]; !known {
+				forget = append(forget, r)
+			}
+			s.notServed[r.Name] = why
+			if e := s.entries[r.Name]; e != nil && !e.running {
+				delete(s.entries, r.Name)
+			}
+			continue
+		}
+		delete(s.notServed, r.Name)
 		e := s.entries[r.Name]
 		if e == nil {
 			e = &entry{last: notChecked(r.Name)}
@@ -161,6 +206,52 @@ func (s *Scheduler) round(ctx context.Context) {
 			delete(s.entries, name)
 		}
 	}
+	for name := range s.notServed {
+		if !seen[name] {
+			delete(s.notServed, name)
+		}
+	}
+}
+
+// selfNode is this node as of now (Self), or an empty node when there is no Self.
+func (s *Scheduler) selfNode(ctx context.Context) (routing.Node, error) {
+	if s.cfg.Self == nil {
+		return routing.Node{}, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return s.cfg.Self(ctx)
+}
+
+// serves reports whether self is a candidate for r, or why not. Without Self every resource is
+// served.
+func (s *Scheduler) serves(r resource.Resource, self routing.Node) (string, bool) {
+	if s.cfg.Self == nil {
+		return "", true
+	}
+	ok, why, err := routing.Serves(r.ProxyClusterID, r.EgressFilter, self)
+	if err != nil {
+		return fmt.Sprintf("its egress filter %q does not parse: %v", r.EgressFilter, err), false
+	}
+	if !ok && why == "" {
+		why = "node " + self.Name + " is not a candidate"
+	}
+	return why, ok
+}
+
+// forget removes this node's stored results of rs (Forget), each bounded.
+func (s *Scheduler) forget(ctx context.Context, rs []resource.Resource) {
+	if s.cfg.Forget == nil {
+		return
+	}
+	for _, r := range rs {
+		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := s.cfg.Forget(fctx, r)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("health: forget the result of a resource this node no longer serves", "resource", r.Name, "err", err)
+		}
+	}
 }
 
 // run checks r once a concurrency slot is free and stores the result.
@@ -177,13 +268,16 @@ func (s *Scheduler) run(ctx context.Context, r resource.Resource, fp string) {
 	}
 	h := s.cfg.Checker.Check(ctx, r, nil)
 	<-s.sem
-	s.store(r.Name, fp, h, true, ctx.Err() != nil)
+	s.store(ctx, r, fp, h, true, ctx.Err() != nil)
 }
 
-// store keeps h as name's last result; scheduled says the check was the scheduler's own (which
-// clears the entry's running mark), cancelled that it was cut short by shutdown (not kept).
-func (s *Scheduler) store(name, fp string, h api.Health, scheduled, cancelled bool) {
+// store keeps h as r's last result and hands it to Store; scheduled says the check was the
+// scheduler's own (which clears the entry's running mark), cancelled that it was cut short by
+// shutdown (not kept).
+func (s *Scheduler) store(ctx context.Context, r resource.Resource, fp string, h api.Health, scheduled, cancelled bool) {
+	name := r.Name
 	s.mu.Lock()
+	h.NodeID, h.NodeName = s.self.ID, s.self.Name
 	e := s.entries[name]
 	if e == nil {
 		e = &entry{}
@@ -199,6 +293,13 @@ func (s *Scheduler) store(name, fp string, h api.Health, scheduled, cancelled bo
 	prev := e.last
 	e.fp, e.last = fp, h
 	s.mu.Unlock()
+	if s.cfg.Store != nil {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if err := s.cfg.Store(sctx, r, h); err != nil {
+			s.log.Warn("health: store the result in the catalog", "resource", name, "err", err)
+		}
+		cancel()
+	}
 	if prev.State != h.State || !prev.Checked {
 		s.log.Info("resource health", "resource", name, "state", h.State, "failed_step", h.FailedStep, "error", h.Error, "hint", h.Hint)
 	}
@@ -208,7 +309,8 @@ func (s *Scheduler) store(name, fp string, h api.Health, scheduled, cancelled bo
 }
 
 // Check runs r's check now (waiting for a concurrency slot) and returns its result, which also
-// becomes r's last result.
+// becomes r's last result (and is stored). A resource this node is not a candidate for is not
+// checked: the error wraps ErrNotCandidate and says why.
 func (s *Scheduler) Check(ctx context.Context, name string) (api.Health, error) {
 	rs, err := s.cfg.List(ctx)
 	if err != nil {
@@ -218,6 +320,16 @@ func (s *Scheduler) Check(ctx context.Context, name string) (api.Health, error) 
 		if r.Name != name {
 			continue
 		}
+		self, err := s.selfNode(ctx)
+		if err != nil {
+			return api.Health{}, fmt.Errorf("health check %s: read this node's record: %w", name, err)
+		}
+		s.mu.Lock()
+		s.self = self
+		s.mu.Unlock()
+		if why, ok := s.serves(r, self); !ok {
+			return api.Health{}, fmt.Errorf("health check %s on node %s: %w: %s", name, self.Name, ErrNotCandidate, why)
+		}
 		select {
 		case s.sem <- struct{}{}:
 		case <-ctx.Done():
@@ -225,14 +337,15 @@ func (s *Scheduler) Check(ctx context.Context, name string) (api.Health, error) 
 		}
 		h := s.cfg.Checker.Check(ctx, r, nil)
 		<-s.sem
-		s.store(name, fingerprint(r), h, false, ctx.Err() != nil)
+		s.store(ctx, r, fingerprint(r), h, false, ctx.Err() != nil)
+		h.NodeID, h.NodeName = self.ID, self.Name
 		return h, nil
 	}
 	return api.Health{}, fmt.Errorf("health check %s: %w", name, ErrUnknownResource)
 }
 
-// Last returns the last result of resource name: unhealthy and not checked yet when no check has
-// finished.
+// Last returns this node's last result of resource name: unhealthy and not checked yet when no
+// check has finished (or the node is not a candidate for it).
 func (s *Scheduler) Last(name string) api.Health {
 	s.mu.Lock()
 	defer s.mu.Unlock()
