@@ -57,8 +57,13 @@
 //
 // Recorder.Close waits until every record of its connection has been written
 // (only those: a flooding session does not hold up another's end), so a
-// connection's queries are on disk when its end time is. Flush waits for
-// everything queued before it; Close drains the queue and stops the writer.
+// connection's queries are on disk when its end time is. Recorder.Durable waits
+// until every record its connection has queued so far is durable (committed
+// to the database, or to the spool): the proxy holds a statement's answer
+// back from the client until then, so the writer's batches are group commits
+// that release every session waiting for them, and while one waits the writer
+// does not gather. Flush waits for everything queued before it; Close drains
+// the queue and stops the writer.
 //
 // OpenDB uses synchronous=NORMAL with WAL: commits survive a crash of the
 // node process; a power loss of the VM may lose the last commits (SQLite
