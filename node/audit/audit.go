@@ -44,7 +44,9 @@
 // statements costs one WAL commit instead of one each. An idle writer commits
 // as soon as it has anything; a busy one (it wrote less than gatherWait, 2 ms,
 // ago) waits gatherWait for more before a small batch, so a steady stream of
-// sessions shares commits too (records reach the file within milliseconds). A batch that fails is retried like a connection record; if it
+// sessions shares commits too (records reach the file within milliseconds),
+// unless its callers wait for their records (Recorder.Durable, as the proxy
+// does for every statement): then it commits at once. A batch that fails is retried like a connection record; if it
 // still fails, each of its records is tried once on its own, so one bad
 // record cannot take others with it. A query record that cannot be written
 // then is counted (Stats.QueriesDropped, Stats.QueryWriteFailures, and the
@@ -61,8 +63,8 @@
 // until every record its connection has queued so far is durable (committed
 // to the database, or to the spool): the proxy holds a statement's answer
 // back from the client until then, so the writer's batches are group commits
-// that release every session waiting for them, and while one waits the writer
-// does not gather. Flush waits for everything queued before it; Close drains
+// that release every session waiting for them; once Durable has been called
+// the writer no longer gathers (below). Flush waits for everything queued before it; Close drains
 // the queue and stops the writer.
 //
 // OpenDB uses synchronous=NORMAL with WAL: commits survive a crash of the
@@ -313,7 +315,13 @@ type Log struct {
 	// gathering a small batch that one began to wait, so it writes at once.
 	syncers  atomic.Int64
 	syncWake chan struct{}
-	stopped  chan struct{} // closed when the writer has returned
+	// synced: Recorder.Durable has been called. From then on the writer never gathers: its
+	// callers wait for every record they make (the proxy does, for every statement), so a
+	// session cannot make a second record before its first is committed, batches are as large as
+	// the number of sessions waiting whatever the writer does, and committing at once lets the
+	// commit overlap the rest of the answer's relay instead of adding gatherWait to every statement.
+	synced  atomic.Bool
+	stopped chan struct{} // closed when the writer has returned
 
 	depth                        atomic.Int64
 	dropped, queryFailures       atomic.Int64
@@ -676,6 +684,9 @@ func (l *Log) Recorder(id int64, onFail func(error)) *Recorder {
 // when ctx ends first. It allocates nothing.
 func (r *Recorder) Durable(ctx context.Context) error {
 	l := r.l
+	if !l.synced.Load() {
+		l.synced.Store(true)
+	}
 	l.mu.Lock()
 	for r.n > 0 && r.err == nil {
 		r.syncWait = true
@@ -880,7 +891,7 @@ func (l *Log) writer() {
 		case <-l.syncWake:
 		default:
 		}
-		if n := len(batch); n > 0 && n < gatherFew && !closed && !l.opts.noGather && l.syncers.Load() == 0 && time.Since(lastWrite) < gatherWait {
+		if n := len(batch); n > 0 && n < gatherFew && !closed && !l.opts.noGather && !l.synced.Load() && l.syncers.Load() == 0 && time.Since(lastWrite) < gatherWait {
 			// Nobody waits for these records to be durable (yet): gather more. A Recorder.Durable
 			// that begins to wait ends the gathering, so a session held for its records is never
 			// held gatherWait longer; sessions held together share the next commit anyway.
