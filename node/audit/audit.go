@@ -44,7 +44,9 @@
 // statements costs one WAL commit instead of one each. An idle writer commits
 // as soon as it has anything; a busy one (it wrote less than gatherWait, 2 ms,
 // ago) waits gatherWait for more before a small batch, so a steady stream of
-// sessions shares commits too (records reach the file within milliseconds). A batch that fails is retried like a connection record; if it
+// sessions shares commits too (records reach the file within milliseconds),
+// unless its callers wait for their records (Recorder.Durable, as the proxy
+// does for every statement): then it commits at once. A batch that fails is retried like a connection record; if it
 // still fails, each of its records is tried once on its own, so one bad
 // record cannot take others with it. A query record that cannot be written
 // then is counted (Stats.QueriesDropped, Stats.QueryWriteFailures, and the
@@ -57,8 +59,13 @@
 //
 // Recorder.Close waits until every record of its connection has been written
 // (only those: a flooding session does not hold up another's end), so a
-// connection's queries are on disk when its end time is. Flush waits for
-// everything queued before it; Close drains the queue and stops the writer.
+// connection's queries are on disk when its end time is. Recorder.Durable waits
+// until every record its connection has queued so far is durable (committed
+// to the database, or to the spool): the proxy holds a statement's answer
+// back from the client until then, so the writer's batches are group commits
+// that release every session waiting for them; once Durable has been called
+// the writer no longer gathers (below). Flush waits for everything queued before it; Close drains
+// the queue and stops the writer.
 //
 // OpenDB uses synchronous=NORMAL with WAL: commits survive a crash of the
 // node process; a power loss of the VM may lose the last commits (SQLite
@@ -310,7 +317,17 @@ type Log struct {
 	flushes []flushWait
 	lastErr error // the first write error since the previous Flush
 
-	wake    chan struct{} // capacity 1: something was queued, or Close
+	wake chan struct{} // capacity 1: something was queued, or Close
+	// syncers counts the Recorder.Durable calls waiting; syncWake (capacity 1) tells a writer
+	// gathering a small batch that one began to wait, so it writes at once.
+	syncers  atomic.Int64
+	syncWake chan struct{}
+	// synced: Recorder.Durable has been called. From then on the writer never gathers: its
+	// callers wait for every record they make (the proxy does, for every statement), so a
+	// session cannot make a second record before its first is committed, batches are as large as
+	// the number of sessions waiting whatever the writer does, and committing at once lets the
+	// commit overlap the rest of the answer's relay instead of adding gatherWait to every statement.
+	synced  atomic.Bool
 	stopped chan struct{} // closed when the writer has returned
 
 	depth                        atomic.Int64
@@ -412,7 +429,7 @@ func open(ctx context.Context, db *sql.DB, sdb *store.DB, opts Options) (*Log, e
 	if _, err := rand.Read(prefix[:]); err != nil {
 		return nil, fmt.Errorf("open audit log: record ID prefix: %w", err)
 	}
-	l := &Log{db: db, store: sdb, pg: pg, logger: opts.Logger, opts: opts, insert: insert, wake: make(chan struct{}, 1), stopped: make(chan struct{}),
+	l := &Log{db: db, store: sdb, pg: pg, logger: opts.Logger, opts: opts, insert: insert, wake: make(chan struct{}, 1), syncWake: make(chan struct{}, 1), stopped: make(chan struct{}),
 		idPrefix: hex.EncodeToString(prefix[:]), conns: map[int64]string{}, stopShip: make(chan struct{})}
 	if opts.SpoolPath != "" {
 		var err error
@@ -647,6 +664,9 @@ type Recorder struct {
 	n, bytes int           // records queued and not settled, and their size
 	room     chan struct{} // closed when one settles; nil while nobody waits
 	err      error         // why a record of this connection could not be written
+	syncWait bool          // Durable waits for n to reach 0 (or err): settle signals synced
+
+	synced chan struct{} // capacity 1, made with the Recorder: reused by every Durable, so a wait allocates nothing
 
 	dropped atomic.Int64
 }
@@ -659,7 +679,43 @@ func (l *Log) Recorder(id int64, onFail func(error)) *Recorder {
 	l.connsMu.Lock()
 	conn := l.conns[id]
 	l.connsMu.Unlock()
-	return &Recorder{l: l, id: id, conn: conn, onFail: onFail}
+	return &Recorder{l: l, id: id, conn: conn, onFail: onFail, synced: make(chan struct{}, 1)}
+}
+
+// Durable waits until every record Record has queued for this connection is durable: committed
+// to the audit database, or to the spool when the database refuses it (SQLite: the commit reached
+// the OS, which survives a crash of the node process; PostgreSQL: its COMMIT returned). Records
+// go in group commits: the writer commits what all connections have queued in one transaction and
+// then releases every Durable waiting for them. It returns an error wrapping ErrUnavailable when a
+// record of the connection could not be written (the connection must not go on: onFail has been
+// or is being called), ErrClosed when the log closed with records of it unwritten, or ctx's error
+// when ctx ends first. It allocates nothing.
+func (r *Recorder) Durable(ctx context.Context) error {
+	l := r.l
+	if !l.synced.Load() {
+		l.synced.Store(true)
+	}
+	l.mu.Lock()
+	for r.n > 0 && r.err == nil {
+		r.syncWait = true
+		l.mu.Unlock()
+		l.syncers.Add(1)
+		select {
+		case l.syncWake <- struct{}{}: // a writer gathering a small batch writes it now
+		default:
+		}
+		select {
+		case <-r.synced:
+		case <-ctx.Done():
+			l.syncers.Add(-1)
+			return fmt.Errorf("audit: wait for the records of connection %d to be written: %w", r.id, context.Cause(ctx))
+		}
+		l.syncers.Add(-1)
+		l.mu.Lock()
+	}
+	err := r.err
+	l.mu.Unlock()
+	return err
 }
 
 // Record queues q (its ConnectionID set to the recorder's). While the
@@ -832,13 +888,27 @@ func (l *Log) writer() {
 	var qs []queryRow
 	var failed []bool
 	var lastWrite time.Time
+	gather := time.NewTimer(time.Hour)
+	gather.Stop()
 	for {
 		l.mu.Lock()
 		batch, l.pending = l.pending, batch[:0]
 		closed := l.closed
 		l.mu.Unlock()
-		if n := len(batch); n > 0 && n < gatherFew && !closed && !l.opts.noGather && time.Since(lastWrite) < gatherWait {
-			time.Sleep(gatherWait)
+		select { // drained before syncers is read: a Durable adds itself to syncers, then signals
+		case <-l.syncWake:
+		default:
+		}
+		if n := len(batch); n > 0 && n < gatherFew && !closed && !l.opts.noGather && !l.synced.Load() && l.syncers.Load() == 0 && time.Since(lastWrite) < gatherWait {
+			// Nobody waits for these records to be durable (yet): gather more. A Recorder.Durable
+			// that begins to wait ends the gathering, so a session held for its records is never
+			// held gatherWait longer; sessions held together share the next commit anyway.
+			gather.Reset(gatherWait)
+			select {
+			case <-gather.C:
+			case <-l.syncWake:
+				gather.Stop()
+			}
 			l.mu.Lock()
 			batch = append(batch, l.pending...)
 			clear(l.pending)
@@ -991,6 +1061,13 @@ func (l *Log) settle(es []entry, failed []bool, err error) {
 		if r.room != nil {
 			close(r.room)
 			r.room = nil
+		}
+		if r.syncWait && (r.n == 0 || r.err != nil) {
+			r.syncWait = false
+			select {
+			case r.synced <- struct{}{}:
+			default:
+			}
 		}
 	}
 	l.settled += uint64(len(es))

@@ -48,7 +48,7 @@ func TestRelayAllocsPerMessage(t *testing.T) {
 					down = mustEncode(t, down, m)
 				}
 			}
-			var records atomic.Int64
+			var records, holds atomic.Int64
 			// As pgbench -S does, the client sends a query once it has the answer to the one
 			// before, and the server answers once it has the query: each read returns one round
 			// trip's messages, after the other half has written the previous one. Every message
@@ -65,7 +65,9 @@ func TestRelayAllocsPerMessage(t *testing.T) {
 			bp := newBufferPool()
 			trs := make([]*tracker, 0, 200)
 			for range cap(trs) {
-				trs = append(trs, newTracker(0, false, func(audit.Query) { records.Add(1) }))
+				tr := newTracker(0, false, func(audit.Query) { records.Add(1) })
+				tr.hold = func() error { holds.Add(1); return nil } // as the session's: answers wait for their records
+				trs = append(trs, tr)
 			}
 			var terminated atomic.Bool
 			var c1, c2 atomic.Int64
@@ -83,7 +85,7 @@ func TestRelayAllocsPerMessage(t *testing.T) {
 					default:
 					}
 				}
-				b1, b2 := bp.buffers(upC, upW), bp.buffers(downC, downW)
+				b1, b2 := bp.buffers(upC, upW), bp.buffers(downC, &heldWriter{w: downW, tr: tr})
 				go func() {
 					err := serverToClient(b2, tr, &c2)
 					b2.release()
@@ -97,8 +99,8 @@ func TestRelayAllocsPerMessage(t *testing.T) {
 					t.Fatal(err)
 				}
 			})
-			if tt.server != nil && records.Load() == 0 {
-				t.Fatal("no query was recorded: the test does not drive the audit path")
+			if tt.server != nil && (records.Load() == 0 || holds.Load() == 0) {
+				t.Fatal("no query was recorded or held: the test does not drive the audit path")
 			}
 			per := allocs / n
 			t.Logf("%.2f allocations per message (%.0f per run of %d)", per, allocs, n)

@@ -26,6 +26,12 @@ type QueryRecorder interface {
 	// Record hands q to the audit log; it may wait while the session is over its allowance of
 	// unwritten records.
 	Record(ctx context.Context, q audit.Query) error
+	// Durable waits until every record handed to Record so far is durable (committed to the audit
+	// database, or to the node's spool when the database refuses it); an error says one never
+	// will be (the session must end) or ctx ended first. The relay calls it before the server's
+	// answers that follow a record reach the client (heldWriter), so a client never learns that
+	// a statement completed before its record would survive a crash of the node.
+	Durable(ctx context.Context) error
 	// Close waits until the session's records are written and returns how many were not.
 	Close(ctx context.Context) int64
 }

@@ -144,8 +144,9 @@ func TestAuditFailureEndsSession(t *testing.T) {
 
 // TestFloodingSessionCannotDropOthersRecords: while the audit writer is stalled (another process
 // holds SQLite's write lock), one session floods 20000 statements and another runs a few. The
-// flooding session waits for its own allowance; the other is not held up, and in the end every
-// record of both sessions is in the log and none was dropped.
+// flooding session waits for its own allowance; the other's record is queued (its answer waits
+// for the writer, as every answer does until its record is durable), and in the end every record
+// of both sessions is in the log and none was dropped.
 func TestFloodingSessionCannotDropOthersRecords(t *testing.T) {
 	pg := startPostgres(t)
 	tp := startProxy(t, Config{Tokens: &testTokens{token: pg.token}}, pg.target())
@@ -235,17 +236,41 @@ func TestFloodingSessionCannotDropOthersRecords(t *testing.T) {
 		}
 		last = d
 	}
-	t.Logf("queue depth with the writer stalled: %d", tp.audit.QueueDepth())
-	// The other session is not held up by the flood: its statements run while the writer is stalled.
-	for i := range 10 {
-		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err := other.Exec(qctx, fmt.Sprintf("SELECT 'other %d'", i)).ReadAll()
-		cancel()
-		if err != nil {
-			t.Fatalf("other session, statement %d: %v", i, err)
+	stalled := tp.audit.QueueDepth()
+	t.Logf("queue depth with the writer stalled: %d", stalled)
+	// The other session is not refused or dropped because of the flood: its first statement runs
+	// and its record is queued within its own allowance; like every session's, its answer waits
+	// until the writer has committed the record (durable before the client hears of it).
+	otherDone := make(chan error, 1)
+	go func() {
+		for i := range 10 {
+			qctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+			_, err := other.Exec(qctx, fmt.Sprintf("SELECT 'other %d'", i)).ReadAll()
+			cancel()
+			if err != nil {
+				otherDone <- fmt.Errorf("other session, statement %d: %w", i, err)
+				return
+			}
 		}
+		otherDone <- nil
+	}()
+	if !waitFor(20*time.Second, func() bool { return tp.audit.QueueDepth() > stalled }) {
+		t.Fatalf("the other session's record was not queued (queue depth %d)", tp.audit.QueueDepth())
+	}
+	select {
+	case err := <-otherDone:
+		t.Fatalf("the other session's statements completed while their records could not be written: %v", err)
+	default:
 	}
 	unlock()
+	select {
+	case err := <-otherDone:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the other session did not finish within 60s of the writer's release")
+	}
 	select {
 	case err := <-flooded:
 		if err != nil {

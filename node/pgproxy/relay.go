@@ -70,7 +70,7 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 	go func() {
 		defer recoverRelay(s2c, "relay server to client")
 		defer tr.serverEnded() // before recoverRelay: the client side must not wait for answers that will not come
-		b := p.buffers.buffers(server, client)
+		b := p.buffers.buffers(server, &heldWriter{w: client, tr: tr})
 		err := serverToClient(b, tr, &stats.fromServer)
 		b.release()
 		s2c <- err
@@ -127,7 +127,10 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 			relayPanicked(sp, client, server, c2s, p.logger)
 		}
 		var cw *errClientWrite
-		clientGone := errors.As(err, &cw)
+		var held *errHeld
+		// Answers held back because their records could not be made durable: the client is
+		// still there, and is told why the session ends (FATAL 58030, ctx's cause).
+		clientGone := errors.As(err, &cw) && !errors.As(err, &held)
 		switch {
 		case clientGone:
 			// Nothing more can be said to a client that is gone or stopped reading (a message may
@@ -171,6 +174,42 @@ func (p *Proxy) relay(ctx context.Context, client, server net.Conn, tr *tracker,
 		}
 	}
 }
+
+// heldWriter is what the server side of the relay writes the client's bytes through, under its
+// buffer: once the tracker has made records, no byte goes to the client until tr.hold says they
+// are durable. The records of a statement are made when the server's message that completes it
+// (CommandComplete, ErrorResponse, ReadyForQuery for a Query of several statements, ...) has been
+// put in the buffer, and reach the client no sooner than the buffer is written out: when the
+// server has nothing more buffered (after ReadyForQuery, in a round trip) or when the buffer is
+// full (a long result). So a client never sees a statement's completion, nor the ReadyForQuery
+// after it, before its record would survive a crash of the node; every statement answered in one
+// buffer waits for one group commit; and rows streaming before a statement completes are not
+// held at all. Holding blocks only this direction (the buffer stays at its fixed size: the
+// server waits, as for a slow client), and the wait ends when the audit writer, which waits on
+// no session, commits or fails.
+type heldWriter struct {
+	w  io.Writer
+	tr *tracker
+}
+
+func (h *heldWriter) Write(b []byte) (int, error) {
+	if h.tr.held && h.tr.hold != nil {
+		if err := h.tr.hold(); err != nil {
+			return 0, &errHeld{err}
+		}
+		h.tr.held = false
+	}
+	return h.w.Write(b)
+}
+
+// errHeld is the client's bytes held back for good: the records of the statements they answer
+// are not durable and will not be (the audit log failed, or the session ended while waiting).
+type errHeld struct{ err error }
+
+func (e *errHeld) Error() string {
+	return "answers held back: their audit records are not durable: " + e.err.Error()
+}
+func (e *errHeld) Unwrap() error { return e.err }
 
 // errClientWrite is a failed write to the client.
 type errClientWrite struct{ err error }

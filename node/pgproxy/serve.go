@@ -118,7 +118,7 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 	defer endSession(nil)
 	recorder := p.recorder(id, endSession)
 	g.rec = recorder
-	var warned bool // written by the server-side relay goroutine only
+	var recordErr error // written by the server-side relay goroutine only (and finish, after it)
 	tr := newTracker(p.cfg.MaxAuditSQL, t.RedactParams, func(q audit.Query) {
 		if recorder == nil {
 			return
@@ -127,12 +127,25 @@ func (p *Proxy) Serve(ctx context.Context, conn net.Conn, t Target, s Session) {
 		if err := recorder.Record(sctx, q); err != nil {
 			// The recorder has failed, or the log is closed: the session must not go on unaudited.
 			endSession(auditEnded())
-			if !warned {
-				warned = true
+			if recordErr == nil {
+				recordErr = err
 				log.Error("pgproxy: audit query record not written; ending the session", "err", err)
 			}
 		}
 	})
+	if recorder != nil {
+		// The server's answers after a record wait until it is durable (heldWriter).
+		tr.hold = func() error {
+			if recordErr != nil {
+				return recordErr
+			}
+			if err := recorder.Durable(sctx); err != nil {
+				endSession(auditEnded()) // a no-op when the session was ending already
+				return err
+			}
+			return nil
+		}
+	}
 	tr.maxPending = maxPendingRequests
 	tr.setParameter("standard_conforming_strings", scs)
 	// A session the node ends (grant revoked, user suspended or deleted, resource deleted, or its

@@ -127,8 +127,12 @@ type portalState struct {
 // tracker builds query records for one session.
 type tracker struct {
 	record func(audit.Query) // called from the server side
-	limit  int               // Config.MaxAuditSQL
-	redact bool              // Target.RedactParams
+	// hold, when not nil, waits until every record made so far is durable (see heldWriter); held
+	// says records were made since it last returned (both: the server side of the relay only).
+	hold   func() error
+	held   bool
+	limit  int  // Config.MaxAuditSQL
+	redact bool // Target.RedactParams
 
 	mu    sync.Mutex
 	queue []*pending
@@ -761,6 +765,9 @@ func (tr *tracker) server(typ byte, body []byte) {
 		tr.mu.Unlock()
 		for _, q := range out {
 			tr.record(q)
+		}
+		if len(out) > 0 {
+			tr.held = true
 		}
 	}()
 	if typ == 'S' {
