@@ -134,6 +134,22 @@ type Resource struct {
 	Subdomain        string            `json:"subdomain,omitempty"`
 	Tags             map[string]string `json:"tags,omitempty"`
 	Health           *Health           `json:"health,omitempty"` // the last health check, without its steps
+	// Route is which nodes may carry the resource: filled on GET /v1/resources. nil (a node that
+	// predates routing) means any node.
+	Route *Route `json:"route,omitempty"`
+}
+
+// Route is which nodes may carry a resource's connections.
+type Route struct {
+	Nodes  []RouteNode `json:"nodes"`            // the ONLINE candidate nodes, in the node list's order
+	Reason string      `json:"reason,omitempty"` // why there is none ("no node can reach it: …")
+}
+
+// RouteNode is one online candidate node of a resource, with its health for that resource.
+type RouteNode struct {
+	NodeID    string    `json:"node_id"`
+	Health    string    `json:"health,omitempty"`     // "healthy" | "unhealthy" | "" (not checked yet)
+	CheckedAt time.Time `json:"checked_at,omitempty"` // when Health was checked
 }
 
 // ResourceList is the answer to GET /v1/resources.
