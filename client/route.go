@@ -69,6 +69,20 @@ func (e errNoRoute) Error() string {
 	return fmt.Sprintf("ferry: cannot connect to %q: %s", e.name, printable(reason))
 }
 
+// routableVN is the resource's VN address when it may be routed to a node of its own: an IPv4
+// unicast address that is not the nodes' in-tunnel address (a /32 of that would send the control
+// API to the resource's node).
+func routableVN(r api.Resource) (netip.AddrPort, error) {
+	vn, err := netip.ParseAddrPort(r.VNAddress)
+	switch {
+	case err != nil || !vn.Addr().Is4():
+		return netip.AddrPort{}, fmt.Errorf("ferry: resource %q has no usable virtual networking address %q", r.Name, printable(r.VNAddress))
+	case vn.Addr() == api.NodeTunnelAddress || !vn.Addr().IsGlobalUnicast() && !vn.Addr().IsPrivate():
+		return netip.AddrPort{}, fmt.Errorf("ferry: resource %q has virtual networking address %s, which cannot be routed to a node of its own", r.Name, vn)
+	}
+	return vn, nil
+}
+
 // candidate is one node that may carry a resource, as the choice sees it.
 type candidate struct {
 	key      tunnel.Key
@@ -177,9 +191,9 @@ func (d *Daemon) routeFor(r api.Resource) (via, error) {
 		d.dropRoute(r.Name)
 		return via{}, errNoRoute{name: r.Name, reason: r.Route.Reason}
 	}
-	vn, err := netip.ParseAddrPort(r.VNAddress)
+	vn, err := routableVN(r)
 	if err != nil {
-		return via{}, fmt.Errorf("ferry: resource %q has no usable virtual networking address %q", r.Name, printable(r.VNAddress))
+		return via{}, err
 	}
 	d.routeMu.Lock()
 	defer d.routeMu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/tunnel"
 )
 
@@ -52,5 +53,32 @@ func TestPickCandidate(t *testing.T) {
 				t.Errorf("picked %d, want %d", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestRoutableVN: a resource's VN address is routed to its node as a /32 only when it is an IPv4
+// unicast address other than the nodes' in-tunnel address, so that a resource list cannot steer
+// the control API (or broadcast, loopback, multicast) to another node.
+func TestRoutableVN(t *testing.T) {
+	tests := []struct {
+		addr string
+		ok   bool
+	}{
+		{"100.64.0.7:5432", true},
+		{"10.1.2.3:5432", true},
+		{api.NodeTunnelAddress.String() + ":5432", false},
+		{"127.0.0.1:5432", false},
+		{"0.0.0.0:5432", false},
+		{"255.255.255.255:5432", false},
+		{"224.0.0.1:5432", false},
+		{"[fd00::1]:5432", false},
+		{"100.64.0.7", false},
+		{"", false},
+	}
+	for _, tc := range tests {
+		_, err := routableVN(api.Resource{Name: "r", VNAddress: tc.addr})
+		if (err == nil) != tc.ok {
+			t.Errorf("routableVN(%q): %v, want ok=%v", tc.addr, err, tc.ok)
+		}
 	}
 }
