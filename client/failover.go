@@ -511,7 +511,11 @@ func (d *Daemon) track(local, up net.Conn, v via, res string) *relay {
 	}
 	f.mu.Unlock()
 	if stale {
-		r.end(fmt.Sprintf("ferry: the Ferry node this connection went through was left; reconnect to use node %s", next), d.log)
+		msg := "ferry: the Ferry node this connection went through was left; reconnect"
+		if next != "" {
+			msg += " to use node " + next
+		}
+		r.end(msg, d.log)
 	}
 	return r
 }
