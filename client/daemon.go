@@ -447,8 +447,11 @@ func (d *Daemon) carry(c net.Conn, r api.Resource) {
 	v, err := d.routeFor(r)
 	if err != nil {
 		d.log.Warn("no node can carry the resource", "resource", r.Name, "err", err)
-		refuse(c, "08001", err.Error(),
-			fmt.Sprintf("The resource's proxy cluster or egress filter leaves no online node for it; an administrator can check it (ferry admin datasources show %s).", r.Name))
+		hint := "Check the node list's state (ferry status), then retry."
+		if errors.As(err, new(errNoRoute)) {
+			hint = fmt.Sprintf("The resource's proxy cluster or egress filter leaves no online node for it; an administrator can check it (ferry admin datasources show %s).", r.Name)
+		}
+		refuse(c, "08001", err.Error(), hint)
 		return
 	}
 	up, err := d.dialVia(v, r.VNAddress)
