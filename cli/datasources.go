@@ -60,7 +60,7 @@ func newResourceFlags(fs *pflag.FlagSet, forUpdate bool) *resourceFlags {
 	str(&r.ManagedIdentityClientIDPath, "managed-identity-client-id-path", "secret path of the client ID, secret-name[?key=field] (optional with --secret-store-id; empty: --managed-identity-client-id, or the system-assigned identity)", func(d *resource.Resource, v string) { d.ManagedIdentityClientIDPath = v })
 	boolean(&r.TLSRequired, "tls-required", "require TLS to the server, its certificate verified for the hostname (the node never logs in without it, whatever this says)", func(d *resource.Resource, v bool) { d.TLSRequired = v })
 	str(&r.BindInterface, "bind-interface", "IP the client listens on: "+resource.LoopbackRule+"; empty: the node assigns one from the range", func(d *resource.Resource, v string) { d.BindInterface = v })
-	str(&r.EgressFilter, "egress-filter", "nodes that may reach the server, e.g. tag:env=prod", func(d *resource.Resource, v string) { d.EgressFilter = v })
+	str(&r.EgressFilter, "egress-filter", "nodes that may reach the server, by tags: tag:key=value terms with and (or a comma), or, not and parentheses, e.g. \"tag:env=prod and not tag:region=eastus\" (empty: any node)", func(d *resource.Resource, v string) { d.EgressFilter = v })
 	str(&r.ProxyClusterID, "proxy-cluster-id", "proxy cluster to route through (empty: none, use gateways)", func(d *resource.Resource, v string) { d.ProxyClusterID = v })
 	str(&r.SecretStoreID, "secret-store-id", "secret store (se-…) the username and client ID are read from (empty: none: credentials in the catalog)", func(d *resource.Resource, v string) { d.SecretStoreID = v })
 	str(&r.Subdomain, "subdomain", "DNS alias in virtual networking mode", func(d *resource.Resource, v string) { d.Subdomain = v })

@@ -16,6 +16,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/ferryhq/ferry/resource/tagexpr"
 )
 
 // TypeAzurePostgresMI is the resource type name used on the command line and in the API.
@@ -58,7 +60,7 @@ type Resource struct {
 	PortOverride     int    `json:"port_override,omitempty"`     // 0 = default/auto; -1 = new auto-assigned port
 	Subdomain        string `json:"subdomain,omitempty"`         // DNS alias label (virtual networking mode)
 	BindInterface    string `json:"bind_interface,omitempty"`    // loopback IP the client binds, e.g. 127.0.0.1
-	EgressFilter     string `json:"egress_filter,omitempty"`     // tag expression selecting nodes, e.g. tag:env=prod
+	EgressFilter     string `json:"egress_filter,omitempty"`     // tag expression selecting nodes (resource/tagexpr), e.g. tag:env=prod
 
 	Database         string `json:"database"`
 	RestrictDatabase bool   `json:"restrict_database,omitempty"`
@@ -188,7 +190,7 @@ func (r *Resource) Validate() error {
 		}
 	}
 	if r.EgressFilter != "" {
-		if _, err := ParseTagFilter(r.EgressFilter); err != nil {
+		if _, err := tagexpr.Parse(r.EgressFilter); err != nil {
 			bad("egress-filter", "%v", err)
 		}
 	}
