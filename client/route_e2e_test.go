@@ -131,7 +131,8 @@ func rowNode(ctx context.Context, d *client.Daemon, name string) (string, client
 // names those nodes; "none" is refused by the client with a FATAL 08001 naming the reason, and no
 // node sees a session. node-3 then goes silent: new connections to "two" go through node-1
 // (its next candidate), the session open to it through node-3 ends with a FATAL 08006, and
-// "prod" stays on node-2 with its open session untouched.
+// "prod" stays on node-2 with its open session untouched. Last node-1, the node in use for the
+// control API, goes silent: the control API moves to node-2, and prod's session and node stay.
 func TestRoutePerResource(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -273,6 +274,26 @@ func TestRoutePerResource(t *testing.T) {
 	}
 	if err := onProd.Ping(ctx); err != nil {
 		t.Fatalf("the session to prod through node-2 broke when node-3 went silent: %v", err)
+	}
+	lands(demo.ResourceName, 1)
+
+	// The control node (node-1) goes silent: the control API moves to node-2 as before, and prod,
+	// which node-2 carries, keeps its session and its node.
+	if err := n1.Tunnel().Close(); err != nil {
+		t.Fatal(err)
+	}
+	took = wait(t, "the control API on node-2", 30*time.Second, func() error {
+		if st := d.Status(ctx); st.Node != "node-2" {
+			return fmt.Errorf("the node in use is %q", st.Node)
+		}
+		return nil
+	})
+	t.Logf("the control API moved to node-2 %v after node-1 went silent", took.Round(100*time.Millisecond))
+	if got, _ := rowNode(ctx, d, demo.ResourceName); got != "node-2" {
+		t.Fatalf("prod moved to %q when the control node went silent; want it left on node-2", got)
+	}
+	if err := onProd.Ping(ctx); err != nil {
+		t.Fatalf("the session to prod through node-2 broke when the control node went silent: %v", err)
 	}
 	lands(demo.ResourceName, 1)
 }
