@@ -4,6 +4,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -150,7 +151,8 @@ app use. Stop it with Ctrl-C.`,
 }
 
 func statusCmd() *cobra.Command {
-	return &cobra.Command{
+	var asJSON bool
+	c := &cobra.Command{
 		Use:   "status",
 		Short: "List the resources you may reach, their local addresses and whether they are connected",
 		Args:  cobra.NoArgs,
@@ -164,30 +166,37 @@ func statusCmd() *cobra.Command {
 				return err
 			}
 			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(st); err != nil {
+					return err
+				}
+				return statusErr(st)
+			}
 			if st.VNUnavailable != "" {
 				fmt.Fprintf(cmd.ErrOrStderr(), "ferry: %s\n", st.VNUnavailable)
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tTYPE\tADDRESS\tSTATUS\tHEALTH\tMODE\tTAGS")
+			fmt.Fprintln(tw, "NAME\tTYPE\tADDRESS\tSTATUS\tHEALTH\tMODE\tNODE\tTAGS")
 			for _, r := range st.Resources {
 				state := "not connected"
 				if r.Connected {
 					state = "connected"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Type, r.Address, state, healthLabel(r.Health), client.ModeLabel(r), resource.FormatTags(r.Tags))
+				node := r.Node // the node its new connections go to
+				if node == "" {
+					node = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Type, r.Address, state, healthLabel(r.Health), client.ModeLabel(r), node, resource.FormatTags(r.Tags))
 			}
 			if err := tw.Flush(); err != nil {
 				return err
 			}
 			writeUnroutable(out, st.Resources)
 			writeNode(out, st)
-			// The table (what the daemon last knew) is still printed; the exit status says that the
-			// node could not be reached, so that scripts do not take it for a working client.
-			switch {
-			case st.Suspended || st.DeviceRemoved:
-				return errors.New(st.NodeError)
-			case !st.NodeReachable:
-				return fmt.Errorf("ferry-node unreachable: %s", st.NodeError)
+			if err := statusErr(st); err != nil {
+				return err
 			}
 			if len(st.Resources) == 0 {
 				fmt.Fprintln(cmd.ErrOrStderr(), client.NoResourcesHint(st.User))
@@ -195,6 +204,20 @@ func statusCmd() *cobra.Command {
 			return nil
 		},
 	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON (each resource's row has the node its connections go to)")
+	return c
+}
+
+// statusErr: the table or JSON (what the daemon last knew) is still printed; the exit status says
+// that the node could not be reached, so that scripts do not take it for a working client.
+func statusErr(st client.Status) error {
+	switch {
+	case st.Suspended || st.DeviceRemoved:
+		return errors.New(st.NodeError)
+	case !st.NodeReachable:
+		return fmt.Errorf("ferry-node unreachable: %s", st.NodeError)
+	}
+	return nil
 }
 
 // writeUnroutable prints, for each resource that no node can carry now, why ("NAME: no node can

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os/exec"
 	"strings"
 	"testing"
@@ -107,12 +108,25 @@ func TestCommandsAgainstDemo(t *testing.T) {
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	// Under the table: why azure-pg-mi-dev has no node (its cluster has no workers), then the node.
-	if len(lines) != 5 || strings.Join(strings.Fields(lines[0]), " ") != "NAME TYPE ADDRESS STATUS HEALTH MODE TAGS" || !strings.HasPrefix(lines[4], "Node: ") ||
+	if len(lines) != 5 || strings.Join(strings.Fields(lines[0]), " ") != "NAME TYPE ADDRESS STATUS HEALTH MODE NODE TAGS" || !strings.HasPrefix(lines[4], "Node: ") ||
 		lines[3] != "azure-pg-mi-dev: no node can reach it: proxy cluster n-1a2b345c67890123 has no workers" {
 		t.Fatalf("status output:\n%s", out)
 	}
-	if f := strings.Fields(lines[1]); f[0] != "azure-pg-mi-dev" || f[2] != bind+":10001" || f[3] != "connected" || f[len(f)-2] != "loopback" || f[len(f)-1] != "env=dev,team=data" {
-		t.Fatalf("status row: %q", lines[1])
+	// The row names the node its connections go to: the node in use, for a resource that any node
+	// may carry.
+	inUse := strings.Fields(strings.TrimPrefix(lines[4], "Node: "))[0]
+	if f := strings.Fields(lines[1]); f[0] != "azure-pg-mi-dev" || f[2] != bind+":10001" || f[3] != "connected" || f[len(f)-3] != "loopback" || f[len(f)-2] != inUse || f[len(f)-1] != "env=dev,team=data" {
+		t.Fatalf("status row: %q (node in use %s)", lines[1], inUse)
+	}
+	out, err = run(t, "status", "--json")
+	var js client.Status
+	if err != nil || json.Unmarshal([]byte(out), &js) != nil || len(js.Resources) != 2 || js.Node != inUse {
+		t.Fatalf("status --json: %v:\n%s", err, out)
+	}
+	for _, r := range js.Resources {
+		if want := map[bool]string{true: inUse}[r.Connected]; r.Node != want {
+			t.Fatalf("status --json: %s (connected %v) has node %q, want %q", r.Name, r.Connected, r.Node, want)
+		}
 	}
 	t.Run("health", testHealthCommands)
 

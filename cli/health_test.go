@@ -31,7 +31,7 @@ func testHealthCommands(t *testing.T) {
 			row = l
 		}
 	}
-	if f := strings.Fields(row); len(f) < 7 || f[len(f)-3] != "healthy" { // ... HEALTH MODE TAGS
+	if f := strings.Fields(row); len(f) < 8 || f[len(f)-4] != "healthy" { // ... HEALTH MODE NODE TAGS
 		t.Errorf("status row of azure-pg-mi-prod has no healthy HEALTH column: %q\n%s", row, out)
 	}
 	out, err = run(t, "admin", "datasources", "list")

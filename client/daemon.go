@@ -64,9 +64,11 @@ type Daemon struct {
 	vnLast   time.Time    // the last attempt, guarded by vnUp
 	vnTrying atomic.Bool  // a background attempt runs (retryVNet)
 
-	link    nodeLink // the node's reachability, as the watchdog sees it (reconnect.go)
-	fleet   fleet    // which node is in use, failover and the node list (failover.go, fleet.go)
-	account account  // this device's status when the node does not answer (account.go)
+	link    nodeLink    // the node's reachability, as the watchdog sees it (reconnect.go)
+	fleet   fleet       // which node is in use, failover and the node list (failover.go, fleet.go)
+	routeMu sync.Mutex  // serializes choices of node per resource (route.go)
+	routing atomic.Bool // an ensureRoutes runs
+	account account     // this device's status when the node does not answer (account.go)
 
 	splices *splice.Pool // the copy buffers of proxied connections, lent while data flows
 }
@@ -261,6 +263,9 @@ type ResourceStatus struct {
 	// Fallback: the resource is set to virtual networking but served on its loopback address
 	// because this client has no TUN (Status.VNUnavailable says why and what to do).
 	Fallback bool `json:"fallback,omitempty"`
+	// Node is the node that new connections to a connected resource go to (its name, else its
+	// endpoint); "" when none is chosen yet or none can carry it.
+	Node string `json:"node,omitempty"`
 }
 
 // Status is the daemon's answer to GET /local/v1/status.
@@ -306,7 +311,7 @@ func (d *Daemon) Status(ctx context.Context) Status {
 	d.fleet.mu.Unlock()
 	probe := d.link.probeTimeout()
 	sctx, cancel := context.WithTimeout(ctx, probe)
-	rs, err := d.api.Resources(sctx)
+	rs, err := d.resources(sctx)
 	cancel()
 	if err != nil {
 		st.NodeError = err.Error()
@@ -347,7 +352,7 @@ var ErrUnknownResource = errors.New("no such resource")
 // Connect starts serving the resource in its connectivity mode (modes.go) and returns its status row.
 // Connecting an already connected resource returns its address again.
 func (d *Daemon) Connect(ctx context.Context, name string) (ResourceStatus, error) {
-	rs, err := d.api.Resources(ctx)
+	rs, err := d.resources(ctx)
 	if err != nil {
 		return ResourceStatus{}, fmt.Errorf("connect %s: list resources: %w", name, err)
 	}
@@ -389,6 +394,7 @@ func (d *Daemon) Disconnect(names ...string) error {
 	for _, n := range names {
 		l, ok := d.listeners[n]
 		if !ok && d.vnDisconnect(n) {
+			d.dropRoute(n)
 			continue
 		}
 		if !ok {
@@ -397,6 +403,7 @@ func (d *Daemon) Disconnect(names ...string) error {
 		}
 		_ = l.ln.Close()
 		delete(d.listeners, n)
+		d.dropRoute(n)
 		d.state.Connected = slices.DeleteFunc(d.state.Connected, func(s string) bool { return s == n })
 		d.log.Info("resource disconnected", "resource", n)
 	}
@@ -437,16 +444,25 @@ func (d *Daemon) acceptLoop(l *listener) {
 // 08001) instead of a dropped connection.
 func (d *Daemon) carry(c net.Conn, r api.Resource) {
 	defer c.Close()
-	via := d.currentNode()
-	up, err := d.dialNode(r.VNAddress)
-	if now := d.currentNode(); now != via {
+	v, err := d.routeFor(r)
+	if err != nil {
+		d.log.Warn("no node can carry the resource", "resource", r.Name, "err", err)
+		hint := "Check the node list's state (ferry status), then retry."
+		if errors.As(err, new(errNoRoute)) {
+			hint = fmt.Sprintf("The resource's proxy cluster or egress filter leaves no online node for it; an administrator can check it (ferry admin datasources show %s).", r.Name)
+		}
+		refuse(c, "08001", err.Error(), hint)
+		return
+	}
+	up, err := d.dialVia(v, r.VNAddress)
+	if now, nerr := d.routeFor(r); nerr == nil && now.key != v.key {
 		// The client moved to another node during the dial: nothing has passed yet, so this
 		// connection goes through the node now in use instead of failing or being ended at once.
 		if err == nil {
 			_ = up.Close()
 		}
-		via = now
-		up, err = d.dialNode(r.VNAddress)
+		v = now
+		up, err = d.dialVia(v, r.VNAddress)
 	}
 	if err != nil {
 		d.noteProbe(err)
@@ -456,7 +472,7 @@ func (d *Daemon) carry(c net.Conn, r api.Resource) {
 		return
 	}
 	defer up.Close()
-	rl := d.track(c, up, via)
+	rl := d.track(c, up, v, r.Name)
 	defer d.untrack(rl)
 	// Once one side has finished, the other gets a moment to drain, then both are closed.
 	d.splices.Splice(d.ctx, relayConn{Conn: c, r: rl}, up, 5*time.Second)

@@ -62,6 +62,11 @@ type fleet struct {
 	alone     bool   // the node in use is silent and no other node is known: logged once
 	note      string // the last change of node, for status
 	sessions  map[*relay]struct{}
+	// Per-resource choice of node (route.go).
+	routes  map[string]*route         // by resource name
+	applied map[tunnel.Key]bool       // route peers set in the tunnel, other than the node in use
+	watch   map[tunnel.Key]*peerWatch // liveness of those route peers
+	rtt     map[tunnel.Key]rttSample  // measured round trips
 	// nodeCtx ends when the node in use changes: dials through the node left stop waiting on it.
 	nodeCtx    context.Context
 	nodeCancel context.CancelFunc
@@ -118,6 +123,7 @@ func (d *Daemon) startFleet(preferred tunnel.Key, now time.Time) {
 	f.lastRxAt = now
 	f.failed = map[tunnel.Key]time.Time{}
 	f.sessions = map[*relay]struct{}{}
+	f.routes, f.applied, f.watch, f.rtt = map[string]*route{}, map[tunnel.Key]bool{}, map[tunnel.Key]*peerWatch{}, map[tunnel.Key]rttSample{}
 	f.nodeCtx, f.nodeCancel = context.WithCancel(d.ctx)
 	f.enrolled = KnownNode{WireGuardEndpoint: d.state.WireGuardEndpoint, WireGuardPublicKey: d.state.NodePublicKey, State: "online"}
 	if n, ok := f.nodeByKey(preferred); ok {
@@ -268,6 +274,27 @@ func (d *Daemon) checkLiveness(now time.Time) {
 		dead = true
 	}
 	curKey := f.cur
+	var routeKick, routeDead []tunnel.Key
+	for k := range f.applied {
+		w := f.watch[k]
+		if w == nil || k == curKey {
+			continue
+		}
+		p, _ := find(k)
+		if p.RxBytes != w.lastRx {
+			w.lastRx, w.lastRxAt, w.kickAt = p.RxBytes, now, time.Time{}
+		}
+		if !w.kickAt.IsZero() && p.LastHandshake.After(w.kickAt) {
+			w.lastRxAt, w.kickAt = now, time.Time{}
+		}
+		switch {
+		case w.kickAt.IsZero() && now.Sub(w.lastRxAt) > silentAfter:
+			w.kickAt = now
+			routeKick = append(routeKick, k)
+		case !w.kickAt.IsZero() && now.Sub(w.kickAt) > handshakeWait:
+			routeDead = append(routeDead, k)
+		}
+	}
 	var probe bool
 	var back KnownNode
 	if f.cur != f.preferred && !dead {
@@ -295,6 +322,14 @@ func (d *Daemon) checkLiveness(now time.Time) {
 			d.log.Debug("could not force a handshake", "err", err)
 		}
 	}
+	for _, k := range routeKick {
+		if err := d.tun.Rehandshake(k); err != nil {
+			d.log.Debug("could not force a handshake with a resource's node", "err", err)
+		}
+	}
+	for _, k := range routeDead {
+		d.routeFailed(k, now)
+	}
 	if probe {
 		if err := d.tun.Rehandshake(f.preferred); err != nil {
 			d.log.Debug("could not probe the preferred node", "err", err)
@@ -303,6 +338,7 @@ func (d *Daemon) checkLiveness(now time.Time) {
 	switch {
 	case dead:
 		d.failover(curKey, now)
+		d.routeFailed(curKey, now) // the resources chosen on it too
 	case back.WireGuardPublicKey != "":
 		d.switchTo(back, now, fmt.Sprintf("Ferry is returning to node %s", back.label()), "returned to the preferred node")
 	}
@@ -366,7 +402,12 @@ func (d *Daemon) switchTo(next KnownNode, now time.Time, lost, why string) {
 	}
 	d.link.mu.Lock()
 	old := d.link.peer
-	peer := tunnel.Peer{PublicKey: key, AllowedIPs: allowedAll, Endpoint: ep, PersistentKeepalive: PersistentKeepalive}
+	// The node taken keeps the /32s of the resources chosen on it; the node left keeps those chosen
+	// on it (route.go), else it is removed, or kept without addresses when it is the preferred node.
+	f.mu.Lock()
+	peer := tunnel.Peer{PublicKey: key, AllowedIPs: append(slices.Clone(allowedAll), f.routePrefixes(key)...), Endpoint: ep, PersistentKeepalive: PersistentKeepalive}
+	keep := f.routePrefixes(old.PublicKey)
+	f.mu.Unlock()
 	if err := d.tun.AddPeer(peer); err != nil {
 		d.link.mu.Unlock()
 		d.log.Warn("could not switch to another node", "node", next.label(), "err", err)
@@ -375,17 +416,19 @@ func (d *Daemon) switchTo(next KnownNode, now time.Time, lost, why string) {
 		f.mu.Unlock()
 		return
 	}
-	if old.PublicKey == f.preferred {
+	switch {
+	case len(keep) > 0:
+		err = d.tun.AddPeer(tunnel.Peer{PublicKey: old.PublicKey, AllowedIPs: keep, Endpoint: old.Endpoint, PersistentKeepalive: PersistentKeepalive})
+	case old.PublicKey == f.preferred:
 		// Kept as a peer that routes nothing: handshakes with it tell when it is back.
 		err = d.tun.AddPeer(tunnel.Peer{PublicKey: old.PublicKey, Endpoint: old.Endpoint})
-	} else {
+	default:
 		err = d.tun.RemovePeer(old.PublicKey)
 	}
 	if err != nil {
 		d.log.Warn("could not retire the node left", "err", err)
 	}
 	d.link.peer, d.link.endpoint = peer, next.WireGuardEndpoint
-	d.link.mu.Unlock()
 
 	f.mu.Lock()
 	from := f.curNode.label()
@@ -393,13 +436,22 @@ func (d *Daemon) switchTo(next KnownNode, now time.Time, lost, why string) {
 		f.leftAt, f.probeAt = now, now
 	}
 	f.cur, f.curNode = key, next
+	delete(f.applied, key)
+	delete(f.watch, key)
+	if len(keep) > 0 {
+		f.applied[old.PublicKey] = true
+		if f.watch[old.PublicKey] == nil {
+			f.watch[old.PublicKey] = &peerWatch{lastRxAt: now}
+		}
+	}
+	d.link.mu.Unlock()
 	f.nodeCancel()
 	f.nodeCtx, f.nodeCancel = context.WithCancel(d.ctx)
 	f.lastRxAt, f.kickAt, f.backAt, f.alone = now, now, time.Time{}, false
 	f.note = fmt.Sprintf("%s at %s: %s; using node %s", why, now.UTC().Format(time.TimeOnly), from, next.label())
 	var ending []*relay
 	for r := range f.sessions {
-		if r.node == old.PublicKey {
+		if r.node == old.PublicKey && !r.routed {
 			ending = append(ending, r)
 		}
 	}
@@ -433,26 +485,37 @@ func (d *Daemon) nodeLabel() string {
 // relay is one local connection carried to a resource through the node in use: the node it went
 // through, and the framing of its PostgreSQL stream, so that ending it can tell the client why.
 type relay struct {
-	node  tunnel.Key
-	local net.Conn
-	up    net.Conn
-	tr    pgframe.Tracker
-	wmu   sync.Mutex // held while bytes are written to local
-	ended atomic.Bool
+	node   tunnel.Key
+	res    string // the resource
+	routed bool   // node was chosen for the resource (route.go), not the node in use
+	local  net.Conn
+	up     net.Conn
+	tr     pgframe.Tracker
+	wmu    sync.Mutex // held while bytes are written to local
+	ended  atomic.Bool
 }
 
 // track registers a relay through the node in use; untrack it when it ends. A relay whose dial
 // went through a node that has been left since is ended at once.
-func (d *Daemon) track(local, up net.Conn, via tunnel.Key) *relay {
-	r := &relay{node: via, local: local, up: up}
+func (d *Daemon) track(local, up net.Conn, v via, res string) *relay {
+	r := &relay{node: v.key, res: res, routed: v.routed, local: local, up: up}
 	f := &d.fleet
 	f.mu.Lock()
 	f.sessions[r] = struct{}{}
-	stale := f.cur != via
+	stale := f.cur != v.key
 	next := f.curNode.label()
+	if v.routed {
+		rt := f.routes[res]
+		stale = rt == nil || rt.key != v.key
+		next = rt.labelOrEmpty()
+	}
 	f.mu.Unlock()
 	if stale {
-		r.end(fmt.Sprintf("ferry: the Ferry node this connection went through was left; reconnect to use node %s", next), d.log)
+		msg := "ferry: the Ferry node this connection went through was left; reconnect"
+		if next != "" {
+			msg += " to use node " + next
+		}
+		r.end(msg, d.log)
 	}
 	return r
 }

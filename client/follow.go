@@ -28,7 +28,7 @@ func (d *Daemon) followCatalog() {
 		}
 		via := d.currentNode()
 		ctx, cancel := context.WithTimeout(d.ctx, d.link.probeTimeout())
-		rs, err := d.api.Resources(ctx)
+		rs, err := d.resources(ctx)
 		cancel()
 		if d.ctx.Err() != nil {
 			return
@@ -66,6 +66,7 @@ func (d *Daemon) follow(rs []api.Resource) {
 		case !ok:
 			_ = l.ln.Close()
 			delete(d.listeners, name)
+			d.dropRoute(name)
 			d.state.Connected = slices.DeleteFunc(d.state.Connected, func(s string) bool { return s == name })
 			changed = true
 			d.log.Warn("resource is no longer available to you: stopped listening", "resource", name, "address", l.res.LoopbackAddress)
@@ -103,6 +104,16 @@ func (d *Daemon) follow(rs []api.Resource) {
 		}
 	}
 	d.retryVNet()
+	var connected []api.Resource
+	for name := range d.listeners {
+		connected = append(connected, byName[name])
+	}
+	for _, name := range d.vnNames() {
+		if r, ok := byName[name]; ok {
+			connected = append(connected, r)
+		}
+	}
+	d.ensureRoutes(connected)
 	if changed {
 		if err := SaveState(d.dirs, d.state); err != nil {
 			d.log.Warn("could not save connected resources", "err", err)

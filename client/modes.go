@@ -58,6 +58,7 @@ func (d *Daemon) row(r api.Resource) ResourceStatus {
 		st.Connected = true
 		st.Address = l.res.LoopbackAddress // where it listens (follow moves it)
 		st.Fallback = l.fallback
+		st.Node = d.nodeFor(l.res)
 		return st
 	}
 	wantVN := d.wantMode(r) == ModeVirtualNetworking
@@ -73,6 +74,9 @@ func (d *Daemon) row(r api.Resource) ResourceStatus {
 		st.Address, st.Serving = d.vn.address(served), ModeVirtualNetworking
 	case wantVN:
 		st.Fallback = true
+	}
+	if st.Connected {
+		st.Node = d.nodeFor(served)
 	}
 	return st
 }
@@ -103,7 +107,7 @@ func (d *Daemon) startVNet(ctx context.Context) {
 		return
 	}
 	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	rs, err := d.api.Resources(rctx)
+	rs, err := d.resources(rctx)
 	cancel()
 	if err != nil {
 		d.log.Warn("could not list resources", "err", err)

@@ -58,6 +58,8 @@ type DaemonOption func(*daemonOptions)
 type daemonOptions struct {
 	mode    string
 	tunName string
+	// editRoutes, set by tests only (export_test.go), stands in for a node that fills Route.
+	editRoutes func([]api.Resource)
 }
 
 // WithMode makes this client serve every resource in mode (ModeLoopback or ModeVirtualNetworking)
@@ -205,7 +207,7 @@ func (v *vnet) refreshLoop() {
 func (v *vnet) refresh(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	rs, err := v.d.api.Resources(ctx)
+	rs, err := v.d.resources(ctx)
 	if err != nil {
 		v.log.Debug("could not refresh DNS aliases", "err", err)
 		return
@@ -311,8 +313,21 @@ func (v *vnet) forward(ctx context.Context, f netstack.Flow) (func(net.Conn), er
 	if !ok {
 		return nil, errNotConnected
 	}
-	via := v.d.currentNode()
-	up, err := v.d.tun.Stack().DialContext(ctx, "tcp", r.VNAddress)
+	via, err := v.d.routeFor(r)
+	if err != nil {
+		// A SYN cannot carry a PostgreSQL error: the RST comes at once, and the log says why.
+		v.log.Warn("no node can carry the resource", "resource", r.Name, "client", f.Remote, "err", err)
+		return nil, err
+	}
+	dialCtx := ctx
+	if via.routed {
+		var cancel context.CancelFunc
+		dialCtx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		stop := context.AfterFunc(via.ctx, cancel) // the resource's node was left
+		defer stop()
+	}
+	up, err := v.d.tun.Stack().DialContext(dialCtx, "tcp", r.VNAddress)
 	if err != nil {
 		v.log.Warn("could not reach the node", "resource", r.Name, "client", f.Remote, "err", err)
 		return nil, err
@@ -340,7 +355,7 @@ func (v *vnet) forward(ctx context.Context, f netstack.Flow) (func(net.Conn), er
 		defer v.d.wg.Done()
 		defer c.Close()
 		defer up.Close()
-		rl := v.d.track(c, up, via)
+		rl := v.d.track(c, up, via, r.Name)
 		defer v.d.untrack(rl)
 		// Both ways until both directions end (half-close passed on), or the daemon stops.
 		v.d.splices.Splice(v.d.ctx, relayConn{Conn: c, r: rl}, up, 5*time.Second)

@@ -25,7 +25,7 @@ type Details struct {
 }
 
 // detailFields are the rows of the pane, in order.
-var detailFields = []string{"State", "Health", "Address", "Connectivity mode", "Loopback address", "Virtual networking address", "DNS name", "Database", "Username", "Type", "Tags"}
+var detailFields = []string{"State", "Health", "Node", "Address", "Connectivity mode", "Loopback address", "Virtual networking address", "DNS name", "Database", "Username", "Type", "Tags"}
 
 // detailLabels shorten the labels of some fields, to leave the values room in a narrow pane.
 var detailLabels = map[string]string{"Virtual networking address": "VN address"}
@@ -88,7 +88,7 @@ func (d *Details) update(st client.Status) {
 			dns = r.Subdomain + "." + domain
 		}
 		vals := map[string]string{
-			"State": StateText(r), "Health": HealthText(r), "Address": AddressText(r),
+			"State": StateText(r), "Health": HealthText(r), "Node": ResourceNodeText(r), "Address": AddressText(r),
 			"Connectivity mode": DetailsModeText(r, d.u.orgMode()), "Loopback address": r.LoopbackAddress,
 			"Virtual networking address": r.VNAddress, "DNS name": dns, "Database": r.Database,
 			"Username": r.Username, "Type": typeName(r.Type), "Tags": resource.FormatTags(r.Tags),

@@ -101,6 +101,21 @@ func HealthText(r client.ResourceStatus) string {
 	return r.Health.Label()
 }
 
+// ResourceNodeText is the node a resource's new connections go to (the details pane's Node row):
+// the node chosen for it while it is connected, or why no node can carry it.
+func ResourceNodeText(r client.ResourceStatus) string {
+	switch {
+	case r.Route != nil && len(r.Route.Nodes) == 0:
+		if r.Route.Reason != "" {
+			return "none: " + r.Route.Reason
+		}
+		return "none: no node can reach it"
+	case r.Connected && r.Node != "":
+		return r.Node
+	}
+	return ""
+}
+
 // AddressText is where local programs connect, or that nothing listens there yet.
 func AddressText(r client.ResourceStatus) string {
 	if r.Connected {

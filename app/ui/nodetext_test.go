@@ -3,6 +3,7 @@ package ui
 import (
 	"testing"
 
+	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/client"
 )
 
@@ -18,6 +19,27 @@ func TestNodeText(t *testing.T) {
 	for _, tc := range tests {
 		if got := NodeText(tc.st); got != tc.want {
 			t.Errorf("NodeText(%+v) = %q, want %q", tc.st, got, tc.want)
+		}
+	}
+}
+
+// TestResourceNodeText: the details pane names the node a connected resource's connections go to,
+// and why none can carry one that has no candidate node.
+func TestResourceNodeText(t *testing.T) {
+	tests := []struct {
+		r    client.ResourceStatus
+		want string
+	}{
+		{client.ResourceStatus{}, ""},
+		{client.ResourceStatus{Connected: true, Node: "gw-2"}, "gw-2"},
+		{client.ResourceStatus{Connected: false, Node: "gw-2"}, ""},
+		{client.ResourceStatus{Resource: api.Resource{Route: &api.Route{Reason: "no node can reach it: no online node matches egress filter tag:env=x"}}, Connected: true},
+			"none: no node can reach it: no online node matches egress filter tag:env=x"},
+		{client.ResourceStatus{Resource: api.Resource{Route: &api.Route{}}}, "none: no node can reach it"},
+	}
+	for _, tc := range tests {
+		if got := ResourceNodeText(tc.r); got != tc.want {
+			t.Errorf("ResourceNodeText(%+v) = %q, want %q", tc.r, got, tc.want)
 		}
 	}
 }
