@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -185,20 +186,17 @@ func testReferenceExample(t *testing.T, env *demo.Env) {
 		t.Fatalf("status row: %v", row)
 	}
 	conn := "host=127.0.0.1 port=10001 dbname=production user=anyone sslmode=disable"
-	// Its proxy cluster has no workers (the demo's node is a gateway): the node refuses it, saying
-	// so. Out of the cluster, on the gateway tagged env=prod (its egress filter), it connects.
-	if got, err := exec.Command("psql", conn, "-X", "-A", "-t", "-c", "select current_user").CombinedOutput(); err == nil ||
-		!strings.Contains(string(got), "FATAL") || !strings.Contains(string(got), "no node can reach it: proxy cluster n-1a2b345c67890123 has no workers") {
-		t.Fatalf("psql through the reference example in a cluster without workers: %v: %s", err, got)
-	}
-	if out, err := run(t, "admin", "datasources", "update", "azure-pg-mi-prod", "--proxy-cluster-id="); err != nil {
-		t.Fatalf("leave the cluster: %v: %s", err, out)
-	}
-	if out, err := run(t, "admin", "nodes", "update", env.Node.ID(), "--tags", "env=prod"); err != nil {
-		t.Fatalf("tag the node: %v: %s", err, out)
-	}
+	// The reference example routes through its proxy cluster: the client picks worker-prod (the
+	// cluster's only worker, tagged env=prod as its egress filter asks), and the connection log
+	// names that node.
 	if got, err := exec.Command("psql", conn, "-X", "-A", "-t", "-c", "select current_user").CombinedOutput(); err != nil || strings.TrimSpace(string(got)) != "mi_user" {
 		t.Fatalf("psql through the reference example: %v: %s", err, got)
+	}
+	if row := statusRow(t, "azure-pg-mi-prod"); !slices.Contains(row, "worker-prod") {
+		t.Errorf("status row of the reference example does not name worker-prod: %v", row)
+	}
+	if out, err := run(t, "admin", "logs", "connections", "--node", "worker-prod"); err != nil || !strings.Contains(out, "azure-pg-mi-prod") {
+		t.Errorf("the connection log of worker-prod: %v:\n%s", err, out)
 	}
 
 	// Update moves the client's listener.

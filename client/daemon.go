@@ -64,11 +64,16 @@ type Daemon struct {
 	vnLast   time.Time    // the last attempt, guarded by vnUp
 	vnTrying atomic.Bool  // a background attempt runs (retryVNet)
 
-	link    nodeLink    // the node's reachability, as the watchdog sees it (reconnect.go)
-	fleet   fleet       // which node is in use, failover and the node list (failover.go, fleet.go)
-	routeMu sync.Mutex  // serializes choices of node per resource (route.go)
-	routing atomic.Bool // an ensureRoutes runs
-	account account     // this device's status when the node does not answer (account.go)
+	link    nodeLink   // the node's reachability, as the watchdog sees it (reconnect.go)
+	fleet   fleet      // which node is in use, failover and the node list (failover.go, fleet.go)
+	routeMu sync.Mutex // serializes choices of node per resource (route.go)
+	// routeRefresh serializes the re-reads of refused connections (routeFresh); routeRefreshAt is
+	// when the last began and routeRefreshList what it read.
+	routeRefresh     sync.Mutex
+	routeRefreshAt   time.Time
+	routeRefreshList []api.Resource
+	routing          atomic.Bool // an ensureRoutes runs
+	account          account     // this device's status when the node does not answer (account.go)
 
 	splices *splice.Pool // the copy buffers of proxied connections, lent while data flows
 }
@@ -444,7 +449,7 @@ func (d *Daemon) acceptLoop(l *listener) {
 // 08001) instead of a dropped connection.
 func (d *Daemon) carry(c net.Conn, r api.Resource) {
 	defer c.Close()
-	v, err := d.routeFor(r)
+	v, r, err := d.routeFresh(r)
 	if err != nil {
 		d.log.Warn("no node can carry the resource", "resource", r.Name, "err", err)
 		hint := "Check the node list's state (ferry status), then retry."

@@ -232,8 +232,15 @@ func (d *Daemon) routeFor(r api.Resource) (via, error) {
 	if old != nil && old.key == c.key {
 		f.mu.Lock()
 		old.res, old.node = r, c.node
+		// The resource's VN address moved (the org's subnet changed): its /32 moves with it on
+		// the same node's peer, or connections to the new address would go to the control node.
+		moved := old.vn.Addr() != vn.Addr()
+		old.vn = netip.PrefixFrom(vn.Addr(), vn.Addr().BitLen())
 		v := via{key: old.key, label: old.node.label(), ctx: old.ctx, routed: true}
 		f.mu.Unlock()
+		if moved {
+			d.syncPeers()
+		}
 		return v, nil
 	}
 	ctx, cancel := context.WithTimeout(d.ctx, 2*time.Second)
@@ -563,4 +570,40 @@ func (d *Daemon) ensureRoutes(rs []api.Resource) {
 			}
 		}
 	}()
+}
+
+// routeFresh is routeFor, tried once more after re-reading the node list and the resources when
+// the cached ones leave the resource no node: a node list not read yet (the daemon has just
+// started) or a route an administrator has just changed (a node tagged, a resource moved out of a
+// proxy cluster) must not refuse the next connection until the next poll. Refused connections that
+// arrive while a re-read is under way share it (one read for a burst of retries). It returns the
+// resource as it decided on it, which the caller keeps using (routeFor with the stale one would
+// drop the route just chosen).
+func (d *Daemon) routeFresh(r api.Resource) (via, api.Resource, error) {
+	v, err := d.routeFor(r)
+	if err == nil || !errors.As(err, new(errNoRoute)) {
+		return v, r, err
+	}
+	refused := time.Now()
+	d.routeRefresh.Lock()
+	defer d.routeRefresh.Unlock()
+	if !d.routeRefreshAt.After(refused) {
+		d.routeRefreshAt = time.Now()
+		d.refreshNodes()
+		ctx, cancel := context.WithTimeout(d.ctx, d.link.probeTimeout())
+		rs, rerr := d.resources(ctx)
+		cancel()
+		if rerr != nil {
+			return v, r, err
+		}
+		d.follow(rs)
+		d.routeRefreshList = rs
+	}
+	i := slices.IndexFunc(d.routeRefreshList, func(x api.Resource) bool { return x.Name == r.Name })
+	if i < 0 {
+		return v, r, err
+	}
+	r = d.routeRefreshList[i]
+	v, err = d.routeFor(r)
+	return v, r, err
 }

@@ -313,7 +313,7 @@ func (v *vnet) forward(ctx context.Context, f netstack.Flow) (func(net.Conn), er
 	if !ok {
 		return nil, errNotConnected
 	}
-	via, err := v.d.routeFor(r)
+	via, r, err := v.d.routeFresh(r)
 	if err != nil {
 		// A SYN cannot carry a PostgreSQL error: the RST comes at once, and the log says why.
 		v.log.Warn("no node can carry the resource", "resource", r.Name, "client", f.Remote, "err", err)
