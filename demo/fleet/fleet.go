@@ -226,7 +226,7 @@ type Node struct {
 // InitNode runs `ferry-node init` for a node on h with state in dir and cfg's name (h's name when
 // cfg names none), tags, addresses, IMDS endpoint, CA files, host overrides, metrics address and catalog (--catalog-url: the deployment's
 // first node, which makes the catalog's first admin, whose token is AdminToken) given as flags, as
-// an operator would; cfg's allowed_server_hosts and dns_server (no flag of init sets exactly these)
+// an operator would; cfg's allowed_server_hosts, dns_server and health_interval (no flag of init sets exactly these)
 // are then written into the config.json init made. Nodes that join an existing catalog come from
 // JoinNode.
 func InitNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cfg node.Config) (*Node, error) {
@@ -235,7 +235,8 @@ func InitNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cf
 
 // JoinNode makes a node on h that joins the deployment whose catalog is cfg.CatalogURL with
 // `ferry-node init --join`, as an operator adds a node: no catalog and no user are made (AdminToken
-// is empty), and the node registers itself in the catalog when it runs.
+// is empty), and the node registers itself in the catalog when it runs. With cfg.ClusterID set it
+// is a worker of that proxy cluster (--cluster), which must exist.
 func JoinNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cfg node.Config) (*Node, error) {
 	if cfg.CatalogURL == "" {
 		return nil, errors.New("fleet: join: the config names no catalog_url")
@@ -276,6 +277,9 @@ func initNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cf
 			args = append(args, "--catalog-url", cfg.CatalogURL)
 		} else {
 			args = append(args, "--join", cfg.CatalogURL)
+			if cfg.ClusterID != "" {
+				args = append(args, "--cluster", cfg.ClusterID) // a worker of that proxy cluster
+			}
 		}
 	}
 	cmd := h.Command(ctx, args...)
@@ -292,6 +296,9 @@ func initNode(ctx context.Context, bins Binaries, h *netlab.Host, dir string, cf
 	}
 	// No flag of init sets exactly these.
 	patch := map[string]any{"allowed_server_hosts": cfg.AllowedServerHosts, "dns_server": cfg.DNSServer}
+	if cfg.HealthInterval > 0 {
+		patch["health_interval"] = cfg.HealthInterval
+	}
 	if err := patchConfig(filepath.Join(dir, node.ConfigFile), patch); err != nil {
 		return nil, fmt.Errorf("fleet: node on %s: %w", h.Name, err)
 	}
