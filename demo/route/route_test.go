@@ -40,7 +40,8 @@ const cluster = "n-1a2b345c67890123"
 //   - egress filter tag:env=prod: FATAL 28000 `resource "…" is not served by node "…"`, recorded
 //     denied with node 1's ID; through the env=prod node it connects (PostgreSQL);
 //   - tag:env=nothing: FATAL 08001 naming the filter; a proxy cluster resource through a gateway:
-//     FATAL 08001 (its cluster has no workers);
+//     FATAL 08001 (its cluster has no workers); once a cluster has an online worker, its resource
+//     through a gateway: FATAL 28000 "the resource is carried by proxy cluster n-…", recorded denied;
 //   - the connection log filters by node (API by ID and name, the CLI's --node) and shows it;
 //   - a session through node 1 for tag:env=dev ends (57P01, outcome rerouted) once node 1's tags
 //     change to env=test, and a new one is refused;
@@ -146,6 +147,36 @@ func testRouteEnforced(t *testing.T, nodes int) {
 			t.Errorf("the 28000's hint %q does not name the node that carries it (%s)", pe.Hint, other.Name)
 		}
 	}
+	t.Run("cluster with an online worker", func(t *testing.T) {
+		// A proxy cluster whose worker is online (a registered worker record kept online): its
+		// resource through a gateway is another node's to carry, so 28000 naming the cluster.
+		cl, err := admin.AddCluster(ctx, api.ClusterAdd{Name: "edge"})
+		must(err)
+		worker := farNode(t)
+		worker.Name, worker.Kind, worker.ClusterID = "edge-worker", api.NodeKindWorker, cl.ID
+		_, err = cat.RegisterNode(ctx, worker)
+		must(err)
+		r := resource.New("pg-edge")
+		r.Hostname, r.Database, r.Username, r.ManagedIdentityClientID = env.Emu.Hostname(), demo.Database, demo.Role, demo.ClientID
+		r.BindInterface = demo.RandomLoopbackIP()
+		r.Tags = map[string]string{"team": "route"}
+		r.ProxyClusterID = cl.ID
+		r, err = admin.AddDatasource(ctx, r)
+		must(err)
+		must(cat.Heartbeat(ctx, worker.ID, time.Now()))
+		keepOnline()
+		text := fmt.Sprintf(`resource "pg-edge" is not served by node %q: the resource is carried by proxy cluster %s`, n1.Name, cl.ID)
+		pe := wantFatal(t, "pg-edge through node 1 (a gateway)", second(via1.connect(ctx, r)), "28000", text)
+		if pe != nil && !strings.Contains(pe.Hint, "Connect through one of its nodes (edge-worker)") {
+			t.Errorf("the 28000's hint %q does not name the cluster's worker", pe.Hint)
+		}
+		cs, err := admin.ConnectionLog(ctx, api.LogFilter{Node: n1.ID, Resource: r.Name})
+		must(err)
+		if len(cs) != 1 || cs[0].Outcome != audit.OutcomeDenied || cs[0].SQLState != "28000" || cs[0].NodeID != n1.ID {
+			t.Errorf("pg-edge's connection log on node 1: %+v; want one denied 28000 record with node 1's ID", cs)
+		}
+	})
+
 	if nodes > 1 {
 		via2 := dev.to(t, env.Nodes[1])
 		c, err := via2.connect(ctx, rs.prod)
