@@ -42,7 +42,7 @@ func runFleet(ctx context.Context, o fleetOptions) int {
 	fmt.Fprintf(os.Stderr, "starting PostgreSQL, the Azure emulator, the catalog database, %d ferry-node processes (%s) and a client daemon…\n", o.nodes, where)
 	startCtx, cancel := context.WithTimeout(ctx, 5*time.Minute) // the first go build of ferry-node takes a while
 	f, err := fleetdemo.Start(startCtx, fleetdemo.Options{
-		Nodes: o.nodes, Netns: netns, NodeBinary: o.nodeBinary, Logger: o.logger,
+		Nodes: o.nodes, Netns: netns, NodeBinary: o.nodeBinary, Logger: o.logger, Routing: true,
 		Client: demo.Options{LoopbackIP: o.ip, LoopbackPort: o.port, KeyVault: true},
 	})
 	cancel()
@@ -91,6 +91,16 @@ func printFleet(ctx context.Context, w io.Writer, f *fleetdemo.Fleet) error {
 		fmt.Fprintf(w, "catalog: %s (server at %s, namespace %s)\n", f.Catalog.CatalogURL(), f.Catalog.DB.Addr(), f.Catalog.Host.NS)
 	} else {
 		fmt.Fprintf(w, "catalog: %s (server at %s)\n", f.Catalog.CatalogURL(), f.Catalog.DB.Addr())
+	}
+	if f.ClusterResource.Name != "" {
+		// With 3 nodes or more: the proxy cluster and the egress filter (fleetdemo.Options.Routing).
+		last := f.Nodes[len(f.Nodes)-1].Name
+		fmt.Fprintf(w, "ready-cluster: %s\n", client.ConnString(f.ClusterResource))
+		fmt.Fprintf(w, "ready-egress: %s\n", client.ConnString(f.EgressResource))
+		fmt.Fprintf(w, "cluster: %s %s, worker %s (tags env=prod,tier=edge); %s goes through it (--proxy-cluster-id=%s)\n",
+			fleetdemo.ClusterName, fleetdemo.ClusterID, last, fleetdemo.ClusterResource, fleetdemo.ClusterID)
+		fmt.Fprintf(w, "egress: %s has --egress-filter=%s: only the gateway %s (tags env=prod) carries it\n",
+			fleetdemo.EgressResource, fleetdemo.EgressFilter, f.Nodes[1].Name)
 	}
 	fmt.Fprintln(w, "ferry-node: "+f.NodeBinary)
 	for _, n := range f.Nodes {

@@ -17,9 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
 	"github.com/ferryhq/ferry/demo/fleet"
+	"github.com/ferryhq/ferry/demo/fleetdemo"
 	"github.com/ferryhq/ferry/internal/netlab"
 	"github.com/ferryhq/ferry/resource"
 )
@@ -335,6 +337,7 @@ func TestFleetDemoNamespaces(t *testing.T) {
 		t.Fatalf("psql on the ready line through node-1: %q, %v", out, err)
 	}
 	enrollAndQuery(t, ctx, r.nodes[1].token, "node-2")
+	checkRouting(t, ctx, r)
 
 	attach := strings.Fields(r.lines["nodes"])
 	stopDemo(t, r)
@@ -412,6 +415,7 @@ func TestFleetDemoLoopback(t *testing.T) {
 		ports[n.enroll] = true
 	}
 	enrollAndQuery(t, ctx, r.nodes[2].token, "node-3")
+	checkRouting(t, ctx, r)
 	stopDemo(t, r)
 	checkGone(t, ctx, r)
 	if ents, err := os.ReadDir(home); err != nil || len(ents) > 0 {
@@ -421,6 +425,38 @@ func TestFleetDemoLoopback(t *testing.T) {
 		if c, err := net.DialTimeout("tcp", n.enroll, 2*time.Second); err == nil {
 			c.Close()
 			t.Errorf("%s's enrollment port %s still accepts connections", n.name, n.enroll)
+		}
+	}
+}
+
+// checkRouting checks the demo's proxy cluster and egress filter (3 nodes): its output names them,
+// psql works through the ready-cluster and ready-egress lines, and the connection log (read as the
+// demo's admin client) has the cluster resource's session on node-3 (the cluster's worker) and the
+// egress-filtered one's on node-2 (the only gateway tagged env=prod).
+func checkRouting(t *testing.T, ctx context.Context, r *demoRun) {
+	t.Helper()
+	if !strings.Contains(r.lines["cluster"], fleetdemo.ClusterID) || !strings.Contains(r.lines["cluster"], "worker node-3") ||
+		!strings.Contains(r.lines["egress"], fleetdemo.EgressFilter) {
+		t.Errorf("ferry-demo's cluster and egress lines: %q, %q", r.lines["cluster"], r.lines["egress"])
+	}
+	for _, tc := range []struct{ line, resource, node string }{
+		{"ready-cluster", fleetdemo.ClusterResource, "node-3"},
+		{"ready-egress", fleetdemo.EgressResource, "node-2"},
+	} {
+		if out, err := psqlOne(ctx, r.lines[tc.line], "SELECT '"+tc.line+"'"); err != nil || out != tc.line {
+			t.Errorf("psql on the %s line (%q): %q, %v", tc.line, r.lines[tc.line], out, err)
+			continue
+		}
+		base := filepath.Dir(r.nodes[0].dir)
+		admin := client.NewControl(client.Dirs{Config: filepath.Join(base, "client"), Runtime: filepath.Join(base, "run")}).API()
+		cs, err := admin.ConnectionLog(ctx, api.LogFilter{Resource: tc.resource})
+		if err != nil || len(cs) == 0 {
+			t.Errorf("the connection log of %s: %+v, %v", tc.resource, cs, err)
+		}
+		for _, c := range cs {
+			if c.NodeName != tc.node {
+				t.Errorf("a session of %s went through %q; want %s only", tc.resource, c.NodeName, tc.node)
+			}
 		}
 	}
 }

@@ -21,10 +21,13 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
 	"github.com/ferryhq/ferry/demo/fleet"
 	"github.com/ferryhq/ferry/internal/netlab"
 	"github.com/ferryhq/ferry/node"
+	"github.com/ferryhq/ferry/resource"
 )
 
 // Options tune Start.
@@ -43,9 +46,25 @@ type Options struct {
 	// KeyVault, NoResource; its Logger is Logger).
 	Client demo.Options
 	// Node, if set, adjusts node i's config (0 for node-1) before it is made: its name, tags and
-	// anything else a node of the demo should have.
+	// anything else a node of the demo should have. A node whose config names a proxy cluster
+	// (ClusterID) is joined as its worker once the admin client has made the cluster with that ID.
 	Node func(i int, cfg *node.Config)
+	// Routing (3 nodes or more) shows proxy clusters and egress filters: node-2 is a gateway tagged
+	// env=prod, the last node a worker of the proxy cluster ClusterName (ID ClusterID, the reference
+	// page's example) tagged env=prod, and the admin client adds and connects ClusterResource
+	// (carried by the cluster's worker only) and EgressResource (egress filter tag:env=prod: carried
+	// by node-2 only).
+	Routing bool
 }
+
+// The demo's proxy cluster and routed resources (Options.Routing).
+const (
+	ClusterName     = "demo-edge"
+	ClusterID       = "n-1a2b345c67890123"
+	ClusterResource = "azure-pg-mi-edge"
+	EgressResource  = "azure-pg-mi-egress"
+	EgressFilter    = "tag:env=prod"
+)
 
 // Fleet is a running demo fleet.
 type Fleet struct {
@@ -60,6 +79,8 @@ type Fleet struct {
 	NodeBinary string
 	// Client is the demo's admin device, enrolled with node-1.
 	Client demo.AdminClient
+	// ClusterResource and EgressResource are the routed resources as connected (Options.Routing).
+	ClusterResource, EgressResource client.ResourceStatus
 
 	dir     string
 	ownsDir bool
@@ -130,26 +151,50 @@ func Start(ctx context.Context, opt Options) (f *Fleet, err error) {
 		if cfgs[i], err = f.nodeConfig(h, i, ports); err != nil {
 			return nil, err
 		}
+		if opt.Routing && opt.Nodes >= 3 && i == 1 {
+			cfgs[i].Tags = map[string]string{"env": "prod"}
+		}
+		if opt.Routing && opt.Nodes >= 3 && i == opt.Nodes-1 {
+			cfgs[i].Tags, cfgs[i].ClusterID = map[string]string{"env": "prod", "tier": "edge"}, ClusterID
+		}
 		if opt.Node != nil {
 			opt.Node(i, &cfgs[i])
 		}
 	}
+	if cfgs[0].ClusterID != "" {
+		return nil, errors.New("fleetdemo: node-1 makes the deployment: it cannot be a proxy cluster's worker")
+	}
 	ports.release() // the nodes take them now
-	// node-1 makes the deployment; the others join it, all at once, and then all start at once.
+	// node-1 makes the deployment; the gateways join it, all at once, and then all start at once;
+	// the workers join once the admin client has made their clusters.
 	f.Nodes = make([]*fleet.Node, opt.Nodes)
 	if f.Nodes[0], err = fleet.InitNode(ctx, bins, hosts[0], filepath.Join(f.dir, nodeName(0)), cfgs[0]); err != nil {
 		return nil, fmt.Errorf("fleetdemo: %w", err)
 	}
-	err = each(opt.Nodes-1, func(i int) (err error) {
-		i++
-		f.Nodes[i], err = fleet.JoinNode(ctx, bins, hosts[i], filepath.Join(f.dir, nodeName(i)), cfgs[i])
-		return err
-	})
-	if err != nil {
+	var gateways, workers []int
+	for i := 1; i < opt.Nodes; i++ {
+		if cfgs[i].ClusterID != "" {
+			workers = append(workers, i)
+		} else {
+			gateways = append(gateways, i)
+		}
+	}
+	join := func(idx []int) error {
+		err := each(len(idx), func(j int) (err error) {
+			i := idx[j]
+			f.Nodes[i], err = fleet.JoinNode(ctx, bins, hosts[i], filepath.Join(f.dir, nodeName(i)), cfgs[i])
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		// Each ready when this namespace reaches it: where the person running the demo is.
+		return each(len(idx), func(j int) error { return f.Nodes[idx[j]].Start(ctx, netlab.Here()) })
+	}
+	if err := join(append([]int{}, gateways...)); err != nil {
 		return nil, fmt.Errorf("fleetdemo: %w", err)
 	}
-	// Each ready when this namespace reaches it: where the person running the demo is.
-	if err := each(opt.Nodes, func(i int) error { return f.Nodes[i].Start(ctx, netlab.Here()) }); err != nil {
+	if err := f.Nodes[0].Start(ctx, netlab.Here()); err != nil {
 		return nil, fmt.Errorf("fleetdemo: %w", err)
 	}
 	copt := opt.Client
@@ -157,7 +202,51 @@ func Start(ctx context.Context, opt Options) (f *Fleet, err error) {
 	if f.Client, err = demo.StartAdminClient(ctx, f.dir, f.Catalog.Emu, f.Nodes[0].AdminToken, copt); err != nil {
 		return nil, fmt.Errorf("fleetdemo: %w", err)
 	}
+	made := map[string]bool{}
+	for _, i := range workers {
+		id := cfgs[i].ClusterID
+		if made[id] {
+			continue
+		}
+		name := ClusterName
+		if id != ClusterID {
+			name = "cluster-" + id[len(id)-6:]
+		}
+		if _, err := f.Client.Daemon.API().AddCluster(ctx, api.ClusterAdd{Name: name, ID: id}); err != nil {
+			return nil, fmt.Errorf("fleetdemo: add proxy cluster %s (%s): %w", name, id, err)
+		}
+		made[id] = true
+	}
+	if err := join(workers); err != nil {
+		return nil, fmt.Errorf("fleetdemo: %w", err)
+	}
+	if opt.Routing && opt.Nodes >= 3 {
+		if f.ClusterResource, err = f.addRouted(ctx, ClusterResource, opt.Client.LoopbackIP, func(r *resource.Resource) { r.ProxyClusterID = ClusterID }); err != nil {
+			return nil, err
+		}
+		if f.EgressResource, err = f.addRouted(ctx, EgressResource, opt.Client.LoopbackIP, func(r *resource.Resource) { r.EgressFilter = EgressFilter }); err != nil {
+			return nil, err
+		}
+	}
 	return f, nil
+}
+
+// addRouted adds a resource on the emulator's server as the admin client, with edit's proxy cluster
+// or egress filter, listening on ip (a port of its own), and connects it.
+func (f *Fleet) addRouted(ctx context.Context, name, ip string, edit func(*resource.Resource)) (client.ResourceStatus, error) {
+	r := resource.New(name)
+	r.Hostname, r.Database, r.Username, r.ManagedIdentityClientID = f.Catalog.Emu.Hostname(), demo.Database, demo.Role, demo.ClientID
+	r.BindInterface = ip
+	r.Tags = map[string]string{"env": "production", "team": "data"}
+	edit(&r)
+	if _, err := f.Client.Daemon.API().AddDatasource(ctx, r); err != nil {
+		return client.ResourceStatus{}, fmt.Errorf("fleetdemo: add %s: %w", name, err)
+	}
+	rs, err := f.Client.Daemon.Connect(ctx, name)
+	if err != nil {
+		return client.ResourceStatus{}, fmt.Errorf("fleetdemo: %w", err)
+	}
+	return rs, nil
 }
 
 // each runs fn(0) … fn(n-1) at once and returns their errors joined.
