@@ -6,7 +6,9 @@
 // its own address, the emulator and the catalog on a host of their own (a demo/fleet lab), and the
 // demo's own namespace joined to the lab's bridge (netlab.Lab.AttachHere), so that the person
 // running the demo reaches every node from their shell as they would reach VMs. Otherwise the
-// ferry-node processes listen on loopback ports of their own.
+// ferry-node processes listen on loopback ports of their own. With Options.Routing (3 nodes or
+// more) the fleet has a proxy cluster whose worker is the last node and an egress-filtered
+// resource, to show how resources are routed (issue 16).
 package fleetdemo
 
 import (
