@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/demo"
 	"github.com/ferryhq/ferry/demo/fleet"
 )
 
@@ -71,9 +72,21 @@ func TestNodeKilledUnderLoad(t *testing.T) {
 	defer cancel()
 	f := startFleet(t, ctx, 3, "client-a", "client-b")
 	a := startClient(t, ctx, f.hosts["client-a"], f.nodes[0].AdminToken, "laptop-a")
-	connA := addDemoResource(t, ctx, a, f.cat)
+	// Each resource is carried by the node its client chooses among its candidates (the nearest
+	// healthy one), not by the client's own node: egress filters pin device A's resource to node-1
+	// and device B's to node-2 (node-3 joins A's candidates below, once A has chosen node-1).
+	for _, tags := range [][2]string{{"node-1", "carry=a"}, {"node-2", "carry=b"}} {
+		if out, err := a.Ferry(ctx, "admin", "nodes", "update", tags[0], "--tags", tags[1]); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+	}
+	connA := addResource(t, ctx, a, f.cat, demo.ResourceName, "--egress-filter=tag:carry=a or tag:spare=a")
+	if out, err := a.Ferry(ctx, "admin", "datasources", "add", "azurepostgresmi", "pg-b", "--hostname="+f.cat.Emu.Hostname(), "--port=5432",
+		"--database="+demo.Database, "--username="+demo.Role, "--managed-identity-client-id="+demo.ClientID, "--tls-required", "--egress-filter=tag:carry=b"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
 	b := f.enrollWith(t, ctx, f.nodes[1], "admin", "client-b", "laptop-b")
-	connB := connectDemoResource(t, ctx, b)
+	connB := connectResource(t, ctx, b, "pg-b")
 	f.waitNodeList(t, ctx, a)
 	waitUsing(t, ctx, a, "node-1", 5*time.Second)
 	waitUsing(t, ctx, b, "node-2", 5*time.Second)
@@ -104,6 +117,10 @@ func TestNodeKilledUnderLoad(t *testing.T) {
 		}
 		acked = append(acked, sql)
 		return s
+	}
+	// node-3 may now carry A's resource too; A keeps node-1 while it answers.
+	if out, err := a.Ferry(ctx, "admin", "nodes", "update", "node-3", "--tags", "spare=a"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
 	}
 	sessA := session(a, connA, "session A")
 	sessB := session(b, connB, "session B")

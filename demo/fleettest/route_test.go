@@ -105,6 +105,13 @@ func addResource(t *testing.T, ctx context.Context, c *fleet.Client, cat *fleet.
 	if out, err := c.Ferry(ctx, args...); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
+	return connectResource(t, ctx, c, name)
+}
+
+// connectResource connects resource name through c and returns its psql connection string inside
+// c's host.
+func connectResource(t *testing.T, ctx context.Context, c *fleet.Client, name string) string {
+	t.Helper()
 	out, err := c.Ferry(ctx, "connect", name)
 	if err != nil {
 		t.Fatal(err)
