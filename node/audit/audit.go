@@ -943,8 +943,9 @@ func (l *Log) writer() {
 	}
 }
 
-// batchBytes bounds the text of one batch (one transaction), as BatchSize bounds its records.
-const batchBytes = DefaultSessionQueueBytes
+// batchBytes bounds the text of one batch (one transaction), as BatchSize bounds its records: a
+// session's answer waits for at most two batches' commits however much other sessions queued.
+const batchBytes = 1 << 20
 
 // takeBatch moves the next batch of queued records from l.pending to dst (l.mu is held): at most
 // BatchSize records and batchBytes bytes (at least one record), taken fairly across connections.
