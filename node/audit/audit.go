@@ -39,8 +39,9 @@
 // session) until the writer has written some of its records, so a session
 // that floods statements slows only itself: it can neither fill a queue
 // other sessions need nor make their records be dropped. Nothing is dropped
-// because a queue is full. One writer goroutine takes every queued record in
-// turn, in batches of up to BatchSize rows per transaction, so a burst of
+// because a queue is full. One writer goroutine takes the queued records in
+// batches of up to BatchSize rows per transaction, fairly across connections
+// (each connection's oldest record first: see takeBatch), so a burst of
 // statements costs one WAL commit instead of one each. An idle writer commits
 // as soon as it has anything; a busy one (it wrote less than gatherWait, 2 ms,
 // ago) waits gatherWait for more before a small batch, so a steady stream of
@@ -81,6 +82,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -310,12 +312,14 @@ type Log struct {
 	insert *sql.Stmt // insertQuerySQL, prepared on db (SQLite); closed by Close
 
 	mu      sync.Mutex // guards the fields below and every Recorder's counts
-	pending []entry    // queued records the writer has not taken yet
+	pending []entry    // queued records the writer has not taken yet, oldest first
 	closed  bool
 	queued  uint64 // records queued since Open
 	settled uint64 // of them, those written or failed
 	flushes []flushWait
 	lastErr error // the first write error since the previous Flush
+
+	ranks, rankCount, rankBytes []int // the writer's scratch space for takeBatch (under mu)
 
 	wake chan struct{} // capacity 1: something was queued, or Close
 	// syncers counts the Recorder.Durable calls waiting; syncWake (capacity 1) tells a writer
@@ -360,7 +364,7 @@ type entry struct {
 	seq  uint64 // the record ID's sequence number
 }
 
-// flushWait is a Flush waiting until the first seq records are settled.
+// flushWait is a Flush waiting until every record with a sequence number up to seq is settled.
 type flushWait struct {
 	seq uint64
 	ch  chan error
@@ -665,6 +669,7 @@ type Recorder struct {
 	room     chan struct{} // closed when one settles; nil while nobody waits
 	err      error         // why a record of this connection could not be written
 	syncWait bool          // Durable waits for n to reach 0 (or err): settle signals synced
+	rank     int           // takeBatch's count of this connection's queued records (0 between calls)
 
 	synced chan struct{} // capacity 1, made with the Recorder: reused by every Durable, so a wait allocates nothing
 
@@ -839,7 +844,7 @@ func (l *Log) Flush(ctx context.Context) error {
 		l.mu.Unlock()
 		return err
 	}
-	l.flushes = append(l.flushes, flushWait{seq: l.queued, ch: ch})
+	l.flushes = append(l.flushes, flushWait{seq: l.seq.Load(), ch: ch})
 	l.mu.Unlock()
 	select {
 	case err := <-ch:
@@ -880,8 +885,7 @@ func (l *Log) Close() error {
 	return l.lastErr
 }
 
-// writer takes every queued record in turn and writes it, BatchSize rows per
-// transaction, until Close.
+// writer writes the queued records, one batch (takeBatch) per transaction, until Close.
 func (l *Log) writer() {
 	defer close(l.stopped)
 	var batch []entry
@@ -892,14 +896,14 @@ func (l *Log) writer() {
 	gather.Stop()
 	for {
 		l.mu.Lock()
-		batch, l.pending = l.pending, batch[:0]
+		n := len(l.pending)
 		closed := l.closed
 		l.mu.Unlock()
 		select { // drained before syncers is read: a Durable adds itself to syncers, then signals
 		case <-l.syncWake:
 		default:
 		}
-		if n := len(batch); n > 0 && n < gatherFew && !closed && !l.opts.noGather && !l.synced.Load() && l.syncers.Load() == 0 && time.Since(lastWrite) < gatherWait {
+		if n > 0 && n < gatherFew && !closed && !l.opts.noGather && !l.synced.Load() && l.syncers.Load() == 0 && time.Since(lastWrite) < gatherWait {
 			// Nobody waits for these records to be durable (yet): gather more. A Recorder.Durable
 			// that begins to wait ends the gathering, so a session held for its records is never
 			// held gatherWait longer; sessions held together share the next commit anyway.
@@ -909,12 +913,10 @@ func (l *Log) writer() {
 			case <-l.syncWake:
 				gather.Stop()
 			}
-			l.mu.Lock()
-			batch = append(batch, l.pending...)
-			clear(l.pending)
-			l.pending = l.pending[:0]
-			l.mu.Unlock()
 		}
+		l.mu.Lock()
+		batch = l.takeBatch(batch[:0])
+		l.mu.Unlock()
 		if len(batch) == 0 {
 			if closed {
 				l.mu.Lock()
@@ -928,24 +930,89 @@ func (l *Log) writer() {
 			<-l.wake
 			continue
 		}
-		for i := 0; i < len(batch); i += BatchSize {
-			chunk := batch[i:min(len(batch), i+BatchSize)]
-			qs = qs[:0]
-			for _, e := range chunk {
-				qs = append(qs, queryRow{q: e.q, id: l.recordID(e.seq), conn: e.rec.conn})
-			}
-			var err error
-			failed, err = l.write(qs, failed[:0])
-			l.settle(chunk, failed, err)
-			lastWrite = time.Now()
-			clear(qs)
-			clear(chunk)
+		qs = qs[:0]
+		for _, e := range batch {
+			qs = append(qs, queryRow{q: e.q, id: l.recordID(e.seq), conn: e.rec.conn})
 		}
-		batch = batch[:0]
-		if cap(batch) > 4*BatchSize {
-			batch = nil // after a burst, do not keep a large buffer
+		var err error
+		failed, err = l.write(qs, failed[:0])
+		l.settle(batch, failed, err)
+		lastWrite = time.Now()
+		clear(qs)
+		clear(batch)
+	}
+}
+
+// batchBytes bounds the text of one batch (one transaction), as BatchSize bounds its records: a
+// session's answer waits for at most two batches' commits however much other sessions queued.
+const batchBytes = 1 << 20
+
+// takeBatch moves the next batch of queued records from l.pending to dst (l.mu is held): at most
+// BatchSize records and batchBytes bytes (at least one record), taken fairly across connections.
+// Every connection with records queued gets its oldest record into the batch, then its second
+// oldest, and so on while the batch has room, so a connection's records stay in order but a
+// session with one record waiting (its answer held for it, see Recorder.Durable) is in the next
+// batch, not behind the backlog of sessions that flood statements: every session's answers wait
+// for at most the batch being written and the next one, however many records others queued.
+func (l *Log) takeBatch(dst []entry) []entry {
+	if len(l.pending) == 0 {
+		return dst
+	}
+	// rank: the entry's place among its connection's queued records (0 for its oldest).
+	ranks := l.ranks[:0]
+	for i := range l.pending {
+		r := l.pending[i].rec
+		ranks = append(ranks, r.rank)
+		r.rank++
+	}
+	for i := range l.pending {
+		l.pending[i].rec.rank = 0
+	}
+	// Take every record of rank below take, for the largest take whose records fit.
+	count, bytes := l.rankCount[:0], l.rankBytes[:0]
+	for i, k := range ranks {
+		for len(count) <= k {
+			count, bytes = append(count, 0), append(bytes, 0)
+		}
+		count[k]++
+		bytes[k] += l.pending[i].size
+	}
+	take, n, size := 0, 0, 0
+	for take < len(count) && n+count[take] <= BatchSize && size+bytes[take] <= batchBytes {
+		n, size = n+count[take], size+bytes[take]
+		take++
+	}
+	kept := l.pending[:0]
+	if take > 0 {
+		for i, e := range l.pending {
+			if ranks[i] < take {
+				dst = append(dst, e)
+			} else {
+				kept = append(kept, e)
+			}
+		}
+	} else {
+		// Even the oldest record of each connection does not fit: as many of them as do, in order.
+		n, size = 0, 0
+		for i, e := range l.pending {
+			if ranks[i] == 0 && (n == 0 || (n < BatchSize && size+e.size <= batchBytes)) {
+				dst = append(dst, e)
+				n, size = n+1, size+e.size
+			} else {
+				kept = append(kept, e)
+			}
 		}
 	}
+	clear(l.pending[len(kept):])
+	l.pending = kept
+	if len(l.pending) == 0 && cap(l.pending) > 4*BatchSize {
+		l.pending = nil // after a burst, do not keep a large buffer
+	}
+	l.ranks, l.rankCount, l.rankBytes = ranks[:0], count[:0], bytes[:0]
+	if cap(l.ranks) > 4*BatchSize {
+		l.ranks = nil
+	}
+	return dst
 }
 
 // oneByOneBudget bounds the record-by-record tries after a batch failed, so
@@ -1072,9 +1139,16 @@ func (l *Log) settle(es []entry, failed []bool, err error) {
 	}
 	l.settled += uint64(len(es))
 	l.depth.Add(-int64(len(es)))
+	// The writer takes records fairly across connections, not in the order they were queued: a
+	// Flush is done once no record queued before it is still waiting (l.pending is oldest first,
+	// and es was the only batch being written).
+	unsettled := uint64(math.MaxUint64)
+	if len(l.pending) > 0 {
+		unsettled = l.pending[0].seq
+	}
 	kept := l.flushes[:0]
 	for _, f := range l.flushes {
-		if f.seq <= l.settled {
+		if f.seq < unsettled {
 			f.ch <- l.lastErr
 			l.lastErr = nil
 		} else {
