@@ -221,3 +221,25 @@ func TestErrorsEchoNoHostileText(t *testing.T) {
 		}
 	}
 }
+
+// TestLongChains: `and` and `or` chains are flat (no recursion per term), so the longest filter
+// parses and is evaluated without nesting; nesting through parentheses and `not` together is bounded.
+func TestLongChains(t *testing.T) {
+	for _, sep := range []string{" and ", ",", " or ", " AND not "} {
+		s := "tag:a=b"
+		for len(s)+len(sep)+len("tag:a=b") <= MaxLen {
+			s += sep + "tag:a=b"
+		}
+		e, err := Parse(s)
+		if err != nil {
+			t.Fatalf("Parse(a %d-byte chain of %q): %v", len(s), sep, err)
+		}
+		if e.root.op == opTerm || len(e.root.kids) < 50 {
+			t.Errorf("a chain of %q is not flat: %d kids", sep, len(e.root.kids))
+		}
+		_ = e.Match(map[string]string{"a": "b"})
+	}
+	if _, err := Parse(strings.Repeat("not (", 9) + "tag:a=b" + strings.Repeat(")", 9)); err == nil || !strings.Contains(err.Error(), "nested deeper") {
+		t.Errorf("parentheses and nots 18 deep: %v, want nested deeper", err)
+	}
+}
