@@ -134,29 +134,24 @@ func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt Doctor
 	sn := &Node{cfg: cfg, log: slog.New(slog.DiscardHandler)}
 	checker := health.NewChecker(upstream.New(sn.upstreamConfig(allowed, roots, cat, tokens, tokens)).HealthConfig(opt.StepTimeout))
 	// Which node this is, and what every node last said (health is kept per node and resource).
-	self, known := doctorSelf(ctx, dir, cat)
+	self := doctorSelf(ctx, dir, cfg, cat)
 	fleet, ferr := healthview.Read(ctx, cat, rs, time.Now())
 	for _, r := range rs {
 		fmt.Fprintf(w, "%s  %s\n", r.Name, describe(r))
-		if known {
-			serves, why, err := routing.Serves(r.ProxyClusterID, r.EgressFilter, self)
-			if err != nil {
-				why = fmt.Sprintf("its egress filter %q does not parse: %v", r.EgressFilter, err)
+		serves, why, err := routing.Serves(r.ProxyClusterID, r.EgressFilter, self)
+		if err != nil {
+			why = fmt.Sprintf("its egress filter %q does not parse: %v", r.EgressFilter, err)
+		}
+		if !serves {
+			printLine(w, notRunMark, "candidate", "not checked on this node ("+self.Name+"): "+why, 0)
+			if !printFleet(w, fleet[r.Name], ferr) {
+				ok = false
 			}
-			if !serves {
-				printLine(w, notRunMark, "candidate", "not checked on this node ("+self.Name+"): "+why, 0)
-				if !printFleet(w, fleet[r.Name], ferr) {
-					ok = false
-				}
-				fmt.Fprintf(w, "%s: not checked on node %s (not a candidate)\n", r.Name, self.Name)
-				continue
-			}
+			fmt.Fprintf(w, "%s: not checked on node %s (not a candidate)\n", r.Name, self.Name)
+			continue
 		}
 		h := checker.Check(ctx, r, func(s api.HealthStep) { printStep(w, s) })
-		on := ""
-		if known {
-			on = " on node " + self.Name
-		}
+		on := " on node " + self.Name
 		if h.State != api.HealthHealthy {
 			ok = false
 			fmt.Fprintf(w, "      error: %s\n      fix:   %s\n", h.Error, h.Hint)
@@ -172,22 +167,31 @@ func Doctor(ctx context.Context, w io.Writer, dir string, cfg Config, opt Doctor
 	return ok, nil
 }
 
-// doctorSelf is this node as node/routing sees it (its record in the catalog, found by the ID in
-// the state directory); known is false when the node has no ID or record yet (never started).
-func doctorSelf(ctx context.Context, dir string, cat *catalog.Catalog) (self routing.Node, known bool) {
+// doctorSelf is this node as node/routing sees it: its record in the catalog, found by the ID in
+// the state directory, or, without one (a node initialised and not started yet, its record deleted,
+// the catalog failing to answer), what its config says it is (its cluster and tags), as admission
+// judges by (session.Config.Self). Doctor checks a resource from this host only when the node is
+// one of its candidates, so that it never opens a connection an egress filter or a proxy cluster
+// keeps this node from.
+func doctorSelf(ctx context.Context, dir string, cfg Config, cat *catalog.Catalog) routing.Node {
+	fromConfig := routing.Node{Name: cfg.Name, ClusterID: cfg.ClusterID, Tags: cfg.Tags, Online: true}
+	if fromConfig.Name == "" {
+		fromConfig.Name = "this node"
+	}
 	b, err := os.ReadFile(filepath.Join(dir, nodeFile))
 	if err != nil {
-		return self, false
+		return fromConfig
 	}
 	var id nodeIdentity
 	if json.Unmarshal(b, &id) != nil || !api.ValidNodeID(id.ID) {
-		return self, false
+		return fromConfig
 	}
+	fromConfig.ID = id.ID
 	rec, err := cat.Node(ctx, id.ID)
 	if err != nil {
-		return self, false
+		return fromConfig
 	}
-	return healthview.RoutingNode(rec, time.Now()), true
+	return healthview.RoutingNode(rec, time.Now())
 }
 
 // printFleet prints the latest result of each candidate node of a resource, as stored in the

@@ -82,7 +82,7 @@ func (n *Node) selfRecord(cert tls.Certificate) (catalog.Node, error) {
 		ID:                 n.id,
 		Name:               n.cfg.Name,
 		ClusterID:          n.cfg.ClusterID, // a worker of it when set (RegisterNode sets Kind)
-		Tags:               n.cfg.Tags,
+		Tags:               n.lastTags(),
 		WireGuardPublicKey: n.pub.String(),
 		WireGuardEndpoint:  net.JoinHostPort(n.cfg.PublicHost, strconv.Itoa(int(n.tun.Port()))),
 		EnrollURL:          "https://" + net.JoinHostPort(n.cfg.PublicHost, enrollPort),
@@ -91,6 +91,18 @@ func (n *Node) selfRecord(cert tls.Certificate) (catalog.Node, error) {
 		StartedAt:          now,
 		LastHeartbeat:      now,
 	}, nil
+}
+
+// lastTags are the tags the node last knew it had: config.json's until it registered, then its
+// catalog record's as of its last heartbeat. They only matter when the record is inserted (the
+// first registration, or again after the record was deleted): an existing record keeps the
+// catalog's tags, and a deleted one comes back with what an admin last set, not config.json's first
+// tags (which could put the node back in an egress filter an admin moved it out of).
+func (n *Node) lastTags() map[string]string {
+	if s := n.self.Load(); s != nil {
+		return s.Tags
+	}
+	return n.cfg.Tags
 }
 
 // shortVersion is the module version and, when known, the first 12 digits of the revision.
@@ -147,6 +159,13 @@ func (n *Node) heartbeatLoop() {
 		err := n.cat.InstanceHeartbeat(ctx, n.id, time.Unix(n.startedAt.Load(), 0), time.Now())
 		if errors.Is(err, catalog.ErrNotFound) {
 			err = n.register(ctx)
+		} else if err == nil {
+			// The node's own record as the catalog has it now (an admin may have changed its tags):
+			// what admission falls back to while the record is missing, and what registering again
+			// after a deletion keeps (lastTags).
+			if rec, rerr := n.cat.Node(ctx, n.id); rerr == nil {
+				n.self.Store(&rec)
+			}
 		}
 		cancel()
 		// A record another process holds (a copied state directory) is left to it: taking it back

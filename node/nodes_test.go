@@ -417,3 +417,48 @@ func TestInitTakesCatalogURLFromEnvWithClientIDFlag(t *testing.T) {
 		t.Fatalf("init with the catalog URL in the environment: %v; want it refused as the catalog holds a deployment", err)
 	}
 }
+
+// TestReRegisterKeepsCatalogTags: a node whose record was deleted while it looked offline registers
+// again with the tags it last had in the catalog, not config.json's first ones: an admin who moved
+// it out of an egress filter (`ferry admin nodes update --tags`) does not see it back in.
+func TestReRegisterKeepsCatalogTags(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	b := &bareNode{dir: filepath.Join(t.TempDir(), "node"), log: &syncBuffer{}, cfg: node.Config{
+		PublicHost: "127.0.0.1", EnrollListen: "127.0.0.1:0", IMDSEndpoint: "http://127.0.0.1:9", DNSServer: "127.0.0.1:9",
+		Name: "gw-moved", Tags: map[string]string{"env": "prod"}, HeartbeatTestInterval: 50 * time.Millisecond,
+	}}
+	if _, err := node.Init(ctx, b.dir, b.cfg, node.DefaultAdmin); err != nil {
+		t.Fatal(err)
+	}
+	b.start(t)
+	cat := b.Catalog()
+	if _, err := cat.UpdateNodeTags(ctx, "gw-moved", map[string]string{"env": "dev"}); err != nil {
+		t.Fatal(err)
+	}
+	// A heartbeat after the change (the node saw its record since).
+	old := time.Now().Add(-catalog.NodeOfflineAfter - time.Minute)
+	if err := cat.Heartbeat(ctx, b.ID(), old); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a heartbeat after the tag change", func() bool {
+		x, err := cat.Node(ctx, b.ID())
+		return err == nil && x.Online(time.Now())
+	})
+	waitFor(t, "the node's record to be deleted while it looks offline", func() bool {
+		if err := cat.Heartbeat(ctx, b.ID(), old); err != nil {
+			return false
+		}
+		_, err := cat.DeleteNode(ctx, b.ID())
+		return err == nil
+	})
+	var x catalog.Node
+	waitFor(t, "the node to register again", func() bool {
+		var err error
+		x, err = cat.Node(ctx, b.ID())
+		return err == nil && x.Online(time.Now())
+	})
+	if got := api.FormatNodeTags(x.Tags); got != "env=dev" {
+		t.Fatalf("tags after registering again: %s, want the catalog's last env=dev (config.json says env=prod)", got)
+	}
+}

@@ -71,7 +71,16 @@ func (c *Catalog) AddCluster(ctx context.Context, name, id string) (Cluster, err
 		if n > 0 {
 			return fmt.Errorf("a proxy cluster named %q or with ID %s %w", name, id, ErrConflict)
 		}
-		_, err := tx.ExecContext(ctx, c.db.Rebind(`INSERT INTO proxy_clusters(id, name, created_at) VALUES(?,?,?)`), id, name, cl.CreatedAt.Unix())
+		// Cluster and node IDs have one form: an ID names one or the other, never both.
+		var node string
+		err := tx.QueryRowContext(ctx, c.db.Rebind(`SELECT name FROM nodes WHERE id = ?`), id).Scan(&node)
+		if err == nil {
+			return fmt.Errorf("ID %s is node %s's: a proxy cluster's ID %w; leave the ID out for a new one", id, node, ErrConflict)
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, c.db.Rebind(`INSERT INTO proxy_clusters(id, name, created_at) VALUES(?,?,?)`), id, name, cl.CreatedAt.Unix())
 		return err
 	})
 	if store.IsConflict(err) {

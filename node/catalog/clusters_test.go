@@ -205,3 +205,30 @@ func TestClusterReferences(t *testing.T) {
 		}
 	})
 }
+
+// TestClusterIDsAreNotNodeIDs: proxy cluster IDs and node IDs have the same form (n- and 16 hex
+// digits), and an admin may choose a cluster's ID. One ID never names both a node and a cluster,
+// so that "proxy cluster n-…" in a route, a refusal or a log never reads as the node with that ID:
+// a cluster cannot take a node's ID, nor a node a cluster's.
+func TestClusterIDsAreNotNodeIDs(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		c := openCatalogOn(t, db)
+		n := testNode(t, "gw-1")
+		if _, err := c.RegisterNode(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		if cl, err := c.AddCluster(ctx, "lookalike", n.ID); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "gw-1") {
+			t.Fatalf("AddCluster with node gw-1's ID %s = %+v, %v; want a conflict naming the node", n.ID, cl, err)
+		}
+		cl, err := c.AddCluster(ctx, "prod", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := testNode(t, "gw-2")
+		m.ID = cl.ID
+		if got, err := c.RegisterNode(ctx, m); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "prod") {
+			t.Fatalf("RegisterNode with cluster prod's ID %s = %+v, %v; want a conflict naming the cluster", cl.ID, got, err)
+		}
+	})
+}

@@ -159,6 +159,13 @@ func (c *Catalog) RegisterNode(ctx context.Context, n Node) (Node, error) {
 			return n, fmt.Errorf("register node %s: %w", n.Name, err)
 		}
 	}
+	var cluster string
+	switch err := tx.QueryRowContext(ctx, c.db.Rebind(`SELECT name FROM proxy_clusters WHERE id = ?`), n.ID).Scan(&cluster); {
+	case err == nil:
+		return n, fmt.Errorf("register node %s: its ID %s is proxy cluster %s's, and an ID names a node or a cluster, not both: %w; remove the state directory's node.json to register as a new node", n.Name, n.ID, cluster, ErrConflict)
+	case !errors.Is(err, sql.ErrNoRows):
+		return n, fmt.Errorf("register node %s: %w", n.Name, err)
+	}
 	if n.ClusterID != "" {
 		var k int
 		if err := tx.QueryRowContext(ctx, c.db.Rebind(`SELECT count(*) FROM proxy_clusters WHERE id = ?`), n.ClusterID).Scan(&k); err != nil {

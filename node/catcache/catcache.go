@@ -158,9 +158,20 @@ func (c *Cache) read(ctx context.Context) (*snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The node list only routes (which node carries which resource). A list that cannot be read
+	// while the rest of the catalog answers (a node record that does not decode) keeps the previous
+	// snapshot's, so that it does not keep the grants and revocations above out of the snapshot.
 	nodes, err := c.cat.Nodes(ctx)
 	if err != nil {
-		return nil, err
+		if IsUnreachable(err) {
+			return nil, err
+		}
+		c.log.Error("read the catalog's node list; the snapshot keeps the previous one", "err", err)
+		c.mu.Lock()
+		if c.snap != nil {
+			nodes = c.snap.nodes
+		}
+		c.mu.Unlock()
 	}
 	s := &snapshot{at: c.now(), resources: rs, nodes: nodes, byVN: map[netip.AddrPort]resource.Resource{},
 		owners: map[netip.Addr]catalog.User{}, access: map[string]catalog.Access{}}

@@ -200,6 +200,9 @@ func TestCancelRequestOfOthers(t *testing.T) {
 		{"user not granted the resource", Session{User: "mallory", Denied: &Refusal{Code: "28000", Message: `ferry: user "mallory" is not granted access to resource "pg-test"`}}, false, "not granted"},
 		{"suspended owner", Session{User: "alice", Denied: &Refusal{Code: "28000", Message: `ferry: user "alice" is suspended`}}, false, "suspended"},
 		{"another granted user", Session{User: "bob"}, false, "another user"},
+		// The owner's key, sent through a node the resource is not routed to (session.routeRefusal):
+		// refused like any other admission refusal, whatever the key names.
+		{"the owner through a node that does not carry the resource", Session{User: "alice", Denied: &Refusal{Code: "28000", Message: `ferry: resource "pg-test" is not served by node "gw-dev": the node's tags do not match egress filter tag:env=prod`}}, false, "not served by node"},
 		{"the owner", Session{User: "alice"}, true, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -3,6 +3,8 @@ package routing
 import (
 	"strings"
 	"testing"
+
+	"github.com/ferryhq/ferry/api"
 )
 
 func names(ns []Node) string {
@@ -96,5 +98,36 @@ func TestServes(t *testing.T) {
 	}
 	if ok, _, err := Serves("", "tag:env=prod or", gwProd); ok || err == nil {
 		t.Errorf("a filter that does not parse: ok=%v err=%v; want refused with an error", ok, err)
+	}
+}
+
+// TestFilterTermsAreNodeTags: the egress filter language and node tags agree on what a tag is. A
+// tag api.ValidateNodeTags accepts can be named in a filter and matches its node; one it refuses
+// cannot be named (a term no node can have would make `not TERM` admit every node, as a Cyrillic е
+// in `not tag:еnv=dev` would), so a filter never reads differently from what it routes.
+func TestFilterTermsAreNodeTags(t *testing.T) {
+	pairs := [][2]string{
+		{"env", "prod"}, {"k8s.io/zone", "eu-1:a"}, {"A_b.c", "x:y/z"}, {strings.Repeat("k", 63), strings.Repeat("v", 63)},
+		{"\u0435nv", "dev"}, {"env", "d\u0435v"}, {"env", ""}, {"env", "data eng"}, {"a@b", "c"}, {"a:b", "c"},
+		{"-env", "prod"}, {"env", "prod-"}, {strings.Repeat("k", 64), "v"}, {"k", strings.Repeat("v", 64)},
+		{"env", "a=b"}, {"env", `"prod"`}, {"env", "prod\u202e"}, {"env", "pr\u200bod"}, {"e", "\uff50"},
+	}
+	for _, kv := range pairs {
+		tags := map[string]string{kv[0]: kv[1]}
+		tagErr := api.ValidateNodeTags(tags)
+		quoted := strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(kv[1])
+		for _, f := range []string{"tag:" + kv[0] + `="` + quoted + `"`, "not tag:" + kv[0] + `="` + quoted + `"`} {
+			ok, _, err := Serves("", f, Node{ID: "n-1", Name: "gw", Tags: tags})
+			switch {
+			case tagErr == nil && err != nil:
+				t.Errorf("node tag %q=%q is valid, filter %q refused: %v", kv[0], kv[1], f, err)
+			case tagErr == nil && ok == strings.HasPrefix(f, "not "):
+				t.Errorf("filter %q: Serves = %v for a node tagged %q=%q", f, ok, kv[0], kv[1])
+			case tagErr != nil && err == nil:
+				t.Errorf("node tag %q=%q is invalid (%v), filter %q accepted (Serves = %v)", kv[0], kv[1], tagErr, f, ok)
+			case tagErr != nil && ok:
+				t.Errorf("filter %q: Serves = true", f)
+			}
+		}
 	}
 }

@@ -204,9 +204,13 @@ func (m *Manager) endSessions(ctx context.Context) error {
 	for _, r := range rs {
 		byName[r.Name] = r
 	}
+	// The node list only tells this node's record; without it the record this node last knew is
+	// used (as admission does), so that a list that cannot be read (a node record that does not
+	// decode) does not stop the revocations below.
 	nodes, err := m.cfg.Catalog.Nodes(ctx)
 	if err != nil {
-		return err
+		m.log.Warn("reconcile: node list unavailable; routing open sessions by this node's last known record", "err", err)
+		nodes = nil
 	}
 	self, routed := m.self(nodes)
 	type userAccess struct {

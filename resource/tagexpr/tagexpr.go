@@ -9,12 +9,15 @@
 //	tag:env=prod, tag:region=westeurope          (both)
 //	tag:env=prod and not tag:region=eastus
 //	(tag:region=westeurope or tag:region=northeurope) and tag:env=prod
-//	tag:team="data eng"                          (a value with spaces, commas or parentheses is quoted)
+//	tag:env="prod"                               (a value may be quoted; it means the same)
 //
 // Anything else is refused with the position of what was not understood: a bare word, a term
-// without `=`, a keyword where a term belongs, unbalanced parentheses. Keys and unquoted values are
-// letters, digits and `_ - . / : @`; a quoted value may hold any character but a control
-// character, with `\"` and `\\` as escapes.
+// without `=`, a keyword where a term belongs, unbalanced parentheses. A term names a tag a node can
+// have (api.ValidateNodeTags): a key of 1-63 ASCII letters, digits and `. _ / -`, a value of 1-63
+// ASCII letters, digits and `. _ : / -`, each starting and ending with a letter or digit. A term no
+// node can have is refused, not left to match nothing: under `not` it would silently admit every
+// node (`not tag:еnv=dev` with a Cyrillic е reads as "not the dev nodes"). What an error echoes of
+// the input is quoted in printable ASCII (strconv.QuoteToASCII), as it reaches logs and terminals.
 package tagexpr
 
 import (
@@ -204,9 +207,9 @@ func (t token) describe() string {
 	case tokEOF:
 		return "the end"
 	case tokTerm:
-		return strconv.Quote(t.text)
+		return strconv.QuoteToASCII(t.text)
 	default:
-		return "'" + t.text + "'"
+		return "'" + t.text + "'" // a keyword or a parenthesis: ASCII
 	}
 }
 
@@ -252,7 +255,7 @@ func lexWord(s string, i int) (token, int, error) {
 	word := s[start:i]
 	if word == "" {
 		r, _ := utf8.DecodeRuneInString(s[start:])
-		return token{}, 0, fmt.Errorf("egress filter: unexpected %q at position %d", r, start+1)
+		return token{}, 0, fmt.Errorf("egress filter: unexpected %+q at position %d", r, start+1)
 	}
 	if i >= len(s) || s[i] != '=' {
 		switch strings.ToLower(word) {
@@ -263,19 +266,25 @@ func lexWord(s string, i int) (token, int, error) {
 		case "not":
 			return token{kind: tokNot, pos: start, text: word}, i, nil
 		}
-		return token{}, 0, fmt.Errorf("egress filter: %q at position %d is not a term: write tag:key=value", word, start+1)
+		return token{}, 0, fmt.Errorf("egress filter: %+q at position %d is not a term: write tag:key=value", word, start+1)
 	}
 	key, ok := strings.CutPrefix(word, "tag:")
 	if !ok {
-		return token{}, 0, fmt.Errorf("egress filter: %q at position %d is not a term: terms start with tag: (tag:key=value)", word, start+1)
+		return token{}, 0, fmt.Errorf("egress filter: %+q at position %d is not a term: terms start with tag: (tag:key=value)", word, start+1)
 	}
 	if key == "" {
 		return token{}, 0, fmt.Errorf("egress filter: the term at position %d has no key: write tag:key=value", start+1)
+	}
+	if !validTagPart(key, "._/-") {
+		return token{}, 0, fmt.Errorf("egress filter: tag key %+q at position %d can never match a node: node tag keys are 1-63 ASCII letters, digits and . _ / -, starting and ending with a letter or digit", key, start+1)
 	}
 	i++ // '='
 	if i < len(s) && s[i] == '"' {
 		v, n, err := lexQuoted(s, i)
 		if err != nil {
+			return token{}, 0, err
+		}
+		if err := checkValue(key, v, start); err != nil {
 			return token{}, 0, err
 		}
 		return token{kind: tokTerm, pos: start, text: s[start:n], key: key, value: v}, n, nil
@@ -291,13 +300,43 @@ func lexWord(s string, i int) (token, int, error) {
 	if i < len(s) {
 		r, _ := utf8.DecodeRuneInString(s[i:])
 		if !unicode.IsSpace(r) && r != '(' && r != ')' && r != ',' {
-			return token{}, 0, fmt.Errorf("egress filter: unexpected %q at position %d in the value of tag:%s (quote a value with such characters)", r, i+1, key)
+			return token{}, 0, fmt.Errorf("egress filter: unexpected %+q at position %d in the value of tag:%s (node tag values are ASCII letters, digits and . _ : / -)", r, i+1, key)
 		}
 	}
 	if i == vstart {
-		return token{}, 0, fmt.Errorf("egress filter: tag:%s= at position %d has no value (write tag:%s=\"\" for an empty one)", key, start+1, key)
+		return token{}, 0, fmt.Errorf("egress filter: tag:%s= at position %d has no value: write tag:%s=VALUE", key, start+1, key)
+	}
+	if err := checkValue(key, s[vstart:i], start); err != nil {
+		return token{}, 0, err
 	}
 	return token{kind: tokTerm, pos: start, text: s[start:i], key: key, value: s[vstart:i]}, i, nil
+}
+
+// checkValue refuses a value no node tag can have (the term at start could never match).
+func checkValue(key, v string, start int) error {
+	if v == "" {
+		return fmt.Errorf("egress filter: tag:%s at position %d has an empty value, and can never match a node: node tags have none", key, start+1)
+	}
+	if !validTagPart(v, "._:/-") {
+		return fmt.Errorf("egress filter: value %+q of tag:%s at position %d can never match a node: node tag values are 1-63 ASCII letters, digits and . _ : / -, starting and ending with a letter or digit", v, key, start+1)
+	}
+	return nil
+}
+
+// validTagPart reports whether s is a node tag key (extra "._/-") or value (extra "._:/-"): 1-63
+// ASCII letters and digits, and the extra characters inside (api.ValidateNodeTags).
+func validTagPart(s, extra string) bool {
+	if len(s) < 1 || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || i == len(s)-1 || strings.IndexByte(extra, c) < 0) {
+			return false
+		}
+	}
+	return true
 }
 
 func lexQuoted(s string, i int) (string, int, error) {
