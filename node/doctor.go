@@ -187,7 +187,7 @@ func doctorSelf(ctx context.Context, dir string, cat *catalog.Catalog) (self rou
 	if err != nil {
 		return self, false
 	}
-	return healthview.RoutingNode(rec, time.Now()), true
+	return rec.Routing(time.Now()), true
 }
 
 // printFleet prints the latest result of each candidate node of a resource, as stored in the
