@@ -26,9 +26,8 @@ func (sv *Server) routes(ctx context.Context) (routes, error) {
 	return routes{nodes: catalog.RoutingNodes(ns, time.Now())}, nil
 }
 
-// of is r's route: the online candidate nodes (routing.Candidates) or why there is none, and the
-// every candidate, online or not. A stored egress filter that does not parse routes
-// nowhere, and says so.
+// of is r's route (its online candidate nodes, routing.Candidates, or why there is none) and every
+// candidate, online or not. A stored egress filter that does not parse routes nowhere, and says so.
 func (rt routes) of(r resource.Resource) (*api.Route, []api.CandidateNode) {
 	c, err := routing.Candidates(r.ProxyClusterID, r.EgressFilter, rt.nodes)
 	if err != nil {
