@@ -177,11 +177,11 @@ func (c *Catalog) RegisterNode(ctx context.Context, n Node) (Node, error) {
 		}
 	}
 	if n.ClusterID != "" {
-		var k int
-		if err := tx.QueryRowContext(ctx, c.db.Rebind(`SELECT count(*) FROM proxy_clusters WHERE id = ?`), n.ClusterID).Scan(&k); err != nil {
+		ok, err := c.hasID(ctx, tx, "proxy_clusters", n.ClusterID)
+		if err != nil {
 			return n, fmt.Errorf("register node %s: %w", n.Name, err)
 		}
-		if k == 0 {
+		if !ok {
 			return n, fmt.Errorf("register node %s: proxy cluster %s (config \"cluster_id\") %w: create it with `ferry admin clusters add NAME`, or remove cluster_id from the node's config to run it as a gateway", n.Name, n.ClusterID, ErrNotFound)
 		}
 	}
