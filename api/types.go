@@ -149,8 +149,8 @@ type Route struct {
 // the resource from that node.
 type RouteNode struct {
 	NodeID    string    `json:"node_id"`
-	Health    string    `json:"health,omitempty"`     // "healthy" | "unhealthy" | "" (not checked yet)
-	CheckedAt time.Time `json:"checked_at,omitempty"` // when Health was found
+	Health    string    `json:"health,omitempty"`    // "healthy" | "unhealthy" | "" (not checked yet)
+	CheckedAt time.Time `json:"checked_at,omitzero"` // when Health was found
 }
 
 // Datasource is the answer to GET /v1/admin/datasources/{name}: the catalog entry and its route

@@ -162,8 +162,8 @@ func clusterDeleteCmd() *cobra.Command {
 			if err != nil {
 				return missingCluster(args[0], err)
 			}
-			if asJSON {
-				return printJSON(cmd.OutOrStdout(), cl)
+			if asJSON { // as the other admin deletes answer (nodes, secret stores)
+				return printJSON(cmd.OutOrStdout(), map[string]string{"deleted": args[0]})
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Deleted proxy cluster %s (%s).\n", cell(cl.Name), cell(cl.ID))
 			return nil

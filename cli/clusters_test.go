@@ -207,4 +207,9 @@ func TestClusterCommands(t *testing.T) {
 	if out, err = run(t, "admin", "clusters", "delete", "prod"); err == nil || !strings.Contains(err.Error(), "does not exist") {
 		t.Fatalf("second delete: %v: %s", err, out)
 	}
+	// --json answers as the other admin deletes do (nodes, secret stores): {"deleted": ARG}.
+	var deleted map[string]string
+	if out, err = run(t, "admin", "clusters", "delete", "dev", "--json"); err != nil || json.Unmarshal([]byte(out), &deleted) != nil || len(deleted) != 1 || deleted["deleted"] != "dev" {
+		t.Fatalf(`clusters delete --json: want {"deleted": "dev"}: %v: %s`, err, out)
+	}
 }

@@ -198,6 +198,20 @@ func testReferenceExample(t *testing.T, env *demo.Env) {
 	if out, err := run(t, "admin", "logs", "connections", "--node", "worker-prod"); err != nil || !strings.Contains(out, "azure-pg-mi-prod") {
 		t.Errorf("the connection log of worker-prod: %v:\n%s", err, out)
 	}
+	// --node filters: worker-prod's log holds its own records only (the demo's gateway carried the
+	// sessions above); an unknown node is refused, saying what to do, naming it once.
+	var carried []api.Connection
+	if out, err := run(t, "admin", "logs", "connections", "--node", "worker-prod", "--json"); err != nil || json.Unmarshal([]byte(out), &carried) != nil || len(carried) == 0 {
+		t.Errorf("the connection log of worker-prod --json: %v:\n%s", err, out)
+	}
+	for _, c := range carried {
+		if c.NodeID != worker.ID() || c.NodeName != "worker-prod" {
+			t.Errorf("the connection log of worker-prod holds a record of another node: %+v", c)
+		}
+	}
+	if out, err := run(t, "admin", "logs", "connections", "--node", "no-such-node"); err == nil || strings.Count(err.Error(), "no-such-node") != 1 || !strings.Contains(err.Error(), "ferry admin nodes list") {
+		t.Errorf("the connection log of an unknown node: %v (want one refusal naming it once, with what to do):\n%s", err, out)
+	}
 
 	// Update moves the client's listener.
 	out, err = run(t, "admin", "datasources", "update", "azure-pg-mi-prod", "--port-override=12345")

@@ -21,6 +21,7 @@ import (
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node"
 	"github.com/ferryhq/ferry/resource"
 )
@@ -86,33 +87,6 @@ func sessionsTotal(t *testing.T, ctx context.Context, n *node.Node) int {
 	return 0
 }
 
-func wait(t *testing.T, what string, within time.Duration, cond func() error) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for {
-		err := cond()
-		if err == nil {
-			return time.Since(start)
-		}
-		if time.Since(start) > within {
-			t.Fatalf("%s: not within %v: %v", what, within, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-func selectOne(ctx context.Context, conn string) error {
-	ctx, cancel := context.WithTimeout(ctx, 8*time.Second)
-	defer cancel()
-	c, err := pgx.Connect(ctx, conn+" connect_timeout=8")
-	if err != nil {
-		return err
-	}
-	defer c.Close(context.Background())
-	var one int
-	return c.QueryRow(ctx, "SELECT 1").Scan(&one)
-}
-
 // rowNode is the node status names for a connected resource.
 func rowNode(ctx context.Context, d *client.Daemon, name string) (string, client.ResourceStatus) {
 	for _, r := range d.Status(ctx).Resources {
@@ -158,7 +132,7 @@ func TestRoutePerResource(t *testing.T) {
 		"none":            {Nodes: []api.RouteNode{}, Reason: "no node can reach it: no online node matches egress filter tag:env=nothing"},
 	}}
 	// The daemon, started again with the routes (the node list is in its state once it read it).
-	wait(t, "the node list in the client's state", 20*time.Second, func() error {
+	testenv.WaitFor(t, "the node list in the client's state", 20*time.Second, func() error {
 		st, err := client.LoadState(env.Dirs)
 		if err != nil || len(st.Nodes) != 3 {
 			return fmt.Errorf("nodes %d, %v", len(st.Nodes), err)
@@ -188,7 +162,7 @@ func TestRoutePerResource(t *testing.T) {
 	lands := func(name string, want int) {
 		t.Helper()
 		before := counts()
-		if err := selectOne(ctx, conns[name]); err != nil {
+		if err := testenv.SelectOne(ctx, conns[name], 8*time.Second); err != nil {
 			t.Fatalf("a connection to %s: %v", name, err)
 		}
 		after := counts()
@@ -201,7 +175,7 @@ func TestRoutePerResource(t *testing.T) {
 	}
 	lands(demo.ResourceName, 1)
 	lands("two", 2)
-	wait(t, "status naming each connected resource's node", 20*time.Second, func() error {
+	testenv.WaitFor(t, "status naming each connected resource's node", 20*time.Second, func() error {
 		got := map[string]string{}
 		for _, name := range []string{demo.ResourceName, "two", "none"} {
 			got[name], _ = rowNode(ctx, d, name)
@@ -247,7 +221,7 @@ func TestRoutePerResource(t *testing.T) {
 	if err := n3.Tunnel().Close(); err != nil {
 		t.Fatal(err)
 	}
-	took := wait(t, "status naming node-1 for two", 30*time.Second, func() error {
+	took := testenv.WaitFor(t, "status naming node-1 for two", 30*time.Second, func() error {
 		if got, _ := rowNode(ctx, d, "two"); got != "node-1" {
 			return fmt.Errorf("two is on %q", got)
 		}
@@ -263,7 +237,7 @@ func TestRoutePerResource(t *testing.T) {
 		t.Fatal("the session to two through node-3 still hangs 30 s after two moved")
 	}
 	before = counts()
-	if err := selectOne(ctx, conns["two"]); err != nil {
+	if err := testenv.SelectOne(ctx, conns["two"], 8*time.Second); err != nil {
 		t.Fatalf("a connection to two after node-3 went silent: %v", err)
 	}
 	if after := counts(); after[0] != before[0]+1 || after[1] != before[1] {
@@ -282,7 +256,7 @@ func TestRoutePerResource(t *testing.T) {
 	if err := n1.Tunnel().Close(); err != nil {
 		t.Fatal(err)
 	}
-	took = wait(t, "the control API on node-2", 30*time.Second, func() error {
+	took = testenv.WaitFor(t, "the control API on node-2", 30*time.Second, func() error {
 		if st := d.Status(ctx); st.Node != "node-2" {
 			return fmt.Errorf("the node in use is %q", st.Node)
 		}

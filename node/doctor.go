@@ -191,7 +191,7 @@ func doctorSelf(ctx context.Context, dir string, cfg Config, cat *catalog.Catalo
 	if err != nil {
 		return fromConfig
 	}
-	return healthview.RoutingNode(rec, time.Now())
+	return rec.Routing(time.Now())
 }
 
 // printFleet prints the latest result of each candidate node of a resource, as stored in the

@@ -139,6 +139,18 @@ func TestHealthPerNode(t *testing.T) {
 			t.Errorf("resource list health of %s: %+v; want node %q's, without steps", r.Name, r.Health, want)
 		}
 	}
+	// Each route node carries its own health of the resource, on the device's list and on the
+	// admin's show alike (api.RouteNode.Health, CheckedAt).
+	for _, r := range rs {
+		if r.Name == "hp-prod" && (r.Route == nil || len(r.Route.Nodes) != 1 || r.Route.Nodes[0].Health != api.HealthHealthy || r.Route.Nodes[0].CheckedAt.IsZero()) {
+			t.Errorf("resource list route of hp-prod: %+v; want node-2, healthy, with its check time", r.Route)
+		}
+	}
+	d, err := apiC.DatasourceDetail(ctx, "hp-prod")
+	if err != nil || d.Route == nil || len(d.Route.Nodes) != 1 || d.Route.Nodes[0].NodeID != n2.ID ||
+		d.Route.Nodes[0].Health != api.HealthHealthy || d.Route.Nodes[0].CheckedAt.IsZero() {
+		t.Errorf("admin show route of hp-prod: %v %+v; want node-2, healthy, with its check time", err, d.Route)
+	}
 
 	// The CLI names the node in its text and its JSON.
 	t.Setenv(client.EnvConfigDir, env.Dirs.Config)

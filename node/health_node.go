@@ -9,7 +9,6 @@ import (
 
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/node/health"
-	"github.com/ferryhq/ferry/node/healthview"
 	"github.com/ferryhq/ferry/node/routing"
 	"github.com/ferryhq/ferry/resource"
 )
@@ -40,7 +39,7 @@ func (n *Node) routingSelf(ctx context.Context) (routing.Node, error) {
 	if err != nil {
 		return routing.Node{}, err
 	}
-	return healthview.RoutingNode(rec, time.Now()), nil
+	return rec.Routing(time.Now()), nil
 }
 
 // startHealth starts the health check scheduler and, when Config.MetricsListen is set, the metrics

@@ -20,6 +20,7 @@ import (
 	"github.com/ferryhq/ferry/api"
 	"github.com/ferryhq/ferry/client"
 	"github.com/ferryhq/ferry/demo"
+	"github.com/ferryhq/ferry/internal/testenv"
 	"github.com/ferryhq/ferry/node"
 	"github.com/ferryhq/ferry/tunnel"
 )
@@ -125,34 +126,6 @@ func knownNodes(t *testing.T, env *demo.Env) []string {
 	return names
 }
 
-func waitFor(t *testing.T, what string, within time.Duration, cond func() error) time.Duration {
-	t.Helper()
-	start := time.Now()
-	deadline := start.Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return time.Since(start)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, within, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-func selectOne(ctx context.Context, conn string) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	c, err := pgx.Connect(ctx, conn+" connect_timeout=5")
-	if err != nil {
-		return err
-	}
-	defer c.Close(context.Background())
-	var one int
-	return c.QueryRow(ctx, "SELECT 1").Scan(&one)
-}
-
 // TestFailover: the client uses node A (where it enrolled) for a session and new connections; A
 // stops answering (its WireGuard goes silent, as a killed VM's would). New connections then go
 // through node B, the session through A ends with a FATAL 08006 naming both nodes instead of
@@ -172,14 +145,14 @@ func TestFailover(t *testing.T) {
 	a := env.Node
 	aPort := a.WireGuardPort()
 	d := env.Daemon
-	waitFor(t, "the node list from the control API, kept in the client's state", 20*time.Second, func() error {
+	testenv.WaitFor(t, "the node list from the control API, kept in the client's state", 20*time.Second, func() error {
 		if got := knownNodes(t, env); !slices.Equal(got, []string{"node-a", "node-b"}) {
 			return fmt.Errorf("the client knows nodes %q", got)
 		}
 		return nil
 	})
 	conn := client.ConnString(env.Resource)
-	waitFor(t, "a connection through node A", 20*time.Second, func() error { return selectOne(ctx, conn) })
+	testenv.WaitFor(t, "a connection through node A", 20*time.Second, func() error { return testenv.SelectOne(ctx, conn, 5*time.Second) })
 	if st := d.Status(ctx); st.Node != "node-a" || st.PreferredNode != "node-a" {
 		t.Fatalf("status before the kill: node %q, preferred %q; want node-a for both", st.Node, st.PreferredNode)
 	}
@@ -211,7 +184,7 @@ func TestFailover(t *testing.T) {
 	if err := a.Tunnel().Close(); err != nil {
 		t.Fatal(err)
 	}
-	took := waitFor(t, "a new connection through node B", 30*time.Second, func() error { return selectOne(ctx, conn) })
+	took := testenv.WaitFor(t, "a new connection through node B", 30*time.Second, func() error { return testenv.SelectOne(ctx, conn, 5*time.Second) })
 	t.Logf("new connections worked again %v after node A went silent", took.Round(100*time.Millisecond))
 	if st := d.Status(ctx); st.Node != "node-b" || st.PreferredNode != "node-a" || !strings.Contains(st.NodeChange, "node-a") {
 		t.Fatalf("status after the kill: node %q, preferred %q, change %q; want node-b, node-a and a change naming node-a", st.Node, st.PreferredNode, st.NodeChange)
@@ -260,13 +233,13 @@ func TestFailover(t *testing.T) {
 		t.Fatalf("the session through node B broke while node A came back: %v", err)
 	}
 	onB.Close(ctx)
-	waitFor(t, "the return to node A", time.Minute, func() error {
+	testenv.WaitFor(t, "the return to node A", time.Minute, func() error {
 		if st := d.Status(ctx); st.Node != "node-a" {
 			return errors.New("status says node " + st.Node)
 		}
 		return nil
 	})
-	waitFor(t, "a connection through node A again", 20*time.Second, func() error { return selectOne(ctx, conn) })
+	testenv.WaitFor(t, "a connection through node A again", 20*time.Second, func() error { return testenv.SelectOne(ctx, conn, 5*time.Second) })
 
 	// A restarted client knows the fleet from its state: with node A silent from the start, it
 	// moves to node B by itself.
@@ -275,7 +248,7 @@ func TestFailover(t *testing.T) {
 	}
 	restarted := time.Now()
 	d = restartDaemon(t, ctx, env)
-	waitFor(t, "a connection through node B after a restart with node A down", 30*time.Second, func() error { return selectOne(ctx, conn) })
+	testenv.WaitFor(t, "a connection through node B after a restart with node A down", 30*time.Second, func() error { return testenv.SelectOne(ctx, conn, 5*time.Second) })
 	t.Logf("the restarted client carried connections through node B %v after its restart began", time.Since(restarted).Round(100*time.Millisecond))
 	if st := d.Status(ctx); st.Node != "node-b" {
 		t.Fatalf("status after the restart: node %q, want node-b", st.Node)

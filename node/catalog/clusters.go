@@ -250,16 +250,27 @@ func nodeNames(ctx context.Context, c *Catalog, tx *store.Tx, clusterID string) 
 	return out, rows.Err()
 }
 
+// hasID reports whether table (a catalog table with an id column, named by the caller, never by
+// input) holds a row with that ID: the check that a resource's secret store or proxy cluster, or a
+// node's cluster, exists, made in the transaction that writes what names it.
+func (c *Catalog) hasID(ctx context.Context, tx *sql.Tx, table, id string) (bool, error) {
+	var n int
+	if err := tx.QueryRowContext(ctx, c.db.Rebind(`SELECT count(*) FROM `+table+` WHERE id = ?`), id).Scan(&n); err != nil {
+		return false, fmt.Errorf("look up %s %s: %w", table, id, err)
+	}
+	return n > 0, nil
+}
+
 // checkCluster refuses a resource that names a proxy cluster the catalog does not have.
 func (c *Catalog) checkCluster(ctx context.Context, tx *store.Tx, r resource.Resource) error {
 	if r.ProxyClusterID == "" {
 		return nil
 	}
-	var n int
-	if err := tx.QueryRowContext(ctx, c.db.Rebind(`SELECT count(*) FROM proxy_clusters WHERE id = ?`), r.ProxyClusterID).Scan(&n); err != nil {
-		return err
+	ok, err := c.hasID(ctx, tx.Tx, "proxy_clusters", r.ProxyClusterID)
+	if err != nil {
+		return fmt.Errorf("check the resource's proxy cluster: %w", err)
 	}
-	if n == 0 {
+	if !ok {
 		return &resource.FieldError{Field: "proxy-cluster-id", Message: fmt.Sprintf("no proxy cluster %q: create it with `ferry admin clusters add NAME` and use the ID it prints, list them with `ferry admin clusters list`, or leave the field empty to use the gateways", r.ProxyClusterID)}
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/node/routing"
 	"github.com/ferryhq/ferry/node/store"
 	"github.com/ferryhq/ferry/tunnel"
 )
@@ -62,6 +63,22 @@ type Node struct {
 // younger than NodeOfflineAfter.
 func (n Node) Online(now time.Time) bool {
 	return n.StoppedAt.IsZero() && now.Sub(n.LastHeartbeat) < NodeOfflineAfter
+}
+
+// Routing is n as node/routing takes it: its ID, name, proxy cluster and tags, online as of now.
+// It is the one conversion from the catalog's record to routing's view (admission, health, the
+// control API's routes and doctor all route on it).
+func (n Node) Routing(now time.Time) routing.Node {
+	return routing.Node{ID: n.ID, Name: n.Name, ClusterID: n.ClusterID, Tags: n.Tags, Online: n.Online(now)}
+}
+
+// RoutingNodes is every node of ns as node/routing takes it (Node.Routing), in the same order.
+func RoutingNodes(ns []Node, now time.Time) []routing.Node {
+	out := make([]routing.Node, 0, len(ns))
+	for _, n := range ns {
+		out = append(out, n.Routing(now))
+	}
+	return out
 }
 
 // State is api.NodeOnline or api.NodeOffline as of now.
@@ -167,11 +184,11 @@ func (c *Catalog) RegisterNode(ctx context.Context, n Node) (Node, error) {
 		return n, fmt.Errorf("register node %s: %w", n.Name, err)
 	}
 	if n.ClusterID != "" {
-		var k int
-		if err := tx.QueryRowContext(ctx, c.db.Rebind(`SELECT count(*) FROM proxy_clusters WHERE id = ?`), n.ClusterID).Scan(&k); err != nil {
+		ok, err := c.hasID(ctx, tx, "proxy_clusters", n.ClusterID)
+		if err != nil {
 			return n, fmt.Errorf("register node %s: %w", n.Name, err)
 		}
-		if k == 0 {
+		if !ok {
 			return n, fmt.Errorf("register node %s: proxy cluster %s (config \"cluster_id\") %w: create it with `ferry admin clusters add NAME`, or remove cluster_id from the node's config to run it as a gateway", n.Name, n.ClusterID, ErrNotFound)
 		}
 	}

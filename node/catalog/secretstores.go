@@ -191,11 +191,11 @@ func (c *Catalog) checkStore(ctx context.Context, tx *store.Tx, r resource.Resou
 	if r.SecretStoreID == "" {
 		return nil
 	}
-	var n int
-	if err := tx.QueryRowContext(ctx, c.db.Rebind(`SELECT count(*) FROM secret_stores WHERE id = ?`), r.SecretStoreID).Scan(&n); err != nil {
-		return err
+	ok, err := c.hasID(ctx, tx.Tx, "secret_stores", r.SecretStoreID)
+	if err != nil {
+		return fmt.Errorf("check the resource's secret store: %w", err)
 	}
-	if n == 0 {
+	if !ok {
 		return &resource.FieldError{Field: "secret-store-id", Message: fmt.Sprintf("no secret store %q: add it with `ferry admin secretstores add azurekeyvault NAME --vault-uri ...`, or list them with `ferry admin secretstores list`", r.SecretStoreID)}
 	}
 	return nil

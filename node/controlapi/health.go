@@ -125,10 +125,23 @@ func (sv *Server) healthSummaries(ctx context.Context, rs []resource.Resource) m
 	return out
 }
 
-// nodeHealth is resource resourceID's last result from each node, by node ID: what fills
-// api.RouteNode.Health (State) and CheckedAt (Time) of the resource's Route where no summary is at
-// hand (one resource's admin show); the resource list uses healthview.RouteHealth on its
-// summaries instead.
-func (sv *Server) nodeHealth(ctx context.Context, resourceID string) (map[string]api.Health, error) {
-	return healthview.ByNode(ctx, sv.cat, resourceID)
+// fillRouteHealth fills api.RouteNode.Health (State) and CheckedAt (Time) of route, resource
+// resourceID's, from each node's stored result, where no summary is at hand (one resource's admin
+// show); the resource list uses healthview.RouteHealth on its summaries instead. A node that has
+// not checked yet stays "". When the results cannot be read the route is left without health
+// (logged): it still says which nodes carry the resource.
+func (sv *Server) fillRouteHealth(ctx context.Context, resourceID string, route *api.Route) {
+	if route == nil || len(route.Nodes) == 0 {
+		return
+	}
+	byNode, err := healthview.ByNode(ctx, sv.cat, resourceID)
+	if err != nil {
+		sv.log.Warn("route health unavailable", "resource", resourceID, "err", err)
+		return
+	}
+	for i, n := range route.Nodes {
+		if h, ok := byNode[n.NodeID]; ok && h.Checked {
+			route.Nodes[i].Health, route.Nodes[i].CheckedAt = h.State, h.Time
+		}
+	}
 }

@@ -45,7 +45,7 @@ func (sv *Server) connectionFilter(r *http.Request) (audit.ConnectionFilter, err
 	}
 	n, err := sv.cat.Node(r.Context(), node)
 	if err != nil {
-		return f, fmt.Errorf("bad node %q: %w", node, err)
+		return f, fmt.Errorf("filter the connection log by node: %w", err) // err names the node
 	}
 	f.NodeID = n.ID
 	return f, nil

@@ -25,6 +25,7 @@ func (sv *Server) registerCatalogRoutes(mux *router) {
 		}
 		out := api.Datasource{Resource: res}
 		out.Route, out.Candidates = rt.of(res)
+		sv.fillRouteHealth(r.Context(), res.ID, out.Route)
 		writeJSON(w, http.StatusOK, out)
 	}))
 	mux.HandleFunc("PUT /v1/admin/datasources/{name}", sv.admin(func(w http.ResponseWriter, r *http.Request) {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ferryhq/ferry/api"
+	"github.com/ferryhq/ferry/node/catalog"
 	"github.com/ferryhq/ferry/node/routing"
 	"github.com/ferryhq/ferry/resource"
 )
@@ -22,17 +23,11 @@ func (sv *Server) routes(ctx context.Context) (routes, error) {
 	if err != nil {
 		return routes{}, fmt.Errorf("route resources: %w", err)
 	}
-	now := time.Now()
-	out := routes{nodes: make([]routing.Node, 0, len(ns))}
-	for _, n := range ns {
-		out.nodes = append(out.nodes, routing.Node{ID: n.ID, Name: n.Name, ClusterID: n.ClusterID, Tags: n.Tags, Online: n.Online(now)})
-	}
-	return out, nil
+	return routes{nodes: catalog.RoutingNodes(ns, time.Now())}, nil
 }
 
-// of is r's route: the online candidate nodes (routing.Candidates) or why there is none, and the
-// every candidate, online or not. A stored egress filter that does not parse routes
-// nowhere, and says so.
+// of is r's route (its online candidate nodes, routing.Candidates, or why there is none) and every
+// candidate, online or not. A stored egress filter that does not parse routes nowhere, and says so.
 func (rt routes) of(r resource.Resource) (*api.Route, []api.CandidateNode) {
 	c, err := routing.Candidates(r.ProxyClusterID, r.EgressFilter, rt.nodes)
 	if err != nil {

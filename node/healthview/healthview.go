@@ -23,20 +23,6 @@ import (
 	"github.com/ferryhq/ferry/resource"
 )
 
-// RoutingNode is n as node/routing sees it, online or not as of now.
-func RoutingNode(n catalog.Node, now time.Time) routing.Node {
-	return routing.Node{ID: n.ID, Name: n.Name, ClusterID: n.ClusterID, Tags: n.Tags, Online: n.Online(now)}
-}
-
-// RoutingNodes converts every node (RoutingNode), keeping their order.
-func RoutingNodes(ns []catalog.Node, now time.Time) []routing.Node {
-	out := make([]routing.Node, 0, len(ns))
-	for _, n := range ns {
-		out = append(out, RoutingNode(n, now))
-	}
-	return out
-}
-
 // Summarize is resource name's health as the fleet sees it: choice is its candidates
 // (routing.Candidates), results each node's last result by node ID. Nodes lists the candidates'
 // results (see the package comment); the summary's own fields are those of the first healthy
@@ -114,7 +100,7 @@ func Read(ctx context.Context, cat *catalog.Catalog, rs []resource.Resource, now
 		}
 		byResource[x.ResourceID][x.NodeID] = x.Health
 	}
-	nodes := RoutingNodes(ns, now)
+	nodes := catalog.RoutingNodes(ns, now)
 	out := make(map[string]api.Health, len(rs))
 	for _, r := range rs {
 		choice, err := routing.Candidates(r.ProxyClusterID, r.EgressFilter, nodes)

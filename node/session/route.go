@@ -30,11 +30,6 @@ import (
 //     snapshot's time. When the node list cannot be read at all, a resource this node does not
 //     carry is refused with 28000 (fail closed: the refusal does not depend on the list).
 
-// routingNode is n as node/routing takes it, online as of asOf.
-func routingNode(n catalog.Node, asOf time.Time) routing.Node {
-	return routing.Node{ID: n.ID, Name: n.Name, ClusterID: n.ClusterID, Tags: n.Tags, Online: n.Online(asOf)}
-}
-
 // self returns this node from nodes (its catalog record), else the record it last knew
 // (Config.Self); always online, since it runs. ok is false when the Manager has no NodeID: routing
 // is then not checked.
@@ -44,7 +39,7 @@ func (m *Manager) self(nodes []catalog.Node) (routing.Node, bool) {
 	}
 	for _, n := range nodes {
 		if n.ID == m.cfg.NodeID {
-			s := routingNode(n, time.Now())
+			s := n.Routing(time.Now())
 			s.Online = true
 			return s, true
 		}
@@ -52,7 +47,7 @@ func (m *Manager) self(nodes []catalog.Node) (routing.Node, bool) {
 	s := routing.Node{ID: m.cfg.NodeID, Name: m.cfg.NodeID, Online: true}
 	if m.cfg.Self != nil {
 		rec := m.cfg.Self()
-		s = routingNode(rec, time.Now())
+		s = rec.Routing(time.Now())
 		s.ID, s.Online = m.cfg.NodeID, true
 		if s.Name == "" {
 			s.Name = m.cfg.NodeID
@@ -90,7 +85,7 @@ func (m *Manager) routeRefusal(ctx context.Context, r resource.Resource) *pgprox
 	}
 	rn := make([]routing.Node, 0, len(nodes))
 	for _, n := range nodes {
-		x := routingNode(n, asOf)
+		x := n.Routing(asOf)
 		if n.ID == self.ID {
 			x = self
 		}
