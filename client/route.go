@@ -342,6 +342,19 @@ func (d *Daemon) routeFailed(k tunnel.Key, now time.Time) {
 	byRes := map[string]string{}
 	for _, r := range moved {
 		v, err := d.routeFor(r)
+		if err == nil && v.key == k {
+			// The route read earlier names no other node than the one that failed, but the client
+			// has moved to another node: until the next read of the resources (from that node)
+			// says otherwise, the resource goes through the node in use.
+			f.mu.Lock()
+			cur, curLabel := f.cur, f.curNode.label()
+			f.mu.Unlock()
+			if cur != k {
+				d.dropRoute(r.Name)
+				d.syncPeers()
+				v = via{key: cur, label: curLabel}
+			}
+		}
 		if err != nil {
 			d.log.Warn("a resource's node stopped answering and no other node can carry it", "resource", r.Name, "node", lost, "err", err)
 			continue

@@ -132,8 +132,8 @@ func TestCatalogOnAzurePostgresWithManagedIdentity(t *testing.T) {
 		t.Fatalf("doctor does not name the PostgreSQL catalog:\n%s", out.String())
 	}
 	// The audit log lives in the same database: one audit trail for the fleet.
-	if got := testenv.CatalogQuery(t, ctx, emu, `SELECT name || '=' || version FROM schema_versions WHERE name = 'audit'`); strings.Join(got, ",") != "audit=2" {
-		t.Fatalf("audit schema in the PostgreSQL catalog: %q, want audit=2", got)
+	if got := testenv.CatalogQuery(t, ctx, emu, `SELECT name || '=' || version FROM schema_versions WHERE name = 'audit'`); strings.Join(got, ",") != "audit=3" {
+		t.Fatalf("audit schema in the PostgreSQL catalog: %q, want audit=3", got)
 	}
 }
 
