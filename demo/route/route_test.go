@@ -170,8 +170,15 @@ func testRouteEnforced(t *testing.T, nodes int) {
 		if pe != nil && !strings.Contains(pe.Hint, "Connect through one of its nodes (edge-worker)") {
 			t.Errorf("the 28000's hint %q does not name the cluster's worker", pe.Hint)
 		}
-		cs, err := admin.ConnectionLog(ctx, api.LogFilter{Node: n1.ID, Resource: r.Name})
-		must(err)
+		// The record's end (outcome, SQLSTATE) is written just after the FATAL is sent: wait for it.
+		var cs []api.Connection
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			cs, err = admin.ConnectionLog(ctx, api.LogFilter{Node: n1.ID, Resource: r.Name})
+			must(err)
+			if (len(cs) == 1 && cs[0].Outcome != "") || time.Now().After(deadline) {
+				break
+			}
+		}
 		if len(cs) != 1 || cs[0].Outcome != audit.OutcomeDenied || cs[0].SQLState != "28000" || cs[0].NodeID != n1.ID {
 			t.Errorf("pg-edge's connection log on node 1: %+v; want one denied 28000 record with node 1's ID", cs)
 		}
