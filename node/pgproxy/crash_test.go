@@ -1,7 +1,6 @@
 package pgproxy
 
 import (
-	"bufio"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -13,7 +12,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -46,43 +44,7 @@ func TestProxyKilledUnderPgbench(t *testing.T) {
 	}
 	pg := startPostgres(t)
 	dir := t.TempDir()
-	cc := crashChild{Port: pg.port, Token: pg.token, CertPath: filepath.Join(filepath.Dir(pg.sockDir), "data", "server.crt"),
-		DBPath: filepath.Join(dir, "ferry.db"), SpoolPath: filepath.Join(dir, "audit-spool.db")}
-	arg, err := json.Marshal(cc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestProxyKilledUnderPgbench$")
-	cmd.Env = append(os.Environ(), crashChildEnv+"="+string(arg))
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	port := make(chan int, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if s, ok := strings.CutPrefix(sc.Text(), "listening "); ok {
-				p, _ := strconv.Atoi(s)
-				port <- p
-			}
-		}
-		close(port)
-	}()
-	var proxyPort int
-	select {
-	case proxyPort = <-port:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the proxy process did not start listening within 30s")
-	}
-	if proxyPort == 0 {
-		t.Fatal("the proxy process ended before listening")
-	}
+	proxyPort, cc, cmd := startCrashChild(t, pg)
 
 	const sql = "SELECT 'crash bench'"
 	script := filepath.Join(dir, "bench.sql")
